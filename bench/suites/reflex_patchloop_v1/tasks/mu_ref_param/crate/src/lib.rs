@@ -1,0 +1,6 @@
+/// Removes all negative numbers in place; returns how many were removed.
+pub fn drop_negatives(v: &Vec<i32>) -> usize {
+    let before = v.len();
+    v.retain(|x| *x >= 0);
+    before - v.len()
+}

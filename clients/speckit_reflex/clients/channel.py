@@ -1,0 +1,86 @@
+"""Channels to speckit-reflex services: address, TLS and bearer token in one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc import aio
+
+DEFAULT_ADDRS = {
+    "router": "127.0.0.1:50051",
+    "inference": "127.0.0.1:50052",
+    "patchloop": "127.0.0.1:50053",
+    "capsule": "127.0.0.1:50054",
+}
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """How to reach one service. `from_env` reads the same SPECKIT_* names
+    the servers use."""
+
+    address: str
+    token: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    max_message_bytes: int = 16 * 1024 * 1024
+
+    @classmethod
+    def from_env(cls, service: str, environ: dict[str, str] | None = None) -> ChannelConfig:
+        env = dict(os.environ) if environ is None else environ
+        return cls(
+            address=env.get(f"SPECKIT_{service.upper()}_ADDR", DEFAULT_ADDRS[service]),
+            token=env.get("SPECKIT_AUTH_TOKEN", ""),
+            tls_ca=env.get("SPECKIT_TLS_CA", ""),
+            tls_cert=env.get("SPECKIT_TLS_CLIENT_CERT", ""),
+            tls_key=env.get("SPECKIT_TLS_CLIENT_KEY", ""),
+        )
+
+
+class _BearerAuth(grpc.AuthMetadataPlugin):
+    def __init__(self, token: str):
+        self._token = token
+
+    def __call__(self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback) -> None:
+        callback((("authorization", f"Bearer {self._token}"),), None)
+
+
+class _BearerInterceptor(aio.UnaryUnaryClientInterceptor, aio.UnaryStreamClientInterceptor):
+    """Adds the token on plaintext channels (call credentials need TLS)."""
+
+    def __init__(self, token: str):
+        self._md = ("authorization", f"Bearer {token}")
+
+    def _details(self, d: aio.ClientCallDetails) -> aio.ClientCallDetails:
+        md = aio.Metadata(*(tuple(d.metadata) if d.metadata else ()))
+        md.add(*self._md)
+        return aio.ClientCallDetails(d.method, d.timeout, md, d.credentials, d.wait_for_ready)
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(client_call_details), request)
+
+    async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(client_call_details), request)
+
+
+def open_channel(cfg: ChannelConfig) -> aio.Channel:
+    """An aio channel to `cfg.address` with TLS and token as configured."""
+    options = [
+        ("grpc.max_receive_message_length", cfg.max_message_bytes),
+        ("grpc.max_send_message_length", cfg.max_message_bytes),
+    ]
+    if cfg.tls_ca:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=Path(cfg.tls_ca).read_bytes(),
+            private_key=Path(cfg.tls_key).read_bytes() if cfg.tls_key else None,
+            certificate_chain=Path(cfg.tls_cert).read_bytes() if cfg.tls_cert else None,
+        )
+        if cfg.token:
+            creds = grpc.composite_channel_credentials(creds, grpc.metadata_call_credentials(_BearerAuth(cfg.token)))
+        return aio.secure_channel(cfg.address, creds, options=options)
+    interceptors = [_BearerInterceptor(cfg.token)] if cfg.token else None
+    return aio.insecure_channel(cfg.address, options=options, interceptors=interceptors)

@@ -1,0 +1,1 @@
+"""The Capsule service."""

@@ -1,0 +1,85 @@
+"""One place that wires services: settings + policy in, running servers out.
+
+Services start in dependency order (capsule, inference, router, patchloop) so
+that a later one can reach an earlier one even when ports are chosen by the OS
+(address "127.0.0.1:0" in tests): each actual address is recorded in the
+context before the next service is built.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+from grpc import aio
+
+from speckit_reflex.clients.channel import ChannelConfig, open_channel
+from speckit_reflex.policy import LoadedPolicy, load_policy
+from speckit_reflex.runtime.server import GrpcService, RunningServer, create_server
+from speckit_reflex.runtime.settings import RuntimeSettings
+
+# Start order; each service's app module exposes build(ctx) -> GrpcService.
+SERVICE_ORDER = ("capsule", "inference", "router", "patchloop")
+
+
+@dataclass
+class ServiceContext:
+    """What a service's build() receives: settings, policy, peer channels."""
+
+    settings: RuntimeSettings
+    policy: LoadedPolicy
+    addresses: dict[str, str] = field(default_factory=dict)
+    _channels: dict[str, aio.Channel] = field(default_factory=dict)
+
+    def address_of(self, service: str) -> str:
+        return self.addresses.get(service) or self.settings.addr_of(service)
+
+    def channel(self, service: str) -> aio.Channel:
+        """A shared channel to a peer service (created on first use)."""
+        if service not in self._channels:
+            s = self.settings
+            cfg = ChannelConfig(
+                address=self.address_of(service),
+                token=s.auth_token,
+                tls_ca=s.tls_ca,
+                tls_cert=s.tls_cert if s.tls_client_ca else "",
+                tls_key=s.tls_key if s.tls_client_ca else "",
+                max_message_bytes=s.max_message_bytes,
+            )
+            self._channels[service] = open_channel(cfg)
+        return self._channels[service]
+
+    async def close(self) -> None:
+        for ch in self._channels.values():
+            await ch.close()
+        self._channels.clear()
+
+
+def build_service(name: str, ctx: ServiceContext) -> GrpcService:
+    if name not in SERVICE_ORDER:
+        raise ValueError(f"unknown service {name!r}; expected one of {', '.join(SERVICE_ORDER)}")
+    module = importlib.import_module(f"speckit_reflex.{name}.app")
+    return module.build(ctx)
+
+
+async def start_services(
+    names: list[str], settings: RuntimeSettings, policy: LoadedPolicy | None = None
+) -> tuple[ServiceContext, list[RunningServer]]:
+    """Start the named services (in dependency order) and return them running."""
+    policy = policy or load_policy(settings.policy or None)
+    ctx = ServiceContext(settings=settings, policy=policy)
+    running: list[RunningServer] = []
+    try:
+        for name in SERVICE_ORDER:
+            if name not in names:
+                continue
+            service = build_service(name, ctx)
+            server = await create_server(service, settings.addr_of(name), settings)
+            ctx.addresses[name] = server.address
+            running.append(server)
+    except BaseException:
+        for s in running:
+            await s.stop(0)
+        await ctx.close()
+        raise
+    return ctx, running

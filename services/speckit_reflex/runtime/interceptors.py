@@ -1,0 +1,103 @@
+"""Server interceptors: domain errors to statuses, and bearer-token auth."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from speckit_reflex.errors import DomainError
+
+log = logging.getLogger("speckit.rpc")
+
+# Health and reflection stay reachable without a token so that probes and
+# load balancers work; they reveal nothing but service names.
+_OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
+                  "/grpc.reflection.v1.ServerReflection/")
+
+
+def _wrap_unary(fn: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+    async def handler(request: Any, context: aio.ServicerContext) -> Any:
+        try:
+            return await fn(request, context)
+        except DomainError as exc:
+            log.info("rpc failed", extra={"fields": {"method": method, "code": exc.code.name, "error": exc.message}})
+            await context.abort(exc.code, exc.message)
+
+    return handler
+
+
+def _wrap_stream(fn: Callable[..., Any], method: str) -> Callable[..., Any]:
+    async def handler(request: Any, context: aio.ServicerContext) -> Any:
+        try:
+            async for item in fn(request, context):
+                yield item
+        except DomainError as exc:
+            log.info("rpc failed", extra={"fields": {"method": method, "code": exc.code.name, "error": exc.message}})
+            await context.abort(exc.code, exc.message)
+
+    return handler
+
+
+class DomainErrorInterceptor(aio.ServerInterceptor):
+    """Maps DomainError subclasses to their gRPC status; the one place that does."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+class TokenAuthInterceptor(aio.ServerInterceptor):
+    """Requires `authorization: Bearer <token>` on every RPC but health/reflection."""
+
+    def __init__(self, token: str):
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        if handler_call_details.method.startswith(_OPEN_PREFIXES):
+            return await continuation(handler_call_details)
+        got = b""
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == "authorization":
+                got = value.encode() if isinstance(value, str) else value
+        if hmac.compare_digest(got, self._expected):
+            return await continuation(handler_call_details)
+        return _deny_handler(await continuation(handler_call_details))
+
+
+def _deny_handler(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
+    async def deny_unary(request: Any, context: aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+    async def deny_stream(request: Any, context: aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+        yield  # pragma: no cover - makes this an async generator
+
+    deser = handler.request_deserializer if handler else None
+    ser = handler.response_serializer if handler else None
+    if handler is not None and handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(deny_stream, request_deserializer=deser, response_serializer=ser)
+    return grpc.unary_unary_rpc_method_handler(deny_unary, request_deserializer=deser, response_serializer=ser)

@@ -1,0 +1,51 @@
+"""Process settings shared by every service, from SPECKIT_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HOME = Path(".speckit")
+
+
+class RuntimeSettings(BaseSettings):
+    """Where each service listens, where the database and policy are.
+
+    Every field reads SPECKIT_<NAME>, e.g. SPECKIT_ROUTER_ADDR.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SPECKIT_", extra="ignore")
+
+    router_addr: str = "127.0.0.1:50051"
+    inference_addr: str = "127.0.0.1:50052"
+    patchloop_addr: str = "127.0.0.1:50053"
+    capsule_addr: str = "127.0.0.1:50054"
+    # Default: a SQLite file under .speckit/ in the working directory.
+    database_url: str = ""
+    # Path of model_policy.toml; empty = built-in defaults (reflex disabled).
+    policy: str = ""
+    home: Path = DEFAULT_HOME
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+    # Seconds in-flight RPCs get to finish after SIGTERM.
+    grace_s: float = Field(default=10.0, ge=0)
+    # Bearer token every RPC must carry (metadata "authorization: Bearer <t>").
+    auth_token: str = ""
+    # TLS: server certificate and key; with a client CA, mTLS is required.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # Client side: CA that signed the servers' certificates.
+    tls_ca: str = ""
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'speckit.db').resolve()}"
+
+    def addr_of(self, service: str) -> str:
+        return str(getattr(self, f"{service}_addr"))
