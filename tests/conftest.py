@@ -127,3 +127,66 @@ async def services_factory(tmp_path: Path) -> AsyncIterator:
     yield factory
     for s in started:
         await s.stop()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LlamaServer:
+    """The embedded llama.cpp server (`speckit llm serve`) in a subprocess."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.proc = None
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        self.model = "smollm2-135m-instruct"
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        import subprocess
+        import sys
+        import time
+
+        import httpx
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "speckit_reflex.cli.main", "llm", "serve", "--port", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llm serve exited with {self.proc.returncode}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("embedded llama.cpp server did not become healthy")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Iterator[LlamaServer]:
+    """The real embedded model server, shared by the whole test session."""
+    server = LlamaServer(free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

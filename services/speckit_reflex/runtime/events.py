@@ -1,0 +1,145 @@
+"""Background delivery of capsule events.
+
+Services record events without waiting on Capsule: `EventSink.emit()` puts the
+event in a bounded buffer and returns at once; a background task sends batches
+with AppendEvents and retries failed batches with backoff. Because Capsule is
+idempotent by event id, a retried batch that had in fact been stored is not
+stored twice. When the buffer is full the oldest event is dropped and counted
+(`dropped`), and a warning is logged: the hot path never blocks on audit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import deque
+from collections.abc import Callable
+
+import grpc
+from google.protobuf.struct_pb2 import Struct
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, common_pb2
+
+log = logging.getLogger("speckit.events")
+
+
+def new_event(event_type: int, **fields: object) -> common_pb2.Event:
+    """An Event with a fresh id and the current time; dict payloads become Structs."""
+    ev = common_pb2.Event(id=str(uuid.uuid4()), type=event_type)  # type: ignore[arg-type]
+    ev.time.GetCurrentTime()
+    for key, value in fields.items():
+        if value is None:
+            continue
+        if key in ("payload", "request", "response") and isinstance(value, dict):
+            s = Struct()
+            s.update(value)
+            getattr(ev, key).CopyFrom(s)
+        elif isinstance(value, Timestamp):
+            getattr(ev, key).CopyFrom(value)
+        else:
+            setattr(ev, key, value)
+    return ev
+
+
+class EventSink:
+    """Bounded, batched, retrying sender of events to Capsule."""
+
+    def __init__(
+        self,
+        channel_factory: Callable[[], grpc.aio.Channel],
+        *,
+        capacity: int = 10_000,
+        batch_size: int = 500,
+        flush_interval_s: float = 0.05,
+        rpc_timeout_s: float = 5.0,
+        max_backoff_s: float = 5.0,
+    ):
+        self._channel_factory = channel_factory
+        self._buffer: deque[common_pb2.Event] = deque()
+        self._capacity = capacity
+        self._batch_size = batch_size
+        self._flush_interval_s = flush_interval_s
+        self._rpc_timeout_s = rpc_timeout_s
+        self._max_backoff_s = max_backoff_s
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: list[common_pb2.Event] = []
+        self.dropped = 0
+        self.sent = 0
+
+    def emit(self, event: common_pb2.Event) -> None:
+        """Queue an event; never blocks, never raises for delivery problems."""
+        if len(self._buffer) >= self._capacity:
+            self._buffer.popleft()
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("event buffer full, dropping oldest", extra={"fields": {"dropped": self.dropped}})
+        self._buffer.append(event)
+        if len(self._buffer) >= self._batch_size:
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer) + len(self._inflight)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="event-sink")
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            if not self._inflight:
+                if not self._buffer:
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), self._flush_interval_s)
+                    except TimeoutError:
+                        pass
+                    if not self._buffer:
+                        continue
+                n = min(self._batch_size, len(self._buffer))
+                self._inflight = [self._buffer.popleft() for _ in range(n)]
+            try:
+                stub = capsule_pb2_grpc.CapsuleStub(self._channel_factory())
+                await stub.AppendEvents(
+                    capsule_pb2.AppendEventsRequest(events=self._inflight), timeout=self._rpc_timeout_s
+                )
+                self.sent += len(self._inflight)
+                self._inflight = []
+                backoff = 0.1
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    # A batch Capsule refuses will never succeed: log and drop it.
+                    log.error("capsule rejected events", extra={"fields": {"error": exc.details(), "count": len(self._inflight)}})
+                    self.dropped += len(self._inflight)
+                    self._inflight = []
+                    continue
+                log.warning("capsule unreachable, will retry", extra={"fields": {"code": exc.code().name, "backoff_s": backoff}})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff_s)
+
+    async def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until everything queued so far is delivered (or timeout)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.pending and loop.time() < deadline:
+            self._wake.set()
+            await asyncio.sleep(0.01)
+        return self.pending == 0
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Deliver what is queued (bounded by timeout_s), then stop."""
+        if self._task is None:
+            return
+        await self.flush(timeout_s)
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self._task = None
+        if self.pending:
+            log.warning("events not delivered at shutdown", extra={"fields": {"count": self.pending}})
