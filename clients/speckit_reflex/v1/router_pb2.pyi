@@ -139,6 +139,7 @@ class RoutingDecision(_message.Message):
     POLICY_HASH_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    FORCED_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     role: _common_pb2.Role.ValueType
     stage: _common_pb2.Stage.ValueType
@@ -157,6 +158,12 @@ class RoutingDecision(_message.Message):
     policy_hash: _builtins.str
     session_id: _builtins.str
     attempt: _builtins.int
+    forced: _builtins.bool
+    """True when the request's force_mode chose the mode (bakeoff trials), not
+    the policy. A forced reflex route needs a healthy backend but not a
+    passing bakeoff verdict: the bakeoff must be able to measure an unproven
+    model; `reason` then still tells the verdict as it stands.
+    """
     @_builtins.property
     def skipped(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChainSkip]: ...
     def __init__(
@@ -177,10 +184,11 @@ class RoutingDecision(_message.Message):
         policy_hash: _builtins.str = ...,
         session_id: _builtins.str = ...,
         attempt: _builtins.int = ...,
+        forced: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "backend", b"backend", "decision_id", b"decision_id", "detail", b"detail", "endpoint", b"endpoint", "is_fallback", b"is_fallback", "latency_ms", b"latency_ms", "mode", b"mode", "model", b"model", "policy_hash", b"policy_hash", "reason", b"reason", "role", b"role", "session_id", b"session_id", "skipped", b"skipped", "stage", b"stage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "backend", b"backend", "decision_id", b"decision_id", "detail", b"detail", "endpoint", b"endpoint", "forced", b"forced", "is_fallback", b"is_fallback", "latency_ms", b"latency_ms", "mode", b"mode", "model", b"model", "policy_hash", b"policy_hash", "reason", b"reason", "role", b"role", "session_id", b"session_id", "skipped", b"skipped", "stage", b"stage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
