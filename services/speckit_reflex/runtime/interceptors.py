@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hmac
+import inspect
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,31 +22,81 @@ _OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerRef
                   "/grpc.reflection.v1.ServerReflection/")
 
 
+async def _abort_for(exc: Exception, method: str, context: aio.ServicerContext) -> None:
+    if isinstance(exc, DomainError):
+        log.info("rpc failed", extra={"fields": {"method": method, "code": exc.code.name, "error": exc.message}})
+        await context.abort(exc.code, exc.message)
+    # A bug: the traceback stays in the server log; the caller gets a reference.
+    ref = uuid.uuid4().hex[:12]
+    log.exception("rpc crashed", extra={"fields": {"method": method, "ref": ref}})
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error (server log ref {ref})")
+
+
+class _Malformed:
+    """Stands in for a request whose bytes did not parse."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    # grpc answers UNKNOWN when a deserializer raises; we want INVALID_ARGUMENT,
+    # so parse failures travel to the handler as a value instead.
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # protobuf DecodeError and friends
+            return _Malformed(exc)
+
+    return parse
+
+
+async def _reject_malformed(request: Any, context: aio.ServicerContext) -> None:
+    if isinstance(request, _Malformed):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.error}")
+
+
 def _wrap_unary(fn: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: aio.ServicerContext) -> Any:
+        await _reject_malformed(request, context)
         try:
             return await fn(request, context)
-        except DomainError as exc:
-            log.info("rpc failed", extra={"fields": {"method": method, "code": exc.code.name, "error": exc.message}})
-            await context.abort(exc.code, exc.message)
+        except aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort_for(exc, method, context)
 
     return handler
 
 
 def _wrap_stream(fn: Callable[..., Any], method: str) -> Callable[..., Any]:
     async def handler(request: Any, context: aio.ServicerContext) -> Any:
+        await _reject_malformed(request, context)
         try:
-            async for item in fn(request, context):
-                yield item
-        except DomainError as exc:
-            log.info("rpc failed", extra={"fields": {"method": method, "code": exc.code.name, "error": exc.message}})
-            await context.abort(exc.code, exc.message)
+            result = fn(request, context)
+            if inspect.isasyncgen(result):
+                async for item in result:
+                    yield item
+            else:
+                # Handlers that stream with context.write() are coroutines.
+                await result
+        except aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort_for(exc, method, context)
 
     return handler
 
 
 class DomainErrorInterceptor(aio.ServerInterceptor):
-    """Maps DomainError subclasses to their gRPC status; the one place that does."""
+    """Maps DomainError subclasses to their gRPC status; the one place that does.
+
+    Anything else is a bug: INTERNAL with a log reference, never a traceback
+    or exception text on the wire.
+    """
 
     async def intercept_service(
         self,
@@ -58,13 +110,13 @@ class DomainErrorInterceptor(aio.ServerInterceptor):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 _wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler
