@@ -1,10 +1,13 @@
-"""Wiring of the Capsule service (placeholder until its core lands: every RPC
-answers UNIMPLEMENTED, while server, health and reflection are real)."""
+"""Wiring of the Capsule service: engine and store from the settings, the core
+with the policy's capture mode and thresholds, the servicer on the server."""
 
 from __future__ import annotations
 
 from grpc import aio
 
+from speckit_reflex.capsule.core import Capsule
+from speckit_reflex.capsule.servicer import CapsuleServicer
+from speckit_reflex.capsule.store import CapsuleStore, make_engine
 from speckit_reflex.runtime.bootstrap import ServiceContext
 from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc
 
@@ -13,15 +16,26 @@ class CapsuleService:
     name = "capsule"
     service_names = (capsule_pb2.DESCRIPTOR.services_by_name["Capsule"].full_name,)
 
+    def __init__(self, core: Capsule):
+        self.core = core
+
     def register(self, server: aio.Server) -> None:
-        capsule_pb2_grpc.add_CapsuleServicer_to_server(capsule_pb2_grpc.CapsuleServicer(), server)
+        capsule_pb2_grpc.add_CapsuleServicer_to_server(CapsuleServicer(self.core), server)
 
     async def start(self) -> None:
-        return None
+        await self.core.start()
 
     async def close(self) -> None:
-        return None
+        await self.core.close()
 
 
 def build(ctx: ServiceContext) -> CapsuleService:
-    return CapsuleService()
+    """Capsule over the settings' database (SQLite under .speckit/ by default).
+
+    Only the embedded SQLite default creates its schema on first start; any
+    other database is migrated by an operator with `speckit db upgrade`.
+    """
+    url = ctx.settings.effective_database_url()
+    store = CapsuleStore(make_engine(url), auto_create_schema=url.startswith("sqlite"))
+    core = Capsule(store, ctx.policy.policy, report_dir=ctx.settings.home / "eval")
+    return CapsuleService(core)

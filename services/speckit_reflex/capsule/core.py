@@ -1,0 +1,256 @@
+"""Capsule's core: the audit record of every routing decision and model call,
+the bakeoff's statistics, its threshold verdict and its report.
+
+Takes v1 request protos, returns v1 reply protos; the database work runs in a
+worker thread so the gRPC event loop keeps serving while SQL runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from speckit_reflex.capsule.events import VALID_MODES, event_to_row, row_to_event, struct_to_dict
+from speckit_reflex.capsule.report import ReportInputs, write_report
+from speckit_reflex.capsule.stats import AttemptStats, GroupStats
+from speckit_reflex.capsule.store import CapsuleStore, EventFilter
+from speckit_reflex.capsule.thresholds import judge
+from speckit_reflex.capsule.windows import TimeWindow, resolve_window
+from speckit_reflex.errors import InvalidArgument, ResourceExhausted
+from speckit_reflex.policy import Policy
+from speckit_reflex.v1 import capsule_pb2, common_pb2
+
+MAX_BATCH = 10_000
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+_RUN_MODES = frozenset({"", "reflex", "cloud", "both"})
+_RUN_STATUSES = frozenset({"", "running", "done", "interrupted"})
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _mode_stats(g: GroupStats | None) -> capsule_pb2.ModeStats:
+    if g is None:
+        return capsule_pb2.ModeStats()
+    out = capsule_pb2.ModeStats(
+        total_attempts=g.total, successes=g.successes, success_rate=g.success_rate,
+        json_compliance_rate=g.json_compliance_rate, p50_latency_ms=g.p50_latency_ms,
+        p95_latency_ms=g.p95_latency_ms, mean_tokens_per_s=g.mean_tokens_per_s,
+        cache_reported_attempts=g.cache_reported,
+    )
+    if g.p50_ttft_ms is not None:
+        out.p50_ttft_ms = g.p50_ttft_ms
+        out.p95_ttft_ms = g.p95_ttft_ms or 0.0
+    if g.cache_hit_rate is not None:
+        out.cache_hit_rate = g.cache_hit_rate
+    return out
+
+
+def bakeoff_stats_proto(stats: AttemptStats, window: TimeWindow) -> capsule_pb2.BakeoffStats:
+    """The BakeoffStats reply of one window's statistics."""
+    out = capsule_pb2.BakeoffStats(
+        period=window.period,
+        reflex=_mode_stats(stats.by_mode.get(common_pb2.ROUTING_MODE_REFLEX)),
+        cloud=_mode_stats(stats.by_mode.get(common_pb2.ROUTING_MODE_CLOUD)),
+        models=[
+            capsule_pb2.ModelStats(mode=mode, model=model, stats=_mode_stats(g))  # type: ignore[arg-type]
+            for (mode, model), g in sorted(stats.by_model.items())
+        ],
+    )
+    out.start.FromMicroseconds(window.start_us)
+    out.end.FromMicroseconds(window.end_us)
+    return out
+
+
+def _trial_row(t: capsule_pb2.Trial, index: int, now_us: int) -> dict[str, Any]:
+    if not t.id:
+        raise InvalidArgument(f"trials[{index}]: id is required")
+    if t.mode not in VALID_MODES:
+        raise InvalidArgument(f"trials[{index}] (id {t.id}): unknown mode {t.mode}")
+    return {
+        "id": t.id, "bakeoff_run_id": t.bakeoff_run_id, "task_id": t.task_id, "category": t.category,
+        "mode": t.mode, "model": t.model, "backend": t.backend, "success": t.success, "attempts": t.attempts,
+        "json_valid": t.json_valid, "latency_ms": t.latency_ms,
+        "ttft_ms": t.ttft_ms if t.HasField("ttft_ms") else None, "tokens_per_s": t.tokens_per_s,
+        "prompt_tokens": t.prompt_tokens, "cached_tokens": t.cached_tokens if t.HasField("cached_tokens") else None,
+        "reason": t.reason,
+        "time_us": t.time.seconds * 1_000_000 + t.time.nanos // 1000 if t.HasField("time") else now_us,
+        "run_id": t.run_id,
+    }
+
+
+def _run_proto(row: dict[str, Any]) -> capsule_pb2.BakeoffRun:
+    run = capsule_pb2.BakeoffRun(
+        id=row["id"], suite=row["suite"], mode=row["mode"], status=row["status"], task_count=row["task_count"]
+    )
+    if row["started_us"] is not None:
+        run.started_at.FromMicroseconds(row["started_us"])
+    if row["finished_us"] is not None:
+        run.finished_at.FromMicroseconds(row["finished_us"])
+    if row["summary"]:
+        run.summary.update(row["summary"])
+    return run
+
+
+class Capsule:
+    """Events, statistics, verdicts and reports over one CapsuleStore."""
+
+    def __init__(
+        self,
+        store: CapsuleStore,
+        policy: Policy,
+        report_dir: Path,
+        clock_us: Callable[[], int] = _now_us,
+    ):
+        self._store = store
+        self._policy = policy
+        self._report_dir = report_dir
+        self._clock_us = clock_us
+
+    async def start(self) -> None:
+        """Check the schema now so a stale database is refused at start-up.
+
+        An unreachable database does not stop the service: calls answer
+        UNAVAILABLE and the check runs again on the next call.
+        """
+        await asyncio.to_thread(self._store.ensure_schema)
+
+    # -- events ---------------------------------------------------------------
+
+    def _append(self, events: Any) -> capsule_pb2.AppendEventsReply:
+        mode = self._policy.capture.mode
+        now = self._clock_us()
+        rows = [event_to_row(ev, i, mode, now) for i, ev in enumerate(events)]
+        inserted = self._store.append_events(rows)
+        return capsule_pb2.AppendEventsReply(inserted=inserted, duplicates=len(rows) - inserted)
+
+    async def append_events(self, req: capsule_pb2.AppendEventsRequest) -> capsule_pb2.AppendEventsReply:
+        """Validate, redact and capture a batch, then store the new ids.
+
+        The whole batch is validated before anything is written: one bad
+        event rejects the batch, naming its index.
+        """
+        if len(req.events) > MAX_BATCH:
+            raise ResourceExhausted(
+                f"AppendEvents batch of {len(req.events)} events exceeds the limit of {MAX_BATCH}; split it"
+            )
+        return await asyncio.to_thread(self._append, req.events)
+
+    async def query_events(self, req: capsule_pb2.QueryEventsRequest) -> capsule_pb2.QueryEventsReply:
+        """One page of events matching the filters, oldest first."""
+        if req.page_size > MAX_PAGE_SIZE:
+            raise InvalidArgument(f"page_size {req.page_size} exceeds {MAX_PAGE_SIZE}")
+        f = EventFilter(
+            type=req.type, mode=req.mode, model=req.model, role=req.role, session_id=req.session_id,
+            run_id=req.run_id, bakeoff_run_id=req.bakeoff_run_id,
+            since_us=req.since.ToMicroseconds() if req.HasField("since") else None,
+            until_us=req.until.ToMicroseconds() if req.HasField("until") else None,
+        )
+        rows, token = await asyncio.to_thread(
+            self._store.query_events, f, req.page_size or DEFAULT_PAGE_SIZE, req.page_token
+        )
+        return capsule_pb2.QueryEventsReply(events=[row_to_event(r) for r in rows], next_page_token=token)
+
+    # -- statistics and verdicts ----------------------------------------------
+
+    def _window(self, window: capsule_pb2.Window | None) -> TimeWindow:
+        return resolve_window(window, self._clock_us())
+
+    async def _stats(self, window: TimeWindow, bakeoff_run_id: str) -> capsule_pb2.BakeoffStats:
+        stats = await asyncio.to_thread(self._store.attempt_stats, window, bakeoff_run_id)
+        return bakeoff_stats_proto(stats, window)
+
+    async def bakeoff_stats(self, req: capsule_pb2.GetBakeoffStatsRequest) -> capsule_pb2.BakeoffStats:
+        """Per mode and per model statistics of PatchAttempt events."""
+        window = self._window(req.window if req.HasField("window") else None)
+        return await self._stats(window, req.bakeoff_run_id)
+
+    def _thresholds(self, req: capsule_pb2.CheckThresholdsRequest) -> tuple[capsule_pb2.Thresholds, int]:
+        if req.HasField("thresholds"):
+            t = req.thresholds
+            for name in ("p95_latency_ms", "success_parity_percent", "json_schema_compliance_percent"):
+                if getattr(t, name) < 0:
+                    raise InvalidArgument(f"thresholds.{name} must be >= 0")
+        else:
+            p = self._policy.routing.reflex.thresholds
+            t = capsule_pb2.Thresholds(
+                p95_latency_ms=p.p95_latency_ms,
+                success_parity_percent=p.success_parity_percent,
+                json_schema_compliance_percent=p.json_schema_compliance_percent,
+            )
+        return t, req.min_samples or self._policy.routing.verdicts.min_samples
+
+    async def _verdict(
+        self, req: capsule_pb2.CheckThresholdsRequest, bakeoff_run_id: str = ""
+    ) -> tuple[capsule_pb2.CheckThresholdsReply, TimeWindow]:
+        thresholds, min_samples = self._thresholds(req)
+        window = self._window(req.window if req.HasField("window") else None)
+        stats = await self._stats(window, bakeoff_run_id)
+        return judge(stats, thresholds, min_samples, req.model), window
+
+    async def check_thresholds(self, req: capsule_pb2.CheckThresholdsRequest) -> capsule_pb2.CheckThresholdsReply:
+        """Does reflex (or one reflex model) hold the promotion thresholds?"""
+        verdict, _ = await self._verdict(req)
+        return verdict
+
+    async def write_report(self, req: capsule_pb2.WriteReportRequest) -> capsule_pb2.WriteReportReply:
+        """Write reflex-bakeoff-<timestamp>.json and .md; return paths and verdict."""
+        check = capsule_pb2.CheckThresholdsRequest(window=req.window) if req.HasField("window") else None
+        verdict, window = await self._verdict(check or capsule_pb2.CheckThresholdsRequest(), req.bakeoff_run_id)
+        run_id = req.bakeoff_run_id
+        histogram = await asyncio.to_thread(self._store.latency_histogram, window, run_id)
+        trials = await asyncio.to_thread(self._store.trial_summary, window, run_id)
+        run = await asyncio.to_thread(self._store.get_run, run_id) if run_id else None
+        inputs = ReportInputs(
+            generated_at=datetime.fromtimestamp(self._clock_us() / 1e6, UTC),
+            verdict=verdict, histogram=histogram, trials=trials, bakeoff_run=run,
+        )
+        out_dir = Path(req.out_dir) if req.out_dir else self._report_dir
+        json_path, md_path = await asyncio.to_thread(write_report, out_dir, inputs)
+        return capsule_pb2.WriteReportReply(json_path=str(json_path), markdown_path=str(md_path), verdict=verdict)
+
+    async def usage(self, req: capsule_pb2.GetUsageRequest) -> capsule_pb2.UsageSummary:
+        """Calls and tokens of LLMCall events in the window (for budget caps)."""
+        if req.mode not in VALID_MODES:
+            raise InvalidArgument(f"unknown mode {req.mode}")
+        window = self._window(req.window if req.HasField("window") else None)
+        u = await asyncio.to_thread(self._store.usage, window, common_pb2.EVENT_TYPE_LLM_CALL, req.mode)
+        return capsule_pb2.UsageSummary(
+            calls=u.calls, prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens
+        )
+
+    # -- bakeoff runs and trials ----------------------------------------------
+
+    async def upsert_bakeoff_run(self, run: capsule_pb2.BakeoffRun) -> capsule_pb2.BakeoffRun:
+        """Create or update a run; an empty id gets a fresh UUID."""
+        if run.mode not in _RUN_MODES:
+            raise InvalidArgument(f"bakeoff run mode {run.mode!r} is not reflex, cloud or both")
+        if run.status not in _RUN_STATUSES:
+            raise InvalidArgument(f"bakeoff run status {run.status!r} is not running, done or interrupted")
+        row = {
+            "id": run.id or str(uuid.uuid4()), "suite": run.suite, "mode": run.mode, "status": run.status,
+            "started_us": run.started_at.ToMicroseconds() if run.HasField("started_at") else None,
+            "finished_us": run.finished_at.ToMicroseconds() if run.HasField("finished_at") else None,
+            "task_count": run.task_count,
+            "summary": struct_to_dict(run.summary) if run.HasField("summary") else None,
+        }
+        return _run_proto(await asyncio.to_thread(self._store.upsert_run, row))
+
+    async def record_trials(self, req: capsule_pb2.RecordTrialsRequest) -> capsule_pb2.RecordTrialsReply:
+        """Store trials, idempotent by trial id."""
+        if len(req.trials) > MAX_BATCH:
+            raise ResourceExhausted(f"RecordTrials batch of {len(req.trials)} exceeds the limit of {MAX_BATCH}")
+        now = self._clock_us()
+        rows = [_trial_row(t, i, now) for i, t in enumerate(req.trials)]
+        inserted = await asyncio.to_thread(self._store.record_trials, rows)
+        return capsule_pb2.RecordTrialsReply(inserted=inserted, duplicates=len(rows) - inserted)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._store.close)

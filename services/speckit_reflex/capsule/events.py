@@ -1,0 +1,148 @@
+"""Events in and out: validation, redaction and capture on ingest, protos on read.
+
+Ingest is the hot path (≥ 50,000 events/s), so a proto becomes a plain tuple
+in COLUMNS order with direct attribute reads; Structs are walked by hand
+rather than through json_format, which is several times slower.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from speckit_reflex.capsule.capture import capture, redact
+from speckit_reflex.errors import InvalidArgument
+from speckit_reflex.v1 import common_pb2
+
+MAX_ID_LEN = 128
+MAX_JSON_DEPTH = 32
+
+VALID_TYPES = frozenset(v for v in common_pb2.EventType.values() if v != common_pb2.EVENT_TYPE_UNSPECIFIED)
+VALID_ROLES = frozenset(common_pb2.Role.values())
+VALID_MODES = frozenset(common_pb2.RoutingMode.values())
+VALID_STAGES = frozenset(common_pb2.Stage.values())
+
+# Column order of a stored event; the ingest tuple and COPY follow it.
+COLUMNS = (
+    "id", "type", "time_us", "role", "mode", "model", "backend", "stage", "session_id", "run_id",
+    "reason", "is_fallback", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens",
+    "cached_tokens", "tokens_per_s", "success", "json_valid", "attempt", "policy_hash",
+    "bakeoff_run_id", "task_id", "payload", "request", "response", "capture_mode",
+    "request_sha256", "response_sha256",
+)
+_HEX = frozenset("0123456789abcdef")
+
+
+class MalformedJson(ValueError):
+    """A Struct that has no JSON form (NaN, a Value without a kind, too deep)."""
+
+
+def _value(v: struct_pb2.Value, depth: int) -> Any:
+    kind = v.WhichOneof("kind")
+    if kind == "string_value":
+        return v.string_value
+    if kind == "number_value":
+        n = v.number_value
+        if not math.isfinite(n):
+            raise MalformedJson(f"number {n} has no JSON form")
+        return n
+    if kind == "bool_value":
+        return v.bool_value
+    if kind == "null_value":
+        return None
+    if kind == "struct_value":
+        return struct_to_dict(v.struct_value, depth + 1)
+    if kind == "list_value":
+        if depth >= MAX_JSON_DEPTH:
+            raise MalformedJson(f"nested deeper than {MAX_JSON_DEPTH} levels")
+        return [_value(x, depth + 1) for x in v.list_value.values]
+    raise MalformedJson("a value has no kind set")
+
+
+def struct_to_dict(s: struct_pb2.Struct, depth: int = 0) -> dict[str, Any]:
+    """A Struct as a plain dict; raises MalformedJson if it has no JSON form."""
+    if depth >= MAX_JSON_DEPTH:
+        raise MalformedJson(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return {k: _value(v, depth) for k, v in s.fields.items()}
+
+
+def dict_to_struct(d: dict[str, Any] | None, out: struct_pb2.Struct) -> None:
+    if d:
+        out.update(d)
+
+
+def _sha_or_empty(given: str) -> str:
+    return given if len(given) == 64 and set(given) <= _HEX else ""
+
+
+def _finite(name: str, value: float, index: int) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise InvalidArgument(f"events[{index}]: {name} must be a finite number >= 0 (got {value})")
+    return value
+
+
+def event_to_row(ev: common_pb2.Event, index: int, capture_mode: str, now_us: int) -> tuple[Any, ...]:
+    """Validate one event and return its row tuple (COLUMNS order).
+
+    Raises InvalidArgument naming `index`, the event's place in its batch.
+    """
+    eid = ev.id
+    if not eid or not eid.strip():
+        raise InvalidArgument(f"events[{index}]: id is required")
+    if len(eid) > MAX_ID_LEN:
+        raise InvalidArgument(f"events[{index}]: id longer than {MAX_ID_LEN} characters")
+    etype = ev.type
+    if etype not in VALID_TYPES:
+        what = "unspecified" if etype == 0 else f"unknown ({etype})"
+        raise InvalidArgument(f"events[{index}] (id {eid}): event type is {what}")
+    if ev.role not in VALID_ROLES or ev.mode not in VALID_MODES or ev.stage not in VALID_STAGES:
+        raise InvalidArgument(f"events[{index}] (id {eid}): unknown role, mode or stage value")
+    ts = ev.time
+    time_us = ts.seconds * 1_000_000 + ts.nanos // 1000 if ev.HasField("time") else now_us
+    try:
+        payload = redact(struct_to_dict(ev.payload)) if ev.HasField("payload") else None
+        request = redact(struct_to_dict(ev.request)) if ev.HasField("request") else None
+        response = redact(struct_to_dict(ev.response)) if ev.HasField("response") else None
+    except MalformedJson as exc:
+        raise InvalidArgument(f"events[{index}] (id {eid}): malformed payload/request/response: {exc}") from None
+    stored_req, req_sha = capture(request, capture_mode)
+    stored_resp, resp_sha = capture(response, capture_mode)
+    if capture_mode != "none":
+        # A caller that already hashed (and dropped) the body may send the hash.
+        req_sha = req_sha or _sha_or_empty(ev.request_sha256)
+        resp_sha = resp_sha or _sha_or_empty(ev.response_sha256)
+    return (
+        eid, etype, time_us, ev.role, ev.mode, ev.model, ev.backend, ev.stage, ev.session_id, ev.run_id,
+        ev.reason, ev.is_fallback, _finite("latency_ms", ev.latency_ms, index),
+        _finite("ttft_ms", ev.ttft_ms, index) if ev.HasField("ttft_ms") else None,
+        ev.prompt_tokens, ev.completion_tokens,
+        ev.cached_tokens if ev.HasField("cached_tokens") else None,
+        _finite("tokens_per_s", ev.tokens_per_s, index),
+        ev.success if ev.HasField("success") else None,
+        ev.json_valid if ev.HasField("json_valid") else None,
+        ev.attempt, ev.policy_hash, ev.bakeoff_run_id, ev.task_id,
+        payload, stored_req, stored_resp, capture_mode, req_sha, resp_sha,
+    )
+
+
+def row_to_event(row: Any) -> common_pb2.Event:
+    """A stored row (mapping with COLUMNS keys) as an Event proto."""
+    ev = common_pb2.Event(
+        id=row["id"], type=row["type"], role=row["role"], mode=row["mode"], model=row["model"],
+        backend=row["backend"], stage=row["stage"], session_id=row["session_id"], run_id=row["run_id"],
+        reason=row["reason"], is_fallback=bool(row["is_fallback"]), latency_ms=row["latency_ms"],
+        prompt_tokens=row["prompt_tokens"], completion_tokens=row["completion_tokens"],
+        tokens_per_s=row["tokens_per_s"], attempt=row["attempt"], policy_hash=row["policy_hash"],
+        capture_mode=row["capture_mode"], request_sha256=row["request_sha256"],
+        response_sha256=row["response_sha256"], bakeoff_run_id=row["bakeoff_run_id"], task_id=row["task_id"],
+    )
+    ev.time.FromMicroseconds(row["time_us"])
+    for name in ("ttft_ms", "cached_tokens", "success", "json_valid"):
+        if row[name] is not None:
+            setattr(ev, name, row[name])
+    dict_to_struct(row["payload"], ev.payload)
+    dict_to_struct(row["request"], ev.request)
+    dict_to_struct(row["response"], ev.response)
+    return ev

@@ -1,0 +1,196 @@
+"""The bakeoff report: `reflex-bakeoff-<UTC timestamp>.json` for machines and
+`.md` for people (summary, verdict, per-model tables, trials, and a latency
+distribution chart of reflex vs cloud as a Mermaid xychart plus the same
+numbers as a text histogram, so it reads anywhere)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from speckit_reflex.capsule.stats import LATENCY_BUCKETS_MS
+from speckit_reflex.capsule.store import TrialSummary
+from speckit_reflex.clients.capsule import stats_to_seed_json
+from speckit_reflex.v1 import capsule_pb2, common_pb2
+
+REFLEX, CLOUD = common_pb2.ROUTING_MODE_REFLEX, common_pb2.ROUTING_MODE_CLOUD
+_BAR_WIDTH = 40
+
+
+@dataclass
+class ReportInputs:
+    """Everything a report shows, gathered by the core."""
+
+    generated_at: datetime
+    verdict: capsule_pb2.CheckThresholdsReply
+    histogram: dict[int, list[int]]
+    trials: list[TrialSummary]
+    bakeoff_run: dict[str, Any] | None
+
+
+def _mode_name(mode: int) -> str:
+    return common_pb2.RoutingMode.Name(mode).removeprefix("ROUTING_MODE_").lower()  # type: ignore[arg-type]
+
+
+def bucket_labels() -> list[str]:
+    lows = (0, *LATENCY_BUCKETS_MS)
+    labels = [f"{lo}-{hi}" for lo, hi in zip(lows, LATENCY_BUCKETS_MS, strict=False)]
+    return [*labels, f">={LATENCY_BUCKETS_MS[-1]}"]
+
+
+def verdict_to_json(v: capsule_pb2.CheckThresholdsReply) -> dict[str, Any]:
+    return {
+        "passed": v.passed,
+        "model": v.model or None,
+        "min_samples": v.min_samples,
+        "thresholds": {
+            "p95_latency_ms": v.thresholds.p95_latency_ms,
+            "success_parity_percent": v.thresholds.success_parity_percent,
+            "json_schema_compliance_percent": v.thresholds.json_schema_compliance_percent,
+        },
+        "success_parity_percent": round(v.success_parity_percent, 1) if v.HasField("success_parity_percent") else None,
+        "failures": [
+            {
+                "kind": capsule_pb2.ThresholdFailureKind.Name(f.kind).removeprefix("THRESHOLD_FAILURE_KIND_").lower(),
+                "message": f.message,
+                "observed": f.observed,
+                "required": f.required,
+            }
+            for f in v.failures
+        ],
+    }
+
+
+def report_json(r: ReportInputs) -> dict[str, Any]:
+    """The JSON report document."""
+    return {
+        "generated_at": r.generated_at.isoformat().replace("+00:00", "Z"),
+        "stats": stats_to_seed_json(r.verdict.stats),
+        "verdict": verdict_to_json(r.verdict),
+        "latency_histogram": {
+            "buckets_ms": bucket_labels(),
+            **{_mode_name(m): counts for m, counts in sorted(r.histogram.items())},
+        },
+        "trials": [{**asdict(t), "mode": _mode_name(t.mode)} for t in r.trials],
+        "bakeoff_run": r.bakeoff_run,
+    }
+
+
+def _fmt(x: float | None, unit: str = "") -> str:
+    return "–" if x is None else f"{x:.1f}{unit}"
+
+
+def _stats_row(label: str, s: dict[str, Any]) -> str:
+    cache = "–" if s["cache_hit_rate"] is None else f"{100 * s['cache_hit_rate']:.0f} %"
+    return (
+        f"| {label} | {s['total_attempts']} | {_fmt(s['success_rate'], ' %')} | {_fmt(s['json_compliance_rate'], ' %')} "
+        f"| {_fmt(s['p50_latency_ms'])} | {_fmt(s['p95_latency_ms'])} | {_fmt(s['p50_ttft_ms'])} "
+        f"| {_fmt(s['p95_ttft_ms'])} | {_fmt(s['mean_tokens_per_s'])} | {cache} |"
+    )
+
+
+_STATS_HEADER = (
+    "| {first} | attempts | success | JSON compliance | p50 latency ms | p95 latency ms "
+    "| p50 TTFT ms | p95 TTFT ms | tokens/s | cache hit |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
+
+
+def _latency_chart(histogram: dict[int, list[int]]) -> list[str]:
+    labels = bucket_labels()
+    reflex = histogram.get(REFLEX, [0] * len(labels))
+    cloud = histogram.get(CLOUD, [0] * len(labels))
+    top = max([*reflex, *cloud, 1])
+    lines = [
+        "```mermaid",
+        "xychart-beta",
+        '    title "PatchAttempt latency (ms): reflex (first series) vs cloud (second)"',
+        "    x-axis [" + ", ".join(f'"{lab}"' for lab in labels) + "]",
+        f'    y-axis "attempts" 0 --> {top}',
+        f"    bar [{', '.join(map(str, reflex))}]",
+        f"    bar [{', '.join(map(str, cloud))}]",
+        "```",
+        "",
+        "```text",
+        f"{'latency ms':>12}  {'reflex':<{_BAR_WIDTH + 8}} cloud",
+    ]
+    for lab, a, b in zip(labels, reflex, cloud, strict=True):
+        bar_a = "#" * round(_BAR_WIDTH * a / top)
+        bar_b = "=" * round(_BAR_WIDTH * b / top)
+        lines.append(f"{lab:>12}  {bar_a:<{_BAR_WIDTH}} {a:>7} {bar_b:<{_BAR_WIDTH}} {b:>7}")
+    lines.append("```")
+    return lines
+
+
+def report_markdown(doc: dict[str, Any], r: ReportInputs) -> str:
+    """The Markdown report, for people."""
+    stats, verdict = doc["stats"], doc["verdict"]
+    t = verdict["thresholds"]
+    parity = verdict["success_parity_percent"]
+    lines = [
+        "# Reflex bakeoff report",
+        "",
+        f"Generated {doc['generated_at']}; window {stats['period']} ({stats['start']} to {stats['end']}).",
+        "",
+        "## Summary",
+        "",
+        f"**Verdict: {'PASS' if verdict['passed'] else 'FAIL'}** — reflex "
+        f"{'holds' if verdict['passed'] else 'does not hold'} the promotion thresholds "
+        f"(p95 latency < {t['p95_latency_ms']:g} ms, success parity ≥ {t['success_parity_percent']:g} %, "
+        f"JSON compliance ≥ {t['json_schema_compliance_percent']:g} %, at least {verdict['min_samples']} samples)"
+        + (f" for model `{verdict['model']}`." if verdict["model"] else "."),
+        "",
+        f"- Reflex: {stats['reflex']['total_attempts']} attempts, {_fmt(stats['reflex']['success_rate'], ' %')} success, "
+        f"p95 latency {_fmt(stats['reflex']['p95_latency_ms'])} ms.",
+        f"- Cloud: {stats['cloud']['total_attempts']} attempts, {_fmt(stats['cloud']['success_rate'], ' %')} success, "
+        f"p95 latency {_fmt(stats['cloud']['p95_latency_ms'])} ms.",
+        f"- Success parity: {_fmt(parity, ' %') if parity is not None else 'unknown (no cloud attempts)'}.",
+        "",
+        "## Threshold verdict",
+        "",
+    ]
+    if verdict["failures"]:
+        lines += ["| reason | observed | required | detail |", "|---|---:|---:|---|"]
+        lines += [
+            f"| {f['kind']} | {f['observed']:.1f} | {f['required']:.1f} | {f['message']} |" for f in verdict["failures"]
+        ]
+    else:
+        lines.append("All thresholds met.")
+    lines += ["", "## Per mode", "", _STATS_HEADER.format(first="mode")]
+    lines += [_stats_row("reflex", stats["reflex"]), _stats_row("cloud", stats["cloud"])]
+    lines += ["", "## Per model", "", _STATS_HEADER.format(first="mode / model")]
+    lines += [_stats_row(f"{m['mode']} / `{m['model'] or '(unnamed)'}`", m) for m in stats["models"]]
+    lines += ["", "## Latency distribution, reflex vs cloud", ""]
+    lines += _latency_chart(r.histogram)
+    if doc["trials"]:
+        lines += [
+            "", "## Trials", "",
+            "| mode / model | tasks | solved | solved on attempt 1 | mean attempts | JSON valid |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {x['mode']} / `{x['model']}` | {x['tasks']} | {x['successes']} | {x['first_attempt_successes']} "
+            f"| {x['mean_attempts']:.2f} | {x['json_valid']} |"
+            for x in doc["trials"]
+        ]
+    if doc["bakeoff_run"]:
+        run = doc["bakeoff_run"]
+        lines += ["", f"Bakeoff run `{run['id']}`: suite {run['suite']}, mode {run['mode']}, status {run['status']}."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: Path, r: ReportInputs) -> tuple[Path, Path]:
+    """Write both files atomically (temp file, then rename); return their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = r.generated_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    doc = report_json(r)
+    paths = (out_dir / f"reflex-bakeoff-{stamp}.json", out_dir / f"reflex-bakeoff-{stamp}.md")
+    bodies = (json.dumps(doc, indent=2, default=str) + "\n", report_markdown(doc, r))
+    for path, body in zip(paths, bodies, strict=True):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(body, encoding="utf-8")
+        os.replace(tmp, path)
+    return paths

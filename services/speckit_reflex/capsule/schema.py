@@ -1,0 +1,143 @@
+"""Capsule's database schema: typed SQLAlchemy 2 models.
+
+Alembic migrations (`migrations/`) are the only way this schema reaches a
+database; these models are what `alembic check` compares against.
+
+Two choices that serve both dialects and the hot paths:
+- Times are `*_us` integers, microseconds since the Unix epoch in UTC. They
+  compare, index and COPY identically on PostgreSQL and SQLite, and converting
+  a protobuf Timestamp to one is a multiply and an add.
+- Enums (type, role, mode, stage) are the v1 proto numbers as SMALLINT. Proto
+  numbers are never renumbered, so they are stable identifiers; the windowed
+  statistics filter on them millions of times.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Index, Integer, MetaData, SmallInteger, String, Text, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# JSONB on PostgreSQL (indexable, compact), JSON text on SQLite.
+JsonDoc = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
+# EventType.EVENT_TYPE_PATCH_ATTEMPT: the bakeoff statistics read only these.
+PATCH_ATTEMPT = 3
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class EventRow(Base):
+    """One capsule event (the v1 `Event` envelope, flattened)."""
+
+    __tablename__ = "events"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    type: Mapped[int] = mapped_column(SmallInteger)
+    time_us: Mapped[int] = mapped_column(BigInteger)
+    role: Mapped[int] = mapped_column(SmallInteger, default=0)
+    mode: Mapped[int] = mapped_column(SmallInteger, default=0)
+    model: Mapped[str] = mapped_column(Text, default="")
+    backend: Mapped[str] = mapped_column(Text, default="")
+    stage: Mapped[int] = mapped_column(SmallInteger, default=0)
+    session_id: Mapped[str] = mapped_column(Text, default="")
+    run_id: Mapped[str] = mapped_column(Text, default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    is_fallback: Mapped[bool] = mapped_column(Boolean, default=False)
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    ttft_ms: Mapped[float | None] = mapped_column(Float)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    # NULL = the server did not report it (unknown), which is not 0.
+    cached_tokens: Mapped[int | None] = mapped_column(Integer)
+    tokens_per_s: Mapped[float] = mapped_column(Float, default=0.0)
+    success: Mapped[bool | None] = mapped_column(Boolean)
+    json_valid: Mapped[bool | None] = mapped_column(Boolean)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    policy_hash: Mapped[str] = mapped_column(Text, default="")
+    bakeoff_run_id: Mapped[str] = mapped_column(Text, default="")
+    task_id: Mapped[str] = mapped_column(Text, default="")
+    payload: Mapped[Any] = mapped_column(JsonDoc, nullable=True)
+    # Stored only under capture mode full_io (after redaction).
+    request: Mapped[Any] = mapped_column(JsonDoc, nullable=True)
+    response: Mapped[Any] = mapped_column(JsonDoc, nullable=True)
+    capture_mode: Mapped[str] = mapped_column(String(16), default="none")
+    request_sha256: Mapped[str] = mapped_column(String(64), default="")
+    response_sha256: Mapped[str] = mapped_column(String(64), default="")
+
+    __table_args__ = (
+        # Windowed reads by type (usage, QueryEvents by type) and by time.
+        Index("ix_events_type_time_us", "type", "time_us"),
+        Index("ix_events_time_us", "time_us"),
+        Index("ix_events_session_id_time_us", "session_id", "time_us"),
+        # The bakeoff statistics read PatchAttempt rows in a time window:
+        # on PostgreSQL this partial index carries every column they need, so
+        # the statistics are an index-only scan that never touches the heap.
+        Index(
+            "ix_events_attempts_time_us",
+            "time_us",
+            postgresql_include=[
+                "mode", "model", "success", "json_valid", "latency_ms", "ttft_ms",
+                "tokens_per_s", "prompt_tokens", "cached_tokens",
+            ],
+            postgresql_where=text(f"type = {PATCH_ATTEMPT}"),
+            sqlite_where=text(f"type = {PATCH_ATTEMPT}"),
+        ),
+    )
+
+
+class BakeoffRunRow(Base):
+    """One run of a bakeoff suite."""
+
+    __tablename__ = "bakeoff_runs"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    suite: Mapped[str] = mapped_column(Text, default="")
+    mode: Mapped[str] = mapped_column(String(16), default="")
+    status: Mapped[str] = mapped_column(String(16), default="")
+    started_us: Mapped[int | None] = mapped_column(BigInteger)
+    finished_us: Mapped[int | None] = mapped_column(BigInteger)
+    task_count: Mapped[int] = mapped_column(Integer, default=0)
+    summary: Mapped[Any] = mapped_column(JsonDoc, nullable=True)
+
+
+class TrialRow(Base):
+    """One task of a bakeoff run, solved (or not) in one mode by one model."""
+
+    __tablename__ = "bakeoff_trials"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    bakeoff_run_id: Mapped[str] = mapped_column(Text, default="")
+    task_id: Mapped[str] = mapped_column(Text, default="")
+    category: Mapped[str] = mapped_column(Text, default="")
+    mode: Mapped[int] = mapped_column(SmallInteger, default=0)
+    model: Mapped[str] = mapped_column(Text, default="")
+    backend: Mapped[str] = mapped_column(Text, default="")
+    success: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    json_valid: Mapped[bool] = mapped_column(Boolean, default=False)
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    ttft_ms: Mapped[float | None] = mapped_column(Float)
+    tokens_per_s: Mapped[float] = mapped_column(Float, default=0.0)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cached_tokens: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    time_us: Mapped[int] = mapped_column(BigInteger)
+    run_id: Mapped[str] = mapped_column(Text, default="")
+
+    __table_args__ = (
+        Index("ix_bakeoff_trials_bakeoff_run_id", "bakeoff_run_id"),
+        Index("ix_bakeoff_trials_time_us", "time_us"),
+    )

@@ -1,0 +1,207 @@
+"""Bakeoff statistics in SQL: per mode and per (mode, model), over PatchAttempt
+events in a window.
+
+PostgreSQL computes everything, percentiles included (`percentile_cont`), in
+one statement with GROUPING SETS over the covering partial index. SQLite has
+no percentile aggregate, so it ranks values with window functions and returns
+only the rows around each percentile's position; Python then interpolates
+between those two neighbours exactly as `percentile_cont` does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from speckit_reflex.capsule.schema import PATCH_ATTEMPT
+from speckit_reflex.capsule.windows import TimeWindow
+
+PERCENTILES = (0.5, 0.95)
+# Upper bounds (ms) of the latency histogram's buckets; the last is open.
+LATENCY_BUCKETS_MS = (100, 250, 500, 1000, 2000, 5000, 10000)
+
+
+@dataclass
+class GroupStats:
+    """Statistics of one group: a mode (model is None) or a (mode, model)."""
+
+    mode: int
+    model: str | None
+    total: int = 0
+    successes: int = 0
+    json_valid: int = 0
+    p50_latency_ms: float = 0.0
+    p95_latency_ms: float = 0.0
+    p50_ttft_ms: float | None = None
+    p95_ttft_ms: float | None = None
+    mean_tokens_per_s: float = 0.0
+    cached_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    cache_reported: int = 0
+
+    @property
+    def success_rate(self) -> float:
+        return 100.0 * self.successes / self.total if self.total else 0.0
+
+    @property
+    def json_compliance_rate(self) -> float:
+        # An attempt that did not report json_valid is not counted as valid.
+        return 100.0 * self.json_valid / self.total if self.total else 0.0
+
+    @property
+    def cache_hit_rate(self) -> float | None:
+        """cached / prompt tokens (0-1) over attempts that reported cached tokens."""
+        if not self.cache_reported or not self.cached_prompt_tokens:
+            return None
+        return self.cached_tokens / self.cached_prompt_tokens
+
+
+@dataclass
+class AttemptStats:
+    """Every group of one window."""
+
+    by_mode: dict[int, GroupStats] = field(default_factory=dict)
+    by_model: dict[tuple[int, str], GroupStats] = field(default_factory=dict)
+
+
+def _filters(window: TimeWindow, bakeoff_run_id: str) -> tuple[str, dict[str, Any]]:
+    where = f"type = {PATCH_ATTEMPT} AND time_us >= :start AND time_us < :end"
+    params: dict[str, Any] = {"start": window.start_us, "end": window.end_us}
+    if bakeoff_run_id:
+        where += " AND bakeoff_run_id = :run"
+        params["run"] = bakeoff_run_id
+    return where, params
+
+
+def _group(stats: AttemptStats, mode: int, model: str | None) -> GroupStats:
+    if model is None:
+        return stats.by_mode.setdefault(mode, GroupStats(mode, None))
+    return stats.by_model.setdefault((mode, model), GroupStats(mode, model))
+
+
+def attempt_stats(conn: Connection, window: TimeWindow, bakeoff_run_id: str = "") -> AttemptStats:
+    """Per-mode and per-(mode, model) statistics of PatchAttempt events."""
+    if conn.dialect.name == "postgresql":
+        return _postgres_stats(conn, window, bakeoff_run_id)
+    return _portable_stats(conn, window, bakeoff_run_id)
+
+
+_PG_STATS = """
+SELECT mode, model, GROUPING(model) AS per_mode,
+       count(*) AS total,
+       count(*) FILTER (WHERE success) AS successes,
+       count(*) FILTER (WHERE json_valid) AS json_valid,
+       percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY latency_ms) AS latency,
+       percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY ttft_ms) AS ttft,
+       avg(NULLIF(tokens_per_s, 0)) AS tps,
+       sum(cached_tokens) AS cached,
+       sum(prompt_tokens) FILTER (WHERE cached_tokens IS NOT NULL) AS cached_prompt,
+       count(cached_tokens) AS cache_reported
+FROM events
+WHERE {where}
+GROUP BY GROUPING SETS ((mode), (mode, model))
+"""
+
+
+def _postgres_stats(conn: Connection, window: TimeWindow, run: str) -> AttemptStats:
+    where, params = _filters(window, run)
+    # Sorting a million latencies needs more than the default 4 MB of
+    # work_mem to stay in memory; SET LOCAL ends with the transaction.
+    conn.execute(text("SET LOCAL work_mem = '256MB'"))
+    out = AttemptStats()
+    for r in conn.execute(text(_PG_STATS.format(where=where)), params).mappings():
+        g = _group(out, r["mode"], None if r["per_mode"] else r["model"])
+        g.total, g.successes, g.json_valid = r["total"], r["successes"], r["json_valid"]
+        g.p50_latency_ms, g.p95_latency_ms = r["latency"]
+        if r["ttft"] is not None and r["ttft"][0] is not None:
+            g.p50_ttft_ms, g.p95_ttft_ms = r["ttft"]
+        g.mean_tokens_per_s = float(r["tps"] or 0.0)
+        g.cached_tokens = int(r["cached"] or 0)
+        g.cached_prompt_tokens = int(r["cached_prompt"] or 0)
+        g.cache_reported = r["cache_reported"]
+    return out
+
+
+_PORTABLE_COUNTS = """
+SELECT mode, {model} AS model,
+       count(*) AS total,
+       sum(CASE WHEN success THEN 1 ELSE 0 END) AS successes,
+       sum(CASE WHEN json_valid THEN 1 ELSE 0 END) AS json_valid,
+       avg(NULLIF(tokens_per_s, 0)) AS tps,
+       sum(cached_tokens) AS cached,
+       sum(CASE WHEN cached_tokens IS NOT NULL THEN prompt_tokens ELSE 0 END) AS cached_prompt,
+       count(cached_tokens) AS cache_reported
+FROM events
+WHERE {where}
+GROUP BY mode{group_model}
+"""
+
+# Rank the metric inside each group and keep the rows next to each
+# percentile's position p*(n-1): floor and floor+1 for p in 0.5 and 0.95.
+_PORTABLE_PERCENTILES = """
+SELECT mode, model, v, rn, n FROM (
+  SELECT mode, {model} AS model, {col} AS v,
+         row_number() OVER (PARTITION BY {part} ORDER BY {col}) - 1 AS rn,
+         count(*) OVER (PARTITION BY {part}) AS n
+  FROM events
+  WHERE {where} AND {col} IS NOT NULL
+) ranked
+WHERE rn IN (CAST((n - 1) * 0.5 AS INTEGER), CAST((n - 1) * 0.5 AS INTEGER) + 1,
+             CAST((n - 1) * 0.95 AS INTEGER), CAST((n - 1) * 0.95 AS INTEGER) + 1)
+"""
+
+
+def interpolate(values_by_rank: dict[int, float], n: int, p: float) -> float:
+    """percentile_cont's value at fraction p from the ranked neighbours."""
+    pos = p * (n - 1)
+    lo = math.floor(pos)
+    lo_v = values_by_rank[lo]
+    if pos == lo:
+        return lo_v
+    return lo_v + (pos - lo) * (values_by_rank[lo + 1] - lo_v)
+
+
+def _portable_stats(conn: Connection, window: TimeWindow, run: str) -> AttemptStats:
+    where, params = _filters(window, run)
+    out = AttemptStats()
+    for per_mode in (True, False):
+        model_expr = "NULL" if per_mode else "model"
+        sql = _PORTABLE_COUNTS.format(model=model_expr, where=where, group_model="" if per_mode else ", model")
+        for r in conn.execute(text(sql), params).mappings():
+            g = _group(out, r["mode"], r["model"])
+            g.total, g.successes, g.json_valid = r["total"], int(r["successes"]), int(r["json_valid"])
+            g.mean_tokens_per_s = float(r["tps"] or 0.0)
+            g.cached_tokens, g.cached_prompt_tokens = int(r["cached"] or 0), int(r["cached_prompt"] or 0)
+            g.cache_reported = r["cache_reported"]
+        part = "mode" if per_mode else "mode, model"
+        for col in ("latency_ms", "ttft_ms"):
+            sql = _PORTABLE_PERCENTILES.format(model=model_expr, col=col, part=part, where=where)
+            ranked: dict[tuple[int, str | None], tuple[int, dict[int, float]]] = {}
+            for r in conn.execute(text(sql), params).mappings():
+                n, values = ranked.setdefault((r["mode"], r["model"]), (r["n"], {}))
+                values[r["rn"]] = float(r["v"])
+            for (mode, model), (n, values) in ranked.items():
+                p50, p95 = (interpolate(values, n, p) for p in PERCENTILES)
+                g = _group(out, mode, model)
+                if col == "latency_ms":
+                    g.p50_latency_ms, g.p95_latency_ms = p50, p95
+                else:
+                    g.p50_ttft_ms, g.p95_ttft_ms = p50, p95
+    return out
+
+
+def latency_histogram(conn: Connection, window: TimeWindow, bakeoff_run_id: str = "") -> dict[int, list[int]]:
+    """Attempt counts per mode in each latency bucket (LATENCY_BUCKETS_MS, then open)."""
+    where, params = _filters(window, bakeoff_run_id)
+    cases = " ".join(f"WHEN latency_ms < {b} THEN {i}" for i, b in enumerate(LATENCY_BUCKETS_MS))
+    sql = (
+        f"SELECT mode, CASE {cases} ELSE {len(LATENCY_BUCKETS_MS)} END AS bucket, count(*) AS n "
+        f"FROM events WHERE {where} GROUP BY mode, bucket"
+    )
+    out: dict[int, list[int]] = {}
+    for r in conn.execute(text(sql), params).mappings():
+        out.setdefault(r["mode"], [0] * (len(LATENCY_BUCKETS_MS) + 1))[r["bucket"]] = r["n"]
+    return out
