@@ -1,0 +1,193 @@
+"""The suite runner: every selected task, in each requested mode, through
+PatchLoop on a fresh copy of its broken crate; trials and the run recorded in
+Capsule as they finish; figures and the report at the end.
+
+Client-side: it reaches the services only through `speckit_reflex.clients`.
+Ctrl-C (task cancellation) stops the remaining trials, keeps the finished
+ones, marks the run "interrupted" and still writes the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import grpc
+
+from speckit_reflex.bakeoff.metrics import BackendFigures, figures_by_backend
+from speckit_reflex.bakeoff.suite import Suite, SuiteTask, copy_crate
+from speckit_reflex.bakeoff.trial import MODE_VALUES, TrialResult
+from speckit_reflex.v1 import capsule_pb2, patchloop_pb2
+
+# GR-006: the fixed crate must build and its tests pass; offline because the
+# suite is std-only and the sandbox may have no network.
+VERIFY_COMMAND = ("cargo", "test", "--offline", "-q")
+
+
+class PatchLoopRuns(Protocol):
+    """What the runner needs of the PatchLoop client."""
+
+    def run(self, request: patchloop_pb2.RunRequest) -> AsyncIterator[patchloop_pb2.RunEvent]: ...
+
+
+class CapsuleRecords(Protocol):
+    """What the runner needs of the Capsule client."""
+
+    async def upsert_bakeoff_run(self, run: capsule_pb2.BakeoffRun) -> capsule_pb2.BakeoffRun: ...
+
+    async def record_trials(self, trials: Sequence[capsule_pb2.Trial]) -> capsule_pb2.RecordTrialsReply: ...
+
+    async def write_report(
+        self, win: capsule_pb2.Window | None = None, out_dir: str = "", bakeoff_run_id: str = ""
+    ) -> capsule_pb2.WriteReportReply: ...
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run the suite."""
+
+    modes: tuple[str, ...] = ("reflex",)
+    concurrency: int = 1
+    # Attempts per trial; 0 = the PatchLoop policy's default.
+    max_attempts: int = 0
+    build_timeout_s: int = 0
+    # Report folder on the Capsule server's disk; "" = its .speckit/eval.
+    report_dir: str = ""
+    session_prefix: str = "bakeoff"
+    # Where crate copies are made; None = the system temp folder.
+    scratch_root: Path | None = None
+
+
+@dataclass
+class BakeoffResult:
+    """What a run came to; `status` is "done" or "interrupted"."""
+
+    bakeoff_run_id: str
+    suite: str
+    modes: tuple[str, ...]
+    status: str
+    planned: int
+    trials: list[TrialResult] = field(default_factory=list)
+    figures: list[BackendFigures] = field(default_factory=list)
+    report: capsule_pb2.WriteReportReply | None = None
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    finished_at: datetime | None = None
+
+    def summary_json(self) -> dict[str, Any]:
+        """Counts and per-backend figures (stored with the run in Capsule)."""
+        return {
+            "planned": self.planned,
+            "finished": len(self.trials),
+            "fixed": sum(t.success for t in self.trials),
+            "backends": [f.to_json() for f in self.figures],
+        }
+
+
+# Called after each trial with (trial, finished, planned, fixed so far by mode).
+TrialListener = Callable[[TrialResult, int, int, dict[str, int]], None]
+
+
+class BakeoffRunner:
+    """Runs a suite through PatchLoop and records it in Capsule."""
+
+    def __init__(self, patchloop: PatchLoopRuns, capsule: CapsuleRecords, options: RunOptions):
+        self._loop = patchloop
+        self._capsule = capsule
+        self._opt = options
+
+    async def run(
+        self, suite: Suite, tasks: Sequence[SuiteTask], on_trial: TrialListener | None = None
+    ) -> BakeoffResult:
+        """Run `tasks` once per mode; returns even when interrupted."""
+        jobs = [(t, m) for t in tasks for m in self._opt.modes]
+        result = BakeoffResult(
+            bakeoff_run_id=str(uuid.uuid4()),
+            suite=suite.name,
+            modes=self._opt.modes,
+            status="running",
+            planned=len(jobs),
+        )
+        await self._capsule.upsert_bakeoff_run(self._run_record(result))
+        fixed: dict[str, int] = {m: 0 for m in self._opt.modes}
+        gate = asyncio.Semaphore(max(1, self._opt.concurrency))
+
+        async def one(task: SuiteTask, mode: str) -> None:
+            async with gate:
+                trial = await self._trial(result.bakeoff_run_id, task, mode)
+            await self._capsule.record_trials([trial.to_proto(result.bakeoff_run_id)])
+            result.trials.append(trial)
+            fixed[mode] += trial.success
+            if on_trial:
+                on_trial(trial, len(result.trials), result.planned, dict(fixed))
+
+        workers = [asyncio.create_task(one(t, m)) for t, m in jobs]
+        try:
+            await asyncio.gather(*workers)
+            result.status = "done"
+        except asyncio.CancelledError:
+            result.status = "interrupted"
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            # Let the bookkeeping below run although the caller was cancelled.
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+        await self._finish(result)
+        return result
+
+    async def _finish(self, result: BakeoffResult) -> None:
+        result.finished_at = datetime.now(UTC)
+        result.figures = figures_by_backend(result.trials)
+        await self._capsule.upsert_bakeoff_run(self._run_record(result))
+        result.report = await self._capsule.write_report(
+            out_dir=self._opt.report_dir, bakeoff_run_id=result.bakeoff_run_id
+        )
+
+    def _run_record(self, result: BakeoffResult) -> capsule_pb2.BakeoffRun:
+        mode = self._opt.modes[0] if len(self._opt.modes) == 1 else "both"
+        run = capsule_pb2.BakeoffRun(
+            id=result.bakeoff_run_id, suite=result.suite, mode=mode, status=result.status,
+            task_count=result.planned,
+        )
+        run.started_at.FromDatetime(result.started_at)
+        if result.finished_at is not None:
+            run.finished_at.FromDatetime(result.finished_at)
+            run.summary.update(result.summary_json())
+        return run
+
+    async def _trial(self, bakeoff_run_id: str, task: SuiteTask, mode: str) -> TrialResult:
+        trial = TrialResult(
+            trial_id=str(uuid.uuid4()), task_id=task.id, category=task.category,
+            difficulty=task.difficulty, mode=mode,
+        )
+        with tempfile.TemporaryDirectory(prefix=f"bakeoff-{task.id}-", dir=self._opt.scratch_root) as tmp:
+            workspace = copy_crate(task, Path(tmp) / "crate")
+            request = patchloop_pb2.RunRequest(
+                workspace=str(workspace),
+                apply=False,
+                max_attempts=self._opt.max_attempts,
+                verify_command=list(VERIFY_COMMAND),
+                # The model is what is measured, not rustc's own suggestions.
+                compiler_fast_path=False,
+                build_timeout_s=self._opt.build_timeout_s,
+                force_mode=MODE_VALUES[mode],  # type: ignore[arg-type]
+                session_id=f"{self._opt.session_prefix}-{bakeoff_run_id[:8]}-{task.id}-{mode}",
+                bakeoff_run_id=bakeoff_run_id,
+                task_id=task.id,
+            )
+            try:
+                async for event in self._loop.run(request):
+                    trial.absorb(event)
+            except grpc.aio.AioRpcError as exc:
+                # One task's failure is a failed trial, not a failed bakeoff.
+                trial.error = f"patchloop {exc.code().name}: {exc.details()}"
+                trial.outcome = "error"
+        trial.finished_at = datetime.now(UTC)
+        return trial

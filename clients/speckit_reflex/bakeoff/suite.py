@@ -1,0 +1,125 @@
+"""A bakeoff suite on disk: `manifest.toml` plus `tasks/<id>/crate/` (what the
+model sees) and `tasks/<id>/fix/` (the reference fix, never shown to it)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+# Where suites are looked for, after $SPECKIT_SUITES_DIR: the working
+# directory's bench/suites, then the source checkout this package runs from.
+_CHECKOUT_SUITES = Path(__file__).resolve().parents[3] / "bench" / "suites"
+
+
+class SuiteError(ValueError):
+    """The suite cannot be found or its manifest is not usable."""
+
+
+@dataclass(frozen=True)
+class SuiteTask:
+    id: str
+    category: str
+    difficulty: str
+    description: str
+    entry: str
+    machine_applicable: bool
+    crate_dir: Path
+    fix_dir: Path
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    version: int
+    description: str
+    root: Path
+    tasks: tuple[SuiteTask, ...]
+
+    @property
+    def categories(self) -> list[str]:
+        return sorted({t.category for t in self.tasks})
+
+    def select(self, limit: int = 0, category: str = "") -> list[SuiteTask]:
+        """Tasks in manifest order, optionally of one category, at most `limit` (0 = all)."""
+        if category and category not in self.categories:
+            raise SuiteError(
+                f"suite {self.name} has no category {category!r}; it has: {', '.join(self.categories)}"
+            )
+        chosen = [t for t in self.tasks if not category or t.category == category]
+        return chosen[:limit] if limit > 0 else chosen
+
+
+def suite_search_path(cwd: Path | None = None) -> list[Path]:
+    """Folders searched for a suite by name, first match wins."""
+    roots: list[Path] = []
+    if os.environ.get("SPECKIT_SUITES_DIR"):
+        roots.append(Path(os.environ["SPECKIT_SUITES_DIR"]))
+    roots.append((cwd or Path.cwd()) / "bench" / "suites")
+    roots.append(_CHECKOUT_SUITES)
+    return roots
+
+
+def find_suite(name_or_path: str, cwd: Path | None = None) -> Path:
+    """A suite folder from a name (`reflex_patchloop_v1`) or a path to one."""
+    direct = Path(name_or_path)
+    if (direct / "manifest.toml").is_file():
+        return direct.resolve()
+    searched = suite_search_path(cwd)
+    for root in searched:
+        if (root / name_or_path / "manifest.toml").is_file():
+            return (root / name_or_path).resolve()
+    raise SuiteError(
+        f"suite {name_or_path!r} not found (looked in {', '.join(str(r) for r in searched)}; "
+        "set SPECKIT_SUITES_DIR or pass a path)"
+    )
+
+
+def load_suite(folder: Path) -> Suite:
+    """Read a suite's manifest; every listed task must have its crate/ folder."""
+    manifest = folder / "manifest.toml"
+    try:
+        data = tomllib.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SuiteError(f"{manifest}: {exc}") from None
+    head = data.get("suite", {})
+    tasks: list[SuiteTask] = []
+    for i, t in enumerate(data.get("task", [])):
+        try:
+            tid = str(t["id"])
+            task = SuiteTask(
+                id=tid,
+                category=str(t["category"]),
+                difficulty=str(t["difficulty"]),
+                description=str(t.get("description", "")),
+                entry=str(t.get("entry", "src/lib.rs")),
+                machine_applicable=bool(t.get("machine_applicable", False)),
+                crate_dir=folder / "tasks" / tid / "crate",
+                fix_dir=folder / "tasks" / tid / "fix",
+            )
+        except KeyError as exc:
+            raise SuiteError(f"{manifest}: task #{i + 1} lacks {exc.args[0]!r}") from None
+        if not (task.crate_dir / "Cargo.toml").is_file():
+            raise SuiteError(f"{manifest}: task {tid}: {task.crate_dir}/Cargo.toml not found")
+        tasks.append(task)
+    if not tasks:
+        raise SuiteError(f"{manifest}: no [[task]] entries")
+    return Suite(
+        name=str(head.get("name", folder.name)),
+        version=int(head.get("version", 1)),
+        description=str(head.get("description", "")),
+        root=folder,
+        tasks=tuple(tasks),
+    )
+
+
+def copy_crate(task: SuiteTask, dest: Path) -> Path:
+    """A fresh copy of the task's broken crate (never its fix) at `dest`.
+
+    Plain copies, not copy2: fresh mtimes keep cargo from reusing artifacts
+    that an earlier run built from a fixed copy of the same package.
+    """
+    shutil.copytree(task.crate_dir, dest, ignore=shutil.ignore_patterns("target"), copy_function=shutil.copy)
+    return dest
