@@ -1,0 +1,286 @@
+"""HTTP to one model server: a pooled httpx client plus its dialect.
+
+`ModelServer` is the only code that opens connections to SGLang, vLLM,
+llama.cpp or a cloud API. Failures that justify trying another backend are
+raised as `UpstreamFailure` with a short reason code (recorded in events and
+failovers); a request the server rejects as malformed is `InvalidArgument`.
+Every wait is bounded by an absolute deadline (event-loop time), checked on
+each read, so a server that stalls mid-stream cannot outlive the gRPC call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from speckit_reflex.errors import InvalidArgument
+from speckit_reflex.inference.dialects import Dialect, dialect_for
+
+
+class UpstreamFailure(Exception):
+    """A backend failed in a way that justifies failover (and a cooldown)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class Generation:
+    """What one streamed generation produced; filled while it streams."""
+
+    parts: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    finish_reason: str = ""
+    usage: dict[str, Any] | None = None
+    timings: dict[str, Any] | None = None
+    model: str = ""
+    #: perf_counter() of the first content delta (None until one arrives)
+    first_token_at: float | None = None
+
+    @property
+    def content(self) -> str:
+        return "".join(self.parts)
+
+    @property
+    def reasoning_text(self) -> str:
+        return "".join(self.reasoning)
+
+
+def _status_reason(status: int) -> str:
+    if status in (429, 503):
+        return "overloaded"
+    if status in (401, 403):
+        return "auth_failed"
+    if status == 404:
+        return "model_not_listed"
+    return f"http_{status}"
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A backend as the adapter sees it: policy entry plus resolved secret."""
+
+    name: str
+    kind: str
+    endpoint: str
+    models: tuple[str, ...]
+    api_key: str = ""
+    is_cloud: bool = False
+
+
+class ModelServer:
+    """One OpenAI-compatible model server behind a keep-alive connection pool."""
+
+    def __init__(self, spec: BackendSpec, *, max_connections: int = 64):
+        self.spec = spec
+        self.dialect: Dialect = dialect_for(spec.kind)
+        headers = {"Authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
+        base = spec.endpoint.rstrip("/")
+        # /health_generate and /health live at the server root, not under /v1.
+        self._root = base[: -len("/v1")] if base.endswith("/v1") else base
+        self._client = httpx.AsyncClient(
+            base_url=base + "/",
+            headers=headers,
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            # Loopback model servers must never be sent through an env proxy.
+            trust_env=False,
+        )
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    # -- listing and probing ------------------------------------------------
+
+    async def list_models(self, timeout_s: float) -> list[dict[str, Any]]:
+        """The model cards of GET /v1/models."""
+        body = await self._get_json("models", timeout_s)
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list):
+            raise UpstreamFailure("bad_models_listing", "no data[] in /v1/models")
+        return [c for c in data if isinstance(c, dict) and c.get("id")]
+
+    async def probe_generation(self, model: str, timeout_s: float) -> None:
+        """A real 1-token generation; raises UpstreamFailure when it fails."""
+        if self.dialect.generation_probe_path:
+            await self._request("GET", self._root + self.dialect.generation_probe_path, timeout_s)
+            return
+        body = {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1, "stream": False}
+        reply = await self._request("POST", "chat/completions", timeout_s, json_body=body)
+        if not isinstance(reply, dict) or not reply.get("choices"):
+            raise UpstreamFailure("generation_probe_failed", "no choices in the probe reply")
+
+    async def _get_json(self, path: str, timeout_s: float) -> Any:
+        return await self._request("GET", path, timeout_s)
+
+    async def _request(self, method: str, url: str, timeout_s: float, json_body: Any = None) -> Any:
+        try:
+            async with asyncio.timeout(timeout_s):
+                resp = await self._client.request(method, url, json=json_body, timeout=timeout_s)
+        except TimeoutError:
+            raise UpstreamFailure("timeout", f"{method} {url} took over {timeout_s:.2f}s") from None
+        except httpx.HTTPError as exc:
+            raise _transport_failure(exc) from None
+        if resp.status_code != 200:
+            raise UpstreamFailure(_status_reason(resp.status_code), _error_text(self.dialect, resp.content))
+        if not resp.content:
+            return {}
+        try:
+            return json.loads(resp.content)
+        except ValueError:
+            return {}
+
+    # -- generation ---------------------------------------------------------
+
+    async def stream_chat(self, body: dict[str, Any], deadline: float, gen: Generation) -> AsyncIterator[str]:
+        """POST a streaming chat completion; yield content deltas as they arrive.
+
+        `gen` is filled as the stream goes (content, reasoning, usage, finish
+        reason, time of the first content delta). `deadline` is event-loop
+        time; every connect and read is bounded by it. Leaving the iteration
+        early (cancellation, deadline) closes the upstream response.
+        """
+        loop = asyncio.get_running_loop()
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise UpstreamFailure("timeout", "no time left before the deadline")
+        request = self._client.build_request(
+            "POST", "chat/completions", content=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"}, timeout=remaining,
+        )
+        try:
+            async with asyncio.timeout_at(deadline):
+                resp = await self._client.send(request, stream=True)
+        except TimeoutError:
+            raise UpstreamFailure("timeout", "no response headers before the deadline") from None
+        except httpx.HTTPError as exc:
+            raise _transport_failure(exc) from None
+        try:
+            if resp.status_code != 200:
+                async with asyncio.timeout_at(deadline):
+                    raw = await resp.aread()
+                reason = _status_reason(resp.status_code)
+                if resp.status_code in (400, 422):
+                    raise InvalidArgument(f"{self.name} rejected the request: {_error_text(self.dialect, raw)}")
+                raise UpstreamFailure(reason, _error_text(self.dialect, raw))
+            if not resp.headers.get("content-type", "").startswith("text/event-stream"):
+                # A server that ignored stream=true answered with one JSON body.
+                async with asyncio.timeout_at(deadline):
+                    raw = await resp.aread()
+                for delta in self._read_whole(raw, gen):
+                    yield delta
+                return
+            async for delta in self._read_events(resp, deadline, gen):
+                yield delta
+        except TimeoutError:
+            raise UpstreamFailure("timeout", "the stream stalled past the deadline") from None
+        except httpx.HTTPError as exc:
+            raise _transport_failure(exc) from None
+        finally:
+            await resp.aclose()
+
+    async def _read_events(self, resp: httpx.Response, deadline: float, gen: Generation) -> AsyncIterator[str]:
+        lines = resp.aiter_lines().__aiter__()
+        reasoning_of = self.dialect.reasoning_of
+        done = False
+        while True:
+            async with asyncio.timeout_at(deadline):
+                try:
+                    line = await lines.__anext__()
+                except StopAsyncIteration:
+                    break
+            if not line.startswith("data:"):
+                continue  # blank separators, ":" comment pings, event:/id: fields
+            data = line[5:].strip()
+            if data == "[DONE]":
+                done = True
+                break
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                raise UpstreamFailure("bad_stream", f"not JSON: {data[:120]}") from None
+            if "error" in chunk or chunk.get("object") == "error":
+                raise UpstreamFailure("upstream_error", self.dialect.error_message(chunk))
+            if chunk.get("usage"):
+                # Last one wins: SGLang repeats usage on its finish chunk.
+                gen.usage = chunk["usage"]
+            if chunk.get("timings"):
+                gen.timings = chunk["timings"]
+            if not gen.model and chunk.get("model"):
+                gen.model = chunk["model"]
+            choices = chunk.get("choices")
+            if not choices:
+                continue
+            choice = choices[0]
+            delta = choice.get("delta") or {}
+            text = delta.get("content")
+            if text:
+                if gen.first_token_at is None:
+                    gen.first_token_at = time.perf_counter()
+                gen.parts.append(text)
+                yield text
+            thought = reasoning_of(delta)
+            if thought:
+                gen.reasoning.append(thought)
+            if choice.get("finish_reason"):
+                gen.finish_reason = choice["finish_reason"]
+        if not done and not gen.finish_reason:
+            raise UpstreamFailure("truncated_stream", "the stream ended without a finish reason or [DONE]")
+
+    def _read_whole(self, raw: bytes, gen: Generation) -> list[str]:
+        try:
+            reply = json.loads(raw)
+        except ValueError:
+            raise UpstreamFailure("bad_reply", "neither an event stream nor JSON") from None
+        if not isinstance(reply, dict) or "error" in reply or not reply.get("choices"):
+            raise UpstreamFailure("upstream_error", self.dialect.error_message(reply))
+        choice = reply["choices"][0]
+        message = choice.get("message") or {}
+        gen.usage = reply.get("usage") or None
+        gen.timings = reply.get("timings") or None
+        gen.model = reply.get("model") or ""
+        gen.finish_reason = choice.get("finish_reason") or ""
+        thought = self.dialect.reasoning_of(message)
+        if thought:
+            gen.reasoning.append(thought)
+        text = message.get("content") or ""
+        if text:
+            gen.first_token_at = time.perf_counter()
+            gen.parts.append(text)
+            return [text]
+        return []
+
+
+def _transport_failure(exc: httpx.HTTPError) -> UpstreamFailure:
+    if isinstance(exc, httpx.ConnectTimeout):
+        return UpstreamFailure("connect_timeout", str(exc) or type(exc).__name__)
+    if isinstance(exc, httpx.ConnectError):
+        return UpstreamFailure("connect_error", str(exc) or type(exc).__name__)
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamFailure("timeout", str(exc) or type(exc).__name__)
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return UpstreamFailure("truncated_stream", str(exc) or type(exc).__name__)
+    return UpstreamFailure("connection_error", str(exc) or type(exc).__name__)
+
+
+def _error_text(dialect: Dialect, raw: bytes) -> str:
+    try:
+        return dialect.error_message(json.loads(raw))
+    except ValueError:
+        return raw[:300].decode(errors="replace")
+
+
+def resolve_api_key(env_name: str | None, environ: Mapping[str, str]) -> str:
+    """The API key named by the policy, read from the environment ("" if unset)."""
+    return environ.get(env_name, "") if env_name else ""

@@ -1,0 +1,451 @@
+"""The Inference Adapter's logic: pick backends, call them, judge, record.
+
+One call = one `LLMCall` event. Backends are tried in policy order; a backend
+that fails (connection error, 5xx, 503 overload, timeout, a failed probe, a
+cut stream) is logged with its reason, cooled down, and the next one tried.
+A reply under a JSON schema is judged locally and retried up to the bound; an
+unvalidated reply is never returned as content when the policy requires a
+schema. The cloud backend is refused outright under `local_only` (GR-009),
+before any connection exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from speckit_reflex.errors import DeadlineExceeded, DomainError, FailedPrecondition, NotFound, Unavailable
+from speckit_reflex.inference.backends import BackendSpec, Generation, ModelServer, UpstreamFailure, resolve_api_key
+from speckit_reflex.inference.health import BackendStatus, HealthBook
+from speckit_reflex.inference.validation import SchemaCheck, Verdict, judge_reply
+from speckit_reflex.policy import LoadedPolicy
+from speckit_reflex.runtime.events import new_event
+from speckit_reflex.v1 import common_pb2
+
+log = logging.getLogger("speckit.inference")
+
+CLOUD = "cloud"
+LOCAL_ONLY_REASON = "local_only_forbids_cloud"
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """The parts of the policy the adapter uses, resolved once at start."""
+
+    local: tuple[BackendSpec, ...]
+    cloud: BackendSpec
+    local_only: bool
+    primary_model: str
+    json_schema_required: bool
+    local_timeout_s: float
+    cloud_timeout_s: float
+    max_validation_retries: int
+    policy_hash: str = ""
+
+    @classmethod
+    def from_policy(cls, loaded: LoadedPolicy, environ: Mapping[str, str]) -> AdapterConfig:
+        """Backends in policy order; API keys read from the environment variables the policy names."""
+        p = loaded.policy
+        reflex, cloud = p.routing.reflex, p.routing.cloud
+        local = tuple(
+            BackendSpec(b.name, b.kind, b.endpoint, tuple(b.models), resolve_api_key(b.api_key_env, environ))
+            for b in reflex.effective_backends()
+        )
+        cloud_key = "" if p.privacy.local_only else resolve_api_key(cloud.api_key_env, environ)
+        return cls(
+            local=local,
+            cloud=BackendSpec(CLOUD, cloud.kind, cloud.endpoint, (cloud.model,), cloud_key, is_cloud=True),
+            local_only=p.privacy.local_only,
+            primary_model=reflex.chain[0],
+            json_schema_required=reflex.json_schema_required,
+            local_timeout_s=reflex.timeout_ms / 1000,
+            cloud_timeout_s=cloud.timeout_ms / 1000,
+            max_validation_retries=p.inference.max_validation_retries,
+            policy_hash=loaded.sha256,
+        )
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(s.api_key for s in (*self.local, self.cloud) if len(s.api_key) >= 6)
+
+
+@dataclass(frozen=True)
+class CallRequest:
+    """One Complete/StreamComplete request, transport-free."""
+
+    messages: list[dict[str, str]]
+    backend: str = ""
+    model: str = ""
+    max_tokens: int = 0
+    temperature: float | None = None
+    seed: int | None = None
+    json_schema: str = ""
+    schema_name: str = ""
+    max_validation_retries: int | None = None
+    mode: int = common_pb2.ROUTING_MODE_UNSPECIFIED
+    role: int = common_pb2.ROLE_UNSPECIFIED
+    session_id: str = ""
+    run_id: str = ""
+    decision_id: str = ""
+    attempt: int = 0
+
+
+@dataclass
+class CallResult:
+    """The reply of one call, with what was measured."""
+
+    call_id: str
+    content: str = ""
+    schema_valid: bool = False
+    attempts: int = 0
+    finish_reason: str = ""
+    backend: str = ""
+    model: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    #: None = the server did not report it (unknown, not zero)
+    cached_tokens: int | None = None
+    ttft_ms: float | None = None
+    latency_ms: float = 0.0
+    tokens_per_s: float = 0.0
+    validation_error: str = ""
+    failovers: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    id: str
+    backend: str
+    owned_by: str = ""
+    max_model_len: int = 0
+
+
+_SECRET_PATTERNS = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}|\bsk-[A-Za-z0-9_-]{16,}")
+
+
+def redact(text: str, secrets: tuple[str, ...]) -> str:
+    """Remove known API keys and anything shaped like a bearer token or key."""
+    for s in secrets:
+        if s in text:
+            text = text.replace(s, "[REDACTED]")
+    return _SECRET_PATTERNS.sub(lambda m: (m.group(1) or "") + "[REDACTED]", text)
+
+
+def _retry_hint(verdict: Verdict) -> dict[str, str]:
+    # Appended after the original prompt so the server's prefix cache still hits.
+    return {
+        "role": "user",
+        "content": f"Your previous reply was rejected ({verdict.kind}). Reply with exactly one JSON "
+                   "document that matches the schema, with no other text.",
+    }
+
+
+class InferenceCore:
+    """Completions with failover, schema enforcement, health and audit."""
+
+    def __init__(
+        self,
+        config: AdapterConfig,
+        servers: dict[str, ModelServer],
+        health: HealthBook,
+        schemas: SchemaCheck,
+        emit: Callable[[common_pb2.Event], None],
+    ):
+        self.config = config
+        self._servers = servers
+        self._health = health
+        self._schemas = schemas
+        self._emit = emit
+        self._local_names = tuple(s.name for s in config.local)
+
+    # -- listing and health ---------------------------------------------------
+
+    def _named(self, backend: str, include_cloud: bool) -> list[str]:
+        if backend:
+            if backend == CLOUD:
+                return [CLOUD]
+            if backend not in self._local_names:
+                raise NotFound(f"unknown backend {backend!r}; configured: {', '.join(self._local_names)}, cloud")
+            return [backend]
+        return [*self._local_names, *([CLOUD] if include_cloud and not self.config.local_only else [])]
+
+    def _local_only_status(self) -> BackendStatus:
+        c = self.config.cloud
+        return BackendStatus(backend=CLOUD, kind=c.kind, endpoint=c.endpoint, model=c.models[0],
+                             reason=LOCAL_ONLY_REASON, checked_at=time.time())
+
+    async def health(self, backend: str = "", refresh: bool = False) -> list[BackendStatus]:
+        """Health of one backend, or of every local backend (cloud only when named)."""
+        names = self._named(backend, include_cloud=False)
+        out: list[BackendStatus] = []
+        for name in names:
+            if name == CLOUD and self.config.local_only:
+                out.append(self._local_only_status())
+        probing = [n for n in names if n in self._servers]
+        out.extend(await asyncio.gather(*(self._health.status(n, refresh) for n in probing)))
+        return out
+
+    async def list_models(self, backend: str = "") -> tuple[list[ModelCard], list[BackendStatus]]:
+        """Models each backend serves, plus the backends that could not be listed."""
+        names = self._named(backend, include_cloud=True)
+        if names == [CLOUD] and self.config.local_only:
+            return [], [self._local_only_status()]
+        servers = [self._servers[n] for n in names if n in self._servers]
+        results = await asyncio.gather(
+            *(s.list_models(self._health_timeout) for s in servers), return_exceptions=True
+        )
+        cards: list[ModelCard] = []
+        unreachable: list[BackendStatus] = []
+        for server, res in zip(servers, results, strict=True):
+            if isinstance(res, UpstreamFailure):
+                spec = server.spec
+                unreachable.append(BackendStatus(backend=spec.name, kind=spec.kind, endpoint=spec.endpoint,
+                                                 reason=f"unreachable: {res}", checked_at=time.time()))
+                continue
+            if isinstance(res, BaseException):
+                raise res
+            for c in res:
+                cards.append(ModelCard(str(c["id"]), server.name, str(c.get("owned_by") or ""),
+                                       int(c.get("max_model_len") or 0)))
+        return cards, unreachable
+
+    @property
+    def _health_timeout(self) -> float:
+        return self._health._timing.timeout_s
+
+    # -- completion ---------------------------------------------------------------
+
+    def _candidates(self, req: CallRequest) -> tuple[list[tuple[ModelServer, str]], bool]:
+        """(server, model) pairs to try in order, and whether failover applies."""
+        cfg = self.config
+        wants_cloud = req.backend == CLOUD or (not req.backend and req.mode == common_pb2.ROUTING_MODE_CLOUD)
+        if wants_cloud:
+            if cfg.local_only:
+                raise FailedPrecondition(f"{LOCAL_ONLY_REASON}: privacy.local_only forbids calls to the cloud backend")
+            return [(self._servers[CLOUD], req.model or cfg.cloud.models[0])], False
+        if req.backend:
+            if req.backend not in self._local_names:
+                raise NotFound(f"unknown backend {req.backend!r}; configured: {', '.join(self._local_names)}, cloud")
+            server = self._servers[req.backend]
+            return [(server, req.model or (server.spec.models[0] if server.spec.models else cfg.primary_model))], False
+        model = req.model or cfg.primary_model
+        found = [(self._servers[s.name], model) for s in cfg.local if model in s.models]
+        if not found:
+            raise NotFound(f"no local backend serves model {model!r}")
+        return found, True
+
+    def _skip_reason(self, server: ModelServer, model: str) -> str:
+        """Why failover passes over a backend without calling it ("" = try it)."""
+        name = server.name
+        if self._health.cooling_down(name):
+            return "cooling_down"
+        rec = self._health.fresh(name)
+        if rec is None:
+            return ""
+        if rec.reachable and rec.listed_models and model not in rec.listed_models:
+            return "model_not_listed"
+        if not rec.healthy and (not rec.model_listed or rec.model == model):
+            return f"unhealthy ({rec.reason})"
+        return ""
+
+    async def complete(self, req: CallRequest, deadline: float | None = None) -> CallResult:
+        """A whole reply. `deadline` is event-loop time (None = the policy's timeouts only)."""
+        async for item in self.stream(req, deadline, relay=False):
+            if isinstance(item, CallResult):
+                return item
+        raise AssertionError("stream() ended without a result")  # pragma: no cover
+
+    async def stream(
+        self, req: CallRequest, deadline: float | None = None, *, relay: bool = True
+    ) -> AsyncIterator[str | CallResult]:
+        """Content deltas as they arrive, then the CallResult.
+
+        With a schema, deltas of a rejected attempt have already been relayed
+        when a retry starts: only the final CallResult is authoritative. With
+        `relay`, failover stops once a delta went out (the client already has
+        part of one backend's reply), and the call fails instead.
+        """
+        t0 = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        result = CallResult(call_id=str(uuid.uuid4()))
+        gens: list[Generation] = []
+        call_reason = ""
+        try:
+            schema, validator = self._schemas.compile(req.json_schema) if req.json_schema else (None, None)
+            candidates, failover = self._candidates(req)
+            retries = self.config.max_validation_retries if req.max_validation_retries is None \
+                else req.max_validation_retries
+            relayed = False
+            for server, model in candidates:
+                if failover:
+                    skip = self._skip_reason(server, model)
+                    if skip:
+                        self._record_failover(result, server.name, skip, "skipped")
+                        continue
+                per_call = self.config.cloud_timeout_s if server.spec.is_cloud else self.config.local_timeout_s
+                messages = list(req.messages)
+                verdict: Verdict | None = None
+                try:
+                    for _ in range(retries + 1):
+                        now = loop.time()
+                        attempt_deadline = now + per_call if deadline is None else min(deadline, now + per_call)
+                        gen = Generation()
+                        gens.append(gen)
+                        result.attempts += 1
+                        body = server.dialect.chat_body(model, messages, req.max_tokens, req.temperature,
+                                                        req.seed, schema, req.schema_name)
+                        async for delta in server.stream_chat(body, attempt_deadline, gen):
+                            if result.ttft_ms is None:
+                                result.ttft_ms = (time.perf_counter() - t0) * 1000
+                            if relay:
+                                relayed = True
+                                yield delta
+                        if validator is None:
+                            break
+                        verdict = judge_reply(gen.content, gen.reasoning_text, gen.finish_reason, validator)
+                        if verdict.valid:
+                            break
+                        messages = [*req.messages, _retry_hint(verdict)]
+                except UpstreamFailure as exc:
+                    if deadline is not None and loop.time() >= deadline:
+                        raise DeadlineExceeded(
+                            f"deadline exceeded waiting for {server.name} ({exc.reason})") from None
+                    self._health.mark_failed(server.name)
+                    self._record_failover(result, server.name, exc.reason, exc.detail)
+                    if relayed:
+                        raise Unavailable(f"{server.name} failed mid-stream ({exc.reason}); "
+                                          "part of its reply was already relayed") from None
+                    continue
+                self._finish(result, server, model, gens[-1], verdict)
+                call_reason = self._outcome_reason(result, verdict)
+                result.latency_ms = (time.perf_counter() - t0) * 1000
+                self._sum_usage(result, gens)
+                usable = verdict is None or verdict.valid
+                # Built after the reply is on its way: audit never delays it.
+                loop.call_soon(self._record_call, req, result, gens, usable, call_reason)
+                yield result
+                return
+            raise self._exhausted(result)
+        except DomainError as exc:
+            result.latency_ms = (time.perf_counter() - t0) * 1000
+            self._sum_usage(result, gens)
+            call_reason = exc.message.split(":", 1)[0] if isinstance(exc, (FailedPrecondition, DeadlineExceeded)) \
+                else exc.message
+            self._record_call(req, result, gens, False, call_reason)
+            raise
+        except asyncio.CancelledError:
+            result.latency_ms = (time.perf_counter() - t0) * 1000
+            self._sum_usage(result, gens)
+            self._record_call(req, result, gens, False, "cancelled")
+            raise
+
+    def _record_failover(self, result: CallResult, backend: str, reason: str, detail: str) -> None:
+        result.failovers.append((backend, reason))
+        # GR-005: no silent degradation.
+        log.warning("failover", extra={"fields": {"call_id": result.call_id, "backend": backend,
+                                                  "reason": reason, "detail": detail}})
+
+    def _exhausted(self, result: CallResult) -> DomainError:
+        tried = "; ".join(f"{b}: {r}" for b, r in result.failovers)
+        if result.failovers and all(r == "model_not_listed" for _, r in result.failovers):
+            return NotFound(f"model_not_listed: no backend lists the model ({tried})")
+        return Unavailable(f"all backends failed ({tried})")
+
+    def _finish(self, result: CallResult, server: ModelServer, model: str, gen: Generation,
+                verdict: Verdict | None) -> None:
+        result.backend = server.name
+        result.model = gen.model or model
+        result.finish_reason = gen.finish_reason
+        completion = int((gen.usage or {}).get("completion_tokens") or 0)
+        if gen.first_token_at is not None and completion > 1:
+            # Decode speed: tokens after the first over the time since the first.
+            span = time.perf_counter() - gen.first_token_at
+            result.tokens_per_s = (completion - 1) / span if span > 0 else 0.0
+        if verdict is None:
+            result.content = gen.content
+            return
+        result.schema_valid = verdict.valid
+        result.validation_error = "" if verdict.valid else verdict.error
+        keep = verdict.valid or not self.config.json_schema_required
+        result.content = gen.content.strip() if verdict.valid else (gen.content if keep else "")
+
+    @staticmethod
+    def _outcome_reason(result: CallResult, verdict: Verdict | None) -> str:
+        parts = []
+        if result.failovers:
+            parts.append("failover " + ", ".join(f"{b}={r}" for b, r in result.failovers))
+        if verdict is not None and not verdict.valid:
+            parts.append(f"schema_invalid {verdict.kind}")
+        return "; ".join(parts) or "ok"
+
+    @staticmethod
+    def _sum_usage(result: CallResult, gens: list[Generation]) -> None:
+        """Usage summed over every generation of the call (retries cost tokens too)."""
+        prompt = completion = 0
+        cached: int | None = None
+        for g in gens:
+            usage = g.usage or {}
+            prompt += int(usage.get("prompt_tokens") or 0)
+            completion += int(usage.get("completion_tokens") or 0)
+            details = usage.get("prompt_tokens_details")
+            hit = details.get("cached_tokens") if isinstance(details, dict) else None
+            if hit is None and g.timings and g.timings.get("cache_n") is not None:
+                hit = g.timings["cache_n"]  # llama.cpp's own count
+            if hit is not None:
+                cached = (cached or 0) + int(hit)
+        result.prompt_tokens, result.completion_tokens, result.cached_tokens = prompt, completion, cached
+        if not result.tokens_per_s and completion and result.latency_ms:
+            result.tokens_per_s = completion / (result.latency_ms / 1000)
+
+    # -- audit --------------------------------------------------------------------
+
+    def _record_call(self, req: CallRequest, result: CallResult, gens: list[Generation],
+                     success: bool, reason: str) -> None:
+        """Build the LLMCall event and hand it to the sink (never blocks)."""
+        secrets = self.config.secrets
+        last = gens[-1] if gens else None
+        params: dict[str, Any] = {"max_tokens": req.max_tokens, "backend": req.backend, "model": req.model}
+        if req.temperature is not None:
+            params["temperature"] = req.temperature
+        if req.seed is not None:
+            params["seed"] = req.seed
+        if req.json_schema:
+            params["schema_name"] = req.schema_name
+            params["json_schema"] = req.json_schema
+        request = {
+            "messages": [{"role": m["role"], "content": redact(m["content"], secrets)} for m in req.messages],
+            "params": params,
+        }
+        response = {
+            "content": redact(last.content, secrets) if last else "",
+            "reasoning": redact(last.reasoning_text, secrets) if last else "",
+            "finish_reason": result.finish_reason,
+        }
+        payload = {
+            "finish_reason": result.finish_reason,
+            "attempts": result.attempts,
+            "failovers": [{"backend": b, "reason": r} for b, r in result.failovers],
+            "decision_id": req.decision_id,
+            "validation_error": result.validation_error,
+            "schema": bool(req.json_schema),
+        }
+        ev = new_event(
+            common_pb2.EVENT_TYPE_LLM_CALL,
+            role=req.role, mode=req.mode, model=result.model or req.model, backend=result.backend,
+            session_id=req.session_id, run_id=req.run_id, attempt=req.attempt,
+            latency_ms=result.latency_ms, ttft_ms=result.ttft_ms,
+            prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+            cached_tokens=result.cached_tokens, tokens_per_s=result.tokens_per_s,
+            json_valid=result.schema_valid if req.json_schema else None,
+            success=success, reason=redact(reason, secrets), is_fallback=bool(result.failovers),
+            policy_hash=self.config.policy_hash,
+            request=request, response=response, payload=payload,
+        )
+        ev.id = result.call_id
+        self._emit(ev)

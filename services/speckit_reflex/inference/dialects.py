@@ -1,0 +1,113 @@
+"""What differs between SGLang, vLLM, llama.cpp and cloud OpenAI-compatible APIs.
+
+Everything else in the adapter speaks one shape; a `Dialect` builds the
+request body (with that runtime's extras) and knows that runtime's quirks on
+the way back (reasoning field names, error bodies, the generation probe).
+Shapes follow docs/WIRE.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """An OpenAI-compatible server flavour. Subclasses add per-runtime extras."""
+
+    kind: str = "openai"
+    #: SGLang has a native 1-token generation probe; elsewhere we send a real
+    #: 1-token chat completion.
+    generation_probe_path: str | None = None
+
+    def chat_body(
+        self,
+        model: str,
+        messages: list[dict[str, str]],
+        max_tokens: int,
+        temperature: float | None,
+        seed: int | None,
+        schema: dict[str, Any] | None,
+        schema_name: str,
+    ) -> dict[str, Any]:
+        """A streaming chat-completion body; usage is asked for on the stream."""
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if max_tokens:
+            body["max_tokens"] = max_tokens
+        if temperature is not None:
+            body["temperature"] = temperature
+        if seed is not None:
+            body["seed"] = seed
+        if schema is not None:
+            # The OpenAI shape; vLLM removed guided_json in 0.12 and silently
+            # ignores unknown fields, so this is the only form we rely on.
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": schema_name or "reply", "schema": schema, "strict": True},
+            }
+        self.add_extras(body, schema)
+        return body
+
+    def add_extras(self, body: dict[str, Any], schema: dict[str, Any] | None) -> None:
+        """Per-runtime fields; the base dialect adds none."""
+        return None
+
+    @staticmethod
+    def reasoning_of(part: dict[str, Any]) -> str:
+        """Reasoning text of a message or delta (vLLM renamed the field)."""
+        return part.get("reasoning_content") or part.get("reasoning") or ""
+
+    @staticmethod
+    def error_message(body: Any) -> str:
+        """The message of an error body, flat (SGLang) or nested (vLLM, llama.cpp)."""
+        if isinstance(body, dict):
+            inner = body.get("error")
+            if isinstance(inner, dict):
+                return str(inner.get("message") or inner)
+            if isinstance(inner, str):
+                return inner
+            if body.get("message"):
+                return str(body["message"])
+        return str(body)[:300]
+
+
+@dataclass(frozen=True)
+class SGLangDialect(Dialect):
+    kind: str = "sglang"
+    # /health_generate runs a real 1-token generate inside the server.
+    generation_probe_path: str | None = "/health_generate"
+
+    def add_extras(self, body: dict[str, Any], schema: dict[str, Any] | None) -> None:
+        # Keep reasoning out of `content` so JSON there is judged on its own.
+        body["separate_reasoning"] = True
+
+
+@dataclass(frozen=True)
+class VLLMDialect(Dialect):
+    kind: str = "vllm"
+
+
+@dataclass(frozen=True)
+class LlamaCppDialect(Dialect):
+    kind: str = "llamacpp"
+
+    def add_extras(self, body: dict[str, Any], schema: dict[str, Any] | None) -> None:
+        # Reuse the KV cache of the repeated prompt prefix (default true; explicit
+        # so that a server started with another default still hits the cache).
+        body["cache_prompt"] = True
+
+
+DIALECTS: dict[str, Dialect] = {
+    d.kind: d for d in (SGLangDialect(), VLLMDialect(), LlamaCppDialect(), Dialect())
+}
+
+
+def dialect_for(kind: str) -> Dialect:
+    """The dialect of a backend kind from the policy."""
+    return DIALECTS[kind]

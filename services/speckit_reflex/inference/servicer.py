@@ -1,0 +1,94 @@
+"""gRPC transport of the Inference service: proto in, one core call, proto out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from grpc import aio
+
+from speckit_reflex.inference.core import CallRequest, CallResult, InferenceCore
+from speckit_reflex.inference.health import BackendStatus
+from speckit_reflex.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+
+
+def _deadline(context: aio.ServicerContext) -> float | None:
+    """The caller's deadline as event-loop time (None when the call has none)."""
+    import asyncio
+
+    remaining = context.time_remaining()
+    return None if remaining is None else asyncio.get_running_loop().time() + remaining
+
+
+def call_request(req: inference_pb2.CompleteRequest) -> CallRequest:
+    """The transport-free request."""
+    return CallRequest(
+        messages=[{"role": m.role, "content": m.content} for m in req.messages],
+        backend=req.backend,
+        model=req.model,
+        max_tokens=req.max_tokens,
+        temperature=req.temperature if req.HasField("temperature") else None,
+        seed=req.seed if req.HasField("seed") else None,
+        json_schema=req.json_schema,
+        schema_name=req.schema_name,
+        max_validation_retries=req.max_validation_retries if req.HasField("max_validation_retries") else None,
+        mode=req.mode,
+        role=req.role,
+        session_id=req.session_id,
+        run_id=req.run_id,
+        decision_id=req.decision_id,
+        attempt=req.attempt,
+    )
+
+
+def complete_reply(r: CallResult) -> inference_pb2.CompleteReply:
+    usage = common_pb2.Usage(prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens)
+    if r.cached_tokens is not None:
+        usage.cached_tokens = r.cached_tokens
+    timing = common_pb2.Timing(latency_ms=r.latency_ms, tokens_per_s=r.tokens_per_s)
+    if r.ttft_ms is not None:
+        timing.ttft_ms = r.ttft_ms
+    return inference_pb2.CompleteReply(
+        content=r.content, schema_valid=r.schema_valid, attempts=r.attempts, finish_reason=r.finish_reason,
+        backend=r.backend, model=r.model, usage=usage, timing=timing, validation_error=r.validation_error,
+        failovers=[inference_pb2.Failover(backend=b, reason=why) for b, why in r.failovers],
+        call_id=r.call_id,
+    )
+
+
+def backend_health(s: BackendStatus) -> inference_pb2.BackendHealth:
+    msg = inference_pb2.BackendHealth(
+        backend=s.backend, kind=s.kind, endpoint=s.endpoint, model=s.model, healthy=s.healthy,
+        reachable=s.reachable, model_listed=s.model_listed, generation_ok=s.generation_ok, reason=s.reason,
+        probe_latency_ms=s.probe_latency_ms, cooling_down=s.cooling_down,
+    )
+    if s.checked_at:
+        msg.checked_at.FromNanoseconds(int(s.checked_at * 1e9))
+    return msg
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServicer):
+    def __init__(self, core: InferenceCore):
+        self._core = core
+
+    async def ListModels(self, request, context):  # type: ignore[no-untyped-def]
+        cards, unreachable = await self._core.list_models(request.backend)
+        return inference_pb2.ListModelsReply(
+            models=[inference_pb2.ModelInfo(id=c.id, backend=c.backend, owned_by=c.owned_by,
+                                            max_model_len=c.max_model_len) for c in cards],
+            unreachable=[backend_health(s) for s in unreachable],
+        )
+
+    async def Health(self, request, context):  # type: ignore[no-untyped-def]
+        statuses = await self._core.health(request.backend, request.refresh)
+        return inference_pb2.HealthReply(backends=[backend_health(s) for s in statuses])
+
+    async def Complete(self, request, context):  # type: ignore[no-untyped-def]
+        result = await self._core.complete(call_request(request), _deadline(context))
+        return complete_reply(result)
+
+    async def StreamComplete(self, request, context) -> AsyncIterator[inference_pb2.CompleteChunk]:  # type: ignore[no-untyped-def]
+        async for item in self._core.stream(call_request(request), _deadline(context)):
+            if isinstance(item, str):
+                yield inference_pb2.CompleteChunk(delta=item)
+            else:
+                yield inference_pb2.CompleteChunk(final=complete_reply(item))
