@@ -1,27 +1,66 @@
-"""Wiring of the Router service (placeholder until its core lands: every RPC
-answers UNIMPLEMENTED, while server, health and reflection are real)."""
+"""Wiring of the Router service: caches, engine, evidence, background refresh."""
 
 from __future__ import annotations
 
 from grpc import aio
 
+from speckit_reflex.router.caches import RouterCaches
+from speckit_reflex.router.core import Router
+from speckit_reflex.router.engine import RoutingEngine
+from speckit_reflex.router.evidence import DecisionRecorder
+from speckit_reflex.router.refresher import (
+    CacheRefresher,
+    CapsuleUsageSource,
+    CapsuleVerdictSource,
+    InferenceHealthSource,
+)
+from speckit_reflex.router.servicer import RouterServicer
 from speckit_reflex.runtime.bootstrap import ServiceContext
+from speckit_reflex.runtime.events import EventSink
 from speckit_reflex.v1 import router_pb2, router_pb2_grpc
 
 
 class RouterService:
+    """The Router as the runtime runs it (see runtime.server.GrpcService)."""
+
     name = "router"
     service_names = (router_pb2.DESCRIPTOR.services_by_name["Router"].full_name,)
 
+    def __init__(self, router: Router, refresher: CacheRefresher, events: EventSink):
+        self.router = router
+        self.refresher = refresher
+        self.events = events
+
     def register(self, server: aio.Server) -> None:
-        router_pb2_grpc.add_RouterServicer_to_server(router_pb2_grpc.RouterServicer(), server)
+        router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(self.router), server)
 
     async def start(self) -> None:
-        return None
+        self.events.start()
+        await self.refresher.start()
 
     async def close(self) -> None:
-        return None
+        await self.refresher.close()
+        await self.events.close()
 
 
 def build(ctx: ServiceContext) -> RouterService:
-    return RouterService()
+    """Build the Router from the context's policy and peer channels."""
+    loaded = ctx.policy
+    policy = loaded.policy
+    caches = RouterCaches()
+    events = EventSink(lambda: ctx.channel("capsule"), capacity=policy.inference.event_buffer)
+    router = Router(RoutingEngine(loaded, caches), DecisionRecorder(events.emit), loaded)
+    budget = policy.budget
+    capped = bool(budget.cloud_max_calls or budget.cloud_max_tokens)
+    refresher = CacheRefresher(
+        caches,
+        health=InferenceHealthSource(lambda: ctx.channel("inference")),
+        verdicts=CapsuleVerdictSource(
+            lambda: ctx.channel("capsule"), policy.routing.verdicts.window, policy.routing.verdicts.min_samples
+        ),
+        usage=CapsuleUsageSource(lambda: ctx.channel("capsule"), budget.window) if capped else None,
+        models=policy.routing.reflex.chain,
+        health_interval_s=policy.routing.health.probe_interval_s,
+        verdict_interval_s=policy.routing.verdicts.refresh_s,
+    )
+    return RouterService(router, refresher, events)

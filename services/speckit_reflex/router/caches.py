@@ -1,0 +1,91 @@
+"""What the Router knows about the outside world, as of the last refresh.
+
+Decide() never waits on the network (no network on the hot path): it reads
+these caches, which background tasks (`refresher.CacheRefresher`) fill from
+Inference (backend health) and Capsule (bakeoff verdicts, cloud usage). Every
+entry carries the wall-clock time it was observed, so the engine can judge
+staleness itself; a stale entry is *unknown*, never healthy or passing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class BackendStatus:
+    """Health of one local backend (optionally for one model), as Inference probed it."""
+
+    backend: str
+    healthy: bool
+    checked_at: float
+    model: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Capsule's bakeoff threshold verdict for one reflex model."""
+
+    model: str
+    passed: bool
+    fetched_at: float
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CloudUsage:
+    """Cloud calls and tokens in the budget window (GR-011)."""
+
+    calls: int
+    tokens: int
+    fetched_at: float
+
+
+class RouterCaches:
+    """The latest health, verdicts and cloud usage, plus why a source failed.
+
+    Writers replace whole entries (single event loop, no locks needed);
+    readers see either the old or the new entry, never a mix.
+    """
+
+    def __init__(self) -> None:
+        self._health: dict[str, BackendStatus] = {}
+        self.health_error = ""
+        self._verdicts: dict[str, Verdict] = {}
+        self.verdict_errors: dict[str, str] = {}
+        self.usage: CloudUsage | None = None
+        self.usage_error = ""
+
+    def set_health(self, statuses: Iterable[BackendStatus]) -> None:
+        """Replace the health table with one probe round's answer."""
+        table: dict[str, BackendStatus] = {}
+        for s in statuses:
+            if s.model:
+                table[_key(s.backend, s.model)] = s
+            # A backend-wide entry answers for models Inference did not list
+            # separately; the first one reported wins.
+            table.setdefault(s.backend, s)
+        self._health = table
+        self.health_error = ""
+
+    def health_of(self, backend: str, model: str) -> BackendStatus | None:
+        """Health of `backend` serving `model`, or None when never reported."""
+        h = self._health
+        return h.get(_key(backend, model)) or h.get(backend)
+
+    def set_verdict(self, verdict: Verdict) -> None:
+        self._verdicts[verdict.model] = verdict
+        self.verdict_errors.pop(verdict.model, None)
+
+    def verdict_of(self, model: str) -> Verdict | None:
+        return self._verdicts.get(model)
+
+    def set_usage(self, usage: CloudUsage) -> None:
+        self.usage = usage
+        self.usage_error = ""
+
+
+def _key(backend: str, model: str) -> str:
+    return f"{backend}\x00{model}"

@@ -1,0 +1,50 @@
+"""The Router's service layer: decide, time it, record it, refuse if needed."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from speckit_reflex.errors import FailedPrecondition
+from speckit_reflex.policy import LoadedPolicy
+from speckit_reflex.router.engine import RoutingEngine, reason_name
+from speckit_reflex.router.evidence import Decision, DecisionRecorder
+from speckit_reflex.v1 import router_pb2
+
+
+class RouteRefused(FailedPrecondition):
+    """A cloud route the policy forbids (local_only, budget, fallback_to_cloud
+    = false). The message starts with the reason, e.g.
+    "local_only_forbids_cloud: ..."; the refusal is recorded like any decision."""
+
+    def __init__(self, decision: Decision):
+        route = decision.route
+        super().__init__(f"{reason_name(route.refusal)}: {route.refusal_detail}")
+        self.decision = decision
+
+
+class Router:
+    """Answers Decide from the engine and records every answer, refusals too."""
+
+    def __init__(self, engine: RoutingEngine, recorder: DecisionRecorder, policy: LoadedPolicy):
+        self._engine = engine
+        self._recorder = recorder
+        self._policy = policy
+
+    @property
+    def policy(self) -> LoadedPolicy:
+        """The effective policy snapshot the decisions are made under."""
+        return self._policy
+
+    def decide(self, req: router_pb2.DecideRequest) -> Decision:
+        """Decide one attempt's route. Raises RouteRefused (FAILED_PRECONDITION)
+        for a forbidden cloud route and InvalidArgument for a malformed request."""
+        started = time.perf_counter()
+        route = self._engine.decide(req)
+        decision = Decision(
+            str(uuid.uuid4()), route, (time.perf_counter() - started) * 1000.0, self._policy.sha256
+        )
+        self._recorder.record(decision, req)
+        if route.refused:
+            raise RouteRefused(decision)
+        return decision

@@ -1,0 +1,379 @@
+"""The routing decision, as a pure function of request, policy and caches.
+
+Implements, in this order (SPEC-KIT-978 and MODEL-POLICY):
+
+Implementer: stage ≠ IMPLEMENT → cloud (stage_not_implement); reflex disabled
+→ cloud (reflex_disabled); consecutive failures ≥ max_failures → cloud
+(max_failures_reached, a fallback); an Implementer escalation predicate, if
+the policy has any → cloud (escalation_predicate, a fallback); then the chain
+`model_primary`, `model_fallbacks[]`: a model is routable only while a backend
+serving it is healthy (fresh health) *and* its own bakeoff verdict passes; the
+first routable one wins (healthy_and_thresholds_met); none → cloud with the
+primary's reason (server_unhealthy, thresholds_not_met, or status_unknown for
+stale or unreachable sources: never reflex on unknown).
+
+Other roles: local default unless a MODEL-POLICY escalation predicate fires;
+a role without a local model goes to cloud (cloud_default).
+
+Every cloud route then passes the guards: local_only (GR-009), then
+`fallback_to_cloud = false` for reflex fallbacks, then budget caps (GR-011).
+A failed guard turns the route into a refusal (`Route.refusal`), which the
+Router records and answers with FAILED_PRECONDITION.
+
+No I/O and no randomness here: the same request, policy and cache contents at
+the same clock reading give the same Route (GR-004).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from speckit_reflex.errors import InvalidArgument
+from speckit_reflex.policy import LoadedPolicy
+from speckit_reflex.router.caches import RouterCaches
+from speckit_reflex.router.escalation import EscalationRules
+from speckit_reflex.v1 import common_pb2, router_pb2
+
+REFLEX = common_pb2.ROUTING_MODE_REFLEX
+CLOUD = common_pb2.ROUTING_MODE_CLOUD
+LOCAL = common_pb2.ROUTING_MODE_LOCAL
+IMPLEMENTER = common_pb2.ROLE_IMPLEMENTER
+IMPLEMENT = common_pb2.STAGE_IMPLEMENT
+
+R = common_pb2  # RoutingReason values live at module level of common_pb2
+
+REASON_NAMES: dict[int, str] = {
+    v: n.removeprefix("ROUTING_REASON_").lower() for n, v in common_pb2.RoutingReason.items()
+}
+ROLE_KEYS: dict[int, str] = {v: n.removeprefix("ROLE_").lower() for n, v in common_pb2.Role.items() if v}
+_VALID_STAGES = frozenset(v for v in common_pb2.Stage.values() if v)
+_VALID_FORCE = frozenset({common_pb2.ROUTING_MODE_UNSPECIFIED, REFLEX, CLOUD})
+
+
+def reason_name(reason: int) -> str:
+    """'healthy_and_thresholds_met' for ROUTING_REASON_HEALTHY_AND_THRESHOLDS_MET."""
+    return REASON_NAMES.get(reason, str(reason))
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Why one model of the chain was not chosen."""
+
+    model: str
+    backend: str
+    reason: int
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The engine's answer. With `refusal` set, the other fields describe the
+    route the policy forbids, and `refusal` is the reason it is refused."""
+
+    role: int
+    stage: int
+    mode: int
+    reason: int
+    detail: str
+    model: str = ""
+    backend: str = ""
+    endpoint: str = ""
+    is_fallback: bool = False
+    skipped: tuple[Skip, ...] = ()
+    forced: bool = False
+    refusal: int = 0
+    refusal_detail: str = ""
+
+    @property
+    def refused(self) -> bool:
+        return self.refusal != 0
+
+    @property
+    def degraded(self) -> bool:
+        """A fallback or a refusal: worth an audit line (GR-005)."""
+        return self.is_fallback or self.refusal != 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    name: str
+    endpoint: str
+
+
+@dataclass(frozen=True, slots=True)
+class _ChainLink:
+    model: str
+    backends: tuple[_Target, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _RoleRoute:
+    key: str
+    local_model: str
+    local: _Target
+    cloud_model: str
+    rules: EscalationRules
+
+
+class RoutingEngine:
+    """Decides routes from one policy snapshot and the live caches.
+
+    Everything derivable from the policy is computed once here, so a decision
+    costs a few dictionary lookups.
+    """
+
+    def __init__(self, loaded: LoadedPolicy, caches: RouterCaches, clock: Callable[[], float] = time.time):
+        policy = loaded.policy
+        reflex = policy.routing.reflex
+        self._caches = caches
+        self._clock = clock
+        self._enabled = reflex.enabled
+        self._max_failures = reflex.max_failures
+        self._fallback_to_cloud = reflex.fallback_to_cloud
+        backends = reflex.effective_backends()
+        self._chain = tuple(
+            _ChainLink(m, tuple(_Target(b.name, b.endpoint) for b in backends if m in b.models)) for m in reflex.chain
+        )
+        self._health_ttl = policy.routing.health.stale_after_s
+        self._verdict_ttl = policy.routing.verdicts.stale_after_s
+        self._local_only = policy.privacy.local_only
+        self._budget = policy.budget
+        self._cloud = _Target("cloud", policy.routing.cloud.endpoint)
+        self._cloud_model = policy.routing.cloud.model
+
+        def local_target(model: str) -> _Target:
+            for b in backends:
+                if model in b.models:
+                    return _Target(b.name, b.endpoint)
+            return _Target("", "")
+
+        self._roles: dict[int, _RoleRoute] = {}
+        for role, key in ROLE_KEYS.items():
+            rr = policy.routing.roles.get(key)
+            if rr is None:
+                continue
+            self._roles[role] = _RoleRoute(
+                key,
+                rr.local_model or "",
+                local_target(rr.local_model) if rr.local_model else _Target("", ""),
+                rr.cloud_model or self._cloud_model,
+                EscalationRules(rr.escalate_when),
+            )
+        impl = self._roles.get(IMPLEMENTER)
+        self._implementer_rules = impl.rules if impl else EscalationRules(())
+
+    # -- entry point ---------------------------------------------------------
+
+    def decide(self, req: router_pb2.DecideRequest) -> Route:
+        """The route for one attempt. Raises InvalidArgument for a malformed request."""
+        if req.role not in ROLE_KEYS:
+            raise InvalidArgument(f"role: {req.role} is not a known Role (ROLE_UNSPECIFIED is not allowed)")
+        if req.stage not in _VALID_STAGES:
+            raise InvalidArgument(f"stage: {req.stage} is not a known Stage (STAGE_UNSPECIFIED is not allowed)")
+        if req.force_mode not in _VALID_FORCE:
+            raise InvalidArgument("force_mode: only ROUTING_MODE_REFLEX, ROUTING_MODE_CLOUD or unspecified")
+        now = self._clock()
+        if req.role == IMPLEMENTER:
+            return self._implementer(req, now)
+        return self._other_role(req, now)
+
+    # -- Implementer ---------------------------------------------------------
+
+    def _implementer(self, req: router_pb2.DecideRequest, now: float) -> Route:
+        if req.force_mode == CLOUD:
+            return self._to_cloud(
+                req, now, R.ROUTING_REASON_CLOUD_DEFAULT,
+                "force_mode=CLOUD: the request chose the cloud implementer (bakeoff trial)",
+                forced=True,
+            )
+        if req.force_mode == REFLEX:
+            return self._forced_reflex(req, now)
+        if req.stage != IMPLEMENT:
+            stage = common_pb2.Stage.Name(req.stage)
+            return self._to_cloud(
+                req, now, R.ROUTING_REASON_STAGE_NOT_IMPLEMENT,
+                f"stage {stage} is not STAGE_IMPLEMENT: reflex applies only to the Implement stage",
+            )
+        if not self._enabled:
+            return self._to_cloud(req, now, R.ROUTING_REASON_REFLEX_DISABLED, "routing.reflex.enabled = false")
+        if req.consecutive_failures >= self._max_failures:
+            return self._to_cloud(
+                req, now, R.ROUTING_REASON_MAX_FAILURES_REACHED,
+                f"{req.consecutive_failures} consecutive failed attempts >= routing.reflex.max_failures = "
+                f"{self._max_failures}",
+                is_fallback=True, reflex_fallback=True,
+            )
+        fired = self._implementer_rules.first_fired(req)
+        if fired is not None:
+            return self._to_cloud(
+                req, now, R.ROUTING_REASON_ESCALATION_PREDICATE,
+                f"escalation predicate of role implementer fired: {fired.describe(req)}",
+                is_fallback=True, reflex_fallback=True,
+            )
+        skipped: list[Skip] = []
+        for index, link in enumerate(self._chain):
+            target, reason, detail = self._serving_backend(link, now)
+            if target is not None:
+                reason, detail = self._verdict(link.model, now)
+                if reason == R.ROUTING_REASON_HEALTHY_AND_THRESHOLDS_MET:
+                    return Route(
+                        req.role, req.stage, REFLEX, reason,
+                        f"{link.model} on {target.name}: backend healthy, bakeoff thresholds met",
+                        link.model, target.name, target.endpoint,
+                        is_fallback=index > 0, skipped=tuple(skipped),
+                    )
+            skipped.append(Skip(link.model, target.name if target else "", reason, detail))
+        primary = skipped[0]
+        return self._to_cloud(
+            req, now, primary.reason,
+            f"no reflex model is routable; primary {primary.model}: {primary.detail}",
+            is_fallback=True, skipped=tuple(skipped), reflex_fallback=True,
+        )
+
+    def _forced_reflex(self, req: router_pb2.DecideRequest, now: float) -> Route:
+        # A bakeoff must be able to measure a model that has not passed yet,
+        # so the verdict is reported but not required; health still is.
+        if req.stage != IMPLEMENT:
+            raise InvalidArgument("force_mode=REFLEX needs stage STAGE_IMPLEMENT: reflex applies only to the Implement stage")
+        skipped: list[Skip] = []
+        for index, link in enumerate(self._chain):
+            target, reason, detail = self._serving_backend(link, now)
+            if target is None:
+                skipped.append(Skip(link.model, "", reason, detail))
+                continue
+            verdict, verdict_detail = self._verdict(link.model, now)
+            return Route(
+                req.role, req.stage, REFLEX, verdict,
+                f"force_mode=REFLEX (bakeoff trial): {link.model} on {target.name} healthy; bakeoff verdict "
+                f"not required ({reason_name(verdict)}: {verdict_detail or 'passed'})",
+                link.model, target.name, target.endpoint,
+                is_fallback=index > 0, skipped=tuple(skipped), forced=True,
+            )
+        primary = skipped[0]
+        detail = f"force_mode=REFLEX and no reflex model has a healthy backend; primary {primary.model}: {primary.detail}"
+        return Route(
+            req.role, req.stage, REFLEX, primary.reason, detail,
+            is_fallback=True, skipped=tuple(skipped), forced=True, refusal=primary.reason, refusal_detail=detail,
+        )
+
+    def _serving_backend(self, link: _ChainLink, now: float) -> tuple[_Target | None, int, str]:
+        """The first backend serving `link.model` with fresh healthy status."""
+        if not link.backends:
+            return None, R.ROUTING_REASON_SERVER_UNHEALTHY, "no backend in routing.reflex.backends serves it"
+        unknown: list[str] = []
+        down: list[str] = []
+        caches = self._caches
+        for target in link.backends:
+            status = caches.health_of(target.name, link.model)
+            if status is None:
+                unknown.append(f"{target.name}: no health reported")
+            elif now - status.checked_at > self._health_ttl:
+                unknown.append(f"{target.name}: health older than {self._health_ttl:g} s")
+            elif status.healthy:
+                return target, R.ROUTING_REASON_HEALTHY_AND_THRESHOLDS_MET, ""
+            else:
+                down.append(f"{target.name}: unhealthy ({status.reason or 'no reason given'})")
+        if unknown:
+            if caches.health_error:
+                unknown.append(f"last health refresh failed: {caches.health_error}")
+            return None, R.ROUTING_REASON_STATUS_UNKNOWN, "; ".join(down + unknown)
+        return None, R.ROUTING_REASON_SERVER_UNHEALTHY, "; ".join(down)
+
+    def _verdict(self, model: str, now: float) -> tuple[int, str]:
+        """The model's own bakeoff verdict: met, not met, or unknown."""
+        verdict = self._caches.verdict_of(model)
+        error = self._caches.verdict_errors.get(model, "")
+        suffix = f" (last verdict refresh failed: {error})" if error else ""
+        if verdict is None:
+            return R.ROUTING_REASON_STATUS_UNKNOWN, f"no bakeoff verdict yet{suffix}"
+        if now - verdict.fetched_at > self._verdict_ttl:
+            return R.ROUTING_REASON_STATUS_UNKNOWN, f"bakeoff verdict older than {self._verdict_ttl:g} s{suffix}"
+        if not verdict.passed:
+            return R.ROUTING_REASON_THRESHOLDS_NOT_MET, verdict.detail or "bakeoff thresholds not met"
+        return R.ROUTING_REASON_HEALTHY_AND_THRESHOLDS_MET, verdict.detail
+
+    # -- other roles ---------------------------------------------------------
+
+    def _other_role(self, req: router_pb2.DecideRequest, now: float) -> Route:
+        if req.force_mode == REFLEX:
+            raise InvalidArgument("force_mode=REFLEX applies only to ROLE_IMPLEMENTER: reflex is a mode of the Implementer")
+        route = self._roles.get(req.role)
+        key = ROLE_KEYS[req.role]
+        cloud_model = route.cloud_model if route else self._cloud_model
+        if req.force_mode == CLOUD:
+            return self._to_cloud(
+                req, now, R.ROUTING_REASON_CLOUD_DEFAULT, f"force_mode=CLOUD: the request chose the cloud model of {key}",
+                model=cloud_model, forced=True,
+            )
+        if route is None or not route.local_model:
+            return self._to_cloud(
+                req, now, R.ROUTING_REASON_CLOUD_DEFAULT, f"role {key} has no local model in routing.roles",
+                model=cloud_model,
+            )
+        fired = route.rules.first_fired(req)
+        if fired is not None:
+            return self._to_cloud(
+                req, now, R.ROUTING_REASON_ESCALATION_PREDICATE,
+                f"escalation predicate of role {key} fired: {fired.describe(req)}", model=cloud_model,
+            )
+        return Route(
+            req.role, req.stage, LOCAL, R.ROUTING_REASON_LOCAL_DEFAULT,
+            f"no escalation predicate of role {key} fired", route.local_model, route.local.name, route.local.endpoint,
+        )
+
+    # -- cloud guards ----------------------------------------------------------
+
+    def _to_cloud(
+        self,
+        req: router_pb2.DecideRequest,
+        now: float,
+        reason: int,
+        detail: str,
+        *,
+        model: str = "",
+        is_fallback: bool = False,
+        skipped: tuple[Skip, ...] = (),
+        forced: bool = False,
+        reflex_fallback: bool = False,
+    ) -> Route:
+        route = Route(
+            req.role, req.stage, CLOUD, reason, detail, model or self._cloud_model, self._cloud.name,
+            self._cloud.endpoint, is_fallback=is_fallback, skipped=skipped, forced=forced,
+        )
+        if self._local_only or req.local_only:
+            who = "policy privacy.local_only" if self._local_only else "request local_only"
+            return replace(
+                route, refusal=R.ROUTING_REASON_LOCAL_ONLY_FORBIDS_CLOUD,
+                refusal_detail=f"{who} = true forbids the cloud route ({reason_name(reason)}: {detail})",
+            )
+        if reflex_fallback and not self._fallback_to_cloud:
+            return replace(
+                route, refusal=reason,
+                refusal_detail=f"{detail}; routing.reflex.fallback_to_cloud = false forbids the cloud fallback",
+            )
+        over = self._budget_exceeded(now)
+        if over:
+            return replace(route, refusal=R.ROUTING_REASON_BUDGET_EXHAUSTED, refusal_detail=over)
+        return route
+
+    def _budget_exceeded(self, now: float) -> str:
+        """Why the cloud budget forbids another call, or "" when it allows it."""
+        budget = self._budget
+        if not (budget.cloud_max_calls or budget.cloud_max_tokens):
+            return ""
+        usage = self._caches.usage
+        window = budget.window
+        if usage is None or now - usage.fetched_at > self._verdict_ttl:
+            why = self._caches.usage_error or ("never fetched" if usage is None else "stale")
+            # Fail closed: a cap that cannot be checked is not enforced by hoping.
+            return f"cloud usage in the last {window} is unknown ({why}), so the budget caps cannot be checked"
+        if budget.cloud_max_calls and usage.calls >= budget.cloud_max_calls:
+            return f"{usage.calls} cloud calls in the last {window} >= budget.cloud_max_calls = {budget.cloud_max_calls}"
+        if budget.cloud_max_tokens and usage.tokens >= budget.cloud_max_tokens:
+            return (
+                f"{usage.tokens} cloud tokens in the last {window} >= budget.cloud_max_tokens = "
+                f"{budget.cloud_max_tokens}"
+            )
+        return ""

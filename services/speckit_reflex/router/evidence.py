@@ -1,0 +1,107 @@
+"""Evidence of routing: a RoutingDecision event for every decision, and for
+every degradation (a fallback or a refusal) an AUDIT event plus a structured
+audit log line (GR-005: no silent degradation; GR-013: minimal provenance,
+which includes the policy hash)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from speckit_reflex.router.engine import ROLE_KEYS, Route, reason_name
+from speckit_reflex.v1 import common_pb2, router_pb2
+
+log = logging.getLogger("speckit.router.audit")
+
+_MODE_NAMES = {v: n.removeprefix("ROUTING_MODE_").lower() for n, v in common_pb2.RoutingMode.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A route with its identity and cost, as answered and recorded."""
+
+    decision_id: str
+    route: Route
+    latency_ms: float
+    policy_hash: str
+
+
+class DecisionRecorder:
+    """Turns decisions into events for Capsule (through a non-blocking `emit`)."""
+
+    def __init__(self, emit: Callable[[common_pb2.Event], None], logger: logging.Logger = log):
+        self._emit = emit
+        self._log = logger
+
+    def record(self, decision: Decision, req: router_pb2.DecideRequest) -> None:
+        """Emit the RoutingDecision event; for a degradation also the audit trail."""
+        route = decision.route
+        refused = route.refused
+        payload: dict[str, object] = {"detail": route.detail}
+        if route.endpoint:
+            payload["endpoint"] = route.endpoint
+        if route.skipped:
+            payload["skipped"] = [
+                {"model": s.model, "backend": s.backend, "reason": reason_name(s.reason), "detail": s.detail}
+                for s in route.skipped
+            ]
+        if route.forced:
+            payload["forced"] = True
+        if refused:
+            # A refusal routes nowhere: the event's mode stays unspecified and
+            # the payload says what was refused and why it was wanted.
+            payload["refused"] = True
+            payload["would_route"] = _MODE_NAMES[route.mode]
+            payload["cause"] = reason_name(route.reason)
+            payload["refusal_detail"] = route.refusal_detail
+        event = common_pb2.Event(
+            id=decision.decision_id,
+            type=common_pb2.EVENT_TYPE_ROUTING_DECISION,
+            role=route.role,  # type: ignore[arg-type]
+            mode=common_pb2.ROUTING_MODE_UNSPECIFIED if refused else route.mode,  # type: ignore[arg-type]
+            model=route.model,
+            backend=route.backend,
+            stage=route.stage,  # type: ignore[arg-type]
+            session_id=req.session_id,
+            run_id=req.run_id,
+            reason=reason_name(route.refusal if refused else route.reason),
+            is_fallback=route.is_fallback,
+            latency_ms=decision.latency_ms,
+            attempt=req.attempt,
+            policy_hash=decision.policy_hash,
+        )
+        event.time.GetCurrentTime()
+        event.payload.update(payload)
+        self._emit(event)
+        if route.degraded:
+            self._audit(decision, event, req)
+
+    def _audit(self, decision: Decision, event: common_pb2.Event, req: router_pb2.DecideRequest) -> None:
+        route = decision.route
+        kind = "routing_refusal" if route.refused else "routing_fallback"
+        audit = common_pb2.Event()
+        audit.CopyFrom(event)
+        audit.id = str(uuid.uuid4())
+        audit.type = common_pb2.EVENT_TYPE_AUDIT
+        audit.payload.update({"kind": kind, "decision_id": decision.decision_id})
+        self._emit(audit)
+        self._log.warning(
+            kind,
+            extra={
+                "fields": {
+                    "decision_id": decision.decision_id,
+                    "role": ROLE_KEYS.get(route.role, str(route.role)),
+                    "mode": _MODE_NAMES[route.mode],
+                    "reason": event.reason,
+                    "cause": reason_name(route.reason),
+                    "model": route.model,
+                    "is_fallback": route.is_fallback,
+                    "detail": route.refusal_detail or route.detail,
+                    "session_id": req.session_id,
+                    "attempt": req.attempt,
+                    "policy_hash": decision.policy_hash,
+                }
+            },
+        )

@@ -1,0 +1,51 @@
+"""gRPC transport of the Router: proto in, one core call, proto out."""
+
+from __future__ import annotations
+
+from grpc import aio
+
+from speckit_reflex.router.core import Router
+from speckit_reflex.router.evidence import Decision
+from speckit_reflex.v1 import router_pb2, router_pb2_grpc
+
+
+def decision_to_proto(decision: Decision, req: router_pb2.DecideRequest) -> router_pb2.RoutingDecision:
+    """The wire form of a decision."""
+    r = decision.route
+    return router_pb2.RoutingDecision(
+        decision_id=decision.decision_id,
+        role=r.role,  # type: ignore[arg-type]
+        stage=r.stage,  # type: ignore[arg-type]
+        mode=r.mode,  # type: ignore[arg-type]
+        reason=r.reason,  # type: ignore[arg-type]
+        detail=r.detail,
+        model=r.model,
+        backend=r.backend,
+        endpoint=r.endpoint,
+        is_fallback=r.is_fallback,
+        skipped=[
+            router_pb2.ChainSkip(model=s.model, backend=s.backend, reason=s.reason, detail=s.detail)  # type: ignore[arg-type]
+            for s in r.skipped
+        ],
+        latency_ms=decision.latency_ms,
+        policy_hash=decision.policy_hash,
+        session_id=req.session_id,
+        attempt=req.attempt,
+        forced=r.forced,
+    )
+
+
+class RouterServicer(router_pb2_grpc.RouterServicer):
+    def __init__(self, router: Router):
+        self._router = router
+
+    async def Decide(  # noqa: N802 - gRPC method name
+        self, request: router_pb2.DecideRequest, context: aio.ServicerContext
+    ) -> router_pb2.RoutingDecision:
+        return decision_to_proto(self._router.decide(request), request)
+
+    async def GetPolicy(  # noqa: N802
+        self, request: router_pb2.GetPolicyRequest, context: aio.ServicerContext
+    ) -> router_pb2.PolicySnapshot:
+        p = self._router.policy
+        return router_pb2.PolicySnapshot(json=p.snapshot_json, sha256=p.sha256, source=p.source)
