@@ -293,9 +293,12 @@ class CapsuleStore:
         batch = list(trials)
         if not batch:
             return 0
-        stmt = self._insert()(TrialRow.__table__).on_conflict_do_nothing(index_elements=["id"])
+        table = TrialRow.__table__
+        # RETURNING counts the rows really inserted; executemany's rowcount
+        # is not reliable across drivers.
+        stmt = self._insert()(table).on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)
         with self.engine.begin() as conn:
-            return max(conn.execute(stmt, batch).rowcount, 0)
+            return len(conn.execute(stmt, batch).all())
 
     @_db_call
     def trial_summary(self, window: TimeWindow, bakeoff_run_id: str = "") -> list[TrialSummary]:

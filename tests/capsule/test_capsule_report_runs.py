@@ -1,0 +1,91 @@
+"""WriteReport, UpsertBakeoffRun and RecordTrials on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import grpc
+import pytest
+from capsule_helpers import CLOUD, REFLEX, attempt
+
+from speckit_reflex.clients.capsule import window
+from speckit_reflex.v1 import capsule_pb2
+
+
+def _trial(i: int, mode: int, model: str, success: bool, attempts: int = 1, run: str = "run-1") -> capsule_pb2.Trial:
+    return capsule_pb2.Trial(id=f"{run}-{model}-{i}", bakeoff_run_id=run, task_id=f"task{i}", category="borrow",
+                             mode=mode, model=model, success=success, attempts=attempts, json_valid=True,
+                             latency_ms=100.0)  # type: ignore[arg-type]
+
+
+async def test_bakeoff_run_upsert_creates_then_updates(capsule):
+    run = capsule_pb2.BakeoffRun(suite="reflex_patchloop_v1", mode="both", status="running", task_count=60)
+    run.started_at.FromMicroseconds(1_780_000_000_000_000)
+    created = await capsule.upsert_bakeoff_run(run)
+    assert len(created.id) == 36 and created.status == "running" and created.task_count == 60
+    created.status = "done"
+    created.finished_at.FromMicroseconds(1_780_000_100_000_000)
+    created.summary.update({"solved": 12})
+    updated = await capsule.upsert_bakeoff_run(created)
+    assert updated.id == created.id and updated.status == "done"
+    assert updated.started_at.ToMicroseconds() == 1_780_000_000_000_000
+    assert updated.summary.fields["solved"].number_value == 12
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await capsule.upsert_bakeoff_run(capsule_pb2.BakeoffRun(status="exploded"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_trials_are_idempotent_by_id(capsule):
+    trials = [_trial(i, REFLEX, "qwen", i % 2 == 0) for i in range(4)]
+    first = await capsule.record_trials(trials)
+    assert (first.inserted, first.duplicates) == (4, 0)
+    again = await capsule.record_trials([*trials[:2], _trial(9, CLOUD, "deepseek", True)])
+    assert (again.inserted, again.duplicates) == (1, 2)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await capsule.record_trials([_trial(1, REFLEX, "q", True), capsule_pb2.Trial(task_id="no id")])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "trials[1]" in err.value.details()
+
+
+async def test_write_report_json_and_markdown(capsule, tmp_path: Path):
+    run = await capsule.upsert_bakeoff_run(capsule_pb2.BakeoffRun(id="run-1", suite="reflex_patchloop_v1",
+                                                                  mode="both", status="done"))
+    events = [attempt(REFLEX, "qwen", 80.0 + 40 * i, success=i % 4 != 0, bakeoff_run_id=run.id) for i in range(24)]
+    events += [attempt(CLOUD, "deepseek", 2500.0 + 10 * i, bakeoff_run_id=run.id) for i in range(22)]
+    await capsule.append_events(events)
+    await capsule.record_trials([_trial(i, REFLEX, "qwen", i != 0, attempts=1 + i % 2) for i in range(6)]
+                                + [_trial(i, CLOUD, "deepseek", True) for i in range(6)])
+    reply = await capsule.write_report(window("24h"), out_dir=str(tmp_path / "eval"), bakeoff_run_id=run.id)
+
+    json_path, md_path = Path(reply.json_path), Path(reply.markdown_path)
+    assert re.fullmatch(r"reflex-bakeoff-\d{8}T\d{12}Z\.json", json_path.name)
+    assert md_path.name == json_path.name.replace(".json", ".md")
+    doc = json.loads(json_path.read_text())
+    assert doc["stats"]["period"] == "24h"
+    assert doc["stats"]["reflex"]["total_attempts"] == 24 and doc["stats"]["cloud"]["total_attempts"] == 22
+    assert doc["stats"]["reflex"]["success_rate"] == 75.0
+    # 75 % / 100 % parity fails the 85 % gate; both figures are in the verdict.
+    assert doc["verdict"]["passed"] is False and reply.verdict.passed is False
+    assert doc["verdict"]["failures"] == [{"kind": "parity_too_low", "message": reply.verdict.failures[0].message,
+                                           "observed": 75.0, "required": 85.0}]
+    assert sum(doc["latency_histogram"]["reflex"]) == 24 and sum(doc["latency_histogram"]["cloud"]) == 22
+    assert doc["latency_histogram"]["cloud"][-3] == 22  # all in 2000-5000 ms
+    qwen = next(t for t in doc["trials"] if t["model"] == "qwen")
+    assert (qwen["tasks"], qwen["successes"], qwen["first_attempt_successes"]) == (6, 5, 2)
+    assert doc["bakeoff_run"]["id"] == "run-1"
+
+    md = md_path.read_text()
+    assert "**Verdict: FAIL**" in md
+    assert "| parity_too_low | 75.0 | 85.0 |" in md
+    assert "| reflex / `qwen` | 24 | 75.0 % |" in md and "| cloud / `deepseek` | 22 | 100.0 % |" in md
+    assert "xychart-beta" in md and "## Latency distribution, reflex vs cloud" in md
+    assert "| reflex / `qwen` | 6 | 5 | 2 |" in md
+
+
+async def test_report_defaults_to_speckit_eval_under_home(start_capsule, tmp_path: Path):
+    _, capsule = await start_capsule()
+    reply = await capsule.write_report()
+    assert Path(reply.json_path).parent == tmp_path / ".speckit" / "eval"
+    assert Path(reply.markdown_path).read_text().startswith("# Reflex bakeoff report")
+    assert "**Verdict: FAIL**" in Path(reply.markdown_path).read_text()  # no evidence, no pass
