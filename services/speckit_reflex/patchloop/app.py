@@ -1,11 +1,16 @@
-"""Wiring of the PatchLoop service (placeholder until its core lands: every RPC
-answers UNIMPLEMENTED, while server, health and reflection are real)."""
+"""Wiring of the PatchLoop service: sandbox, compiler, peers and the loop core."""
 
 from __future__ import annotations
 
 from grpc import aio
 
+from speckit_reflex.patchloop.compiler import Compiler
+from speckit_reflex.patchloop.core import PatchLoop
+from speckit_reflex.patchloop.ports import GrpcInference, GrpcRouter
+from speckit_reflex.patchloop.sandbox import BuildRunner, NetworkIsolation
+from speckit_reflex.patchloop.servicer import PatchLoopServicer
 from speckit_reflex.runtime.bootstrap import ServiceContext
+from speckit_reflex.runtime.events import EventSink
 from speckit_reflex.v1 import patchloop_pb2, patchloop_pb2_grpc
 
 
@@ -13,15 +18,30 @@ class PatchLoopService:
     name = "patchloop"
     service_names = (patchloop_pb2.DESCRIPTOR.services_by_name["PatchLoop"].full_name,)
 
+    def __init__(self, loop: PatchLoop, sink: EventSink):
+        self.loop = loop
+        self.sink = sink
+
     def register(self, server: aio.Server) -> None:
-        patchloop_pb2_grpc.add_PatchLoopServicer_to_server(patchloop_pb2_grpc.PatchLoopServicer(), server)
+        patchloop_pb2_grpc.add_PatchLoopServicer_to_server(PatchLoopServicer(self.loop), server)
 
     async def start(self) -> None:
-        return None
+        self.sink.start()
 
     async def close(self) -> None:
-        return None
+        await self.loop.close()
+        await self.sink.close()
 
 
 def build(ctx: ServiceContext) -> PatchLoopService:
-    return PatchLoopService()
+    """The PatchLoop service for `ctx`: peers through ctx's shared channels."""
+    sink = EventSink(lambda: ctx.channel("capsule"), capacity=ctx.policy.policy.inference.event_buffer)
+    loop = PatchLoop(
+        router=GrpcRouter(ctx.channel("router")),
+        inference=GrpcInference(ctx.channel("inference")),
+        events=sink,
+        compiler=Compiler(BuildRunner(NetworkIsolation())),
+        policy=ctx.policy,
+        scratch_dir=None,
+    )
+    return PatchLoopService(loop, sink)

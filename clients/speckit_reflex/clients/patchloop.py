@@ -1,0 +1,65 @@
+"""Typed async client of the PatchLoop service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from grpc import aio
+
+from speckit_reflex.v1 import common_pb2, patchloop_pb2, patchloop_pb2_grpc
+
+
+class PatchLoopClient:
+    """Thin wrapper over the generated stub: start runs, follow them, look them up."""
+
+    def __init__(self, channel: aio.Channel):
+        self._stub = patchloop_pb2_grpc.PatchLoopStub(channel)
+
+    def run(
+        self,
+        workspace: str,
+        *,
+        apply: bool = False,
+        max_attempts: int = 0,
+        compile_command: Sequence[str] = (),
+        verify_command: Sequence[str] = (),
+        compiler_fast_path: bool | None = None,
+        build_timeout_s: int = 0,
+        force_mode: int = common_pb2.ROUTING_MODE_UNSPECIFIED,
+        session_id: str = "",
+        run_id: str = "",
+        bakeoff_run_id: str = "",
+        task_id: str = "",
+        local_only: bool = False,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[patchloop_pb2.RunEvent]:
+        """Start a run; iterate the result for its progress events (the last is the result)."""
+        req = patchloop_pb2.RunRequest(
+            workspace=workspace,
+            apply=apply,
+            max_attempts=max_attempts,
+            compile_command=list(compile_command),
+            verify_command=list(verify_command),
+            build_timeout_s=build_timeout_s,
+            force_mode=force_mode,  # type: ignore[arg-type]
+            session_id=session_id,
+            run_id=run_id,
+            bakeoff_run_id=bakeoff_run_id,
+            task_id=task_id,
+            local_only=local_only,
+        )
+        if compiler_fast_path is not None:
+            req.compiler_fast_path = compiler_fast_path
+        return self._stub.Run(req, timeout=timeout_s)
+
+    async def run_to_end(self, workspace: str, **kwargs: object) -> tuple[list[patchloop_pb2.RunEvent], patchloop_pb2.RunResult]:
+        """Run and collect every event; returns (events, result)."""
+        events = [ev async for ev in self.run(workspace, **kwargs)]  # type: ignore[arg-type]
+        results = [ev.result for ev in events if ev.WhichOneof("kind") == "result"]
+        if not results:
+            raise RuntimeError("the run stream ended without a result")
+        return events, results[-1]
+
+    async def get_run(self, run_id: str, timeout_s: float = 10.0) -> patchloop_pb2.RunStatus:
+        """A running or finished run (grpc NOT_FOUND when unknown)."""
+        return await self._stub.GetRun(patchloop_pb2.GetRunRequest(run_id=run_id), timeout=timeout_s)

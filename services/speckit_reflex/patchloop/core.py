@@ -1,0 +1,620 @@
+"""The patch loop: compile -> diagnostics -> route -> model patch -> apply -> recompile.
+
+One run works on a scratch copy of a workspace. Each model-backed attempt asks
+the Router (with the session's consecutive-failure count, so escalation to
+cloud follows the policy), calls the Inference Adapter with the patch schema,
+validates and applies the patch, and rebuilds. A patch that does not reduce
+the error count is reverted, so the next prompt shares its long prefix with
+the previous one. Every attempt becomes a PATCH_ATTEMPT event and the run one
+LOOP_RESULT event; progress streams to the caller as RunEvents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from speckit_reflex.errors import InvalidArgument, NotFound
+from speckit_reflex.patchloop.compiler import CompileOutcome, Compiler, machine_applicable_edits
+from speckit_reflex.patchloop.patch import PatchBounds, PatchRejected, parse_patch, patch_schema, plan_patch
+from speckit_reflex.patchloop.ports import EventPort, InferencePort, ModelCallFailed, RouteRefused, RouterPort
+from speckit_reflex.patchloop.prompt import FailedAttempt, build_messages, file_excerpts, render_diagnostics
+from speckit_reflex.patchloop.workspace import Scratch
+from speckit_reflex.policy import LoadedPolicy
+from speckit_reflex.runtime.events import new_event
+from speckit_reflex.v1 import common_pb2, inference_pb2, patchloop_pb2, router_pb2
+
+log = logging.getLogger("speckit.patchloop")
+
+_MODE_SOURCE = {
+    common_pb2.ROUTING_MODE_REFLEX: patchloop_pb2.FIX_SOURCE_REFLEX,
+    common_pb2.ROUTING_MODE_CLOUD: patchloop_pb2.FIX_SOURCE_CLOUD,
+}
+RETRY_TEMPERATURE = 0.3
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A run request with policy defaults filled in."""
+
+    workspace: str
+    apply: bool
+    max_attempts: int
+    compile_command: tuple[str, ...]
+    verify_command: tuple[str, ...]
+    compiler_fast_path: bool
+    build_timeout_s: float
+    force_mode: int
+    session_id: str
+    run_id: str
+    bakeoff_run_id: str
+    task_id: str
+    local_only: bool
+    max_tokens: int
+    allow_create_files: bool
+
+    @classmethod
+    def from_request(cls, req: patchloop_pb2.RunRequest, policy: LoadedPolicy) -> RunSpec:
+        """Fill unset request fields from `policy.patchloop`; reject nonsense early."""
+        pl = policy.policy.patchloop
+        if not req.workspace:
+            raise InvalidArgument("workspace is required")
+        if req.max_attempts > 50:
+            raise InvalidArgument(f"max_attempts {req.max_attempts} is above 50")
+        run_id = req.run_id or str(uuid.uuid4())
+        return cls(
+            workspace=req.workspace,
+            apply=req.apply,
+            max_attempts=req.max_attempts or pl.max_attempts,
+            compile_command=tuple(req.compile_command) or tuple(pl.compile_command),
+            verify_command=tuple(req.verify_command) or tuple(pl.verify_command),
+            compiler_fast_path=req.compiler_fast_path if req.HasField("compiler_fast_path") else pl.compiler_fast_path,
+            build_timeout_s=float(req.build_timeout_s or pl.build_timeout_s),
+            force_mode=req.force_mode,
+            session_id=req.session_id or run_id,
+            run_id=run_id,
+            bakeoff_run_id=req.bakeoff_run_id,
+            task_id=req.task_id,
+            local_only=req.local_only,
+            max_tokens=pl.max_tokens,
+            allow_create_files=pl.allow_create_files,
+        )
+
+
+class RunRecord:
+    """A running or finished run: its events so far and, at the end, its result."""
+
+    def __init__(self, run_id: str, workspace: str):
+        self.run_id = run_id
+        self.workspace = workspace
+        self.events: list[patchloop_pb2.RunEvent] = []
+        self.result: patchloop_pb2.RunResult | None = None
+        self._wake = asyncio.Event()
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+    def append(self, event: patchloop_pb2.RunEvent) -> None:
+        self.events.append(event)
+        if event.WhichOneof("kind") == "result":
+            self.result = event.result
+        wake, self._wake = self._wake, asyncio.Event()
+        wake.set()
+
+    async def follow(self) -> AsyncIterator[patchloop_pb2.RunEvent]:
+        """Every event from the first, then new ones as they come, until the result."""
+        i = 0
+        while True:
+            wake = self._wake
+            while i < len(self.events):
+                yield self.events[i]
+                i += 1
+            if self.done:
+                return
+            await wake.wait()
+
+    def status(self) -> patchloop_pb2.RunStatus:
+        st = patchloop_pb2.RunStatus(
+            run_id=self.run_id,
+            state=patchloop_pb2.RUN_STATE_DONE if self.done else patchloop_pb2.RUN_STATE_RUNNING,
+            events=self.events,
+            workspace=self.workspace,
+        )
+        if self.result is not None:
+            st.result.CopyFrom(self.result)
+        return st
+
+
+class RunRegistry:
+    """The most recent runs, bounded; the oldest finished ones are forgotten first."""
+
+    def __init__(self, capacity: int = 256):
+        self._capacity = capacity
+        self._runs: OrderedDict[str, RunRecord] = OrderedDict()
+
+    def add(self, record: RunRecord) -> None:
+        if record.run_id in self._runs:
+            raise InvalidArgument(f"run id {record.run_id!r} is already in use")
+        self._runs[record.run_id] = record
+        while len(self._runs) > self._capacity:
+            victim = next((k for k, r in self._runs.items() if r.done), None)
+            if victim is None:
+                break
+            del self._runs[victim]
+
+    def get(self, run_id: str) -> RunRecord:
+        if run_id not in self._runs:
+            raise NotFound(f"no run {run_id!r} (unknown, or forgotten after {self._capacity} newer runs)")
+        return self._runs[run_id]
+
+
+class SessionFailures:
+    """Consecutive failed loops per session, so escalation spans a session's runs."""
+
+    def __init__(self, capacity: int = 10_000):
+        self._capacity = capacity
+        self._counts: OrderedDict[str, int] = OrderedDict()
+
+    def get(self, session_id: str) -> int:
+        return self._counts.get(session_id, 0)
+
+    def set(self, session_id: str, count: int) -> None:
+        self._counts[session_id] = count
+        self._counts.move_to_end(session_id)
+        while len(self._counts) > self._capacity:
+            self._counts.popitem(last=False)
+
+
+@dataclass
+class AttemptTiming:
+    """Where one attempt's time went; `overhead_ms` is the loop's own cost."""
+
+    started: float = field(default_factory=time.perf_counter)
+    compile_ms: float = 0.0
+    model_ms: float = 0.0
+
+    def summary(self) -> dict[str, float]:
+        wall = (time.perf_counter() - self.started) * 1000
+        return {
+            "attempt_ms": round(wall, 3),
+            "compile_ms": round(self.compile_ms, 3),
+            "model_ms": round(self.model_ms, 3),
+            "overhead_ms": round(wall - self.compile_ms - self.model_ms, 3),
+        }
+
+
+class PatchLoop:
+    """Runs patch loops and remembers recent runs."""
+
+    def __init__(
+        self,
+        router: RouterPort,
+        inference: InferencePort,
+        events: EventPort,
+        compiler: Compiler,
+        policy: LoadedPolicy,
+        registry: RunRegistry | None = None,
+        sessions: SessionFailures | None = None,
+        scratch_dir: Path | None = None,
+    ):
+        self._router = router
+        self._inference = inference
+        self._events = events
+        self._compiler = compiler
+        self._policy = policy
+        self._registry = registry or RunRegistry()
+        self._sessions = sessions or SessionFailures()
+        self._scratch_dir = scratch_dir
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def get_run(self, run_id: str) -> patchloop_pb2.RunStatus:
+        """A running or finished run (NotFound when unknown)."""
+        return self._registry.get(run_id).status()
+
+    async def run(self, request: patchloop_pb2.RunRequest) -> AsyncIterator[patchloop_pb2.RunEvent]:
+        """Start a run and stream its events; a caller that goes away cancels it."""
+        spec = RunSpec.from_request(request, self._policy)
+        scratch = Scratch.open(spec.workspace, self._scratch_dir)
+        record = RunRecord(spec.run_id, str(scratch.workspace))
+        try:
+            self._registry.add(record)
+        except BaseException:
+            scratch.close()
+            raise
+        task = asyncio.create_task(_Run(self, spec, scratch, record).execute(), name=f"run-{spec.run_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        try:
+            async for event in record.follow():
+                yield event
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Cancel runs still in progress (service shutdown)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+@dataclass
+class _Attempt:
+    """What one model-backed attempt did, for its PATCH_ATTEMPT event."""
+
+    decision: router_pb2.RoutingDecision
+    timing: AttemptTiming
+    before: CompileOutcome
+    reply: inference_pb2.CompleteReply | None = None
+    after: CompileOutcome | None = None
+
+
+class _Run:
+    """The state of one run while it executes."""
+
+    def __init__(self, loop: PatchLoop, spec: RunSpec, scratch: Scratch, record: RunRecord):
+        self.loop = loop
+        self.spec = spec
+        self.scratch = scratch
+        self.record = record
+        self.started = time.perf_counter()
+        self.bounds = PatchBounds.for_max_tokens(spec.max_tokens)
+        self.schema = patch_schema(self.bounds)
+        self.schema_text = json.dumps(self.schema, separators=(",", ":"))
+        self.attempt = 0
+        self.seq = 0
+        self.escalated = False
+        self.feedback: list[FailedAttempt] = []
+        self.last_mode = common_pb2.ROUTING_MODE_UNSPECIFIED
+
+    # -- event helpers -------------------------------------------------
+
+    def _event(self, **kind: Any) -> None:
+        self.seq += 1
+        ev = patchloop_pb2.RunEvent(run_id=self.spec.run_id, seq=self.seq, attempt=self.attempt, **kind)
+        ev.time.GetCurrentTime()
+        self.record.append(ev)
+
+    def note(self, text: str) -> None:
+        self._event(note=text)
+
+    def _capsule(self, event_type: int, **fields: Any) -> None:
+        self.loop._events.emit(
+            new_event(
+                event_type,
+                role=common_pb2.ROLE_IMPLEMENTER,
+                stage=common_pb2.STAGE_IMPLEMENT,
+                session_id=self.spec.session_id,
+                run_id=self.spec.run_id,
+                bakeoff_run_id=self.spec.bakeoff_run_id or None,
+                task_id=self.spec.task_id or None,
+                policy_hash=self.loop._policy.sha256,
+                **fields,
+            )
+        )
+
+    # -- steps -----------------------------------------------------------
+
+    async def compile(self, timing: AttemptTiming | None = None) -> CompileOutcome:
+        """Build (and verify when configured), streaming start and finish events."""
+        outcome = await self._build(self.spec.compile_command, verify=False, timing=timing)
+        if outcome.clean and self.spec.verify_command:
+            outcome = await self._build(self.spec.verify_command, verify=True, timing=timing)
+        return outcome
+
+    async def _build(self, command: Sequence[str], verify: bool, timing: AttemptTiming | None) -> CompileOutcome:
+        self._event(compile_started=patchloop_pb2.CompileStarted(command=command, verify=verify))
+        outcome = await self.loop._compiler.compile(command, self.scratch, self.spec.build_timeout_s)
+        if timing is not None:
+            timing.compile_ms += outcome.result.duration_ms
+        self._event(compile_finished=outcome.to_proto(verify))
+        if outcome.result.timed_out:
+            self.note(f"build killed after {self.spec.build_timeout_s:g} s wall-clock limit (with its process group)")
+        return outcome
+
+    async def fast_path(self, state: CompileOutcome) -> CompileOutcome | None:
+        """Apply rustc's MachineApplicable suggestions; the new state if they helped."""
+        planned = machine_applicable_edits(state.diagnostics.errors, self.scratch)
+        if not planned:
+            return None
+        timing = AttemptTiming()
+        previous = self.scratch.write(planned)
+        self._event(
+            patch_applied=patchloop_pb2.PatchApplied(
+                source=patchloop_pb2.FIX_SOURCE_COMPILER, edits=len(planned), files=sorted(planned)
+            )
+        )
+        after = await self.compile(timing)
+        helped = after.clean or after.error_count < state.error_count
+        if not helped:
+            self.scratch.restore(previous)
+        self._capsule(
+            common_pb2.EVENT_TYPE_PATCH_ATTEMPT,
+            mode=common_pb2.ROUTING_MODE_UNSPECIFIED,
+            success=after.clean,
+            attempt=0,
+            reason="" if after.clean else "still_failing",
+            payload={
+                "source": "compiler",
+                "files": sorted(planned),
+                "errors_before": state.error_count,
+                "errors_after": after.error_count,
+                "kept": helped,
+                "timing": timing.summary(),
+            },
+        )
+        return after if helped else None
+
+    async def execute(self) -> None:
+        """The whole run; always ends with exactly one result event."""
+        try:
+            note = self.loop._compiler.isolation_note
+            if note:
+                self.note(note)
+            await self._loop()
+        except asyncio.CancelledError:
+            self.finish(patchloop_pb2.OUTCOME_GAVE_UP, reason="cancelled: the caller went away")
+            raise
+        except Exception as exc:
+            log.exception("run crashed", extra={"fields": {"run_id": self.spec.run_id}})
+            self.finish(patchloop_pb2.OUTCOME_GAVE_UP, reason=f"internal_error: {type(exc).__name__}: {exc}")
+        finally:
+            self.scratch.close()
+
+    async def _loop(self) -> None:
+        state = await self.compile()
+        if state.clean:
+            self.finish(patchloop_pb2.OUTCOME_ALREADY_CLEAN, reason="the build is already clean")
+            return
+        if state.result.timed_out:
+            self.finish(patchloop_pb2.OUTCOME_GAVE_UP, reason=f"build_timeout: no result within {self.spec.build_timeout_s:g} s")
+            return
+        if self.spec.compiler_fast_path:
+            improved = await self.fast_path(state)
+            if improved is not None:
+                state = improved
+                if state.clean:
+                    self.finish(patchloop_pb2.OUTCOME_FIXED, fixed_by=patchloop_pb2.FIX_SOURCE_COMPILER,
+                                reason="fixed by rustc's machine-applicable suggestions")
+                    return
+        failures = self.loop._sessions.get(self.spec.session_id)
+        last_reason = ""
+        while self.attempt < self.spec.max_attempts:
+            self.attempt += 1
+            ok, state, last_reason = await self._attempt(state, failures)
+            if ok:
+                self.loop._sessions.set(self.spec.session_id, 0)
+                self.finish(patchloop_pb2.OUTCOME_FIXED, fixed_by=_MODE_SOURCE.get(self.last_mode, 0),
+                            reason=f"fixed on attempt {self.attempt}")
+                return
+            if self.record.done:  # refused
+                return
+            failures += 1
+            self.loop._sessions.set(self.spec.session_id, failures)
+        self.finish(
+            patchloop_pb2.OUTCOME_GAVE_UP,
+            reason=f"max_attempts: still failing after {self.attempt} attempt(s) "
+            f"({state.error_count} error(s) left); last: {last_reason}",
+        )
+
+    async def _attempt(self, state: CompileOutcome, failures: int) -> tuple[bool, CompileOutcome, str]:
+        """One model-backed attempt: (fixed?, state to continue from, failure reason)."""
+        timing = AttemptTiming()
+        try:
+            decision = await self.loop._router.decide(
+                router_pb2.DecideRequest(
+                    stage=common_pb2.STAGE_IMPLEMENT,
+                    role=common_pb2.ROLE_IMPLEMENTER,
+                    session_id=self.spec.session_id,
+                    run_id=self.spec.run_id,
+                    attempt=self.attempt,
+                    consecutive_failures=failures,
+                    local_only=self.spec.local_only,
+                    force_mode=self.spec.force_mode,  # type: ignore[arg-type]
+                )
+            )
+        except RouteRefused as refused:
+            self.note(f"route refused: {refused.reason}")
+            self.finish(patchloop_pb2.OUTCOME_REFUSED, reason=refused.reason)
+            return False, state, refused.reason
+        self._event(routing=decision)
+        if decision.mode == common_pb2.ROUTING_MODE_CLOUD and self.last_mode == common_pb2.ROUTING_MODE_REFLEX:
+            self.escalated = True
+            self.note(f"escalated to cloud after {failures} consecutive failure(s): {decision.detail or decision.reason}")
+        self.last_mode = decision.mode
+
+        messages = build_messages(
+            self.bounds,
+            file_excerpts(state.diagnostics.errors, self._read_quietly, self.scratch.resolve),
+            render_diagnostics(state.diagnostics.errors, f"{self.scratch.root}/"),
+            self.feedback,
+        )
+        request = inference_pb2.CompleteRequest(
+            backend=decision.backend,
+            model=decision.model,
+            messages=[inference_pb2.ChatMessage(**m) for m in messages],
+            max_tokens=self.spec.max_tokens,
+            temperature=0.0 if self.attempt == 1 else RETRY_TEMPERATURE,
+            json_schema=self.schema_text,
+            schema_name="rust_patch",
+            mode=decision.mode,
+            role=common_pb2.ROLE_IMPLEMENTER,
+            session_id=self.spec.session_id,
+            run_id=self.spec.run_id,
+            decision_id=decision.decision_id,
+            attempt=self.attempt,
+        )
+        if self.attempt > 1:
+            # A retry must be able to differ from the attempt before it.
+            request.seed = self.attempt
+        call_started = time.perf_counter()
+        try:
+            reply = await self.loop._inference.complete(request, self._model_timeout_s())
+        except ModelCallFailed as exc:
+            timing.model_ms = (time.perf_counter() - call_started) * 1000
+            self._event(model_call=patchloop_pb2.ModelCall(
+                backend=decision.backend, model=decision.model, mode=decision.mode, error=str(exc)))
+            return False, state, self._failed(_Attempt(decision, timing, state), "model_error", str(exc))
+        timing.model_ms = (time.perf_counter() - call_started) * 1000
+        self._event(model_call=_model_call(reply, decision))
+
+        try:
+            if not reply.schema_valid:
+                raise PatchRejected("invalid_json", reply.validation_error or "the reply does not match the patch schema")
+            edits = parse_patch(reply.content, self.schema)
+            planned = plan_patch(edits, self.scratch.resolve, self.scratch.read_text, self.spec.allow_create_files)
+        except PatchRejected as rej:
+            self._event(patch_rejected=patchloop_pb2.PatchRejected(reason=rej.reason, detail=rej.detail))
+            return False, state, self._failed(_Attempt(decision, timing, state, reply), rej.reason, rej.detail)
+
+        previous = self.scratch.write(planned)
+        self._event(patch_applied=patchloop_pb2.PatchApplied(
+            source=_MODE_SOURCE.get(decision.mode, 0), edits=len(edits), files=sorted(planned)))
+        after = await self.compile(timing)
+        if after.clean:
+            self._record_attempt(_Attempt(decision, timing, state, reply, after), success=True, reason="",
+                                 edits=len(edits), files=sorted(planned))
+            return True, after, ""
+        kept = after.error_count < state.error_count and not after.result.timed_out
+        if not kept:
+            # Back to the last good state: the next prompt then repeats this
+            # one's prefix and hits the server's cache.
+            self.scratch.restore(previous)
+        reason = "build_timeout" if after.result.timed_out else "still_failing"
+        detail = f"{state.error_count} -> {after.error_count} error(s); " + ("kept" if kept else "reverted")
+        self._failed(_Attempt(decision, timing, state, reply, after), reason, detail, edits=len(edits), files=sorted(planned))
+        return False, (after if kept else state), f"{reason}: {detail}"
+
+    def _read_quietly(self, rel: str) -> str | None:
+        try:
+            return self.scratch.read_text(rel)
+        except PatchRejected:
+            return None
+
+    def _model_timeout_s(self) -> float:
+        routing = self.loop._policy.policy.routing
+        # The adapter enforces per-backend timeouts; this only bounds a hung peer.
+        return max(routing.reflex.timeout_ms, routing.cloud.timeout_ms) / 1000 * 3 + 30
+
+    def _failed(self, attempt: _Attempt, reason: str, detail: str, **payload: Any) -> str:
+        self.feedback.append(FailedAttempt(self.attempt, reason, detail[:300]))
+        self._record_attempt(attempt, success=False, reason=reason, detail=detail[:500], **payload)
+        return f"{reason}: {detail}"
+
+    def _record_attempt(self, attempt: _Attempt, success: bool, reason: str, **payload: Any) -> None:
+        decision, reply, before, after, timing = (
+            attempt.decision, attempt.reply, attempt.before, attempt.after, attempt.timing)
+        fields: dict[str, Any] = {}
+        details: dict[str, Any] = {
+            "errors_before": before.error_count,
+            "errors_after": after.error_count if after else before.error_count,
+            "decision_id": decision.decision_id,
+            "routing_reason": common_pb2.RoutingReason.Name(decision.reason).removeprefix("ROUTING_REASON_").lower(),
+            "timing": timing.summary(),
+            **payload,
+        }
+        if reply is not None:
+            usage, t = reply.usage, reply.timing
+            fields.update(
+                json_valid=reply.schema_valid,
+                latency_ms=t.latency_ms,
+                ttft_ms=t.ttft_ms if t.HasField("ttft_ms") else None,
+                tokens_per_s=t.tokens_per_s,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cached_tokens=usage.cached_tokens if usage.HasField("cached_tokens") else None,
+            )
+            details["cache_reuse"] = _cache_reuse(reply)
+            details["call_id"] = reply.call_id
+        else:
+            fields.update(json_valid=False, latency_ms=timing.model_ms)
+        self._capsule(
+            common_pb2.EVENT_TYPE_PATCH_ATTEMPT,
+            mode=decision.mode,
+            model=(reply.model if reply is not None and reply.model else decision.model),
+            backend=(reply.backend if reply is not None and reply.backend else decision.backend),
+            is_fallback=decision.is_fallback,
+            success=success,
+            attempt=self.attempt,
+            reason=reason,
+            payload=details,
+            **fields,
+        )
+
+    def finish(self, outcome: int, reason: str, fixed_by: int = 0) -> None:
+        """Record the result (diff, write-back when asked) and the LOOP_RESULT event."""
+        if self.record.done:
+            return
+        fixed = outcome == patchloop_pb2.OUTCOME_FIXED
+        diff = self.scratch.diff() if fixed else ""
+        applied = False
+        if fixed and self.spec.apply:
+            try:
+                written = self.scratch.write_back()
+                applied = True
+                self.note(f"wrote {len(written)} file(s) back to the workspace: {', '.join(written)}")
+            except (PatchRejected, OSError) as exc:
+                self.note(f"fix not written back: {exc}")
+        duration_ms = (time.perf_counter() - self.started) * 1000
+        result = patchloop_pb2.RunResult(
+            outcome=outcome,  # type: ignore[arg-type]
+            fixed_by=fixed_by,  # type: ignore[arg-type]
+            reason=reason,
+            attempts=self.attempt,
+            diff=diff,
+            applied=applied,
+            duration_ms=duration_ms,
+            escalated=self.escalated,
+        )
+        self._capsule(
+            common_pb2.EVENT_TYPE_LOOP_RESULT,
+            mode=self.last_mode,
+            success=fixed,
+            attempt=self.attempt,
+            latency_ms=duration_ms,
+            reason=reason,
+            payload={
+                "outcome": patchloop_pb2.Outcome.Name(outcome).removeprefix("OUTCOME_").lower(),
+                "fixed_by": patchloop_pb2.FixSource.Name(fixed_by).removeprefix("FIX_SOURCE_").lower(),
+                "attempts": self.attempt,
+                "escalated": self.escalated,
+                "duration_ms": round(duration_ms, 3),
+                "applied": applied,
+                "workspace": str(self.scratch.workspace),
+            },
+        )
+        self._event(result=result)
+
+
+def _cache_reuse(reply: inference_pb2.CompleteReply) -> float | None:
+    usage = reply.usage
+    if not usage.HasField("cached_tokens") or usage.prompt_tokens == 0:
+        return None
+    return round(usage.cached_tokens / usage.prompt_tokens, 4)
+
+
+def _model_call(reply: inference_pb2.CompleteReply, decision: router_pb2.RoutingDecision) -> patchloop_pb2.ModelCall:
+    call = patchloop_pb2.ModelCall(
+        backend=reply.backend or decision.backend,
+        model=reply.model or decision.model,
+        mode=decision.mode,
+        schema_valid=reply.schema_valid,
+        attempts=reply.attempts,
+        error=reply.validation_error,
+    )
+    call.usage.CopyFrom(reply.usage)
+    call.timing.CopyFrom(reply.timing)
+    reuse = _cache_reuse(reply)
+    if reuse is not None:
+        call.cache_reuse = reuse
+    return call

@@ -1,0 +1,183 @@
+"""The sandboxed build step (GR-010).
+
+A build runs untrusted code (build.rs, proc macros, `.cargo/config.toml`), so
+each one gets:
+- its own process group (and, where the OS allows, its own PID namespace) and
+  a wall-clock limit; on expiry the whole group is killed, children included;
+- a scrubbed environment: an allow-list of variables, and never one whose name
+  looks like a credential, so a build script cannot read API keys;
+- a private CARGO_TARGET_DIR in the scratch area and offline cargo;
+- no network, through a network namespace (`unshare`), when this host allows
+  it. Whether it does is probed once per runner; when it does not, the runner
+  says so in `isolation_note` and the loop records that note in the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("speckit.patchloop.sandbox")
+
+# Variables a toolchain needs; everything else is dropped.
+ENV_ALLOW = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TERM",
+    "TZ",
+    "TMPDIR",
+    "CARGO_HOME",
+    "RUSTUP_HOME",
+    "RUSTUP_TOOLCHAIN",
+    "RUSTC_WRAPPER",
+)
+# Even an allowed name is dropped when it looks like a secret.
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
+
+# Network isolation prefixes, strongest first. The PID namespace makes the
+# kernel kill every process of the build when its init dies, even one that
+# left our process group with setsid().
+_ISOLATION_CANDIDATES: tuple[tuple[str, ...], ...] = (
+    ("unshare", "--net", "--pid", "--fork", "--kill-child"),
+    ("unshare", "--net"),
+    ("unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child"),
+    ("unshare", "--user", "--map-root-user", "--net"),
+)
+
+
+def scrub_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The allow-listed variables of `environ` minus anything credential-like."""
+    return {k: v for k, v in environ.items() if k in ENV_ALLOW and not _SECRET_NAME.search(k)}
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    command: tuple[str, ...]
+    returncode: int | None
+    stdout: str
+    stderr: str
+    duration_ms: float
+    timed_out: bool
+
+
+class NetworkIsolation:
+    """Finds, once, how builds can be cut off from the network on this host."""
+
+    def __init__(self, candidates: Sequence[Sequence[str]] = _ISOLATION_CANDIDATES, enabled: bool = True):
+        self._candidates = [tuple(c) for c in candidates]
+        self._enabled = enabled
+        self._prefix: tuple[str, ...] | None = None
+        self._note = ""
+        self._probed = False
+
+    def probe(self) -> tuple[str, ...]:
+        """The command prefix that isolates a build (empty when none works)."""
+        if self._probed:
+            return self._prefix or ()
+        self._probed = True
+        if not self._enabled:
+            self._note = "network isolation disabled by configuration: builds can reach the network"
+            return ()
+        for prefix in self._candidates:
+            try:
+                ok = subprocess.run([*prefix, "true"], capture_output=True, timeout=5).returncode == 0
+            except (OSError, subprocess.TimeoutExpired):
+                ok = False
+            if ok:
+                self._prefix = prefix
+                log.info("build isolation", extra={"fields": {"prefix": " ".join(prefix)}})
+                return prefix
+        self._note = (
+            "no network namespace available on this host (unshare failed): "
+            "builds run offline but are not cut off from the network"
+        )
+        log.warning(self._note)
+        return ()
+
+    @property
+    def note(self) -> str:
+        """Why builds are not network-isolated ("" when they are)."""
+        self.probe()
+        return self._note
+
+
+class BuildRunner:
+    """Runs one build command in a workspace under the sandbox rules."""
+
+    def __init__(self, isolation: NetworkIsolation, environ: Mapping[str, str] | None = None):
+        self._isolation = isolation
+        self._environ = dict(os.environ if environ is None else environ)
+
+    @property
+    def isolation_note(self) -> str:
+        return self._isolation.note
+
+    def environment(self, target_dir: Path) -> dict[str, str]:
+        env = scrub_environment(self._environ)
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        env["CARGO_TARGET_DIR"] = str(target_dir)
+        env["CARGO_NET_OFFLINE"] = "true"
+        env["CARGO_TERM_COLOR"] = "never"
+        return env
+
+    async def run(self, command: Sequence[str], cwd: Path, target_dir: Path, timeout_s: float) -> BuildResult:
+        """Run `command` in `cwd`; kill its whole process group after `timeout_s`."""
+        argv = [*self._isolation.probe(), *command]
+        start = time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=str(cwd),
+            env=self.environment(target_dir),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        timed_out = False
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+        except TimeoutError:
+            timed_out = True
+            _kill_group(proc.pid)
+            # Pipes close once every holder in the group is dead; a process
+            # that escaped the group could hold them open, so bound the wait.
+            try:
+                out, err = await asyncio.wait_for(proc.communicate(), 5)
+            except TimeoutError:
+                out, err = b"", b""
+                await proc.wait()
+        except BaseException:
+            _kill_group(proc.pid)
+            await proc.wait()
+            raise
+        finally:
+            # A clean exit can still leave background children behind.
+            _kill_group(proc.pid)
+        return BuildResult(
+            command=tuple(command),
+            returncode=None if timed_out else proc.returncode,
+            stdout=out.decode("utf-8", "replace"),
+            stderr=err.decode("utf-8", "replace"),
+            duration_ms=(time.perf_counter() - start) * 1000,
+            timed_out=timed_out,
+        )
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,26 @@
+"""PatchLoop gRPC servicer: transport only, every call goes straight to the core."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from grpc import aio
+
+from speckit_reflex.patchloop.core import PatchLoop
+from speckit_reflex.v1 import patchloop_pb2, patchloop_pb2_grpc
+
+
+class PatchLoopServicer(patchloop_pb2_grpc.PatchLoopServicer):
+    def __init__(self, loop: PatchLoop):
+        self._loop = loop
+
+    async def Run(  # noqa: N802 (gRPC method name)
+        self, request: patchloop_pb2.RunRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[patchloop_pb2.RunEvent]:
+        async for event in self._loop.run(request):
+            yield event
+
+    async def GetRun(  # noqa: N802
+        self, request: patchloop_pb2.GetRunRequest, context: aio.ServicerContext
+    ) -> patchloop_pb2.RunStatus:
+        return self._loop.get_run(request.run_id)
