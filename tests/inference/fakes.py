@@ -29,6 +29,8 @@ class FakeModelServer:
     kind: str = "vllm"  # "sglang" | "vllm" | "openai"
     models: list[str] = field(default_factory=lambda: ["m"])
     reply: str = '{"ok": true}'
+    #: replies for the next streamed chats, in order (then `reply` again)
+    replies: list[str] = field(default_factory=list)
     reasoning: str = ""
     chat_mode: str = "ok"
     #: /health answers 200 but generation hangs (SGLang: /health_generate)
@@ -40,8 +42,11 @@ class FakeModelServer:
     cached_tokens: int | None = None
     port: int = 0
     requests: list[tuple[str, str, Any]] = field(default_factory=list)
+    authorizations: list[str] = field(default_factory=list)
     connections_total: int = 0
     open_connections: int = 0
+    #: requests whose response is not finished and whose client is still there
+    open_requests: int = 0
     _server: asyncio.base_events.Server | None = None
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
@@ -81,7 +86,13 @@ class FakeModelServer:
                 raw = await reader.readexactly(int(headers.get("content-length", "0")))
                 body = json.loads(raw) if raw else None
                 self.requests.append((method, path, body))
-                if not await self._route(method, path, body, reader, writer):
+                self.authorizations.append(headers.get("authorization", ""))
+                self.open_requests += 1
+                try:
+                    keep = await self._route(method, path, body, reader, writer)
+                finally:
+                    self.open_requests -= 1
+                if not keep:
                     return
         except (asyncio.IncompleteReadError, ConnectionError):
             return
@@ -103,6 +114,14 @@ class FakeModelServer:
         while await reader.read(65536):
             pass
         return False
+
+    @staticmethod
+    async def _pause(reader: asyncio.StreamReader, seconds: float) -> bool:
+        """Sleep, noticing a client that closes meanwhile (returns False then)."""
+        try:
+            return bool(await asyncio.wait_for(reader.read(65536), seconds))
+        except TimeoutError:
+            return True
 
     async def _route(self, method: str, path: str, body: Any, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter) -> bool:
@@ -169,14 +188,14 @@ class FakeModelServer:
         if mode == "hang_after_headers":
             return await self._wait_for_close(reader)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        for event in self._events(model, include_usage):
+        reply = self.replies.pop(0) if self.replies else self.reply
+        for event in self._events(model, include_usage, reply):
             if event is None:  # truncated: drop the connection mid-stream
                 writer.transport.abort()
                 return False
-            if event == "pause" and self.piece_delay_s:
-                await asyncio.sleep(self.piece_delay_s)
-                continue
             if event == "pause":
+                if self.piece_delay_s and not await self._pause(reader, self.piece_delay_s):
+                    return False  # the client went away mid-stream
                 continue
             data = event.encode()
             writer.write(b"%x\r\n%s\r\n" % (len(data), data))
@@ -185,7 +204,7 @@ class FakeModelServer:
         await writer.drain()
         return True
 
-    def _events(self, model: str, include_usage: bool) -> list[str | None]:
+    def _events(self, model: str, include_usage: bool, reply: str) -> list[str | None]:
         cid = f"chatcmpl-{time.monotonic_ns()}"
         sg = self.kind == "sglang"
 
@@ -208,7 +227,7 @@ class FakeModelServer:
         field_name = "reasoning_content" if sg else "reasoning"
         for piece in self._split(self.reasoning):
             events += ["pause", chunk({field_name: piece})]
-        pieces = self._split(self.reply)
+        pieces = self._split(reply)
         finish = "length" if self.chat_mode == "length" else "stop"
         for i, piece in enumerate(pieces):
             events.append("pause")

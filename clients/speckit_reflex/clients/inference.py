@@ -115,5 +115,10 @@ class InferenceClient:
         before the retry's); the final reply is authoritative.
         """
         call = self._stub.StreamComplete(self.request(messages, **fields), timeout=timeout)
-        async for chunk in call:
-            yield chunk
+        try:
+            async for chunk in call:
+                yield chunk
+        finally:
+            # A caller that stops reading early cancels the RPC, which closes
+            # the upstream HTTP request in the adapter.
+            call.cancel()

@@ -171,7 +171,7 @@ class InferenceCore:
             if backend == CLOUD:
                 return [CLOUD]
             if backend not in self._local_names:
-                raise NotFound(f"unknown backend {backend!r}; configured: {', '.join(self._local_names)}, cloud")
+                raise NotFound(f"unknown_backend: {backend!r}; configured: {', '.join(self._local_names)}, cloud")
             return [backend]
         return [*self._local_names, *([CLOUD] if include_cloud and not self.config.local_only else [])]
 
@@ -231,13 +231,13 @@ class InferenceCore:
             return [(self._servers[CLOUD], req.model or cfg.cloud.models[0])], False
         if req.backend:
             if req.backend not in self._local_names:
-                raise NotFound(f"unknown backend {req.backend!r}; configured: {', '.join(self._local_names)}, cloud")
+                raise NotFound(f"unknown_backend: {req.backend!r}; configured: {', '.join(self._local_names)}, cloud")
             server = self._servers[req.backend]
             return [(server, req.model or (server.spec.models[0] if server.spec.models else cfg.primary_model))], False
         model = req.model or cfg.primary_model
         found = [(self._servers[s.name], model) for s in cfg.local if model in s.models]
         if not found:
-            raise NotFound(f"no local backend serves model {model!r}")
+            raise NotFound(f"no_backend_for_model: no local backend serves model {model!r}")
         return found, True
 
     def _skip_reason(self, server: ModelServer, model: str) -> str:
@@ -315,12 +315,13 @@ class InferenceCore:
                 except UpstreamFailure as exc:
                     if deadline is not None and loop.time() >= deadline:
                         raise DeadlineExceeded(
-                            f"deadline exceeded waiting for {server.name} ({exc.reason})") from None
+                            f"deadline_exceeded: the caller's deadline passed waiting for {server.name} "
+                            f"({exc.reason})") from None
                     self._health.mark_failed(server.name)
                     self._record_failover(result, server.name, exc.reason, exc.detail)
                     if relayed:
-                        raise Unavailable(f"{server.name} failed mid-stream ({exc.reason}); "
-                                          "part of its reply was already relayed") from None
+                        raise Unavailable(f"stream_broken: {server.name} failed mid-stream ({exc.reason}) "
+                                          "after part of its reply was relayed") from None
                     continue
                 self._finish(result, server, model, gens[-1], verdict)
                 call_reason = self._outcome_reason(result, verdict)
@@ -335,9 +336,7 @@ class InferenceCore:
         except DomainError as exc:
             result.latency_ms = (time.perf_counter() - t0) * 1000
             self._sum_usage(result, gens)
-            call_reason = exc.message.split(":", 1)[0] if isinstance(exc, (FailedPrecondition, DeadlineExceeded)) \
-                else exc.message
-            self._record_call(req, result, gens, False, call_reason)
+            self._record_call(req, result, gens, False, exc.message)
             raise
         except asyncio.CancelledError:
             result.latency_ms = (time.perf_counter() - t0) * 1000
@@ -352,10 +351,10 @@ class InferenceCore:
                                                   "reason": reason, "detail": detail}})
 
     def _exhausted(self, result: CallResult) -> DomainError:
-        tried = "; ".join(f"{b}: {r}" for b, r in result.failovers)
+        tried = ", ".join(f"{b}={r}" for b, r in result.failovers)
         if result.failovers and all(r == "model_not_listed" for _, r in result.failovers):
             return NotFound(f"model_not_listed: no backend lists the model ({tried})")
-        return Unavailable(f"all backends failed ({tried})")
+        return Unavailable(f"all_backends_failed: {tried}")
 
     def _finish(self, result: CallResult, server: ModelServer, model: str, gen: Generation,
                 verdict: Verdict | None) -> None:

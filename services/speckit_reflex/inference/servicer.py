@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from grpc import aio
@@ -11,12 +12,18 @@ from speckit_reflex.inference.health import BackendStatus
 from speckit_reflex.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 
+DEADLINE_MARGIN_S = 0.02
+
+
 def _deadline(context: aio.ServicerContext) -> float | None:
     """The caller's deadline as event-loop time (None when the call has none)."""
-    import asyncio
 
     remaining = context.time_remaining()
-    return None if remaining is None else asyncio.get_running_loop().time() + remaining
+    if remaining is None:
+        return None
+    # A little early, so the adapter answers DEADLINE_EXCEEDED with its reason
+    # (and records it) before gRPC cancels the handler.
+    return asyncio.get_running_loop().time() + remaining - DEADLINE_MARGIN_S
 
 
 def call_request(req: inference_pb2.CompleteRequest) -> CallRequest:

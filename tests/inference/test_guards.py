@@ -1,0 +1,137 @@
+"""Guards: pathological schemas, local_only, secrets, listing and health."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import grpc
+import pytest
+
+from speckit_reflex.v1 import common_pb2
+
+from .conftest import backends_policy, wait_for_calls
+from .test_complete_fakes import MESSAGES, SCHEMA
+from .test_failure_modes import _rpc_error
+
+
+def _nested(depth: int) -> dict:
+    schema: dict = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"x": schema}}
+    return schema
+
+
+BOMBS = {
+    "huge_enum": {"type": "string", "enum": [f"v{i}" for i in range(100_000)]},
+    "deep_nesting": _nested(200),
+    "enormous": {"type": "object", "properties": {f"p{i}": {"type": "string", "description": "x" * 50}
+                                                  for i in range(5_000)}},
+    "bad_ref": {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}},
+    "remote_ref": {"$ref": "https://example.com/schema.json"},
+    "not_a_schema": {"type": "no-such-type"},
+    "many_nodes": {"anyOf": [{"type": "object", "properties": {"a": {"type": "string"}}} for _ in range(3000)]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(BOMBS))
+async def test_grammar_bomb_is_refused_and_the_next_request_succeeds(name, fake_factory, adapter):
+    """TARGETS #5: INVALID_ARGUMENT within 5 s; the next request succeeds."""
+    fake = await fake_factory(kind="sglang")
+    llm, recorder, _ = await adapter(backends_policy(("a", "sglang", fake)))
+    started = time.monotonic()
+    err = await _rpc_error(llm.complete(MESSAGES, json_schema=BOMBS[name], max_tokens=16, timeout=30))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert time.monotonic() - started <= 5.0
+    assert "json_schema" in err.details()
+    assert fake.chats() == []  # no model server ever saw it
+    ok = await llm.complete(MESSAGES, json_schema=SCHEMA, max_tokens=16, timeout=10)
+    assert ok.schema_valid
+    bad, good = await wait_for_calls(recorder, 2)
+    assert not bad.success and "json_schema" in bad.reason and good.success
+
+
+async def test_schema_text_that_is_not_json_is_invalid_argument(fake_factory, adapter):
+    fake = await fake_factory(kind="vllm")
+    llm, _, _ = await adapter(backends_policy(("a", "vllm", fake)))
+    err = await _rpc_error(llm.complete(MESSAGES, json_schema="{not json", timeout=10))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_local_only_refuses_cloud_and_never_connects(fake_factory, adapter):
+    """TARGETS #11 / GR-009: the cloud endpoint sees 0 connections."""
+    cloud = await fake_factory(kind="openai", models=["deepseek-chat"])
+    local = await fake_factory(kind="vllm", chat_mode="overloaded")
+    llm, recorder, _ = await adapter(backends_policy(("a", "vllm", local), cloud=cloud, local_only=True))
+
+    for kwargs in ({"mode": common_pb2.ROUTING_MODE_CLOUD}, {"backend": "cloud"}):
+        err = await _rpc_error(llm.complete(MESSAGES, max_tokens=8, timeout=10, **kwargs))
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert err.details().startswith("local_only_forbids_cloud")
+    # A failing local run does not spill over to the cloud either.
+    err = await _rpc_error(llm.complete(MESSAGES, max_tokens=8, timeout=10))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    health = await llm.health("cloud", refresh=True)
+    assert not health.backends[0].healthy and health.backends[0].reason == "local_only_forbids_cloud"
+    models = await llm.list_models()
+    assert {m.backend for m in models.models} == {"a"}
+    listed = await llm.list_models("cloud")
+    assert not listed.models and listed.unreachable[0].reason == "local_only_forbids_cloud"
+    assert cloud.connections_total == 0
+    events = await wait_for_calls(recorder, 3)
+    assert [e.reason.split(":")[0] for e in events[:2]] == ["local_only_forbids_cloud"] * 2
+
+
+async def test_cloud_key_is_sent_but_never_recorded(fake_factory, adapter, monkeypatch):
+    key = "sk-testcloudkey0123456789abcdef"  # set by the adapter fixture as TEST_CLOUD_KEY
+    cloud = await fake_factory(kind="openai", models=["deepseek-chat"])
+    local = await fake_factory(kind="vllm")
+    llm, recorder, _ = await adapter(backends_policy(("a", "vllm", local), cloud=cloud))
+    reply = await llm.complete([("user", f"my key is {key}, Authorization: Bearer {key}")],
+                               mode=common_pb2.ROUTING_MODE_CLOUD, json_schema=SCHEMA, max_tokens=8, timeout=10)
+    assert reply.backend == "cloud" and reply.model == "deepseek-chat" and reply.schema_valid
+    chat_auth = [a for (m, p, b), a in zip(cloud.requests, cloud.authorizations, strict=True)
+                 if p == "/v1/chat/completions"]
+    assert chat_auth == [f"Bearer {key}"]
+    assert local.authorizations and not any(local.authorizations)
+    (event,) = await wait_for_calls(recorder, 1)
+    assert event.backend == "cloud"
+    assert key not in event.SerializeToString().decode("latin-1")
+    assert "[REDACTED]" in event.request["messages"][0]["content"]
+
+
+async def test_list_models_reports_unreachable_backends(fake_factory, adapter):
+    fake = await fake_factory(kind="sglang", models=["m", "m2"])
+    cloud = await fake_factory(kind="openai", models=["deepseek-chat"])
+    dead = await fake_factory(kind="vllm")
+    await dead.stop()  # its port stays in the policy: nothing listens there now
+    llm, _, _ = await adapter(backends_policy(("a", "sglang", fake), ("gone", "vllm", dead), cloud=cloud))
+    reply = await llm.list_models()
+    assert [(m.id, m.backend, m.owned_by, m.max_model_len) for m in reply.models] == [
+        ("m", "a", "sglang", 4096), ("m2", "a", "sglang", 4096), ("deepseek-chat", "cloud", "system", 4096)]
+    assert [u.backend for u in reply.unreachable] == ["gone"]
+    assert reply.unreachable[0].reason.startswith("unreachable: connect_error")
+    status = (await llm.health("gone", refresh=True)).backends[0]
+    assert not status.healthy and not status.reachable and status.reason.startswith("unreachable: connect_error")
+
+
+async def test_unknown_backend_is_not_found(fake_factory, adapter):
+    fake = await fake_factory(kind="vllm")
+    llm, _, _ = await adapter(backends_policy(("a", "vllm", fake)))
+    err = await _rpc_error(llm.complete(MESSAGES, backend="nope", timeout=10))
+    assert err.code() == grpc.StatusCode.NOT_FOUND and err.details().startswith("unknown_backend")
+    err = await _rpc_error(llm.complete(MESSAGES, model="not-in-policy", timeout=10))
+    assert err.code() == grpc.StatusCode.NOT_FOUND and err.details().startswith("no_backend_for_model")
+    err = await _rpc_error(llm.health("nope"))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_explicit_backend_is_the_only_one_tried(fake_factory, adapter):
+    a = await fake_factory(kind="vllm", chat_mode="overloaded")
+    b = await fake_factory(kind="vllm")
+    llm, _, _ = await adapter(backends_policy(("a", "vllm", a), ("b", "vllm", b)))
+    err = await _rpc_error(llm.complete(MESSAGES, backend="a", timeout=10))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    assert b.chats() == []
+    reply = await llm.complete(MESSAGES, backend="b", timeout=10)
+    assert reply.backend == "b" and json.loads(reply.content) == {"ok": True}
