@@ -1,9 +1,114 @@
-"""`speckit reflex` commands."""
+"""`speckit reflex bakeoff|check|trials|health|status|models|run`: operate the
+reflex lane (SPEC-KIT-978's headless CLI and its planned status commands).
+
+Tables by default, `--json` on stdout for machines, errors on stderr with a
+non-zero exit. Every command reaches the services only through `clients/`.
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from speckit_reflex.cli import reflex_run, reflex_trials, reflex_views
+from speckit_reflex.cli.output import print_json
+from speckit_reflex.cli.reflex_links import ServiceLinks, reporting, run_with_links
+from speckit_reflex.clients.capsule import stats_to_seed_json, window
+
+WINDOW_HELP = "window back from now: 1h, 24h, 7d, 30d (default 24h)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    return None
+    p = sub.add_parser("reflex", help="bakeoff statistics, the CI gate, trials, backend health, one-off fixes")
+    rsub = p.add_subparsers(dest="reflex_command", required=True, metavar="COMMAND")
+
+    q = rsub.add_parser("bakeoff", help="statistics reflex vs cloud over a window")
+    q.add_argument("--since", default="24h", help=WINDOW_HELP)
+    _json(q, run_bakeoff)
+
+    q = rsub.add_parser("check", help="do reflex attempts hold the promotion thresholds?")
+    q.add_argument("--since", default="24h", help=WINDOW_HELP)
+    q.add_argument("--min-samples", type=int, default=0, help="minimum attempts per mode (0 = policy)")
+    q.add_argument("--model", default="", help="judge one reflex model only")
+    q.add_argument("--exit-code", action="store_true",
+                   help="exit 1 when thresholds fail or samples are too few (the CI gate)")
+    _json(q, run_check)
+
+    reflex_trials.register(rsub)
+
+    q = rsub.add_parser("health", help="health of every model backend (reachable, model listed, generates)")
+    q.add_argument("--backend", default="", help="one backend by policy name")
+    q.add_argument("--refresh", action="store_true", help="probe now instead of the cached answer")
+    _json(q, run_health)
+
+    q = rsub.add_parser("status", help="effective reflex configuration, thresholds and policy hash")
+    _json(q, run_status)
+
+    q = rsub.add_parser("models", help="models served by the configured backends")
+    q.add_argument("--backend", default="", help="one backend by policy name")
+    _json(q, run_models)
+
+    reflex_run.register(rsub)
+
+
+def _json(p: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int]) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.set_defaults(func=func)
+
+
+def _report(
+    args: argparse.Namespace,
+    service: str,
+    fetch: Callable[[ServiceLinks], Awaitable[Any]],
+    as_json: Callable[[Any], dict[str, Any]],
+    show: Callable[[Any], None],
+) -> int:
+    """One read-only command: fetch from a service, then JSON or a table."""
+
+    async def body(links: ServiceLinks) -> int:
+        with reporting(service):
+            reply = await fetch(links)
+        if args.json:
+            print_json(as_json(reply))
+        else:
+            show(reply)
+        return 0
+
+    return run_with_links(body)
+
+
+def run_bakeoff(args: argparse.Namespace) -> int:
+    return _report(args, "capsule", lambda links: links.capsule.bakeoff_stats(window(args.since)),
+                   stats_to_seed_json, lambda stats: reflex_views.show_stats(stats_to_seed_json(stats)))
+
+
+def run_check(args: argparse.Namespace) -> int:
+    async def body(links: ServiceLinks) -> int:
+        with reporting("capsule"):
+            reply = await links.capsule.check_thresholds(
+                window(args.since), min_samples=max(0, args.min_samples), model=args.model
+            )
+        doc = reflex_views.verdict_json(reply, args.since)
+        if args.json:
+            print_json(doc)
+        else:
+            reflex_views.show_verdict(doc)
+        return 1 if args.exit_code and not reply.passed else 0
+
+    return run_with_links(body)
+
+
+def run_health(args: argparse.Namespace) -> int:
+    return _report(args, "inference", lambda links: links.inference.health(args.backend, refresh=args.refresh),
+                   reflex_views.health_json, reflex_views.show_health)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    return _report(args, "router", lambda links: links.router.get_policy(timeout=10),
+                   reflex_views.status_json, lambda snap: reflex_views.show_status(reflex_views.status_json(snap)))
+
+
+def run_models(args: argparse.Namespace) -> int:
+    return _report(args, "inference", lambda links: links.inference.list_models(args.backend),
+                   reflex_views.models_json, reflex_views.show_models)

@@ -1,0 +1,170 @@
+"""`speckit reflex trials`: run a bakeoff suite through PatchLoop, with a live
+progress bar on stderr, and print per-backend figures, the verdict and the
+report paths (or, with --json, one summary document on stdout)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from speckit_reflex.bakeoff import BakeoffResult, BakeoffRunner, RunOptions, SuiteError, find_suite, load_suite
+from speckit_reflex.bakeoff.trial import TrialResult
+from speckit_reflex.cli import reflex_views
+from speckit_reflex.cli.output import CliError, print_json, stdout, table
+from speckit_reflex.cli.reflex_links import ServiceLinks, reporting, run_with_links
+
+DEFAULT_SUITE = "reflex_patchloop_v1"
+INTERRUPTED_EXIT = 130
+
+
+def register(rsub: argparse._SubParsersAction) -> None:
+    q = rsub.add_parser("trials", help="run a bakeoff suite through PatchLoop and record it")
+    q.add_argument("--suite", default=DEFAULT_SUITE, help="suite name (under bench/suites) or folder")
+    q.add_argument("--mode", choices=["reflex", "cloud", "both"], default="reflex")
+    q.add_argument("--limit", type=int, default=0, help="first N tasks (0 = all)")
+    q.add_argument("--category", default="", help="only tasks of this category")
+    q.add_argument("--concurrency", type=int, default=1, help="trials at once (default 1)")
+    q.add_argument("--max-attempts", type=int, default=0, help="patch attempts per trial (0 = policy)")
+    q.add_argument("--report-dir", default="", help="report folder on the Capsule server (default .speckit/eval)")
+    q.add_argument("--json", action="store_true", help="final summary as JSON on stdout")
+    q.set_defaults(func=run_trials)
+
+
+def cloud_skip_reason(policy: Mapping[str, Any], environ: Mapping[str, str]) -> str:
+    """Why cloud trials cannot run here ("" when they can). Never a fake cloud."""
+    governance = policy.get("governance", {})
+    if governance.get("privacy", {}).get("local_only"):
+        return "local_only forbids cloud calls (GR-009)"
+    key_env = governance.get("routing", {}).get("cloud", {}).get("api_key_env", "DEEPSEEK_API_KEY")
+    if not environ.get(key_env):
+        return f"{key_env} is not set"
+    return ""
+
+
+def plan_modes(requested: str, skip_reason: str) -> tuple[tuple[str, ...], str]:
+    """The modes to run and the line to say about cloud ("" if nothing to say)."""
+    wanted = ("reflex", "cloud") if requested == "both" else (requested,)
+    if "cloud" in wanted and skip_reason:
+        note = f"cloud: skipped — {skip_reason}"
+        return tuple(m for m in wanted if m != "cloud"), note
+    return wanted, ""
+
+
+class TrialProgress:
+    """A rich progress bar on stderr with live fixed counts per mode."""
+
+    def __init__(self, total: int, modes: tuple[str, ...], console: Console):
+        self._modes = modes
+        self._progress = Progress(
+            TextColumn("[bold]trials[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+            TimeElapsedColumn(), console=console, transient=False,
+        )
+        self._task = self._progress.add_task(self._counts({m: 0 for m in modes}, {m: 0 for m in modes}), total=total)
+        self._done: dict[str, int] = {m: 0 for m in modes}
+
+    def _counts(self, fixed: Mapping[str, int], done: Mapping[str, int]) -> str:
+        return "  ".join(f"{m} {fixed.get(m, 0)}/{done.get(m, 0)} fixed" for m in self._modes)
+
+    def __enter__(self) -> TrialProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def on_trial(self, trial: TrialResult, finished: int, planned: int, fixed: dict[str, int]) -> None:
+        self._done[trial.mode] += 1
+        mark = "[green]fixed[/]" if trial.success else f"[red]{trial.outcome}[/]"
+        self._progress.console.print(
+            f"  {trial.mode:<6} {trial.task_id:<32} {mark} ({trial.attempts} attempt(s), "
+            f"{trial.duration_ms / 1000:.1f} s){' — ' + trial.error if trial.error else ''}",
+            highlight=False,
+        )
+        self._progress.update(self._task, completed=finished, description=self._counts(fixed, self._done))
+
+
+def result_json(result: BakeoffResult, cloud_note: str) -> dict[str, Any]:
+    """The final summary document of `trials --json`."""
+    report = result.report
+    return {
+        "bakeoff_run_id": result.bakeoff_run_id,
+        "suite": result.suite,
+        "status": result.status,
+        "modes": list(result.modes),
+        "cloud_skipped": cloud_note or None,
+        **result.summary_json(),
+        "verdict": reflex_views.verdict_json(report.verdict, "run") if report else None,
+        "report": {"json": report.json_path, "markdown": report.markdown_path} if report else None,
+        "trials": [t.to_json() for t in result.trials],
+    }
+
+
+def show_result(doc: dict[str, Any]) -> None:
+    """Per-backend figures, verdict and report paths, for people."""
+    rows = []
+    for b in doc["backends"]:
+        cache = b["cache"]
+        reuse = "" if cache["reuse"] is None else f" ({100 * cache['reuse']:.0f} % reused)"
+        rows.append([
+            f"{b['mode']} / {b['backend']} / {b['model']}", f"{b['fixed']}/{b['tasks']}", b["pass_at_1"],
+            b["success_rate"], _dash(b["json_compliance_rate"]), _dash(b["p50_latency_ms"]),
+            _dash(b["p95_latency_ms"]), _dash(b["p50_ttft_ms"]), _dash(b["mean_tokens_per_s"]),
+            cache["status"] + reuse,
+        ])
+    table(f"Bakeoff {doc['suite']} ({doc['status']}), run {doc['bakeoff_run_id']}",
+          ["mode / backend / model", "fixed", "pass@1 %", "success %", "JSON %", "p50 ms", "p95 ms",
+           "p50 TTFT ms", "tokens/s", "cache on retries"], rows)
+    if doc["cloud_skipped"]:
+        stdout.print(doc["cloud_skipped"], highlight=False)
+    if doc["verdict"]:
+        v = doc["verdict"]
+        stdout.print(f"gate: {'[bold green]PASS[/]' if v['passed'] else '[bold red]FAIL[/]'}")
+        for f in v["failures"]:
+            stdout.print(f"  - {f['message']}", highlight=False)
+    if doc["report"]:
+        stdout.print(f"report: {doc['report']['json']}\n        {doc['report']['markdown']}", highlight=False)
+
+
+def _dash(x: Any) -> Any:
+    return "–" if x is None else x
+
+
+def run_trials(args: argparse.Namespace) -> int:
+    try:
+        suite = load_suite(find_suite(args.suite))
+        tasks = suite.select(limit=max(0, args.limit), category=args.category)
+    except SuiteError as exc:
+        raise CliError(str(exc)) from None
+    err = Console(stderr=True)
+
+    async def body(links: ServiceLinks) -> int:
+        with reporting("router"):
+            snap = await links.router.get_policy(timeout=10)
+        modes, cloud_note = plan_modes(args.mode, cloud_skip_reason(json.loads(snap.json or "{}"), os.environ))
+        if cloud_note:
+            err.print(cloud_note, highlight=False)
+        if not modes:
+            raise CliError(f"nothing to run: {cloud_note}")
+        options = RunOptions(modes=modes, concurrency=max(1, args.concurrency),
+                             max_attempts=max(0, args.max_attempts), report_dir=args.report_dir)
+        runner = BakeoffRunner(links.patchloop, links.capsule, options)
+        err.print(f"suite {suite.name}: {len(tasks)} task(s) × {', '.join(modes)}", highlight=False)
+        with reporting("capsule"), TrialProgress(len(tasks) * len(modes), modes, err) as bar:
+            result = await runner.run(suite, tasks, on_trial=bar.on_trial)
+        doc = result_json(result, cloud_note)
+        if args.json:
+            print_json(doc)
+        else:
+            show_result(doc)
+        if result.status == "interrupted":
+            err.print(f"interrupted: {len(result.trials)} of {result.planned} trials kept", highlight=False)
+            return INTERRUPTED_EXIT
+        return 0
+
+    return run_with_links(body)

@@ -1,0 +1,151 @@
+"""How `speckit reflex` shows things to people (rich tables) and to machines
+(plain JSON-ready dicts)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+
+from speckit_reflex.cli.output import stdout, table
+from speckit_reflex.clients.capsule import mode_stats_to_json
+from speckit_reflex.v1 import capsule_pb2, inference_pb2, router_pb2
+
+_STATS_COLUMNS = ["", "attempts", "success %", "JSON %", "p50 ms", "p95 ms", "p50 TTFT ms", "tokens/s", "cache hit"]
+
+
+def _num(x: Any, fmt: str = "{:.1f}") -> str:
+    return "–" if x is None else fmt.format(x)
+
+
+def _stats_row(label: str, s: dict[str, Any]) -> list[Any]:
+    cache = "unknown" if s["cache_hit_rate"] is None else f"{100 * s['cache_hit_rate']:.0f} %"
+    return [
+        label, s["total_attempts"], _num(s["success_rate"]), _num(s["json_compliance_rate"]),
+        _num(s["p50_latency_ms"]), _num(s["p95_latency_ms"]), _num(s["p50_ttft_ms"]),
+        _num(s["mean_tokens_per_s"]), cache,
+    ]
+
+
+def show_stats(doc: dict[str, Any]) -> None:
+    """The seed-shaped statistics as a table per mode and per model."""
+    rows = [_stats_row("reflex", doc["reflex"]), _stats_row("cloud", doc["cloud"])]
+    rows += [_stats_row(f"{m['mode']} / {m['model'] or '-'}", m) for m in doc.get("models", [])]
+    table(f"Bakeoff statistics, last {doc['period']}", _STATS_COLUMNS, rows)
+
+
+def failure_kind(kind: int) -> str:
+    return capsule_pb2.ThresholdFailureKind.Name(kind).removeprefix("THRESHOLD_FAILURE_KIND_").lower()  # type: ignore[arg-type]
+
+
+def verdict_json(v: capsule_pb2.CheckThresholdsReply, period: str) -> dict[str, Any]:
+    """The threshold verdict for machines: pass/fail, every failure, the figures."""
+    return {
+        "period": period,
+        "passed": v.passed,
+        "model": v.model or None,
+        "min_samples": v.min_samples,
+        "thresholds": MessageToDict(v.thresholds, preserving_proto_field_name=True,
+                                    always_print_fields_with_no_presence=True),
+        "success_parity_percent": round(v.success_parity_percent, 1) if v.HasField("success_parity_percent") else None,
+        "reflex": mode_stats_to_json(v.stats.reflex),
+        "cloud": mode_stats_to_json(v.stats.cloud),
+        "failures": [
+            {"kind": failure_kind(f.kind), "message": f.message, "observed": f.observed, "required": f.required}
+            for f in v.failures
+        ],
+    }
+
+
+def show_verdict(doc: dict[str, Any]) -> None:
+    t = doc["thresholds"]
+    reflex = doc["reflex"]
+    failed = {f["kind"] for f in doc["failures"]}
+    parity = doc["success_parity_percent"]
+    rows = [
+        ["samples", f"{reflex['total_attempts']} reflex / {doc['cloud']['total_attempts']} cloud",
+         f">= {doc['min_samples']} each", "FAIL" if "too_few_samples" in failed else "ok"],
+        ["p95 latency ms", _num(reflex["p95_latency_ms"]), f"< {t['p95_latency_ms']:g}",
+         "FAIL" if "p95_too_high" in failed else "ok"],
+        ["success parity %", _num(parity), f">= {t['success_parity_percent']:g}",
+         "FAIL" if "parity_too_low" in failed else ("unknown" if parity is None else "ok")],
+        ["JSON compliance %", _num(reflex["json_compliance_rate"]), f">= {t['json_schema_compliance_percent']:g}",
+         "FAIL" if "compliance_too_low" in failed else "ok"],
+    ]
+    table(f"Reflex thresholds, last {doc['period']}", ["gate", "observed", "required", ""], rows)
+    for f in doc["failures"]:
+        stdout.print(f"  - {f['message']}", highlight=False)
+    verdict = "[bold green]PASS[/]" if doc["passed"] else "[bold red]FAIL[/]"
+    stdout.print(f"verdict: {verdict}")
+
+
+def health_json(reply: inference_pb2.HealthReply) -> dict[str, Any]:
+    return {
+        "healthy": bool(reply.backends) and all(b.healthy for b in reply.backends),
+        "backends": [
+            MessageToDict(b, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+            for b in reply.backends
+        ],
+    }
+
+
+def show_health(reply: inference_pb2.HealthReply) -> None:
+    rows = [
+        [b.backend, b.kind, b.endpoint, b.model, "yes" if b.healthy else "NO",
+         f"{'✓' if b.reachable else '✗'} {'✓' if b.model_listed else '✗'} {'✓' if b.generation_ok else '✗'}",
+         _num(b.probe_latency_ms), b.reason]
+        for b in reply.backends
+    ]
+    table("Model backends", ["backend", "kind", "endpoint", "model", "healthy",
+                             "reach/listed/gen", "probe ms", "reason"], rows)
+
+
+def models_json(reply: inference_pb2.ListModelsReply) -> dict[str, Any]:
+    return {
+        "models": [MessageToDict(m, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+                   for m in reply.models],
+        "unreachable": [{"backend": b.backend, "endpoint": b.endpoint, "reason": b.reason} for b in reply.unreachable],
+    }
+
+
+def show_models(reply: inference_pb2.ListModelsReply) -> None:
+    table("Models", ["backend", "model", "owned by", "max len"],
+          [[m.backend, m.id, m.owned_by, m.max_model_len or "–"] for m in reply.models])
+    for b in reply.unreachable:
+        stdout.print(f"[yellow]unreachable:[/] {b.backend} ({b.endpoint}): {b.reason}", highlight=False)
+
+
+def status_json(snap: router_pb2.PolicySnapshot) -> dict[str, Any]:
+    policy = json.loads(snap.json) if snap.json else {}
+    routing = policy.get("governance", {}).get("routing", {})
+    return {
+        "source": snap.source or "<defaults>",
+        "sha256": snap.sha256,
+        "reflex": routing.get("reflex", {}),
+        "thresholds": routing.get("reflex", {}).get("thresholds", {}),
+        "cloud": routing.get("cloud", {}),
+        "privacy": policy.get("governance", {}).get("privacy", {}),
+        "capture": policy.get("capture", {}),
+        "policy": policy,
+    }
+
+
+def show_status(doc: dict[str, Any]) -> None:
+    r, t, c = doc["reflex"], doc["thresholds"], doc["cloud"]
+    rows = [
+        ["policy", doc["source"]],
+        ["sha256", doc["sha256"]],
+        ["reflex enabled", r.get("enabled")],
+        ["model chain", " → ".join([r.get("model_primary", ""), *r.get("model_fallbacks", [])])],
+        ["backends", ", ".join(f"{b['name']} ({b['kind']}, {b['endpoint']})" for b in r.get("backends", []))],
+        ["timeout ms", r.get("timeout_ms")],
+        ["max failures", r.get("max_failures")],
+        ["fallback to cloud", r.get("fallback_to_cloud")],
+        ["thresholds", f"p95 < {t.get('p95_latency_ms')} ms, parity >= {t.get('success_parity_percent')} %, "
+                       f"JSON >= {t.get('json_schema_compliance_percent')} %"],
+        ["cloud", f"{c.get('model')} at {c.get('endpoint')} (key from ${c.get('api_key_env')})"],
+        ["local_only", doc["privacy"].get("local_only")],
+        ["capture mode", doc["capture"].get("mode")],
+    ]
+    table("Reflex status", ["setting", "value"], rows)
