@@ -26,10 +26,12 @@ class RouterService:
     name = "router"
     service_names = (router_pb2.DESCRIPTOR.services_by_name["Router"].full_name,)
 
-    def __init__(self, router: Router, refresher: CacheRefresher, events: EventSink):
+    def __init__(self, router: Router, refresher: CacheRefresher, events: EventSink, flush_timeout_s: float = 5.0):
         self.router = router
         self.refresher = refresher
         self.events = events
+        # Queued decision events get this long to reach Capsule at shutdown.
+        self.flush_timeout_s = flush_timeout_s
 
     def register(self, server: aio.Server) -> None:
         router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(self.router), server)
@@ -40,7 +42,7 @@ class RouterService:
 
     async def close(self) -> None:
         await self.refresher.close()
-        await self.events.close()
+        await self.events.close(self.flush_timeout_s)
 
 
 def build(ctx: ServiceContext) -> RouterService:
@@ -63,4 +65,4 @@ def build(ctx: ServiceContext) -> RouterService:
         health_interval_s=policy.routing.health.probe_interval_s,
         verdict_interval_s=policy.routing.verdicts.refresh_s,
     )
-    return RouterService(router, refresher, events)
+    return RouterService(router, refresher, events, flush_timeout_s=min(5.0, ctx.settings.grace_s))
