@@ -36,11 +36,11 @@ def policy() -> LoadedPolicy:
 def make_loop(tmp_path: Path, policy: LoadedPolicy):
     """Build a PatchLoop over in-memory ports and the real sandboxed compiler."""
 
-    def make(router=None, inference=None, events=None, pol: LoadedPolicy | None = None) -> tuple[PatchLoop, ScriptedRouter, ScriptedInference, RecordingEvents]:
+    def make(router=None, inference=None, events=None, pol: LoadedPolicy | None = None, isolation=None) -> tuple[PatchLoop, ScriptedRouter, ScriptedInference, RecordingEvents]:
         router = router or ScriptedRouter()
         inference = inference or ScriptedInference([reply(FIXED_LINE)])
         events = events or RecordingEvents()
-        loop = PatchLoop(router, inference, events, Compiler(BuildRunner(NetworkIsolation())), pol or policy,
+        loop = PatchLoop(router, inference, events, Compiler(BuildRunner(isolation or NetworkIsolation())), pol or policy,
                          scratch_dir=tmp_path)
         return loop, router, inference, events
 
