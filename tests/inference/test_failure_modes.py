@@ -239,3 +239,12 @@ async def test_cancelled_stream_closes_the_upstream_request(fake_factory, adapte
     assert fake.open_requests == 0
     (event,) = await wait_for_calls(recorder, 1)
     assert not event.success and event.reason == "cancelled"
+
+
+async def test_first_health_read_does_not_hang_on_a_stuck_probe(fake_factory, adapter):
+    stuck = await fake_factory(kind="sglang", probe_hangs=True)
+    llm, _, _ = await adapter(backends_policy(("a", "sglang", stuck), health={"probe_timeout_ms": 30_000}))
+    started = time.monotonic()
+    status = (await llm.health("a")).backends[0]
+    assert time.monotonic() - started < 2.0
+    assert not status.healthy and status.reason == "probe_pending" and not status.HasField("checked_at")

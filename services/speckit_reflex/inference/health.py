@@ -20,6 +20,9 @@ from speckit_reflex.inference.backends import ModelServer, UpstreamFailure
 
 log = logging.getLogger("speckit.inference.health")
 
+# How long a cached Health read waits for a backend's very first probe.
+FIRST_PROBE_WAIT_S = 1.0
+
 
 @dataclass(frozen=True)
 class BackendStatus:
@@ -91,10 +94,22 @@ class HealthBook:
     # -- probing --------------------------------------------------------------
 
     async def status(self, name: str, refresh: bool = False) -> BackendStatus:
-        """The cached status (probing first if there is none, or if asked)."""
+        """The cached status; with `refresh`, a new probe's result.
+
+        Before the first probe has finished, a cached read waits for it only
+        briefly and then answers "probe_pending" (unhealthy, never checked):
+        a poller such as the Router must not hang on a slow backend.
+        """
         rec = self._records.get(name)
-        if rec is None or refresh:
+        if refresh:
             rec = await self.probe(name)
+        elif rec is None:
+            try:
+                rec = await asyncio.wait_for(self.probe(name), min(FIRST_PROBE_WAIT_S, self._timing.timeout_s))
+            except TimeoutError:
+                server = self._servers[name].spec
+                rec = BackendStatus(backend=name, kind=server.kind, endpoint=server.endpoint,
+                                    model=server.models[0] if server.models else "", reason="probe_pending")
         return replace(rec, cooling_down=self.cooling_down(name))
 
     async def probe(self, name: str) -> BackendStatus:
