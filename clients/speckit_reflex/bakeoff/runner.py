@@ -31,9 +31,9 @@ VERIFY_COMMAND = ("cargo", "test", "--offline", "-q")
 
 
 class PatchLoopRuns(Protocol):
-    """What the runner needs of the PatchLoop client."""
+    """What the runner needs of the PatchLoop client (`PatchLoopClient`)."""
 
-    def run(self, request: patchloop_pb2.RunRequest) -> AsyncIterator[patchloop_pb2.RunEvent]: ...
+    def run(self, workspace: str, **fields: Any) -> AsyncIterator[patchloop_pb2.RunEvent]: ...
 
 
 class CapsuleRecords(Protocol):
@@ -169,21 +169,20 @@ class BakeoffRunner:
         )
         with tempfile.TemporaryDirectory(prefix=f"bakeoff-{task.id}-", dir=self._opt.scratch_root) as tmp:
             workspace = copy_crate(task, Path(tmp) / "crate")
-            request = patchloop_pb2.RunRequest(
-                workspace=str(workspace),
+            request: dict[str, Any] = dict(
                 apply=False,
                 max_attempts=self._opt.max_attempts,
-                verify_command=list(VERIFY_COMMAND),
+                verify_command=VERIFY_COMMAND,
                 # The model is what is measured, not rustc's own suggestions.
                 compiler_fast_path=False,
                 build_timeout_s=self._opt.build_timeout_s,
-                force_mode=MODE_VALUES[mode],  # type: ignore[arg-type]
+                force_mode=MODE_VALUES[mode],
                 session_id=f"{self._opt.session_prefix}-{bakeoff_run_id[:8]}-{task.id}-{mode}",
                 bakeoff_run_id=bakeoff_run_id,
                 task_id=task.id,
             )
             try:
-                async for event in self._loop.run(request):
+                async for event in self._loop.run(str(workspace), **request):
                     trial.absorb(event)
             except grpc.aio.AioRpcError as exc:
                 # One task's failure is a failed trial, not a failed bakeoff.

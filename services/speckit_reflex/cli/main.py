@@ -10,10 +10,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from speckit_reflex.cli import db, llm, policy_cmd, reflex, serve
+from speckit_reflex.cli import db, demo, llm, policy_cmd, reflex, serve
 from speckit_reflex.cli.output import CliError, print_error
 
-GROUPS = (serve, policy_cmd, db, llm, reflex)
+GROUPS = (serve, policy_cmd, db, llm, reflex, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,7 @@ typed clients only; addresses, token and TLS from SPECKIT_* (ChannelConfig)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 import grpc
@@ -14,24 +14,8 @@ from speckit_reflex.cli.output import rpc_error
 from speckit_reflex.clients.capsule import CapsuleClient
 from speckit_reflex.clients.channel import ChannelConfig, open_channel
 from speckit_reflex.clients.inference import InferenceClient
+from speckit_reflex.clients.patchloop import PatchLoopClient
 from speckit_reflex.clients.router import RouterClient
-from speckit_reflex.v1 import patchloop_pb2, patchloop_pb2_grpc
-
-
-class PatchLoopStream:
-    """PatchLoop's Run as an async iterator of progress events."""
-
-    def __init__(self, channel: aio.Channel):
-        self._stub = patchloop_pb2_grpc.PatchLoopStub(channel)
-
-    async def run(self, request: patchloop_pb2.RunRequest) -> AsyncIterator[patchloop_pb2.RunEvent]:
-        call = self._stub.Run(request)
-        try:
-            async for event in call:
-                yield event
-        finally:
-            # Stopping early (Ctrl-C) cancels the server-side run too.
-            call.cancel()
 
 
 class ServiceLinks:
@@ -59,8 +43,8 @@ class ServiceLinks:
         return RouterClient(self.channel("router"))
 
     @property
-    def patchloop(self) -> PatchLoopStream:
-        return PatchLoopStream(self.channel("patchloop"))
+    def patchloop(self) -> PatchLoopClient:
+        return PatchLoopClient(self.channel("patchloop"))
 
     async def close(self) -> None:
         for ch in self._channels.values():

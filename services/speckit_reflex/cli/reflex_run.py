@@ -4,13 +4,14 @@ live progress lines on stderr and the outcome (and its diff) at the end."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.syntax import Syntax
 
-from speckit_reflex.bakeoff.trial import fix_source_name, mode_name, outcome_name
+from speckit_reflex.bakeoff.trial import MODE_VALUES, fix_source_name, mode_name, outcome_name
 from speckit_reflex.cli.output import CliError, print_json, stdout
 from speckit_reflex.cli.reflex_links import ServiceLinks, reporting, run_with_links
 from speckit_reflex.v1 import common_pb2, patchloop_pb2
@@ -36,22 +37,29 @@ def register(rsub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=run_fix)
 
 
-def build_request(args: argparse.Namespace) -> patchloop_pb2.RunRequest:
-    """The RunRequest of the command's arguments (an absolute workspace path:
-    the server resolves relative paths against its own working directory)."""
+@dataclass(frozen=True)
+class FixRequest:
+    """What to ask PatchLoop: an absolute workspace (the server resolves
+    relative paths against its own working directory) and the run's options."""
+
+    workspace: str
+    options: dict[str, Any]
+
+
+def build_request(args: argparse.Namespace) -> FixRequest:
+    """The PatchLoop run of the command's arguments."""
     path = Path(args.path).resolve()
     if not path.is_dir():
         raise CliError(f"{args.path}: not a folder")
-    req = patchloop_pb2.RunRequest(
-        workspace=str(path), apply=args.apply, max_attempts=max(0, args.max_attempts), session_id=args.session_id,
-    )
+    options: dict[str, Any] = {
+        "apply": args.apply, "max_attempts": max(0, args.max_attempts), "session_id": args.session_id,
+        "compiler_fast_path": args.fast_path,
+    }
     if args.test:
-        req.verify_command.extend(["cargo", "test", "--offline", "-q"])
-    if args.fast_path is not None:
-        req.compiler_fast_path = args.fast_path
+        options["verify_command"] = ["cargo", "test", "--offline", "-q"]
     if args.mode:
-        req.force_mode = common_pb2.ROUTING_MODE_REFLEX if args.mode == "reflex" else common_pb2.ROUTING_MODE_CLOUD
-    return req
+        options["force_mode"] = MODE_VALUES[args.mode]
+    return FixRequest(str(path), options)
 
 
 def describe(ev: patchloop_pb2.RunEvent) -> str:
@@ -118,12 +126,12 @@ def show_outcome(doc: dict[str, Any]) -> None:
         stdout.print("applied to the workspace" if doc["applied"] else "not applied (use --apply)", highlight=False)
 
 
-async def stream_fix(links: ServiceLinks, req: patchloop_pb2.RunRequest, err: Console) -> dict[str, Any]:
+async def stream_fix(links: ServiceLinks, req: FixRequest, err: Console) -> dict[str, Any]:
     """Run PatchLoop, printing progress on `err`; returns the outcome document."""
     result: patchloop_pb2.RunResult | None = None
     run_id = ""
     with reporting("patchloop"):
-        async for ev in links.patchloop.run(req):
+        async for ev in links.patchloop.run(req.workspace, **req.options):
             run_id = run_id or ev.run_id
             if ev.WhichOneof("kind") == "result":
                 result = ev.result

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from speckit_reflex.bakeoff import BakeoffResult, BakeoffRunner, RunOptions, SuiteError, find_suite, load_suite
+from speckit_reflex.bakeoff.readiness import ReflexNotReady, wait_for_reflex_route
 from speckit_reflex.bakeoff.trial import TrialResult
 from speckit_reflex.cli import reflex_views
 from speckit_reflex.cli.output import CliError, print_json, stdout, table
@@ -32,6 +33,8 @@ def register(rsub: argparse._SubParsersAction) -> None:
     q.add_argument("--concurrency", type=int, default=1, help="trials at once (default 1)")
     q.add_argument("--max-attempts", type=int, default=0, help="patch attempts per trial (0 = policy)")
     q.add_argument("--report-dir", default="", help="report folder on the Capsule server (default .speckit/eval)")
+    q.add_argument("--ready-timeout", type=float, default=90.0,
+                   help="seconds to wait for the Router to see a healthy reflex backend (default 90)")
     q.add_argument("--json", action="store_true", help="final summary as JSON on stdout")
     q.set_defaults(func=run_trials)
 
@@ -131,6 +134,17 @@ def show_result(doc: dict[str, Any]) -> None:
         stdout.print(f"report: {doc['report']['json']}\n        {doc['report']['markdown']}", highlight=False)
 
 
+async def ensure_reflex_ready(links: ServiceLinks, timeout_s: float, err: Console) -> None:
+    """Block until a forced reflex attempt would be routed, or fail plainly."""
+    err.print("waiting for the Router to see a healthy reflex backend…", highlight=False)
+    try:
+        with reporting("router"):
+            decision = await wait_for_reflex_route(links.router, timeout_s)
+    except ReflexNotReady as exc:
+        raise CliError(str(exc)) from None
+    err.print(f"reflex ready: {decision.model} on {decision.backend}", highlight=False)
+
+
 def _dash(x: Any) -> Any:
     return "–" if x is None else x
 
@@ -151,6 +165,8 @@ def run_trials(args: argparse.Namespace) -> int:
             err.print(cloud_note, highlight=False)
         if not modes:
             raise CliError(f"nothing to run: {cloud_note}")
+        if "reflex" in modes:
+            await ensure_reflex_ready(links, args.ready_timeout, err)
         options = RunOptions(modes=modes, concurrency=max(1, args.concurrency),
                              max_attempts=max(0, args.max_attempts), report_dir=args.report_dir)
         runner = BakeoffRunner(links.patchloop, links.capsule, options)
