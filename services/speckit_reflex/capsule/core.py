@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from speckit_reflex.capsule.events import VALID_MODES, event_to_row, row_to_event, struct_to_dict
+from speckit_reflex.capsule.capture import redact
+from speckit_reflex.capsule.events import VALID_MODES, MalformedJson, event_to_row, row_to_event, struct_to_dict
 from speckit_reflex.capsule.report import ReportInputs, write_report
 from speckit_reflex.capsule.stats import AttemptStats, GroupStats
 from speckit_reflex.capsule.store import CapsuleStore, EventFilter
@@ -239,9 +240,18 @@ class Capsule:
             "started_us": run.started_at.ToMicroseconds() if run.HasField("started_at") else None,
             "finished_us": run.finished_at.ToMicroseconds() if run.HasField("finished_at") else None,
             "task_count": run.task_count,
-            "summary": struct_to_dict(run.summary) if run.HasField("summary") else None,
+            "summary": self._run_summary(run),
         }
         return _run_proto(await asyncio.to_thread(self._store.upsert_run, row))
+
+    @staticmethod
+    def _run_summary(run: capsule_pb2.BakeoffRun) -> dict[str, Any] | None:
+        if not run.HasField("summary"):
+            return None
+        try:
+            return redact(struct_to_dict(run.summary))
+        except MalformedJson as exc:
+            raise InvalidArgument(f"bakeoff run summary is malformed: {exc}") from None
 
     async def record_trials(self, req: capsule_pb2.RecordTrialsRequest) -> capsule_pb2.RecordTrialsReply:
         """Store trials, idempotent by trial id."""

@@ -1,0 +1,222 @@
+"""Capsule benchmark: ingest rate into PostgreSQL through batched AppendEvents
+(with the service's RSS), and GetBakeoffStats over 1,000,000 events.
+
+    .venv/bin/python bench/capsule_bench.py [--seconds 10] [--batch 1000] [--concurrency 2]
+
+Creates and drops its own database on the PostgreSQL of SPECKIT_TEST_PG_DSN
+(default postgresql://postgres@127.0.0.1:5432/postgres). The service runs as
+`speckit serve capsule` in a subprocess on 127.0.0.1, so its RSS is its own.
+Bounded: ingest stops after --seconds or --max-events, statistics run
+--stats-runs times. Prints a table with each target and writes
+bench/results/capsule.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import psycopg
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from speckit_reflex.capsule import migrate
+from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, common_pb2
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_DSN = os.environ.get("SPECKIT_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+TARGET_INGEST = 50_000  # events/s
+TARGET_RSS_MB = 250
+TARGET_STATS_MS = 200
+STATS_ROWS = 1_000_000
+
+SEED_ATTEMPTS = """
+INSERT INTO events (id, type, time_us, role, mode, model, backend, stage, session_id, run_id, reason,
+  is_fallback, latency_ms, ttft_ms, prompt_tokens, completion_tokens, cached_tokens, tokens_per_s, success,
+  json_valid, attempt, policy_hash, bakeoff_run_id, task_id, capture_mode, request_sha256, response_sha256)
+SELECT 'seed-' || g, 3, %(now)s - (random() * 20 * 3600e6)::bigint, 2,
+  CASE WHEN g %% 4 = 0 THEN 2 ELSE 1 END,
+  (ARRAY['deepseek-chat', 'qwen2.5-coder-7b', 'gpt-oss-20b', 'qwen3-coder-30b-a3b'])[g %% 4 + 1],
+  '', 4, 's' || (g %% 1000), '', '', false, 50 + random() * 3000, 5 + random() * 300, 1000, 120,
+  CASE WHEN g %% 3 = 0 THEN NULL ELSE 800 END, 20 + random() * 30, random() < 0.9, random() < 0.99,
+  1 + g %% 3, '', '', '', 'hash', '', ''
+FROM generate_series(1, %(n)s) AS g
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _batches(n_batches: int, batch: int) -> list[capsule_pb2.AppendEventsRequest]:
+    """Pre-built requests of LLMCall events, so the client spends little CPU."""
+    out = []
+    now_s = int(time.time())
+    for b in range(n_batches):
+        req = capsule_pb2.AppendEventsRequest()
+        for i in range(batch):
+            ev = req.events.add(id=f"{uuid.uuid4()}", type=common_pb2.EVENT_TYPE_LLM_CALL,
+                                role=common_pb2.ROLE_IMPLEMENTER, mode=common_pb2.ROUTING_MODE_REFLEX,
+                                model="qwen2.5-coder-7b", backend="sglang-primary", session_id=f"s{b}",
+                                latency_ms=140.0 + i % 50, prompt_tokens=900, completion_tokens=80,
+                                tokens_per_s=41.0, request_sha256="ab" * 32)
+            ev.time.seconds = now_s
+            ev.cached_tokens = 768
+        out.append(req)
+    return out
+
+
+async def _wait_serving(addr: str) -> None:
+    async with grpc.aio.insecure_channel(addr) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        for _ in range(300):
+            try:
+                r = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if r.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.1)
+    raise SystemExit(f"capsule at {addr} did not start")
+
+
+async def bench_ingest(addr: str, pid: int, args: argparse.Namespace) -> dict:
+    n_batches = args.max_events // args.batch
+    print(f"building {n_batches} batches of {args.batch} events ...", file=sys.stderr)
+    batches = _batches(n_batches, args.batch)
+    rss_samples: list[float] = []
+    inserted = 0
+    async with grpc.aio.insecure_channel(addr, options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
+        stub = capsule_pb2_grpc.CapsuleStub(ch)
+        await stub.AppendEvents(batches[0], timeout=30)  # warm-up (pool, staging table)
+        inserted += args.batch
+        queue = iter(batches[1:])
+        deadline = time.perf_counter() + args.seconds
+        sent = 0
+
+        async def worker() -> None:
+            nonlocal sent, inserted
+            for req in queue:
+                if time.perf_counter() > deadline:
+                    return
+                reply = await stub.AppendEvents(req, timeout=60)
+                inserted += reply.inserted
+                sent += len(req.events)
+
+        async def sampler() -> None:
+            while True:
+                rss_samples.append(_rss_mb(pid))
+                await asyncio.sleep(0.2)
+
+        sampling = asyncio.create_task(sampler())
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        elapsed = time.perf_counter() - t0
+        sampling.cancel()
+    return {
+        "events": sent, "seconds": round(elapsed, 3), "events_per_s": round(sent / elapsed),
+        "inserted_total": inserted, "batch": args.batch, "concurrency": args.concurrency,
+        "rss_max_mb": round(max(rss_samples), 1), "rss_median_mb": round(statistics.median(rss_samples), 1),
+    }
+
+
+async def bench_stats(addr: str, db_dsn: str, runs: int) -> dict:
+    print(f"seeding {STATS_ROWS:,} PatchAttempt events ...", file=sys.stderr)
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE events")
+        conn.execute(SEED_ATTEMPTS, {"now": time.time_ns() // 1000, "n": STATS_ROWS})
+        conn.execute("VACUUM ANALYZE events")
+    times_ms = []
+    async with grpc.aio.insecure_channel(addr) as ch:
+        stub = capsule_pb2_grpc.CapsuleStub(ch)
+        req = capsule_pb2.GetBakeoffStatsRequest(window=capsule_pb2.Window(since="24h"))
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            reply = await stub.GetBakeoffStats(req, timeout=120)
+            times_ms.append((time.perf_counter() - t0) * 1000)
+    total = reply.reflex.total_attempts + reply.cloud.total_attempts
+    return {
+        "events_in_window": total, "runs": runs, "median_ms": round(statistics.median(times_ms), 1),
+        "min_ms": round(min(times_ms), 1), "max_ms": round(max(times_ms), 1),
+        "reflex_p95_latency_ms": round(reply.reflex.p95_latency_ms, 1),
+    }
+
+
+async def main_async(args: argparse.Namespace) -> dict:
+    db = f"speckit_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{db}"')
+    db_dsn = f"{ADMIN_DSN.rsplit('/', 1)[0]}/{db}"
+    url = db_dsn.replace("postgresql://", "postgresql+psycopg://", 1)
+    addr = f"127.0.0.1:{_free_port()}"
+    proc = None
+    try:
+        migrate.upgrade_url(url)
+        env = {**os.environ, "SPECKIT_CAPSULE_ADDR": addr, "SPECKIT_DATABASE_URL": url,
+               "SPECKIT_LOG_LEVEL": "WARNING", "SPECKIT_MAX_MESSAGE_BYTES": str(64 << 20)}
+        speckit = Path(sys.executable).with_name("speckit")
+        proc = subprocess.Popen([str(speckit), "serve", "capsule"], env=env, cwd=ROOT)
+        await _wait_serving(addr)
+        idle_rss = _rss_mb(proc.pid)
+        ingest = await bench_ingest(addr, proc.pid, args)
+        stats = await bench_stats(addr, db_dsn, args.stats_runs)
+        return {"idle_rss_mb": round(idle_rss, 1), "ingest": ingest, "stats": stats}
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=10.0, help="ingest duration bound")
+    p.add_argument("--max-events", type=int, default=400_000, help="ingest count bound")
+    p.add_argument("--batch", type=int, default=1000, help="events per AppendEvents")
+    p.add_argument("--concurrency", type=int, default=2, help="AppendEvents in flight")
+    p.add_argument("--stats-runs", type=int, default=5)
+    args = p.parse_args()
+    res = asyncio.run(main_async(args))
+    ing, st = res["ingest"], res["stats"]
+    rows = [
+        ("ingest into Postgres, batched AppendEvents", f"{ing['events_per_s']:,} events/s", f">= {TARGET_INGEST:,} events/s",
+         ing["events_per_s"] >= TARGET_INGEST),
+        ("service RSS while ingesting (max)", f"{ing['rss_max_mb']} MB", f"<= {TARGET_RSS_MB} MB",
+         ing["rss_max_mb"] <= TARGET_RSS_MB),
+        (f"GetBakeoffStats over {st['events_in_window']:,} events (median of {st['runs']})", f"{st['median_ms']} ms",
+         f"<= {TARGET_STATS_MS} ms", st["median_ms"] <= TARGET_STATS_MS),
+        ("service idle RSS", f"{res['idle_rss_mb']} MB", "<= 150 MB", res["idle_rss_mb"] <= 150),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'figure':<{width}}  {'measured':>18}  {'target':>20}  ok")
+    for name, got, target, ok in rows:
+        print(f"{name:<{width}}  {got:>18}  {target:>20}  {'yes' if ok else 'NO'}")
+    out = ROOT / "bench" / "results" / "capsule.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    res["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    res["args"] = vars(args)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
