@@ -285,3 +285,15 @@ def test_no_audit_log_line_for_a_normal_route(caplog: pytest.LogCaptureFixture) 
     with caplog.at_level("INFO", logger="speckit.router.audit"):
         router.decide(request())
     assert caplog.records == []
+
+
+def test_decision_ids_are_unique_uuid4() -> None:
+    import uuid
+
+    from speckit_reflex.router.core import new_decision_id
+
+    ids = [new_decision_id() for _ in range(2000)]
+    assert len(set(ids)) == 2000
+    for i in ids[:200]:
+        parsed = uuid.UUID(i)
+        assert (str(parsed), parsed.version, parsed.variant) == (i, 4, uuid.RFC_4122)

@@ -63,7 +63,7 @@ class RouterCaches:
         table: dict[str, BackendStatus] = {}
         for s in statuses:
             if s.model:
-                table[_key(s.backend, s.model)] = s
+                table[health_key(s.backend, s.model)] = s
             # A backend-wide entry answers for models Inference did not list
             # separately; the first one reported wins.
             table.setdefault(s.backend, s)
@@ -72,8 +72,12 @@ class RouterCaches:
 
     def health_of(self, backend: str, model: str) -> BackendStatus | None:
         """Health of `backend` serving `model`, or None when never reported."""
+        return self.health_by_key(health_key(backend, model), backend)
+
+    def health_by_key(self, key: str, backend: str) -> BackendStatus | None:
+        """health_of() with the key precomputed (see `health_key`): the hot path."""
         h = self._health
-        return h.get(_key(backend, model)) or h.get(backend)
+        return h.get(key) or h.get(backend)
 
     def set_verdict(self, verdict: Verdict) -> None:
         self._verdicts[verdict.model] = verdict
@@ -87,5 +91,6 @@ class RouterCaches:
         self.usage_error = ""
 
 
-def _key(backend: str, model: str) -> str:
+def health_key(backend: str, model: str) -> str:
+    """Cache key of one backend serving one model."""
     return f"{backend}\x00{model}"

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 
 from speckit_reflex.errors import InvalidArgument
 from speckit_reflex.policy import LoadedPolicy
-from speckit_reflex.router.caches import RouterCaches
+from speckit_reflex.router.caches import RouterCaches, health_key
 from speckit_reflex.router.escalation import EscalationRules
 from speckit_reflex.v1 import common_pb2, router_pb2
 
@@ -100,6 +100,8 @@ class Route:
 class _Target:
     name: str
     endpoint: str
+    # Health cache key of this backend serving the chain model it is listed under.
+    health_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +136,8 @@ class RoutingEngine:
         self._fallback_to_cloud = reflex.fallback_to_cloud
         backends = reflex.effective_backends()
         self._chain = tuple(
-            _ChainLink(m, tuple(_Target(b.name, b.endpoint) for b in backends if m in b.models)) for m in reflex.chain
+            _ChainLink(m, tuple(_Target(b.name, b.endpoint, health_key(b.name, m)) for b in backends if m in b.models))
+            for m in reflex.chain
         )
         self._health_ttl = policy.routing.health.stale_after_s
         self._verdict_ttl = policy.routing.verdicts.stale_after_s
@@ -266,7 +269,7 @@ class RoutingEngine:
         down: list[str] = []
         caches = self._caches
         for target in link.backends:
-            status = caches.health_of(target.name, link.model)
+            status = caches.health_by_key(target.health_key, target.name)
             if status is None:
                 unknown.append(f"{target.name}: no health reported")
             elif now - status.checked_at > self._health_ttl:
