@@ -17,7 +17,16 @@ from sqlalchemy import Engine, create_engine, inspect, pool
 
 from speckit_reflex.errors import FailedPrecondition
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[3] / "migrations"
+def _migrations_dir() -> Path:
+    # A source checkout (editable install) has migrations/ at the repository
+    # root; a wheel carries the same folder inside the package.
+    checkout = Path(__file__).resolve().parents[3] / "migrations"
+    if (checkout / "env.py").is_file():
+        return checkout
+    return Path(__file__).resolve().parent / "migrations"
+
+
+MIGRATIONS_DIR = _migrations_dir()
 UPGRADE_HINT = "run `speckit db upgrade` (it reads SPECKIT_DATABASE_URL)"
 
 

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 
 from speckit_reflex.cli.output import CliError
-from speckit_reflex.errors import PolicyError
+from speckit_reflex.errors import DomainError, PolicyError
 from speckit_reflex.runtime.bootstrap import SERVICE_ORDER, start_services
 from speckit_reflex.runtime.logs import configure_logging
 from speckit_reflex.runtime.server import serve_until_signal
@@ -30,6 +30,9 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(_serve(names, settings))
     except PolicyError as exc:
         raise CliError(str(exc), exit_code=2) from None
+    except DomainError as exc:
+        # e.g. Capsule refusing a database at an older schema revision.
+        raise CliError(exc.message) from None
     except OSError as exc:
         raise CliError(str(exc)) from None
     return 0
