@@ -74,6 +74,9 @@ class Scratch:
         self.target_dir.mkdir()
         # Content of each touched file before the run changed it (None = absent).
         self._baseline: dict[str, bytes | None] = {}
+        # Files as last read or written: only this run writes the scratch
+        # copy's sources, so prompts and plans need not reread the disk.
+        self._contents: dict[str, bytes | None] = {}
 
     @classmethod
     def open(cls, workspace: str, base_dir: Path | None = None) -> Scratch:
@@ -90,27 +93,34 @@ class Scratch:
 
     def read_text(self, rel: str) -> str | None:
         """A file's text, or None when it does not exist."""
-        path = self.root / rel
-        if not path.is_file():
+        data = self._read_bytes(rel)
+        if data is None:
             return None
-        if path.stat().st_size > MAX_FILE_BYTES:
+        if len(data) > MAX_FILE_BYTES:
             raise PatchRejected("file_too_large", f"{rel} is larger than {MAX_FILE_BYTES} bytes")
-        return path.read_text(encoding="utf-8", errors="replace")
+        return data.decode("utf-8", errors="replace")
 
     def _read_bytes(self, rel: str) -> bytes | None:
-        path = self.root / rel
-        return path.read_bytes() if path.is_file() else None
+        if rel not in self._contents:
+            path = self.root / rel
+            self._contents[rel] = path.read_bytes() if path.is_file() else None
+        return self._contents[rel]
 
     def write(self, contents: dict[str, str]) -> dict[str, bytes | None]:
         """Write planned contents; returns what they replaced (for a revert)."""
         previous = {rel: self._read_bytes(rel) for rel in contents}
         for rel, prev in previous.items():
             self._baseline.setdefault(rel, prev)
-        for rel, text in contents.items():
-            # Re-check at write time: the plan was made against the same tree,
-            # but a file written earlier in this loop must not become a link.
-            _, real = checked_relative(self.root, rel)
-            atomic_write(real, text.encode("utf-8"))
+        # Every path is checked before the first byte is written, so a patch
+        # is applied whole or not at all. Plain writes suffice here: nothing
+        # reads the private scratch copy while a patch is being applied, and a
+        # temp-file-and-rename per file doubles the cost of an attempt.
+        targets = [(checked_relative(self.root, rel)[1], text) for rel, text in contents.items()]
+        for (rel, text), (real, _) in zip(contents.items(), targets):
+            data = text.encode("utf-8")
+            real.parent.mkdir(parents=True, exist_ok=True)
+            real.write_bytes(data)
+            self._contents[rel] = data
         return previous
 
     def restore(self, previous: dict[str, bytes | None]) -> None:
@@ -120,7 +130,8 @@ class Scratch:
             if data is None:
                 path.unlink(missing_ok=True)
             else:
-                atomic_write(path, data)
+                path.write_bytes(data)
+            self._contents[rel] = data
 
     def changed(self) -> dict[str, tuple[bytes | None, bytes | None]]:
         """Files whose content differs from the workspace's: rel -> (before, after)."""
