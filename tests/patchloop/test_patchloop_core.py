@@ -255,3 +255,33 @@ async def test_verify_command_must_pass_for_a_fix(crate, make_loop):
     verify_runs = [f for f in kinds(evs, "compile_finished") if f.verify]
     assert [f.success for f in verify_runs] == [False, True]
     assert "self.width + self.width" not in result.diff
+
+
+async def test_get_run_sees_a_running_run_and_a_gone_caller_cancels_it(crate, make_loop):
+    import asyncio
+
+    gate = asyncio.Event()
+    calls = []
+
+    async def slow_model(request, timeout_s):
+        calls.append(request)
+        await gate.wait()
+        return reply(FIXED_LINE)
+
+    inference = ScriptedInference([reply(FIXED_LINE)])
+    inference.complete = slow_model  # type: ignore[method-assign]
+    loop, _, _, events = make_loop(inference=inference)
+    ws = crate("field_typo")
+    stream = loop.run(patchloop_pb2.RunRequest(workspace=str(ws), run_id="live"))
+    async for ev in stream:
+        if ev.WhichOneof("kind") == "routing":
+            break
+    while not calls:
+        await asyncio.sleep(0.01)
+    status = loop.get_run("live")
+    assert status.state == patchloop_pb2.RUN_STATE_RUNNING and not status.HasField("result")
+    await stream.aclose()  # the caller goes away mid-run
+    status = loop.get_run("live")
+    assert status.state == patchloop_pb2.RUN_STATE_DONE
+    assert status.result.outcome == patchloop_pb2.OUTCOME_GAVE_UP and status.result.reason.startswith("cancelled")
+    assert [e.payload["outcome"] for e in events.of_type(LR)] == ["gave_up"]
