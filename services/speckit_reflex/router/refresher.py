@@ -45,21 +45,21 @@ class UsageSource(Protocol):
 class InferenceHealthSource:
     """Backend health from the Inference Adapter."""
 
-    def __init__(self, channel: ChannelFactory, timeout_s: float = 2.0, clock: Callable[[], float] = time.time):
+    def __init__(self, channel: ChannelFactory, timeout_s: float = 2.0):
         self._channel = channel
         self._timeout_s = timeout_s
-        self._clock = clock
 
     async def fetch(self) -> list[BackendStatus]:
         """One Health round: every backend Inference knows, with its probe time."""
         stub = inference_pb2_grpc.InferenceStub(self._channel())
         reply = await stub.Health(inference_pb2.HealthRequest(), timeout=self._timeout_s)
-        now = self._clock()
+        # No checked_at = never probed yet ("probe_pending"): time 0 makes it
+        # stale, i.e. unknown, rather than a fresh verdict.
         return [
             BackendStatus(
                 backend=b.backend,
                 healthy=b.healthy,
-                checked_at=b.checked_at.ToMicroseconds() / 1e6 if b.HasField("checked_at") else now,
+                checked_at=b.checked_at.ToMicroseconds() / 1e6 if b.HasField("checked_at") else 0.0,
                 model=b.model,
                 reason=b.reason,
             )
