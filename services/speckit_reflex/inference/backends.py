@@ -205,6 +205,11 @@ class ModelServer:
             data = line[5:].strip()
             if data == "[DONE]":
                 done = True
+                # Read to the end of the body so the connection goes back to
+                # the keep-alive pool instead of being closed.
+                async with asyncio.timeout_at(deadline):
+                    async for _ in lines:
+                        pass
                 break
             try:
                 chunk = json.loads(data)

@@ -1,0 +1,362 @@
+"""Benchmark: what the Inference Adapter adds on top of calling a model server directly.
+
+Side by side in one run, against the same fast local stub server (a
+vLLM-shaped OpenAI-compatible server from tests/inference/fakes.py, in its
+own process):
+
+* unary: `Inference.Complete` over gRPC (with a small JSON schema, validated
+  by the adapter) vs the same streamed chat completion sent directly with a
+  pooled httpx client; sequential, small replies; calls alternate so that
+  machine noise hits both sides alike. Added latency = adapter percentile
+  minus direct percentile.
+* streaming: `Inference.StreamComplete` vs direct streaming, TTFT and output
+  tokens/s, with the stub pacing its tokens.
+* optionally LiteLLM proxy in front of the same stub (when a LiteLLM is found
+  at $LITELLM_BIN or /tmp/litellm-venv/bin/litellm; skipped otherwise).
+
+The adapter runs as its own process (`speckit serve inference`), sending its
+LLMCall events to a small counting Capsule in this process. Everything
+listens on 127.0.0.1; the run is bounded in count and time.
+
+    .venv/bin/python bench/inference_overhead.py [--calls 2000] [--stream-calls 60] [--seconds 60]
+
+Prints a table with each target and writes bench/results/inference_overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from grpc import aio
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from speckit_reflex.clients.inference import InferenceClient  # noqa: E402
+from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc  # noqa: E402
+
+SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+          "additionalProperties": False}
+MESSAGES = [("system", "Reply in JSON."), ("user", "Is it ok?")]
+TARGETS = {"added_p50_ms": 1.0, "added_p99_ms": 4.0, "stream_ttft_added_p50_ms": 1.0, "stream_tps_ratio": 0.98}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+class CountingCapsule(capsule_pb2_grpc.CapsuleServicer):
+    def __init__(self) -> None:
+        self.events = 0
+
+    async def AppendEvents(self, request, context):  # type: ignore[no-untyped-def]
+        self.events += len(request.events)
+        return capsule_pb2.AppendEventsReply(inserted=len(request.events))
+
+
+def start_stub(pieces: int, delay_ms: float) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests/inference/fakes.py"), "--kind", "vllm", "--reply", '{"ok": true}',
+         "--pieces", str(pieces), "--piece-delay-ms", str(delay_ms)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None
+    port = int(proc.stdout.readline())
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
+def start_adapter(workdir: Path, unary_url: str, stream_url: str, capsule_addr: str) -> tuple[subprocess.Popen[bytes], str]:
+    policy = workdir / "model_policy.toml"
+    policy.write_text(f"""
+[routing.reflex]
+enabled = true
+model = "m"
+timeout_ms = 10000
+
+[[routing.reflex.backends]]
+name = "stub"
+kind = "vllm"
+endpoint = "{unary_url}"
+
+[[routing.reflex.backends]]
+name = "paced"
+kind = "vllm"
+endpoint = "{stream_url}"
+
+[routing.health]
+probe_interval_s = 60
+
+[privacy]
+local_only = true
+""")
+    addr = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "SPECKIT_INFERENCE_ADDR": addr, "SPECKIT_CAPSULE_ADDR": capsule_addr,
+           "SPECKIT_POLICY": str(policy), "SPECKIT_HOME": str(workdir), "SPECKIT_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "speckit_reflex.cli.main", "serve", "inference"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, addr
+
+
+def start_litellm(workdir: Path, stub_url: str) -> tuple[subprocess.Popen[bytes] | None, str]:
+    binary = os.environ.get("LITELLM_BIN") or "/tmp/litellm-venv/bin/litellm"
+    if not Path(binary).exists():
+        return None, ""
+    cfg = workdir / "litellm.yaml"
+    cfg.write_text(f"""model_list:
+  - model_name: m
+    litellm_params:
+      model: openai/m
+      api_base: {stub_url}
+      api_key: none
+""")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port),
+                             "--num_workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
+async def wait_ready(check, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        try:
+            await check()
+            return
+        except Exception:
+            await asyncio.sleep(0.2)
+    raise RuntimeError("service did not become ready")
+
+
+def chat_body(schema: dict[str, Any] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": "m", "messages": [{"role": r, "content": c} for r, c in MESSAGES],
+                            "max_tokens": 16, "stream": True, "stream_options": {"include_usage": True}}
+    if schema is not None:
+        body["response_format"] = {"type": "json_schema",
+                                   "json_schema": {"name": "reply", "schema": schema, "strict": True}}
+    return body
+
+
+async def direct_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> tuple[float, float | None, list[float]]:
+    """(latency_s, ttft_s, delta times) of one streamed completion sent directly."""
+    t0 = time.perf_counter()
+    ttft = None
+    stamps: list[float] = []
+    async with client.stream("POST", url + "/chat/completions", json=body) as resp:
+        async for line in resp.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            chunk = json.loads(data)
+            for choice in chunk.get("choices") or []:
+                if (choice.get("delta") or {}).get("content"):
+                    now = time.perf_counter()
+                    stamps.append(now)
+                    if ttft is None:
+                        ttft = now - t0
+    return time.perf_counter() - t0, ttft, stamps
+
+
+def tokens_per_s(stamps: list[float]) -> float:
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else 0.0
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-inference-"))
+    procs: list[subprocess.Popen[Any]] = []
+    capsule_server = aio.server()
+    capsule = CountingCapsule()
+    capsule_pb2_grpc.add_CapsuleServicer_to_server(capsule, capsule_server)
+    capsule_port = capsule_server.add_insecure_port("127.0.0.1:0")
+    await capsule_server.start()
+    try:
+        unary_stub, unary_url = start_stub(pieces=3, delay_ms=0)
+        paced_stub, paced_url = start_stub(pieces=args.stream_tokens, delay_ms=args.token_delay_ms)
+        procs += [unary_stub, paced_stub]
+        adapter_proc, adapter_addr = start_adapter(workdir, unary_url, paced_url, f"127.0.0.1:{capsule_port}")
+        procs.append(adapter_proc)
+        litellm_proc, litellm_url = (None, "")
+        if not args.no_litellm:
+            litellm_proc, litellm_url = start_litellm(workdir, unary_url)
+            if litellm_proc:
+                procs.append(litellm_proc)
+
+        channel = aio.insecure_channel(adapter_addr)
+        llm = InferenceClient(channel)
+        http = httpx.AsyncClient(trust_env=False, timeout=30)
+        await wait_ready(lambda: llm.health("stub", timeout=2), 60)
+        deadline = time.monotonic() + args.seconds
+
+        # -- unary --------------------------------------------------------------
+        body = chat_body(SCHEMA)
+        direct: list[float] = []
+        adapter: list[float] = []
+        for i in range(args.warmup + args.calls):
+            if time.monotonic() > deadline:
+                break
+            t0 = time.perf_counter()
+            await direct_stream(http, unary_url, body)
+            t1 = time.perf_counter()
+            reply = await llm.complete(MESSAGES, json_schema=SCHEMA, backend="stub", max_tokens=16, timeout=10)
+            t2 = time.perf_counter()
+            assert reply.schema_valid, reply.validation_error
+            if i >= args.warmup:
+                direct.append((t1 - t0) * 1000)
+                adapter.append((t2 - t1) * 1000)
+
+        litellm: list[float] = []
+        if litellm_proc:
+            lbody = {k: v for k, v in chat_body(None).items()}
+            try:
+                await wait_ready(lambda: direct_stream(http, litellm_url, lbody), 120)
+                for i in range(args.warmup // 2 + min(args.calls, 500)):
+                    if time.monotonic() > deadline + args.seconds / 2:
+                        break
+                    t0 = time.perf_counter()
+                    await direct_stream(http, unary_url, lbody)
+                    t1 = time.perf_counter()
+                    await direct_stream(http, litellm_url, lbody)
+                    t2 = time.perf_counter()
+                    if i >= args.warmup // 2:
+                        litellm.append((t2 - t1) * 1000 - (t1 - t0) * 1000)
+            except RuntimeError:
+                litellm = []
+
+        # -- streaming --------------------------------------------------------------
+        sbody = chat_body(None)
+        s_direct_ttft: list[float] = []
+        s_adapter_ttft: list[float] = []
+        s_direct_tps: list[float] = []
+        s_adapter_tps: list[float] = []
+        for i in range(2 + args.stream_calls):
+            if time.monotonic() > deadline + args.seconds:
+                break
+            _, ttft, stamps = await direct_stream(http, paced_url, sbody)
+            t0 = time.perf_counter()
+            a_ttft = None
+            a_stamps: list[float] = []
+            async for chunk in llm.stream_complete(MESSAGES, backend="paced", max_tokens=64, timeout=30):
+                if chunk.WhichOneof("kind") == "delta":
+                    now = time.perf_counter()
+                    a_stamps.append(now)
+                    if a_ttft is None:
+                        a_ttft = now - t0
+            if i >= 2 and ttft is not None and a_ttft is not None:
+                s_direct_ttft.append(ttft * 1000)
+                s_adapter_ttft.append(a_ttft * 1000)
+                s_direct_tps.append(tokens_per_s(stamps))
+                s_adapter_tps.append(tokens_per_s(a_stamps))
+
+        await asyncio.sleep(0.3)  # let the adapter's event batch arrive
+        await http.aclose()
+        await channel.close()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        await capsule_server.stop(0)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    res: dict[str, Any] = {
+        "calls": len(direct),
+        "direct_p50_ms": statistics.median(direct), "direct_p99_ms": pct(direct, 99),
+        "adapter_p50_ms": statistics.median(adapter), "adapter_p99_ms": pct(adapter, 99),
+        "added_p50_ms": statistics.median(adapter) - statistics.median(direct),
+        "added_p99_ms": pct(adapter, 99) - pct(direct, 99),
+        "added_p50_paired_ms": statistics.median([a - d for a, d in zip(adapter, direct, strict=True)]),
+        "stream_calls": len(s_direct_ttft),
+        "stream_direct_ttft_p50_ms": statistics.median(s_direct_ttft) if s_direct_ttft else None,
+        "stream_adapter_ttft_p50_ms": statistics.median(s_adapter_ttft) if s_adapter_ttft else None,
+        "stream_ttft_added_p50_ms": (statistics.median(s_adapter_ttft) - statistics.median(s_direct_ttft))
+        if s_direct_ttft else None,
+        "stream_direct_tps_p50": statistics.median(s_direct_tps) if s_direct_tps else None,
+        "stream_adapter_tps_p50": statistics.median(s_adapter_tps) if s_adapter_tps else None,
+        "stream_tps_ratio": (statistics.median(s_adapter_tps) / statistics.median(s_direct_tps))
+        if s_direct_tps and statistics.median(s_direct_tps) else None,
+        "litellm_calls": len(litellm),
+        "litellm_added_p50_ms": statistics.median(litellm) if litellm else None,
+        "events_received": capsule.events,
+    }
+    if litellm:
+        res["ours_vs_litellm_ratio"] = res["added_p50_ms"] / res["litellm_added_p50_ms"] \
+            if res["litellm_added_p50_ms"] else None
+    return res
+
+
+def report(res: dict[str, Any]) -> None:
+    def fmt(v: Any, unit: str = "") -> str:
+        return "n/a" if v is None else (f"{v:.3f}{unit}" if isinstance(v, float) else f"{v}{unit}")
+
+    rows = [
+        ("added latency p50 (Complete vs direct httpx)", fmt(res["added_p50_ms"], " ms"), "<= 1 ms",
+         res["added_p50_ms"] <= TARGETS["added_p50_ms"]),
+        ("added latency p99", fmt(res["added_p99_ms"], " ms"), "<= 4 ms", res["added_p99_ms"] <= TARGETS["added_p99_ms"]),
+        ("  paired per-call added p50", fmt(res["added_p50_paired_ms"], " ms"), "-", None),
+        ("  direct p50 / p99", f"{fmt(res['direct_p50_ms'])} / {fmt(res['direct_p99_ms'])} ms", "-", None),
+        ("  adapter p50 / p99", f"{fmt(res['adapter_p50_ms'])} / {fmt(res['adapter_p99_ms'])} ms", "-", None),
+        ("stream TTFT added p50", fmt(res["stream_ttft_added_p50_ms"], " ms"), "<= 1 ms",
+         None if res["stream_ttft_added_p50_ms"] is None else res["stream_ttft_added_p50_ms"] <= 1.0),
+        ("stream tokens/s ratio (adapter/direct)", fmt(res["stream_tps_ratio"]), ">= 0.98",
+         None if res["stream_tps_ratio"] is None else res["stream_tps_ratio"] >= 0.98),
+        ("LiteLLM proxy added p50 (same stub)", fmt(res["litellm_added_p50_ms"], " ms"), "ours <= 1/3",
+         None if res.get("ours_vs_litellm_ratio") is None else res["ours_vs_litellm_ratio"] <= 1 / 3),
+        ("LLMCall events received by Capsule", fmt(res["events_received"]), "-", None),
+    ]
+    print(f"{'figure':46} {'measured':>22}  {'target':>12}  ok")
+    for name, value, target, ok in rows:
+        mark = "" if ok is None else ("yes" if ok else "NO")
+        print(f"{name:46} {value:>22}  {target:>12}  {mark}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="Inference Adapter overhead benchmark")
+    ap.add_argument("--calls", type=int, default=2000, help="unary calls per side")
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--stream-calls", type=int, default=60)
+    ap.add_argument("--stream-tokens", type=int, default=40)
+    ap.add_argument("--token-delay-ms", type=float, default=5.0)
+    ap.add_argument("--seconds", type=float, default=60.0, help="time bound of the unary phase")
+    ap.add_argument("--no-litellm", action="store_true")
+    args = ap.parse_args()
+    res = asyncio.run(run(args))
+    res["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    res["targets"] = TARGETS
+    res["command"] = "python bench/inference_overhead.py " + " ".join(sys.argv[1:])
+    report(res)
+    out = ROOT / "bench/results/inference_overhead.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"wrote {out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
