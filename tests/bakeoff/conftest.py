@@ -30,6 +30,8 @@ def speckit_env(addrs: dict[str, str], **extra: str) -> dict[str, str]:
     """The process environment with SPECKIT_<SVC>_ADDR for each running service."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPECKIT_")}
     env.update({f"SPECKIT_{name.upper()}_ADDR": addr for name, addr in addrs.items()})
+    # rich wraps at 80 columns without a terminal; tests read whole lines.
+    env["COLUMNS"] = "240"
     env.update(extra)
     return env
 
