@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from speckit_reflex.v1 import capsule_pb2, patchloop_pb2
 # GR-006: the fixed crate must build and its tests pass; offline because the
 # suite is std-only and the sandbox may have no network.
 VERIFY_COMMAND = ("cargo", "test", "--offline", "-q")
+# Longest wait for in-flight attempt events before the report is written.
+EVENT_SETTLE_S = 5.0
 
 
 class PatchLoopRuns(Protocol):
@@ -42,6 +45,10 @@ class CapsuleRecords(Protocol):
     async def upsert_bakeoff_run(self, run: capsule_pb2.BakeoffRun) -> capsule_pb2.BakeoffRun: ...
 
     async def record_trials(self, trials: Sequence[capsule_pb2.Trial]) -> capsule_pb2.RecordTrialsReply: ...
+
+    async def bakeoff_stats(
+        self, win: capsule_pb2.Window | None = None, bakeoff_run_id: str = ""
+    ) -> capsule_pb2.BakeoffStats: ...
 
     async def write_report(
         self, win: capsule_pb2.Window | None = None, out_dir: str = "", bakeoff_run_id: str = ""
@@ -146,9 +153,21 @@ class BakeoffRunner:
         result.finished_at = datetime.now(UTC)
         result.figures = figures_by_backend(result.trials)
         await self._capsule.upsert_bakeoff_run(self._run_record(result))
+        await self._await_attempt_events(result)
         result.report = await self._capsule.write_report(
             out_dir=self._opt.report_dir, bakeoff_run_id=result.bakeoff_run_id
         )
+
+    async def _await_attempt_events(self, result: BakeoffResult) -> None:
+        """PatchLoop delivers its PatchAttempt events in the background; give
+        the last ones a moment to land so the report counts every attempt."""
+        expected = sum(t.attempts for t in result.trials if not t.error)
+        deadline = time.monotonic() + EVENT_SETTLE_S
+        while time.monotonic() < deadline:
+            stats = await self._capsule.bakeoff_stats(bakeoff_run_id=result.bakeoff_run_id)
+            if stats.reflex.total_attempts + stats.cloud.total_attempts >= expected:
+                return
+            await asyncio.sleep(0.1)
 
     def _run_record(self, result: BakeoffResult) -> capsule_pb2.BakeoffRun:
         mode = self._opt.modes[0] if len(self._opt.modes) == 1 else "both"
