@@ -36,8 +36,10 @@ from pathlib import Path
 
 import httpx
 from grpc import aio
+from grpc.aio import AioRpcError
 
 from speckit_reflex.clients.patchloop import PatchLoopClient
+from speckit_reflex.clients.router import RouterClient
 from speckit_reflex.policy import load_policy
 from speckit_reflex.runtime.bootstrap import start_services
 from speckit_reflex.runtime.settings import RuntimeSettings
@@ -179,6 +181,7 @@ max_tokens = 256
         per_task: list[dict] = []
         stop_at = time.monotonic() + seconds
         try:
+            await _wait_for_reflex_route(RouterClient(ctx.channel("router")), deadline_s=120)
             client = PatchLoopClient(ctx.channel("patchloop"))
             for task_dir in sorted(SUITE.iterdir())[: max(tasks, 0)]:
                 if time.monotonic() > stop_at:
@@ -210,6 +213,21 @@ max_tokens = 256
         "cache_reuse_min": min(ratios) if ratios else None,
         "tasks": per_task,
     }
+
+
+async def _wait_for_reflex_route(router: RouterClient, deadline_s: float) -> None:
+    """Until the Router has seen the backend healthy (its first probe can be slow)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            await router.decide(stage=common_pb2.STAGE_IMPLEMENT, role=common_pb2.ROLE_IMPLEMENTER,
+                                session_id="bench-readiness", attempt=1,
+                                force_mode=common_pb2.ROUTING_MODE_REFLEX, timeout=10)
+            return
+        except AioRpcError as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Router never saw the local backend healthy: {exc.details()}") from None
+        await asyncio.sleep(2.0)
 
 
 def _row(name: str, value: float | None, target: str, ok: bool | None) -> str:
