@@ -119,10 +119,12 @@ local_only = true
     return proc, addr
 
 
-def start_litellm(workdir: Path, stub_url: str) -> tuple[subprocess.Popen[bytes] | None, str]:
+def start_litellm(workdir: Path, stub_url: str) -> tuple[subprocess.Popen[bytes] | None, str, str]:
     binary = os.environ.get("LITELLM_BIN") or "/tmp/litellm-venv/bin/litellm"
     if not Path(binary).exists():
-        return None, ""
+        return None, "", ""
+    # The proxy refuses to start without a master key; a throwaway one per run.
+    key = "sk-bench-" + os.urandom(16).hex()
     cfg = workdir / "litellm.yaml"
     cfg.write_text(f"""model_list:
   - model_name: m
@@ -133,9 +135,9 @@ def start_litellm(workdir: Path, stub_url: str) -> tuple[subprocess.Popen[bytes]
 """)
     port = free_port()
     proc = subprocess.Popen([binary, "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port),
-                             "--num_workers", "1"],
+                             "--num_workers", "1"], env={**os.environ, "LITELLM_MASTER_KEY": key},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    return proc, f"http://127.0.0.1:{port}/v1"
+    return proc, f"http://127.0.0.1:{port}/v1", key
 
 
 async def wait_ready(check, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
@@ -158,12 +160,15 @@ def chat_body(schema: dict[str, Any] | None) -> dict[str, Any]:
     return body
 
 
-async def direct_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> tuple[float, float | None, list[float]]:
+async def direct_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any],
+                        key: str = "") -> tuple[float, float | None, list[float]]:
     """(latency_s, ttft_s, delta times) of one streamed completion sent directly."""
     t0 = time.perf_counter()
     ttft = None
     stamps: list[float] = []
-    async with client.stream("POST", url + "/chat/completions", json=body) as resp:
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    async with client.stream("POST", url + "/chat/completions", json=body, headers=headers) as resp:
+        resp.raise_for_status()
         async for line in resp.aiter_lines():
             if not line.startswith("data:"):
                 continue
@@ -198,9 +203,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         procs += [unary_stub, paced_stub]
         adapter_proc, adapter_addr = start_adapter(workdir, unary_url, paced_url, f"127.0.0.1:{capsule_port}")
         procs.append(adapter_proc)
-        litellm_proc, litellm_url = (None, "")
+        litellm_proc, litellm_url, litellm_key = (None, "", "")
         if not args.no_litellm:
-            litellm_proc, litellm_url = start_litellm(workdir, unary_url)
+            litellm_proc, litellm_url, litellm_key = start_litellm(workdir, unary_url)
             if litellm_proc:
                 procs.append(litellm_proc)
 
@@ -231,14 +236,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if litellm_proc:
             lbody = {k: v for k, v in chat_body(None).items()}
             try:
-                await wait_ready(lambda: direct_stream(http, litellm_url, lbody), 120)
+                await wait_ready(lambda: direct_stream(http, litellm_url, lbody, litellm_key), 120)
+                phase_end = time.monotonic() + args.seconds / 2
                 for i in range(args.warmup // 2 + min(args.calls, 500)):
-                    if time.monotonic() > deadline + args.seconds / 2:
+                    if time.monotonic() > phase_end:
                         break
                     t0 = time.perf_counter()
                     await direct_stream(http, unary_url, lbody)
                     t1 = time.perf_counter()
-                    await direct_stream(http, litellm_url, lbody)
+                    await direct_stream(http, litellm_url, lbody, litellm_key)
                     t2 = time.perf_counter()
                     if i >= args.warmup // 2:
                         litellm.append((t2 - t1) * 1000 - (t1 - t0) * 1000)
@@ -251,8 +257,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         s_adapter_ttft: list[float] = []
         s_direct_tps: list[float] = []
         s_adapter_tps: list[float] = []
+        phase_end = time.monotonic() + args.seconds / 2
         for i in range(2 + args.stream_calls):
-            if time.monotonic() > deadline + args.seconds:
+            if time.monotonic() > phase_end:
                 break
             _, ttft, stamps = await direct_stream(http, paced_url, sbody)
             t0 = time.perf_counter()

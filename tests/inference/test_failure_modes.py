@@ -248,3 +248,34 @@ async def test_first_health_read_does_not_hang_on_a_stuck_probe(fake_factory, ad
     status = (await llm.health("a")).backends[0]
     assert time.monotonic() - started < 2.0
     assert not status.healthy and status.reason == "probe_pending" and not status.HasField("checked_at")
+
+
+async def test_dead_primary_fails_over_with_connect_error(fake_factory, adapter):
+    dead = await fake_factory(kind="sglang")
+    await dead.stop()  # the policy keeps its port: nothing listens there now
+    good = await fake_factory(kind="vllm")
+    llm, recorder, _ = await adapter(backends_policy(("sglang-a", "sglang", dead), ("vllm-b", "vllm", good),
+                                                     health={"cooldown_s": 0}))
+    reply = await llm.complete(MESSAGES, json_schema=SCHEMA, max_tokens=16, timeout=10)
+    assert reply.schema_valid and reply.backend == "vllm-b"
+    # Either the call found it dead, or the background probe did first (then it is skipped).
+    (failover,) = reply.failovers
+    assert failover.backend == "sglang-a"
+    assert failover.reason in ("connect_error", "unhealthy (unreachable: connect_error: All connection attempts failed)")
+    (event,) = await wait_for_calls(recorder, 1)
+    assert event.is_fallback and event.reason == f"failover sglang-a={failover.reason}"
+
+
+async def test_audit_never_delays_the_reply_when_capsule_is_down(fake_factory, services_factory):
+    from speckit_reflex.clients.inference import InferenceClient
+    from tests.conftest import free_port
+
+    fake = await fake_factory(kind="vllm")
+    svc = await services_factory(["inference"], policy=backends_policy(("a", "vllm", fake)),
+                                 capsule_addr=f"127.0.0.1:{free_port()}")
+    llm = InferenceClient(svc.ctx.channel("inference"))
+    reply = await llm.complete(MESSAGES, json_schema=SCHEMA, max_tokens=16, timeout=5)
+    assert reply.schema_valid
+    await asyncio.sleep(0.2)
+    sink = svc.servers["inference"].service.sink
+    assert sink.pending == 1 and sink.sent == 0  # held for retry, not lost, not in the reply's way
