@@ -89,12 +89,11 @@ async def test_sqlite_not_at_head_is_refused(services_factory, sqlite_url: str, 
         await services_factory(["capsule"], database_url=sqlite_url, policy=load_policy(None))
 
 
-def test_older_revision_is_refused_naming_the_command(tmp_path, monkeypatch: pytest.MonkeyPatch):
+def test_older_revision_is_refused_naming_the_command(tmp_path):
     """A database at an older revision in the chain: refused with the upgrade hint."""
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = create_engine(url)
-    migrate.upgrade(engine)
-    monkeypatch.setattr(migrate, "head_revision", lambda: "0002")  # this software is one revision ahead
+    migrate.upgrade(engine, "0001")  # this software's head is 0002 (attempt rollups)
     with pytest.raises(migrate.SchemaNotCurrent, match=r"at schema revision 0001, older than 0002; run `speckit db upgrade`"):
         migrate.verify_schema(engine, auto_create=True)
     engine.dispose()

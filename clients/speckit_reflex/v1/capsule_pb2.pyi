@@ -232,6 +232,7 @@ class ModeStats(_message.Message):
     MEAN_TOKENS_PER_S_FIELD_NUMBER: _builtins.int
     CACHE_HIT_RATE_FIELD_NUMBER: _builtins.int
     CACHE_REPORTED_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    PERCENTILE_METHOD_FIELD_NUMBER: _builtins.int
     total_attempts: _builtins.int
     successes: _builtins.int
     success_rate: _builtins.float
@@ -247,6 +248,12 @@ class ModeStats(_message.Message):
     tokens; absent when none did.
     """
     cache_reported_attempts: _builtins.int
+    percentile_method: _builtins.str
+    """How the p50/p95 figures were computed: "exact" (every value ranked) or
+    "histogram" (hourly log-bucketed rollups, within 1 % relative error;
+    used when the window holds more than 50,000 attempts). Counts and rates
+    are exact either way. Empty when the group has no attempts.
+    """
     def __init__(
         self,
         *,
@@ -261,10 +268,11 @@ class ModeStats(_message.Message):
         mean_tokens_per_s: _builtins.float = ...,
         cache_hit_rate: _builtins.float | None = ...,
         cache_reported_attempts: _builtins.int = ...,
+        percentile_method: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cache_hit_rate", b"_cache_hit_rate", "_p50_ttft_ms", b"_p50_ttft_ms", "_p95_ttft_ms", b"_p95_ttft_ms", "cache_hit_rate", b"cache_hit_rate", "p50_ttft_ms", b"p50_ttft_ms", "p95_ttft_ms", b"p95_ttft_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cache_hit_rate", b"_cache_hit_rate", "_p50_ttft_ms", b"_p50_ttft_ms", "_p95_ttft_ms", b"_p95_ttft_ms", "cache_hit_rate", b"cache_hit_rate", "cache_reported_attempts", b"cache_reported_attempts", "json_compliance_rate", b"json_compliance_rate", "mean_tokens_per_s", b"mean_tokens_per_s", "p50_latency_ms", b"p50_latency_ms", "p50_ttft_ms", b"p50_ttft_ms", "p95_latency_ms", b"p95_latency_ms", "p95_ttft_ms", b"p95_ttft_ms", "success_rate", b"success_rate", "successes", b"successes", "total_attempts", b"total_attempts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cache_hit_rate", b"_cache_hit_rate", "_p50_ttft_ms", b"_p50_ttft_ms", "_p95_ttft_ms", b"_p95_ttft_ms", "cache_hit_rate", b"cache_hit_rate", "cache_reported_attempts", b"cache_reported_attempts", "json_compliance_rate", b"json_compliance_rate", "mean_tokens_per_s", b"mean_tokens_per_s", "p50_latency_ms", b"p50_latency_ms", "p50_ttft_ms", b"p50_ttft_ms", "p95_latency_ms", b"p95_latency_ms", "p95_ttft_ms", b"p95_ttft_ms", "percentile_method", b"percentile_method", "success_rate", b"success_rate", "successes", b"successes", "total_attempts", b"total_attempts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cache_hit_rate: _TypeAlias = _typing.Literal["cache_hit_rate"]  # noqa: Y015
     _WhichOneofArgType__cache_hit_rate: _TypeAlias = _typing.Literal["_cache_hit_rate", b"_cache_hit_rate"]  # noqa: Y015

@@ -44,7 +44,7 @@ def _mode_stats(g: GroupStats | None) -> capsule_pb2.ModeStats:
         total_attempts=g.total, successes=g.successes, success_rate=g.success_rate,
         json_compliance_rate=g.json_compliance_rate, p50_latency_ms=g.p50_latency_ms,
         p95_latency_ms=g.p95_latency_ms, mean_tokens_per_s=g.mean_tokens_per_s,
-        cache_reported_attempts=g.cache_reported,
+        cache_reported_attempts=g.cache_reported, percentile_method=g.percentile_method,
     )
     if g.p50_ttft_ms is not None:
         out.p50_ttft_ms = g.p50_ttft_ms

@@ -141,3 +141,38 @@ class TrialRow(Base):
         Index("ix_bakeoff_trials_bakeoff_run_id", "bakeoff_run_id"),
         Index("ix_bakeoff_trials_time_us", "time_us"),
     )
+
+
+class AttemptRollupRow(Base):
+    """Exact counters of the PatchAttempt events of one hour, mode and model
+    (see capsule/rollups.py); updated in the transaction that stores them."""
+
+    __tablename__ = "attempt_rollups"
+
+    bucket_us: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    mode: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    model: Mapped[str] = mapped_column(Text, primary_key=True)
+    attempts: Mapped[int] = mapped_column(BigInteger)
+    successes: Mapped[int] = mapped_column(BigInteger)
+    json_valid: Mapped[int] = mapped_column(BigInteger)
+    # mean tokens/s = sum / count over attempts that reported a non-zero rate.
+    tokens_per_s_sum: Mapped[float] = mapped_column(Float)
+    tokens_per_s_count: Mapped[int] = mapped_column(BigInteger)
+    # Over attempts whose server reported cached tokens (cache_reported).
+    cached_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_reported: Mapped[int] = mapped_column(BigInteger)
+
+
+class AttemptHistogramRow(Base):
+    """One bin of a log-bucketed histogram (latency or TTFT) of one hour,
+    mode and model: how many attempts' values fell in it."""
+
+    __tablename__ = "attempt_histograms"
+
+    bucket_us: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    mode: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    model: Mapped[str] = mapped_column(Text, primary_key=True)
+    metric: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    bin: Mapped[int] = mapped_column(Integer, primary_key=True)
+    samples: Mapped[int] = mapped_column(BigInteger)

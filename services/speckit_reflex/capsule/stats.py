@@ -16,10 +16,22 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from speckit_reflex.capsule.rollups import (
+    BUCKET_US,
+    COUNTER_COLUMNS,
+    LATENCY,
+    TTFT,
+    bin_sql,
+    histogram_percentile,
+)
 from speckit_reflex.capsule.schema import PATCH_ATTEMPT
 from speckit_reflex.capsule.windows import TimeWindow
 
 PERCENTILES = (0.5, 0.95)
+# Above this many attempts in a window, percentiles come from the rollups'
+# histograms: exact percentiles of a million values cost seconds of sorting.
+EXACT_PERCENTILE_LIMIT = 50_000
+EXACT, HISTOGRAM = "exact", "histogram"
 # Upper bounds (ms) of the latency histogram's buckets; the last is open.
 LATENCY_BUCKETS_MS = (100, 250, 500, 1000, 2000, 5000, 10000)
 
@@ -41,6 +53,8 @@ class GroupStats:
     cached_tokens: int = 0
     cached_prompt_tokens: int = 0
     cache_reported: int = 0
+    # How p50/p95 were computed: EXACT (percentile_cont) or HISTOGRAM.
+    percentile_method: str = EXACT
 
     @property
     def success_rate(self) -> float:
@@ -82,11 +96,112 @@ def _group(stats: AttemptStats, mode: int, model: str | None) -> GroupStats:
     return stats.by_model.setdefault((mode, model), GroupStats(mode, model))
 
 
-def attempt_stats(conn: Connection, window: TimeWindow, bakeoff_run_id: str = "") -> AttemptStats:
-    """Per-mode and per-(mode, model) statistics of PatchAttempt events."""
+def attempt_stats(
+    conn: Connection, window: TimeWindow, bakeoff_run_id: str = "", exact_limit: int = EXACT_PERCENTILE_LIMIT
+) -> AttemptStats:
+    """Per-mode and per-(mode, model) statistics of PatchAttempt events.
+
+    Counts, rates and means are always exact. Percentiles are exact while the
+    window holds at most `exact_limit` attempts (and for one bakeoff run's
+    attempts, which the rollups do not separate); above that they come from
+    the rollups' histograms, within rollups.RELATIVE_ERROR of exact.
+    """
+    if not bakeoff_run_id:
+        counters = _rollup_counters(conn, window)
+        if sum(c[0] for c in counters.values()) > exact_limit:
+            return _histogram_stats(conn, window, counters)
     if conn.dialect.name == "postgresql":
         return _postgres_stats(conn, window, bakeoff_run_id)
     return _portable_stats(conn, window, bakeoff_run_id)
+
+
+# -- from rollups ---------------------------------------------------------------
+
+def _split(window: TimeWindow) -> dict[str, int]:
+    """The window's whole rollup hours [full_start, full_end) and its bounds;
+    the partial hours at either edge are read from the events."""
+    full_start = -(-window.start_us // BUCKET_US) * BUCKET_US
+    full_end = window.end_us // BUCKET_US * BUCKET_US
+    if full_start >= full_end:  # no whole hour: everything is edge
+        full_start = full_end = window.end_us
+    return {"start": window.start_us, "end": window.end_us, "full_start": full_start, "full_end": full_end}
+
+
+_EDGES = (
+    f"type = {PATCH_ATTEMPT} AND ((time_us >= :start AND time_us < :full_start) "
+    "OR (time_us >= :full_end AND time_us < :end))"
+)
+
+_ROLLUP_COUNTERS = f"""
+SELECT mode, model, sum(attempts), sum(successes), sum(json_valid), sum(tokens_per_s_sum),
+       sum(tokens_per_s_count), sum(cached_tokens), sum(cached_prompt_tokens), sum(cache_reported)
+FROM (
+  SELECT mode, model, {", ".join(COUNTER_COLUMNS)}
+  FROM attempt_rollups WHERE bucket_us >= :full_start AND bucket_us < :full_end
+  UNION ALL
+  SELECT mode, model, count(*),
+         sum(CASE WHEN success THEN 1 ELSE 0 END), sum(CASE WHEN json_valid THEN 1 ELSE 0 END),
+         coalesce(sum(CASE WHEN tokens_per_s <> 0 THEN tokens_per_s END), 0),
+         sum(CASE WHEN tokens_per_s <> 0 THEN 1 ELSE 0 END), coalesce(sum(cached_tokens), 0),
+         sum(CASE WHEN cached_tokens IS NOT NULL THEN prompt_tokens ELSE 0 END), count(cached_tokens)
+  FROM events WHERE {_EDGES}
+  GROUP BY mode, model
+) parts
+GROUP BY mode, model
+"""
+
+_ROLLUP_BINS = f"""
+SELECT mode, model, metric, bin, sum(samples) FROM (
+  SELECT mode, model, metric, bin, samples
+  FROM attempt_histograms WHERE bucket_us >= :full_start AND bucket_us < :full_end
+  UNION ALL
+  SELECT mode, model, {LATENCY}, {bin_sql("latency_ms")}, count(*) FROM events WHERE {_EDGES} GROUP BY 1, 2, 3, 4
+  UNION ALL
+  SELECT mode, model, {TTFT}, {bin_sql("ttft_ms")}, count(*) FROM events
+  WHERE {_EDGES} AND ttft_ms IS NOT NULL GROUP BY 1, 2, 3, 4
+) parts
+GROUP BY mode, model, metric, bin
+ORDER BY mode, model, metric, bin
+"""
+
+
+def _rollup_counters(conn: Connection, window: TimeWindow) -> dict[tuple[int, str], list[Any]]:
+    """Exact counters per (mode, model): whole hours from rollups, edges from events."""
+    rows = conn.execute(text(_ROLLUP_COUNTERS), _split(window))
+    return {(r[0], r[1]): [int(v) if i != 3 else float(v) for i, v in enumerate(r[2:])] for r in rows}
+
+
+def _from_counters(g: GroupStats, c: list[Any]) -> None:
+    attempts, successes, json_valid, tps_sum, tps_n, cached, cached_prompt, reported = c
+    g.total, g.successes, g.json_valid = attempts, successes, json_valid
+    g.mean_tokens_per_s = tps_sum / tps_n if tps_n else 0.0
+    g.cached_tokens, g.cached_prompt_tokens, g.cache_reported = cached, cached_prompt, reported
+
+
+def _histogram_stats(conn: Connection, window: TimeWindow, counters: dict[tuple[int, str], list[Any]]) -> AttemptStats:
+    out = AttemptStats()
+    per_mode: dict[int, list[Any]] = {}
+    for (mode, model), c in counters.items():
+        _from_counters(_group(out, mode, model), c)
+        per_mode[mode] = [a + b for a, b in zip(per_mode.get(mode, [0] * len(c)), c, strict=True)]
+    for mode, c in per_mode.items():
+        _from_counters(_group(out, mode, None), c)
+    bins: dict[tuple[int, str | None, int], dict[int, int]] = {}
+    for mode, model, metric, b, n in conn.execute(text(_ROLLUP_BINS), _split(window)):
+        for key in ((mode, model, metric), (mode, None, metric)):
+            per_bin = bins.setdefault(key, {})
+            per_bin[b] = per_bin.get(b, 0) + int(n)
+    for (mode, model, metric), per_bin in bins.items():
+        g = _group(out, mode, model)
+        ordered = sorted(per_bin.items())
+        p50, p95 = (histogram_percentile(ordered, p) for p in PERCENTILES)
+        if metric == LATENCY:
+            g.p50_latency_ms, g.p95_latency_ms = p50 or 0.0, p95 or 0.0
+        else:
+            g.p50_ttft_ms, g.p95_ttft_ms = p50, p95
+    for g in (*out.by_mode.values(), *out.by_model.values()):
+        g.percentile_method = HISTOGRAM
+    return out
 
 
 _PG_STATS = """

@@ -11,6 +11,9 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import math
+import operator
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -24,8 +27,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from speckit_reflex.capsule import migrate
 from speckit_reflex.capsule.events import COLUMNS
-from speckit_reflex.capsule.schema import BakeoffRunRow, EventRow, TrialRow
-from speckit_reflex.capsule.stats import AttemptStats, attempt_stats, latency_histogram
+from speckit_reflex.capsule.rollups import COUNTER_COLUMNS, SAMPLE_COLUMNS, RollupDeltas, rollup_deltas
+from speckit_reflex.capsule.schema import PATCH_ATTEMPT, BakeoffRunRow, EventRow, TrialRow
+from speckit_reflex.capsule.stats import EXACT_PERCENTILE_LIMIT, AttemptStats, attempt_stats, latency_histogram
 from speckit_reflex.capsule.windows import TimeWindow
 from speckit_reflex.errors import InvalidArgument, Unavailable
 
@@ -42,15 +46,50 @@ _CONNECTION_ERRORS = (
 )
 _JSON_COLUMNS = frozenset(("payload", "request", "response"))
 _JSON_INDEXES = tuple(i for i, c in enumerate(COLUMNS) if c in _JSON_COLUMNS)
-_COPY_EVENTS = f"COPY events_incoming ({', '.join(COLUMNS)}) FROM STDIN"
+_TYPE = COLUMNS.index("type")
+# Where each rollups.SAMPLE_COLUMNS value sits in an ingest row.
+_SAMPLE_INDEXES = tuple(COLUMNS.index(c) for c in SAMPLE_COLUMNS)
+_COLUMN_LIST = ", ".join(COLUMNS)
+_COPY_EVENTS = f"COPY events ({_COLUMN_LIST}) FROM STDIN"
+_COPY_STAGED = f"COPY events_incoming ({_COLUMN_LIST}) FROM STDIN"
 _STAGE_TABLE = (
     "CREATE TEMP TABLE IF NOT EXISTS events_incoming "
     "(LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 )
+# RETURNING names the rows really inserted: only they reach the rollups.
 _MERGE_EVENTS = (
-    f"INSERT INTO events ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)} "
-    "FROM events_incoming ON CONFLICT (id) DO NOTHING"
+    f"INSERT INTO events ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} "
+    f"FROM events_incoming ON CONFLICT (id) DO NOTHING RETURNING type, {', '.join(SAMPLE_COLUMNS)}"
 )
+_COUNTER_UPDATES = ", ".join(f"{c} = attempt_rollups.{c} + excluded.{c}" for c in COUNTER_COLUMNS)
+_ROLLUP_KEY = ("bucket_us", "mode", "model")
+_BIN_COLUMNS = ("bucket_us", "mode", "model", "metric", "bin", "samples")
+_PG_COUNTER_TYPES = ("bigint", "smallint", "text", "bigint", "bigint", "bigint", "float8", "bigint", "bigint",
+                     "bigint", "bigint")
+_PG_BIN_TYPES = ("bigint", "smallint", "text", "smallint", "integer", "bigint")
+
+
+def _upsert_sql(table: str, columns: Sequence[str], key: Sequence[str], updates: str, pg_types: Sequence[str] | None) -> str:
+    """One upsert of rollup rows: from parallel arrays (PostgreSQL, one round
+    trip for the whole batch) or from executemany parameters (SQLite)."""
+    if pg_types is None:
+        source = f"VALUES ({', '.join('?' for _ in columns)})"
+    else:
+        arrays = ", ".join(f"%s::{t}[]" for t in pg_types)
+        source = f"SELECT * FROM unnest({arrays})"
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) {source} "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+    )
+
+
+_COUNTER_ALL = (*_ROLLUP_KEY, *COUNTER_COLUMNS)
+_BIN_KEY = _BIN_COLUMNS[:-1]
+_BIN_UPDATE = "samples = attempt_histograms.samples + excluded.samples"
+_PG_UPSERT_COUNTERS = _upsert_sql("attempt_rollups", _COUNTER_ALL, _ROLLUP_KEY, _COUNTER_UPDATES, _PG_COUNTER_TYPES)
+_PG_UPSERT_BINS = _upsert_sql("attempt_histograms", _BIN_COLUMNS, _BIN_KEY, _BIN_UPDATE, _PG_BIN_TYPES)
+_SQLITE_UPSERT_COUNTERS = _upsert_sql("attempt_rollups", _COUNTER_ALL, _ROLLUP_KEY, _COUNTER_UPDATES, None)
+_SQLITE_UPSERT_BINS = _upsert_sql("attempt_histograms", _BIN_COLUMNS, _BIN_KEY, _BIN_UPDATE, None)
 
 
 def _db_call(fn: Callable[P, T]) -> Callable[P, T]:
@@ -116,6 +155,11 @@ def make_engine(url: str) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
+            try:  # the statistics' histogram bins use ln() and ceil()
+                cur.execute("SELECT ln(2.0), ceil(1.5)")
+            except sqlite3.OperationalError:
+                dbapi_conn.create_function("ln", 1, math.log, deterministic=True)
+                dbapi_conn.create_function("ceil", 1, math.ceil, deterministic=True)
             cur.close()
 
         return engine
@@ -142,11 +186,72 @@ def _decode_token(token: str) -> tuple[int, str]:
         raise InvalidArgument("page_token is not one this service issued") from None
 
 
+_sample_of = operator.itemgetter(*_SAMPLE_INDEXES)
+_J1, _J2, _J3 = _JSON_INDEXES
+
+
+def _copy_rows(cur: psycopg.Cursor[Any], sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    with cur.copy(sql) as copy:
+        for row in rows:
+            if row[_J1] is not None or row[_J2] is not None or row[_J3] is not None:
+                row = tuple(
+                    json.dumps(v) if i in _JSON_INDEXES and v is not None else v for i, v in enumerate(row)
+                )
+            copy.write_row(row)
+
+
+def _pg_insert_events(raw: psycopg.Connection[Any], rows: Sequence[tuple[Any, ...]]) -> tuple[int, list[tuple[Any, ...]]]:
+    """(how many rows were new, the samples of the new PatchAttempt rows).
+
+    COPY straight into events is the fast path. An id already stored, or
+    repeated within the batch, fails that COPY as a whole; the batch then goes
+    through a staging table and INSERT ... ON CONFLICT DO NOTHING RETURNING,
+    which names exactly the rows that were new.
+    """
+    with raw.cursor() as cur:
+        cur.execute("SAVEPOINT events_copy")
+        try:
+            _copy_rows(cur, _COPY_EVENTS, rows)
+        except psycopg.errors.UniqueViolation:
+            cur.execute("ROLLBACK TO SAVEPOINT events_copy")
+        else:
+            return len(rows), [_sample_of(r) for r in rows if r[_TYPE] == PATCH_ATTEMPT]
+        cur.execute(_STAGE_TABLE)
+        _copy_rows(cur, _COPY_STAGED, rows)
+        cur.execute(_MERGE_EVENTS)
+        returned = cur.fetchall()
+    return len(returned), [r[1:] for r in returned if r[0] == PATCH_ATTEMPT]
+
+
+def _sqlite_insert_events(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> tuple[int, list[tuple[Any, ...]]]:
+    """As _pg_insert_events, for SQLite: one INSERT ... ON CONFLICT DO NOTHING RETURNING."""
+    t = EventRow.__table__.c
+    stmt = (
+        sqlite.insert(EventRow.__table__)
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(t.type, *(t[c] for c in SAMPLE_COLUMNS))
+    )
+    returned = conn.execute(stmt, [dict(zip(COLUMNS, r, strict=True)) for r in rows]).all()
+    return len(returned), [tuple(r[1:]) for r in returned if r[0] == PATCH_ATTEMPT]
+
+
+def _upsert_rollups(raw: Any, deltas: RollupDeltas, *, postgres: bool) -> None:
+    """Add a batch's increments to the rollups (rows come sorted by key)."""
+    if postgres:
+        with raw.cursor() as cur:
+            cur.execute(_PG_UPSERT_COUNTERS, [list(col) for col in zip(*deltas.counters, strict=True)])
+            cur.execute(_PG_UPSERT_BINS, [list(col) for col in zip(*deltas.bins, strict=True)])
+    else:
+        raw.executemany(_SQLITE_UPSERT_COUNTERS, deltas.counters)
+        raw.executemany(_SQLITE_UPSERT_BINS, deltas.bins)
+
+
 class CapsuleStore:
     """Events, bakeoff runs and trials in one SQL database."""
 
-    def __init__(self, engine: Engine, *, auto_create_schema: bool):
+    def __init__(self, engine: Engine, *, auto_create_schema: bool, exact_percentile_limit: int = EXACT_PERCENTILE_LIMIT):
         self.engine = engine
+        self._exact_limit = exact_percentile_limit
         self._auto_create = auto_create_schema
         self._schema_ok = False
         self._schema_lock = threading.Lock()
@@ -173,37 +278,24 @@ class CapsuleStore:
 
     @_db_call
     def append_events(self, rows: Sequence[tuple[Any, ...]]) -> int:
-        """Store rows (COLUMNS order) whose id is new; return how many were."""
+        """Store rows (COLUMNS order) whose id is new; return how many were.
+
+        The rollups of the new PatchAttempt rows are updated in the same
+        transaction, so statistics never see one without the other, and a
+        replayed event (not new) is never counted twice.
+        """
         self.ensure_schema()
         if not rows:
             return 0
         with self.engine.begin() as conn:
+            raw = conn.connection.driver_connection
             if self._postgres:
-                return self._copy_events(conn, rows)
-            stmt = sqlite.insert(EventRow.__table__).on_conflict_do_nothing(index_elements=["id"])
-            result = conn.execute(stmt, [dict(zip(COLUMNS, r, strict=True)) for r in rows])
-            return max(result.rowcount, 0)
-
-    @staticmethod
-    def _copy_events(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> int:
-        # COPY into a session-local staging table, then one INSERT ... ON
-        # CONFLICT DO NOTHING: COPY's speed with per-id idempotency.
-        record = conn.connection
-        raw: psycopg.Connection = record.driver_connection  # type: ignore[assignment]
-        with raw.cursor() as cur:
-            if not record.info.get("events_incoming"):
-                cur.execute(_STAGE_TABLE)
-                record.info["events_incoming"] = True
-            with cur.copy(_COPY_EVENTS) as copy:
-                for row in rows:
-                    if row[24] is not None or row[25] is not None or row[26] is not None:
-                        row = tuple(
-                            json.dumps(v) if i in _JSON_INDEXES and v is not None else v
-                            for i, v in enumerate(row)
-                        )
-                    copy.write_row(row)
-            cur.execute(_MERGE_EVENTS)
-            return max(cur.rowcount, 0)
+                inserted, samples = _pg_insert_events(raw, rows)
+            else:
+                inserted, samples = _sqlite_insert_events(conn, rows)
+            if samples:
+                _upsert_rollups(raw, rollup_deltas(samples), postgres=self._postgres)
+            return inserted
 
     @_db_call
     def query_events(self, f: EventFilter, page_size: int, page_token: str) -> tuple[list[Any], str]:
@@ -237,8 +329,13 @@ class CapsuleStore:
     @_db_call
     def attempt_stats(self, window: TimeWindow, bakeoff_run_id: str = "") -> AttemptStats:
         self.ensure_schema()
-        with self.engine.begin() as conn:
-            return attempt_stats(conn, window, bakeoff_run_id)
+        with self.engine.connect() as conn:
+            if self._postgres:
+                # Counters and histograms are read by two statements: one
+                # snapshot keeps them consistent while appends commit.
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                return attempt_stats(conn, window, bakeoff_run_id, self._exact_limit)
 
     @_db_call
     def latency_histogram(self, window: TimeWindow, bakeoff_run_id: str = "") -> dict[int, list[int]]:
