@@ -81,7 +81,7 @@ class ModelServer:
 
     def __init__(self, spec: BackendSpec, *, max_connections: int = 64):
         self.spec = spec
-        self.dialect: Dialect = dialect_for(spec.kind)
+        self.dialect: Dialect = dialect_for(spec.kind, spec.endpoint)
         headers = {"Authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
         base = spec.endpoint.rstrip("/")
         # /health_generate and /health live at the server root, not under /v1.

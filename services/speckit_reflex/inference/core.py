@@ -198,7 +198,7 @@ class InferenceCore:
             return [], [self._local_only_status()]
         servers = [self._servers[n] for n in names if n in self._servers]
         results = await asyncio.gather(
-            *(s.list_models(self._health_timeout) for s in servers), return_exceptions=True
+            *(s.list_models(self._health.probe_timeout_s) for s in servers), return_exceptions=True
         )
         cards: list[ModelCard] = []
         unreachable: list[BackendStatus] = []
@@ -214,10 +214,6 @@ class InferenceCore:
                 cards.append(ModelCard(str(c["id"]), server.name, str(c.get("owned_by") or ""),
                                        int(c.get("max_model_len") or 0)))
         return cards, unreachable
-
-    @property
-    def _health_timeout(self) -> float:
-        return self._health._timing.timeout_s
 
     # -- completion ---------------------------------------------------------------
 

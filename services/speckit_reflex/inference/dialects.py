@@ -103,11 +103,25 @@ class LlamaCppDialect(Dialect):
         body["cache_prompt"] = True
 
 
+@dataclass(frozen=True)
+class DeepSeekDialect(Dialect):
+    """DeepSeek's API accepts only `json_object` (no json_schema); the schema is
+    then enforced by local validation alone."""
+
+    def chat_body(self, model, messages, max_tokens, temperature, seed, schema, schema_name):  # type: ignore[no-untyped-def]
+        body = super().chat_body(model, messages, max_tokens, temperature, seed, schema, schema_name)
+        if schema is not None:
+            body["response_format"] = {"type": "json_object"}
+        return body
+
+
 DIALECTS: dict[str, Dialect] = {
     d.kind: d for d in (SGLangDialect(), VLLMDialect(), LlamaCppDialect(), Dialect())
 }
 
 
-def dialect_for(kind: str) -> Dialect:
-    """The dialect of a backend kind from the policy."""
+def dialect_for(kind: str, endpoint: str = "") -> Dialect:
+    """The dialect of a backend kind from the policy (and, for cloud APIs, its host)."""
+    if kind == "openai" and "deepseek.com" in endpoint:
+        return DeepSeekDialect()
     return DIALECTS[kind]

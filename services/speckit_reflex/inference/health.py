@@ -72,6 +72,10 @@ class HealthBook:
         self._cooldown_until: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def probe_timeout_s(self) -> float:
+        return self._timing.timeout_s
+
     # -- cooldown -------------------------------------------------------------
 
     def mark_failed(self, name: str) -> None:
