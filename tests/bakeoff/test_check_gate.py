@@ -95,3 +95,23 @@ async def _cli(args: list[str], env: dict[str, str]):  # type: ignore[no-untyped
     import asyncio
 
     return await asyncio.to_thread(run_speckit, args, env)
+
+
+async def test_bakeoff_shows_the_seed_json_shape_and_a_table(services_factory, migrated_db_url: str) -> None:
+    env = await _capsule_with(services_factory, migrated_db_url, _good_reflex(10) + _cloud(4, fixed=3))
+    run = await _cli(["reflex", "bakeoff", "--since", "24h", "--json"], env)
+    assert run.code == 0, run.stderr
+    doc = run.json()
+    assert doc["period"] == "24h"
+    seed = {"total_attempts", "success_rate", "json_compliance_rate", "p95_latency_ms"}
+    assert seed <= set(doc["reflex"]) and seed <= set(doc["cloud"])
+    assert (doc["reflex"]["total_attempts"], doc["reflex"]["success_rate"]) == (10, 90.0)
+    assert doc["reflex"]["json_compliance_rate"] == 100.0
+    assert doc["reflex"]["p95_latency_ms"] == 1155.0  # percentile_cont over 300..1200 ms
+    assert (doc["cloud"]["total_attempts"], doc["cloud"]["success_rate"]) == (4, 75.0)
+    assert doc["reflex"]["cache_hit_rate"] is None  # nothing reported: unknown, not 0
+    table = await _cli(["reflex", "bakeoff"], env)
+    assert table.code == 0
+    assert "Bakeoff statistics, last 24h" in table.stdout and "unknown" in table.stdout
+    bad = await _cli(["reflex", "bakeoff", "--since", "fortnight"], env)
+    assert bad.code == 1 and "INVALID_ARGUMENT" in bad.stderr

@@ -108,21 +108,28 @@ def result_json(result: BakeoffResult, cloud_note: str) -> dict[str, Any]:
     }
 
 
+_FIGURE_ROWS = (
+    ("model", "model"), ("tasks fixed", "fixed"), ("pass@1 %", "pass_at_1"), ("success %", "success_rate"),
+    ("model calls", "model_calls"), ("JSON compliance %", "json_compliance_rate"),
+    ("p50 latency ms", "p50_latency_ms"), ("p95 latency ms", "p95_latency_ms"), ("p50 TTFT ms", "p50_ttft_ms"),
+    ("tokens/s", "mean_tokens_per_s"),
+)
+
+
+def _cache_cell(cache: dict[str, Any]) -> str:
+    reuse = "" if cache["reuse"] is None else f", {100 * cache['reuse']:.0f} % reused"
+    return f"{cache['status']} ({cache['retries_with_hits']}/{cache['retries']} retries hit{reuse})"
+
+
 def show_result(doc: dict[str, Any]) -> None:
-    """Per-backend figures, verdict and report paths, for people."""
-    rows = []
-    for b in doc["backends"]:
-        cache = b["cache"]
-        reuse = "" if cache["reuse"] is None else f" ({100 * cache['reuse']:.0f} % reused)"
-        rows.append([
-            f"{b['mode']} / {b['backend']} / {b['model']}", f"{b['fixed']}/{b['tasks']}", b["pass_at_1"],
-            b["success_rate"], _dash(b["json_compliance_rate"]), _dash(b["p50_latency_ms"]),
-            _dash(b["p95_latency_ms"]), _dash(b["p50_ttft_ms"]), _dash(b["mean_tokens_per_s"]),
-            cache["status"] + reuse,
-        ])
-    table(f"Bakeoff {doc['suite']} ({doc['status']}), run {doc['bakeoff_run_id']}",
-          ["mode / backend / model", "fixed", "pass@1 %", "success %", "JSON %", "p50 ms", "p95 ms",
-           "p50 TTFT ms", "tokens/s", "cache on retries"], rows)
+    """Per-backend figures (one column per backend), verdict and report paths."""
+    backends = doc["backends"]
+    rows = [[label, *(_dash(b[key]) for b in backends)] for label, key in _FIGURE_ROWS]
+    rows[1][1:] = [f"{b['fixed']}/{b['tasks']}" for b in backends]
+    rows.append(["cache on retries", *(_cache_cell(b["cache"]) for b in backends)])
+    table(f"Bakeoff {doc['suite']} ({doc['status']})",
+          ["figure", *(f"{b['mode']} · {b['backend']}" for b in backends)], rows)
+    stdout.print(f"run {doc['bakeoff_run_id']}", highlight=False)
     if doc["cloud_skipped"]:
         stdout.print(doc["cloud_skipped"], highlight=False)
     if doc["verdict"]:
