@@ -252,10 +252,14 @@ class InferenceCore:
 
     async def complete(self, req: CallRequest, deadline: float | None = None) -> CallResult:
         """A whole reply. `deadline` is event-loop time (None = the policy's timeouts only)."""
+        result: CallResult | None = None
+        # Run the generator to its end (rather than leaving it at its last
+        # yield) so no finaliser task is scheduled per call.
         async for item in self.stream(req, deadline, relay=False):
             if isinstance(item, CallResult):
-                return item
-        raise AssertionError("stream() ended without a result")  # pragma: no cover
+                result = item
+        assert result is not None, "stream() ends with a CallResult or raises"
+        return result
 
     async def stream(
         self, req: CallRequest, deadline: float | None = None, *, relay: bool = True
@@ -271,7 +275,7 @@ class InferenceCore:
         loop = asyncio.get_running_loop()
         result = CallResult(call_id=str(uuid.uuid4()))
         gens: list[Generation] = []
-        call_reason = ""
+        recorded = False
         try:
             schema, validator = self._schemas.compile(req.json_schema) if req.json_schema else (None, None)
             candidates, failover = self._candidates(req)
@@ -326,6 +330,7 @@ class InferenceCore:
                 usable = verdict is None or verdict.valid
                 # Built after the reply is on its way: audit never delays it.
                 loop.call_soon(self._record_call, req, result, gens, usable, call_reason)
+                recorded = True
                 yield result
                 return
             raise self._exhausted(result)
@@ -335,9 +340,10 @@ class InferenceCore:
             self._record_call(req, result, gens, False, exc.message)
             raise
         except asyncio.CancelledError:
-            result.latency_ms = (time.perf_counter() - t0) * 1000
-            self._sum_usage(result, gens)
-            self._record_call(req, result, gens, False, "cancelled")
+            if not recorded:  # a cancel while the final chunk goes out is not a second call
+                result.latency_ms = (time.perf_counter() - t0) * 1000
+                self._sum_usage(result, gens)
+                self._record_call(req, result, gens, False, "cancelled")
             raise
 
     def _record_failover(self, result: CallResult, backend: str, reason: str, detail: str) -> None:
