@@ -9,6 +9,8 @@ stores --events PatchAttempt events (reflex and cloud), then measures
 * the harness's per-trial bookkeeping: one RecordTrials call per finished
   trial, as the runner makes it (p50/p95 ms, sequential);
 * per-backend figures over --trials trials of 4 model calls each (ms);
+* GetBakeoffStats over those events through the client (p50 ms: Capsule's
+  own work, for scale beside the CLI figures);
 * `speckit reflex bakeoff --json` and `speckit reflex check --exit-code`
   end to end as a user runs them (a fresh process each, wall time p50),
   next to `python -c pass` started the same way, so interpreter start-up on
@@ -111,6 +113,12 @@ async def main(args: argparse.Namespace) -> dict:
             figures_by_backend(trials)
             figures_ms = (time.perf_counter() - t0) * 1000
 
+            stats_ms = []
+            for _ in range(args.cli_runs):
+                t0 = time.perf_counter()
+                await capsule.bakeoff_stats()
+                stats_ms.append((time.perf_counter() - t0) * 1000)
+
             env = {k: v for k, v in os.environ.items() if not k.startswith("SPECKIT_")}
             env["SPECKIT_CAPSULE_ADDR"] = ctx.addresses["capsule"]
             py = [sys.executable]
@@ -130,6 +138,7 @@ async def main(args: argparse.Namespace) -> dict:
         "record_trial_p50_ms": round(statistics.median(record_ms), 2),
         "record_trial_p95_ms": round(pct(record_ms, 0.95), 2),
         "figures_ms": round(figures_ms, 2),
+        "rpc_bakeoff_stats_p50_ms": round(statistics.median(stats_ms), 1),
         "python_start_ms": round(base_ms, 1),
         "cli_bakeoff_ms": round(bakeoff_ms, 1),
         "cli_bakeoff_minus_python_ms": round(bakeoff_ms - base_ms, 1),
