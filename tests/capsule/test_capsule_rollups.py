@@ -4,6 +4,7 @@ on replay, window edges, and the migration's backfill."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import statistics
@@ -21,7 +22,11 @@ from speckit_reflex.capsule.rollups import (
     bin_of,
     bin_value,
     histogram_percentile,
-    rollup_deltas,
+    ZERO_BIN,
+    add_bins,
+    decode_bins,
+    encode_bins,
+    rollup_increments,
 )
 from speckit_reflex.capsule.schema import EventRow
 from speckit_reflex.capsule.stats import GroupStats
@@ -127,10 +132,14 @@ def test_replays_are_not_counted_twice(migrated_url: str):
             rolled = conn.execute(text("SELECT sum(attempts), sum(successes) FROM attempt_rollups")).one()
             raw = conn.execute(text(
                 "SELECT count(*), sum(CASE WHEN success THEN 1 ELSE 0 END) FROM events WHERE type = 3")).one()
-            lat, ttft = (conn.execute(text(f"SELECT sum(samples) FROM attempt_histograms WHERE metric = {m}"))
-                         .scalar() for m in (1, 2))
+            bins = conn.execute(text("SELECT latency_bins, ttft_bins FROM attempt_rollups")).all()
         assert tuple(rolled) == tuple(raw) == (300, sum(e.success for e in events))
-        assert (lat, ttft) == (300, sum(e.HasField("ttft_ms") for e in events))
+        latency: dict[int, int] = {}
+        ttft: dict[int, int] = {}
+        for lat_bins, ttft_bins in bins:
+            add_bins(latency, decode_bins(lat_bins))
+            add_bins(ttft, decode_bins(ttft_bins))
+        assert sum(latency.values()) == 300 and sum(ttft.values()) == sum(e.HasField("ttft_ms") for e in events)
         stats = store.attempt_stats(TimeWindow(T0_US - 10 * HOUR_US, T0_US + 1, "custom"))
         assert stats.by_mode[REFLEX].total == 200 and stats.by_mode[CLOUD].total == 100
     finally:
@@ -206,11 +215,22 @@ def test_histogram_percentile_follows_percentile_cont():
     assert histogram_percentile([(bin_of(42.0), 1)], 0.95) == bin_value(bin_of(42.0))
 
 
-def test_rollup_deltas_count_each_sample_once():
+def test_rollup_increments_count_each_sample_once():
     samples = [(T0_US + i, REFLEX, "m", i % 2 == 0, True, 10.0 * (i + 1), None if i % 2 else 5.0, 0.0, 100, None)
-               for i in range(4)]
-    d = rollup_deltas(samples)
+               for i in range(4)] + [(T0_US - HOUR_US, CLOUD, "c", True, False, 0.0, None, 30.0, 100, 60)]
+    incs = rollup_increments(samples)
     hour = T0_US - T0_US % HOUR_US
-    assert d.counters == [(hour, REFLEX, "m", 4, 2, 4, 0.0, 0, 0, 0, 0)]
-    assert sum(b[-1] for b in d.bins if b[3] == 1) == 4 and sum(b[-1] for b in d.bins if b[3] == 2) == 2
-    assert d.bins == sorted(d.bins)
+    assert [(i.key, i.counters) for i in incs] == [
+        ((hour - HOUR_US, CLOUD, "c"), [1, 1, 0, 30.0, 1, 60, 100, 1]),
+        ((hour, REFLEX, "m"), [4, 2, 4, 0.0, 0, 0, 0, 0]),
+    ]
+    assert incs[1].latency_bins == {bin_of(10.0 * (i + 1)): 1 for i in range(4)}
+    assert incs[1].ttft_bins == {bin_of(5.0): 2}
+    assert incs[0].latency_bins == {bin_of(0.0): 1} and incs[0].ttft_bins == {}
+    merged = decode_bins(encode_bins(incs[1].latency_bins))
+    assert merged == incs[1].latency_bins
+    add_bins(merged, incs[1].latency_bins)
+    assert merged == {b: 2 for b in incs[1].latency_bins}
+    with_zero = {ZERO_BIN: 3, -2: 1, 4: 5}
+    assert encode_bins(with_zero) == "[3,-2,1,0,0,0,0,0,5]" and decode_bins(encode_bins(with_zero)) == with_zero
+    assert decode_bins(encode_bins({ZERO_BIN: 2})) == {ZERO_BIN: 2} and encode_bins({}) == "[]"

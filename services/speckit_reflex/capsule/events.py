@@ -32,7 +32,8 @@ COLUMNS = (
     "bakeoff_run_id", "task_id", "payload", "request", "response", "capture_mode",
     "request_sha256", "response_sha256",
 )
-_HEX = frozenset("0123456789abcdef")
+_HEX_CHARS = "0123456789abcdef"
+_INF = math.inf
 
 
 class MalformedJson(ValueError):
@@ -74,19 +75,35 @@ def dict_to_struct(d: dict[str, Any] | None, out: struct_pb2.Struct) -> None:
 
 
 def _sha_or_empty(given: str) -> str:
-    return given if len(given) == 64 and set(given) <= _HEX else ""
+    # str.strip with a character set runs in C; set(given) built a set per call.
+    return given if len(given) == 64 and not given.strip(_HEX_CHARS) else ""
 
 
-def _finite(name: str, value: float, index: int) -> float:
-    if not math.isfinite(value) or value < 0:
-        raise InvalidArgument(f"events[{index}]: {name} must be a finite number >= 0 (got {value})")
-    return value
+def _not_finite(name: str, value: float, index: int) -> InvalidArgument:
+    return InvalidArgument(f"events[{index}]: {name} must be a finite number >= 0 (got {value})")
+
+
+def _documents(ev: common_pb2.Event, index: int, capture_mode: str) -> tuple[Any, Any, Any, str, str]:
+    """Redacted payload, captured request/response and their hashes."""
+    eid = ev.id
+    has = ev.HasField
+    try:
+        payload = redact(struct_to_dict(ev.payload)) if has("payload") else None
+        request = redact(struct_to_dict(ev.request)) if has("request") else None
+        response = redact(struct_to_dict(ev.response)) if has("response") else None
+    except MalformedJson as exc:
+        raise InvalidArgument(f"events[{index}] (id {eid}): malformed payload/request/response: {exc}") from None
+    stored_req, req_sha = capture(request, capture_mode)
+    stored_resp, resp_sha = capture(response, capture_mode)
+    return payload, stored_req, stored_resp, req_sha, resp_sha
 
 
 def event_to_row(ev: common_pb2.Event, index: int, capture_mode: str, now_us: int) -> tuple[Any, ...]:
     """Validate one event and return its row tuple (COLUMNS order).
 
     Raises InvalidArgument naming `index`, the event's place in its batch.
+    This runs once per ingested event: attribute reads are bound once, and
+    an event without documents skips the Struct walk and capture entirely.
     """
     eid = ev.id
     if not eid or not eid.strip():
@@ -97,31 +114,42 @@ def event_to_row(ev: common_pb2.Event, index: int, capture_mode: str, now_us: in
     if etype not in VALID_TYPES:
         what = "unspecified" if etype == 0 else f"unknown ({etype})"
         raise InvalidArgument(f"events[{index}] (id {eid}): event type is {what}")
-    if ev.role not in VALID_ROLES or ev.mode not in VALID_MODES or ev.stage not in VALID_STAGES:
+    role, mode, stage = ev.role, ev.mode, ev.stage
+    if role not in VALID_ROLES or mode not in VALID_MODES or stage not in VALID_STAGES:
         raise InvalidArgument(f"events[{index}] (id {eid}): unknown role, mode or stage value")
-    ts = ev.time
-    time_us = ts.seconds * 1_000_000 + ts.nanos // 1000 if ev.HasField("time") else now_us
-    try:
-        payload = redact(struct_to_dict(ev.payload)) if ev.HasField("payload") else None
-        request = redact(struct_to_dict(ev.request)) if ev.HasField("request") else None
-        response = redact(struct_to_dict(ev.response)) if ev.HasField("response") else None
-    except MalformedJson as exc:
-        raise InvalidArgument(f"events[{index}] (id {eid}): malformed payload/request/response: {exc}") from None
-    stored_req, req_sha = capture(request, capture_mode)
-    stored_resp, resp_sha = capture(response, capture_mode)
+    has = ev.HasField
+    if has("time"):
+        ts = ev.time
+        time_us = ts.seconds * 1_000_000 + ts.nanos // 1000
+    else:
+        time_us = now_us
+    # Chained comparisons reject NaN, infinities and negatives in one test.
+    latency = ev.latency_ms
+    if not 0.0 <= latency < _INF:
+        raise _not_finite("latency_ms", latency, index)
+    ttft = None
+    if has("ttft_ms"):
+        ttft = ev.ttft_ms
+        if not 0.0 <= ttft < _INF:
+            raise _not_finite("ttft_ms", ttft, index)
+    tps = ev.tokens_per_s
+    if not 0.0 <= tps < _INF:
+        raise _not_finite("tokens_per_s", tps, index)
+    if has("payload") or has("request") or has("response"):
+        payload, stored_req, stored_resp, req_sha, resp_sha = _documents(ev, index, capture_mode)
+    else:
+        payload = stored_req = stored_resp = None
+        req_sha = resp_sha = ""
     if capture_mode != "none":
         # A caller that already hashed (and dropped) the body may send the hash.
         req_sha = req_sha or _sha_or_empty(ev.request_sha256)
         resp_sha = resp_sha or _sha_or_empty(ev.response_sha256)
     return (
-        eid, etype, time_us, ev.role, ev.mode, ev.model, ev.backend, ev.stage, ev.session_id, ev.run_id,
-        ev.reason, ev.is_fallback, _finite("latency_ms", ev.latency_ms, index),
-        _finite("ttft_ms", ev.ttft_ms, index) if ev.HasField("ttft_ms") else None,
-        ev.prompt_tokens, ev.completion_tokens,
-        ev.cached_tokens if ev.HasField("cached_tokens") else None,
-        _finite("tokens_per_s", ev.tokens_per_s, index),
-        ev.success if ev.HasField("success") else None,
-        ev.json_valid if ev.HasField("json_valid") else None,
+        eid, etype, time_us, role, mode, ev.model, ev.backend, stage, ev.session_id, ev.run_id,
+        ev.reason, ev.is_fallback, latency, ttft, ev.prompt_tokens, ev.completion_tokens,
+        ev.cached_tokens if has("cached_tokens") else None, tps,
+        ev.success if has("success") else None,
+        ev.json_valid if has("json_valid") else None,
         ev.attempt, ev.policy_hash, ev.bakeoff_run_id, ev.task_id,
         payload, stored_req, stored_resp, capture_mode, req_sha, resp_sha,
     )

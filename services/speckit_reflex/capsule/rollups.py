@@ -9,11 +9,15 @@ value x > 0 falls in bin i = ceil(ln x / ln γ), i.e. (γ^(i-1), γ^i], whose
 representative 2γ^i / (γ + 1) is within RELATIVE_ERROR of every value in it.
 Values below MIN_VALUE_MS (0 included) share ZERO_BIN, represented by 0.
 
-Why an hour: a bin row exists only where values fell, so one hour holds at
-most a few hundred rows per (mode, model) and metric whatever the traffic;
-finer buckets multiply rows without saving reads. The statistics read the
-partial hours at a window's edges from the events themselves, so counts and
-window boundaries stay exact.
+Each histogram is a dense JSON list in the key's one row (encode_bins), so a
+batch writes one row per (hour, mode, model) it touches, however widely its
+values spread (a row per bin would mean about one upsert per event), and a
+window is read as hours x models rows. The maps are merged in Python under
+the rows' locks: merging string-keyed JSON maps in SQL (jsonb_each, group,
+jsonb_object_agg) cost about 1 ms a row. Why an hour: finer buckets multiply
+rows without saving reads. The statistics read the partial hours at a
+window's edges from the events themselves, so counts and window boundaries
+stay exact.
 
 The same bin formula exists in SQL (`bin_sql`) for those edges and for the
 migration's backfill. A value exactly on a bin boundary may land on either
@@ -22,9 +26,10 @@ side depending on rounding; both bins hold it within the stated error.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 BUCKET_US = 3_600_000_000
@@ -34,7 +39,7 @@ LN_GAMMA = math.log(GAMMA)
 MIN_VALUE_MS = 0.001
 ZERO_BIN = -32768
 
-# Histogram metrics (attempt_histograms.metric).
+# Histogram metrics (edge bins computed in SQL are tagged with these).
 LATENCY = 1
 TTFT = 2
 
@@ -80,25 +85,33 @@ def bin_value(b: int) -> float:
     return 2 * GAMMA**b / (GAMMA + 1)
 
 
-@dataclass(frozen=True)
-class RollupDeltas:
-    """What one batch adds, sorted by key so concurrent writers lock rows in
-    the same order (no deadlocks between upserting transactions)."""
+@dataclass
+class RollupIncrement:
+    """What one batch adds to one (hour, mode, model) rollup."""
 
-    counters: list[tuple[Any, ...]]  # (bucket_us, mode, model, *COUNTER_COLUMNS)
-    bins: list[tuple[Any, ...]]  # (bucket_us, mode, model, metric, bin, samples)
+    bucket_us: int
+    mode: int
+    model: str
+    counters: list[Any]  # COUNTER_COLUMNS order
+    latency_bins: dict[int, int] = field(default_factory=dict)
+    ttft_bins: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[int, int, str]:
+        return (self.bucket_us, self.mode, self.model)
 
 
-def rollup_deltas(samples: Iterable[AttemptSample]) -> RollupDeltas:
-    """Aggregate newly stored attempts into counter and histogram increments."""
-    counters: dict[tuple[Any, ...], list[Any]] = {}
-    bins: dict[tuple[Any, ...], int] = {}
+def rollup_increments(samples: Iterable[AttemptSample]) -> list[RollupIncrement]:
+    """Aggregate newly stored attempts into increments, sorted by key so
+    concurrent writers lock rollup rows in the same order."""
+    acc: dict[tuple[int, int, str], RollupIncrement] = {}
+    log, ceil, ln_gamma = math.log, math.ceil, LN_GAMMA  # bound once: this runs per attempt
     for time_us, mode, model, success, json_valid, latency, ttft, tps, prompt, cached in samples:
-        bucket = time_us - time_us % BUCKET_US
-        key = (bucket, mode, model)
-        c = counters.get(key)
-        if c is None:
-            c = counters[key] = [0, 0, 0, 0.0, 0, 0, 0, 0]
+        key = (time_us - time_us % BUCKET_US, mode, model)
+        inc = acc.get(key)
+        if inc is None:
+            inc = acc[key] = RollupIncrement(*key, [0, 0, 0, 0.0, 0, 0, 0, 0])
+        c = inc.counters
         c[0] += 1
         if success:
             c[1] += 1
@@ -111,15 +124,44 @@ def rollup_deltas(samples: Iterable[AttemptSample]) -> RollupDeltas:
             c[5] += cached
             c[6] += prompt
             c[7] += 1
-        k = (bucket, mode, model, LATENCY, bin_of(latency))
-        bins[k] = bins.get(k, 0) + 1
+        b = ceil(log(latency) / ln_gamma) if latency >= MIN_VALUE_MS else ZERO_BIN
+        inc.latency_bins[b] = inc.latency_bins.get(b, 0) + 1
         if ttft is not None:
-            k = (bucket, mode, model, TTFT, bin_of(ttft))
-            bins[k] = bins.get(k, 0) + 1
-    return RollupDeltas(
-        counters=[(*k, *v) for k, v in sorted(counters.items())],
-        bins=[(*k, n) for k, n in sorted(bins.items())],
-    )
+            b = ceil(log(ttft) / ln_gamma) if ttft >= MIN_VALUE_MS else ZERO_BIN
+            inc.ttft_bins[b] = inc.ttft_bins.get(b, 0) + 1
+    return [acc[k] for k in sorted(acc)]
+
+
+def add_bins(into: dict[int, int], bins: dict[int, int]) -> None:
+    """Add the samples of one {bin: samples} histogram into another."""
+    for b, n in bins.items():
+        into[b] = into.get(b, 0) + n
+
+
+def encode_bins(bins: dict[int, int]) -> str:
+    """A histogram as stored: JSON [zero-bin samples, first bin, samples of
+    each bin from the first to the last]. Dense, because decoding and adding
+    flat integer lists is several times cheaper than string-keyed maps, and
+    the bins between a group's fastest and slowest values are mostly used."""
+    zero = bins.get(ZERO_BIN, 0)
+    used = [b for b in bins if b != ZERO_BIN]
+    if not used:
+        return f"[{zero}]" if zero else "[]"
+    first = min(used)
+    dense = [0] * (max(used) - first + 1)
+    for b in used:
+        dense[b - first] = bins[b]
+    return json.dumps([zero, first, *dense], separators=(",", ":"))
+
+
+def decode_bins(doc: str | list[int]) -> dict[int, int]:
+    """The {bin: samples} histogram of a stored one (JSON text or parsed)."""
+    values = json.loads(doc) if isinstance(doc, str) else doc
+    out = {ZERO_BIN: values[0]} if values and values[0] else {}
+    if len(values) > 1:
+        first = values[1]
+        out.update((first + i, n) for i, n in enumerate(values[2:]) if n)
+    return out
 
 
 def histogram_percentile(bins: Sequence[tuple[int, int]], p: float) -> float | None:

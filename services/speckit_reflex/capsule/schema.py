@@ -144,8 +144,9 @@ class TrialRow(Base):
 
 
 class AttemptRollupRow(Base):
-    """Exact counters of the PatchAttempt events of one hour, mode and model
-    (see capsule/rollups.py); updated in the transaction that stores them."""
+    """Exact counters and latency/TTFT histograms of the PatchAttempt events
+    of one hour, mode and model (see capsule/rollups.py); updated in the
+    transaction that stores the events."""
 
     __tablename__ = "attempt_rollups"
 
@@ -162,17 +163,8 @@ class AttemptRollupRow(Base):
     cached_tokens: Mapped[int] = mapped_column(BigInteger)
     cached_prompt_tokens: Mapped[int] = mapped_column(BigInteger)
     cache_reported: Mapped[int] = mapped_column(BigInteger)
+    # Log-bucketed histograms as {"<bin>": samples}: one row per key keeps a
+    # batch's upsert to a handful of rows however widely its values spread.
+    latency_bins: Mapped[Any] = mapped_column(JsonDoc, nullable=False)
+    ttft_bins: Mapped[Any] = mapped_column(JsonDoc, nullable=False)
 
-
-class AttemptHistogramRow(Base):
-    """One bin of a log-bucketed histogram (latency or TTFT) of one hour,
-    mode and model: how many attempts' values fell in it."""
-
-    __tablename__ = "attempt_histograms"
-
-    bucket_us: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    mode: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
-    model: Mapped[str] = mapped_column(Text, primary_key=True)
-    metric: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
-    bin: Mapped[int] = mapped_column(Integer, primary_key=True)
-    samples: Mapped[int] = mapped_column(BigInteger)

@@ -23,6 +23,8 @@ from speckit_reflex.capsule.rollups import (
     TTFT,
     bin_sql,
     histogram_percentile,
+    add_bins,
+    decode_bins,
 )
 from speckit_reflex.capsule.schema import PATCH_ATTEMPT
 from speckit_reflex.capsule.windows import TimeWindow
@@ -127,9 +129,13 @@ def _split(window: TimeWindow) -> dict[str, int]:
     return {"start": window.start_us, "end": window.end_us, "full_start": full_start, "full_end": full_end}
 
 
-_EDGES = (
-    f"type = {PATCH_ATTEMPT} AND ((time_us >= :start AND time_us < :full_start) "
-    "OR (time_us >= :full_end AND time_us < :end))"
+# PatchAttempts of the partial hours at both edges, as two range scans of the
+# covering partial index (an OR of the ranges can turn into a full scan).
+_EDGE_COLUMNS = "mode, model, success, json_valid, latency_ms, ttft_ms, tokens_per_s, prompt_tokens, cached_tokens"
+_EDGE_EVENTS = (
+    f"(SELECT {_EDGE_COLUMNS} FROM events WHERE type = {PATCH_ATTEMPT} AND time_us >= :start AND time_us < :full_start "
+    f"UNION ALL SELECT {_EDGE_COLUMNS} FROM events "
+    f"WHERE type = {PATCH_ATTEMPT} AND time_us >= :full_end AND time_us < :end) edge"
 )
 
 _ROLLUP_COUNTERS = f"""
@@ -144,24 +150,22 @@ FROM (
          coalesce(sum(CASE WHEN tokens_per_s <> 0 THEN tokens_per_s END), 0),
          sum(CASE WHEN tokens_per_s <> 0 THEN 1 ELSE 0 END), coalesce(sum(cached_tokens), 0),
          sum(CASE WHEN cached_tokens IS NOT NULL THEN prompt_tokens ELSE 0 END), count(cached_tokens)
-  FROM events WHERE {_EDGES}
+  FROM {_EDGE_EVENTS}
   GROUP BY mode, model
 ) parts
 GROUP BY mode, model
 """
 
-_ROLLUP_BINS = f"""
-SELECT mode, model, metric, bin, sum(samples) FROM (
-  SELECT mode, model, metric, bin, samples
-  FROM attempt_histograms WHERE bucket_us >= :full_start AND bucket_us < :full_end
-  UNION ALL
-  SELECT mode, model, {LATENCY}, {bin_sql("latency_ms")}, count(*) FROM events WHERE {_EDGES} GROUP BY 1, 2, 3, 4
-  UNION ALL
-  SELECT mode, model, {TTFT}, {bin_sql("ttft_ms")}, count(*) FROM events
-  WHERE {_EDGES} AND ttft_ms IS NOT NULL GROUP BY 1, 2, 3, 4
-) parts
-GROUP BY mode, model, metric, bin
-ORDER BY mode, model, metric, bin
+_ROLLUP_BINS = """
+SELECT mode, model, latency_bins, ttft_bins
+FROM attempt_rollups WHERE bucket_us >= :full_start AND bucket_us < :full_end
+"""
+
+_EDGE_BINS = f"""
+SELECT mode, model, {LATENCY}, {bin_sql("latency_ms")}, count(*) FROM {_EDGE_EVENTS} GROUP BY 1, 2, 3, 4
+UNION ALL
+SELECT mode, model, {TTFT}, {bin_sql("ttft_ms")}, count(*) FROM {_EDGE_EVENTS}
+WHERE ttft_ms IS NOT NULL GROUP BY 1, 2, 3, 4
 """
 
 
@@ -187,11 +191,19 @@ def _histogram_stats(conn: Connection, window: TimeWindow, counters: dict[tuple[
     for mode, c in per_mode.items():
         _from_counters(_group(out, mode, None), c)
     bins: dict[tuple[int, str | None, int], dict[int, int]] = {}
-    for mode, model, metric, b, n in conn.execute(text(_ROLLUP_BINS), _split(window)):
+    params = _split(window)
+    for mode, model, latency_bins, ttft_bins in conn.execute(text(_ROLLUP_BINS), params):
+        for metric, doc in ((LATENCY, latency_bins), (TTFT, ttft_bins)):
+            hist = decode_bins(doc)
+            add_bins(bins.setdefault((mode, model, metric), {}), hist)
+            add_bins(bins.setdefault((mode, None, metric), {}), hist)
+    for mode, model, metric, b, n in conn.execute(text(_EDGE_BINS), params):
         for key in ((mode, model, metric), (mode, None, metric)):
             per_bin = bins.setdefault(key, {})
             per_bin[b] = per_bin.get(b, 0) + int(n)
     for (mode, model, metric), per_bin in bins.items():
+        if not per_bin:  # an hour whose attempts reported no TTFT
+            continue
         g = _group(out, mode, model)
         ordered = sorted(per_bin.items())
         p50, p95 = (histogram_percentile(ordered, p) for p in PERCENTILES)

@@ -21,13 +21,21 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import psycopg
-from sqlalchemy import Connection, Engine, case, create_engine, event, func, select, tuple_
+from sqlalchemy import Connection, Engine, case, create_engine, event, func, select, text, tuple_
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 
 from speckit_reflex.capsule import migrate
 from speckit_reflex.capsule.events import COLUMNS
-from speckit_reflex.capsule.rollups import COUNTER_COLUMNS, SAMPLE_COLUMNS, RollupDeltas, rollup_deltas
+from speckit_reflex.capsule.rollups import (
+    COUNTER_COLUMNS,
+    SAMPLE_COLUMNS,
+    RollupIncrement,
+    add_bins,
+    decode_bins,
+    encode_bins,
+    rollup_increments,
+)
 from speckit_reflex.capsule.schema import PATCH_ATTEMPT, BakeoffRunRow, EventRow, TrialRow
 from speckit_reflex.capsule.stats import EXACT_PERCENTILE_LIMIT, AttemptStats, attempt_stats, latency_histogram
 from speckit_reflex.capsule.windows import TimeWindow
@@ -61,35 +69,24 @@ _MERGE_EVENTS = (
     f"INSERT INTO events ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} "
     f"FROM events_incoming ON CONFLICT (id) DO NOTHING RETURNING type, {', '.join(SAMPLE_COLUMNS)}"
 )
-_COUNTER_UPDATES = ", ".join(f"{c} = attempt_rollups.{c} + excluded.{c}" for c in COUNTER_COLUMNS)
-_ROLLUP_KEY = ("bucket_us", "mode", "model")
-_BIN_COLUMNS = ("bucket_us", "mode", "model", "metric", "bin", "samples")
-_PG_COUNTER_TYPES = ("bigint", "smallint", "text", "bigint", "bigint", "bigint", "float8", "bigint", "bigint",
-                     "bigint", "bigint")
-_PG_BIN_TYPES = ("bigint", "smallint", "text", "smallint", "integer", "bigint")
-
-
-def _upsert_sql(table: str, columns: Sequence[str], key: Sequence[str], updates: str, pg_types: Sequence[str] | None) -> str:
-    """One upsert of rollup rows: from parallel arrays (PostgreSQL, one round
-    trip for the whole batch) or from executemany parameters (SQLite)."""
-    if pg_types is None:
-        source = f"VALUES ({', '.join('?' for _ in columns)})"
-    else:
-        arrays = ", ".join(f"%s::{t}[]" for t in pg_types)
-        source = f"SELECT * FROM unnest({arrays})"
-    return (
-        f"INSERT INTO {table} ({', '.join(columns)}) {source} "
-        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
-    )
-
-
-_COUNTER_ALL = (*_ROLLUP_KEY, *COUNTER_COLUMNS)
-_BIN_KEY = _BIN_COLUMNS[:-1]
-_BIN_UPDATE = "samples = attempt_histograms.samples + excluded.samples"
-_PG_UPSERT_COUNTERS = _upsert_sql("attempt_rollups", _COUNTER_ALL, _ROLLUP_KEY, _COUNTER_UPDATES, _PG_COUNTER_TYPES)
-_PG_UPSERT_BINS = _upsert_sql("attempt_histograms", _BIN_COLUMNS, _BIN_KEY, _BIN_UPDATE, _PG_BIN_TYPES)
-_SQLITE_UPSERT_COUNTERS = _upsert_sql("attempt_rollups", _COUNTER_ALL, _ROLLUP_KEY, _COUNTER_UPDATES, None)
-_SQLITE_UPSERT_BINS = _upsert_sql("attempt_histograms", _BIN_COLUMNS, _BIN_KEY, _BIN_UPDATE, None)
+_ROLLUP_COLUMNS = ("bucket_us", "mode", "model", *COUNTER_COLUMNS, "latency_bins", "ttft_bins")
+_ROLLUP_KEY = "bucket_us = :bucket_us AND mode = :mode AND model = :model"
+# Rollup rows are read, merged in Python and written back under row locks:
+# first every key of the batch is claimed (an empty row where none exists),
+# then the hours' rows are locked in key order, so two writers never wait on
+# each other in opposite orders.
+_CLAIM_ROLLUPS = (
+    f"INSERT INTO attempt_rollups ({', '.join(_ROLLUP_COLUMNS)}) "
+    f"VALUES (:bucket_us, :mode, :model, {', '.join('0' for _ in COUNTER_COLUMNS)}, '[]', '[]') "
+    "ON CONFLICT (bucket_us, mode, model) DO NOTHING"
+)
+_READ_ROLLUPS = (
+    f"SELECT {', '.join(_ROLLUP_COLUMNS)} FROM attempt_rollups "
+    "WHERE bucket_us >= :first AND bucket_us <= :last ORDER BY bucket_us, mode, model"
+)
+_WRITE_ROLLUPS = (
+    f"UPDATE attempt_rollups SET {', '.join(f'{c} = :{c}' for c in _ROLLUP_COLUMNS[3:])} WHERE {_ROLLUP_KEY}"
+)
 
 
 def _db_call(fn: Callable[P, T]) -> Callable[P, T]:
@@ -235,15 +232,27 @@ def _sqlite_insert_events(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> 
     return len(returned), [tuple(r[1:]) for r in returned if r[0] == PATCH_ATTEMPT]
 
 
-def _upsert_rollups(raw: Any, deltas: RollupDeltas, *, postgres: bool) -> None:
-    """Add a batch's increments to the rollups (rows come sorted by key)."""
-    if postgres:
-        with raw.cursor() as cur:
-            cur.execute(_PG_UPSERT_COUNTERS, [list(col) for col in zip(*deltas.counters, strict=True)])
-            cur.execute(_PG_UPSERT_BINS, [list(col) for col in zip(*deltas.bins, strict=True)])
-    else:
-        raw.executemany(_SQLITE_UPSERT_COUNTERS, deltas.counters)
-        raw.executemany(_SQLITE_UPSERT_BINS, deltas.bins)
+def _add_rollups(conn: Connection, increments: list[RollupIncrement], *, postgres: bool) -> None:
+    """Add a batch's increments (sorted by key) to the rollup rows."""
+    conn.execute(text(_CLAIM_ROLLUPS), [{"bucket_us": i.bucket_us, "mode": i.mode, "model": i.model}
+                                        for i in increments])
+    # SQLite already holds the database's write lock (the events insert took it).
+    read = _READ_ROLLUPS + (" FOR UPDATE" if postgres else "")
+    span = {"first": increments[0].bucket_us, "last": increments[-1].bucket_us}
+    stored = {tuple(r[:3]): r for r in conn.execute(text(read), span)}
+    updates = []
+    for inc in increments:
+        row = stored[inc.key]
+        latency, ttft = decode_bins(row[11]), decode_bins(row[12])
+        add_bins(latency, inc.latency_bins)
+        add_bins(ttft, inc.ttft_bins)
+        values = [a + b for a, b in zip(row[3:11], inc.counters, strict=True)]
+        updates.append({
+            "bucket_us": inc.bucket_us, "mode": inc.mode, "model": inc.model,
+            **dict(zip(COUNTER_COLUMNS, values, strict=True)),
+            "latency_bins": encode_bins(latency), "ttft_bins": encode_bins(ttft),
+        })
+    conn.execute(text(_WRITE_ROLLUPS), updates)
 
 
 class CapsuleStore:
@@ -294,7 +303,7 @@ class CapsuleStore:
             else:
                 inserted, samples = _sqlite_insert_events(conn, rows)
             if samples:
-                _upsert_rollups(raw, rollup_deltas(samples), postgres=self._postgres)
+                _add_rollups(conn, rollup_increments(samples), postgres=self._postgres)
             return inserted
 
     @_db_call
