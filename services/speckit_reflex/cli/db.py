@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Engine
-from sqlalchemy import exc as sa_exc
-
-from speckit_reflex.capsule import migrate
-from speckit_reflex.capsule.store import make_engine
 from speckit_reflex.cli.output import CliError, print_json, table
 from speckit_reflex.runtime.settings import RuntimeSettings
+
+# SQLAlchemy and Alembic are imported when a db command runs, not when the
+# CLI starts: every other command would pay ~0.5-1 s for them otherwise.
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 T = TypeVar("T")
 
@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     cur.set_defaults(func=run_current)
 
 
-def _show(url: str, state: migrate.SchemaState, as_json: bool, **extra: object) -> None:
+def _show(url: str, state: Any, as_json: bool, **extra: object) -> None:
     doc = {"database": url, **extra, "current": state.current, "head": state.head, "up_to_date": state.up_to_date}
     if as_json:
         print_json(doc)
@@ -45,6 +45,10 @@ def _show(url: str, state: migrate.SchemaState, as_json: bool, **extra: object) 
 
 def _on_database(work: Callable[[Engine], T]) -> tuple[str, T]:
     """Run `work` on the settings' database; an unreachable one is a CliError."""
+    from sqlalchemy import exc as sa_exc
+
+    from speckit_reflex.capsule.store import make_engine
+
     url = RuntimeSettings().effective_database_url()
     engine = make_engine(url)
     shown = engine.url.render_as_string(hide_password=True)
@@ -58,6 +62,8 @@ def _on_database(work: Callable[[Engine], T]) -> tuple[str, T]:
 
 
 def run_upgrade(args: argparse.Namespace) -> int:
+    from speckit_reflex.capsule import migrate
+
     def work(engine: Engine) -> tuple[str | None, migrate.SchemaState]:
         before = migrate.schema_state(engine).current
         return before, migrate.upgrade(engine, args.revision)
@@ -68,6 +74,8 @@ def run_upgrade(args: argparse.Namespace) -> int:
 
 
 def run_current(args: argparse.Namespace) -> int:
+    from speckit_reflex.capsule import migrate
+
     shown, state = _on_database(migrate.schema_state)
     _show(shown, state, args.json)
     # Non-zero when behind, so scripts can gate on it.
