@@ -12,7 +12,7 @@ Values below MIN_VALUE_MS (0 included) share ZERO_BIN, represented by 0.
 Each histogram is a dense JSON list in the key's one row (encode_bins), so a
 batch writes one row per (hour, mode, model) it touches, however widely its
 values spread (a row per bin would mean about one upsert per event), and a
-window is read as hours x models rows. The maps are merged in Python under
+window is read as hours x models rows. Histograms are merged in Python under
 the rows' locks: merging string-keyed JSON maps in SQL (jsonb_each, group,
 jsonb_object_agg) cost about 1 ms a row. Why an hour: finer buckets multiply
 rows without saving reads. The statistics read the partial hours at a
@@ -56,16 +56,6 @@ COUNTER_COLUMNS = (
 )
 
 
-def bucket_start(time_us: int) -> int:
-    """Start of the rollup hour holding time_us (floor, also before 1970)."""
-    return time_us - time_us % BUCKET_US
-
-
-def bucket_sql(col: str = "time_us") -> str:
-    """bucket_start() in SQL; `%` truncates toward zero there, hence the fold."""
-    return f"({col} - (({col} % {BUCKET_US}) + {BUCKET_US}) % {BUCKET_US})"
-
-
 def bin_of(value: float) -> int:
     """The histogram bin of a value >= 0."""
     if value < MIN_VALUE_MS:
@@ -107,7 +97,7 @@ def rollup_increments(samples: Iterable[AttemptSample]) -> list[RollupIncrement]
     acc: dict[tuple[int, int, str], RollupIncrement] = {}
     log, ceil, ln_gamma = math.log, math.ceil, LN_GAMMA  # bound once: this runs per attempt
     for time_us, mode, model, success, json_valid, latency, ttft, tps, prompt, cached in samples:
-        key = (time_us - time_us % BUCKET_US, mode, model)
+        key = (time_us - time_us % BUCKET_US, mode, model)  # Python's % floors: right before 1970 too
         inc = acc.get(key)
         if inc is None:
             inc = acc[key] = RollupIncrement(*key, [0, 0, 0, 0.0, 0, 0, 0, 0])
@@ -142,7 +132,8 @@ def encode_bins(bins: dict[int, int]) -> str:
     """A histogram as stored: JSON [zero-bin samples, first bin, samples of
     each bin from the first to the last]. Dense, because decoding and adding
     flat integer lists is several times cheaper than string-keyed maps, and
-    the bins between a group's fastest and slowest values are mostly used."""
+    the bins between a group's fastest and slowest values are mostly used.
+    Bounded: finite doubles span bins -345 (MIN_VALUE_MS) to about 35,500."""
     zero = bins.get(ZERO_BIN, 0)
     used = [b for b in bins if b != ZERO_BIN]
     if not used:

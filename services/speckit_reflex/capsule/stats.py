@@ -129,8 +129,8 @@ def _split(window: TimeWindow) -> dict[str, int]:
     return {"start": window.start_us, "end": window.end_us, "full_start": full_start, "full_end": full_end}
 
 
-# PatchAttempts of the partial hours at both edges, as two range scans of the
-# covering partial index (an OR of the ranges can turn into a full scan).
+# PatchAttempts of the partial hours at both edges: two plain range
+# conditions, each a scan of the covering partial index.
 _EDGE_COLUMNS = "mode, model, success, json_valid, latency_ms, ttft_ms, tokens_per_s, prompt_tokens, cached_tokens"
 _EDGE_EVENTS = (
     f"(SELECT {_EDGE_COLUMNS} FROM events WHERE type = {PATCH_ATTEMPT} AND time_us >= :start AND time_us < :full_start "
