@@ -85,7 +85,8 @@ class ScriptedInference:
             raise item
         out = inference_pb2.CompleteReply()
         out.CopyFrom(item)
-        out.backend = request.backend
+        # Like the adapter: an unnamed reflex backend is the first local one.
+        out.backend = request.backend or "local"
         out.model = request.model
         return out
 

@@ -440,7 +440,10 @@ class _Run:
             self.feedback,
         )
         request = inference_pb2.CompleteRequest(
-            backend=decision.backend,
+            # Reflex: name the model only, so the adapter can fail over to the
+            # next local backend serving it if the Router's pick just died
+            # (its health view may be one probe interval old). Cloud: as decided.
+            backend="" if decision.mode == common_pb2.ROUTING_MODE_REFLEX else decision.backend,
             model=decision.model,
             messages=[inference_pb2.ChatMessage(**m) for m in messages],
             max_tokens=self.spec.max_tokens,
