@@ -71,6 +71,9 @@ _MERGE_EVENTS = (
 )
 _ROLLUP_COLUMNS = ("bucket_us", "mode", "model", *COUNTER_COLUMNS, "latency_bins", "ttft_bins")
 _ROLLUP_KEY = "bucket_us = :bucket_us AND mode = :mode AND model = :model"
+# Where a read rollup row keeps its counters and its two histograms.
+_COUNTERS_AT = slice(3, 3 + len(COUNTER_COLUMNS))
+_LATENCY_AT, _TTFT_AT = _ROLLUP_COLUMNS.index("latency_bins"), _ROLLUP_COLUMNS.index("ttft_bins")
 # Rollup rows are read, merged in Python and written back under row locks:
 # first every key of the batch is claimed (an empty row where none exists),
 # then the hours' rows are locked in key order, so two writers never wait on
@@ -243,10 +246,10 @@ def _add_rollups(conn: Connection, increments: list[RollupIncrement], *, postgre
     updates = []
     for inc in increments:
         row = stored[inc.key]
-        latency, ttft = decode_bins(row[11]), decode_bins(row[12])
+        latency, ttft = decode_bins(row[_LATENCY_AT]), decode_bins(row[_TTFT_AT])
         add_bins(latency, inc.latency_bins)
         add_bins(ttft, inc.ttft_bins)
-        values = [a + b for a, b in zip(row[3:11], inc.counters, strict=True)]
+        values = [a + b for a, b in zip(row[_COUNTERS_AT], inc.counters, strict=True)]
         updates.append({
             "bucket_us": inc.bucket_us, "mode": inc.mode, "model": inc.model,
             **dict(zip(COUNTER_COLUMNS, values, strict=True)),
