@@ -343,15 +343,6 @@ def report(res: dict[str, Any]) -> None:
         print(f"{name:46} {value:>22}  {target:>12}  {mark}")
 
 
-
-def _run_loop(main):  # type: ignore[no-untyped-def]
-    """uvloop when installed, as `speckit serve` uses: client and servers on the same kind of loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
-
 def main() -> int:
     ap = argparse.ArgumentParser(description="Inference Adapter overhead benchmark")
     ap.add_argument("--calls", type=int, default=2000, help="unary calls per side")
@@ -362,7 +353,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60.0, help="time bound of the unary phase")
     ap.add_argument("--no-litellm", action="store_true")
     args = ap.parse_args()
-    res = _run_loop(run(args))
+    res = asyncio.run(run(args))
     res["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
     res["targets"] = TARGETS
     res["command"] = "python bench/inference_overhead.py " + " ".join(sys.argv[1:])

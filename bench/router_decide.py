@@ -232,15 +232,6 @@ async def measure(addr: str, sequential: int, seconds: float, concurrency: int) 
     }
 
 
-
-def _run_loop(main):  # type: ignore[no-untyped-def]
-    """uvloop when installed, as `speckit serve` uses: client and servers on the same kind of loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sequential", type=int, default=3000, help="sequential Decide calls (latency)")
@@ -250,7 +241,7 @@ def main() -> int:
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_peers:
-        _run_loop(serve_peers(*args.serve_peers))
+        asyncio.run(serve_peers(*args.serve_peers))
         return 0
 
     router_port, inference_port, capsule_port, floor_port = _free_port(), _free_port(), _free_port(), _free_port()
@@ -276,9 +267,9 @@ def main() -> int:
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "speckit_reflex.cli.main", "serve", "router"], env=env, cwd=tmp,
             ))
-            result = _run_loop(measure(f"127.0.0.1:{router_port}", args.sequential, args.seconds,
+            result = asyncio.run(measure(f"127.0.0.1:{router_port}", args.sequential, args.seconds,
                                          args.concurrency))
-            floor = _run_loop(measure(f"127.0.0.1:{floor_port}", args.sequential, args.seconds,
+            floor = asyncio.run(measure(f"127.0.0.1:{floor_port}", args.sequential, args.seconds,
                                         args.concurrency))
         finally:
             # Router first, so its queued decision events still reach the peer Capsule.

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(settings.log_format, settings.log_level)
     names = list(SERVICE_ORDER) if args.service == "all" else [args.service]
     try:
-        _run_loop(_serve(names, settings))
+        asyncio.run(_serve(names, settings))
     except PolicyError as exc:
         raise CliError(str(exc), exit_code=2) from None
     except DomainError as exc:
@@ -36,16 +36,6 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(str(exc)) from None
     return 0
-
-
-def _run_loop(main) -> None:  # type: ignore[no-untyped-def]
-    """Run on uvloop where it is installed (faster gRPC and HTTP I/O), else asyncio."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-        return
-    uvloop.run(main)
 
 
 async def _serve(names: list[str], settings: RuntimeSettings) -> None:
