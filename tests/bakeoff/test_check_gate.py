@@ -114,4 +114,5 @@ async def test_bakeoff_shows_the_seed_json_shape_and_a_table(services_factory, m
     assert table.code == 0
     assert "Bakeoff statistics, last 24h" in table.stdout and "unknown" in table.stdout
     bad = await _cli(["reflex", "bakeoff", "--since", "fortnight"], env)
-    assert bad.code == 1 and "INVALID_ARGUMENT" in bad.stderr
+    # Refused by the CLI itself (a usage error), before any service is called.
+    assert bad.code == 2 and "'fortnight' is not a window" in bad.stderr and bad.stdout == ""

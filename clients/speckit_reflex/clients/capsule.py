@@ -112,6 +112,8 @@ def mode_stats_to_json(s: capsule_pb2.ModeStats) -> dict[str, Any]:
         "mean_tokens_per_s": _r(s.mean_tokens_per_s),
         "cache_hit_rate": round(s.cache_hit_rate, 3) if s.HasField("cache_hit_rate") else None,
         "cache_reported_attempts": s.cache_reported_attempts,
+        # "exact", or "histogram" (<= 1 % relative error) over large windows.
+        "percentile_method": s.percentile_method or "exact",
     }
     return out
 

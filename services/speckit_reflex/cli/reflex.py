@@ -8,6 +8,7 @@ non-zero exit. Every command reaches the services only through `clients/`.
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,16 +20,23 @@ from speckit_reflex.clients.capsule import stats_to_seed_json, window
 WINDOW_HELP = "window back from now: 1h, 24h, 7d, 30d (default 24h)"
 
 
+def _window_arg(text: str) -> str:
+    """`--since` checked before any service is called: `<n>` then s, m, h or d."""
+    if re.fullmatch(r"[1-9][0-9]*[smhd]", text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a window like 1h, 24h, 7d or 30d")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reflex", help="bakeoff statistics, the CI gate, trials, backend health, one-off fixes")
     rsub = p.add_subparsers(dest="reflex_command", required=True, metavar="COMMAND")
 
     q = rsub.add_parser("bakeoff", help="statistics reflex vs cloud over a window")
-    q.add_argument("--since", default="24h", help=WINDOW_HELP)
+    q.add_argument("--since", default="24h", type=_window_arg, help=WINDOW_HELP)
     _json(q, run_bakeoff)
 
     q = rsub.add_parser("check", help="do reflex attempts hold the promotion thresholds?")
-    q.add_argument("--since", default="24h", help=WINDOW_HELP)
+    q.add_argument("--since", default="24h", type=_window_arg, help=WINDOW_HELP)
     q.add_argument("--min-samples", type=int, default=0, help="minimum attempts per mode (0 = policy)")
     q.add_argument("--model", default="", help="judge one reflex model only")
     q.add_argument("--exit-code", action="store_true",
