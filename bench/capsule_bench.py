@@ -39,9 +39,9 @@ from pathlib import Path
 
 import grpc
 import psycopg
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from speckit_reflex.capsule import migrate
+from speckit_reflex.clients.health import wait_serving
 from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, common_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,17 +116,10 @@ def _attempt_batches(n: int, batch: int, now_us: int, seed: int = 1) -> Iterator
 
 
 async def _wait_serving(addr: str) -> None:
-    async with grpc.aio.insecure_channel(addr) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        for _ in range(300):
-            try:
-                r = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if r.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-    raise SystemExit(f"capsule at {addr} did not start")
+    try:
+        await wait_serving(addr, timeout_s=60)
+    except TimeoutError:
+        raise SystemExit(f"capsule at {addr} did not start") from None
 
 
 async def bench_ingest(addr: str, pid: int, args: argparse.Namespace, batch: int) -> dict:

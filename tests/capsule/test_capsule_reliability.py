@@ -21,10 +21,10 @@ import grpc
 import psycopg
 import pytest
 from capsule_helpers import REFLEX, attempt, make_event
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from speckit_reflex.capsule import migrate
 from speckit_reflex.clients.capsule import CapsuleClient, window
+from speckit_reflex.clients.health import wait_serving
 from speckit_reflex.policy import load_policy
 from speckit_reflex.v1 import common_pb2
 
@@ -112,21 +112,6 @@ def _speckit() -> list[str]:
     return [str(exe)] if exe.exists() else [shutil.which("speckit") or "speckit"]
 
 
-async def _wait_serving(addr: str, deadline_s: float = 30.0) -> None:
-    end = time.monotonic() + deadline_s
-    async with grpc.aio.insecure_channel(addr) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < end:
-            try:
-                r = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                if r.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"capsule at {addr} not serving after {deadline_s} s")
-
-
 async def test_kill_9_during_ingest_loses_and_duplicates_nothing(postgres_url, tmp_path: Path):
     migrate.upgrade_url(postgres_url)
     addr = f"127.0.0.1:{_free_port()}"
@@ -143,7 +128,7 @@ async def test_kill_9_during_ingest_loses_and_duplicates_nothing(postgres_url, t
               for i in range(total)]
     acked, kills = 0, 0
     try:
-        await _wait_serving(addr)
+        await wait_serving(addr)
         async with grpc.aio.insecure_channel(addr) as ch:
             capsule = CapsuleClient(ch, timeout_s=3.0)
             for start in range(0, total, batch_size):

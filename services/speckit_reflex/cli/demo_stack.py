@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from grpc import aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from speckit_reflex.clients.health import is_serving
 from speckit_reflex.runtime.bootstrap import SERVICE_ORDER
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -144,7 +143,7 @@ class DemoStack:
         child = await self._spawn("services", ["serve", "all"], env)
         deadline = time.monotonic() + timeout_s
         for name, addr in self.addrs.items():
-            while not await _serving(addr):
+            while not await is_serving(addr):
                 child.check_alive()
                 if time.monotonic() > deadline:
                     raise StackError(f"{name} did not report SERVING at {addr}:\n{child.tail()}")
@@ -156,15 +155,6 @@ class DemoStack:
         for child in reversed(self.children):
             await child.stop()
         self.children.clear()
-
-
-async def _serving(addr: str) -> bool:
-    async with aio.insecure_channel(addr) as channel:
-        try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
-        except aio.AioRpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def kill_children(stack: DemoStack) -> None:

@@ -66,6 +66,8 @@ class EventSink:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inflight: list[common_pb2.Event] = []
+        # Built on first send (the channel may not exist yet at construction).
+        self._stub: capsule_pb2_grpc.CapsuleStub | None = None
         self.dropped = 0
         self.sent = 0
 
@@ -103,8 +105,9 @@ class EventSink:
                 n = min(self._batch_size, len(self._buffer))
                 self._inflight = [self._buffer.popleft() for _ in range(n)]
             try:
-                stub = capsule_pb2_grpc.CapsuleStub(self._channel_factory())
-                await stub.AppendEvents(
+                if self._stub is None:
+                    self._stub = capsule_pb2_grpc.CapsuleStub(self._channel_factory())
+                await self._stub.AppendEvents(
                     capsule_pb2.AppendEventsRequest(events=self._inflight), timeout=self._rpc_timeout_s
                 )
                 self.sent += len(self._inflight)
