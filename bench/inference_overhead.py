@@ -9,8 +9,10 @@ own process):
   pooled httpx client; sequential, small replies; calls alternate so that
   machine noise hits both sides alike. Added latency = adapter percentile
   minus direct percentile.
-* streaming: `Inference.StreamComplete` vs direct streaming, TTFT and output
-  tokens/s, with the stub pacing its tokens.
+* streaming: `Inference.StreamComplete` vs direct streaming, with stubs that
+  pause before every token: TTFT over many short streams (--ttft-calls), and
+  output tokens/s over fewer long ones (--stream-calls). The side that goes
+  first alternates from call to call.
 * optionally LiteLLM proxy in front of the same stub (when a LiteLLM is found
   at $LITELLM_BIN or /tmp/litellm-venv/bin/litellm; skipped otherwise).
 
@@ -18,7 +20,7 @@ The adapter runs as its own process (`speckit serve inference`), sending its
 LLMCall events to a small counting Capsule in this process. Everything
 listens on 127.0.0.1; the run is bounded in count and time.
 
-    .venv/bin/python bench/inference_overhead.py [--calls 2000] [--stream-calls 60] [--seconds 60]
+    .venv/bin/python bench/inference_overhead.py [--calls 2000] [--ttft-calls 300] [--stream-calls 60] [--seconds 60]
 
 Prints a table with each target and writes bench/results/inference_overhead.json.
 """
@@ -87,7 +89,8 @@ def start_stub(pieces: int, delay_ms: float) -> tuple[subprocess.Popen[str], str
     return proc, f"http://127.0.0.1:{port}/v1"
 
 
-def start_adapter(workdir: Path, unary_url: str, stream_url: str, capsule_addr: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_adapter(workdir: Path, unary_url: str, stream_url: str, ttft_url: str,
+                  capsule_addr: str) -> tuple[subprocess.Popen[bytes], str]:
     policy = workdir / "model_policy.toml"
     policy.write_text(f"""
 [routing.reflex]
@@ -104,6 +107,11 @@ endpoint = "{unary_url}"
 name = "paced"
 kind = "vllm"
 endpoint = "{stream_url}"
+
+[[routing.reflex.backends]]
+name = "ttft"
+kind = "vllm"
+endpoint = "{ttft_url}"
 
 [routing.health]
 probe_interval_s = 60
@@ -200,8 +208,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         unary_stub, unary_url = start_stub(pieces=3, delay_ms=0)
         paced_stub, paced_url = start_stub(pieces=args.stream_tokens, delay_ms=args.token_delay_ms)
-        procs += [unary_stub, paced_stub]
-        adapter_proc, adapter_addr = start_adapter(workdir, unary_url, paced_url, f"127.0.0.1:{capsule_port}")
+        ttft_stub, ttft_url = start_stub(pieces=4, delay_ms=args.token_delay_ms)
+        procs += [unary_stub, paced_stub, ttft_stub]
+        adapter_proc, adapter_addr = start_adapter(workdir, unary_url, paced_url, ttft_url,
+                                                   f"127.0.0.1:{capsule_port}")
         procs.append(adapter_proc)
         litellm_proc, litellm_url, litellm_key = (None, "", "")
         if not args.no_litellm:
@@ -253,27 +263,50 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         # -- streaming --------------------------------------------------------------
         sbody = chat_body(None)
+
+        async def adapter_stream(backend: str) -> tuple[float | None, list[float]]:
+            t0 = time.perf_counter()
+            a_ttft = None
+            a_stamps: list[float] = []
+            async for chunk in llm.stream_complete(MESSAGES, backend=backend, max_tokens=64, timeout=30):
+                if chunk.WhichOneof("kind") == "delta":
+                    now = time.perf_counter()
+                    a_stamps.append(now)
+                    if a_ttft is None:
+                        a_ttft = now - t0
+            return a_ttft, a_stamps
+
+        async def alternating(i: int, backend: str, url: str) -> tuple[tuple[float | None, list[float]],
+                                                                          tuple[float | None, list[float]]]:
+            """(direct, adapter) (ttft_s, stamps) of one stream each; the side going first alternates."""
+            async def direct() -> tuple[float | None, list[float]]:
+                _, ttft, stamps = await direct_stream(http, url, sbody)
+                return ttft, stamps
+            if i % 2:
+                d = await direct()
+                return d, await adapter_stream(backend)
+            a = await adapter_stream(backend)
+            return await direct(), a
+
         s_direct_ttft: list[float] = []
         s_adapter_ttft: list[float] = []
+        phase_end = time.monotonic() + args.seconds / 2
+        for i in range(4 + args.ttft_calls):
+            if time.monotonic() > phase_end:
+                break
+            (ttft, _), (a_ttft, _) = await alternating(i, "ttft", ttft_url)
+            if i >= 4 and ttft is not None and a_ttft is not None:
+                s_direct_ttft.append(ttft * 1000)
+                s_adapter_ttft.append(a_ttft * 1000)
+
         s_direct_tps: list[float] = []
         s_adapter_tps: list[float] = []
         phase_end = time.monotonic() + args.seconds / 2
         for i in range(2 + args.stream_calls):
             if time.monotonic() > phase_end:
                 break
-            _, ttft, stamps = await direct_stream(http, paced_url, sbody)
-            t0 = time.perf_counter()
-            a_ttft = None
-            a_stamps: list[float] = []
-            async for chunk in llm.stream_complete(MESSAGES, backend="paced", max_tokens=64, timeout=30):
-                if chunk.WhichOneof("kind") == "delta":
-                    now = time.perf_counter()
-                    a_stamps.append(now)
-                    if a_ttft is None:
-                        a_ttft = now - t0
-            if i >= 2 and ttft is not None and a_ttft is not None:
-                s_direct_ttft.append(ttft * 1000)
-                s_adapter_ttft.append(a_ttft * 1000)
+            (_, stamps), (_, a_stamps) = await alternating(i, "paced", paced_url)
+            if i >= 2:
                 s_direct_tps.append(tokens_per_s(stamps))
                 s_adapter_tps.append(tokens_per_s(a_stamps))
 
@@ -299,7 +332,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "added_p50_ms": statistics.median(adapter) - statistics.median(direct),
         "added_p99_ms": pct(adapter, 99) - pct(direct, 99),
         "added_p50_paired_ms": statistics.median([a - d for a, d in zip(adapter, direct, strict=True)]),
-        "stream_calls": len(s_direct_ttft),
+        "ttft_calls": len(s_direct_ttft),
+        "stream_calls": len(s_direct_tps),
         "stream_direct_ttft_p50_ms": statistics.median(s_direct_ttft) if s_direct_ttft else None,
         "stream_adapter_ttft_p50_ms": statistics.median(s_adapter_ttft) if s_adapter_ttft else None,
         "stream_ttft_added_p50_ms": (statistics.median(s_adapter_ttft) - statistics.median(s_direct_ttft))
@@ -331,6 +365,8 @@ def report(res: dict[str, Any]) -> None:
         ("  adapter p50 / p99", f"{fmt(res['adapter_p50_ms'])} / {fmt(res['adapter_p99_ms'])} ms", "-", None),
         ("stream TTFT added p50", fmt(res["stream_ttft_added_p50_ms"], " ms"), "<= 1 ms",
          None if res["stream_ttft_added_p50_ms"] is None else res["stream_ttft_added_p50_ms"] <= 1.0),
+        (f"  TTFT direct / adapter p50, {res['ttft_calls']} streams each",
+         f"{fmt(res['stream_direct_ttft_p50_ms'])} / {fmt(res['stream_adapter_ttft_p50_ms'])} ms", "-", None),
         ("stream tokens/s ratio (adapter/direct)", fmt(res["stream_tps_ratio"]), ">= 0.98",
          None if res["stream_tps_ratio"] is None else res["stream_tps_ratio"] >= 0.98),
         ("LiteLLM proxy added p50 (same stub)", fmt(res["litellm_added_p50_ms"], " ms"), "ours <= 1/3",
@@ -347,7 +383,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description="Inference Adapter overhead benchmark")
     ap.add_argument("--calls", type=int, default=2000, help="unary calls per side")
     ap.add_argument("--warmup", type=int, default=200)
-    ap.add_argument("--stream-calls", type=int, default=60)
+    ap.add_argument("--ttft-calls", type=int, default=300, help="short paced streams per side (TTFT)")
+    ap.add_argument("--stream-calls", type=int, default=60, help="long paced streams per side (tokens/s)")
     ap.add_argument("--stream-tokens", type=int, default=40)
     ap.add_argument("--token-delay-ms", type=float, default=5.0)
     ap.add_argument("--seconds", type=float, default=60.0, help="time bound of the unary phase")

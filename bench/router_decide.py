@@ -180,12 +180,19 @@ async def wait_ready(channel: grpc.aio.Channel, stub: router_pb2_grpc.RouterStub
     raise RuntimeError("router did not become ready with warm caches")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def measure(addr: str, sequential: int, seconds: float, concurrency: int) -> dict[str, float]:
+async def measure(addr: str, sequential: int, seconds: float, concurrency: int,
+                  server_pid: int, other_pids: tuple[int, ...] = ()) -> dict[str, float]:
     async with grpc.aio.insecure_channel(addr) as channel:
         stub = router_pb2_grpc.RouterStub(channel)
         await wait_ready(channel, stub, 30)
@@ -216,9 +223,14 @@ async def measure(addr: str, sequential: int, seconds: float, concurrency: int) 
                 except grpc.aio.AioRpcError:
                     errors += 1
 
+        pids = (server_pid, *other_pids)
+        cpu0 = [cpu_seconds(p) for p in pids]
+        client0 = time.process_time()
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - t0
+        client_cpu = time.process_time() - client0
+        cpu = [cpu_seconds(p) - c for p, c in zip(pids, cpu0)]
     return {
         "sequential_calls": len(latencies),
         "p50_ms": statistics.median(latencies),
@@ -229,6 +241,13 @@ async def measure(addr: str, sequential: int, seconds: float, concurrency: int) 
         "decisions": done,
         "errors": errors,
         "decisions_per_s": done / elapsed,
+        # CPU per completed call, in microseconds: the serving process, the
+        # client, and any other process of the set-up (the peer taking events).
+        "server_cpu_us_per_call": cpu[0] / max(done, 1) * 1e6,
+        "server_cpu_share": cpu[0] / elapsed,
+        "client_cpu_us_per_call": client_cpu / max(done, 1) * 1e6,
+        "client_cpu_share": client_cpu / elapsed,
+        "others_cpu_share": sum(cpu[1:]) / elapsed,
     }
 
 
@@ -264,13 +283,14 @@ def main() -> int:
             )
             procs.append(peers)
             assert peers.stdout is not None and peers.stdout.readline().strip() == b"ready"
-            procs.append(subprocess.Popen(
+            router = subprocess.Popen(
                 [sys.executable, "-m", "speckit_reflex.cli.main", "serve", "router"], env=env, cwd=tmp,
-            ))
+            )
+            procs.append(router)
             result = asyncio.run(measure(f"127.0.0.1:{router_port}", args.sequential, args.seconds,
-                                         args.concurrency))
+                                         args.concurrency, router.pid, (peers.pid,)))
             floor = asyncio.run(measure(f"127.0.0.1:{floor_port}", args.sequential, args.seconds,
-                                        args.concurrency))
+                                        args.concurrency, peers.pid, (router.pid,)))
         finally:
             # Router first, so its queued decision events still reach the peer Capsule.
             for p in reversed(procs):
@@ -290,6 +310,16 @@ def main() -> int:
          f">= {TARGET_RATE:,.0f}", result["decisions_per_s"] >= TARGET_RATE),
         ("floor (constant answer, same runtime): p50", f"{floor['p50_ms']:.3f} ms", "-", None),
         ("floor: calls/s, same concurrency", f"{floor['decisions_per_s']:,.0f}", "-", None),
+        ("Router process CPU per decision", f"{result['server_cpu_us_per_call']:.0f} us", "-", None),
+        ("floor process CPU per call", f"{floor['server_cpu_us_per_call']:.0f} us", "-", None),
+        ("client CPU per call (Router / floor)",
+         f"{result['client_cpu_us_per_call']:.0f} / {floor['client_cpu_us_per_call']:.0f} us", "-", None),
+        ("CPU share server/client/other, Router phase",
+         f"{result['server_cpu_share']:.2f}/{result['client_cpu_share']:.2f}/{result['others_cpu_share']:.2f}",
+         "-", None),
+        ("CPU share server/client/other, floor phase",
+         f"{floor['server_cpu_share']:.2f}/{floor['client_cpu_share']:.2f}/{floor['others_cpu_share']:.2f}",
+         "-", None),
         ("Router p50 / floor p50", f"{result['p50_ms'] / floor['p50_ms']:.2f}x", "-", None),
         ("Router rate / floor rate", f"{result['decisions_per_s'] / floor['decisions_per_s']:.2f}", "-", None),
     ]

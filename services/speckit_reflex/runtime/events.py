@@ -2,7 +2,8 @@
 
 Services record events without waiting on Capsule: `EventSink.emit()` puts the
 event in a bounded buffer and returns at once; a background task sends batches
-with AppendEvents and retries failed batches with backoff. Because Capsule is
+with AppendEvents (when `batch_size` events are queued or `flush_interval_s`
+has passed, whichever comes first) and retries failed batches with backoff. Because Capsule is
 idempotent by event id, a retried batch that had in fact been stored is not
 stored twice. When the buffer is full the oldest event is dropped and counted
 (`dropped`), and a warning is logged: the hot path never blocks on audit.
@@ -94,7 +95,12 @@ class EventSink:
         backoff = 0.1
         while True:
             if not self._inflight:
-                if not self._buffer:
+                if len(self._buffer) < self._batch_size:
+                    # Gather a batch: send when it is full, when flush() asks,
+                    # or when the interval is up. Sending whatever arrived
+                    # during the previous RPC instead would make one small RPC
+                    # per few events under load, costing more CPU than the
+                    # events themselves on both ends.
                     self._wake.clear()
                     try:
                         await asyncio.wait_for(self._wake.wait(), self._flush_interval_s)
