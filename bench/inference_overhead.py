@@ -6,9 +6,14 @@ own process):
 
 * unary: `Inference.Complete` over gRPC (with a small JSON schema, validated
   by the adapter) vs the same streamed chat completion sent directly with a
-  pooled httpx client; sequential, small replies; calls alternate so that
-  machine noise hits both sides alike. Added latency = adapter percentile
+  pooled httpx client (body encoded once, reply read whole and not parsed:
+  the cheapest direct call, so "added" is an upper bound); sequential, small
+  replies; calls alternate (the side
+  going first rotates) so that machine noise hits every side alike. Added latency = adapter percentile
   minus direct percentile.
+* the reflex path: `Router.Decide` (a `speckit serve router` process whose
+  caches read this adapter's health and passing verdicts) and then
+  `Inference.Complete` of the model it chose, against the same direct call.
 * streaming: `Inference.StreamComplete` vs direct streaming, with stubs that
   pause before every token: TTFT over many short streams (--ttft-calls), and
   output tokens/s over fewer long ones (--stream-calls). The side that goes
@@ -17,7 +22,7 @@ own process):
   at $LITELLM_BIN or /tmp/litellm-venv/bin/litellm; skipped otherwise).
 
 The adapter runs as its own process (`speckit serve inference`), sending its
-LLMCall events to a small counting Capsule in this process. Everything
+LLMCall events to a small counting Capsule in a process of its own. Everything
 listens on 127.0.0.1; the run is bounded in count and time.
 
     .venv/bin/python bench/inference_overhead.py [--calls 2000] [--ttft-calls 300] [--stream-calls 60] [--seconds 60]
@@ -50,12 +55,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from speckit_reflex.clients.inference import InferenceClient  # noqa: E402
-from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc  # noqa: E402
+from speckit_reflex.clients.router import RouterClient  # noqa: E402
+from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, common_pb2  # noqa: E402
 
 SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
           "additionalProperties": False}
 MESSAGES = [("system", "Reply in JSON."), ("user", "Is it ok?")]
-TARGETS = {"added_p50_ms": 1.0, "added_p99_ms": 4.0, "stream_ttft_added_p50_ms": 1.0, "stream_tps_ratio": 0.98}
+TARGETS = {"added_p50_ms": 1.0, "added_p99_ms": 4.0, "stream_ttft_added_p50_ms": 1.0, "stream_tps_ratio": 0.98,
+           "reflex_added_p50_ms": 1.5, "reflex_added_p99_ms": 5.0}
 
 
 def free_port() -> int:
@@ -70,8 +77,16 @@ def pct(values: list[float], q: float) -> float:
 
 
 class CountingCapsule(capsule_pb2_grpc.CapsuleServicer):
+    """Takes the services' events; tells the Router every model passes its bakeoff."""
+
     def __init__(self) -> None:
         self.events = 0
+
+    async def CheckThresholds(self, request, context):  # type: ignore[no-untyped-def]
+        return capsule_pb2.CheckThresholdsReply(passed=True, model=request.model)
+
+    async def GetUsage(self, request, context):  # type: ignore[no-untyped-def]
+        return capsule_pb2.UsageSummary()
 
     async def AppendEvents(self, request, context):  # type: ignore[no-untyped-def]
         self.events += len(request.events)
@@ -89,8 +104,8 @@ def start_stub(pieces: int, delay_ms: float) -> tuple[subprocess.Popen[str], str
     return proc, f"http://127.0.0.1:{port}/v1"
 
 
-def start_adapter(workdir: Path, unary_url: str, stream_url: str, ttft_url: str,
-                  capsule_addr: str) -> tuple[subprocess.Popen[bytes], str]:
+def write_policy(workdir: Path, unary_url: str, stream_url: str, ttft_url: str) -> Path:
+    """One policy for the adapter and the Router: model m on three stubs."""
     policy = workdir / "model_policy.toml"
     policy.write_text(f"""
 [routing.reflex]
@@ -119,10 +134,17 @@ probe_interval_s = 60
 [privacy]
 local_only = true
 """)
-    addr = f"127.0.0.1:{free_port()}"
-    env = {**os.environ, "SPECKIT_INFERENCE_ADDR": addr, "SPECKIT_CAPSULE_ADDR": capsule_addr,
-           "SPECKIT_POLICY": str(policy), "SPECKIT_HOME": str(workdir), "SPECKIT_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([sys.executable, "-m", "speckit_reflex.cli.main", "serve", "inference"], env=env,
+    return policy
+
+
+def start_service(name: str, workdir: Path, policy: Path, inference_addr: str,
+                  capsule_addr: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`speckit serve <name>` on a free port, its peers at the given addresses."""
+    addr = inference_addr if name == "inference" else f"127.0.0.1:{free_port()}"
+    env = {**os.environ, f"SPECKIT_{name.upper()}_ADDR": addr, "SPECKIT_INFERENCE_ADDR": inference_addr,
+           "SPECKIT_CAPSULE_ADDR": capsule_addr, "SPECKIT_POLICY": str(policy), "SPECKIT_HOME": str(workdir),
+           "SPECKIT_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "speckit_reflex.cli.main", "serve", name], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return proc, addr
 
@@ -193,6 +215,18 @@ async def direct_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any
     return time.perf_counter() - t0, ttft, stamps
 
 
+async def direct_whole(client: httpx.AsyncClient, url: str, body: bytes) -> None:
+    """The cheapest direct call: a pre-encoded body, the streamed reply read whole, unparsed.
+
+    A lower bound for any real client (which must at least parse the reply),
+    so the adapter's added latency measured against it is an upper bound.
+    """
+    resp = await client.post(url + "/chat/completions", content=body, headers={"content-type": "application/json"})
+    resp.raise_for_status()
+    if not resp.content.rstrip().endswith(b"data: [DONE]"):
+        raise RuntimeError(f"incomplete stream from the stub: {resp.content[-80:]!r}")
+
+
 def tokens_per_s(stamps: list[float]) -> float:
     return (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else 0.0
 
@@ -200,49 +234,85 @@ def tokens_per_s(stamps: list[float]) -> float:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-inference-"))
     procs: list[subprocess.Popen[Any]] = []
-    capsule_server = aio.server()
-    capsule = CountingCapsule()
-    capsule_pb2_grpc.add_CapsuleServicer_to_server(capsule, capsule_server)
-    capsule_port = capsule_server.add_insecure_port("127.0.0.1:0")
-    await capsule_server.start()
+    # The Capsule taking the services' events runs in its own process, so its
+    # gRPC server does not share this (measuring) process.
+    capsule_port = free_port()
+    capsule_proc = subprocess.Popen([sys.executable, __file__, "--serve-capsule", str(capsule_port)],
+                                    stdout=subprocess.PIPE, text=True)
+    assert capsule_proc.stdout is not None and capsule_proc.stdout.readline().strip() == "ready"
+    events_received = 0
     try:
         unary_stub, unary_url = start_stub(pieces=3, delay_ms=0)
         paced_stub, paced_url = start_stub(pieces=args.stream_tokens, delay_ms=args.token_delay_ms)
         ttft_stub, ttft_url = start_stub(pieces=4, delay_ms=args.token_delay_ms)
         procs += [unary_stub, paced_stub, ttft_stub]
-        adapter_proc, adapter_addr = start_adapter(workdir, unary_url, paced_url, ttft_url,
-                                                   f"127.0.0.1:{capsule_port}")
+        policy = write_policy(workdir, unary_url, paced_url, ttft_url)
+        capsule_addr = f"127.0.0.1:{capsule_port}"
+        adapter_proc, adapter_addr = start_service("inference", workdir, policy, f"127.0.0.1:{free_port()}",
+                                                   capsule_addr)
         procs.append(adapter_proc)
-        litellm_proc, litellm_url, litellm_key = (None, "", "")
-        if not args.no_litellm:
-            litellm_proc, litellm_url, litellm_key = start_litellm(workdir, unary_url)
-            if litellm_proc:
-                procs.append(litellm_proc)
 
         channel = aio.insecure_channel(adapter_addr)
         llm = InferenceClient(channel)
         http = httpx.AsyncClient(trust_env=False, timeout=30)
         await wait_ready(lambda: llm.health("stub", timeout=2), 60)
+        # The Router starts once the adapter answers, so its first health
+        # refresh already sees the stubs healthy.
+        router_proc, router_addr = start_service("router", workdir, policy, adapter_addr, capsule_addr)
+        procs.append(router_proc)
+        router_channel = aio.insecure_channel(router_addr)
+        router = RouterClient(router_channel)
+        decide = {"stage": common_pb2.STAGE_IMPLEMENT, "role": common_pb2.ROLE_IMPLEMENTER,
+                  "session_id": "bench", "attempt": 1}
+
+        async def reflex_ready() -> None:
+            d = await router.decide(timeout=2, **decide)
+            if d.mode != common_pb2.ROUTING_MODE_REFLEX:
+                raise RuntimeError(d.detail)
+        await wait_ready(reflex_ready, 60)
         deadline = time.monotonic() + args.seconds
 
         # -- unary --------------------------------------------------------------
         body = chat_body(SCHEMA)
         direct: list[float] = []
         adapter: list[float] = []
+        reflex: list[float] = []
+
+        body_bytes = json.dumps(body).encode()
+
+        async def via_direct() -> None:
+            await direct_whole(http, unary_url, body_bytes)
+
+        async def via_adapter() -> None:
+            reply = await llm.complete(MESSAGES, json_schema=SCHEMA, backend="stub", max_tokens=16, timeout=10)
+            assert reply.schema_valid, reply.validation_error
+
+        async def via_reflex_path() -> None:
+            # As PatchLoop takes it: Decide, then Complete naming the chosen
+            # model (the adapter picks its backend).
+            d = await router.decide(timeout=2, **decide)
+            assert d.mode == common_pb2.ROUTING_MODE_REFLEX, d.detail
+            reply = await llm.complete(MESSAGES, json_schema=SCHEMA, model=d.model, max_tokens=16, timeout=10,
+                                       decision_id=d.decision_id, session_id="bench", attempt=1)
+            assert reply.schema_valid and reply.backend == "stub", (reply.backend, reply.validation_error)
+
+        sides = [(via_direct, direct), (via_adapter, adapter), (via_reflex_path, reflex)]
         for i in range(args.warmup + args.calls):
             if time.monotonic() > deadline:
                 break
-            t0 = time.perf_counter()
-            await direct_stream(http, unary_url, body)
-            t1 = time.perf_counter()
-            reply = await llm.complete(MESSAGES, json_schema=SCHEMA, backend="stub", max_tokens=16, timeout=10)
-            t2 = time.perf_counter()
-            assert reply.schema_valid, reply.validation_error
-            if i >= args.warmup:
-                direct.append((t1 - t0) * 1000)
-                adapter.append((t2 - t1) * 1000)
+            for k in range(3):  # the side going first rotates from call to call
+                call, samples = sides[(i + k) % 3]
+                t0 = time.perf_counter()
+                await call()
+                if i >= args.warmup:
+                    samples.append((time.perf_counter() - t0) * 1000)
 
+        # LiteLLM runs only for its own phase, so its process does not share
+        # the two cores with the phases above.
         litellm: list[float] = []
+        litellm_proc, litellm_url, litellm_key = (None, "", "")
+        if not args.no_litellm:
+            litellm_proc, litellm_url, litellm_key = start_litellm(workdir, unary_url)
         if litellm_proc:
             lbody = {k: v for k, v in chat_body(None).items()}
             try:
@@ -260,6 +330,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         litellm.append((t2 - t1) * 1000 - (t1 - t0) * 1000)
             except RuntimeError:
                 litellm = []
+            litellm_proc.send_signal(signal.SIGTERM)
+            try:
+                litellm_proc.wait(15)
+            except subprocess.TimeoutExpired:
+                litellm_proc.kill()
+                litellm_proc.wait()
 
         # -- streaming --------------------------------------------------------------
         sbody = chat_body(None)
@@ -313,6 +389,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(0.3)  # let the adapter's event batch arrive
         await http.aclose()
         await channel.close()
+        await router_channel.close()
     finally:
         for p in procs:
             if p.poll() is None:
@@ -322,7 +399,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
-        await capsule_server.stop(0)
+        # Last, once the services have flushed their events on SIGTERM.
+        capsule_proc.send_signal(signal.SIGTERM)
+        out, _ = capsule_proc.communicate(timeout=10)
+        events_received = int(out.split()[-1]) if out.strip() else 0
         shutil.rmtree(workdir, ignore_errors=True)
 
     res: dict[str, Any] = {
@@ -332,6 +412,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "added_p50_ms": statistics.median(adapter) - statistics.median(direct),
         "added_p99_ms": pct(adapter, 99) - pct(direct, 99),
         "added_p50_paired_ms": statistics.median([a - d for a, d in zip(adapter, direct, strict=True)]),
+        "reflex_p50_ms": statistics.median(reflex), "reflex_p99_ms": pct(reflex, 99),
+        "reflex_added_p50_ms": statistics.median(reflex) - statistics.median(direct),
+        "reflex_added_p99_ms": pct(reflex, 99) - pct(direct, 99),
         "ttft_calls": len(s_direct_ttft),
         "stream_calls": len(s_direct_tps),
         "stream_direct_ttft_p50_ms": statistics.median(s_direct_ttft) if s_direct_ttft else None,
@@ -344,11 +427,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if s_direct_tps and statistics.median(s_direct_tps) else None,
         "litellm_calls": len(litellm),
         "litellm_added_p50_ms": statistics.median(litellm) if litellm else None,
-        "events_received": capsule.events,
+        "events_received": events_received,
     }
-    if litellm:
-        res["ours_vs_litellm_ratio"] = res["added_p50_ms"] / res["litellm_added_p50_ms"] \
-            if res["litellm_added_p50_ms"] else None
+    if litellm and res["litellm_added_p50_ms"]:
+        res["ours_vs_litellm_ratio"] = res["added_p50_ms"] / res["litellm_added_p50_ms"]
+        res["reflex_vs_litellm_ratio"] = res["reflex_added_p50_ms"] / res["litellm_added_p50_ms"]
     return res
 
 
@@ -363,20 +446,43 @@ def report(res: dict[str, Any]) -> None:
         ("  paired per-call added p50", fmt(res["added_p50_paired_ms"], " ms"), "-", None),
         ("  direct p50 / p99", f"{fmt(res['direct_p50_ms'])} / {fmt(res['direct_p99_ms'])} ms", "-", None),
         ("  adapter p50 / p99", f"{fmt(res['adapter_p50_ms'])} / {fmt(res['adapter_p99_ms'])} ms", "-", None),
+        ("reflex path added p50 (Decide + Complete)", fmt(res["reflex_added_p50_ms"], " ms"), "<= 1.5 ms",
+         res["reflex_added_p50_ms"] <= TARGETS["reflex_added_p50_ms"]),
+        ("reflex path added p99", fmt(res["reflex_added_p99_ms"], " ms"), "<= 5 ms",
+         res["reflex_added_p99_ms"] <= TARGETS["reflex_added_p99_ms"]),
+        ("  reflex path p50 / p99", f"{fmt(res['reflex_p50_ms'])} / {fmt(res['reflex_p99_ms'])} ms", "-", None),
         ("stream TTFT added p50", fmt(res["stream_ttft_added_p50_ms"], " ms"), "<= 1 ms",
          None if res["stream_ttft_added_p50_ms"] is None else res["stream_ttft_added_p50_ms"] <= 1.0),
         (f"  TTFT direct / adapter p50, {res['ttft_calls']} streams each",
          f"{fmt(res['stream_direct_ttft_p50_ms'])} / {fmt(res['stream_adapter_ttft_p50_ms'])} ms", "-", None),
         ("stream tokens/s ratio (adapter/direct)", fmt(res["stream_tps_ratio"]), ">= 0.98",
          None if res["stream_tps_ratio"] is None else res["stream_tps_ratio"] >= 0.98),
-        ("LiteLLM proxy added p50 (same stub)", fmt(res["litellm_added_p50_ms"], " ms"), "ours <= 1/3",
+        ("LiteLLM proxy added p50 (same stub)", fmt(res["litellm_added_p50_ms"], " ms"), "-", None),
+        ("  adapter added / LiteLLM added", fmt(res.get("ours_vs_litellm_ratio")), "<= 0.333",
          None if res.get("ours_vs_litellm_ratio") is None else res["ours_vs_litellm_ratio"] <= 1 / 3),
+        ("  reflex path added / LiteLLM added", fmt(res.get("reflex_vs_litellm_ratio")), "<= 0.333",
+         None if res.get("reflex_vs_litellm_ratio") is None else res["reflex_vs_litellm_ratio"] <= 1 / 3),
         ("LLMCall events received by Capsule", fmt(res["events_received"]), "-", None),
     ]
     print(f"{'figure':46} {'measured':>22}  {'target':>12}  ok")
     for name, value, target, ok in rows:
         mark = "" if ok is None else ("yes" if ok else "NO")
         print(f"{name:46} {value:>22}  {target:>12}  {mark}")
+
+
+async def serve_capsule(port: int) -> None:
+    """The --serve-capsule process: prints "ready", then on SIGTERM the event count."""
+    server = aio.server()
+    capsule = CountingCapsule()
+    capsule_pb2_grpc.add_CapsuleServicer_to_server(capsule, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    print("ready", flush=True)
+    await stop.wait()
+    await server.stop(0)
+    print(capsule.events, flush=True)
 
 
 def main() -> int:
@@ -389,7 +495,11 @@ def main() -> int:
     ap.add_argument("--token-delay-ms", type=float, default=5.0)
     ap.add_argument("--seconds", type=float, default=60.0, help="time bound of the unary phase")
     ap.add_argument("--no-litellm", action="store_true")
+    ap.add_argument("--serve-capsule", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve_capsule:
+        asyncio.run(serve_capsule(args.serve_capsule))
+        return 0
     res = asyncio.run(run(args))
     res["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
     res["targets"] = TARGETS

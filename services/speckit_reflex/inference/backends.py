@@ -86,13 +86,21 @@ class ModelServer:
         base = spec.endpoint.rstrip("/")
         # /health_generate and /health live at the server root, not under /v1.
         self._root = base[: -len("/v1")] if base.endswith("/v1") else base
-        self._client = httpx.AsyncClient(
-            base_url=base + "/",
-            headers=headers,
+        # One connection pool per server, shared by the client (listing and
+        # probes) and by generation, which goes to the transport directly:
+        # the client's per-request layers (URL merging, auth and redirect
+        # handling, cookie extraction) cost more than the rest of the adapter's
+        # work on a small reply and do nothing for a POST to a fixed URL.
+        # Loopback model servers must never be sent through an env proxy.
+        self._transport = httpx.AsyncHTTPTransport(
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            # Loopback model servers must never be sent through an env proxy.
             trust_env=False,
         )
+        self._client = httpx.AsyncClient(base_url=base + "/", headers=headers, transport=self._transport,
+                                         trust_env=False)
+        self._chat_url = httpx.URL(base + "/chat/completions")
+        # No Accept-Encoding: the event stream is read raw, so it must come uncompressed.
+        self._chat_headers = {**headers, "Content-Type": "application/json", "Accept": "text/event-stream"}
 
     @property
     def name(self) -> str:
@@ -155,17 +163,18 @@ class ModelServer:
         remaining = deadline - loop.time()
         if remaining <= 0:
             raise UpstreamFailure("timeout", "no time left before the deadline")
-        request = self._client.build_request(
-            "POST", "chat/completions", content=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"}, timeout=remaining,
+        request = httpx.Request(
+            "POST", self._chat_url, content=json.dumps(body).encode(), headers=self._chat_headers,
+            extensions={"timeout": dict.fromkeys(("connect", "read", "write", "pool"), remaining)},
         )
         try:
             async with asyncio.timeout_at(deadline):
-                resp = await self._client.send(request, stream=True)
+                resp = await self._transport.handle_async_request(request)
         except TimeoutError:
             raise UpstreamFailure("timeout", "no response headers before the deadline") from None
         except httpx.HTTPError as exc:
             raise _transport_failure(exc) from None
+        resp.request = request
         try:
             if resp.status_code != 200:
                 async with asyncio.timeout_at(deadline):
@@ -191,57 +200,74 @@ class ModelServer:
             await resp.aclose()
 
     async def _read_events(self, resp: httpx.Response, deadline: float, gen: Generation) -> AsyncIterator[str]:
-        lines = resp.aiter_lines().__aiter__()
-        reasoning_of = self.dialect.reasoning_of
-        done = False
-        while True:
+        """Content deltas of an OpenAI-style event stream.
+
+        The body is read in raw chunks (one deadline check per network read,
+        not per line) and split into lines here; only `data:` lines matter.
+        """
+        chunks = resp.aiter_raw().__aiter__()
+        pending = b""
+        ended = False
+        while not ended:
             async with asyncio.timeout_at(deadline):
                 try:
-                    line = await lines.__anext__()
+                    raw = await chunks.__anext__()
                 except StopAsyncIteration:
-                    break
-            if not line.startswith("data:"):
-                continue  # blank separators, ":" comment pings, event:/id: fields
-            data = line[5:].strip()
-            if data == "[DONE]":
-                done = True
-                # Read to the end of the body so the connection goes back to
-                # the keep-alive pool instead of being closed.
-                async with asyncio.timeout_at(deadline):
-                    async for _ in lines:
-                        pass
-                break
-            try:
-                chunk = json.loads(data)
-            except ValueError:
-                raise UpstreamFailure("bad_stream", f"not JSON: {data[:120]}") from None
-            if "error" in chunk or chunk.get("object") == "error":
-                raise UpstreamFailure("upstream_error", self.dialect.error_message(chunk))
-            if chunk.get("usage"):
-                # Last one wins: SGLang repeats usage on its finish chunk.
-                gen.usage = chunk["usage"]
-            if chunk.get("timings"):
-                gen.timings = chunk["timings"]
-            if not gen.model and chunk.get("model"):
-                gen.model = chunk["model"]
-            choices = chunk.get("choices")
-            if not choices:
+                    raw, ended = b"\n", True  # end of body: a last unterminated line counts too
+            pending += raw
+            if b"\n" not in raw:
                 continue
-            choice = choices[0]
-            delta = choice.get("delta") or {}
-            text = delta.get("content")
-            if text:
-                if gen.first_token_at is None:
-                    gen.first_token_at = time.perf_counter()
-                gen.parts.append(text)
-                yield text
-            thought = reasoning_of(delta)
-            if thought:
-                gen.reasoning.append(thought)
-            if choice.get("finish_reason"):
-                gen.finish_reason = choice["finish_reason"]
-        if not done and not gen.finish_reason:
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if not line.startswith(b"data:"):
+                    continue  # blank separators, ":" comment pings, event:/id: fields
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    if not ended:
+                        # Read to the end of the body so the connection goes
+                        # back to the keep-alive pool instead of being closed.
+                        async with asyncio.timeout_at(deadline):
+                            async for _ in chunks:
+                                pass
+                    return
+                text = self._take_chunk(data, gen)
+                if text:
+                    yield text
+        if not gen.finish_reason:
             raise UpstreamFailure("truncated_stream", "the stream ended without a finish reason or [DONE]")
+
+    def _take_chunk(self, data: bytes, gen: Generation) -> str:
+        """Record one stream chunk in `gen`; its content delta, if any."""
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise UpstreamFailure("bad_stream", f"not JSON: {data[:120].decode(errors='replace')}") from None
+        if "error" in chunk or chunk.get("object") == "error":
+            raise UpstreamFailure("upstream_error", self.dialect.error_message(chunk))
+        if chunk.get("usage"):
+            # Last one wins: SGLang repeats usage on its finish chunk.
+            gen.usage = chunk["usage"]
+        if chunk.get("timings"):
+            gen.timings = chunk["timings"]
+        if not gen.model and chunk.get("model"):
+            gen.model = chunk["model"]
+        choices = chunk.get("choices")
+        if not choices:
+            return ""
+        choice = choices[0]
+        delta = choice.get("delta") or {}
+        thought = self.dialect.reasoning_of(delta)
+        if thought:
+            gen.reasoning.append(thought)
+        if choice.get("finish_reason"):
+            gen.finish_reason = choice["finish_reason"]
+        text = delta.get("content")
+        if not text:
+            return ""
+        if gen.first_token_at is None:
+            gen.first_token_at = time.perf_counter()
+        gen.parts.append(text)
+        return text
 
     def _read_whole(self, raw: bytes, gen: Generation) -> list[str]:
         try:
