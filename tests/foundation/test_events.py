@@ -4,6 +4,7 @@ flush, retry after an outage, and the bounded buffer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -31,11 +32,11 @@ class _CountingCapsule(capsule_pb2_grpc.CapsuleServicer):
         return capsule_pb2.AppendEventsReply(inserted=len(request.events))
 
 
-@pytest.fixture
-async def capsule() -> AsyncIterator[tuple[_CountingCapsule, Callable[..., EventSink]]]:
-    """A counting Capsule on port 0 and a factory of started sinks sending to it."""
-    server = aio.server()
-    servicer = _CountingCapsule()
+@contextlib.asynccontextmanager
+async def _served(servicer: _CountingCapsule, **options: int) -> AsyncIterator[Callable[..., EventSink]]:
+    """`servicer` on port 0 (with grpc server options); yields a factory of
+    started sinks sending to it, all closed on exit."""
+    server = aio.server(options=[(f"grpc.{k}", v) for k, v in options.items()])
     capsule_pb2_grpc.add_CapsuleServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -48,11 +49,21 @@ async def capsule() -> AsyncIterator[tuple[_CountingCapsule, Callable[..., Event
         sinks.append(s)
         return s
 
-    yield servicer, sink
-    for s in sinks:
-        await s.close(1.0)
-    await channel.close()
-    await server.stop(0)
+    try:
+        yield sink
+    finally:
+        for s in sinks:
+            await s.close(1.0)
+        await channel.close()
+        await server.stop(0)
+
+
+@pytest.fixture
+async def capsule() -> AsyncIterator[tuple[_CountingCapsule, Callable[..., EventSink]]]:
+    """A counting Capsule on port 0 and a factory of started sinks sending to it."""
+    servicer = _CountingCapsule()
+    async with _served(servicer) as make:
+        yield servicer, make
 
 
 def _event() -> common_pb2.Event:
@@ -108,3 +119,54 @@ def test_full_buffer_drops_oldest_and_counts() -> None:
         sink.emit(e)  # not started: nothing is sent, the buffer fills
     assert sink.dropped == 5 and sink.pending == 10
     assert [e.id for e in sink._buffer] == [e.id for e in events[5:]]
+
+
+class _PickyCapsule(_CountingCapsule):
+    """Refuses any batch holding an event whose reason is "bad"."""
+
+    async def AppendEvents(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        for i, e in enumerate(request.events):
+            if e.reason == "bad":
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"events[{i}]: bad")
+        return await super().AppendEvents(request, context)
+
+
+async def test_refused_batch_loses_only_the_bad_event() -> None:
+    picky = _PickyCapsule()
+    async with _served(picky) as make:
+        sink = make(batch_size=64, flush_interval_s=0.01)
+        events = [_event() for _ in range(40)]
+        events[17].reason = "bad"
+        for e in events:
+            sink.emit(e)
+        assert await sink.flush(10.0)
+        assert sorted(picky.ids) == sorted(e.id for i, e in enumerate(events) if i != 17)
+        assert sink.dropped == 1 and sink.sent == 39
+
+
+def _blob_events(n: int, size: int) -> list[common_pb2.Event]:
+    return [new_event(common_pb2.EVENT_TYPE_LLM_CALL, payload={"blob": "x" * size}) for _ in range(n)]
+
+
+async def test_batches_stay_under_the_byte_bound(capsule) -> None:  # type: ignore[no-untyped-def]
+    servicer, make = capsule
+    sink = make(batch_size=500, max_batch_bytes=32 * 1024, flush_interval_s=0.01)
+    for e in _blob_events(30, 10_000):
+        sink.emit(e)
+    assert await sink.flush(10.0)
+    assert sum(servicer.batches) == 30 and max(servicer.batches) == 3 and sink.dropped == 0
+
+
+async def test_too_large_for_capsule_splits_and_drops_only_the_oversized_event() -> None:
+    # Capsule accepts messages up to 64 KiB; events carry 10 kB each, one 100 kB.
+    servicer = _CountingCapsule()
+    async with _served(servicer, max_receive_message_length=64 * 1024) as make:
+        # The sink's own bound is above Capsule's limit: refusals split the batches.
+        sink = make(batch_size=500, max_batch_bytes=256 * 1024, flush_interval_s=0.01)
+        events = _blob_events(30, 10_000)
+        huge = _blob_events(1, 100_000)[0]
+        for e in events[:10] + [huge] + events[10:]:
+            sink.emit(e)
+        assert await sink.flush(10.0)
+        assert sorted(servicer.ids) == sorted(e.id for e in events)
+        assert sink.dropped == 1 and max(servicer.batches) <= 6

@@ -7,6 +7,12 @@ has passed, whichever comes first) and retries failed batches with backoff. Beca
 idempotent by event id, a retried batch that had in fact been stored is not
 stored twice. When the buffer is full the oldest event is dropped and counted
 (`dropped`), and a warning is logged: the hot path never blocks on audit.
+
+A batch is also bounded in bytes (`max_batch_bytes`, well under the gRPC
+message limit): LLMCall events carry whole prompts. A batch Capsule refuses
+(INVALID_ARGUMENT for a malformed event, RESOURCE_EXHAUSTED when too large
+for its limit) is split in halves and retried, so that only the event that
+can never be accepted is dropped (counted and logged), not its neighbours.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ class EventSink:
         *,
         capacity: int = 10_000,
         batch_size: int = 500,
+        max_batch_bytes: int = 4 * 1024 * 1024,
         flush_interval_s: float = 0.05,
         rpc_timeout_s: float = 5.0,
         max_backoff_s: float = 5.0,
@@ -61,6 +68,7 @@ class EventSink:
         self._buffer: deque[common_pb2.Event] = deque()
         self._capacity = capacity
         self._batch_size = batch_size
+        self._max_batch_bytes = max_batch_bytes
         self._flush_interval_s = flush_interval_s
         self._rpc_timeout_s = rpc_timeout_s
         self._max_backoff_s = max_backoff_s
@@ -108,8 +116,7 @@ class EventSink:
                         pass
                     if not self._buffer:
                         continue
-                n = min(self._batch_size, len(self._buffer))
-                self._inflight = [self._buffer.popleft() for _ in range(n)]
+                self._inflight = self._take_batch()
             try:
                 if self._stub is None:
                     self._stub = capsule_pb2_grpc.CapsuleStub(self._channel_factory())
@@ -120,15 +127,38 @@ class EventSink:
                 self._inflight = []
                 backoff = 0.1
             except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    # A batch Capsule refuses will never succeed: log and drop it.
-                    log.error("capsule rejected events", extra={"fields": {"error": exc.details(), "count": len(self._inflight)}})
-                    self.dropped += len(self._inflight)
-                    self._inflight = []
+                if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                    # A refusal, not an outage: retrying as is would never succeed.
+                    self._split_refused(exc)
                     continue
                 log.warning("capsule unreachable, will retry", extra={"fields": {"code": exc.code().name, "backoff_s": backoff}})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff_s)
+
+    def _take_batch(self) -> list[common_pb2.Event]:
+        """Up to batch_size queued events within max_batch_bytes (at least one)."""
+        batch = [self._buffer.popleft()]
+        size = batch[0].ByteSize()
+        while self._buffer and len(batch) < self._batch_size:
+            size += self._buffer[0].ByteSize()
+            if size > self._max_batch_bytes:
+                break
+            batch.append(self._buffer.popleft())
+        return batch
+
+    def _split_refused(self, exc: grpc.aio.AioRpcError) -> None:
+        """Capsule refused the in-flight batch: send its first half next and
+        queue the rest in front; a refused single event is dropped."""
+        if len(self._inflight) > 1:
+            half = len(self._inflight) // 2
+            self._buffer.extendleft(reversed(self._inflight[half:]))
+            self._inflight = self._inflight[:half]
+            return
+        event = self._inflight[0]
+        log.error("capsule refused an event, dropped", extra={"fields": {
+            "event_id": event.id, "bytes": event.ByteSize(), "code": exc.code().name, "error": exc.details()}})
+        self.dropped += 1
+        self._inflight = []
 
     async def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until everything queued so far is delivered (or timeout)."""
