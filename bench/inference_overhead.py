@@ -8,12 +8,12 @@ own process):
   by the adapter) vs the same streamed chat completion sent directly with a
   pooled httpx client (body encoded once, reply read whole and not parsed:
   the cheapest direct call, so "added" is an upper bound); sequential, small
-  replies; calls alternate (the side
-  going first rotates) so that machine noise hits every side alike. Added latency = adapter percentile
-  minus direct percentile.
+  replies. Added latency = adapter percentile minus direct percentile.
 * the reflex path: `Router.Decide` (a `speckit serve router` process whose
   caches read this adapter's health and passing verdicts) and then
   `Inference.Complete` of the model it chose, against the same direct call.
+  The three unary sides take turns, the side going first rotating from call
+  to call, so that machine noise hits every side alike.
 * streaming: `Inference.StreamComplete` vs direct streaming, with stubs that
   pause before every token: TTFT over many short streams (--ttft-calls), and
   output tokens/s over fewer long ones (--stream-calls). The side that goes
