@@ -80,7 +80,8 @@ class CountingCapsule(capsule_pb2_grpc.CapsuleServicer):
     """Takes the services' events; tells the Router every model passes its bakeoff."""
 
     def __init__(self) -> None:
-        self.events = 0
+        self.llm_calls = 0
+        self.decisions = 0
 
     async def CheckThresholds(self, request, context):  # type: ignore[no-untyped-def]
         return capsule_pb2.CheckThresholdsReply(passed=True, model=request.model)
@@ -89,7 +90,11 @@ class CountingCapsule(capsule_pb2_grpc.CapsuleServicer):
         return capsule_pb2.UsageSummary()
 
     async def AppendEvents(self, request, context):  # type: ignore[no-untyped-def]
-        self.events += len(request.events)
+        for e in request.events:
+            if e.type == common_pb2.EVENT_TYPE_LLM_CALL:
+                self.llm_calls += 1
+            elif e.type == common_pb2.EVENT_TYPE_ROUTING_DECISION:
+                self.decisions += 1
         return capsule_pb2.AppendEventsReply(inserted=len(request.events))
 
 
@@ -240,7 +245,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     capsule_proc = subprocess.Popen([sys.executable, __file__, "--serve-capsule", str(capsule_port)],
                                     stdout=subprocess.PIPE, text=True)
     assert capsule_proc.stdout is not None and capsule_proc.stdout.readline().strip() == "ready"
-    events_received = 0
+    llm_call_events = decision_events = 0
     try:
         unary_stub, unary_url = start_stub(pieces=3, delay_ms=0)
         paced_stub, paced_url = start_stub(pieces=args.stream_tokens, delay_ms=args.token_delay_ms)
@@ -402,7 +407,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # Last, once the services have flushed their events on SIGTERM.
         capsule_proc.send_signal(signal.SIGTERM)
         out, _ = capsule_proc.communicate(timeout=10)
-        events_received = int(out.split()[-1]) if out.strip() else 0
+        if out.strip():
+            llm_call_events, decision_events = (int(x) for x in out.split()[-2:])
         shutil.rmtree(workdir, ignore_errors=True)
 
     res: dict[str, Any] = {
@@ -427,7 +433,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if s_direct_tps and statistics.median(s_direct_tps) else None,
         "litellm_calls": len(litellm),
         "litellm_added_p50_ms": statistics.median(litellm) if litellm else None,
-        "events_received": events_received,
+        "llm_call_events": llm_call_events,
+        "routing_decision_events": decision_events,
     }
     if litellm and res["litellm_added_p50_ms"]:
         res["ours_vs_litellm_ratio"] = res["added_p50_ms"] / res["litellm_added_p50_ms"]
@@ -462,7 +469,8 @@ def report(res: dict[str, Any]) -> None:
          None if res.get("ours_vs_litellm_ratio") is None else res["ours_vs_litellm_ratio"] <= 1 / 3),
         ("  reflex path added / LiteLLM added", fmt(res.get("reflex_vs_litellm_ratio")), "<= 0.333",
          None if res.get("reflex_vs_litellm_ratio") is None else res["reflex_vs_litellm_ratio"] <= 1 / 3),
-        ("LLMCall events received by Capsule", fmt(res["events_received"]), "-", None),
+        ("events received by Capsule: LLMCall / RoutingDecision",
+         f"{res['llm_call_events']} / {res['routing_decision_events']}", "-", None),
     ]
     print(f"{'figure':46} {'measured':>22}  {'target':>12}  ok")
     for name, value, target, ok in rows:
@@ -471,7 +479,8 @@ def report(res: dict[str, Any]) -> None:
 
 
 async def serve_capsule(port: int) -> None:
-    """The --serve-capsule process: prints "ready", then on SIGTERM the event count."""
+    """The --serve-capsule process: prints "ready", then on SIGTERM the LLMCall
+    and RoutingDecision event counts."""
     server = aio.server()
     capsule = CountingCapsule()
     capsule_pb2_grpc.add_CapsuleServicer_to_server(capsule, server)
@@ -482,7 +491,7 @@ async def serve_capsule(port: int) -> None:
     print("ready", flush=True)
     await stop.wait()
     await server.stop(0)
-    print(capsule.events, flush=True)
+    print(capsule.llm_calls, capsule.decisions, flush=True)
 
 
 def main() -> int:
@@ -495,6 +504,8 @@ def main() -> int:
     ap.add_argument("--token-delay-ms", type=float, default=5.0)
     ap.add_argument("--seconds", type=float, default=60.0, help="time bound of the unary phase")
     ap.add_argument("--no-litellm", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench/results/inference_overhead.json",
+                    help="where the JSON goes")
     ap.add_argument("--serve-capsule", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_capsule:
@@ -505,10 +516,9 @@ def main() -> int:
     res["targets"] = TARGETS
     res["command"] = "python bench/inference_overhead.py " + " ".join(sys.argv[1:])
     report(res)
-    out = ROOT / "bench/results/inference_overhead.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"wrote {args.out}")
     return 0
 
 

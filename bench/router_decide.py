@@ -256,6 +256,8 @@ def main() -> int:
     ap.add_argument("--sequential", type=int, default=3000, help="sequential Decide calls (latency)")
     ap.add_argument("--seconds", type=float, default=5.0, help="duration of the throughput phase")
     ap.add_argument("--concurrency", type=int, default=64, help="calls in flight during the throughput phase")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "router_decide.json",
+                    help="where the JSON goes")
     ap.add_argument("--serve-peers", nargs=3, type=int, metavar=("INFERENCE", "CAPSULE", "FLOOR"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -334,10 +336,9 @@ def main() -> int:
         "floor": floor,
         "command": " ".join([".venv/bin/python", "bench/router_decide.py", *sys.argv[1:]]),
     }
-    path = ROOT / "bench" / "results" / "router_decide.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {path.relative_to(ROOT)}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
     return 0
 
 

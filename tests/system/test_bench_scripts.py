@@ -1,0 +1,62 @@
+"""The Router and Inference benchmarks still run end to end (tiny counts).
+
+Speed is not asserted here (that is what the benchmarks are for, on a quiet
+machine); this checks that each script starts its real services, measures,
+prints every target row with its target, and writes complete JSON, so the
+figures in docs/benchmarks.md can always be reproduced.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(script: str, out: Path, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "LITELLM_BIN"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), "--out", str(out), *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_router_benchmark_prints_its_targets(tmp_path: Path) -> None:
+    out = tmp_path / "router.json"
+    table = _run("router_decide.py", out, "--sequential", "200", "--seconds", "0.5", "--concurrency", "8")
+    assert "Decide p50 over gRPC, sequential" in table and "<= 0.7 ms" in table
+    assert "decisions/s, 8 in flight" in table and ">= 3,000" in table
+    doc = json.loads(out.read_text())
+    assert doc["targets"] == {"p50_ms": 0.7, "decisions_per_s": 3000.0}
+    for side in (doc["results"], doc["floor"]):
+        assert side["sequential_calls"] == 200 and side["errors"] == 0 and side["decisions"] > 0
+        assert 0 < side["p50_ms"] <= side["p99_ms"]
+        assert side["server_cpu_us_per_call"] > 0 and side["client_cpu_us_per_call"] > 0
+
+
+def test_inference_benchmark_prints_its_targets(tmp_path: Path) -> None:
+    out = tmp_path / "inference.json"
+    table = _run("inference_overhead.py", out, "--calls", "40", "--warmup", "10", "--ttft-calls", "6",
+                 "--stream-calls", "2", "--stream-tokens", "6", "--no-litellm")
+    for row, target in [("added latency p50", "<= 1 ms"), ("added latency p99", "<= 4 ms"),
+                        ("reflex path added p50", "<= 1.5 ms"), ("reflex path added p99", "<= 5 ms"),
+                        ("stream TTFT added p50", "<= 1 ms"), ("stream tokens/s ratio", ">= 0.98")]:
+        line = next(x for x in table.splitlines() if x.startswith(row))
+        assert target in line, line
+    doc = json.loads(out.read_text())
+    assert doc["calls"] == 40 and doc["ttft_calls"] == 6 and doc["stream_calls"] == 2
+    for key in ("added_p50_ms", "added_p99_ms", "reflex_added_p50_ms", "reflex_added_p99_ms",
+                "stream_ttft_added_p50_ms", "stream_tps_ratio"):
+        assert isinstance(doc[key], float) and math.isfinite(doc[key]), key
+    # Every adapter call (unary and reflex path with warm-up, TTFT and tokens/s
+    # streams with theirs) reached Capsule as one LLMCall event, and every
+    # reflex-path decision (plus the readiness checks) as a RoutingDecision.
+    assert doc["llm_call_events"] == 2 * (40 + 10) + (6 + 4) + (2 + 2)
+    assert doc["routing_decision_events"] >= 40 + 10
