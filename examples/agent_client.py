@@ -15,7 +15,8 @@ Exit status: 0 fixed (or already clean), 1 gave up, 2 refused by policy
 (e.g. local_only with no local model that qualifies), 3 the call failed.
 
 Pass the same --session-id for every run of one agent session: the Router
-escalates to cloud after `max_failures` consecutive failed runs in a session.
+escalates to cloud after `max_failures` consecutive failed attempts in a
+session, counted across its runs.
 """
 
 from __future__ import annotations

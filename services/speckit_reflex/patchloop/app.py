@@ -6,7 +6,7 @@ from grpc import aio
 
 from speckit_reflex.patchloop.compiler import Compiler
 from speckit_reflex.patchloop.core import PatchLoop
-from speckit_reflex.patchloop.ports import GrpcInference, GrpcRouter
+from speckit_reflex.patchloop.ports import CapsuleSessionHistory, GrpcInference, GrpcRouter
 from speckit_reflex.patchloop.sandbox import BuildRunner, NetworkIsolation
 from speckit_reflex.patchloop.servicer import PatchLoopServicer
 from speckit_reflex.runtime.bootstrap import ServiceContext
@@ -43,5 +43,6 @@ def build(ctx: ServiceContext) -> PatchLoopService:
         compiler=Compiler(BuildRunner(NetworkIsolation())),
         policy=ctx.policy,
         scratch_dir=None,
+        history=CapsuleSessionHistory(ctx.channel("capsule")),
     )
     return PatchLoopService(loop, sink)

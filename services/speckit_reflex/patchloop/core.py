@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,15 @@ from typing import Any
 from speckit_reflex.errors import InvalidArgument, NotFound
 from speckit_reflex.patchloop.compiler import CompileOutcome, Compiler, machine_applicable_edits
 from speckit_reflex.patchloop.patch import PatchBounds, PatchRejected, parse_patch, patch_schema, plan_patch
-from speckit_reflex.patchloop.ports import EventPort, InferencePort, ModelCallFailed, RouteRefused, RouterPort
+from speckit_reflex.patchloop.ports import (
+    EventPort,
+    InferencePort,
+    ModelCallFailed,
+    RouteRefused,
+    RouterPort,
+    SessionHistoryPort,
+    SessionHistoryUnavailable,
+)
 from speckit_reflex.patchloop.prompt import FailedAttempt, build_messages, file_excerpts, render_diagnostics
 from speckit_reflex.patchloop.workspace import Scratch
 from speckit_reflex.policy import LoadedPolicy
@@ -167,6 +175,10 @@ class SessionFailures:
     def get(self, session_id: str) -> int:
         return self._counts.get(session_id, 0)
 
+    def known(self, session_id: str) -> int | None:
+        """The count, or None for a session this process has not seen."""
+        return self._counts.get(session_id)
+
     def set(self, session_id: str, count: int) -> None:
         self._counts[session_id] = count
         self._counts.move_to_end(session_id)
@@ -205,6 +217,7 @@ class PatchLoop:
         registry: RunRegistry | None = None,
         sessions: SessionFailures | None = None,
         scratch_dir: Path | None = None,
+        history: SessionHistoryPort | None = None,
     ):
         self._router = router
         self._inference = inference
@@ -213,8 +226,25 @@ class PatchLoop:
         self._policy = policy
         self._registry = registry or RunRegistry()
         self._sessions = sessions or SessionFailures()
+        self._history = history
         self._scratch_dir = scratch_dir
         self._tasks: set[asyncio.Task[None]] = set()
+
+    async def session_failures(self, spec: RunSpec, note: Callable[[str], None]) -> int:
+        """Consecutive failed attempts of the run's session: this process's
+        count, or Capsule's record for a session it has not seen yet."""
+        count = self._sessions.known(spec.session_id)
+        if count is not None or self._history is None or spec.session_id == spec.run_id:
+            return count or 0  # a session named after its run is new by construction
+        try:
+            count = await self._history.consecutive_failures(spec.session_id)
+        except SessionHistoryUnavailable as exc:
+            note(f"session history unavailable ({exc}); counting this session's failures from 0")
+            return 0
+        if count:
+            note(f"session {spec.session_id}: {count} consecutive failed attempt(s) on record")
+        self._sessions.set(spec.session_id, count)
+        return count
 
     def get_run(self, run_id: str) -> patchloop_pb2.RunStatus:
         """A running or finished run (NotFound when unknown)."""
@@ -387,7 +417,7 @@ class _Run:
                     self.finish(patchloop_pb2.OUTCOME_FIXED, fixed_by=patchloop_pb2.FIX_SOURCE_COMPILER,
                                 reason="fixed by rustc's machine-applicable suggestions")
                     return
-        failures = self.loop._sessions.get(self.spec.session_id)
+        failures = await self.loop.session_failures(self.spec, self.note)
         last_reason = ""
         while self.attempt < self.spec.max_attempts:
             self.attempt += 1

@@ -1,17 +1,20 @@
 """What the loop needs from its peers, and the gRPC adapters that provide it.
 
-The core depends on these three small protocols only, so tests can drive it
-with in-memory ports and the service wires the gRPC ones.
+The core depends on these small protocols only, so tests can drive it with
+in-memory ports and the service wires the gRPC ones.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
 import grpc
 from grpc import aio
 
 from speckit_reflex.v1 import (
+    capsule_pb2,
+    capsule_pb2_grpc,
     common_pb2,
     inference_pb2,
     inference_pb2_grpc,
@@ -35,6 +38,10 @@ class ModelCallFailed(Exception):
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+
+
+class SessionHistoryUnavailable(Exception):
+    """The session's attempt history could not be read."""
 
 
 class RouterPort(Protocol):
@@ -89,3 +96,45 @@ class GrpcInference:
         if final is None:
             raise ModelCallFailed("no_reply", "the stream ended without a final reply")
         return final
+
+
+class SessionHistoryPort(Protocol):
+    async def consecutive_failures(self, session_id: str) -> int:
+        """Failed attempts of the session since its last successful one, from
+        the record; raises SessionHistoryUnavailable."""
+        ...
+
+
+class CapsuleSessionHistory:
+    """SessionHistoryPort over Capsule's PatchAttempt events of the last `window_s`.
+
+    Used for a session this PatchLoop process has not seen (after a restart,
+    or a session whose earlier runs another replica served), so that
+    escalation after max_failures does not start over.
+    """
+
+    def __init__(self, channel: aio.Channel, *, window_s: float = 86_400.0, page_size: int = 1000,
+                 max_pages: int = 20, timeout_s: float = 2.0):
+        self._stub = capsule_pb2_grpc.CapsuleStub(channel)
+        self._window_s = window_s
+        self._page_size = page_size
+        self._max_pages = max_pages
+        self._timeout_s = timeout_s
+
+    async def consecutive_failures(self, session_id: str) -> int:
+        req = capsule_pb2.QueryEventsRequest(
+            type=common_pb2.EVENT_TYPE_PATCH_ATTEMPT, session_id=session_id, page_size=self._page_size)
+        req.since.FromMicroseconds(int((time.time() - self._window_s) * 1_000_000))
+        count = 0
+        try:
+            for _ in range(self._max_pages):  # oldest first
+                reply = await self._stub.QueryEvents(req, timeout=self._timeout_s)
+                for event in reply.events:
+                    count = 0 if event.success else count + 1
+                if not reply.next_page_token:
+                    return count
+                req.page_token = reply.next_page_token
+        except aio.AioRpcError as exc:
+            raise SessionHistoryUnavailable(f"capsule: {exc.code().name}: {exc.details()}") from None
+        raise SessionHistoryUnavailable(
+            f"more than {self._max_pages * self._page_size} attempts in the session's last {self._window_s:g} s")
