@@ -254,3 +254,29 @@ async def test_concurrent_appends_keep_rollups_exact(capsule, migrated_url: str)
     finally:
         exact.close()
         rolled.close()
+
+
+def test_latency_chart_from_rollups_matches_exact_buckets(migrated_url: str):
+    # Latencies kept at least 2 % away from every bucket edge, so no value's
+    # bin straddles one: the counts must then be equal, not just close.
+    from speckit_reflex.capsule.stats import LATENCY_BUCKETS_MS
+
+    rng = random.Random(7)
+    edges = (0, *LATENCY_BUCKETS_MS)
+    exact, rolled = _stores(migrated_url)
+    try:
+        events = []
+        for i, ev in enumerate(_attempts(rng, 2000, T0_US, 30 * HOUR_US)):
+            while any(abs(ev.latency_ms - e) <= 0.02 * e for e in edges[1:]):
+                ev.latency_ms = round(rng.lognormvariate(6.5, 1.1), 3)
+            events.append(ev)
+        _append(rolled, events)
+        for window in (TimeWindow(T0_US - 24 * HOUR_US + 1, T0_US + 1, "24h"),
+                       TimeWindow(T0_US - 7 * HOUR_US - 12345, T0_US - 2 * HOUR_US + 999, "custom")):
+            want, got = exact.latency_histogram(window), rolled.latency_histogram(window)
+            assert got == want and sum(map(sum, want.values())) > 0, (got, want)
+        assert sum(sum(v) for v in rolled.latency_histogram(
+            TimeWindow(T0_US - 40 * HOUR_US, T0_US + HOUR_US, "custom")).values()) == 2000
+    finally:
+        exact.close()
+        rolled.close()

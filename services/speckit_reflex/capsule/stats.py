@@ -10,6 +10,7 @@ between those two neighbours exactly as `percentile_cont` does.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from speckit_reflex.capsule.rollups import (
     LATENCY,
     TTFT,
     bin_sql,
+    bin_value,
     histogram_percentile,
     add_bins,
     decode_bins,
@@ -182,14 +184,9 @@ def _from_counters(g: GroupStats, c: list[Any]) -> None:
     g.cached_tokens, g.cached_prompt_tokens, g.cache_reported = cached, cached_prompt, reported
 
 
-def _histogram_stats(conn: Connection, window: TimeWindow, counters: dict[tuple[int, str], list[Any]]) -> AttemptStats:
-    out = AttemptStats()
-    per_mode: dict[int, list[Any]] = {}
-    for (mode, model), c in counters.items():
-        _from_counters(_group(out, mode, model), c)
-        per_mode[mode] = [a + b for a, b in zip(per_mode.get(mode, [0] * len(c)), c, strict=True)]
-    for mode, c in per_mode.items():
-        _from_counters(_group(out, mode, None), c)
+def _window_bins(conn: Connection, window: TimeWindow) -> dict[tuple[int, str | None, int], dict[int, int]]:
+    """Histogram bins per (mode, model, metric) and per (mode, None, metric):
+    whole hours from the rollups, the partial hours at the edges from events."""
     bins: dict[tuple[int, str | None, int], dict[int, int]] = {}
     params = _split(window)
     for mode, model, latency_bins, ttft_bins in conn.execute(text(_ROLLUP_BINS), params):
@@ -201,7 +198,18 @@ def _histogram_stats(conn: Connection, window: TimeWindow, counters: dict[tuple[
         for key in ((mode, model, metric), (mode, None, metric)):
             per_bin = bins.setdefault(key, {})
             per_bin[b] = per_bin.get(b, 0) + int(n)
-    for (mode, model, metric), per_bin in bins.items():
+    return bins
+
+
+def _histogram_stats(conn: Connection, window: TimeWindow, counters: dict[tuple[int, str], list[Any]]) -> AttemptStats:
+    out = AttemptStats()
+    per_mode: dict[int, list[Any]] = {}
+    for (mode, model), c in counters.items():
+        _from_counters(_group(out, mode, model), c)
+        per_mode[mode] = [a + b for a, b in zip(per_mode.get(mode, [0] * len(c)), c, strict=True)]
+    for mode, c in per_mode.items():
+        _from_counters(_group(out, mode, None), c)
+    for (mode, model, metric), per_bin in _window_bins(conn, window).items():
         if not per_bin:  # an hour whose attempts reported no TTFT
             continue
         g = _group(out, mode, model)
@@ -322,8 +330,20 @@ def _portable_stats(conn: Connection, window: TimeWindow, run: str) -> AttemptSt
     return out
 
 
-def latency_histogram(conn: Connection, window: TimeWindow, bakeoff_run_id: str = "") -> dict[int, list[int]]:
-    """Attempt counts per mode in each latency bucket (LATENCY_BUCKETS_MS, then open)."""
+def latency_histogram(
+    conn: Connection, window: TimeWindow, bakeoff_run_id: str = "", exact_limit: int = EXACT_PERCENTILE_LIMIT
+) -> dict[int, list[int]]:
+    """Attempt counts per mode in each latency bucket (LATENCY_BUCKETS_MS, then open).
+
+    Counted from the events while the window holds at most `exact_limit`
+    attempts (and for one bakeoff run); above that from the rollups' bins,
+    each counted in the bucket of its representative value, so only
+    attempts within RELATIVE_ERROR of a bucket edge may land one bucket over.
+    """
+    if not bakeoff_run_id:
+        counters = _rollup_counters(conn, window)
+        if sum(c[0] for c in counters.values()) > exact_limit:
+            return _histogram_buckets(conn, window)
     where, params = _filters(window, bakeoff_run_id)
     cases = " ".join(f"WHEN latency_ms < {b} THEN {i}" for i, b in enumerate(LATENCY_BUCKETS_MS))
     sql = (
@@ -333,4 +353,15 @@ def latency_histogram(conn: Connection, window: TimeWindow, bakeoff_run_id: str 
     out: dict[int, list[int]] = {}
     for r in conn.execute(text(sql), params).mappings():
         out.setdefault(r["mode"], [0] * (len(LATENCY_BUCKETS_MS) + 1))[r["bucket"]] = r["n"]
+    return out
+
+
+def _histogram_buckets(conn: Connection, window: TimeWindow) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for (mode, model, metric), per_bin in _window_bins(conn, window).items():
+        if model is not None or metric != LATENCY:
+            continue
+        counts = out.setdefault(mode, [0] * (len(LATENCY_BUCKETS_MS) + 1))
+        for b, n in per_bin.items():
+            counts[bisect.bisect_right(LATENCY_BUCKETS_MS, bin_value(b))] += n
     return out

@@ -353,7 +353,10 @@ class CapsuleStore:
     def latency_histogram(self, window: TimeWindow, bakeoff_run_id: str = "") -> dict[int, list[int]]:
         self.ensure_schema()
         with self.engine.connect() as conn:
-            return latency_histogram(conn, window, bakeoff_run_id)
+            if self._postgres:
+                conn.execution_options(isolation_level="REPEATABLE READ")  # as attempt_stats
+            with conn.begin():
+                return latency_histogram(conn, window, bakeoff_run_id, self._exact_limit)
 
     @_db_call
     def usage(self, window: TimeWindow, event_type: int, mode: int) -> UsageTotals:
