@@ -11,7 +11,7 @@ from patchloop_support import FIXED_LINE, RecordingEvents, ScriptedInference, Sc
 from speckit_reflex.clients.capsule import CapsuleClient
 from speckit_reflex.patchloop.compiler import Compiler
 from speckit_reflex.patchloop.core import PatchLoop
-from speckit_reflex.patchloop.ports import CapsuleSessionHistory
+from speckit_reflex.patchloop.ports import CapsuleSessionHistory, SessionHistoryPort
 from speckit_reflex.patchloop.sandbox import BuildRunner, NetworkIsolation
 from speckit_reflex.policy import load_policy
 from speckit_reflex.runtime.events import new_event
@@ -24,7 +24,7 @@ def _attempt(session_id: str, success: bool) -> common_pb2.Event:
                      mode=common_pb2.ROUTING_MODE_REFLEX, model="local-model", latency_ms=10.0)
 
 
-def _loop(tmp_path: Path, history: CapsuleSessionHistory) -> tuple[PatchLoop, ScriptedRouter]:
+def _loop(tmp_path: Path, history: SessionHistoryPort) -> tuple[PatchLoop, ScriptedRouter]:
     router = ScriptedRouter(max_failures=2)
     loop = PatchLoop(router, ScriptedInference([reply(FIXED_LINE)] * 4), RecordingEvents(),
                      Compiler(BuildRunner(NetworkIsolation())), load_policy(None), scratch_dir=tmp_path,
@@ -73,7 +73,7 @@ async def test_unreadable_history_is_said_and_counts_from_zero(crate, tmp_path: 
 
 
 async def test_a_session_named_after_its_run_is_not_looked_up(crate, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    class Counting(CapsuleSessionHistory):
+    class Counting:  # a SessionHistoryPort that only counts the questions
         def __init__(self) -> None:
             self.asked = 0
 

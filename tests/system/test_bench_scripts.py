@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(script: str, out: Path, *args: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "LITELLM_BIN"}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / script), "--out", str(out), *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc.stdout

@@ -110,10 +110,9 @@ def attempt_stats(
     attempts, which the rollups do not separate); above that they come from
     the rollups' histograms, within rollups.RELATIVE_ERROR of exact.
     """
-    if not bakeoff_run_id:
-        counters = _rollup_counters(conn, window)
-        if sum(c[0] for c in counters.values()) > exact_limit:
-            return _histogram_stats(conn, window, counters)
+    counters = _counters_if_over(conn, window, bakeoff_run_id, exact_limit)
+    if counters is not None:
+        return _histogram_stats(conn, window, counters)
     if conn.dialect.name == "postgresql":
         return _postgres_stats(conn, window, bakeoff_run_id)
     return _portable_stats(conn, window, bakeoff_run_id)
@@ -169,6 +168,18 @@ UNION ALL
 SELECT mode, model, {TTFT}, {bin_sql("ttft_ms")}, count(*) FROM {_EDGE_EVENTS}
 WHERE ttft_ms IS NOT NULL GROUP BY 1, 2, 3, 4
 """
+
+
+def _counters_if_over(
+    conn: Connection, window: TimeWindow, bakeoff_run_id: str, exact_limit: int
+) -> dict[tuple[int, str], list[Any]] | None:
+    """The rollup counters when the window is read from the rollups: more than
+    `exact_limit` attempts and not one bakeoff run's (the rollups do not
+    separate runs). None means: count from the events, exactly."""
+    if bakeoff_run_id:
+        return None
+    counters = _rollup_counters(conn, window)
+    return counters if sum(c[0] for c in counters.values()) > exact_limit else None
 
 
 def _rollup_counters(conn: Connection, window: TimeWindow) -> dict[tuple[int, str], list[Any]]:
@@ -340,10 +351,8 @@ def latency_histogram(
     each counted in the bucket of its representative value, so only
     attempts within RELATIVE_ERROR of a bucket edge may land one bucket over.
     """
-    if not bakeoff_run_id:
-        counters = _rollup_counters(conn, window)
-        if sum(c[0] for c in counters.values()) > exact_limit:
-            return _histogram_buckets(conn, window)
+    if _counters_if_over(conn, window, bakeoff_run_id, exact_limit) is not None:
+        return _histogram_buckets(conn, window)
     where, params = _filters(window, bakeoff_run_id)
     cases = " ".join(f"WHEN latency_ms < {b} THEN {i}" for i, b in enumerate(LATENCY_BUCKETS_MS))
     sql = (

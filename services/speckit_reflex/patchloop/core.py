@@ -172,9 +172,6 @@ class SessionFailures:
         self._capacity = capacity
         self._counts: OrderedDict[str, int] = OrderedDict()
 
-    def get(self, session_id: str) -> int:
-        return self._counts.get(session_id, 0)
-
     def known(self, session_id: str) -> int | None:
         """The count, or None for a session this process has not seen."""
         return self._counts.get(session_id)
