@@ -27,41 +27,51 @@ from speckit_reflex.v1 import common_pb2 as speckit__reflex_dot_v1_dot_common__p
 from speckit_reflex.v1 import router_pb2 as speckit__reflex_dot_v1_dot_router__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!speckit_reflex/v1/patchloop.proto\x12\x11speckit_reflex.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1especkit_reflex/v1/common.proto\x1a\x1especkit_reflex/v1/router.proto\"\xdb\x02\n\nRunRequest\x12\x11\n\tworkspace\x18\x01 \x01(\t\x12\r\n\x05\x61pply\x18\x02 \x01(\x08\x12\x14\n\x0cmax_attempts\x18\x03 \x01(\r\x12\x17\n\x0f\x63ompile_command\x18\x04 \x03(\t\x12\x16\n\x0everify_command\x18\x05 \x03(\t\x12\x1f\n\x12\x63ompiler_fast_path\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12\x17\n\x0f\x62uild_timeout_s\x18\x07 \x01(\r\x12\x32\n\nforce_mode\x18\x08 \x01(\x0e\x32\x1e.speckit_reflex.v1.RoutingMode\x12\x12\n\nsession_id\x18\t \x01(\t\x12\x0e\n\x06run_id\x18\n \x01(\t\x12\x16\n\x0e\x62\x61keoff_run_id\x18\x0b \x01(\t\x12\x0f\n\x07task_id\x18\x0c \x01(\t\x12\x12\n\nlocal_only\x18\r \x01(\x08\x42\x15\n\x13_compiler_fast_path\"f\n\nDiagnostic\x12\r\n\x05level\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0c\n\x04\x66ile\x18\x04 \x01(\t\x12\x0c\n\x04line\x18\x05 \x01(\r\x12\x0e\n\x06\x63olumn\x18\x06 \x01(\r\"\xba\x01\n\x0f\x43ompileFinished\x12\x13\n\x0b\x65rror_count\x18\x01 \x01(\r\x12\x15\n\rwarning_count\x18\x02 \x01(\r\x12\x13\n\x0b\x64uration_ms\x18\x03 \x01(\x01\x12\x11\n\ttimed_out\x18\x04 \x01(\x08\x12\x32\n\x0b\x64iagnostics\x18\x05 \x03(\x0b\x32\x1d.speckit_reflex.v1.Diagnostic\x12\x0e\n\x06verify\x18\x06 \x01(\x08\x12\x0f\n\x07success\x18\x07 \x01(\x08\"1\n\x0e\x43ompileStarted\x12\x0f\n\x07\x63ommand\x18\x01 \x03(\t\x12\x0e\n\x06verify\x18\x02 \x01(\x08\"\x8e\x02\n\tModelCall\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12,\n\x04mode\x18\x03 \x01(\x0e\x32\x1e.speckit_reflex.v1.RoutingMode\x12\'\n\x05usage\x18\x04 \x01(\x0b\x32\x18.speckit_reflex.v1.Usage\x12)\n\x06timing\x18\x05 \x01(\x0b\x32\x19.speckit_reflex.v1.Timing\x12\x14\n\x0cschema_valid\x18\x06 \x01(\x08\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\r\x12\x18\n\x0b\x63\x61\x63he_reuse\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\r\n\x05\x65rror\x18\t \x01(\tB\x0e\n\x0c_cache_reuse\"Z\n\x0cPatchApplied\x12,\n\x06source\x18\x01 \x01(\x0e\x32\x1c.speckit_reflex.v1.FixSource\x12\r\n\x05\x65\x64its\x18\x02 \x01(\r\x12\r\n\x05\x66iles\x18\x03 \x03(\t\"/\n\rPatchRejected\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"\xd1\x01\n\tRunResult\x12+\n\x07outcome\x18\x01 \x01(\x0e\x32\x1a.speckit_reflex.v1.Outcome\x12.\n\x08\x66ixed_by\x18\x02 \x01(\x0e\x32\x1c.speckit_reflex.v1.FixSource\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\r\x12\x0c\n\x04\x64iff\x18\x05 \x01(\t\x12\x0f\n\x07\x61pplied\x18\x06 \x01(\x08\x12\x13\n\x0b\x64uration_ms\x18\x07 \x01(\x01\x12\x11\n\tescalated\x18\x08 \x01(\x08\"\x89\x04\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\r\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12<\n\x0f\x63ompile_started\x18\n \x01(\x0b\x32!.speckit_reflex.v1.CompileStartedH\x00\x12>\n\x10\x63ompile_finished\x18\x0b \x01(\x0b\x32\".speckit_reflex.v1.CompileFinishedH\x00\x12\x35\n\x07routing\x18\x0c \x01(\x0b\x32\".speckit_reflex.v1.RoutingDecisionH\x00\x12\x32\n\nmodel_call\x18\r \x01(\x0b\x32\x1c.speckit_reflex.v1.ModelCallH\x00\x12\x38\n\rpatch_applied\x18\x0e \x01(\x0b\x32\x1f.speckit_reflex.v1.PatchAppliedH\x00\x12:\n\x0epatch_rejected\x18\x0f \x01(\x0b\x32 .speckit_reflex.v1.PatchRejectedH\x00\x12.\n\x06result\x18\x10 \x01(\x0b\x32\x1c.speckit_reflex.v1.RunResultH\x00\x12\x0e\n\x04note\x18\x11 \x01(\tH\x00\x42\x06\n\x04kind\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\xb5\x01\n\tRunStatus\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.speckit_reflex.v1.RunState\x12+\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x1b.speckit_reflex.v1.RunEvent\x12,\n\x06result\x18\x04 \x01(\x0b\x32\x1c.speckit_reflex.v1.RunResult\x12\x11\n\tworkspace\x18\x05 \x01(\t*m\n\tFixSource\x12\x1a\n\x16\x46IX_SOURCE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46IX_SOURCE_REFLEX\x10\x01\x12\x14\n\x10\x46IX_SOURCE_CLOUD\x10\x02\x12\x17\n\x13\x46IX_SOURCE_COMPILER\x10\x03*z\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x11\n\rOUTCOME_FIXED\x10\x01\x12\x13\n\x0fOUTCOME_GAVE_UP\x10\x02\x12\x13\n\x0fOUTCOME_REFUSED\x10\x03\x12\x19\n\x15OUTCOME_ALREADY_CLEAN\x10\x04*P\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_RUNNING\x10\x01\x12\x12\n\x0eRUN_STATE_DONE\x10\x02\x32\x9a\x01\n\tPatchLoop\x12\x43\n\x03Run\x12\x1d.speckit_reflex.v1.RunRequest\x1a\x1b.speckit_reflex.v1.RunEvent0\x01\x12H\n\x06GetRun\x12 .speckit_reflex.v1.GetRunRequest\x1a\x1c.speckit_reflex.v1.RunStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!speckit_reflex/v1/patchloop.proto\x12\x11speckit_reflex.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1especkit_reflex/v1/common.proto\x1a\x1especkit_reflex/v1/router.proto\"\xdb\x02\n\nRunRequest\x12\x11\n\tworkspace\x18\x01 \x01(\t\x12\r\n\x05\x61pply\x18\x02 \x01(\x08\x12\x14\n\x0cmax_attempts\x18\x03 \x01(\r\x12\x17\n\x0f\x63ompile_command\x18\x04 \x03(\t\x12\x16\n\x0everify_command\x18\x05 \x03(\t\x12\x1f\n\x12\x63ompiler_fast_path\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12\x17\n\x0f\x62uild_timeout_s\x18\x07 \x01(\r\x12\x32\n\nforce_mode\x18\x08 \x01(\x0e\x32\x1e.speckit_reflex.v1.RoutingMode\x12\x12\n\nsession_id\x18\t \x01(\t\x12\x0e\n\x06run_id\x18\n \x01(\t\x12\x16\n\x0e\x62\x61keoff_run_id\x18\x0b \x01(\t\x12\x0f\n\x07task_id\x18\x0c \x01(\t\x12\x12\n\nlocal_only\x18\r \x01(\x08\x42\x15\n\x13_compiler_fast_path\"f\n\nDiagnostic\x12\r\n\x05level\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0c\n\x04\x66ile\x18\x04 \x01(\t\x12\x0c\n\x04line\x18\x05 \x01(\r\x12\x0e\n\x06\x63olumn\x18\x06 \x01(\r\"\xe4\x01\n\x0f\x43ompileFinished\x12\x13\n\x0b\x65rror_count\x18\x01 \x01(\r\x12\x15\n\rwarning_count\x18\x02 \x01(\r\x12\x13\n\x0b\x64uration_ms\x18\x03 \x01(\x01\x12\x11\n\ttimed_out\x18\x04 \x01(\x08\x12\x32\n\x0b\x64iagnostics\x18\x05 \x03(\x0b\x32\x1d.speckit_reflex.v1.Diagnostic\x12\x0e\n\x06verify\x18\x06 \x01(\x08\x12\x0f\n\x07success\x18\x07 \x01(\x08\x12\x13\n\x0bunits_fresh\x18\x08 \x01(\r\x12\x13\n\x0bunits_built\x18\t \x01(\r\"_\n\x0e\x43ompileStarted\x12\x0f\n\x07\x63ommand\x18\x01 \x03(\t\x12\x0e\n\x06verify\x18\x02 \x01(\x08\x12,\n\x05\x63\x61\x63he\x18\x03 \x01(\x0e\x32\x1d.speckit_reflex.v1.CacheState\"\x8e\x02\n\tModelCall\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12,\n\x04mode\x18\x03 \x01(\x0e\x32\x1e.speckit_reflex.v1.RoutingMode\x12\'\n\x05usage\x18\x04 \x01(\x0b\x32\x18.speckit_reflex.v1.Usage\x12)\n\x06timing\x18\x05 \x01(\x0b\x32\x19.speckit_reflex.v1.Timing\x12\x14\n\x0cschema_valid\x18\x06 \x01(\x08\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\r\x12\x18\n\x0b\x63\x61\x63he_reuse\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\r\n\x05\x65rror\x18\t \x01(\tB\x0e\n\x0c_cache_reuse\"Z\n\x0cPatchApplied\x12,\n\x06source\x18\x01 \x01(\x0e\x32\x1c.speckit_reflex.v1.FixSource\x12\r\n\x05\x65\x64its\x18\x02 \x01(\r\x12\r\n\x05\x66iles\x18\x03 \x03(\t\"/\n\rPatchRejected\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"\xd1\x01\n\tRunResult\x12+\n\x07outcome\x18\x01 \x01(\x0e\x32\x1a.speckit_reflex.v1.Outcome\x12.\n\x08\x66ixed_by\x18\x02 \x01(\x0e\x32\x1c.speckit_reflex.v1.FixSource\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\r\x12\x0c\n\x04\x64iff\x18\x05 \x01(\t\x12\x0f\n\x07\x61pplied\x18\x06 \x01(\x08\x12\x13\n\x0b\x64uration_ms\x18\x07 \x01(\x01\x12\x11\n\tescalated\x18\x08 \x01(\x08\"\x89\x04\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\r\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12<\n\x0f\x63ompile_started\x18\n \x01(\x0b\x32!.speckit_reflex.v1.CompileStartedH\x00\x12>\n\x10\x63ompile_finished\x18\x0b \x01(\x0b\x32\".speckit_reflex.v1.CompileFinishedH\x00\x12\x35\n\x07routing\x18\x0c \x01(\x0b\x32\".speckit_reflex.v1.RoutingDecisionH\x00\x12\x32\n\nmodel_call\x18\r \x01(\x0b\x32\x1c.speckit_reflex.v1.ModelCallH\x00\x12\x38\n\rpatch_applied\x18\x0e \x01(\x0b\x32\x1f.speckit_reflex.v1.PatchAppliedH\x00\x12:\n\x0epatch_rejected\x18\x0f \x01(\x0b\x32 .speckit_reflex.v1.PatchRejectedH\x00\x12.\n\x06result\x18\x10 \x01(\x0b\x32\x1c.speckit_reflex.v1.RunResultH\x00\x12\x0e\n\x04note\x18\x11 \x01(\tH\x00\x42\x06\n\x04kind\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\xb5\x01\n\tRunStatus\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.speckit_reflex.v1.RunState\x12+\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x1b.speckit_reflex.v1.RunEvent\x12,\n\x06result\x18\x04 \x01(\x0b\x32\x1c.speckit_reflex.v1.RunResult\x12\x11\n\tworkspace\x18\x05 \x01(\t\"\x16\n\x14GetBuildCacheRequest\"x\n\x0e\x42uildCacheInfo\x12\x0b\n\x03\x64ir\x18\x01 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x11\n\tmax_bytes\x18\x04 \x01(\x04\x12\x12\n\nworkspaces\x18\x05 \x01(\r\x12\r\n\x05slots\x18\x06 \x01(\r\"\x18\n\x16\x43learBuildCacheRequest\"W\n\x14\x43learBuildCacheReply\x12\x0b\n\x03\x64ir\x18\x01 \x01(\t\x12\x0f\n\x07removed\x18\x02 \x01(\r\x12\x13\n\x0b\x66reed_bytes\x18\x03 \x01(\x04\x12\x0c\n\x04\x62usy\x18\x04 \x01(\r*j\n\nCacheState\x12\x1b\n\x17\x43\x41\x43HE_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43\x41\x43HE_STATE_COLD\x10\x01\x12\x14\n\x10\x43\x41\x43HE_STATE_WARM\x10\x02\x12\x13\n\x0f\x43\x41\x43HE_STATE_OFF\x10\x03*m\n\tFixSource\x12\x1a\n\x16\x46IX_SOURCE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46IX_SOURCE_REFLEX\x10\x01\x12\x14\n\x10\x46IX_SOURCE_CLOUD\x10\x02\x12\x17\n\x13\x46IX_SOURCE_COMPILER\x10\x03*z\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x11\n\rOUTCOME_FIXED\x10\x01\x12\x13\n\x0fOUTCOME_GAVE_UP\x10\x02\x12\x13\n\x0fOUTCOME_REFUSED\x10\x03\x12\x19\n\x15OUTCOME_ALREADY_CLEAN\x10\x04*P\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_RUNNING\x10\x01\x12\x12\n\x0eRUN_STATE_DONE\x10\x02\x32\xde\x02\n\tPatchLoop\x12\x43\n\x03Run\x12\x1d.speckit_reflex.v1.RunRequest\x1a\x1b.speckit_reflex.v1.RunEvent0\x01\x12H\n\x06GetRun\x12 .speckit_reflex.v1.GetRunRequest\x1a\x1c.speckit_reflex.v1.RunStatus\x12[\n\rGetBuildCache\x12\'.speckit_reflex.v1.GetBuildCacheRequest\x1a!.speckit_reflex.v1.BuildCacheInfo\x12\x65\n\x0f\x43learBuildCache\x12).speckit_reflex.v1.ClearBuildCacheRequest\x1a\'.speckit_reflex.v1.ClearBuildCacheReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'speckit_reflex.v1.patchloop_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FIXSOURCE']._serialized_start=2214
-  _globals['_FIXSOURCE']._serialized_end=2323
-  _globals['_OUTCOME']._serialized_start=2325
-  _globals['_OUTCOME']._serialized_end=2447
-  _globals['_RUNSTATE']._serialized_start=2449
-  _globals['_RUNSTATE']._serialized_end=2529
+  _globals['_CACHESTATE']._serialized_start=2563
+  _globals['_CACHESTATE']._serialized_end=2669
+  _globals['_FIXSOURCE']._serialized_start=2671
+  _globals['_FIXSOURCE']._serialized_end=2780
+  _globals['_OUTCOME']._serialized_start=2782
+  _globals['_OUTCOME']._serialized_end=2904
+  _globals['_RUNSTATE']._serialized_start=2906
+  _globals['_RUNSTATE']._serialized_end=2986
   _globals['_RUNREQUEST']._serialized_start=154
   _globals['_RUNREQUEST']._serialized_end=501
   _globals['_DIAGNOSTIC']._serialized_start=503
   _globals['_DIAGNOSTIC']._serialized_end=605
   _globals['_COMPILEFINISHED']._serialized_start=608
-  _globals['_COMPILEFINISHED']._serialized_end=794
-  _globals['_COMPILESTARTED']._serialized_start=796
-  _globals['_COMPILESTARTED']._serialized_end=845
-  _globals['_MODELCALL']._serialized_start=848
-  _globals['_MODELCALL']._serialized_end=1118
-  _globals['_PATCHAPPLIED']._serialized_start=1120
-  _globals['_PATCHAPPLIED']._serialized_end=1210
-  _globals['_PATCHREJECTED']._serialized_start=1212
-  _globals['_PATCHREJECTED']._serialized_end=1259
-  _globals['_RUNRESULT']._serialized_start=1262
-  _globals['_RUNRESULT']._serialized_end=1471
-  _globals['_RUNEVENT']._serialized_start=1474
-  _globals['_RUNEVENT']._serialized_end=1995
-  _globals['_GETRUNREQUEST']._serialized_start=1997
-  _globals['_GETRUNREQUEST']._serialized_end=2028
-  _globals['_RUNSTATUS']._serialized_start=2031
-  _globals['_RUNSTATUS']._serialized_end=2212
-  _globals['_PATCHLOOP']._serialized_start=2532
-  _globals['_PATCHLOOP']._serialized_end=2686
+  _globals['_COMPILEFINISHED']._serialized_end=836
+  _globals['_COMPILESTARTED']._serialized_start=838
+  _globals['_COMPILESTARTED']._serialized_end=933
+  _globals['_MODELCALL']._serialized_start=936
+  _globals['_MODELCALL']._serialized_end=1206
+  _globals['_PATCHAPPLIED']._serialized_start=1208
+  _globals['_PATCHAPPLIED']._serialized_end=1298
+  _globals['_PATCHREJECTED']._serialized_start=1300
+  _globals['_PATCHREJECTED']._serialized_end=1347
+  _globals['_RUNRESULT']._serialized_start=1350
+  _globals['_RUNRESULT']._serialized_end=1559
+  _globals['_RUNEVENT']._serialized_start=1562
+  _globals['_RUNEVENT']._serialized_end=2083
+  _globals['_GETRUNREQUEST']._serialized_start=2085
+  _globals['_GETRUNREQUEST']._serialized_end=2116
+  _globals['_RUNSTATUS']._serialized_start=2119
+  _globals['_RUNSTATUS']._serialized_end=2300
+  _globals['_GETBUILDCACHEREQUEST']._serialized_start=2302
+  _globals['_GETBUILDCACHEREQUEST']._serialized_end=2324
+  _globals['_BUILDCACHEINFO']._serialized_start=2326
+  _globals['_BUILDCACHEINFO']._serialized_end=2446
+  _globals['_CLEARBUILDCACHEREQUEST']._serialized_start=2448
+  _globals['_CLEARBUILDCACHEREQUEST']._serialized_end=2472
+  _globals['_CLEARBUILDCACHEREPLY']._serialized_start=2474
+  _globals['_CLEARBUILDCACHEREPLY']._serialized_end=2561
+  _globals['_PATCHLOOP']._serialized_start=2989
+  _globals['_PATCHLOOP']._serialized_end=3339
 # @@protoc_insertion_point(module_scope)

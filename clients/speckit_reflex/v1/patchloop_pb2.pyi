@@ -24,6 +24,32 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _CacheState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CacheStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CacheState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CACHE_STATE_UNSPECIFIED: _CacheState.ValueType  # 0
+    CACHE_STATE_COLD: _CacheState.ValueType  # 1
+    """A new cache entry: everything builds from scratch."""
+    CACHE_STATE_WARM: _CacheState.ValueType  # 2
+    """An earlier run's build directory: only what changed since builds."""
+    CACHE_STATE_OFF: _CacheState.ValueType  # 3
+    """No persistent cache (disabled, or every entry of this workspace busy)."""
+
+class CacheState(_CacheState, metaclass=_CacheStateEnumTypeWrapper):
+    """The run's build directory when the run began."""
+
+CACHE_STATE_UNSPECIFIED: CacheState.ValueType  # 0
+CACHE_STATE_COLD: CacheState.ValueType  # 1
+"""A new cache entry: everything builds from scratch."""
+CACHE_STATE_WARM: CacheState.ValueType  # 2
+"""An earlier run's build directory: only what changed since builds."""
+CACHE_STATE_OFF: CacheState.ValueType  # 3
+"""No persistent cache (disabled, or every entry of this workspace busy)."""
+Global___CacheState: _TypeAlias = CacheState  # noqa: Y015
+
 class _FixSource:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -199,6 +225,8 @@ class CompileFinished(_message.Message):
     DIAGNOSTICS_FIELD_NUMBER: _builtins.int
     VERIFY_FIELD_NUMBER: _builtins.int
     SUCCESS_FIELD_NUMBER: _builtins.int
+    UNITS_FRESH_FIELD_NUMBER: _builtins.int
+    UNITS_BUILT_FIELD_NUMBER: _builtins.int
     error_count: _builtins.int
     warning_count: _builtins.int
     duration_ms: _builtins.float
@@ -206,6 +234,11 @@ class CompileFinished(_message.Message):
     verify: _builtins.bool
     """The verify step (tests) rather than the build."""
     success: _builtins.bool
+    units_fresh: _builtins.int
+    """Cargo's own word on reuse: artifacts it found up to date, and artifacts
+    it (re)built, in this step (from its JSON "compiler-artifact" lines).
+    """
+    units_built: _builtins.int
     @_builtins.property
     def diagnostics(self) -> _containers.RepeatedCompositeFieldContainer[Global___Diagnostic]: ...
     def __init__(
@@ -218,10 +251,12 @@ class CompileFinished(_message.Message):
         diagnostics: _abc.Iterable[Global___Diagnostic] | None = ...,
         verify: _builtins.bool = ...,
         success: _builtins.bool = ...,
+        units_fresh: _builtins.int = ...,
+        units_built: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["diagnostics", b"diagnostics", "duration_ms", b"duration_ms", "error_count", b"error_count", "success", b"success", "timed_out", b"timed_out", "verify", b"verify", "warning_count", b"warning_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["diagnostics", b"diagnostics", "duration_ms", b"duration_ms", "error_count", b"error_count", "success", b"success", "timed_out", b"timed_out", "units_built", b"units_built", "units_fresh", b"units_fresh", "verify", b"verify", "warning_count", b"warning_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -233,7 +268,9 @@ class CompileStarted(_message.Message):
 
     COMMAND_FIELD_NUMBER: _builtins.int
     VERIFY_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
     verify: _builtins.bool
+    cache: Global___CacheState.ValueType
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -241,10 +278,11 @@ class CompileStarted(_message.Message):
         *,
         command: _abc.Iterable[_builtins.str] | None = ...,
         verify: _builtins.bool = ...,
+        cache: Global___CacheState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "verify", b"verify"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "command", b"command", "verify", b"verify"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -502,3 +540,99 @@ class RunStatus(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunStatus: _TypeAlias = RunStatus  # noqa: Y015
+
+@_typing.final
+class GetBuildCacheRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBuildCacheRequest: _TypeAlias = GetBuildCacheRequest  # noqa: Y015
+
+@_typing.final
+class BuildCacheInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIR_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_BYTES_FIELD_NUMBER: _builtins.int
+    WORKSPACES_FIELD_NUMBER: _builtins.int
+    SLOTS_FIELD_NUMBER: _builtins.int
+    dir: _builtins.str
+    """Folder of the cache on PatchLoop's host ("" when the cache is off)."""
+    enabled: _builtins.bool
+    size_bytes: _builtins.int
+    max_bytes: _builtins.int
+    """Bound of the whole cache; least recently used entries go first."""
+    workspaces: _builtins.int
+    """Workspaces with a cache entry, and their build directories in total."""
+    slots: _builtins.int
+    def __init__(
+        self,
+        *,
+        dir: _builtins.str = ...,
+        enabled: _builtins.bool = ...,
+        size_bytes: _builtins.int = ...,
+        max_bytes: _builtins.int = ...,
+        workspaces: _builtins.int = ...,
+        slots: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dir", b"dir", "enabled", b"enabled", "max_bytes", b"max_bytes", "size_bytes", b"size_bytes", "slots", b"slots", "workspaces", b"workspaces"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BuildCacheInfo: _TypeAlias = BuildCacheInfo  # noqa: Y015
+
+@_typing.final
+class ClearBuildCacheRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearBuildCacheRequest: _TypeAlias = ClearBuildCacheRequest  # noqa: Y015
+
+@_typing.final
+class ClearBuildCacheReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIR_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    FREED_BYTES_FIELD_NUMBER: _builtins.int
+    BUSY_FIELD_NUMBER: _builtins.int
+    dir: _builtins.str
+    removed: _builtins.int
+    freed_bytes: _builtins.int
+    busy: _builtins.int
+    """Build directories in use by a run, left in place."""
+    def __init__(
+        self,
+        *,
+        dir: _builtins.str = ...,
+        removed: _builtins.int = ...,
+        freed_bytes: _builtins.int = ...,
+        busy: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy", b"busy", "dir", b"dir", "freed_bytes", b"freed_bytes", "removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearBuildCacheReply: _TypeAlias = ClearBuildCacheReply  # noqa: Y015

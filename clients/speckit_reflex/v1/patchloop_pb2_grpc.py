@@ -44,6 +44,16 @@ class PatchLoopStub:
                 request_serializer=speckit__reflex_dot_v1_dot_patchloop__pb2.GetRunRequest.SerializeToString,
                 response_deserializer=speckit__reflex_dot_v1_dot_patchloop__pb2.RunStatus.FromString,
                 _registered_method=True)
+        self.GetBuildCache = channel.unary_unary(
+                '/speckit_reflex.v1.PatchLoop/GetBuildCache',
+                request_serializer=speckit__reflex_dot_v1_dot_patchloop__pb2.GetBuildCacheRequest.SerializeToString,
+                response_deserializer=speckit__reflex_dot_v1_dot_patchloop__pb2.BuildCacheInfo.FromString,
+                _registered_method=True)
+        self.ClearBuildCache = channel.unary_unary(
+                '/speckit_reflex.v1.PatchLoop/ClearBuildCache',
+                request_serializer=speckit__reflex_dot_v1_dot_patchloop__pb2.ClearBuildCacheRequest.SerializeToString,
+                response_deserializer=speckit__reflex_dot_v1_dot_patchloop__pb2.ClearBuildCacheReply.FromString,
+                _registered_method=True)
 
 
 class PatchLoopServicer:
@@ -63,6 +73,21 @@ class PatchLoopServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetBuildCache(self, request, context):
+        """Where the persistent build cache lives and how full it is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearBuildCache(self, request, context):
+        """Removes every cache entry no run is using; entries in use are kept and
+        counted in `busy`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PatchLoopServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +100,16 @@ def add_PatchLoopServicer_to_server(servicer, server):
                     servicer.GetRun,
                     request_deserializer=speckit__reflex_dot_v1_dot_patchloop__pb2.GetRunRequest.FromString,
                     response_serializer=speckit__reflex_dot_v1_dot_patchloop__pb2.RunStatus.SerializeToString,
+            ),
+            'GetBuildCache': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBuildCache,
+                    request_deserializer=speckit__reflex_dot_v1_dot_patchloop__pb2.GetBuildCacheRequest.FromString,
+                    response_serializer=speckit__reflex_dot_v1_dot_patchloop__pb2.BuildCacheInfo.SerializeToString,
+            ),
+            'ClearBuildCache': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearBuildCache,
+                    request_deserializer=speckit__reflex_dot_v1_dot_patchloop__pb2.ClearBuildCacheRequest.FromString,
+                    response_serializer=speckit__reflex_dot_v1_dot_patchloop__pb2.ClearBuildCacheReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +166,60 @@ class PatchLoop:
             '/speckit_reflex.v1.PatchLoop/GetRun',
             speckit__reflex_dot_v1_dot_patchloop__pb2.GetRunRequest.SerializeToString,
             speckit__reflex_dot_v1_dot_patchloop__pb2.RunStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBuildCache(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/speckit_reflex.v1.PatchLoop/GetBuildCache',
+            speckit__reflex_dot_v1_dot_patchloop__pb2.GetBuildCacheRequest.SerializeToString,
+            speckit__reflex_dot_v1_dot_patchloop__pb2.BuildCacheInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearBuildCache(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/speckit_reflex.v1.PatchLoop/ClearBuildCache',
+            speckit__reflex_dot_v1_dot_patchloop__pb2.ClearBuildCacheRequest.SerializeToString,
+            speckit__reflex_dot_v1_dot_patchloop__pb2.ClearBuildCacheReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,12 @@ class PatchLoopStub:
     """Runs the loop and streams its progress; the last event is the result."""
     GetRun: _grpc.UnaryUnaryMultiCallable[_patchloop_pb2.GetRunRequest, _patchloop_pb2.RunStatus]
     """A running or finished run (NOT_FOUND for an unknown id)."""
+    GetBuildCache: _grpc.UnaryUnaryMultiCallable[_patchloop_pb2.GetBuildCacheRequest, _patchloop_pb2.BuildCacheInfo]
+    """Where the persistent build cache lives and how full it is."""
+    ClearBuildCache: _grpc.UnaryUnaryMultiCallable[_patchloop_pb2.ClearBuildCacheRequest, _patchloop_pb2.ClearBuildCacheReply]
+    """Removes every cache entry no run is using; entries in use are kept and
+    counted in `busy`.
+    """
 
 @_typing.type_check_only
 class PatchLoopAsyncStub(PatchLoopStub):
@@ -45,6 +51,12 @@ class PatchLoopAsyncStub(PatchLoopStub):
     """Runs the loop and streams its progress; the last event is the result."""
     GetRun: _aio.UnaryUnaryMultiCallable[_patchloop_pb2.GetRunRequest, _patchloop_pb2.RunStatus]  # type: ignore[assignment]
     """A running or finished run (NOT_FOUND for an unknown id)."""
+    GetBuildCache: _aio.UnaryUnaryMultiCallable[_patchloop_pb2.GetBuildCacheRequest, _patchloop_pb2.BuildCacheInfo]  # type: ignore[assignment]
+    """Where the persistent build cache lives and how full it is."""
+    ClearBuildCache: _aio.UnaryUnaryMultiCallable[_patchloop_pb2.ClearBuildCacheRequest, _patchloop_pb2.ClearBuildCacheReply]  # type: ignore[assignment]
+    """Removes every cache entry no run is using; entries in use are kept and
+    counted in `busy`.
+    """
 
 class PatchLoopServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -62,5 +74,23 @@ class PatchLoopServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_patchloop_pb2.RunStatus, _abc.Awaitable[_patchloop_pb2.RunStatus]]:
         """A running or finished run (NOT_FOUND for an unknown id)."""
+
+    @_abc_1.abstractmethod
+    def GetBuildCache(
+        self,
+        request: _patchloop_pb2.GetBuildCacheRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_patchloop_pb2.BuildCacheInfo, _abc.Awaitable[_patchloop_pb2.BuildCacheInfo]]:
+        """Where the persistent build cache lives and how full it is."""
+
+    @_abc_1.abstractmethod
+    def ClearBuildCache(
+        self,
+        request: _patchloop_pb2.ClearBuildCacheRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_patchloop_pb2.ClearBuildCacheReply, _abc.Awaitable[_patchloop_pb2.ClearBuildCacheReply]]:
+        """Removes every cache entry no run is using; entries in use are kept and
+        counted in `busy`.
+        """
 
 def add_PatchLoopServicer_to_server(servicer: PatchLoopServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
