@@ -285,3 +285,30 @@ async def test_get_run_sees_a_running_run_and_a_gone_caller_cancels_it(crate, ma
     assert status.state == patchloop_pb2.RUN_STATE_DONE
     assert status.result.outcome == patchloop_pb2.OUTCOME_GAVE_UP and status.result.reason.startswith("cancelled")
     assert [e.payload["outcome"] for e in events.of_type(LR)] == ["gave_up"]
+
+
+async def test_syntax_breaking_patch_is_reverted_although_the_count_drops(crate, make_loop):
+    ws = crate("field_typo")
+    src = ws / "src/lib.rs"
+    # Three type errors (E0609 each); rustc reports them all.
+    src.write_text(src.read_text().replace(
+        "    }\n}\n\n#[cfg",
+        "    }\n    pub fn area(&self) -> u32 { self.width * self.heigth }\n"
+        "    pub fn half(&self) -> u32 { self.heigth / 2 }\n}\n\n#[cfg", 1))
+    original = src.read_text()
+    # Fixes one field but drops a closing parenthesis: rustc now stops at the
+    # parse error and reports 1 error instead of 3.
+    breaks_syntax = {"edits": [{"file": "src/lib.rs", "search": "(self.width + self.hieght)",
+                                "replace": "(self.width + self.height"}]}
+    loop, _, inference, events = make_loop(
+        inference=ScriptedInference([reply(breaks_syntax), reply(FIXED_LINE)]))
+    await run_all(loop, workspace=str(ws))
+    a1 = events.of_type(PA)[0]
+    assert (a1.payload["errors_before"], a1.payload["errors_after"]) == (3, 1)
+    assert a1.payload["kept"] is False and a1.payload["new_errors"], a1.payload
+    assert "reverted" in a1.payload["detail"]
+    # Attempt 2 was prompted from the state before the patch, not from broken code.
+    assert "self.hieght)" in inference.requests[1].messages[1].content
+    assert inference.requests[1].messages[1].content.startswith(
+        inference.requests[0].messages[1].content[: -len("\nReply with the JSON patch.")])
+    assert src.read_text() == original, "the user's tree is untouched (apply=False)"

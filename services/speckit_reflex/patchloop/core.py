@@ -3,9 +3,9 @@
 One run works on a scratch copy of a workspace. Each model-backed attempt asks
 the Router (with the session's consecutive-failure count, so escalation to
 cloud follows the policy), calls the Inference Adapter with the patch schema,
-validates and applies the patch, and rebuilds. A patch that does not reduce
-the error count is reverted, so the next prompt shares its long prefix with
-the previous one. Every attempt becomes a PATCH_ATTEMPT event and the run one
+validates and applies the patch, and rebuilds. A patch that leaves a new
+error or makes no progress is reverted (patchloop/progress.py), so the next
+prompt shares its long prefix with the previous one. Every attempt becomes a PATCH_ATTEMPT event and the run one
 LOOP_RESULT event; progress streams to the caller as RunEvents.
 """
 
@@ -34,6 +34,7 @@ from speckit_reflex.patchloop.ports import (
     SessionHistoryPort,
     SessionHistoryUnavailable,
 )
+from speckit_reflex.patchloop.progress import judge_patch
 from speckit_reflex.patchloop.prompt import FailedAttempt, build_messages, file_excerpts, render_diagnostics
 from speckit_reflex.patchloop.workspace import Scratch
 from speckit_reflex.policy import LoadedPolicy
@@ -362,7 +363,7 @@ class _Run:
             )
         )
         after = await self.compile(timing)
-        helped = after.clean or after.error_count < state.error_count
+        helped = after.clean or judge_patch(state, after).kept
         if not helped:
             self.scratch.restore(previous)
         self._capsule(
@@ -515,15 +516,16 @@ class _Run:
             self._record_attempt(_Attempt(decision, timing, state, reply, after), success=True, reason="",
                                  edits=len(edits), files=sorted(planned))
             return True, after, ""
-        kept = after.error_count < state.error_count and not after.result.timed_out
-        if not kept:
-            # Back to the last good state: the next prompt then repeats this
-            # one's prefix and hits the server's cache.
+        progress = judge_patch(state, after)
+        if not progress.kept:
+            # Back to the last good state (never keep a new error such as
+            # broken syntax): the next prompt then repeats this one's prefix
+            # and hits the server's cache.
             self.scratch.restore(previous)
         reason = "build_timeout" if after.result.timed_out else "still_failing"
-        detail = f"{state.error_count} -> {after.error_count} error(s); " + ("kept" if kept else "reverted")
-        self._failed(_Attempt(decision, timing, state, reply, after), reason, detail, edits=len(edits), files=sorted(planned))
-        return False, (after if kept else state), f"{reason}: {detail}"
+        self._failed(_Attempt(decision, timing, state, reply, after), reason, progress.detail, edits=len(edits),
+                     files=sorted(planned), kept=progress.kept, new_errors=list(progress.new_errors))
+        return False, (after if progress.kept else state), f"{reason}: {progress.detail}"
 
     def _read_quietly(self, rel: str) -> str | None:
         try:
