@@ -141,8 +141,34 @@ class TrialSummary:
     json_valid: int
 
 
+# "postgres://" (libpq's and Heroku's spelling) is unknown to SQLAlchemy, and
+# psycopg2 is not installed: only psycopg 3 is a dependency.
+_REFUSED_SCHEMES = ("postgres", "postgresql+psycopg2")
+
+
+def database_url(url: str) -> str:
+    """`url` as make_engine uses it, or a one-line InvalidArgument.
+
+    A bare "postgresql://" means psycopg 3 here whatever SQLAlchemy's default
+    driver for it is (psycopg2 in SQLAlchemy 2.0).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    if scheme.lower() in _REFUSED_SCHEMES:
+        shown = rest.split("@", 1)[-1]  # never echo a password
+        raise InvalidArgument(
+            f"SPECKIT_DATABASE_URL: {scheme}:// is not supported; use postgresql+psycopg:// (psycopg 3), "
+            f"e.g. postgresql+psycopg://user@{shown}"
+        )
+    if scheme.lower() == "postgresql":
+        return f"postgresql+psycopg://{rest}"
+    return url
+
+
 def make_engine(url: str) -> Engine:
     """A pooled engine for `url` with the settings Capsule relies on."""
+    url = database_url(url)
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":

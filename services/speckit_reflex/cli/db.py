@@ -49,8 +49,13 @@ def _on_database(work: Callable[[Engine], T]) -> tuple[str, T]:
 
     from speckit_reflex.capsule.store import make_engine
 
+    from speckit_reflex.errors import DomainError
+
     url = RuntimeSettings().effective_database_url()
-    engine = make_engine(url)
+    try:
+        engine = make_engine(url)
+    except DomainError as exc:
+        raise CliError(exc.message) from None
     shown = engine.url.render_as_string(hide_password=True)
     try:
         return shown, work(engine)

@@ -21,7 +21,7 @@ from rich.console import Console
 
 from speckit_reflex.bakeoff import BakeoffRunner, RunOptions, find_suite, load_suite
 from speckit_reflex.cli.demo_stack import DEMO_CRATE, DemoStack, StackError, kill_children
-from speckit_reflex.cli.output import CliError, print_json
+from speckit_reflex.cli.output import CliError, console, print_json
 from speckit_reflex.cli.reflex_links import ServiceLinks, reporting
 from speckit_reflex.cli.reflex_run import GOOD_OUTCOMES, FixRequest, show_outcome, stream_fix
 from speckit_reflex.cli.reflex_trials import (
@@ -93,7 +93,7 @@ class Demo:
     async def _bakeoff(self, links: ServiceLinks) -> int:
         suite = load_suite(find_suite(DEFAULT_SUITE))
         tasks = suite.select(limit=max(1, self.args.limit))
-        with reporting("router"):
+        with reporting("router", links):
             snap = await links.router.get_policy(timeout=10)
         modes, cloud_note = plan_modes(self.args.mode, cloud_skip_reason(json.loads(snap.json), os.environ))
         self.step(4, f"short bakeoff: {len(tasks)} task(s) of {suite.name} × {', '.join(modes)}")
@@ -116,7 +116,7 @@ class Demo:
 
     def _closing_lines(self) -> None:
         fix, bakeoff = self.summary.get("fix", {}), self.summary.get("bakeoff", {})
-        out = Console()
+        out = console()
         out.print()
         if fix:
             by = f" (fixed by {fix['fixed_by']})" if fix["outcome"] == "fixed" else ""
@@ -130,7 +130,7 @@ class Demo:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    demo = Demo(args, Console(stderr=True))
+    demo = Demo(args, console(stderr=True))
     try:
         return asyncio.run(demo.run())
     except StackError as exc:

@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     from speckit_reflex.inference.embedded import EmbeddedServerConfig, ModelNotInstalled, serve_forever
+    from speckit_reflex.runtime.listen import check_listen_address
     from speckit_reflex.runtime.logs import configure_logging
 
     configure_logging(os.environ.get("SPECKIT_LOG_FORMAT", "text"))
@@ -34,9 +35,12 @@ def run_serve(args: argparse.Namespace) -> int:
         parallel=args.parallel, model_path=args.model_path, alias=args.alias,
     )
     try:
+        check_listen_address(f"{args.host}:{args.port}", "llm serve")
         serve_forever(cfg)
     except ModelNotInstalled as exc:
         raise CliError(str(exc)) from None
     except ImportError as exc:
         raise CliError(f"xllamacpp is not installed ({exc}): pip install 'speckit-reflex[llm]'") from None
+    except OSError as exc:
+        raise CliError(exc.strerror or str(exc)) from None
     return 0

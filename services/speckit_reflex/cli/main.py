@@ -9,15 +9,24 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 
-from speckit_reflex.cli import db, demo, llm, policy_cmd, reflex, serve
+from speckit_reflex.cli import completion, db, demo, llm, policy_cmd, reflex, serve
 from speckit_reflex.cli.output import CliError, print_error
 
-GROUPS = (serve, policy_cmd, db, llm, reflex, demo)
+GROUPS = (serve, policy_cmd, db, llm, reflex, demo, completion)
+
+
+def package_version() -> str:
+    try:
+        return version("speckit-reflex")
+    except PackageNotFoundError:  # run from a source tree without installing
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="speckit", description="speckit-reflex: the Implementer's reflex lane")
+    parser.add_argument("--version", action="version", version=f"speckit-reflex {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:
         group.register(sub)

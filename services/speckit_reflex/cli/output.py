@@ -1,5 +1,10 @@
 """Shared CLI output: JSON on stdout for machines, rich tables for people,
-errors on stderr."""
+errors on stderr.
+
+Text is never cropped: on a terminal long cells and lines wrap at its width;
+into a pipe or a file (no terminal, hence no width) every line is printed
+whole, however long.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,26 @@ from typing import Any
 
 import grpc
 from rich.console import Console
+from rich.syntax import Syntax
 from rich.table import Table
 
-stdout = Console()
-stderr = Console(stderr=True)
+from speckit_reflex.clients.channel import ChannelConfig
+
+# Wide enough that no table or line of ours is ever cut when there is no
+# terminal to fit (rich assumes 80 columns then).
+_UNBOUNDED_WIDTH = 100_000
+
+
+def console(*, stderr: bool = False) -> Console:
+    """A Console that wraps at a terminal's width and never crops in a pipe."""
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=_UNBOUNDED_WIDTH)
+
+
+stdout = console()
+stderr = console(stderr=True)
 
 
 class CliError(Exception):
@@ -33,16 +54,37 @@ def print_json(obj: Any) -> None:
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     t = Table(title=title)
     for c in columns:
-        t.add_column(c)
+        # "fold" breaks a long token (an URL, a path) instead of eliding it.
+        t.add_column(c, overflow="fold")
     for r in rows:
         t.add_row(*["" if v is None else str(v) for v in r])
     stdout.print(t)
 
 
-def rpc_error(service: str, exc: grpc.aio.AioRpcError) -> CliError:
+SERVICE_TITLES = {"router": "Router", "inference": "Inference Adapter", "patchloop": "PatchLoop", "capsule": "Capsule"}
+
+
+def print_diff(diff: str) -> None:
+    """A unified diff: coloured and wrapped on a terminal, verbatim otherwise."""
+    if stdout.is_terminal:
+        stdout.print(Syntax(diff, "diff", theme="ansi_dark", word_wrap=True))
+    else:
+        sys.stdout.write(diff if diff.endswith("\n") else diff + "\n")
+        sys.stdout.flush()
+
+
+def rpc_error(service: str, exc: grpc.aio.AioRpcError, address: str = "") -> CliError:
     """A CliError that says which service failed and how, without a traceback."""
     code = exc.code()
+    address = address or ChannelConfig.from_env(service).address
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        # Something answers gRPC there, but not this service: usually two
+        # SPECKIT_*_ADDR variables swapped, or another program on the port.
+        name = SERVICE_TITLES.get(service, service)
+        article = "an" if name[0] in "AEIOU" else "a"
+        return CliError(f"{address} is not {article} {name} (the server there answered UNIMPLEMENTED; "
+                        f"check SPECKIT_{service.upper()}_ADDR)")
     hint = ""
     if code == grpc.StatusCode.UNAVAILABLE:
-        hint = " (is `speckit serve all` running? addresses come from SPECKIT_*_ADDR)"
+        hint = f" (at {address}: is `speckit serve all` running? addresses come from SPECKIT_*_ADDR)"
     return CliError(f"{service}: {code.name}: {exc.details()}{hint}")

@@ -75,7 +75,7 @@ def _report(
     """One read-only command: fetch from a service, then JSON or a table."""
 
     async def body(links: ServiceLinks) -> int:
-        with reporting(service):
+        with reporting(service, links):
             reply = await fetch(links)
         if args.json:
             print_json(as_json(reply))
@@ -93,7 +93,7 @@ def run_bakeoff(args: argparse.Namespace) -> int:
 
 def run_check(args: argparse.Namespace) -> int:
     async def body(links: ServiceLinks) -> int:
-        with reporting("capsule"):
+        with reporting("capsule", links):
             reply = await links.capsule.check_thresholds(
                 window(args.since), min_samples=max(0, args.min_samples), model=args.model
             )

@@ -25,9 +25,12 @@ class ServiceLinks:
         self._environ = environ
         self._channels: dict[str, aio.Channel] = {}
 
+    def config(self, service: str) -> ChannelConfig:
+        return ChannelConfig.from_env(service, self._environ)
+
     def channel(self, service: str) -> aio.Channel:
         if service not in self._channels:
-            self._channels[service] = open_channel(ChannelConfig.from_env(service, self._environ))
+            self._channels[service] = open_channel(self.config(service))
         return self._channels[service]
 
     @property
@@ -59,12 +62,14 @@ class ServiceLinks:
 
 
 @contextmanager
-def reporting(service: str) -> Iterator[None]:
-    """Turn a failed RPC into a one-line CLI error naming the service."""
+def reporting(service: str, links: ServiceLinks | None = None) -> Iterator[None]:
+    """Turn a failed RPC into a one-line CLI error naming the service (and
+    its address, from `links` or the environment)."""
     try:
         yield
     except grpc.aio.AioRpcError as exc:
-        raise rpc_error(service, exc) from None
+        address = links.config(service).address if links is not None else ""
+        raise rpc_error(service, exc, address) from None
 
 
 def run_with_links(body: Callable[[ServiceLinks], Awaitable[int]]) -> int:

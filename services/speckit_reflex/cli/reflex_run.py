@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.syntax import Syntax
 
 from speckit_reflex.bakeoff.trial import MODE_VALUES, fix_source_name, mode_name, outcome_name
-from speckit_reflex.cli.output import CliError, print_json, stdout
+from speckit_reflex.cli.output import CliError, console, print_diff, print_json, stdout
 from speckit_reflex.cli.reflex_links import ServiceLinks, reporting, run_with_links
 from speckit_reflex.v1 import common_pb2, patchloop_pb2
 
@@ -122,7 +121,7 @@ def show_outcome(doc: dict[str, Any]) -> None:
     if doc["escalated"]:
         stdout.print("escalated to cloud", highlight=False)
     if doc["diff"]:
-        stdout.print(Syntax(doc["diff"], "diff", theme="ansi_dark"))
+        print_diff(doc["diff"])
         stdout.print("applied to the workspace" if doc["applied"] else "not applied (use --apply)", highlight=False)
 
 
@@ -130,7 +129,7 @@ async def stream_fix(links: ServiceLinks, req: FixRequest, err: Console) -> dict
     """Run PatchLoop, printing progress on `err`; returns the outcome document."""
     result: patchloop_pb2.RunResult | None = None
     run_id = ""
-    with reporting("patchloop"):
+    with reporting("patchloop", links):
         async for ev in links.patchloop.run(req.workspace, **req.options):
             run_id = run_id or ev.run_id
             if ev.WhichOneof("kind") == "result":
@@ -144,7 +143,7 @@ async def stream_fix(links: ServiceLinks, req: FixRequest, err: Console) -> dict
 
 def run_fix(args: argparse.Namespace) -> int:
     req = build_request(args)
-    err = Console(stderr=True)
+    err = console(stderr=True)
 
     async def body(links: ServiceLinks) -> int:
         err.print(f"fixing {req.workspace}", highlight=False)

@@ -17,7 +17,7 @@ from speckit_reflex.bakeoff import BakeoffResult, BakeoffRunner, RunOptions, Sui
 from speckit_reflex.bakeoff.readiness import ReflexNotReady, wait_for_reflex_route
 from speckit_reflex.bakeoff.trial import TrialResult
 from speckit_reflex.cli import reflex_views
-from speckit_reflex.cli.output import CliError, print_json, stdout, table
+from speckit_reflex.cli.output import CliError, console, print_json, stdout, table
 from speckit_reflex.cli.reflex_links import ServiceLinks, reporting, run_with_links
 
 DEFAULT_SUITE = "reflex_patchloop_v1"
@@ -145,7 +145,7 @@ async def ensure_reflex_ready(links: ServiceLinks, timeout_s: float, err: Consol
     """Block until a forced reflex attempt would be routed, or fail plainly."""
     err.print("waiting for the Router to see a healthy reflex backend…", highlight=False)
     try:
-        with reporting("router"):
+        with reporting("router", links):
             decision = await wait_for_reflex_route(links.router, timeout_s)
     except ReflexNotReady as exc:
         raise CliError(str(exc)) from None
@@ -162,10 +162,10 @@ def run_trials(args: argparse.Namespace) -> int:
         tasks = suite.select(limit=max(0, args.limit), category=args.category)
     except SuiteError as exc:
         raise CliError(str(exc)) from None
-    err = Console(stderr=True)
+    err = console(stderr=True)
 
     async def body(links: ServiceLinks) -> int:
-        with reporting("router"):
+        with reporting("router", links):
             snap = await links.router.get_policy(timeout=10)
         modes, cloud_note = plan_modes(args.mode, cloud_skip_reason(json.loads(snap.json or "{}"), os.environ))
         if cloud_note:
@@ -178,7 +178,7 @@ def run_trials(args: argparse.Namespace) -> int:
                              max_attempts=max(0, args.max_attempts), report_dir=args.report_dir)
         runner = BakeoffRunner(links.patchloop, links.capsule, options)
         err.print(f"suite {suite.name}: {len(tasks)} task(s) × {', '.join(modes)}", highlight=False)
-        with reporting("capsule"), TrialProgress(len(tasks) * len(modes), modes, err) as bar:
+        with reporting("capsule", links), TrialProgress(len(tasks) * len(modes), modes, err) as bar:
             result = await runner.run(suite, tasks, on_trial=bar.on_trial)
         doc = result_json(result, cloud_note)
         if args.json:

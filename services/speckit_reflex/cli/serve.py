@@ -8,6 +8,7 @@ import asyncio
 from speckit_reflex.cli.output import CliError
 from speckit_reflex.errors import DomainError, PolicyError
 from speckit_reflex.runtime.bootstrap import SERVICE_ORDER, start_services
+from speckit_reflex.runtime.listen import AddressInUse
 from speckit_reflex.runtime.logs import configure_logging
 from speckit_reflex.runtime.server import serve_until_signal
 from speckit_reflex.runtime.settings import RuntimeSettings
@@ -33,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
     except DomainError as exc:
         # e.g. Capsule refusing a database at an older schema revision.
         raise CliError(exc.message) from None
+    except AddressInUse as exc:
+        raise CliError(exc.strerror) from None
     except OSError as exc:
         raise CliError(str(exc)) from None
     return 0

@@ -43,6 +43,8 @@ def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # httpx logs every request at INFO; that is noise on the hot path.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Alembic announces each of its plugins at INFO whenever Capsule starts.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def log_fields(logger: logging.Logger, level: int, msg: str, **fields: object) -> None:

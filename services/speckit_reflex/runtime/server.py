@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from speckit_reflex.runtime.interceptors import DomainErrorInterceptor, TokenAuthInterceptor
+from speckit_reflex.runtime.listen import check_listen_address
 from speckit_reflex.runtime.settings import RuntimeSettings
 
 log = logging.getLogger("speckit.server")
@@ -89,6 +90,7 @@ def _credentials(settings: RuntimeSettings) -> grpc.ServerCredentials | None:
 
 async def create_server(service: GrpcService, addr: str, settings: RuntimeSettings) -> RunningServer:
     """Build, bind and start a server for `service` at `addr` ("host:0" picks a port)."""
+    check_listen_address(addr, service.name)
     interceptors: list[aio.ServerInterceptor] = []
     if settings.auth_token:
         interceptors.append(TokenAuthInterceptor(settings.auth_token))
@@ -102,7 +104,10 @@ async def create_server(service: GrpcService, addr: str, settings: RuntimeSettin
         server,
     )
     creds = _credentials(settings)
-    port = server.add_secure_port(addr, creds) if creds else server.add_insecure_port(addr)
+    try:
+        port = server.add_secure_port(addr, creds) if creds else server.add_insecure_port(addr)
+    except RuntimeError:  # grpcio >= 1.60 raises instead of returning 0
+        port = 0
     if port == 0:
         raise OSError(f"{service.name}: cannot listen on {addr}")
     await service.start()
