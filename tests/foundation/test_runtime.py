@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from speckit_reflex.clients.channel import ChannelConfig, open_channel
 from speckit_reflex.errors import FailedPrecondition, InvalidArgument, Unavailable
-from speckit_reflex.runtime.server import create_server
+from speckit_reflex.runtime.server import InsecureListenRefused, create_server
 from speckit_reflex.runtime.settings import RuntimeSettings
 from speckit_reflex.v1 import common_pb2, router_pb2, router_pb2_grpc
 
@@ -127,6 +127,29 @@ async def test_token_auth_rejects_calls_without_the_token_but_not_health() -> No
             assert reply.session_id == "ok"
     finally:
         await running.stop(0)
+
+
+@pytest.mark.parametrize("addr", ["0.0.0.0:0", "[::]:0"])
+async def test_a_non_loopback_address_needs_a_token_tls_or_insecure(addr: str) -> None:
+    with pytest.raises(InsecureListenRefused) as info:
+        await create_server(_TestService(), addr, _settings())
+    assert "--insecure" in str(info.value) and "\n" not in str(info.value)
+    for settings, insecure in ((_settings(), True), (_settings(auth_token="s3cret"), False)):
+        running = await create_server(_TestService(), addr, settings, insecure=insecure)
+        await running.stop(0)
+    # Loopback needs neither.
+    running = await create_server(_TestService(), "127.0.0.1:0", _settings())
+    await running.stop(0)
+
+
+def test_serve_refuses_a_wildcard_address_without_a_token_in_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPECKIT_")}
+    env.update({"SPECKIT_HOME": str(tmp_path / ".speckit"), "SPECKIT_ROUTER_ADDR": "0.0.0.0:0"})
+    proc = subprocess.run([sys.executable, "-m", "speckit_reflex.cli.main", "serve", "router"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    [line] = proc.stderr.strip().splitlines()
+    assert "router: refusing to listen on non-loopback 0.0.0.0:0" in line and "--insecure" in line
 
 
 def _make_certs(folder: Path) -> dict[str, Path]:

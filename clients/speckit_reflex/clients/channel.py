@@ -49,7 +49,7 @@ class _BearerAuth(grpc.AuthMetadataPlugin):
         callback((("authorization", f"Bearer {self._token}"),), None)
 
 
-class _BearerInterceptor(aio.UnaryUnaryClientInterceptor, aio.UnaryStreamClientInterceptor):
+class _Bearer:
     """Adds the token on plaintext channels (call credentials need TLS)."""
 
     def __init__(self, token: str):
@@ -60,11 +60,33 @@ class _BearerInterceptor(aio.UnaryUnaryClientInterceptor, aio.UnaryStreamClientI
         md.add(*self._md)
         return aio.ClientCallDetails(d.method, d.timeout, md, d.credentials, d.wait_for_ready)
 
+
+# grpc.aio files each interceptor under the FIRST call kind it subclasses, so
+# one class serving several kinds reaches only unary-unary calls: streaming
+# RPCs then go out without the token. One class per call kind.
+class _BearerUnaryUnary(_Bearer, aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
         return await continuation(self._details(client_call_details), request)
 
+
+class _BearerUnaryStream(_Bearer, aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
         return await continuation(self._details(client_call_details), request)
+
+
+class _BearerStreamUnary(_Bearer, aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(client_call_details), request_iterator)
+
+
+class _BearerStreamStream(_Bearer, aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(client_call_details), request_iterator)
+
+
+def bearer_interceptors(token: str) -> list[aio.ClientInterceptor]:
+    """Client interceptors that send `authorization: Bearer <token>` on every call kind."""
+    return [cls(token) for cls in (_BearerUnaryUnary, _BearerUnaryStream, _BearerStreamUnary, _BearerStreamStream)]
 
 
 def open_channel(cfg: ChannelConfig) -> aio.Channel:
@@ -82,5 +104,5 @@ def open_channel(cfg: ChannelConfig) -> aio.Channel:
         if cfg.token:
             creds = grpc.composite_channel_credentials(creds, grpc.metadata_call_credentials(_BearerAuth(cfg.token)))
         return aio.secure_channel(cfg.address, creds, options=options)
-    interceptors = [_BearerInterceptor(cfg.token)] if cfg.token else None
+    interceptors = bearer_interceptors(cfg.token) if cfg.token else None
     return aio.insecure_channel(cfg.address, options=options, interceptors=interceptors)

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 from rich.console import Console
+from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
 
@@ -43,7 +44,9 @@ class CliError(Exception):
 
 
 def print_error(message: str) -> None:
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    # One line however narrow the terminal (logs and scripts grep it); the
+    # message is text, never markup ("[REDACTED]" must print as is).
+    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
 
 
 def print_json(obj: Any) -> None:

@@ -15,7 +15,7 @@ from grpc import aio
 
 from speckit_reflex.clients.channel import ChannelConfig, open_channel
 from speckit_reflex.policy import LoadedPolicy, load_policy
-from speckit_reflex.runtime.server import GrpcService, RunningServer, create_server
+from speckit_reflex.runtime.server import GrpcService, RunningServer, check_exposure, create_server
 from speckit_reflex.runtime.settings import RuntimeSettings
 
 # Start order; each service's app module exposes build(ctx) -> GrpcService.
@@ -63,18 +63,23 @@ def build_service(name: str, ctx: ServiceContext) -> GrpcService:
 
 
 async def start_services(
-    names: list[str], settings: RuntimeSettings, policy: LoadedPolicy | None = None
+    names: list[str], settings: RuntimeSettings, policy: LoadedPolicy | None = None, *, insecure: bool = False
 ) -> tuple[ServiceContext, list[RunningServer]]:
-    """Start the named services (in dependency order) and return them running."""
+    """Start the named services (in dependency order) and return them running.
+
+    `insecure` allows a non-loopback address without a token or TLS.
+    """
     policy = policy or load_policy(settings.policy or None)
     ctx = ServiceContext(settings=settings, policy=policy)
+    for name in names:
+        check_exposure(name, settings.addr_of(name), settings, insecure)
     running: list[RunningServer] = []
     try:
         for name in SERVICE_ORDER:
             if name not in names:
                 continue
             service = build_service(name, ctx)
-            server = await create_server(service, settings.addr_of(name), settings)
+            server = await create_server(service, settings.addr_of(name), settings, insecure=insecure)
             ctx.addresses[name] = server.address
             running.append(server)
     except BaseException:

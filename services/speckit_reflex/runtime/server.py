@@ -10,6 +10,7 @@ to NOT_SERVING first, then in-flight RPCs get `grace_s` to finish).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -88,8 +89,41 @@ def _credentials(settings: RuntimeSettings) -> grpc.ServerCredentials | None:
     )
 
 
-async def create_server(service: GrpcService, addr: str, settings: RuntimeSettings) -> RunningServer:
-    """Build, bind and start a server for `service` at `addr` ("host:0" picks a port)."""
+class InsecureListenRefused(Exception):
+    """A non-loopback listen address without a token or TLS, and no --insecure."""
+
+
+def is_loopback(addr: str) -> bool:
+    """True when only this host can reach `addr` (a loopback IP, localhost, a unix socket)."""
+    if addr.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = addr.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name or a wildcard: reachable from elsewhere
+        return False
+
+
+def check_exposure(name: str, addr: str, settings: RuntimeSettings, insecure: bool) -> None:
+    """Refuse to serve the network without a token or TLS, unless told to."""
+    if insecure or settings.auth_token or settings.tls_cert or is_loopback(addr):
+        return
+    raise InsecureListenRefused(
+        f"{name}: refusing to listen on non-loopback {addr} without SPECKIT_AUTH_TOKEN or TLS "
+        "(SPECKIT_TLS_CERT/KEY); set one, or pass --insecure to serve unauthenticated plaintext"
+    )
+
+
+async def create_server(
+    service: GrpcService, addr: str, settings: RuntimeSettings, *, insecure: bool = False
+) -> RunningServer:
+    """Build, bind and start a server for `service` at `addr` ("host:0" picks a port).
+
+    A non-loopback `addr` needs a token or TLS unless `insecure` is set.
+    """
+    check_exposure(service.name, addr, settings, insecure)
     check_listen_address(addr, service.name)
     interceptors: list[aio.ServerInterceptor] = []
     if settings.auth_token:
