@@ -81,13 +81,14 @@ async def seed_passing_verdict(capsule: CapsuleClient, model: str) -> None:
     await capsule.append_events(events)
 
 
-async def start_stack(services_factory, tmp_path: Path, policy_path: Path, model: str):
-    """Seed Capsule, then start all four services on the same database."""
+async def start_stack(services_factory, tmp_path: Path, policy_path: Path, model: str, **settings):
+    """Seed Capsule, then start all four services on the same database (with `settings`)."""
     db = f"sqlite:///{tmp_path / 'e2e.db'}"
     policy = load_policy(policy_path)
     seeder = await services_factory(["capsule"], database_url=db, policy=policy)
     await seed_passing_verdict(CapsuleClient(seeder.ctx.channel("capsule")), model)
-    svc = await services_factory(["capsule", "inference", "router", "patchloop"], database_url=db, policy=policy)
+    svc = await services_factory(["capsule", "inference", "router", "patchloop"], database_url=db, policy=policy,
+                                 **settings)
     router = RouterClient(svc.ctx.channel("router"))
     deadline = time.monotonic() + 60
     while True:

@@ -37,5 +37,5 @@ def build(ctx: ServiceContext) -> CapsuleService:
     """
     url = ctx.settings.effective_database_url()
     store = CapsuleStore(make_engine(url), auto_create_schema=url.startswith("sqlite"))
-    core = Capsule(store, ctx.policy.policy, report_dir=ctx.settings.home / "eval")
+    core = Capsule(store, ctx.policy.policy, report_dir=ctx.settings.home / "eval", metrics=ctx.metrics)
     return CapsuleService(core)

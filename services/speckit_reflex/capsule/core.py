@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from speckit_reflex.capsule.capture import redact
 from speckit_reflex.capsule.events import VALID_MODES, MalformedJson, event_to_row, row_to_event, struct_to_dict
@@ -24,6 +24,7 @@ from speckit_reflex.capsule.thresholds import judge
 from speckit_reflex.capsule.windows import TimeWindow, resolve_window
 from speckit_reflex.errors import InvalidArgument, ResourceExhausted
 from speckit_reflex.policy import Policy
+from speckit_reflex.runtime.metrics import Metrics
 from speckit_reflex.v1 import capsule_pb2, common_pb2
 
 MAX_BATCH = 10_000
@@ -31,6 +32,7 @@ MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 _RUN_MODES = frozenset({"", "reflex", "cloud", "both"})
 _RUN_STATUSES = frozenset({"", "running", "done", "interrupted"})
+T = TypeVar("T")
 
 
 def _now_us() -> int:
@@ -109,11 +111,23 @@ class Capsule:
         policy: Policy,
         report_dir: Path,
         clock_us: Callable[[], int] = _now_us,
+        metrics: Metrics | None = None,
     ):
         self._store = store
         self._policy = policy
         self._report_dir = report_dir
         self._clock_us = clock_us
+        self._metrics = metrics
+
+    async def _timed(self, query: str, work: Awaitable[T]) -> T:
+        """`work`, its duration observed as speckit_capsule_query_seconds{query}."""
+        if self._metrics is None:
+            return await work
+        started = time.perf_counter()
+        try:
+            return await work
+        finally:
+            self._metrics.capsule_query_seconds(query).observe(time.perf_counter() - started)
 
     async def start(self) -> None:
         """Check the schema now so a stale database is refused at start-up.
@@ -142,7 +156,15 @@ class Capsule:
             raise ResourceExhausted(
                 f"AppendEvents batch of {len(req.events)} events exceeds the limit of {MAX_BATCH}; split it"
             )
-        return await asyncio.to_thread(self._append, req.events)
+        if self._metrics is None:
+            return await asyncio.to_thread(self._append, req.events)
+        started = time.perf_counter()
+        reply = await asyncio.to_thread(self._append, req.events)
+        m = self._metrics
+        m.capsule_ingest_seconds.observe(time.perf_counter() - started)
+        m.capsule_events("inserted").inc(reply.inserted)
+        m.capsule_events("duplicate").inc(reply.duplicates)
+        return reply
 
     async def query_events(self, req: capsule_pb2.QueryEventsRequest) -> capsule_pb2.QueryEventsReply:
         """One page of events matching the filters, oldest first."""
@@ -154,9 +176,9 @@ class Capsule:
             since_us=req.since.ToMicroseconds() if req.HasField("since") else None,
             until_us=req.until.ToMicroseconds() if req.HasField("until") else None,
         )
-        rows, token = await asyncio.to_thread(
+        rows, token = await self._timed("events", asyncio.to_thread(
             self._store.query_events, f, req.page_size or DEFAULT_PAGE_SIZE, req.page_token
-        )
+        ))
         return capsule_pb2.QueryEventsReply(events=[row_to_event(r) for r in rows], next_page_token=token)
 
     # -- statistics and verdicts ----------------------------------------------
@@ -171,7 +193,7 @@ class Capsule:
     async def bakeoff_stats(self, req: capsule_pb2.GetBakeoffStatsRequest) -> capsule_pb2.BakeoffStats:
         """Per mode and per model statistics of PatchAttempt events."""
         window = self._window(req.window if req.HasField("window") else None)
-        return await self._stats(window, req.bakeoff_run_id)
+        return await self._timed("stats", self._stats(window, req.bakeoff_run_id))
 
     def _thresholds(self, req: capsule_pb2.CheckThresholdsRequest) -> tuple[capsule_pb2.Thresholds, int]:
         if req.HasField("thresholds"):
@@ -198,7 +220,7 @@ class Capsule:
 
     async def check_thresholds(self, req: capsule_pb2.CheckThresholdsRequest) -> capsule_pb2.CheckThresholdsReply:
         """Does reflex (or one reflex model) hold the promotion thresholds?"""
-        verdict, _ = await self._verdict(req)
+        verdict, _ = await self._timed("thresholds", self._verdict(req))
         return verdict
 
     async def write_report(self, req: capsule_pb2.WriteReportRequest) -> capsule_pb2.WriteReportReply:
@@ -222,7 +244,8 @@ class Capsule:
         if req.mode not in VALID_MODES:
             raise InvalidArgument(f"unknown mode {req.mode}")
         window = self._window(req.window if req.HasField("window") else None)
-        u = await asyncio.to_thread(self._store.usage, window, common_pb2.EVENT_TYPE_LLM_CALL, req.mode)
+        u = await self._timed("usage", asyncio.to_thread(
+            self._store.usage, window, common_pb2.EVENT_TYPE_LLM_CALL, req.mode))
         return capsule_pb2.UsageSummary(
             calls=u.calls, prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens
         )

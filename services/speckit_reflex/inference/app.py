@@ -14,6 +14,7 @@ from speckit_reflex.inference.servicer import InferenceServicer
 from speckit_reflex.inference.validation import SchemaCheck
 from speckit_reflex.runtime.bootstrap import ServiceContext
 from speckit_reflex.runtime.events import EventSink
+from speckit_reflex.runtime.metrics import Metrics, watch_event_sink
 from speckit_reflex.v1 import inference_pb2, inference_pb2_grpc
 
 
@@ -56,5 +57,31 @@ def build(ctx: ServiceContext, environ: Mapping[str, str] | None = None) -> Infe
     # Only local backends are probed in the background: a cloud probe costs money.
     health = HealthBook(servers, timing, background=tuple(s.name for s in config.local))
     sink = EventSink(lambda: ctx.channel("capsule"), capacity=policy.inference.event_buffer)
-    core = InferenceCore(config, servers, health, SchemaCheck(), sink.emit)
+    core = InferenceCore(config, servers, health, SchemaCheck(), sink.emit, metrics=ctx.metrics)
+    if ctx.metrics is not None:
+        watch_event_sink(ctx.metrics, "inference", sink)
+        watch_backends(ctx.metrics, health, probed=tuple(s.name for s in config.local), all_=tuple(servers))
     return InferenceService(core, servers, health, sink)
+
+
+def watch_backends(metrics: Metrics, health: HealthBook, *, probed: tuple[str, ...], all_: tuple[str, ...]) -> None:
+    """Health of the probed (local) backends and cooldown of every backend,
+    from the HealthBook at scrape time."""
+
+    def healthy() -> list[tuple[tuple[str], float]]:
+        out = []
+        for n in probed:
+            rec = health.last_probe(n)
+            out.append(((n,), float(rec is not None and rec.healthy)))
+        return out
+
+    def probed_at() -> list[tuple[tuple[str], float]]:
+        return [((n,), rec.checked_at) for n in probed if (rec := health.last_probe(n)) is not None]
+
+    metrics.state("speckit_backend_healthy", "1 when the backend's last probe passed (0 too when never probed)",
+                  ["backend"]).add(healthy)
+    metrics.state("speckit_backend_last_probe_timestamp_seconds", "Unix time of the backend's last probe",
+                  ["backend"]).add(probed_at)
+    metrics.state("speckit_backend_cooldown_remaining_seconds",
+                  "Seconds until failover tries the backend again after a failed call (0 = not cooling down)",
+                  ["backend"]).add(lambda: [((n,), health.cooldown_remaining_s(n)) for n in all_])

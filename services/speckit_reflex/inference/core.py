@@ -26,6 +26,7 @@ from speckit_reflex.inference.health import BackendStatus, HealthBook
 from speckit_reflex.inference.validation import SchemaCheck, Verdict, judge_reply
 from speckit_reflex.policy import LoadedPolicy
 from speckit_reflex.runtime.events import new_event
+from speckit_reflex.runtime.metrics import Metrics
 from speckit_reflex.v1 import common_pb2
 
 log = logging.getLogger("speckit.inference")
@@ -156,12 +157,14 @@ class InferenceCore:
         health: HealthBook,
         schemas: SchemaCheck,
         emit: Callable[[common_pb2.Event], None],
+        metrics: Metrics | None = None,
     ):
         self.config = config
         self._servers = servers
         self._health = health
         self._schemas = schemas
         self._emit = emit
+        self._metrics = metrics
         self._local_names = tuple(s.name for s in config.local)
 
     # -- listing and health ---------------------------------------------------
@@ -450,3 +453,27 @@ class InferenceCore:
         )
         ev.id = result.call_id
         self._emit(ev)
+        if self._metrics is not None:
+            self._count_call(req, result, success, reason)
+
+    def _count_call(self, req: CallRequest, result: CallResult, success: bool, reason: str) -> None:
+        m = self._metrics
+        assert m is not None
+        backend, model = result.backend or "none", result.model or req.model or "none"
+        if success:
+            outcome = "ok"
+        elif reason == "cancelled":
+            outcome = "cancelled"
+        elif result.backend and req.json_schema and not result.schema_valid:
+            outcome = "schema_invalid"
+        else:
+            outcome = "error"
+        valid = ("true" if result.schema_valid else "false") if req.json_schema else "none"
+        m.model_calls(backend, model, outcome, valid).inc()
+        m.model_seconds(backend, model).observe(result.latency_ms / 1000)
+        if result.ttft_ms is not None:
+            m.model_ttft(backend, model).observe(result.ttft_ms / 1000)
+        m.model_tokens(backend, model, "prompt").inc(result.prompt_tokens)
+        m.model_tokens(backend, model, "completion").inc(result.completion_tokens)
+        if result.cached_tokens:
+            m.model_tokens(backend, model, "cached").inc(result.cached_tokens)

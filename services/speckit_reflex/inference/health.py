@@ -86,7 +86,15 @@ class HealthBook:
         until = self._cooldown_until.get(name)
         return until is not None and time.monotonic() < until
 
+    def cooldown_remaining_s(self, name: str) -> float:
+        until = self._cooldown_until.get(name)
+        return max(0.0, until - time.monotonic()) if until is not None else 0.0
+
     # -- cached knowledge used by failover ---------------------------------------
+
+    def last_probe(self, name: str) -> BackendStatus | None:
+        """The latest probe result of a backend, however old (None = never probed)."""
+        return self._records.get(name)
 
     def fresh(self, name: str) -> BackendStatus | None:
         """The cached status if it is younger than stale_after_s."""

@@ -11,6 +11,7 @@ from speckit_reflex.patchloop.sandbox import BuildRunner, NetworkIsolation
 from speckit_reflex.patchloop.servicer import PatchLoopServicer
 from speckit_reflex.runtime.bootstrap import ServiceContext
 from speckit_reflex.runtime.events import EventSink
+from speckit_reflex.runtime.metrics import watch_event_sink
 from speckit_reflex.v1 import patchloop_pb2, patchloop_pb2_grpc
 
 
@@ -44,5 +45,8 @@ def build(ctx: ServiceContext) -> PatchLoopService:
         policy=ctx.policy,
         scratch_dir=None,
         history=CapsuleSessionHistory(ctx.channel("capsule")),
+        metrics=ctx.metrics,
     )
+    if ctx.metrics is not None:
+        watch_event_sink(ctx.metrics, "patchloop", sink)
     return PatchLoopService(loop, sink)

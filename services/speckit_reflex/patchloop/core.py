@@ -39,6 +39,7 @@ from speckit_reflex.patchloop.prompt import FailedAttempt, build_messages, file_
 from speckit_reflex.patchloop.workspace import Scratch
 from speckit_reflex.policy import LoadedPolicy
 from speckit_reflex.runtime.events import new_event
+from speckit_reflex.runtime.metrics import Metrics
 from speckit_reflex.v1 import common_pb2, inference_pb2, patchloop_pb2, router_pb2
 
 log = logging.getLogger("speckit.patchloop")
@@ -216,7 +217,9 @@ class PatchLoop:
         sessions: SessionFailures | None = None,
         scratch_dir: Path | None = None,
         history: SessionHistoryPort | None = None,
+        metrics: Metrics | None = None,
     ):
+        self._metrics = metrics
         self._router = router
         self._inference = inference
         self._events = events
@@ -345,6 +348,9 @@ class _Run:
         outcome = await self.loop._compiler.compile(command, self.scratch, self.spec.build_timeout_s)
         if timing is not None:
             timing.compile_ms += outcome.result.duration_ms
+        if self.loop._metrics is not None:
+            self.loop._metrics.build_seconds("verify" if verify else "compile").observe(
+                outcome.result.duration_ms / 1000)
         self._event(compile_finished=outcome.to_proto(verify))
         if outcome.result.timed_out:
             self.note(f"build killed after {self.spec.build_timeout_s:g} s wall-clock limit (with its process group)")
@@ -626,6 +632,8 @@ class _Run:
             },
         )
         self._event(result=result)
+        if self.loop._metrics is not None:
+            self.loop._metrics.patchloop_runs(patchloop_pb2.Outcome.Name(outcome).removeprefix("OUTCOME_").lower()).inc()
 
 
 def _cache_reuse(reply: inference_pb2.CompleteReply) -> float | None:

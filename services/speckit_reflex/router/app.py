@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from grpc import aio
 
 from speckit_reflex.router.caches import RouterCaches
@@ -17,7 +19,10 @@ from speckit_reflex.router.refresher import (
 from speckit_reflex.router.servicer import RouterServicer
 from speckit_reflex.runtime.bootstrap import ServiceContext
 from speckit_reflex.runtime.events import EventSink
+from speckit_reflex.runtime.metrics import Metrics, watch_event_sink
 from speckit_reflex.v1 import router_pb2, router_pb2_grpc
+
+VERDICT_STATUSES = ("pass", "fail", "not_judged", "unknown")
 
 
 class RouterService:
@@ -51,7 +56,7 @@ def build(ctx: ServiceContext) -> RouterService:
     policy = loaded.policy
     caches = RouterCaches()
     events = EventSink(lambda: ctx.channel("capsule"), capacity=policy.inference.event_buffer)
-    router = Router(RoutingEngine(loaded, caches), DecisionRecorder(events.emit), loaded)
+    router = Router(RoutingEngine(loaded, caches), DecisionRecorder(events.emit), loaded, metrics=ctx.metrics)
     budget = policy.budget
     capped = bool(budget.cloud_max_calls or budget.cloud_max_tokens)
     refresher = CacheRefresher(
@@ -65,4 +70,31 @@ def build(ctx: ServiceContext) -> RouterService:
         health_interval_s=policy.routing.health.probe_interval_s,
         verdict_interval_s=policy.routing.verdicts.refresh_s,
     )
+    if ctx.metrics is not None:
+        watch_event_sink(ctx.metrics, "router", events)
+        watch_verdicts(ctx.metrics, caches, policy.routing.reflex.chain, policy.routing.verdicts.stale_after_s)
     return RouterService(router, refresher, events, flush_timeout_s=min(5.0, ctx.settings.grace_s))
+
+
+def verdict_status(caches: RouterCaches, model: str, now: float, stale_after_s: float) -> str:
+    """The verdict the Router acts on for `model`: pass, fail, or unknown when
+    missing or stale (the Router never routes reflex on unknown)."""
+    verdict = caches.verdict_of(model)
+    if verdict is None or now - verdict.fetched_at > stale_after_s:
+        return "unknown"
+    return "pass" if verdict.passed else "fail"
+
+
+def watch_verdicts(metrics: Metrics, caches: RouterCaches, models: list[str], stale_after_s: float) -> None:
+    """speckit_model_verdict{model,status}: 1 for each chain model's current status, 0 for the others."""
+
+    def samples() -> list[tuple[tuple[str, str], float]]:
+        now = time.time()
+        out = []
+        for model in models:
+            current = verdict_status(caches, model, now, stale_after_s)
+            out.extend(((model, status), float(status == current)) for status in VERDICT_STATUSES)
+        return out
+
+    metrics.state("speckit_model_verdict", "Bakeoff verdict the Router holds per chain model (1 = current status)",
+                  ["model", "status"]).add(samples)

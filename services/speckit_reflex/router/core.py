@@ -8,7 +8,8 @@ import time
 from speckit_reflex.errors import FailedPrecondition
 from speckit_reflex.policy import LoadedPolicy
 from speckit_reflex.router.engine import RoutingEngine, reason_name
-from speckit_reflex.router.evidence import Decision, DecisionRecorder
+from speckit_reflex.router.evidence import MODE_NAMES, Decision, DecisionRecorder
+from speckit_reflex.runtime.metrics import Metrics
 from speckit_reflex.v1 import router_pb2
 
 
@@ -33,10 +34,12 @@ class RouteRefused(FailedPrecondition):
 class Router:
     """Answers Decide from the engine and records every answer, refusals too."""
 
-    def __init__(self, engine: RoutingEngine, recorder: DecisionRecorder, policy: LoadedPolicy):
+    def __init__(self, engine: RoutingEngine, recorder: DecisionRecorder, policy: LoadedPolicy,
+                 metrics: Metrics | None = None):
         self._engine = engine
         self._recorder = recorder
         self._policy = policy
+        self._metrics = metrics
 
     @property
     def policy(self) -> LoadedPolicy:
@@ -52,6 +55,12 @@ class Router:
             new_decision_id(), route, (time.perf_counter() - started) * 1000.0, self._policy.sha256
         )
         self._recorder.record(decision, req)
+        if self._metrics is not None:
+            # Labelled like the RoutingDecision event: a refusal routes nowhere.
+            refused = route.refused
+            self._metrics.routing_decisions(
+                "none" if refused else MODE_NAMES[route.mode],
+                reason_name(route.refusal if refused else route.reason), route.model).inc()
         if route.refused:
             raise RouteRefused(decision)
         return decision

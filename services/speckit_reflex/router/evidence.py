@@ -16,7 +16,7 @@ from speckit_reflex.v1 import common_pb2, router_pb2
 
 log = logging.getLogger("speckit.router.audit")
 
-_MODE_NAMES = {v: n.removeprefix("ROUTING_MODE_").lower() for n, v in common_pb2.RoutingMode.items()}
+MODE_NAMES = {v: n.removeprefix("ROUTING_MODE_").lower() for n, v in common_pb2.RoutingMode.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +43,7 @@ def _rare_payload(route: Route) -> dict[str, object]:
         # A refusal routes nowhere: the event's mode stays unspecified and
         # the payload says what was refused and why it was wanted.
         payload["refused"] = True
-        payload["would_route"] = _MODE_NAMES[route.mode]
+        payload["would_route"] = MODE_NAMES[route.mode]
         payload["cause"] = reason_name(route.reason)
         payload["refusal_detail"] = route.refusal_detail
     return payload
@@ -105,7 +105,7 @@ class DecisionRecorder:
                 "fields": {
                     "decision_id": decision.decision_id,
                     "role": ROLE_KEYS.get(route.role, str(route.role)),
-                    "mode": _MODE_NAMES[route.mode],
+                    "mode": MODE_NAMES[route.mode],
                     "reason": event.reason,
                     "cause": reason_name(route.reason),
                     "model": route.model,

@@ -15,6 +15,7 @@ from grpc import aio
 
 from speckit_reflex.clients.channel import ChannelConfig, open_channel
 from speckit_reflex.policy import LoadedPolicy, load_policy
+from speckit_reflex.runtime.metrics import Metrics, MetricsServer
 from speckit_reflex.runtime.server import GrpcService, RunningServer, check_exposure, create_server
 from speckit_reflex.runtime.settings import RuntimeSettings
 
@@ -29,6 +30,9 @@ class ServiceContext:
     settings: RuntimeSettings
     policy: LoadedPolicy
     addresses: dict[str, str] = field(default_factory=dict)
+    #: the process's metrics; None when SPECKIT_METRICS_ADDR is unset
+    metrics: Metrics | None = None
+    metrics_server: MetricsServer | None = None
     _channels: dict[str, aio.Channel] = field(default_factory=dict)
 
     def address_of(self, service: str) -> str:
@@ -53,6 +57,9 @@ class ServiceContext:
         for ch in self._channels.values():
             await ch.close()
         self._channels.clear()
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
+            self.metrics_server = None
 
 
 def build_service(name: str, ctx: ServiceContext) -> GrpcService:
@@ -70,7 +77,7 @@ async def start_services(
     `insecure` allows a non-loopback address without a token or TLS.
     """
     policy = policy or load_policy(settings.policy or None)
-    ctx = ServiceContext(settings=settings, policy=policy)
+    ctx = ServiceContext(settings=settings, policy=policy, metrics=Metrics() if settings.metrics_addr else None)
     for name in names:
         check_exposure(name, settings.addr_of(name), settings, insecure)
     running: list[RunningServer] = []
@@ -79,9 +86,14 @@ async def start_services(
             if name not in names:
                 continue
             service = build_service(name, ctx)
-            server = await create_server(service, settings.addr_of(name), settings, insecure=insecure)
+            server = await create_server(
+                service, settings.addr_of(name), settings, insecure=insecure, metrics=ctx.metrics)
             ctx.addresses[name] = server.address
             running.append(server)
+        if ctx.metrics is not None:
+            # One endpoint for every service this process runs.
+            ctx.metrics_server = MetricsServer(ctx.metrics, settings.metrics_addr)
+            await ctx.metrics_server.start()
     except BaseException:
         for s in running:
             await s.stop(0)

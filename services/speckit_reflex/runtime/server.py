@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from speckit_reflex.runtime.interceptors import DomainErrorInterceptor, TokenAuthInterceptor
 from speckit_reflex.runtime.listen import check_listen_address
+from speckit_reflex.runtime.metrics import Metrics, RpcMetricsInterceptor
 from speckit_reflex.runtime.settings import RuntimeSettings
 
 log = logging.getLogger("speckit.server")
@@ -117,7 +118,8 @@ def check_exposure(name: str, addr: str, settings: RuntimeSettings, insecure: bo
 
 
 async def create_server(
-    service: GrpcService, addr: str, settings: RuntimeSettings, *, insecure: bool = False
+    service: GrpcService, addr: str, settings: RuntimeSettings, *, insecure: bool = False,
+    metrics: Metrics | None = None,
 ) -> RunningServer:
     """Build, bind and start a server for `service` at `addr` ("host:0" picks a port).
 
@@ -126,6 +128,9 @@ async def create_server(
     check_exposure(service.name, addr, settings, insecure)
     check_listen_address(addr, service.name)
     interceptors: list[aio.ServerInterceptor] = []
+    if metrics is not None:
+        # Outermost, so refusals by auth and validation are counted too.
+        interceptors.append(RpcMetricsInterceptor(metrics, service.name))
     if settings.auth_token:
         interceptors.append(TokenAuthInterceptor(settings.auth_token))
     interceptors.append(DomainErrorInterceptor())

@@ -41,6 +41,8 @@ class RuntimeSettings(BaseSettings):
     # Client side: CA that signed the servers' certificates.
     tls_ca: str = ""
     max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    # host:port of the Prometheus /metrics endpoint; empty = no metrics at all.
+    metrics_addr: str = ""
 
     def effective_database_url(self) -> str:
         if self.database_url:

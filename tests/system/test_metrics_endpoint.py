@@ -1,0 +1,101 @@
+"""`speckit serve all` as a real process: with SPECKIT_METRICS_ADDR it serves one
+/metrics endpoint reporting all four services; without it, it listens on the
+four gRPC ports and nothing else (read from the process's own sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from grpc import aio
+
+from speckit_reflex.clients.health import wait_serving
+from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, router_pb2, router_pb2_grpc
+from tests.conftest import free_port
+
+SERVICES = ("router", "inference", "patchloop", "capsule")
+
+
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports the process `pid` listens on, from /proc."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in inodes:  # 0A = LISTEN
+                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+async def serve_all(tmp_path: Path, metrics_port: int | None) -> tuple[asyncio.subprocess.Process, dict[str, int]]:
+    ports = {name: free_port() for name in SERVICES}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SPECKIT_", "OTEL_"))}
+    env.update({f"SPECKIT_{n.upper()}_ADDR": f"127.0.0.1:{p}" for n, p in ports.items()})
+    env["SPECKIT_HOME"] = str(tmp_path / "home")
+    if metrics_port is not None:
+        env["SPECKIT_METRICS_ADDR"] = f"127.0.0.1:{metrics_port}"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "speckit_reflex.cli.main", "serve", "all", env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    # PatchLoop starts last; the metrics endpoint right after it.
+    await wait_serving(f"127.0.0.1:{ports['patchloop']}", timeout_s=60)
+    return proc, ports
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    proc.terminate()
+    await asyncio.wait_for(proc.wait(), 30)
+
+
+async def scrape_when_up(port: int, timeout_s: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient() as http:
+        while True:
+            try:
+                reply = await http.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+                return reply.raise_for_status().text
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline, "no /metrics endpoint"
+                await asyncio.sleep(0.05)
+
+
+async def test_serve_all_serves_one_metrics_endpoint_for_the_four(tmp_path: Path) -> None:
+    metrics_port = free_port()
+    proc, ports = await serve_all(tmp_path, metrics_port)
+    try:
+        await scrape_when_up(metrics_port)
+        assert listening_ports(proc.pid) == {*ports.values(), metrics_port}
+        async with aio.insecure_channel(f"127.0.0.1:{ports['router']}") as ch:
+            await router_pb2_grpc.RouterStub(ch).GetPolicy(router_pb2.GetPolicyRequest(), timeout=10)
+        async with aio.insecure_channel(f"127.0.0.1:{ports['capsule']}") as ch:
+            await capsule_pb2_grpc.CapsuleStub(ch).GetUsage(capsule_pb2.GetUsageRequest(), timeout=10)
+        text = await scrape_when_up(metrics_port)
+    finally:
+        await stop(proc)
+    assert 'speckit_rpc_server_handled_total{code="OK",method="GetPolicy",service="router"} 1.0' in text
+    assert 'speckit_rpc_server_handled_total{code="OK",method="GetUsage",service="capsule"} 1.0' in text
+    for sink in ("router", "inference", "patchloop"):
+        assert f'speckit_event_sink_backlog{{service="{sink}"}}' in text
+    # Each family once, though three services feed the sink families.
+    assert text.count("# TYPE speckit_event_sink_backlog gauge") == 1
+    assert "speckit_backend_healthy{" in text and "speckit_model_verdict{" in text
+
+
+async def test_serve_all_without_the_variable_serves_no_metrics(tmp_path: Path) -> None:
+    proc, ports = await serve_all(tmp_path, None)
+    try:
+        assert listening_ports(proc.pid) == set(ports.values())
+    finally:
+        await stop(proc)
