@@ -1,10 +1,12 @@
 """Migrations: one head, no drift against the models, upgrade from code and
-the CLI, and a service that refuses a database that is not at head."""
+the CLI, and Capsule's start: an empty database (SQLite or Postgres) gets the
+schema, one not at head is refused."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import uuid
 
 import pytest
 from alembic import command
@@ -12,10 +14,12 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, text
 
 from speckit_reflex.capsule import migrate
+from speckit_reflex.clients.capsule import CapsuleClient
 from speckit_reflex.cli import db as db_cli
 from speckit_reflex.cli.output import CliError, print_error
 from speckit_reflex.errors import FailedPrecondition
 from speckit_reflex.policy import load_policy
+from speckit_reflex.v1 import common_pb2
 
 
 def main(argv: list[str]) -> int:
@@ -58,25 +62,30 @@ def test_cli_db_unreachable_is_an_error_not_a_traceback(monkeypatch: pytest.Monk
     assert "cannot reach database" in capsys.readouterr().err
 
 
-async def test_postgres_without_schema_is_refused(services_factory, postgres_url: str):
-    with pytest.raises(FailedPrecondition, match=r"speckit db upgrade"):
-        await services_factory(["capsule"], database_url=postgres_url, policy=load_policy(None))
-    engine = create_engine(postgres_url)
-    with engine.connect() as conn:  # never migrated implicitly
-        assert conn.execute(text("SELECT to_regclass('events')")).scalar() is None
-    engine.dispose()
-
-
-async def test_fresh_sqlite_is_created_on_first_start(services_factory, sqlite_url: str):
-    await services_factory(["capsule"], database_url=sqlite_url, policy=load_policy(None))
-    engine = create_engine(sqlite_url)
+async def test_an_empty_database_is_created_on_first_start(services_factory, db_url: str):
+    """One rule for SQLite and Postgres: an empty database gets the schema."""
+    svc = await services_factory(["capsule"], database_url=db_url, policy=load_policy(None))
+    engine = create_engine(db_url)
     assert migrate.schema_state(engine).up_to_date
     engine.dispose()
+    reply = await CapsuleClient(svc.ctx.channel("capsule")).append_events([common_pb2.Event(
+        id=str(uuid.uuid4()), type=common_pb2.EVENT_TYPE_AUDIT)])
+    assert reply.inserted == 1
+
+
+@pytest.mark.postgres
+def test_replicas_starting_together_create_the_postgres_schema_once(postgres_url: str):
+    """The advisory lock: concurrent upgrades of an empty database both end at head."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(3) as pool:
+        states = list(pool.map(lambda _: migrate.upgrade_url(postgres_url), range(3)))
+    assert all(s.up_to_date for s in states)
 
 
 @pytest.mark.parametrize("revision", ["base-with-tables", "future"])
-async def test_sqlite_not_at_head_is_refused(services_factory, sqlite_url: str, revision: str):
-    engine = create_engine(sqlite_url)
+async def test_a_database_not_at_head_is_refused(services_factory, db_url: str, revision: str):
+    engine = create_engine(db_url)
     migrate.upgrade(engine)
     with engine.begin() as conn:
         if revision == "future":
@@ -86,7 +95,7 @@ async def test_sqlite_not_at_head_is_refused(services_factory, sqlite_url: str, 
     engine.dispose()
     expected = "newer than this software" if revision == "future" else "speckit db upgrade"
     with pytest.raises(FailedPrecondition, match=expected):
-        await services_factory(["capsule"], database_url=sqlite_url, policy=load_policy(None))
+        await services_factory(["capsule"], database_url=db_url, policy=load_policy(None))
 
 
 def test_older_revision_is_refused_naming_the_command(tmp_path):

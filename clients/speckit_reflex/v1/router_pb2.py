@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from speckit_reflex.v1 import common_pb2 as speckit__reflex_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1especkit_reflex/v1/router.proto\x12\x11speckit_reflex.v1\x1a\x1especkit_reflex/v1/common.proto\"\xbb\x03\n\rDecideRequest\x12\'\n\x05stage\x18\x01 \x01(\x0e\x32\x18.speckit_reflex.v1.Stage\x12%\n\x04role\x18\x02 \x01(\x0e\x32\x17.speckit_reflex.v1.Role\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\x12\x1c\n\x14\x63onsecutive_failures\x18\x06 \x01(\r\x12\x18\n\x10\x63ontext_estimate\x18\x07 \x01(\x04\x12\x17\n\nconfidence\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x1f\n\x17\x63ontradictions_detected\x18\t \x01(\x08\x12\x12\n\ntool_heavy\x18\n \x01(\x08\x12\x12\n\nfull_sweep\x18\x0b \x01(\x08\x12!\n\x19user_requested_escalation\x18\x0c \x01(\x08\x12\x11\n\thigh_risk\x18\r \x01(\x08\x12\x12\n\nlocal_only\x18\x0e \x01(\x08\x12\x32\n\nforce_mode\x18\x0f \x01(\x0e\x32\x1e.speckit_reflex.v1.RoutingModeB\r\n\x0b_confidence\"m\n\tChainSkip\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x30\n\x06reason\x18\x03 \x01(\x0e\x32 .speckit_reflex.v1.RoutingReason\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\xba\x03\n\x0fRoutingDecision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12%\n\x04role\x18\x02 \x01(\x0e\x32\x17.speckit_reflex.v1.Role\x12\'\n\x05stage\x18\x03 \x01(\x0e\x32\x18.speckit_reflex.v1.Stage\x12,\n\x04mode\x18\x04 \x01(\x0e\x32\x1e.speckit_reflex.v1.RoutingMode\x12\x30\n\x06reason\x18\x05 \x01(\x0e\x32 .speckit_reflex.v1.RoutingReason\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\t \x01(\t\x12\x13\n\x0bis_fallback\x18\n \x01(\x08\x12-\n\x07skipped\x18\x0b \x03(\x0b\x32\x1c.speckit_reflex.v1.ChainSkip\x12\x12\n\nlatency_ms\x18\x0c \x01(\x01\x12\x13\n\x0bpolicy_hash\x18\r \x01(\t\x12\x12\n\nsession_id\x18\x0e \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x0f \x01(\r\x12\x0e\n\x06\x66orced\x18\x10 \x01(\x08\"\x12\n\x10GetPolicyRequest\">\n\x0ePolicySnapshot\x12\x0c\n\x04json\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t2\xad\x01\n\x06Router\x12N\n\x06\x44\x65\x63ide\x12 .speckit_reflex.v1.DecideRequest\x1a\".speckit_reflex.v1.RoutingDecision\x12S\n\tGetPolicy\x12#.speckit_reflex.v1.GetPolicyRequest\x1a!.speckit_reflex.v1.PolicySnapshotb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1especkit_reflex/v1/router.proto\x12\x11speckit_reflex.v1\x1a\x1especkit_reflex/v1/common.proto\"\xca\x03\n\rDecideRequest\x12\'\n\x05stage\x18\x01 \x01(\x0e\x32\x18.speckit_reflex.v1.Stage\x12%\n\x04role\x18\x02 \x01(\x0e\x32\x17.speckit_reflex.v1.Role\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\x12\x1c\n\x14\x63onsecutive_failures\x18\x06 \x01(\r\x12\x18\n\x10\x63ontext_estimate\x18\x07 \x01(\x04\x12\x17\n\nconfidence\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x1f\n\x17\x63ontradictions_detected\x18\t \x01(\x08\x12\x12\n\ntool_heavy\x18\n \x01(\x08\x12\x12\n\nfull_sweep\x18\x0b \x01(\x08\x12!\n\x19user_requested_escalation\x18\x0c \x01(\x08\x12\x11\n\thigh_risk\x18\r \x01(\x08\x12\x12\n\nlocal_only\x18\x0e \x01(\x08\x12\x32\n\nforce_mode\x18\x0f \x01(\x0e\x32\x1e.speckit_reflex.v1.RoutingMode\x12\r\n\x05model\x18\x10 \x01(\tB\r\n\x0b_confidence\"m\n\tChainSkip\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x30\n\x06reason\x18\x03 \x01(\x0e\x32 .speckit_reflex.v1.RoutingReason\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\xd2\x03\n\x0fRoutingDecision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12%\n\x04role\x18\x02 \x01(\x0e\x32\x17.speckit_reflex.v1.Role\x12\'\n\x05stage\x18\x03 \x01(\x0e\x32\x18.speckit_reflex.v1.Stage\x12,\n\x04mode\x18\x04 \x01(\x0e\x32\x1e.speckit_reflex.v1.RoutingMode\x12\x30\n\x06reason\x18\x05 \x01(\x0e\x32 .speckit_reflex.v1.RoutingReason\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\t \x01(\t\x12\x13\n\x0bis_fallback\x18\n \x01(\x08\x12-\n\x07skipped\x18\x0b \x03(\x0b\x32\x1c.speckit_reflex.v1.ChainSkip\x12\x12\n\nlatency_ms\x18\x0c \x01(\x01\x12\x13\n\x0bpolicy_hash\x18\r \x01(\t\x12\x12\n\nsession_id\x18\x0e \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x0f \x01(\r\x12\x0e\n\x06\x66orced\x18\x10 \x01(\x08\x12\x16\n\x0everdict_waived\x18\x11 \x01(\x08\"\x12\n\x10GetPolicyRequest\">\n\x0ePolicySnapshot\x12\x0c\n\x04json\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t2\xad\x01\n\x06Router\x12N\n\x06\x44\x65\x63ide\x12 .speckit_reflex.v1.DecideRequest\x1a\".speckit_reflex.v1.RoutingDecision\x12S\n\tGetPolicy\x12#.speckit_reflex.v1.GetPolicyRequest\x1a!.speckit_reflex.v1.PolicySnapshotb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,15 +33,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'speckit_reflex.v1.router_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DECIDEREQUEST']._serialized_start=86
-  _globals['_DECIDEREQUEST']._serialized_end=529
-  _globals['_CHAINSKIP']._serialized_start=531
-  _globals['_CHAINSKIP']._serialized_end=640
-  _globals['_ROUTINGDECISION']._serialized_start=643
-  _globals['_ROUTINGDECISION']._serialized_end=1085
-  _globals['_GETPOLICYREQUEST']._serialized_start=1087
-  _globals['_GETPOLICYREQUEST']._serialized_end=1105
-  _globals['_POLICYSNAPSHOT']._serialized_start=1107
-  _globals['_POLICYSNAPSHOT']._serialized_end=1169
-  _globals['_ROUTER']._serialized_start=1172
-  _globals['_ROUTER']._serialized_end=1345
+  _globals['_DECIDEREQUEST']._serialized_end=544
+  _globals['_CHAINSKIP']._serialized_start=546
+  _globals['_CHAINSKIP']._serialized_end=655
+  _globals['_ROUTINGDECISION']._serialized_start=658
+  _globals['_ROUTINGDECISION']._serialized_end=1124
+  _globals['_GETPOLICYREQUEST']._serialized_start=1126
+  _globals['_GETPOLICYREQUEST']._serialized_end=1144
+  _globals['_POLICYSNAPSHOT']._serialized_start=1146
+  _globals['_POLICYSNAPSHOT']._serialized_end=1208
+  _globals['_ROUTER']._serialized_start=1211
+  _globals['_ROUTER']._serialized_end=1384
 # @@protoc_insertion_point(module_scope)

@@ -41,6 +41,7 @@ class DecideRequest(_message.Message):
     HIGH_RISK_FIELD_NUMBER: _builtins.int
     LOCAL_ONLY_FIELD_NUMBER: _builtins.int
     FORCE_MODE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     stage: _common_pb2.Stage.ValueType
     role: _common_pb2.Role.ValueType
     session_id: _builtins.str
@@ -61,6 +62,13 @@ class DecideRequest(_message.Message):
     """Request-level privacy: ORed with the policy's local_only (GR-009)."""
     force_mode: _common_pb2.RoutingMode.ValueType
     """Restrict the answer to one mode (bakeoff trials). UNSPECIFIED = policy."""
+    model: _builtins.str
+    """Pin the route to this model: a model of the reflex chain (needs a
+    healthy backend serving it; its bakeoff verdict is reported, not
+    required, as the caller chose it) or the cloud model (local_only and the
+    budget still apply). Empty = the policy chooses. Implementer only; not
+    with force_mode. An unknown model is INVALID_ARGUMENT naming `model`.
+    """
     def __init__(
         self,
         *,
@@ -79,10 +87,11 @@ class DecideRequest(_message.Message):
         high_risk: _builtins.bool = ...,
         local_only: _builtins.bool = ...,
         force_mode: _common_pb2.RoutingMode.ValueType = ...,
+        model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_confidence", b"_confidence", "confidence", b"confidence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_confidence", b"_confidence", "attempt", b"attempt", "confidence", b"confidence", "consecutive_failures", b"consecutive_failures", "context_estimate", b"context_estimate", "contradictions_detected", b"contradictions_detected", "force_mode", b"force_mode", "full_sweep", b"full_sweep", "high_risk", b"high_risk", "local_only", b"local_only", "role", b"role", "run_id", b"run_id", "session_id", b"session_id", "stage", b"stage", "tool_heavy", b"tool_heavy", "user_requested_escalation", b"user_requested_escalation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_confidence", b"_confidence", "attempt", b"attempt", "confidence", b"confidence", "consecutive_failures", b"consecutive_failures", "context_estimate", b"context_estimate", "contradictions_detected", b"contradictions_detected", "force_mode", b"force_mode", "full_sweep", b"full_sweep", "high_risk", b"high_risk", "local_only", b"local_only", "model", b"model", "role", b"role", "run_id", b"run_id", "session_id", b"session_id", "stage", b"stage", "tool_heavy", b"tool_heavy", "user_requested_escalation", b"user_requested_escalation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__confidence: _TypeAlias = _typing.Literal["confidence"]  # noqa: Y015
     _WhichOneofArgType__confidence: _TypeAlias = _typing.Literal["_confidence", b"_confidence"]  # noqa: Y015
@@ -140,6 +149,7 @@ class RoutingDecision(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     FORCED_FIELD_NUMBER: _builtins.int
+    VERDICT_WAIVED_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     role: _common_pb2.Role.ValueType
     stage: _common_pb2.Stage.ValueType
@@ -164,6 +174,11 @@ class RoutingDecision(_message.Message):
     passing bakeoff verdict: the bakeoff must be able to measure an unproven
     model; `reason` then still tells the verdict as it stands.
     """
+    verdict_waived: _builtins.bool
+    """True when a reflex model was chosen although its bakeoff verdict does
+    not pass, because the policy waives it (routing.reflex.require_verdict =
+    false, what `speckit serve --mode reflex` sets). Always audited.
+    """
     @_builtins.property
     def skipped(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChainSkip]: ...
     def __init__(
@@ -185,10 +200,11 @@ class RoutingDecision(_message.Message):
         session_id: _builtins.str = ...,
         attempt: _builtins.int = ...,
         forced: _builtins.bool = ...,
+        verdict_waived: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "backend", b"backend", "decision_id", b"decision_id", "detail", b"detail", "endpoint", b"endpoint", "forced", b"forced", "is_fallback", b"is_fallback", "latency_ms", b"latency_ms", "mode", b"mode", "model", b"model", "policy_hash", b"policy_hash", "reason", b"reason", "role", b"role", "session_id", b"session_id", "skipped", b"skipped", "stage", b"stage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "backend", b"backend", "decision_id", b"decision_id", "detail", b"detail", "endpoint", b"endpoint", "forced", b"forced", "is_fallback", b"is_fallback", "latency_ms", b"latency_ms", "mode", b"mode", "model", b"model", "policy_hash", b"policy_hash", "reason", b"reason", "role", b"role", "session_id", b"session_id", "skipped", b"skipped", "stage", b"stage", "verdict_waived", b"verdict_waived"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

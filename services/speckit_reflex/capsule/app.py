@@ -32,10 +32,11 @@ class CapsuleService:
 def build(ctx: ServiceContext) -> CapsuleService:
     """Capsule over the settings' database (SQLite under .speckit/ by default).
 
-    Only the embedded SQLite default creates its schema on first start; any
-    other database is migrated by an operator with `speckit db upgrade`.
+    One rule for SQLite and PostgreSQL: an empty database gets the schema on
+    first start; an older one is migrated by an operator with `speckit db
+    upgrade` (see migrate.verify_schema).
     """
     url = ctx.settings.effective_database_url()
-    store = CapsuleStore(make_engine(url), auto_create_schema=url.startswith("sqlite"))
+    store = CapsuleStore(make_engine(url), auto_create_schema=True)
     core = Capsule(store, ctx.policy.policy, report_dir=ctx.settings.home / "eval", metrics=ctx.metrics)
     return CapsuleService(core)

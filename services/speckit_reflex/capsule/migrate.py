@@ -13,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, inspect, pool
+from sqlalchemy import Engine, create_engine, inspect, pool, text
 
 from speckit_reflex.errors import FailedPrecondition
 
@@ -28,6 +28,9 @@ def _migrations_dir() -> Path:
 
 MIGRATIONS_DIR = _migrations_dir()
 UPGRADE_HINT = "run `speckit db upgrade` (it reads SPECKIT_DATABASE_URL)"
+# Key of the Postgres advisory lock that serialises migrations, so that
+# replicas starting together on an empty database create it once.
+_MIGRATION_LOCK_KEY = 0x5EC_4B17
 
 
 class SchemaNotCurrent(FailedPrecondition):
@@ -77,6 +80,10 @@ def upgrade(engine: Engine, revision: str = "head") -> SchemaState:
     """Migrate the database behind `engine` to `revision` (default: head)."""
     cfg = alembic_config()
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Held to the end of this transaction; DDL is transactional in
+            # Postgres, so a waiter then finds the schema already at head.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
     return schema_state(engine)
@@ -94,9 +101,10 @@ def upgrade_url(url: str, revision: str = "head") -> SchemaState:
 def verify_schema(engine: Engine, *, auto_create: bool) -> SchemaState:
     """Refuse a database that is not at head; optionally create a fresh one.
 
-    `auto_create` lets the embedded default (SQLite) just work on first run:
-    a database with no tables at all is migrated to head. A database at an
-    older revision is never migrated implicitly: that is an operator's step.
+    The rule, the same for SQLite and PostgreSQL: a database with no tables
+    at all is given the schema when Capsule starts (`auto_create`); one at
+    an older revision is never migrated implicitly, that is an operator's
+    step (`speckit db upgrade`).
     """
     state = schema_state(engine)
     if state.up_to_date:

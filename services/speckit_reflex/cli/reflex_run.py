@@ -77,7 +77,7 @@ def describe(ev: patchloop_pb2.RunEvent) -> str:
     if kind == "routing":
         r = ev.routing
         reason = common_pb2.RoutingReason.Name(r.reason).removeprefix("ROUTING_REASON_").lower()
-        forced = ", forced" if r.forced else ""
+        forced = ", forced" if r.forced else ", bakeoff verdict WAIVED (--mode reflex)" if r.verdict_waived else ""
         return f"{a}route: {mode_name(r.mode)} → {r.model or '-'} on {r.backend or '-'} ({reason}{forced})"
     if kind == "model_call":
         m = ev.model_call

@@ -106,6 +106,7 @@ def snapshot(policy: Policy) -> dict[str, Any]:
                     "timeout_ms": reflex.timeout_ms,
                     "json_schema_required": reflex.json_schema_required,
                     "fallback_to_cloud": reflex.fallback_to_cloud,
+                    "require_verdict": reflex.require_verdict,
                     "thresholds": reflex.thresholds.model_dump(mode="json"),
                     "model_primary": reflex.model_primary or reflex.model,
                     "model_fallbacks": list(reflex.model_fallbacks),

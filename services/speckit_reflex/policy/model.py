@@ -47,6 +47,9 @@ class Reflex(_Strict):
     timeout_ms: int = Field(default=1500, gt=0)
     json_schema_required: bool = True
     fallback_to_cloud: bool = True
+    # false: a healthy chain model is routed to before its bakeoff passes
+    # (`speckit serve --mode reflex`); each such decision is flagged and audited.
+    require_verdict: bool = True
     thresholds: Thresholds = Thresholds()
     # Ordered chain: model_primary (default: `model`), then model_fallbacks.
     model_primary: str | None = None

@@ -15,6 +15,13 @@ stale or unreachable sources: never reflex on unknown).
 Other roles: local default unless a MODEL-POLICY escalation predicate fires;
 a role without a local model goes to cloud (cloud_default).
 
+A request may pin a model (`model`): a chain model is routed to on a healthy
+backend with its verdict reported but not required (the caller chose it); the
+cloud model goes through the cloud guards below; anything else is invalid.
+With `routing.reflex.require_verdict = false` (`serve --mode reflex`) the
+chain's first healthy model is routed to even when its verdict does not pass,
+flagged `verdict_waived` and audited.
+
 Every cloud route then passes the guards: local_only (GR-009), then
 `fallback_to_cloud = false` for reflex fallbacks, then budget caps (GR-011).
 A failed guard turns the route into a refusal (`Route.refusal`), which the
@@ -49,6 +56,7 @@ REASON_NAMES: dict[int, str] = {
 }
 ROLE_KEYS: dict[int, str] = {v: n.removeprefix("ROLE_").lower() for n, v in common_pb2.Role.items() if v}
 _VALID_STAGES = frozenset(v for v in common_pb2.Stage.values() if v)
+MAX_MODEL_CHARS = 256
 _VALID_FORCE = frozenset({common_pb2.ROUTING_MODE_UNSPECIFIED, REFLEX, CLOUD})
 
 
@@ -85,6 +93,7 @@ class Route:
     forced: bool = False
     refusal: int = 0
     refusal_detail: str = ""
+    verdict_waived: bool = False
 
     @property
     def refused(self) -> bool:
@@ -92,8 +101,8 @@ class Route:
 
     @property
     def degraded(self) -> bool:
-        """A fallback or a refusal: worth an audit line (GR-005)."""
-        return self.is_fallback or self.refusal != 0
+        """A fallback, a refusal or an unproven model: worth an audit line (GR-005)."""
+        return self.is_fallback or self.refusal != 0 or self.verdict_waived
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +143,13 @@ class RoutingEngine:
         self._enabled = reflex.enabled
         self._max_failures = reflex.max_failures
         self._fallback_to_cloud = reflex.fallback_to_cloud
+        self._require_verdict = reflex.require_verdict
         backends = reflex.effective_backends()
         self._chain = tuple(
             _ChainLink(m, tuple(_Target(b.name, b.endpoint, health_key(b.name, m)) for b in backends if m in b.models))
             for m in reflex.chain
         )
+        self._links = {link.model: link for link in self._chain}
         self._health_ttl = policy.routing.health.stale_after_s
         self._verdict_ttl = policy.routing.verdicts.stale_after_s
         self._local_only = policy.privacy.local_only
@@ -175,9 +186,13 @@ class RoutingEngine:
             raise InvalidArgument(f"role: {req.role} is not a known Role (ROLE_UNSPECIFIED is not allowed)")
         if req.stage not in _VALID_STAGES:
             raise InvalidArgument(f"stage: {req.stage} is not a known Stage (STAGE_UNSPECIFIED is not allowed)")
+        if len(req.model) > MAX_MODEL_CHARS:
+            raise InvalidArgument(f"model: longer than {MAX_MODEL_CHARS} characters")
         if req.force_mode not in _VALID_FORCE:
             raise InvalidArgument("force_mode: only ROUTING_MODE_REFLEX, ROUTING_MODE_CLOUD or unspecified")
         now = self._clock()
+        if req.model:
+            return self._pinned(req, now)
         if req.role == IMPLEMENTER:
             return self._implementer(req, now)
         return self._other_role(req, now)
@@ -227,6 +242,15 @@ class RoutingEngine:
                         link.model, target.name, target.endpoint,
                         is_fallback=index > 0, skipped=tuple(skipped),
                     )
+                if not self._require_verdict:
+                    return Route(
+                        req.role, req.stage, REFLEX, reason,
+                        f"{link.model} on {target.name}: backend healthy; bakeoff verdict WAIVED by "
+                        f"routing.reflex.require_verdict = false (serve --mode reflex): {reason_name(reason)}: "
+                        f"{detail or 'no detail'}",
+                        link.model, target.name, target.endpoint,
+                        is_fallback=index > 0, skipped=tuple(skipped), verdict_waived=True,
+                    )
             skipped.append(Skip(link.model, target.name if target else "", reason, detail))
         primary = skipped[0]
         return self._to_cloud(
@@ -260,6 +284,34 @@ class RoutingEngine:
             req.role, req.stage, REFLEX, primary.reason, detail,
             is_fallback=True, skipped=tuple(skipped), forced=True, refusal=primary.reason, refusal_detail=detail,
         )
+
+    def _pinned(self, req: router_pb2.DecideRequest, now: float) -> Route:
+        """The route to the model the request names (an OpenAI client's `model`)."""
+        if req.role != IMPLEMENTER:
+            raise InvalidArgument("model: pinning a model applies only to ROLE_IMPLEMENTER")
+        if req.force_mode != common_pb2.ROUTING_MODE_UNSPECIFIED:
+            raise InvalidArgument("model: a pinned model and force_mode are exclusive")
+        link = self._links.get(req.model)
+        if link is not None:
+            if req.stage != IMPLEMENT:
+                raise InvalidArgument(f"model: {req.model} is a reflex model; reflex applies only to STAGE_IMPLEMENT")
+            target, reason, detail = self._serving_backend(link, now)
+            if target is None:
+                detail = f"pinned model {link.model} has no healthy backend: {detail}"
+                return Route(req.role, req.stage, REFLEX, reason, detail, link.model, forced=True,
+                             refusal=reason, refusal_detail=detail)
+            verdict, verdict_detail = self._verdict(link.model, now)
+            return Route(
+                req.role, req.stage, REFLEX, verdict,
+                f"model {link.model} pinned by the request, on {target.name} (healthy); bakeoff verdict not "
+                f"required ({reason_name(verdict)}: {verdict_detail or 'passed'})",
+                link.model, target.name, target.endpoint, forced=True,
+            )
+        if req.model == self._cloud_model:
+            return self._to_cloud(req, now, R.ROUTING_REASON_CLOUD_DEFAULT,
+                                  f"model {req.model} pinned by the request", forced=True)
+        known = ", ".join([*self._links, self._cloud_model])
+        raise InvalidArgument(f"model: {req.model!r} is not a model of the policy (known: {known})")
 
     def _serving_backend(self, link: _ChainLink, now: float) -> tuple[_Target | None, int, str]:
         """The first backend serving `link.model` with fresh healthy status."""

@@ -39,6 +39,8 @@ def _rare_payload(route: Route) -> dict[str, object]:
         ]
     if route.forced:
         payload["forced"] = True
+    if route.verdict_waived:
+        payload["verdict_waived"] = True
     if route.refused:
         # A refusal routes nowhere: the event's mode stays unspecified and
         # the payload says what was refused and why it was wanted.
@@ -84,7 +86,7 @@ class DecisionRecorder:
         fields["detail"].string_value = route.detail
         if route.endpoint:
             fields["endpoint"].string_value = route.endpoint
-        if route.skipped or route.forced or refused:
+        if route.skipped or route.forced or refused or route.verdict_waived:
             event.payload.update(_rare_payload(route))
         self._emit(event)
         if route.degraded:
@@ -92,7 +94,7 @@ class DecisionRecorder:
 
     def _audit(self, decision: Decision, event: common_pb2.Event, req: router_pb2.DecideRequest) -> None:
         route = decision.route
-        kind = "routing_refusal" if route.refused else "routing_fallback"
+        kind = "routing_refusal" if route.refused else "verdict_waived" if route.verdict_waived else "routing_fallback"
         audit = common_pb2.Event()
         audit.CopyFrom(event)
         audit.id = str(uuid.uuid4())

@@ -32,6 +32,7 @@ def decision_to_proto(decision: Decision, req: router_pb2.DecideRequest) -> rout
         session_id=req.session_id,
         attempt=req.attempt,
         forced=r.forced,
+        verdict_waived=r.verdict_waived,
     )
 
 
