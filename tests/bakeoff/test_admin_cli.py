@@ -78,6 +78,27 @@ async def test_status_shows_the_effective_policy_and_its_hash(stack) -> None:
     assert policy.sha256 in table.stdout
 
 
+@pytest.mark.cargo
+async def test_status_shows_the_build_cache_and_cache_clear_empties_it(stack, tmp_path: Path) -> None:
+    _, _, env = stack
+    crate = tmp_path / "crate"
+    shutil.copytree(DEMO_CRATE, crate)
+    assert (await cli(["reflex", "run", str(crate)], env)).code == 0
+    status = await cli(["reflex", "status", "--json"], env)
+    assert status.code == 0, status.stderr
+    cache = status.json()["build_cache"]
+    assert cache["dir"] == str((tmp_path / ".speckit" / "cache" / "targets").resolve())
+    assert cache["enabled"] is True and cache["slots"] == 1 and cache["size_bytes"] > 0
+    assert cache["dir"] in (await cli(["reflex", "status"], env)).stdout
+
+    cleared = await cli(["reflex", "cache", "clear", "--json"], env)
+    assert cleared.code == 0, cleared.stderr
+    assert cleared.json()["removed"] == 1 and cleared.json()["freed_bytes"] > 0
+    assert (await cli(["reflex", "status", "--json"], env)).json()["build_cache"]["slots"] == 0
+    again = await cli(["reflex", "cache", "clear"], env)
+    assert "removed 0 build dir(s)" in again.stdout
+
+
 async def test_health_and_models_report_an_absent_model_server(stack) -> None:
     _, _, env = stack
     health = await cli(["reflex", "health", "--refresh", "--json"], env)

@@ -63,3 +63,11 @@ class PatchLoopClient:
     async def get_run(self, run_id: str, timeout_s: float = 10.0) -> patchloop_pb2.RunStatus:
         """A running or finished run (grpc NOT_FOUND when unknown)."""
         return await self._stub.GetRun(patchloop_pb2.GetRunRequest(run_id=run_id), timeout=timeout_s)
+
+    async def get_build_cache(self, timeout_s: float = 30.0) -> patchloop_pb2.BuildCacheInfo:
+        """Where PatchLoop's persistent build cache is, and how full."""
+        return await self._stub.GetBuildCache(patchloop_pb2.GetBuildCacheRequest(), timeout=timeout_s)
+
+    async def clear_build_cache(self, timeout_s: float = 120.0) -> patchloop_pb2.ClearBuildCacheReply:
+        """Remove every cache entry no run is using."""
+        return await self._stub.ClearBuildCache(patchloop_pb2.ClearBuildCacheRequest(), timeout=timeout_s)

@@ -1,4 +1,4 @@
-"""`speckit reflex bakeoff|check|trials|health|status|models|run`: operate the
+"""`speckit reflex bakeoff|check|trials|health|status|cache|models|run`: operate the
 reflex lane (SPEC-KIT-978's headless CLI and its planned status commands).
 
 Tables by default, `--json` on stdout for machines, errors on stderr with a
@@ -52,6 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = rsub.add_parser("status", help="effective reflex configuration, thresholds and policy hash")
     _json(q, run_status)
+
+    q = rsub.add_parser("cache", help="PatchLoop's persistent build cache")
+    csub = q.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    _json(csub.add_parser("clear", help="remove every cache entry no run is using"), run_cache_clear)
 
     q = rsub.add_parser("models", help="models served by the configured backends")
     q.add_argument("--backend", default="", help="one backend by policy name")
@@ -113,8 +117,24 @@ def run_health(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    return _report(args, "router", lambda links: links.router.get_policy(timeout=10),
-                   reflex_views.status_json, lambda snap: reflex_views.show_status(reflex_views.status_json(snap)))
+    async def body(links: ServiceLinks) -> int:
+        with reporting("router"):
+            snap = await links.router.get_policy(timeout=10)
+        with reporting("patchloop"):
+            cache = await links.patchloop.get_build_cache()
+        doc = reflex_views.status_json(snap, cache)
+        if args.json:
+            print_json(doc)
+        else:
+            reflex_views.show_status(doc)
+        return 0
+
+    return run_with_links(body)
+
+
+def run_cache_clear(args: argparse.Namespace) -> int:
+    return _report(args, "patchloop", lambda links: links.patchloop.clear_build_cache(),
+                   reflex_views.cache_clear_json, reflex_views.show_cache_clear)
 
 
 def run_models(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from google.protobuf.json_format import MessageToDict
 
 from speckit_reflex.cli.output import stdout, table
 from speckit_reflex.clients.capsule import mode_stats_to_json
-from speckit_reflex.v1 import capsule_pb2, inference_pb2, router_pb2
+from speckit_reflex.v1 import capsule_pb2, inference_pb2, patchloop_pb2, router_pb2
 
 _STATS_ROWS = (
     ("attempts", "total_attempts", "{}"), ("success %", "success_rate", "{:.1f}"),
@@ -119,7 +119,29 @@ def show_models(reply: inference_pb2.ListModelsReply) -> None:
         stdout.print(f"[yellow]unreachable:[/] {b.backend} ({b.endpoint}): {b.reason}", highlight=False)
 
 
-def status_json(snap: router_pb2.PolicySnapshot) -> dict[str, Any]:
+def build_cache_json(info: patchloop_pb2.BuildCacheInfo) -> dict[str, Any]:
+    return {"dir": info.dir or None, "enabled": info.enabled, "size_bytes": info.size_bytes,
+            "max_bytes": info.max_bytes, "workspaces": info.workspaces, "slots": info.slots}
+
+
+def cache_clear_json(reply: patchloop_pb2.ClearBuildCacheReply) -> dict[str, Any]:
+    return {"dir": reply.dir or None, "removed": reply.removed, "freed_bytes": reply.freed_bytes, "busy": reply.busy}
+
+
+def show_cache_clear(reply: patchloop_pb2.ClearBuildCacheReply) -> None:
+    if not reply.dir:
+        stdout.print("the build cache is off: nothing to clear", highlight=False)
+        return
+    busy = f"; {reply.busy} in use by a run, kept" if reply.busy else ""
+    stdout.print(f"removed {reply.removed} build dir(s), {_mib(reply.freed_bytes)} freed from {reply.dir}{busy}",
+                 highlight=False)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def status_json(snap: router_pb2.PolicySnapshot, cache: patchloop_pb2.BuildCacheInfo) -> dict[str, Any]:
     policy = json.loads(snap.json) if snap.json else {}
     routing = policy.get("governance", {}).get("routing", {})
     return {
@@ -130,6 +152,7 @@ def status_json(snap: router_pb2.PolicySnapshot) -> dict[str, Any]:
         "cloud": routing.get("cloud", {}),
         "privacy": policy.get("governance", {}).get("privacy", {}),
         "capture": policy.get("capture", {}),
+        "build_cache": build_cache_json(cache),
         "policy": policy,
     }
 
@@ -150,5 +173,13 @@ def show_status(doc: dict[str, Any]) -> None:
         ["cloud", f"{c.get('model')} at {c.get('endpoint')} (key from ${c.get('api_key_env')})"],
         ["local_only", doc["privacy"].get("local_only")],
         ["capture mode", doc["capture"].get("mode")],
+        ["build cache", _cache_line(doc["build_cache"])],
     ]
     table("Reflex status", ["setting", "value"], rows)
+
+
+def _cache_line(c: dict[str, Any]) -> str:
+    if not c["enabled"]:
+        return "off (every run builds from scratch)"
+    return (f"{c['dir']}: {_mib(c['size_bytes'])} of {_mib(c['max_bytes'])}, "
+            f"{c['workspaces']} workspace(s), {c['slots']} build dir(s)")

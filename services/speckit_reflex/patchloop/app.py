@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from grpc import aio
 
+from speckit_reflex.patchloop.buildcache import BuildCache
 from speckit_reflex.patchloop.compiler import Compiler
 from speckit_reflex.patchloop.core import PatchLoop
 from speckit_reflex.patchloop.ports import CapsuleSessionHistory, GrpcInference, GrpcRouter
@@ -46,6 +47,7 @@ def build(ctx: ServiceContext) -> PatchLoopService:
         scratch_dir=None,
         history=CapsuleSessionHistory(ctx.channel("capsule")),
         metrics=ctx.metrics,
+        cache=BuildCache(ctx.settings.home / "cache" / "targets", ctx.settings.build_cache_max_mb * 1024 * 1024),
     )
     if ctx.metrics is not None:
         watch_event_sink(ctx.metrics, "patchloop", sink)

@@ -9,9 +9,13 @@ clean one and the model still sees why it failed.
 
 from __future__ import annotations
 
+import asyncio
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+from speckit_reflex.patchloop.buildcache import toolchain_id
 from speckit_reflex.patchloop.diagnostics import BuildDiagnostics, Diagnostic, Span, parse_cargo_output
 from speckit_reflex.patchloop.patch import PatchRejected
 from speckit_reflex.patchloop.sandbox import BuildResult, BuildRunner
@@ -42,6 +46,8 @@ class CompileOutcome:
             timed_out=self.result.timed_out,
             verify=verify,
             success=self.clean,
+            units_fresh=self.diagnostics.units_fresh,
+            units_built=self.diagnostics.units_built,
         )
         for d in self.diagnostics.errors + self.diagnostics.warnings:
             span = d.primary
@@ -61,10 +67,20 @@ class Compiler:
 
     def __init__(self, runner: BuildRunner):
         self._runner = runner
+        self._toolchain: str | None = None
 
     @property
     def isolation_note(self) -> str:
         return self._runner.isolation_note
+
+    async def toolchain(self) -> str:
+        """`rustc -vV` as builds see it (part of the build cache key), asked once."""
+        if self._toolchain is None:
+            # The target dir is irrelevant to rustc's version; the environment
+            # (PATH, RUSTUP_TOOLCHAIN) is the builds' own.
+            env = self._runner.environment(Path(tempfile.gettempdir()))
+            self._toolchain = await asyncio.to_thread(toolchain_id, env)
+        return self._toolchain
 
     async def compile(self, command: Sequence[str], scratch: Scratch, timeout_s: float) -> CompileOutcome:
         result = await self._runner.run(command, scratch.root, scratch.target_dir, timeout_s)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from speckit_reflex.errors import InvalidArgument, NotFound
+from speckit_reflex.patchloop.buildcache import BuildCache, CacheInfo, ClearResult, build_profile
 from speckit_reflex.patchloop.compiler import CompileOutcome, Compiler, machine_applicable_edits
 from speckit_reflex.patchloop.patch import PatchBounds, PatchRejected, parse_patch, patch_schema, plan_patch
 from speckit_reflex.patchloop.ports import (
@@ -218,6 +219,7 @@ class PatchLoop:
         scratch_dir: Path | None = None,
         history: SessionHistoryPort | None = None,
         metrics: Metrics | None = None,
+        cache: BuildCache | None = None,
     ):
         self._metrics = metrics
         self._router = router
@@ -229,6 +231,7 @@ class PatchLoop:
         self._sessions = sessions or SessionFailures()
         self._history = history
         self._scratch_dir = scratch_dir
+        self._cache = cache
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def session_failures(self, spec: RunSpec, note: Callable[[str], None]) -> int:
@@ -254,12 +257,12 @@ class PatchLoop:
     async def run(self, request: patchloop_pb2.RunRequest) -> AsyncIterator[patchloop_pb2.RunEvent]:
         """Start a run and stream its events; a caller that goes away cancels it."""
         spec = RunSpec.from_request(request, self._policy)
-        scratch = Scratch.open(spec.workspace, self._scratch_dir)
+        scratch = await self._open_scratch(spec)
         record = RunRecord(spec.run_id, str(scratch.workspace))
         try:
             self._registry.add(record)
         except BaseException:
-            scratch.close()
+            await asyncio.to_thread(scratch.close)
             raise
         task = asyncio.create_task(_Run(self, spec, scratch, record).execute(), name=f"run-{spec.run_id}")
         self._tasks.add(task)
@@ -271,6 +274,38 @@ class PatchLoop:
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+
+    async def _open_scratch(self, spec: RunSpec) -> Scratch:
+        """The run's scratch copy, made in a thread: the copy is file I/O of any
+        size, and on the event loop one large workspace would stall every
+        other stream of this process."""
+        workspace = Scratch.check_workspace(spec.workspace)
+        toolchain = await self._compiler.toolchain() if self._cache is not None else ""
+        opening = asyncio.ensure_future(asyncio.to_thread(
+            Scratch.open, workspace, self._scratch_dir, self._cache, toolchain, build_profile(spec.compile_command)))
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # The caller left mid-copy: the copy still finishes, then its
+            # cache slot is freed (it would stay locked otherwise).
+            def discard(done: asyncio.Future[Scratch]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    asyncio.get_running_loop().run_in_executor(None, done.result().close)
+
+            opening.add_done_callback(discard)
+            raise
+
+    async def build_cache_info(self) -> CacheInfo:
+        """Where the persistent build cache is and how full (no cache: disabled, empty)."""
+        if self._cache is None:
+            return CacheInfo(dir="", enabled=False, size_bytes=0, max_bytes=0, workspaces=0, slots=0)
+        return await asyncio.to_thread(self._cache.info)
+
+    async def clear_build_cache(self) -> ClearResult:
+        """Remove every cache slot no run holds."""
+        if self._cache is None:
+            return ClearResult(dir="", removed=0, freed_bytes=0, busy=0)
+        return await asyncio.to_thread(self._cache.clear)
 
     async def close(self) -> None:
         """Cancel runs still in progress (service shutdown)."""
@@ -344,7 +379,8 @@ class _Run:
         return outcome
 
     async def _build(self, command: Sequence[str], verify: bool, timing: AttemptTiming | None) -> CompileOutcome:
-        self._event(compile_started=patchloop_pb2.CompileStarted(command=command, verify=verify))
+        self._event(compile_started=patchloop_pb2.CompileStarted(
+            command=command, verify=verify, cache=self.scratch.cache_state))  # type: ignore[arg-type]
         outcome = await self.loop._compiler.compile(command, self.scratch, self.spec.build_timeout_s)
         if timing is not None:
             timing.compile_ms += outcome.result.duration_ms
@@ -403,7 +439,9 @@ class _Run:
             log.exception("run crashed", extra={"fields": {"run_id": self.spec.run_id}})
             self.finish(patchloop_pb2.OUTCOME_GAVE_UP, reason=f"internal_error: {type(exc).__name__}: {exc}")
         finally:
-            self.scratch.close()
+            # Removing a temporary copy or sizing a cache slot is disk work:
+            # in a thread, and finished even if this task is cancelled again.
+            await asyncio.shield(asyncio.to_thread(self.scratch.close))
 
     async def _loop(self) -> None:
         state = await self.compile()
@@ -603,6 +641,9 @@ class _Run:
                 self.note(f"wrote {len(written)} file(s) back to the workspace: {', '.join(written)}")
             except (PatchRejected, OSError) as exc:
                 self.note(f"fix not written back: {exc}")
+        # Free the cache slot before the caller hears the result, so its next
+        # run on this workspace finds the slot (and its warm build) free.
+        self.scratch.release()
         duration_ms = (time.perf_counter() - self.started) * 1000
         result = patchloop_pb2.RunResult(
             outcome=outcome,  # type: ignore[arg-type]

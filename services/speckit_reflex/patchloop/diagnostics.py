@@ -66,6 +66,9 @@ class BuildDiagnostics:
 
     diagnostics: list[Diagnostic] = field(default_factory=list)
     build_success: bool | None = None
+    # Artifacts cargo found up to date / (re)built: how warm the build was.
+    units_fresh: int = 0
+    units_built: int = 0
 
     @property
     def errors(self) -> list[Diagnostic]:
@@ -124,6 +127,11 @@ def parse_cargo_output(stdout: str) -> BuildDiagnostics:
         reason = obj.get("reason")
         if reason == "build-finished":
             out.build_success = bool(obj.get("success"))
+        elif reason == "compiler-artifact":
+            if obj.get("fresh"):
+                out.units_fresh += 1
+            else:
+                out.units_built += 1
         elif reason == "compiler-message" and isinstance(obj.get("message"), dict):
             msg = obj["message"]
             key = msg.get("rendered") or json.dumps(msg, sort_keys=True)

@@ -24,3 +24,19 @@ class PatchLoopServicer(patchloop_pb2_grpc.PatchLoopServicer):
         self, request: patchloop_pb2.GetRunRequest, context: aio.ServicerContext
     ) -> patchloop_pb2.RunStatus:
         return self._loop.get_run(request.run_id)
+
+    async def GetBuildCache(  # noqa: N802
+        self, request: patchloop_pb2.GetBuildCacheRequest, context: aio.ServicerContext
+    ) -> patchloop_pb2.BuildCacheInfo:
+        info = await self._loop.build_cache_info()
+        return patchloop_pb2.BuildCacheInfo(
+            dir=info.dir, enabled=info.enabled, size_bytes=info.size_bytes, max_bytes=info.max_bytes,
+            workspaces=info.workspaces, slots=info.slots,
+        )
+
+    async def ClearBuildCache(  # noqa: N802
+        self, request: patchloop_pb2.ClearBuildCacheRequest, context: aio.ServicerContext
+    ) -> patchloop_pb2.ClearBuildCacheReply:
+        done = await self._loop.clear_build_cache()
+        return patchloop_pb2.ClearBuildCacheReply(
+            dir=done.dir, removed=done.removed, freed_bytes=done.freed_bytes, busy=done.busy)

@@ -28,6 +28,9 @@ class RuntimeSettings(BaseSettings):
     # Path of model_policy.toml; empty = built-in defaults (reflex disabled).
     policy: str = ""
     home: Path = DEFAULT_HOME
+    # Bound of PatchLoop's persistent build cache under home/cache/targets
+    # (least recently used entries evicted); 0 turns the cache off.
+    build_cache_max_mb: int = Field(default=8192, ge=0)
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     # Seconds in-flight RPCs get to finish after SIGTERM.

@@ -1,0 +1,4 @@
+/// The step the crate above counts with.
+pub fn step(i: u32) -> u32 {
+    i
+}
