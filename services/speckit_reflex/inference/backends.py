@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ class Generation:
     finish_reason: str = ""
     usage: dict[str, Any] | None = None
     timings: dict[str, Any] | None = None
+    #: prompt tokens the server took from its prefix cache (None = unknown)
+    cached_tokens: int | None = None
     model: str = ""
     #: perf_counter() of the first content delta (None until one arrives)
     first_token_at: float | None = None
@@ -55,6 +58,22 @@ class Generation:
     @property
     def reasoning_text(self) -> str:
         return "".join(self.reasoning)
+
+
+@dataclass(frozen=True)
+class PrefixCache:
+    """Cumulative prefix-cache counters of one server (since it started)."""
+
+    queried_tokens: int
+    hit_tokens: int
+
+
+def _counter(text: str, name: str) -> float | None:
+    """Sum of a Prometheus counter over its label sets (the exposition adds
+    `_total` to counter names); None when absent."""
+    pattern = re.compile(rf"^{re.escape(name)}(?:_total)?(?:\{{[^}}]*\}})?\s+(\S+)", re.MULTILINE)
+    values = [float(v) for v in pattern.findall(text)]
+    return sum(values) if values else None
 
 
 def _status_reason(status: int) -> str:
@@ -131,10 +150,31 @@ class ModelServer:
         if self.dialect.generation_probe_path:
             await self._request("GET", self._root + self.dialect.generation_probe_path, timeout_s)
             return
-        body = {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1, "stream": False}
+        body = self.dialect.chat_body(model, [{"role": "user", "content": "ping"}], 1, None, None, None, "",
+                                      stream=False)
         reply = await self._request("POST", "chat/completions", timeout_s, json_body=body)
         if not isinstance(reply, dict) or not reply.get("choices"):
             raise UpstreamFailure("generation_probe_failed", "no choices in the probe reply")
+
+    async def prefix_cache(self, timeout_s: float) -> PrefixCache | None:
+        """The server's prefix-cache counters from its /metrics (None when its
+        dialect names none, or the server does not expose them)."""
+        names = self.dialect.prefix_cache_metrics
+        if names is None:
+            return None
+        try:
+            async with asyncio.timeout(timeout_s):
+                resp = await self._client.get(self._root + "/metrics", timeout=timeout_s)
+        except TimeoutError:
+            raise UpstreamFailure("timeout", f"GET /metrics took over {timeout_s:.2f}s") from None
+        except httpx.HTTPError as exc:
+            raise _transport_failure(exc) from None
+        if resp.status_code != 200:
+            return None
+        queried, hits = (_counter(resp.text, n) for n in names)
+        if queried is None or hits is None:
+            return None
+        return PrefixCache(queried_tokens=int(queried), hit_tokens=int(hits))
 
     async def _get_json(self, path: str, timeout_s: float) -> Any:
         return await self._request("GET", path, timeout_s)
@@ -251,11 +291,11 @@ class ModelServer:
             raise UpstreamFailure("bad_stream", f"not JSON: {data[:120].decode(errors='replace')}") from None
         if "error" in chunk or chunk.get("object") == "error":
             raise UpstreamFailure("upstream_error", self.dialect.error_message(chunk))
-        if chunk.get("usage"):
+        if chunk.get("usage") or chunk.get("timings"):
             # Last one wins: SGLang repeats usage on its finish chunk.
-            gen.usage = chunk["usage"]
-        if chunk.get("timings"):
-            gen.timings = chunk["timings"]
+            gen.usage = chunk.get("usage") or gen.usage
+            gen.timings = chunk.get("timings") or gen.timings
+            gen.cached_tokens = self.dialect.cached_tokens(gen.usage, gen.timings)
         if not gen.model and chunk.get("model"):
             gen.model = chunk["model"]
         choices = chunk.get("choices")
@@ -287,6 +327,7 @@ class ModelServer:
         message = choice.get("message") or {}
         gen.usage = reply.get("usage") or None
         gen.timings = reply.get("timings") or None
+        gen.cached_tokens = self.dialect.cached_tokens(gen.usage, gen.timings)
         gen.model = reply.get("model") or ""
         gen.finish_reason = choice.get("finish_reason") or ""
         thought = self.dialect.reasoning_of(message)

@@ -397,12 +397,8 @@ class InferenceCore:
             usage = g.usage or {}
             prompt += int(usage.get("prompt_tokens") or 0)
             completion += int(usage.get("completion_tokens") or 0)
-            details = usage.get("prompt_tokens_details")
-            hit = details.get("cached_tokens") if isinstance(details, dict) else None
-            if hit is None and g.timings and g.timings.get("cache_n") is not None:
-                hit = g.timings["cache_n"]  # llama.cpp's own count
-            if hit is not None:
-                cached = (cached or 0) + int(hit)
+            if g.cached_tokens is not None:
+                cached = (cached or 0) + g.cached_tokens
         result.prompt_tokens, result.completion_tokens, result.cached_tokens = prompt, completion, cached
         if not result.tokens_per_s and completion and result.latency_ms:
             result.tokens_per_s = completion / (result.latency_ms / 1000)

@@ -20,6 +20,9 @@ class Dialect:
     #: SGLang has a native 1-token generation probe; elsewhere we send a real
     #: 1-token chat completion.
     generation_probe_path: str | None = None
+    #: Prometheus counters (prompt tokens looked up, tokens found) of the
+    #: server's prefix cache on /metrics; None = not exposed.
+    prefix_cache_metrics: tuple[str, str] | None = None
 
     def chat_body(
         self,
@@ -30,14 +33,14 @@ class Dialect:
         seed: int | None,
         schema: dict[str, Any] | None,
         schema_name: str,
+        stream: bool = True,
     ) -> dict[str, Any]:
-        """A streaming chat-completion body; usage is asked for on the stream."""
-        body: dict[str, Any] = {
-            "model": model,
-            "messages": messages,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
+        """A chat-completion body; a streamed one asks for usage on the stream."""
+        body: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
+        if stream:
+            # Only with stream=true: vLLM rejects stream_options otherwise (400),
+            # where SGLang accepts it.
+            body["stream_options"] = {"include_usage": True}
         if max_tokens:
             body["max_tokens"] = max_tokens
         if temperature is not None:
@@ -57,6 +60,14 @@ class Dialect:
     def add_extras(self, body: dict[str, Any], schema: dict[str, Any] | None) -> None:
         """Per-runtime fields; the base dialect adds none."""
         return None
+
+    def cached_tokens(self, usage: dict[str, Any] | None, timings: dict[str, Any] | None) -> int | None:
+        """Prompt tokens served from the prefix cache; None = not reported (unknown, not 0)."""
+        details = (usage or {}).get("prompt_tokens_details")
+        hit = details.get("cached_tokens") if isinstance(details, dict) else None
+        if hit is None and timings and timings.get("cache_n") is not None:
+            hit = timings["cache_n"]  # llama.cpp's own count
+        return None if hit is None else int(hit)
 
     @staticmethod
     def reasoning_of(part: dict[str, Any]) -> str:
@@ -82,6 +93,7 @@ class SGLangDialect(Dialect):
     kind: str = "sglang"
     # /health_generate runs a real 1-token generate inside the server.
     generation_probe_path: str | None = "/health_generate"
+    prefix_cache_metrics: tuple[str, str] | None = ("sglang:prompt_tokens_total", "sglang:cached_tokens_total")
 
     def add_extras(self, body: dict[str, Any], schema: dict[str, Any] | None) -> None:
         # Keep reasoning out of `content` so JSON there is judged on its own.
@@ -91,6 +103,16 @@ class SGLangDialect(Dialect):
 @dataclass(frozen=True)
 class VLLMDialect(Dialect):
     kind: str = "vllm"
+    prefix_cache_metrics: tuple[str, str] | None = ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits")
+    #: vLLM caches whole KV blocks only (128 tokens on its CPU build).
+    cache_block_tokens: int = 128
+
+    def cached_tokens(self, usage: dict[str, Any] | None, timings: dict[str, Any] | None) -> int | None:
+        hit = super().cached_tokens(usage, timings)
+        # A prompt shorter than one block can never hit, so its 0 says nothing.
+        if hit == 0 and int((usage or {}).get("prompt_tokens") or 0) < self.cache_block_tokens:
+            return None
+        return hit
 
 
 @dataclass(frozen=True)
@@ -108,8 +130,9 @@ class DeepSeekDialect(Dialect):
     """DeepSeek's API accepts only `json_object` (no json_schema); the schema is
     then enforced by local validation alone."""
 
-    def chat_body(self, model, messages, max_tokens, temperature, seed, schema, schema_name):  # type: ignore[no-untyped-def]
-        body = super().chat_body(model, messages, max_tokens, temperature, seed, schema, schema_name)
+    def chat_body(self, model, messages, max_tokens, temperature, seed, schema, schema_name,  # type: ignore[no-untyped-def]
+                  stream=True):
+        body = super().chat_body(model, messages, max_tokens, temperature, seed, schema, schema_name, stream)
         if schema is not None:
             body["response_format"] = {"type": "json_object"}
         return body
