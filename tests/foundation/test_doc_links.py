@@ -55,3 +55,15 @@ def test_named_markdown_files_exist(doc: Path) -> None:
     text = re.sub(r"https?://\S+", "", text)
     missing = sorted({m for m in MD_NAME.findall(text) if m not in known and Path(m).name not in known})
     assert missing == [], f"{doc.relative_to(ROOT)} names files not in the repository: {missing}"
+
+
+def test_readme_commands_call_the_venv_cli() -> None:
+    """The README's shell blocks run `speckit` as `.venv/bin/speckit` (it says
+    that activating the environment allows the short form)."""
+    text = (ROOT / "README.md").read_text()
+    assert "source .venv/bin/activate" in text
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    assert blocks
+    bare = [line for block in blocks for line in block.splitlines()
+            if re.search(r"(^|[;&|]\s*|\$\(\s*)speckit\s", line.split("#", 1)[0])]
+    assert bare == [], f"README commands without .venv/bin/: {bare}"

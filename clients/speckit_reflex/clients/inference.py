@@ -105,16 +105,26 @@ class InferenceClient:
         `reply.schema_valid`: when the policy requires a schema, `content` is
         empty unless it validated.
         """
-        return await self._stub.Complete(self.request(messages, **fields), timeout=timeout)
+        return await self.send(self.request(messages, **fields), timeout=timeout)
 
-    async def stream_complete(self, messages: Iterable[Message], *, timeout: float | None = None,
-                              **fields: Any) -> AsyncIterator[inference_pb2.CompleteChunk]:
+    async def send(self, request: inference_pb2.CompleteRequest, *,
+                   timeout: float | None = None) -> inference_pb2.CompleteReply:
+        """`complete()` of a request built beforehand (with `request()`)."""
+        return await self._stub.Complete(request, timeout=timeout)
+
+    def stream_complete(self, messages: Iterable[Message], *, timeout: float | None = None,
+                        **fields: Any) -> AsyncIterator[inference_pb2.CompleteChunk]:
         """Chunks: `delta` texts as the model writes them, then one `final` CompleteReply.
 
         Deltas are provisional under a schema (a rejected attempt's deltas come
         before the retry's); the final reply is authoritative.
         """
-        call = self._stub.StreamComplete(self.request(messages, **fields), timeout=timeout)
+        return self.send_stream(self.request(messages, **fields), timeout=timeout)
+
+    async def send_stream(self, request: inference_pb2.CompleteRequest, *,
+                          timeout: float | None = None) -> AsyncIterator[inference_pb2.CompleteChunk]:
+        """`stream_complete()` of a request built beforehand (with `request()`)."""
+        call = self._stub.StreamComplete(request, timeout=timeout)
         try:
             async for chunk in call:
                 yield chunk

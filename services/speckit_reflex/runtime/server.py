@@ -13,6 +13,7 @@ import asyncio
 import ipaddress
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -158,8 +159,13 @@ async def create_server(
     return running
 
 
-async def serve_until_signal(servers: list[RunningServer], grace: float) -> None:
-    """Block until SIGTERM/SIGINT, then stop every server gracefully."""
+async def serve_until_signal(servers: list[RunningServer], grace: float,
+                             before_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Block until SIGTERM/SIGINT, then stop every server gracefully.
+
+    `before_stop` runs first: a front end (the OpenAI endpoint) that calls
+    these servers drains its requests while they still answer.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -168,6 +174,8 @@ async def serve_until_signal(servers: list[RunningServer], grace: float) -> None
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait([stopper, *waiters], return_when=asyncio.FIRST_COMPLETED)
     log.info("stopping", extra={"fields": {"grace_s": grace}})
+    if before_stop is not None:
+        await before_stop()
     # All health statuses flip before any server stops accepting work.
     for s in servers:
         await s.set_serving(False)

@@ -46,6 +46,9 @@ class RuntimeSettings(BaseSettings):
     max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     # host:port of the Prometheus /metrics endpoint; empty = no metrics at all.
     metrics_addr: str = ""
+    # host:port of the OpenAI-compatible HTTP endpoint; `serve all` runs it
+    # only when set, `serve openai` on 127.0.0.1:50055 when unset.
+    openai_addr: str = ""
 
     def effective_database_url(self) -> str:
         if self.database_url:
