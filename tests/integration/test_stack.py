@@ -13,6 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from speckit_reflex.bakeoff.readiness import wait_for_reflex_route
 from speckit_reflex.clients.capsule import CapsuleClient
 from speckit_reflex.clients.patchloop import PatchLoopClient
 from speckit_reflex.clients.router import RouterClient, refusal_reason
@@ -96,6 +97,9 @@ async def test_fix_loop_asks_the_local_model(stack: StackUnderTest) -> None:
     """Without rustc's suggestions the loop must route to reflex and call the
     model: a routing decision and a model call are on record, whatever the
     (weak) model's patch came to."""
+    async with stack.channel("router") as ch:
+        # The Router learns backend health in the background; wait like trials do.
+        await wait_for_reflex_route(RouterClient(ch), timeout_s=180)
     crate = stack.new_crate()
     done = await asyncio.to_thread(
         stack.speckit_json, "reflex", "run", str(crate), "--no-compiler-fast-path", "--mode", "reflex",
@@ -112,7 +116,7 @@ def test_bakeoff_of_two_tasks_and_its_statistics(stack: StackUnderTest) -> None:
     before = stack.speckit_json("reflex", "bakeoff", "--since", "1h")["reflex"]
     run = stack.speckit_json("reflex", "trials", "--mode", "reflex", "--limit", "2", "--max-attempts", "1",
                              timeout_s=1200)
-    assert run["status"] == "completed", run
+    assert run["status"] == "done", run
     assert len(run["trials"]) == 2 and {t["mode"] for t in run["trials"]} == {"reflex"}
     assert run["report"]["json"].endswith(".json") and run["verdict"] is not None
     after = stack.speckit_json("reflex", "bakeoff", "--since", "1h")["reflex"]
