@@ -493,8 +493,10 @@ def check_paths(st: Stack) -> list[str]:
             path = st.policy_of(svc)
             if path is None or not path.is_file():
                 problems.append(f"{name}: SPECKIT_POLICY {env['SPECKIT_POLICY']} is not a mounted file ({path})")
-        if argv[1:3] == ["serve", "capsule"] and st.host_path(svc, env.get("SPECKIT_HOME", "")) is None:
-            problems.append(f"{name}: SPECKIT_HOME {env.get('SPECKIT_HOME')} (bakeoff reports) is not on a volume")
+        # Capsule keeps bakeoff reports there, PatchLoop its build cache.
+        if argv[1:3] in (["serve", "capsule"], ["serve", "patchloop"]) \
+                and st.host_path(svc, env.get("SPECKIT_HOME", "")) is None:
+            problems.append(f"{name}: SPECKIT_HOME {env.get('SPECKIT_HOME')} is not on a volume")
         suites = env.get("SPECKIT_SUITES_DIR")
         if suites:
             src = st.image.provides(suites)
