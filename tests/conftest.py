@@ -19,6 +19,7 @@ from speckit_reflex.policy import LoadedPolicy, load_policy
 from speckit_reflex.runtime.bootstrap import ServiceContext, start_services
 from speckit_reflex.runtime.server import RunningServer
 from speckit_reflex.runtime.settings import RuntimeSettings
+from speckit_reflex.runtime.tracing import Tracing
 
 PG_ADMIN_DSN = os.environ.get("SPECKIT_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -108,19 +109,20 @@ class Services:
 
 
 async def start_test_services(
-    names: list[str], settings: RuntimeSettings, policy: LoadedPolicy | None = None
+    names: list[str], settings: RuntimeSettings, policy: LoadedPolicy | None = None, tracing: Tracing | None = None
 ) -> Services:
-    ctx, servers = await start_services(names, settings, policy or load_policy(None))
+    ctx, servers = await start_services(names, settings, policy or load_policy(None), tracing=tracing)
     return Services(ctx, servers)
 
 
 @pytest.fixture
 async def services_factory(tmp_path: Path) -> AsyncIterator:
-    """Call with (names, database_url=..., policy=..., **settings) to start services."""
+    """Call with (names, database_url=..., policy=..., tracing=..., **settings) to start services."""
     started: list[Services] = []
 
-    async def factory(names: list[str], database_url: str = "", policy: LoadedPolicy | None = None, **overrides):
-        s = await start_test_services(names, make_settings(tmp_path, database_url, **overrides), policy)
+    async def factory(names: list[str], database_url: str = "", policy: LoadedPolicy | None = None,
+                      tracing: Tracing | None = None, **overrides):
+        s = await start_test_services(names, make_settings(tmp_path, database_url, **overrides), policy, tracing)
         started.append(s)
         return s
 

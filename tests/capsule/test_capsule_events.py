@@ -42,6 +42,7 @@ async def test_round_trip_keeps_every_field(capsule):
         prompt_tokens=900, completion_tokens=80, cached_tokens=0, tokens_per_s=41.5, success=False,
         json_valid=True, attempt=2, policy_hash="ab" * 32, bakeoff_run_id="b1", task_id="t1",
         payload={"errors": [{"code": "E0382", "line": 7}], "note": None},
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736", span_id="00f067aa0ba902b7",
     )
     await capsule.append_events([ev])
     (got,) = (await capsule.query_events(session_id="s1")).events
@@ -50,7 +51,7 @@ async def test_round_trip_keeps_every_field(capsule):
     assert got.success is False and got.HasField("success")
     for name in ("role", "mode", "model", "backend", "stage", "run_id", "reason", "is_fallback", "latency_ms",
                  "ttft_ms", "prompt_tokens", "completion_tokens", "tokens_per_s", "json_valid", "attempt",
-                 "policy_hash", "bakeoff_run_id", "task_id"):
+                 "policy_hash", "bakeoff_run_id", "task_id", "trace_id", "span_id"):
         assert getattr(got, name) == getattr(ev, name), name
     assert dict(got.payload)["errors"][0]["code"] == "E0382"
     assert got.capture_mode == "hash"  # the policy default
@@ -70,6 +71,10 @@ async def test_unknown_cached_tokens_stay_unknown(capsule):
         (make_event(77), "unknown (77)"),
         (make_event(latency_ms=float("nan")), "latency_ms"),
         (make_event(id="x" * 200), "longer than"),
+        (make_event(trace_id="4BF92F3577B34DA6A3CE929D0E0E4736", span_id="00f067aa0ba902b7"), "trace_id must be 32"),
+        (make_event(trace_id="0" * 32, span_id="00f067aa0ba902b7"), "trace_id must be 32"),
+        (make_event(trace_id="4bf92f3577b34da6a3ce929d0e0e4736"), "span_id must be 16"),
+        (make_event(span_id="00f067aa0ba902b7"), "trace_id must be 32"),
     ],
 )
 async def test_invalid_event_names_its_index_and_stores_nothing(capsule, bad, words):

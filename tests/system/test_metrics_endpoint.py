@@ -5,7 +5,9 @@ four gRPC ports and nothing else (read from the process's own sockets)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -18,6 +20,7 @@ from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, router_pb2, router_
 from tests.conftest import free_port
 
 SERVICES = ("router", "inference", "patchloop", "capsule")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def listening_ports(pid: int) -> set[int]:
@@ -91,6 +94,13 @@ async def test_serve_all_serves_one_metrics_endpoint_for_the_four(tmp_path: Path
     # Each family once, though three services feed the sink families.
     assert text.count("# TYPE speckit_event_sink_backlog gauge") == 1
     assert "speckit_backend_healthy{" in text and "speckit_model_verdict{" in text
+    # Every metric the Grafana dashboard and the docs name is one the services expose.
+    exposed = set(re.findall(r"^# TYPE (speckit_\w+) ", text, re.M))
+    exposed |= {f"{name}_total" for name in exposed}
+    dashboard = json.dumps(json.loads((ROOT / "compose" / "grafana" / "speckit-reflex.json").read_text()))
+    named = {re.sub(r"_(bucket|sum|count)$", "", m) for m in re.findall(r"speckit_\w+", dashboard)}
+    named |= set(re.findall(r"`(speckit_\w+)`", (ROOT / "docs" / "observability.md").read_text()))
+    assert named - {"speckit_reflex", "speckit-reflex"} <= exposed, named - exposed
 
 
 async def test_serve_all_without_the_variable_serves_no_metrics(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,8 +90,9 @@ def bearer_interceptors(token: str) -> list[aio.ClientInterceptor]:
     return [cls(token) for cls in (_BearerUnaryUnary, _BearerUnaryStream, _BearerStreamUnary, _BearerStreamStream)]
 
 
-def open_channel(cfg: ChannelConfig) -> aio.Channel:
-    """An aio channel to `cfg.address` with TLS and token as configured."""
+def open_channel(cfg: ChannelConfig, interceptors: Sequence[aio.ClientInterceptor] = ()) -> aio.Channel:
+    """An aio channel to `cfg.address` with TLS and token as configured, and
+    any further `interceptors` (tracing)."""
     options = [
         ("grpc.max_receive_message_length", cfg.max_message_bytes),
         ("grpc.max_send_message_length", cfg.max_message_bytes),
@@ -103,6 +105,6 @@ def open_channel(cfg: ChannelConfig) -> aio.Channel:
         )
         if cfg.token:
             creds = grpc.composite_channel_credentials(creds, grpc.metadata_call_credentials(_BearerAuth(cfg.token)))
-        return aio.secure_channel(cfg.address, creds, options=options)
-    interceptors = bearer_interceptors(cfg.token) if cfg.token else None
-    return aio.insecure_channel(cfg.address, options=options, interceptors=interceptors)
+        return aio.secure_channel(cfg.address, creds, options=options, interceptors=list(interceptors) or None)
+    chain = [*interceptors, *(bearer_interceptors(cfg.token) if cfg.token else ())]
+    return aio.insecure_channel(cfg.address, options=options, interceptors=chain or None)

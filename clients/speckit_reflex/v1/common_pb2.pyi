@@ -277,6 +277,8 @@ class Event(_message.Message):
     RESPONSE_SHA256_FIELD_NUMBER: _builtins.int
     BAKEOFF_RUN_ID_FIELD_NUMBER: _builtins.int
     TASK_ID_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
+    SPAN_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Caller-chosen unique id (a UUID). Required."""
     type: Global___EventType.ValueType
@@ -307,6 +309,12 @@ class Event(_message.Message):
     response_sha256: _builtins.str
     bakeoff_run_id: _builtins.str
     task_id: _builtins.str
+    trace_id: _builtins.str
+    """W3C trace context of the span that recorded the event (lower-case hex:
+    32 characters for the trace, 16 for the span), empty when tracing is
+    off. One PatchLoop run is one trace, so its events share a trace_id.
+    """
+    span_id: _builtins.str
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When it happened; the server's clock if unset."""
@@ -356,10 +364,12 @@ class Event(_message.Message):
         response_sha256: _builtins.str = ...,
         bakeoff_run_id: _builtins.str = ...,
         task_id: _builtins.str = ...,
+        trace_id: _builtins.str = ...,
+        span_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cached_tokens", b"_cached_tokens", "_json_valid", b"_json_valid", "_success", b"_success", "_ttft_ms", b"_ttft_ms", "cached_tokens", b"cached_tokens", "json_valid", b"json_valid", "payload", b"payload", "request", b"request", "response", b"response", "success", b"success", "time", b"time", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cached_tokens", b"_cached_tokens", "_json_valid", b"_json_valid", "_success", b"_success", "_ttft_ms", b"_ttft_ms", "attempt", b"attempt", "backend", b"backend", "bakeoff_run_id", b"bakeoff_run_id", "cached_tokens", b"cached_tokens", "capture_mode", b"capture_mode", "completion_tokens", b"completion_tokens", "id", b"id", "is_fallback", b"is_fallback", "json_valid", b"json_valid", "latency_ms", b"latency_ms", "mode", b"mode", "model", b"model", "payload", b"payload", "policy_hash", b"policy_hash", "prompt_tokens", b"prompt_tokens", "reason", b"reason", "request", b"request", "request_sha256", b"request_sha256", "response", b"response", "response_sha256", b"response_sha256", "role", b"role", "run_id", b"run_id", "session_id", b"session_id", "stage", b"stage", "success", b"success", "task_id", b"task_id", "time", b"time", "tokens_per_s", b"tokens_per_s", "ttft_ms", b"ttft_ms", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cached_tokens", b"_cached_tokens", "_json_valid", b"_json_valid", "_success", b"_success", "_ttft_ms", b"_ttft_ms", "attempt", b"attempt", "backend", b"backend", "bakeoff_run_id", b"bakeoff_run_id", "cached_tokens", b"cached_tokens", "capture_mode", b"capture_mode", "completion_tokens", b"completion_tokens", "id", b"id", "is_fallback", b"is_fallback", "json_valid", b"json_valid", "latency_ms", b"latency_ms", "mode", b"mode", "model", b"model", "payload", b"payload", "policy_hash", b"policy_hash", "prompt_tokens", b"prompt_tokens", "reason", b"reason", "request", b"request", "request_sha256", b"request_sha256", "response", b"response", "response_sha256", b"response_sha256", "role", b"role", "run_id", b"run_id", "session_id", b"session_id", "span_id", b"span_id", "stage", b"stage", "success", b"success", "task_id", b"task_id", "time", b"time", "tokens_per_s", b"tokens_per_s", "trace_id", b"trace_id", "ttft_ms", b"ttft_ms", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cached_tokens: _TypeAlias = _typing.Literal["cached_tokens"]  # noqa: Y015
     _WhichOneofArgType__cached_tokens: _TypeAlias = _typing.Literal["_cached_tokens", b"_cached_tokens"]  # noqa: Y015

@@ -38,5 +38,6 @@ def build(ctx: ServiceContext) -> CapsuleService:
     """
     url = ctx.settings.effective_database_url()
     store = CapsuleStore(make_engine(url), auto_create_schema=True)
-    core = Capsule(store, ctx.policy.policy, report_dir=ctx.settings.home / "eval", metrics=ctx.metrics)
+    core = Capsule(store, ctx.policy.policy, report_dir=ctx.settings.home / "eval", metrics=ctx.metrics,
+                   tracer=ctx.tracer)
     return CapsuleService(core)

@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from opentelemetry.trace import Tracer
+
 from speckit_reflex.capsule.capture import redact
 from speckit_reflex.capsule.events import VALID_MODES, MalformedJson, event_to_row, row_to_event, struct_to_dict
 from speckit_reflex.capsule.report import ReportInputs, write_report
@@ -25,9 +27,12 @@ from speckit_reflex.capsule.windows import TimeWindow, resolve_window
 from speckit_reflex.errors import InvalidArgument, ResourceExhausted
 from speckit_reflex.policy import Policy
 from speckit_reflex.runtime.metrics import Metrics
+from speckit_reflex.runtime.tracing import remote_parent
 from speckit_reflex.v1 import capsule_pb2, common_pb2
 
 MAX_BATCH = 10_000
+# Store spans made per AppendEvents batch at most (one per traced span in it).
+MAX_TRACE_PARENTS = 64
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 _RUN_MODES = frozenset({"", "reflex", "cloud", "both"})
@@ -112,7 +117,9 @@ class Capsule:
         report_dir: Path,
         clock_us: Callable[[], int] = _now_us,
         metrics: Metrics | None = None,
+        tracer: Tracer | None = None,
     ):
+        self._tracer = tracer
         self._store = store
         self._policy = policy
         self._report_dir = report_dir
@@ -156,15 +163,36 @@ class Capsule:
             raise ResourceExhausted(
                 f"AppendEvents batch of {len(req.events)} events exceeds the limit of {MAX_BATCH}; split it"
             )
-        if self._metrics is None:
+        if self._metrics is None and self._tracer is None:
             return await asyncio.to_thread(self._append, req.events)
-        started = time.perf_counter()
+        started, started_ns = time.perf_counter(), time.time_ns()
         reply = await asyncio.to_thread(self._append, req.events)
-        m = self._metrics
-        m.capsule_ingest_seconds.observe(time.perf_counter() - started)
-        m.capsule_events("inserted").inc(reply.inserted)
-        m.capsule_events("duplicate").inc(reply.duplicates)
+        if self._metrics is not None:
+            m = self._metrics
+            m.capsule_ingest_seconds.observe(time.perf_counter() - started)
+            m.capsule_events("inserted").inc(reply.inserted)
+            m.capsule_events("duplicate").inc(reply.duplicates)
+        if self._tracer is not None:
+            self._trace_store(req.events, started_ns, reply)
         return reply
+
+    def _trace_store(self, events: Any, started_ns: int, reply: capsule_pb2.AppendEventsReply) -> None:
+        """A `capsule.store_events` span in the trace of each span that recorded
+        events of this batch (ids validated by _append), timed as the insert."""
+        assert self._tracer is not None
+        end_ns = time.time_ns()
+        parents: dict[tuple[str, str], int] = {}
+        for ev in events:
+            if ev.trace_id:
+                key = (ev.trace_id, ev.span_id)
+                if key in parents or len(parents) < MAX_TRACE_PARENTS:
+                    parents[key] = parents.get(key, 0) + 1
+        for (trace_id, span_id), count in parents.items():
+            self._tracer.start_span(
+                "capsule.store_events", context=remote_parent(trace_id, span_id), start_time=started_ns,
+                attributes={"speckit.events": count, "speckit.batch_size": len(events),
+                            "speckit.inserted": reply.inserted},
+            ).end(end_time=end_ns)
 
     async def query_events(self, req: capsule_pb2.QueryEventsRequest) -> capsule_pb2.QueryEventsReply:
         """One page of events matching the filters, oldest first."""

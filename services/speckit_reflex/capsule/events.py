@@ -30,7 +30,7 @@ COLUMNS = (
     "reason", "is_fallback", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens",
     "cached_tokens", "tokens_per_s", "success", "json_valid", "attempt", "policy_hash",
     "bakeoff_run_id", "task_id", "payload", "request", "response", "capture_mode",
-    "request_sha256", "response_sha256",
+    "request_sha256", "response_sha256", "trace_id", "span_id",
 )
 _HEX_CHARS = "0123456789abcdef"
 _INF = math.inf
@@ -77,6 +77,16 @@ def dict_to_struct(d: dict[str, Any] | None, out: struct_pb2.Struct) -> None:
 def _sha_or_empty(given: str) -> str:
     # str.strip with a character set runs in C; set(given) built a set per call.
     return given if len(given) == 64 and not given.strip(_HEX_CHARS) else ""
+
+
+def _trace_context(ev: common_pb2.Event, index: int) -> tuple[str, str]:
+    """The event's W3C trace and span id: both lower-case hex of their length, or both empty."""
+    trace_id, span_id = ev.trace_id, ev.span_id
+    for name, given, size in (("trace_id", trace_id, 32), ("span_id", span_id, 16)):
+        if len(given) != size or given.strip(_HEX_CHARS) or not given.strip("0"):
+            raise InvalidArgument(
+                f"events[{index}] (id {ev.id}): {name} must be {size} lower-case hex characters, not all zero")
+    return trace_id, span_id
 
 
 def _not_finite(name: str, value: float, index: int) -> InvalidArgument:
@@ -144,6 +154,7 @@ def event_to_row(ev: common_pb2.Event, index: int, capture_mode: str, now_us: in
         # A caller that already hashed (and dropped) the body may send the hash.
         req_sha = req_sha or _sha_or_empty(ev.request_sha256)
         resp_sha = resp_sha or _sha_or_empty(ev.response_sha256)
+    trace_id, span_id = _trace_context(ev, index) if ev.trace_id or ev.span_id else ("", "")
     return (
         eid, etype, time_us, role, mode, ev.model, ev.backend, stage, ev.session_id, ev.run_id,
         ev.reason, ev.is_fallback, latency, ttft, ev.prompt_tokens, ev.completion_tokens,
@@ -151,7 +162,7 @@ def event_to_row(ev: common_pb2.Event, index: int, capture_mode: str, now_us: in
         ev.success if has("success") else None,
         ev.json_valid if has("json_valid") else None,
         ev.attempt, ev.policy_hash, ev.bakeoff_run_id, ev.task_id,
-        payload, stored_req, stored_resp, capture_mode, req_sha, resp_sha,
+        payload, stored_req, stored_resp, capture_mode, req_sha, resp_sha, trace_id, span_id,
     )
 
 
@@ -165,6 +176,7 @@ def row_to_event(row: Any) -> common_pb2.Event:
         tokens_per_s=row["tokens_per_s"], attempt=row["attempt"], policy_hash=row["policy_hash"],
         capture_mode=row["capture_mode"], request_sha256=row["request_sha256"],
         response_sha256=row["response_sha256"], bakeoff_run_id=row["bakeoff_run_id"], task_id=row["task_id"],
+        trace_id=row["trace_id"], span_id=row["span_id"],
     )
     ev.time.FromMicroseconds(row["time_us"])
     for name in ("ttft_ms", "cached_tokens", "success", "json_valid"):

@@ -76,6 +76,9 @@ class EventRow(Base):
     capture_mode: Mapped[str] = mapped_column(String(16), default="none")
     request_sha256: Mapped[str] = mapped_column(String(64), default="")
     response_sha256: Mapped[str] = mapped_column(String(64), default="")
+    # W3C trace context of the recording span ("" = not traced).
+    trace_id: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    span_id: Mapped[str] = mapped_column(String(16), default="", server_default="")
 
     __table_args__ = (
         # Windowed reads by type (usage, QueryEvents by type) and by time.

@@ -20,6 +20,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.trace import Status, StatusCode, Tracer, format_span_id, format_trace_id
+
 from speckit_reflex.errors import DeadlineExceeded, DomainError, FailedPrecondition, NotFound, Unavailable
 from speckit_reflex.inference.backends import BackendSpec, Generation, ModelServer, UpstreamFailure, resolve_api_key
 from speckit_reflex.inference.health import BackendStatus, HealthBook
@@ -158,7 +160,9 @@ class InferenceCore:
         schemas: SchemaCheck,
         emit: Callable[[common_pb2.Event], None],
         metrics: Metrics | None = None,
+        tracer: Tracer | None = None,
     ):
+        self._tracer = tracer
         self.config = config
         self._servers = servers
         self._health = health
@@ -448,9 +452,34 @@ class InferenceCore:
             request=request, response=response, payload=payload,
         )
         ev.id = result.call_id
+        if self._tracer is not None:
+            self._trace_call(ev, req, result, success)
         self._emit(ev)
         if self._metrics is not None:
             self._count_call(req, result, success, reason)
+
+    def _trace_call(self, ev: common_pb2.Event, req: CallRequest, result: CallResult, success: bool) -> None:
+        """The call's span, made once its outcome is known (a span held open
+        across the generator's yields would leak its context into the caller);
+        its times are the call's own. The LLMCall event carries its ids."""
+        assert self._tracer is not None
+        end_ns = time.time_ns()
+        span = self._tracer.start_span("inference.model_call", start_time=end_ns - int(result.latency_ms * 1e6),
+                                       attributes={
+            "speckit.call_id": result.call_id, "speckit.backend": result.backend, "speckit.model": ev.model,
+            "speckit.decision_id": req.decision_id, "speckit.attempts": result.attempts,
+            "speckit.schema_valid": result.schema_valid, "speckit.prompt_tokens": result.prompt_tokens,
+            "speckit.completion_tokens": result.completion_tokens, "speckit.outcome": ev.reason,
+            "speckit.failovers": ", ".join(f"{b}={r}" for b, r in result.failovers),
+        })
+        if result.ttft_ms is not None:
+            span.set_attribute("speckit.ttft_ms", result.ttft_ms)
+        if not success:
+            span.set_status(Status(StatusCode.ERROR, ev.reason))
+        span.end(end_time=end_ns)
+        ctx = span.get_span_context()
+        if ctx.is_valid and ctx.trace_flags.sampled:
+            ev.trace_id, ev.span_id = format_trace_id(ctx.trace_id), format_span_id(ctx.span_id)
 
     def _count_call(self, req: CallRequest, result: CallResult, success: bool, reason: str) -> None:
         m = self._metrics

@@ -37,7 +37,8 @@ class PatchLoopService:
 
 def build(ctx: ServiceContext) -> PatchLoopService:
     """The PatchLoop service for `ctx`: peers through ctx's shared channels."""
-    sink = EventSink(lambda: ctx.channel("capsule"), capacity=ctx.policy.policy.inference.event_buffer)
+    sink = EventSink(lambda: ctx.channel("capsule"), capacity=ctx.policy.policy.inference.event_buffer,
+                     stamp=ctx.stamp)
     loop = PatchLoop(
         router=GrpcRouter(ctx.channel("router")),
         inference=GrpcInference(ctx.channel("inference")),
@@ -48,6 +49,7 @@ def build(ctx: ServiceContext) -> PatchLoopService:
         history=CapsuleSessionHistory(ctx.channel("capsule")),
         metrics=ctx.metrics,
         cache=BuildCache(ctx.settings.home / "cache" / "targets", ctx.settings.build_cache_max_mb * 1024 * 1024),
+        tracer=ctx.tracer,
     )
     if ctx.metrics is not None:
         watch_event_sink(ctx.metrics, "patchloop", sink)

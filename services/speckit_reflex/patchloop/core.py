@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.trace import Span, Tracer
+
 from speckit_reflex.errors import InvalidArgument, NotFound
 from speckit_reflex.patchloop.buildcache import BuildCache, CacheInfo, ClearResult, build_profile
 from speckit_reflex.patchloop.compiler import CompileOutcome, Compiler, machine_applicable_edits
@@ -41,6 +43,7 @@ from speckit_reflex.patchloop.workspace import Scratch
 from speckit_reflex.policy import LoadedPolicy
 from speckit_reflex.runtime.events import new_event
 from speckit_reflex.runtime.metrics import Metrics
+from speckit_reflex.runtime.tracing import span
 from speckit_reflex.v1 import common_pb2, inference_pb2, patchloop_pb2, router_pb2
 
 log = logging.getLogger("speckit.patchloop")
@@ -220,8 +223,10 @@ class PatchLoop:
         history: SessionHistoryPort | None = None,
         metrics: Metrics | None = None,
         cache: BuildCache | None = None,
+        tracer: Tracer | None = None,
     ):
         self._metrics = metrics
+        self._tracer = tracer
         self._router = router
         self._inference = inference
         self._events = events
@@ -342,6 +347,7 @@ class _Run:
         self.escalated = False
         self.feedback: list[FailedAttempt] = []
         self.last_mode = common_pb2.ROUTING_MODE_UNSPECIFIED
+        self.run_span: Span | None = None
 
     # -- event helpers -------------------------------------------------
 
@@ -381,7 +387,12 @@ class _Run:
     async def _build(self, command: Sequence[str], verify: bool, timing: AttemptTiming | None) -> CompileOutcome:
         self._event(compile_started=patchloop_pb2.CompileStarted(
             command=command, verify=verify, cache=self.scratch.cache_state))  # type: ignore[arg-type]
-        outcome = await self.loop._compiler.compile(command, self.scratch, self.spec.build_timeout_s)
+        with span(self.loop._tracer, "patchloop.build", **{
+                "speckit.step": "verify" if verify else "compile", "speckit.command": " ".join(command)}) as current:
+            outcome = await self.loop._compiler.compile(command, self.scratch, self.spec.build_timeout_s)
+            if current is not None:
+                current.set_attributes({"speckit.errors": outcome.error_count, "speckit.clean": outcome.clean,
+                                        "speckit.timed_out": outcome.result.timed_out})
         if timing is not None:
             timing.compile_ms += outcome.result.duration_ms
         if self.loop._metrics is not None:
@@ -427,6 +438,14 @@ class _Run:
 
     async def execute(self) -> None:
         """The whole run; always ends with exactly one result event."""
+        # The run's span; its trace holds every build, decision and model call
+        # of the run (peers join it through gRPC metadata).
+        with span(self.loop._tracer, "patchloop.run", **{
+                "speckit.run_id": self.spec.run_id, "speckit.session_id": self.spec.session_id}) as run_span:
+            self.run_span = run_span
+            await self._execute()
+
+    async def _execute(self) -> None:
         try:
             note = self.loop._compiler.isolation_note
             if note:
@@ -463,7 +482,8 @@ class _Run:
         last_reason = ""
         while self.attempt < self.spec.max_attempts:
             self.attempt += 1
-            ok, state, last_reason = await self._attempt(state, failures)
+            with span(self.loop._tracer, "patchloop.attempt", **{"speckit.attempt": self.attempt}):
+                ok, state, last_reason = await self._attempt(state, failures)
             if ok:
                 self.loop._sessions.set(self.spec.session_id, 0)
                 self.finish(patchloop_pb2.OUTCOME_FIXED, fixed_by=_MODE_SOURCE.get(self.last_mode, 0),
@@ -632,6 +652,7 @@ class _Run:
         if self.record.done:
             return
         fixed = outcome == patchloop_pb2.OUTCOME_FIXED
+        outcome_name = patchloop_pb2.Outcome.Name(outcome).removeprefix("OUTCOME_").lower()
         diff = self.scratch.diff() if fixed else ""
         applied = False
         if fixed and self.spec.apply:
@@ -663,7 +684,7 @@ class _Run:
             latency_ms=duration_ms,
             reason=reason,
             payload={
-                "outcome": patchloop_pb2.Outcome.Name(outcome).removeprefix("OUTCOME_").lower(),
+                "outcome": outcome_name,
                 "fixed_by": patchloop_pb2.FixSource.Name(fixed_by).removeprefix("FIX_SOURCE_").lower(),
                 "attempts": self.attempt,
                 "escalated": self.escalated,
@@ -673,8 +694,14 @@ class _Run:
             },
         )
         self._event(result=result)
+        if self.run_span is not None:
+            self.run_span.set_attributes({"speckit.outcome": outcome_name, "speckit.attempts": self.attempt})
+        # With tracing on, the log formatter adds the run's trace_id to this line.
+        log.info("run finished", extra={"fields": {
+            "run_id": self.spec.run_id, "outcome": outcome_name, "attempts": self.attempt,
+            "duration_ms": round(duration_ms, 1)}})
         if self.loop._metrics is not None:
-            self.loop._metrics.patchloop_runs(patchloop_pb2.Outcome.Name(outcome).removeprefix("OUTCOME_").lower()).inc()
+            self.loop._metrics.patchloop_runs(outcome_name).inc()
 
 
 def _cache_reuse(reply: inference_pb2.CompleteReply) -> float | None:

@@ -55,8 +55,9 @@ def build(ctx: ServiceContext) -> RouterService:
     loaded = ctx.policy
     policy = loaded.policy
     caches = RouterCaches()
-    events = EventSink(lambda: ctx.channel("capsule"), capacity=policy.inference.event_buffer)
-    router = Router(RoutingEngine(loaded, caches), DecisionRecorder(events.emit), loaded, metrics=ctx.metrics)
+    events = EventSink(lambda: ctx.channel("capsule"), capacity=policy.inference.event_buffer, stamp=ctx.stamp)
+    router = Router(RoutingEngine(loaded, caches), DecisionRecorder(events.emit), loaded, metrics=ctx.metrics,
+                    tracer=ctx.tracer)
     budget = policy.budget
     capped = bool(budget.cloud_max_calls or budget.cloud_max_tokens)
     refresher = CacheRefresher(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import time
 
+from opentelemetry.trace import Span, Tracer
+
 from speckit_reflex.errors import FailedPrecondition
 from speckit_reflex.policy import LoadedPolicy
 from speckit_reflex.router.engine import RoutingEngine, reason_name
@@ -35,11 +37,12 @@ class Router:
     """Answers Decide from the engine and records every answer, refusals too."""
 
     def __init__(self, engine: RoutingEngine, recorder: DecisionRecorder, policy: LoadedPolicy,
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, tracer: Tracer | None = None):
         self._engine = engine
         self._recorder = recorder
         self._policy = policy
         self._metrics = metrics
+        self._tracer = tracer
 
     @property
     def policy(self) -> LoadedPolicy:
@@ -49,6 +52,19 @@ class Router:
     def decide(self, req: router_pb2.DecideRequest) -> Decision:
         """Decide one attempt's route. Raises RouteRefused (FAILED_PRECONDITION)
         for a forbidden cloud route and InvalidArgument for a malformed request."""
+        if self._tracer is None:
+            return self._decide(req)
+        # The decision's span: its RoutingDecision event carries this span's ids.
+        with self._tracer.start_as_current_span("router.decide") as span:
+            try:
+                decision = self._decide(req)
+            except RouteRefused as refused:
+                _describe(span, refused.decision, req)
+                raise
+            _describe(span, decision, req)
+            return decision
+
+    def _decide(self, req: router_pb2.DecideRequest) -> Decision:
         started = time.perf_counter()
         route = self._engine.decide(req)
         decision = Decision(
@@ -64,3 +80,18 @@ class Router:
         if route.refused:
             raise RouteRefused(decision)
         return decision
+
+
+def _describe(span: Span, decision: Decision, req: router_pb2.DecideRequest) -> None:
+    route = decision.route
+    span.set_attributes({
+        "speckit.decision_id": decision.decision_id,
+        "speckit.mode": "none" if route.refused else MODE_NAMES[route.mode],
+        "speckit.reason": reason_name(route.refusal if route.refused else route.reason),
+        "speckit.model": route.model,
+        "speckit.backend": route.backend,
+        "speckit.is_fallback": route.is_fallback,
+        "speckit.session_id": req.session_id,
+        "speckit.run_id": req.run_id,
+        "speckit.attempt": req.attempt,
+    })

@@ -9,15 +9,19 @@ context before the next service is built.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from grpc import aio
+from opentelemetry.trace import Tracer
 
 from speckit_reflex.clients.channel import ChannelConfig, open_channel
 from speckit_reflex.policy import LoadedPolicy, load_policy
 from speckit_reflex.runtime.metrics import Metrics, MetricsServer
 from speckit_reflex.runtime.server import GrpcService, RunningServer, check_exposure, create_server
 from speckit_reflex.runtime.settings import RuntimeSettings
+from speckit_reflex.runtime.tracing import Tracing
+from speckit_reflex.v1 import common_pb2
 
 # Start order; each service's app module exposes build(ctx) -> GrpcService.
 SERVICE_ORDER = ("capsule", "inference", "router", "patchloop")
@@ -33,7 +37,19 @@ class ServiceContext:
     #: the process's metrics; None when SPECKIT_METRICS_ADDR is unset
     metrics: Metrics | None = None
     metrics_server: MetricsServer | None = None
+    #: the process's tracing; None when no OTLP endpoint is configured
+    tracing: Tracing | None = None
     _channels: dict[str, aio.Channel] = field(default_factory=dict)
+
+    @property
+    def tracer(self) -> Tracer | None:
+        """The tracer a core makes its spans with (None: tracing off)."""
+        return self.tracing.tracer if self.tracing is not None else None
+
+    @property
+    def stamp(self) -> Callable[[common_pb2.Event], None] | None:
+        """What an EventSink stamps trace ids on events with (None: tracing off)."""
+        return self.tracing.stamp if self.tracing is not None else None
 
     def address_of(self, service: str) -> str:
         return self.addresses.get(service) or self.settings.addr_of(service)
@@ -50,7 +66,8 @@ class ServiceContext:
                 tls_key=s.tls_key if s.tls_client_ca else "",
                 max_message_bytes=s.max_message_bytes,
             )
-            self._channels[service] = open_channel(cfg)
+            self._channels[service] = open_channel(
+                cfg, self.tracing.client_interceptors() if self.tracing is not None else ())
         return self._channels[service]
 
     async def close(self) -> None:
@@ -60,6 +77,9 @@ class ServiceContext:
         if self.metrics_server is not None:
             await self.metrics_server.close()
             self.metrics_server = None
+        if self.tracing is not None:
+            self.tracing.shutdown()
+            self.tracing = None
 
 
 def build_service(name: str, ctx: ServiceContext) -> GrpcService:
@@ -70,14 +90,19 @@ def build_service(name: str, ctx: ServiceContext) -> GrpcService:
 
 
 async def start_services(
-    names: list[str], settings: RuntimeSettings, policy: LoadedPolicy | None = None, *, insecure: bool = False
+    names: list[str], settings: RuntimeSettings, policy: LoadedPolicy | None = None, *, insecure: bool = False,
+    tracing: Tracing | None = None,
 ) -> tuple[ServiceContext, list[RunningServer]]:
     """Start the named services (in dependency order) and return them running.
 
     `insecure` allows a non-loopback address without a token or TLS.
+    `tracing` defaults to OTLP export as the OTEL_* environment says (or none).
     """
     policy = policy or load_policy(settings.policy or None)
-    ctx = ServiceContext(settings=settings, policy=policy, metrics=Metrics() if settings.metrics_addr else None)
+    if tracing is None:
+        tracing = Tracing.from_env("reflex" if len(names) > 1 else names[0])
+    ctx = ServiceContext(settings=settings, policy=policy, metrics=Metrics() if settings.metrics_addr else None,
+                         tracing=tracing)
     for name in names:
         check_exposure(name, settings.addr_of(name), settings, insecure)
     running: list[RunningServer] = []
@@ -87,7 +112,8 @@ async def start_services(
                 continue
             service = build_service(name, ctx)
             server = await create_server(
-                service, settings.addr_of(name), settings, insecure=insecure, metrics=ctx.metrics)
+                service, settings.addr_of(name), settings, insecure=insecure, metrics=ctx.metrics,
+                tracing=ctx.tracing)
             ctx.addresses[name] = server.address
             running.append(server)
         if ctx.metrics is not None:

@@ -63,8 +63,11 @@ class EventSink:
         flush_interval_s: float = 0.05,
         rpc_timeout_s: float = 5.0,
         max_backoff_s: float = 5.0,
+        stamp: Callable[[common_pb2.Event], None] | None = None,
     ):
         self._channel_factory = channel_factory
+        # Puts the recording span's trace ids on each event (tracing on only).
+        self._stamp = stamp
         self._buffer: deque[common_pb2.Event] = deque()
         self._capacity = capacity
         self._batch_size = batch_size
@@ -82,6 +85,8 @@ class EventSink:
 
     def emit(self, event: common_pb2.Event) -> None:
         """Queue an event; never blocks, never raises for delivery problems."""
+        if self._stamp is not None:
+            self._stamp(event)
         if len(self._buffer) >= self._capacity:
             self._buffer.popleft()
             self.dropped += 1

@@ -1,5 +1,6 @@
 """Structured logging: key=value text by default, one JSON object per line with
-SPECKIT_LOG_FORMAT=json. Extra fields travel in `extra={"fields": {...}}`."""
+SPECKIT_LOG_FORMAT=json. Extra fields travel in `extra={"fields": {...}}`; a line
+logged inside a traced span carries its `trace_id`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import logging
 import sys
 import time
+
+from speckit_reflex.runtime.tracing import current_trace_id
 
 
 class _JsonFormatter(logging.Formatter):
@@ -19,6 +22,9 @@ class _JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         out.update(getattr(record, "fields", {}) or {})
+        trace_id = current_trace_id()
+        if trace_id:
+            out["trace_id"] = trace_id
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)
@@ -30,6 +36,9 @@ class _TextFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if fields:
             base += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+        trace_id = current_trace_id()
+        if trace_id:
+            base += f" trace_id={trace_id}"
         if record.exc_info:
             base += "\n" + self.formatException(record.exc_info)
         return base

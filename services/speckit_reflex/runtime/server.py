@@ -27,6 +27,7 @@ from speckit_reflex.runtime.interceptors import DomainErrorInterceptor, TokenAut
 from speckit_reflex.runtime.listen import check_listen_address
 from speckit_reflex.runtime.metrics import Metrics, RpcMetricsInterceptor
 from speckit_reflex.runtime.settings import RuntimeSettings
+from speckit_reflex.runtime.tracing import Tracing
 
 log = logging.getLogger("speckit.server")
 
@@ -120,7 +121,7 @@ def check_exposure(name: str, addr: str, settings: RuntimeSettings, insecure: bo
 
 async def create_server(
     service: GrpcService, addr: str, settings: RuntimeSettings, *, insecure: bool = False,
-    metrics: Metrics | None = None,
+    metrics: Metrics | None = None, tracing: Tracing | None = None,
 ) -> RunningServer:
     """Build, bind and start a server for `service` at `addr` ("host:0" picks a port).
 
@@ -132,6 +133,9 @@ async def create_server(
     if metrics is not None:
         # Outermost, so refusals by auth and validation are counted too.
         interceptors.append(RpcMetricsInterceptor(metrics, service.name))
+    if tracing is not None:
+        # Before auth: a refused call is still a span of its caller's trace.
+        interceptors.append(tracing.server_interceptor())
     if settings.auth_token:
         interceptors.append(TokenAuthInterceptor(settings.auth_token))
     interceptors.append(DomainErrorInterceptor())
