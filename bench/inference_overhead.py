@@ -135,6 +135,9 @@ endpoint = "{ttft_url}"
 
 [routing.health]
 probe_interval_s = 60
+# Fresh for the whole run: a route must not turn to (refused) cloud because
+# a loaded machine made a phase outlast the default 30 s.
+stale_after_s = 600
 
 [privacy]
 local_only = true
@@ -232,6 +235,125 @@ async def direct_whole(client: httpx.AsyncClient, url: str, body: bytes) -> None
         raise RuntimeError(f"incomplete stream from the stub: {resp.content[-80:]!r}")
 
 
+async def post_whole(client: httpx.AsyncClient, url: str, body: dict[str, Any], key: str = "") -> dict[str, Any]:
+    """A unary chat completion (stream false), its JSON reply parsed, as a client reads it."""
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    resp = await client.post(url + "/chat/completions", json=body, headers=headers)
+    resp.raise_for_status()
+    reply: dict[str, Any] = resp.json()
+    if not reply.get("choices"):
+        raise RuntimeError(f"no choices in {reply}")
+    return reply
+
+
+def start_endpoint(workdir: Path, router_addr: str, adapter_addr: str,
+                   capsule_addr: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`speckit serve openai` in its own process, a client of this run's Router and adapter."""
+    addr = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "SPECKIT_OPENAI_ADDR": addr, "SPECKIT_ROUTER_ADDR": router_addr,
+           "SPECKIT_INFERENCE_ADDR": adapter_addr, "SPECKIT_CAPSULE_ADDR": capsule_addr,
+           "SPECKIT_HOME": str(workdir), "SPECKIT_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "speckit_reflex.cli.main", "serve", "openai"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, f"http://{addr}/v1"
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def added(samples: list[float], base: list[float]) -> float | None:
+    return statistics.median(samples) - statistics.median(base) if samples and base else None
+
+
+async def front_ends(args: argparse.Namespace, workdir: Path, http: httpx.AsyncClient, stub_url: str,
+                     router_addr: str, adapter_addr: str, capsule_addr: str) -> dict[str, Any]:
+    """Added latency of the OpenAI endpoint and of LiteLLM over direct calls to the stub.
+
+    Unary: a chat completion with stream false, reply parsed. Streaming: TTFT
+    (first content delta) and the whole stream's latency. Each iteration runs
+    every side once per kind, the side going first rotating.
+    """
+    endpoint_proc, endpoint_url = start_endpoint(workdir, router_addr, adapter_addr, capsule_addr)
+    litellm_proc, litellm_url, litellm_key = (None, "", "")
+    if not args.no_litellm:
+        litellm_proc, litellm_url, litellm_key = start_litellm(workdir, stub_url)
+    plain = {"messages": [{"role": r, "content": c} for r, c in MESSAGES], "max_tokens": 16}
+    unary = {**plain, "stream": False}
+    stream = {**plain, "stream": True, "stream_options": {"include_usage": True}}
+    # side name -> (url, model, key)
+    sides: dict[str, tuple[str, str, str]] = {"direct": (stub_url, "m", ""),
+                                              "endpoint": (endpoint_url, "speckit/auto", "")}
+    # Requests the endpoint answered, each one model call (for the event count).
+    answered = 0
+
+    async def endpoint_ready() -> None:
+        nonlocal answered
+        await post_whole(http, endpoint_url, {**unary, "model": "speckit/auto"})
+        answered += 1
+
+    try:
+        await wait_ready(endpoint_ready, 60)
+        if litellm_proc:
+            try:
+                await wait_ready(lambda: post_whole(http, litellm_url, {**unary, "model": "m"}, litellm_key), 120)
+                sides["litellm"] = (litellm_url, "m", litellm_key)
+            except RuntimeError:
+                pass
+        names = list(sides)
+        unary_ms: dict[str, list[float]] = {n: [] for n in names}
+        ttft_ms: dict[str, list[float]] = {n: [] for n in names}
+        stream_ms: dict[str, list[float]] = {n: [] for n in names}
+        warmup = args.warmup // 4
+        phase_end = time.monotonic() + args.seconds
+        for i in range(warmup + args.frontend_calls):
+            if time.monotonic() > phase_end:
+                break
+            for k in range(len(names)):
+                name = names[(i + k) % len(names)]
+                url, model, key = sides[name]
+                t0 = time.perf_counter()
+                await post_whole(http, url, {**unary, "model": model}, key)
+                answered += name == "endpoint"
+                if i >= warmup:
+                    unary_ms[name].append((time.perf_counter() - t0) * 1000)
+            for k in range(len(names)):
+                name = names[(i + k) % len(names)]
+                url, model, key = sides[name]
+                latency, ttft, _ = await direct_stream(http, url, {**stream, "model": model}, key)
+                answered += name == "endpoint"
+                if i >= warmup and ttft is not None:
+                    ttft_ms[name].append(ttft * 1000)
+                    stream_ms[name].append(latency * 1000)
+    finally:
+        stop_process(endpoint_proc)
+        if litellm_proc:
+            stop_process(litellm_proc)
+    out: dict[str, Any] = {
+        "frontend_calls": len(unary_ms["direct"]),
+        "endpoint_requests": answered,
+        "frontend_direct_unary_p50_ms": statistics.median(unary_ms["direct"]) if unary_ms["direct"] else None,
+        "frontend_direct_ttft_p50_ms": statistics.median(ttft_ms["direct"]) if ttft_ms["direct"] else None,
+        "endpoint_unary_added_p50_ms": added(unary_ms["endpoint"], unary_ms["direct"]),
+        "endpoint_ttft_added_p50_ms": added(ttft_ms["endpoint"], ttft_ms["direct"]),
+        "endpoint_stream_added_p50_ms": added(stream_ms["endpoint"], stream_ms["direct"]),
+        "litellm_calls": len(unary_ms.get("litellm", [])),
+        "litellm_unary_added_p50_ms": added(unary_ms.get("litellm", []), unary_ms["direct"]),
+        "litellm_ttft_added_p50_ms": added(ttft_ms.get("litellm", []), ttft_ms["direct"]),
+        # The whole streamed request, as the earlier runs measured LiteLLM.
+        "litellm_added_p50_ms": added(stream_ms.get("litellm", []), stream_ms["direct"]),
+    }
+    for kind in ("unary", "ttft"):
+        ours, theirs = out[f"endpoint_{kind}_added_p50_ms"], out[f"litellm_{kind}_added_p50_ms"]
+        out[f"endpoint_vs_litellm_{kind}_ratio"] = ours / theirs if ours is not None and theirs else None
+    return out
+
+
 def tokens_per_s(stamps: list[float]) -> float:
     return (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else 0.0
 
@@ -312,35 +434,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if i >= args.warmup:
                     samples.append((time.perf_counter() - t0) * 1000)
 
-        # LiteLLM runs only for its own phase, so its process does not share
-        # the two cores with the phases above.
-        litellm: list[float] = []
-        litellm_proc, litellm_url, litellm_key = (None, "", "")
-        if not args.no_litellm:
-            litellm_proc, litellm_url, litellm_key = start_litellm(workdir, unary_url)
-        if litellm_proc:
-            lbody = {k: v for k, v in chat_body(None).items()}
-            try:
-                await wait_ready(lambda: direct_stream(http, litellm_url, lbody, litellm_key), 120)
-                phase_end = time.monotonic() + args.seconds / 2
-                for i in range(args.warmup // 2 + min(args.calls, 500)):
-                    if time.monotonic() > phase_end:
-                        break
-                    t0 = time.perf_counter()
-                    await direct_stream(http, unary_url, lbody)
-                    t1 = time.perf_counter()
-                    await direct_stream(http, litellm_url, lbody, litellm_key)
-                    t2 = time.perf_counter()
-                    if i >= args.warmup // 2:
-                        litellm.append((t2 - t1) * 1000 - (t1 - t0) * 1000)
-            except RuntimeError:
-                litellm = []
-            litellm_proc.send_signal(signal.SIGTERM)
-            try:
-                litellm_proc.wait(15)
-            except subprocess.TimeoutExpired:
-                litellm_proc.kill()
-                litellm_proc.wait()
+        # -- front ends: the OpenAI-compatible endpoint and the LiteLLM proxy -----
+        # Both in front of the same stub, against the same direct calls, in
+        # one phase, the side going first rotating from call to call. They
+        # run only for this phase, so their processes do not share the two
+        # cores with the phases above.
+        fronts = await front_ends(args, workdir, http, unary_url, router_addr, adapter_addr, capsule_addr)
 
         # -- streaming --------------------------------------------------------------
         sbody = chat_body(None)
@@ -431,12 +530,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "stream_adapter_tps_p50": statistics.median(s_adapter_tps) if s_adapter_tps else None,
         "stream_tps_ratio": (statistics.median(s_adapter_tps) / statistics.median(s_direct_tps))
         if s_direct_tps and statistics.median(s_direct_tps) else None,
-        "litellm_calls": len(litellm),
-        "litellm_added_p50_ms": statistics.median(litellm) if litellm else None,
+        **fronts,
         "llm_call_events": llm_call_events,
         "routing_decision_events": decision_events,
     }
-    if litellm and res["litellm_added_p50_ms"]:
+    if res.get("litellm_added_p50_ms"):
         res["ours_vs_litellm_ratio"] = res["added_p50_ms"] / res["litellm_added_p50_ms"]
         res["reflex_vs_litellm_ratio"] = res["reflex_added_p50_ms"] / res["litellm_added_p50_ms"]
     return res
@@ -464,11 +562,22 @@ def report(res: dict[str, Any]) -> None:
          f"{fmt(res['stream_direct_ttft_p50_ms'])} / {fmt(res['stream_adapter_ttft_p50_ms'])} ms", "-", None),
         ("stream tokens/s ratio (adapter/direct)", fmt(res["stream_tps_ratio"]), ">= 0.98",
          None if res["stream_tps_ratio"] is None else res["stream_tps_ratio"] >= 0.98),
-        ("LiteLLM proxy added p50 (same stub)", fmt(res["litellm_added_p50_ms"], " ms"), "-", None),
+        ("LiteLLM proxy added p50 (same stub, stream)", fmt(res["litellm_added_p50_ms"], " ms"), "-", None),
         ("  adapter added / LiteLLM added", fmt(res.get("ours_vs_litellm_ratio")), "<= 0.333",
          None if res.get("ours_vs_litellm_ratio") is None else res["ours_vs_litellm_ratio"] <= 1 / 3),
         ("  reflex path added / LiteLLM added", fmt(res.get("reflex_vs_litellm_ratio")), "<= 0.333",
          None if res.get("reflex_vs_litellm_ratio") is None else res["reflex_vs_litellm_ratio"] <= 1 / 3),
+        (f"OpenAI endpoint added p50, unary ({res['frontend_calls']} calls)",
+         fmt(res["endpoint_unary_added_p50_ms"], " ms"), "-", None),
+        ("  LiteLLM added p50, unary", fmt(res["litellm_unary_added_p50_ms"], " ms"), "-", None),
+        ("  endpoint / LiteLLM, unary", fmt(res["endpoint_vs_litellm_unary_ratio"]), "<= 0.333",
+         None if res["endpoint_vs_litellm_unary_ratio"] is None else res["endpoint_vs_litellm_unary_ratio"] <= 1 / 3),
+        ("OpenAI endpoint added p50, stream TTFT", fmt(res["endpoint_ttft_added_p50_ms"], " ms"), "-", None),
+        ("  LiteLLM added p50, stream TTFT", fmt(res["litellm_ttft_added_p50_ms"], " ms"), "-", None),
+        ("  endpoint / LiteLLM, TTFT", fmt(res["endpoint_vs_litellm_ttft_ratio"]), "<= 0.333",
+         None if res["endpoint_vs_litellm_ttft_ratio"] is None else res["endpoint_vs_litellm_ttft_ratio"] <= 1 / 3),
+        ("  direct unary p50 / TTFT p50",
+         f"{fmt(res['frontend_direct_unary_p50_ms'])} / {fmt(res['frontend_direct_ttft_p50_ms'])} ms", "-", None),
         ("events received by Capsule: LLMCall / RoutingDecision",
          f"{res['llm_call_events']} / {res['routing_decision_events']}", "-", None),
     ]
@@ -503,6 +612,8 @@ def main() -> int:
     ap.add_argument("--stream-tokens", type=int, default=40)
     ap.add_argument("--token-delay-ms", type=float, default=5.0)
     ap.add_argument("--seconds", type=float, default=60.0, help="time bound of the unary phase")
+    ap.add_argument("--frontend-calls", type=int, default=400,
+                    help="calls per side and kind through the OpenAI endpoint and LiteLLM")
     ap.add_argument("--no-litellm", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/inference_overhead.json",
                     help="where the JSON goes")

@@ -42,7 +42,7 @@ def test_router_benchmark_prints_its_targets(tmp_path: Path) -> None:
 def test_inference_benchmark_prints_its_targets(tmp_path: Path) -> None:
     out = tmp_path / "inference.json"
     table = _run("inference_overhead.py", out, "--calls", "40", "--warmup", "10", "--ttft-calls", "6",
-                 "--stream-calls", "2", "--stream-tokens", "6", "--no-litellm")
+                 "--stream-calls", "2", "--stream-tokens", "6", "--frontend-calls", "5", "--no-litellm")
     for row, target in [("added latency p50", "<= 1 ms"), ("added latency p99", "<= 4 ms"),
                         ("reflex path added p50", "<= 1.5 ms"), ("reflex path added p99", "<= 5 ms"),
                         ("stream TTFT added p50", "<= 1 ms"), ("stream tokens/s ratio", ">= 0.98")]:
@@ -53,8 +53,16 @@ def test_inference_benchmark_prints_its_targets(tmp_path: Path) -> None:
     for key in ("added_p50_ms", "added_p99_ms", "reflex_added_p50_ms", "reflex_added_p99_ms",
                 "stream_ttft_added_p50_ms", "stream_tps_ratio"):
         assert isinstance(doc[key], float) and math.isfinite(doc[key]), key
+    # The OpenAI endpoint's rows, against direct calls (LiteLLM is skipped here).
+    assert doc["frontend_calls"] == 5
+    for key in ("endpoint_unary_added_p50_ms", "endpoint_ttft_added_p50_ms"):
+        assert isinstance(doc[key], float) and math.isfinite(doc[key]), key
+    assert "OpenAI endpoint added p50, unary" in table and "endpoint / LiteLLM, TTFT" in table
     # Every adapter call (unary and reflex path with warm-up, TTFT and tokens/s
-    # streams with theirs) reached Capsule as one LLMCall event, and every
-    # reflex-path decision (plus the readiness checks) as a RoutingDecision.
-    assert doc["llm_call_events"] == 2 * (40 + 10) + (6 + 4) + (2 + 2)
-    assert doc["routing_decision_events"] >= 40 + 10
+    # streams with theirs, each request the endpoint answered) reached Capsule
+    # as one LLMCall event, and every reflex-path and endpoint decision (plus
+    # the readiness checks) as a RoutingDecision.
+    endpoint = doc["endpoint_requests"]
+    assert endpoint >= 2 * 5 + 1
+    assert doc["llm_call_events"] == 2 * (40 + 10) + (6 + 4) + (2 + 2) + endpoint
+    assert doc["routing_decision_events"] >= 40 + 10 + endpoint
