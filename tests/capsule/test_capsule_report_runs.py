@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from xml.etree import ElementTree
 
 import grpc
 import pytest
@@ -79,8 +80,29 @@ async def test_write_report_json_and_markdown(capsule, tmp_path: Path):
     assert "**Verdict: FAIL**" in md
     assert "| parity_too_low | 75.0 | 85.0 |" in md
     assert "| reflex / `qwen` | 24 | 75.0 % |" in md and "| cloud / `deepseek` | 22 | 100.0 % |" in md
-    assert "xychart-beta" in md and "## Latency distribution, reflex vs cloud" in md
+    assert "## Latency distribution, reflex vs cloud" in md
     assert "| reflex / `qwen` | 6 | 5 | 2 |" in md
+    # The header names the run it covers, not a bare window.
+    assert md.splitlines()[2].startswith("Covers bakeoff run `run-1` (suite reflex_patchloop_v1, mode both, status done)")
+    # The chart: an SVG file beside the report, linked from it, with a legend.
+    (svg_link,) = re.findall(r"!\[[^\]]*\]\(([^)]+\.svg)\)", md)
+    svg_path = md_path.parent / svg_link
+    assert svg_link == md_path.name.replace(".md", "-latency.svg") and svg_path.is_file()
+    svg = ElementTree.parse(svg_path).getroot()
+    ns = {"s": "http://www.w3.org/2000/svg"}
+    legend = svg.find("s:g[@class='legend']", ns)
+    assert legend is not None and [t.text for t in legend.findall("s:text", ns)] == ["reflex", "cloud"]
+    bars = [r.find("s:title", ns).text for r in svg.findall("s:rect", ns) if r.find("s:title", ns) is not None]
+    assert "cloud 2000-5000 ms: 22" in bars and sum(int(b.rsplit(": ", 1)[1]) for b in bars if b.startswith("reflex")) == 24
+
+
+async def test_report_paths_are_absolute_for_a_relative_out_dir(capsule, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    reply = await capsule.write_report(window("24h"), out_dir="eval")
+    for p in (reply.json_path, reply.markdown_path):
+        assert Path(p).is_absolute() and Path(p).parent == tmp_path / "eval" and Path(p).is_file()
+    md = Path(reply.markdown_path).read_text()
+    assert md.splitlines()[2].startswith("Covers every attempt from ") and "(the last 24h)" in md.splitlines()[2]
 
 
 async def test_report_defaults_to_speckit_eval_under_home(start_capsule, tmp_path: Path):

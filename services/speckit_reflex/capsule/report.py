@@ -1,7 +1,8 @@
 """The bakeoff report: `reflex-bakeoff-<UTC timestamp>.json` for machines and
-`.md` for people (summary, verdict, per-model tables, trials, and a latency
-distribution chart of reflex vs cloud as a Mermaid xychart plus the same
-numbers as a text histogram, so it reads anywhere)."""
+`.md` for people (what it covers, summary, verdict, per-model tables, trials,
+and the latency distribution of reflex vs cloud as an SVG chart with a legend
+beside the report, `-latency.svg`, linked from it, plus the same numbers as a
+text histogram)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from speckit_reflex.capsule.report_chart import latency_svg
 from speckit_reflex.capsule.stats import LATENCY_BUCKETS_MS
 from speckit_reflex.capsule.store import TrialSummary
 from speckit_reflex.clients.capsule import stats_to_seed_json
@@ -99,23 +101,28 @@ _STATS_HEADER = (
 )
 
 
-def _latency_chart(histogram: dict[int, list[int]]) -> list[str]:
+CHART_TITLE = "PatchAttempt latency, reflex vs cloud"
+
+
+def _series(histogram: dict[int, list[int]]) -> dict[str, list[int]]:
+    n = len(bucket_labels())
+    return {"reflex": histogram.get(REFLEX, [0] * n), "cloud": histogram.get(CLOUD, [0] * n)}
+
+
+def latency_chart_svg(histogram: dict[int, list[int]]) -> str:
+    return latency_svg(CHART_TITLE, bucket_labels(), _series(histogram))
+
+
+def _latency_chart(histogram: dict[int, list[int]], svg_name: str) -> list[str]:
     labels = bucket_labels()
-    reflex = histogram.get(REFLEX, [0] * len(labels))
-    cloud = histogram.get(CLOUD, [0] * len(labels))
+    series = _series(histogram)
+    reflex, cloud = series["reflex"], series["cloud"]
     top = max([*reflex, *cloud, 1])
     lines = [
-        "```mermaid",
-        "xychart-beta",
-        '    title "PatchAttempt latency (ms): reflex (first series) vs cloud (second)"',
-        "    x-axis [" + ", ".join(f'"{lab}"' for lab in labels) + "]",
-        f'    y-axis "attempts" 0 --> {top}',
-        f"    bar [{', '.join(map(str, reflex))}]",
-        f"    bar [{', '.join(map(str, cloud))}]",
-        "```",
+        f"![{CHART_TITLE} (blue: reflex, orange: cloud)]({svg_name})",
         "",
         "```text",
-        f"{'latency ms':>12}  {'reflex':<{_BAR_WIDTH + 8}} cloud",
+        f"{'latency ms':>12}  {'reflex (#)':<{_BAR_WIDTH + 8}} cloud (=)",
     ]
     for lab, a, b in zip(labels, reflex, cloud, strict=True):
         bar_a = "#" * round(_BAR_WIDTH * a / top)
@@ -125,15 +132,25 @@ def _latency_chart(histogram: dict[int, list[int]]) -> list[str]:
     return lines
 
 
-def report_markdown(doc: dict[str, Any], r: ReportInputs) -> str:
-    """The Markdown report, for people."""
+def _covers(doc: dict[str, Any]) -> str:
+    """What the report is about: the bakeoff run when there is one, else the window."""
+    stats, run = doc["stats"], doc["bakeoff_run"]
+    span = f"{stats['start']} to {stats['end']}"
+    if run:
+        return (f"Covers bakeoff run `{run['id']}` (suite {run['suite']}, mode {run['mode']}, status "
+                f"{run['status']}): its attempts from {span}. Generated {doc['generated_at']}.")
+    return f"Covers every attempt from {span} (the last {stats['period']}). Generated {doc['generated_at']}."
+
+
+def report_markdown(doc: dict[str, Any], r: ReportInputs, svg_name: str = "") -> str:
+    """The Markdown report, for people; `svg_name` is the chart file beside it."""
     stats, verdict = doc["stats"], doc["verdict"]
     t = verdict["thresholds"]
     parity = verdict["success_parity_percent"]
     lines = [
         "# Reflex bakeoff report",
         "",
-        f"Generated {doc['generated_at']}; window {stats['period']} ({stats['start']} to {stats['end']}).",
+        _covers(doc),
         "",
         "## Summary",
         "",
@@ -164,7 +181,7 @@ def report_markdown(doc: dict[str, Any], r: ReportInputs) -> str:
     lines += ["", "## Per model", "", _STATS_HEADER.format(first="mode / model")]
     lines += [_stats_row(f"{m['mode']} / `{m['model'] or '(unnamed)'}`", m) for m in stats["models"]]
     lines += ["", "## Latency distribution, reflex vs cloud", ""]
-    lines += _latency_chart(r.histogram)
+    lines += _latency_chart(r.histogram, svg_name)
     if doc["trials"]:
         lines += [
             "", "## Trials", "",
@@ -183,14 +200,19 @@ def report_markdown(doc: dict[str, Any], r: ReportInputs) -> str:
 
 
 def write_report(out_dir: Path, r: ReportInputs) -> tuple[Path, Path]:
-    """Write both files atomically (temp file, then rename); return their paths."""
+    """Write the files atomically (temp file, then rename); return the absolute
+    paths of the JSON and the Markdown (the chart SVG is beside them)."""
+    out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = r.generated_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     doc = report_json(r)
-    paths = (out_dir / f"reflex-bakeoff-{stamp}.json", out_dir / f"reflex-bakeoff-{stamp}.md")
-    bodies = (json.dumps(doc, indent=2, default=str) + "\n", report_markdown(doc, r))
-    for path, body in zip(paths, bodies, strict=True):
+    svg = out_dir / f"reflex-bakeoff-{stamp}-latency.svg"
+    paths = (out_dir / f"reflex-bakeoff-{stamp}.json", out_dir / f"reflex-bakeoff-{stamp}.md", svg)
+    bodies = (json.dumps(doc, indent=2, default=str) + "\n", report_markdown(doc, r, svg.name),
+              latency_chart_svg(r.histogram))
+    # The chart first, so a report never links to a missing file.
+    for path, body in reversed(list(zip(paths, bodies, strict=True))):
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(body, encoding="utf-8")
         os.replace(tmp, path)
-    return paths
+    return paths[0], paths[1]
