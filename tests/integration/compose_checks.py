@@ -29,6 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "compose"
 PROFILES = ("cpu", "sglang", "vllm")
+HELPER_PROFILE = "cli"
 # Interpolation values for checking one profile: every required variable set.
 BASE_ENV = {"SPECKIT_AUTH_TOKEN": "compose-check-token"}
 # Variables a speckit container may carry that the code reads by other means:
@@ -223,8 +224,10 @@ class Stack:
         return self.doc["services"]
 
     def active(self) -> dict[str, dict[str, Any]]:
-        """Services `docker compose --profile <profile> up` starts."""
-        return {n: s for n, s in self.services.items() if not s.get("profiles") or self.profile in s["profiles"]}
+        """Services `docker compose --profile <profile> up` starts, and the
+        helpers `docker compose run` starts beside them (profile `cli`)."""
+        return {n: s for n, s in self.services.items()
+                if not s.get("profiles") or {self.profile, HELPER_PROFILE} & set(s["profiles"])}
 
     def is_speckit(self, svc: dict[str, Any]) -> bool:
         build = svc.get("build") or {}
