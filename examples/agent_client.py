@@ -1,6 +1,6 @@
 """Calling speckit-reflex from an agent: one PatchLoop run over gRPC.
 
-    python examples/agent_client.py CRATE_DIR [--addr 127.0.0.1:50053] [--apply]
+    python examples/agent_client.py CRATE_DIR [--addr 127.0.0.1:50053] [--apply] [--test]
                                     [--session-id S] [--timeout 300] [--json]
 
 This is the whole integration an agent needs. It uses only grpcio and the
@@ -13,6 +13,10 @@ the result goes to stdout (JSON with --json).
 
 Exit status: 0 fixed (or already clean), 1 gave up, 2 refused by policy
 (e.g. local_only with no local model that qualifies), 3 the call failed.
+
+The agent never sends a command: builds run the PatchLoop policy's named
+profiles (`check` by default; --test adds the `test` profile after a clean
+build), and CRATE_DIR must lie under the service's SPECKIT_WORKSPACE_ROOTS.
 
 Pass the same --session-id for every run of one agent session: the Router
 escalates to cloud after `max_failures` consecutive failed attempts in a
@@ -45,7 +49,7 @@ def describe(ev: patchloop_pb2.RunEvent) -> str:
     kind = ev.WhichOneof("kind")
     if kind == "compile_started":
         c = ev.compile_started
-        return f"{'verify' if c.verify else 'build'} started: {' '.join(c.command)}"
+        return f"{'verify' if c.verify else 'build'} started ({c.profile}): {' '.join(c.command)}"
     if kind == "compile_finished":
         c = ev.compile_finished
         step = "verify" if c.verify else "build"
@@ -74,6 +78,7 @@ def main() -> int:
     ap.add_argument("crate", type=Path, help="the crate or workspace to fix")
     ap.add_argument("--addr", default=os.environ.get("SPECKIT_PATCHLOOP_ADDR", "127.0.0.1:50053"))
     ap.add_argument("--apply", action="store_true", help="write the fix back when the run succeeds")
+    ap.add_argument("--test", action="store_true", help="confirm the fix with the policy's `test` profile")
     ap.add_argument("--session-id", default="", help="the agent's session (escalation counts across its runs)")
     ap.add_argument("--timeout", type=float, default=300.0, help="deadline of the whole run, in seconds")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -83,6 +88,8 @@ def main() -> int:
     metadata = [("authorization", f"Bearer {token}")] if token else None
     request = patchloop_pb2.RunRequest(workspace=str(args.crate.resolve()), apply=args.apply,
                                        session_id=args.session_id)
+    if args.test:
+        request.verify_profile = "test"
     result = None
     with grpc.insecure_channel(args.addr) as channel:
         stub = patchloop_pb2_grpc.PatchLoopStub(channel)

@@ -87,6 +87,8 @@ def make_settings(tmp_path: Path, database_url: str = "", **overrides: object) -
         "database_url": database_url or f"sqlite:///{tmp_path / 'speckit.db'}",
         "home": tmp_path / ".speckit",
         "grace_s": 2.0,
+        # PatchLoop opens workspaces only under its roots; tests build in tmp_path.
+        "workspace_roots": str(tmp_path),
     }
     values.update(overrides)
     return RuntimeSettings(**values)  # type: ignore[arg-type]

@@ -24,6 +24,10 @@ class InvalidArgument(DomainError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class PermissionDenied(DomainError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class NotFound(DomainError):
     code = grpc.StatusCode.NOT_FOUND
 

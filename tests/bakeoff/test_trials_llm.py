@@ -45,7 +45,7 @@ async def test_trials_against_the_embedded_model_then_bakeoff_shows_them(
     run = await asyncio.to_thread(
         run_speckit,
         ["reflex", "trials", "--suite", "reflex_patchloop_v1", "--mode", "reflex", "--limit", "10",
-         "--report-dir", str(report_dir), "--json"],
+         "--report-dir", str(report_dir), "--scratch-dir", str(tmp_path / "bakeoff"), "--json"],
         env, 1800,
     )
     assert run.code == 0, run.stderr[-3000:]

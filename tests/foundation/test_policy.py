@@ -117,9 +117,16 @@ def test_environment_overrides(tmp_path: Path) -> None:
          ["routing.reflex.thresholds.json_schema_compliance_percent"]),
         ("[capture]\nmode = \"everything\"\n", ["capture.mode"]),
         ("[routing.reflex]\nenabled = \n", ["not valid TOML"]),
+        ("[patchloop]\nbuild_profile = \"lint\"\n", ["patchloop.build_profile", "'lint' is not a profile"]),
+        ("[patchloop]\nverify_profile = \"cargo test\"\n", ["patchloop.verify_profile"]),
+        ("[patchloop.profiles]\n\"Run Me\" = [\"sh\"]\n", ["patchloop.profiles", "'Run Me'"]),
+        ("[patchloop.profiles]\nlint = []\n", ["patchloop.profiles", "'lint'"]),
+        ("[patchloop]\nbuild_timeout_s = 700\n", ["patchloop.build_timeout_s", "max_build_timeout_s 600"]),
+        ("[patchloop]\ncompile_command = [\"sh\"]\n", ["patchloop.compile_command", "unknown key"]),
     ],
     ids=["unknown-key", "wrong-type", "negative-timeout", "percent-over-100", "percent-negative",
-         "bad-enum", "bad-toml"],
+         "bad-enum", "bad-toml", "unknown-build-profile", "unknown-verify-profile", "bad-profile-name",
+         "empty-profile", "timeout-over-cap", "argv-key-of-old"],
 )
 def test_bad_policy_files_name_the_key_and_file(tmp_path: Path, text: str, must_mention: list[str]) -> None:
     p = tmp_path / "model_policy.toml"
@@ -130,6 +137,15 @@ def test_bad_policy_files_name_the_key_and_file(tmp_path: Path, text: str, must_
     assert str(p) in message
     for fragment in must_mention:
         assert fragment in message
+
+
+def test_build_profiles_extend_the_built_in_ones(tmp_path: Path) -> None:
+    p = tmp_path / "model_policy.toml"
+    p.write_text('[patchloop]\nverify_profile = "lint"\n[patchloop.profiles]\nlint = ["cargo", "fmt", "--check"]\n'
+                 'check = ["cargo", "check", "--offline", "--all-targets", "--message-format=json"]\n')
+    pl = load_policy(p, environ={}).policy.patchloop
+    assert set(pl.profiles) == {"check", "test", "clippy", "lint"}
+    assert pl.profiles["check"][-2] == "--all-targets" and pl.verify_profile == "lint"
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:

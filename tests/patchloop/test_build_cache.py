@@ -14,6 +14,7 @@ from patchloop_support import RecordingEvents, ScriptedInference, ScriptedRouter
 from speckit_reflex.patchloop.buildcache import BuildCache, build_profile, cache_key
 from speckit_reflex.patchloop.compiler import Compiler
 from speckit_reflex.patchloop.core import PatchLoop
+from speckit_reflex.patchloop.roots import WorkspaceRoots
 from speckit_reflex.patchloop.sandbox import BuildRunner, NetworkIsolation
 from speckit_reflex.patchloop.workspace import sync_tree
 from speckit_reflex.v1 import patchloop_pb2
@@ -30,7 +31,8 @@ def cache(tmp_path: Path) -> BuildCache:
 def cached_loop(tmp_path: Path, policy, cache: BuildCache):  # type: ignore[no-untyped-def]
     def make(inference=None) -> PatchLoop:  # type: ignore[no-untyped-def]
         return PatchLoop(ScriptedRouter(), inference or ScriptedInference([reply("{}")]), RecordingEvents(),
-                         Compiler(BuildRunner(NetworkIsolation())), policy, scratch_dir=tmp_path, cache=cache)
+                         Compiler(BuildRunner(NetworkIsolation())), policy, roots=WorkspaceRoots([tmp_path]),
+                         scratch_dir=tmp_path, cache=cache)
 
     return make
 

@@ -242,12 +242,12 @@ async def test_cached_tokens_and_cache_reuse_recorded(crate, make_loop):
     assert calls[1].cache_reuse == pytest.approx(0.9) and calls[1].usage.cached_tokens == 360
 
 
-async def test_verify_command_must_pass_for_a_fix(crate, make_loop):
+async def test_verify_profile_must_pass_for_a_fix(crate, make_loop):
     ws = crate("field_typo")
     compiles_but_wrong = {"edits": [{"file": "src/lib.rs", "line_start": 9, "line_end": 9,
                                      "replacement": "        2 * (self.width + self.width)"}]}
     loop, _, _, events = make_loop(inference=ScriptedInference([reply(compiles_but_wrong), reply(FIXED_LINE)]))
-    evs, result = await run_all(loop, workspace=str(ws), verify_command=["cargo", "test", "--offline", "-q"])
+    evs, result = await run_all(loop, workspace=str(ws), verify_profile="test")
     assert result.outcome == patchloop_pb2.OUTCOME_FIXED and result.attempts == 2
     a1, a2 = events.of_type(PA)
     assert not a1.success and a1.reason == "still_failing"

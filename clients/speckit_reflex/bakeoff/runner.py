@@ -26,9 +26,9 @@ from speckit_reflex.bakeoff.suite import Suite, SuiteTask, copy_crate
 from speckit_reflex.bakeoff.trial import MODE_VALUES, TrialResult
 from speckit_reflex.v1 import capsule_pb2, patchloop_pb2
 
-# GR-006: the fixed crate must build and its tests pass; offline because the
-# suite is std-only and the sandbox may have no network.
-VERIFY_COMMAND = ("cargo", "test", "--offline", "-q")
+# GR-006: the fixed crate must build and its tests pass: the policy's test
+# profile (by default `cargo test --offline -q`).
+VERIFY_PROFILE = "test"
 # Longest wait for in-flight attempt events before the report is written.
 EVENT_SETTLE_S = 5.0
 
@@ -191,7 +191,7 @@ class BakeoffRunner:
             request: dict[str, Any] = dict(
                 apply=False,
                 max_attempts=self._opt.max_attempts,
-                verify_command=VERIFY_COMMAND,
+                verify_profile=VERIFY_PROFILE,
                 # The model is what is measured, not rustc's own suggestions.
                 compiler_fast_path=False,
                 build_timeout_s=self._opt.build_timeout_s,

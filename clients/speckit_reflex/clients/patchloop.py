@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 from grpc import aio
 
@@ -21,8 +21,8 @@ class PatchLoopClient:
         *,
         apply: bool = False,
         max_attempts: int = 0,
-        compile_command: Sequence[str] = (),
-        verify_command: Sequence[str] = (),
+        build_profile: str = "",
+        verify_profile: str | None = None,
         compiler_fast_path: bool | None = None,
         build_timeout_s: int = 0,
         force_mode: int = common_pb2.ROUTING_MODE_UNSPECIFIED,
@@ -38,8 +38,7 @@ class PatchLoopClient:
             workspace=workspace,
             apply=apply,
             max_attempts=max_attempts,
-            compile_command=list(compile_command),
-            verify_command=list(verify_command),
+            build_profile=build_profile,
             build_timeout_s=build_timeout_s,
             force_mode=force_mode,  # type: ignore[arg-type]
             session_id=session_id,
@@ -50,6 +49,8 @@ class PatchLoopClient:
         )
         if compiler_fast_path is not None:
             req.compiler_fast_path = compiler_fast_path
+        if verify_profile is not None:  # "" = no verify step; None = the policy's
+            req.verify_profile = verify_profile
         return self._stub.Run(req, timeout=timeout_s)
 
     async def run_to_end(self, workspace: str, **kwargs: object) -> tuple[list[patchloop_pb2.RunEvent], patchloop_pb2.RunResult]:
@@ -59,6 +60,10 @@ class PatchLoopClient:
         if not results:
             raise RuntimeError("the run stream ended without a result")
         return events, results[-1]
+
+    async def build_settings(self, timeout_s: float = 10.0) -> patchloop_pb2.BuildSettings:
+        """The server's sandbox layers, build profiles, time limits and workspace roots."""
+        return await self._stub.GetBuildSettings(patchloop_pb2.GetBuildSettingsRequest(), timeout=timeout_s)
 
     async def get_run(self, run_id: str, timeout_s: float = 10.0) -> patchloop_pb2.RunStatus:
         """A running or finished run (grpc NOT_FOUND when unknown)."""

@@ -114,8 +114,6 @@ class RunRequest(_message.Message):
     WORKSPACE_FIELD_NUMBER: _builtins.int
     APPLY_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
-    COMPILE_COMMAND_FIELD_NUMBER: _builtins.int
-    VERIFY_COMMAND_FIELD_NUMBER: _builtins.int
     COMPILER_FAST_PATH_FIELD_NUMBER: _builtins.int
     BUILD_TIMEOUT_S_FIELD_NUMBER: _builtins.int
     FORCE_MODE_FIELD_NUMBER: _builtins.int
@@ -124,8 +122,12 @@ class RunRequest(_message.Message):
     BAKEOFF_RUN_ID_FIELD_NUMBER: _builtins.int
     TASK_ID_FIELD_NUMBER: _builtins.int
     LOCAL_ONLY_FIELD_NUMBER: _builtins.int
+    BUILD_PROFILE_FIELD_NUMBER: _builtins.int
+    VERIFY_PROFILE_FIELD_NUMBER: _builtins.int
     workspace: _builtins.str
-    """Crate or workspace directory (absolute, or relative to the server's cwd)."""
+    """Crate or workspace directory (absolute, or relative to the server's cwd);
+    must lie under one of the server's workspace roots (PERMISSION_DENIED).
+    """
     apply: _builtins.bool
     """Write the fix back to the workspace when the run succeeds."""
     max_attempts: _builtins.int
@@ -133,7 +135,9 @@ class RunRequest(_message.Message):
     compiler_fast_path: _builtins.bool
     """Apply rustc's MachineApplicable suggestions before any model call."""
     build_timeout_s: _builtins.int
-    """Wall-clock limit of each build step in seconds; 0 = policy default."""
+    """Wall-clock limit of each build step in seconds; 0 = policy default;
+    above the policy's max_build_timeout_s = INVALID_ARGUMENT.
+    """
     force_mode: _common_pb2.RoutingMode.ValueType
     """Restrict the model route (bakeoff trials); UNSPECIFIED = the Router's."""
     session_id: _builtins.str
@@ -143,24 +147,20 @@ class RunRequest(_message.Message):
     task_id: _builtins.str
     local_only: _builtins.bool
     """Request-level privacy: ORed with the policy's local_only."""
-    @_builtins.property
-    def compile_command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Compile command (argv); empty = cargo check --message-format=json."""
-
-    @_builtins.property
-    def verify_command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Command run after a clean build to confirm the fix (e.g. cargo test);
-        empty = none.
-        """
-
+    build_profile: _builtins.str
+    """Name of the build profile (policy [patchloop.profiles], e.g. "check",
+    "clippy"); "" = the policy's build_profile. A name, never a command.
+    """
+    verify_profile: _builtins.str
+    """Profile run after a clean build to confirm the fix (e.g. "test");
+    unset = the policy's verify_profile, "" = none.
+    """
     def __init__(
         self,
         *,
         workspace: _builtins.str = ...,
         apply: _builtins.bool = ...,
         max_attempts: _builtins.int = ...,
-        compile_command: _abc.Iterable[_builtins.str] | None = ...,
-        verify_command: _abc.Iterable[_builtins.str] | None = ...,
         compiler_fast_path: _builtins.bool | None = ...,
         build_timeout_s: _builtins.int = ...,
         force_mode: _common_pb2.RoutingMode.ValueType = ...,
@@ -169,14 +169,21 @@ class RunRequest(_message.Message):
         bakeoff_run_id: _builtins.str = ...,
         task_id: _builtins.str = ...,
         local_only: _builtins.bool = ...,
+        build_profile: _builtins.str = ...,
+        verify_profile: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_compiler_fast_path", b"_compiler_fast_path", "compiler_fast_path", b"compiler_fast_path"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_compiler_fast_path", b"_compiler_fast_path", "_verify_profile", b"_verify_profile", "compiler_fast_path", b"compiler_fast_path", "verify_profile", b"verify_profile"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_compiler_fast_path", b"_compiler_fast_path", "apply", b"apply", "bakeoff_run_id", b"bakeoff_run_id", "build_timeout_s", b"build_timeout_s", "compile_command", b"compile_command", "compiler_fast_path", b"compiler_fast_path", "force_mode", b"force_mode", "local_only", b"local_only", "max_attempts", b"max_attempts", "run_id", b"run_id", "session_id", b"session_id", "task_id", b"task_id", "verify_command", b"verify_command", "workspace", b"workspace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_compiler_fast_path", b"_compiler_fast_path", "_verify_profile", b"_verify_profile", "apply", b"apply", "bakeoff_run_id", b"bakeoff_run_id", "build_profile", b"build_profile", "build_timeout_s", b"build_timeout_s", "compiler_fast_path", b"compiler_fast_path", "force_mode", b"force_mode", "local_only", b"local_only", "max_attempts", b"max_attempts", "run_id", b"run_id", "session_id", b"session_id", "task_id", b"task_id", "verify_profile", b"verify_profile", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__compiler_fast_path: _TypeAlias = _typing.Literal["compiler_fast_path"]  # noqa: Y015
     _WhichOneofArgType__compiler_fast_path: _TypeAlias = _typing.Literal["_compiler_fast_path", b"_compiler_fast_path"]  # noqa: Y015
+    _WhichOneofReturnType__verify_profile: _TypeAlias = _typing.Literal["verify_profile"]  # noqa: Y015
+    _WhichOneofArgType__verify_profile: _TypeAlias = _typing.Literal["_verify_profile", b"_verify_profile"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__compiler_fast_path) -> _WhichOneofReturnType__compiler_fast_path | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__verify_profile) -> _WhichOneofReturnType__verify_profile | None: ...
 
 Global___RunRequest: _TypeAlias = RunRequest  # noqa: Y015
 
@@ -269,20 +276,25 @@ class CompileStarted(_message.Message):
     COMMAND_FIELD_NUMBER: _builtins.int
     VERIFY_FIELD_NUMBER: _builtins.int
     CACHE_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
     verify: _builtins.bool
     cache: Global___CacheState.ValueType
+    profile: _builtins.str
     @_builtins.property
-    def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The profile's command, as the policy defines it."""
+
     def __init__(
         self,
         *,
         command: _abc.Iterable[_builtins.str] | None = ...,
         verify: _builtins.bool = ...,
         cache: Global___CacheState.ValueType = ...,
+        profile: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "command", b"command", "verify", b"verify"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "command", b"command", "profile", b"profile", "verify", b"verify"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -636,3 +648,114 @@ class ClearBuildCacheReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ClearBuildCacheReply: _TypeAlias = ClearBuildCacheReply  # noqa: Y015
+
+@_typing.final
+class GetBuildSettingsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBuildSettingsRequest: _TypeAlias = GetBuildSettingsRequest  # noqa: Y015
+
+@_typing.final
+class SandboxLayer(_message.Message):
+    """One layer of the build sandbox on this host."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"network", "pid", "filesystem", "capabilities", "environment", "time_limit"."""
+    active: _builtins.bool
+    """False when this host could not give the layer: builds run without it."""
+    detail: _builtins.str
+    """How the layer is enforced, or why it is missing."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        active: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "detail", b"detail", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SandboxLayer: _TypeAlias = SandboxLayer  # noqa: Y015
+
+@_typing.final
+class BuildProfile(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        command: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BuildProfile: _TypeAlias = BuildProfile  # noqa: Y015
+
+@_typing.final
+class BuildSettings(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    PROFILES_FIELD_NUMBER: _builtins.int
+    BUILD_PROFILE_FIELD_NUMBER: _builtins.int
+    VERIFY_PROFILE_FIELD_NUMBER: _builtins.int
+    BUILD_TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    MAX_BUILD_TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    WORKSPACE_ROOTS_FIELD_NUMBER: _builtins.int
+    build_profile: _builtins.str
+    verify_profile: _builtins.str
+    """"" = no verify step by default."""
+    build_timeout_s: _builtins.int
+    max_build_timeout_s: _builtins.int
+    @_builtins.property
+    def sandbox(self) -> _containers.RepeatedCompositeFieldContainer[Global___SandboxLayer]: ...
+    @_builtins.property
+    def profiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___BuildProfile]: ...
+    @_builtins.property
+    def workspace_roots(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Canonical directories under which workspaces are accepted."""
+
+    def __init__(
+        self,
+        *,
+        sandbox: _abc.Iterable[Global___SandboxLayer] | None = ...,
+        profiles: _abc.Iterable[Global___BuildProfile] | None = ...,
+        build_profile: _builtins.str = ...,
+        verify_profile: _builtins.str = ...,
+        build_timeout_s: _builtins.int = ...,
+        max_build_timeout_s: _builtins.int = ...,
+        workspace_roots: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_profile", b"build_profile", "build_timeout_s", b"build_timeout_s", "max_build_timeout_s", b"max_build_timeout_s", "profiles", b"profiles", "sandbox", b"sandbox", "verify_profile", b"verify_profile", "workspace_roots", b"workspace_roots"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BuildSettings: _TypeAlias = BuildSettings  # noqa: Y015

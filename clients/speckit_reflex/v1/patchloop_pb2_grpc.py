@@ -54,6 +54,11 @@ class PatchLoopStub:
                 request_serializer=speckit__reflex_dot_v1_dot_patchloop__pb2.ClearBuildCacheRequest.SerializeToString,
                 response_deserializer=speckit__reflex_dot_v1_dot_patchloop__pb2.ClearBuildCacheReply.FromString,
                 _registered_method=True)
+        self.GetBuildSettings = channel.unary_unary(
+                '/speckit_reflex.v1.PatchLoop/GetBuildSettings',
+                request_serializer=speckit__reflex_dot_v1_dot_patchloop__pb2.GetBuildSettingsRequest.SerializeToString,
+                response_deserializer=speckit__reflex_dot_v1_dot_patchloop__pb2.BuildSettings.FromString,
+                _registered_method=True)
 
 
 class PatchLoopServicer:
@@ -88,6 +93,14 @@ class PatchLoopServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetBuildSettings(self, request, context):
+        """How this server builds: each sandbox layer (active, or missing and why),
+        the build profiles of its policy, the time limits and workspace roots.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PatchLoopServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +123,11 @@ def add_PatchLoopServicer_to_server(servicer, server):
                     servicer.ClearBuildCache,
                     request_deserializer=speckit__reflex_dot_v1_dot_patchloop__pb2.ClearBuildCacheRequest.FromString,
                     response_serializer=speckit__reflex_dot_v1_dot_patchloop__pb2.ClearBuildCacheReply.SerializeToString,
+            ),
+            'GetBuildSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBuildSettings,
+                    request_deserializer=speckit__reflex_dot_v1_dot_patchloop__pb2.GetBuildSettingsRequest.FromString,
+                    response_serializer=speckit__reflex_dot_v1_dot_patchloop__pb2.BuildSettings.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +238,33 @@ class PatchLoop:
             '/speckit_reflex.v1.PatchLoop/ClearBuildCache',
             speckit__reflex_dot_v1_dot_patchloop__pb2.ClearBuildCacheRequest.SerializeToString,
             speckit__reflex_dot_v1_dot_patchloop__pb2.ClearBuildCacheReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBuildSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/speckit_reflex.v1.PatchLoop/GetBuildSettings',
+            speckit__reflex_dot_v1_dot_patchloop__pb2.GetBuildSettingsRequest.SerializeToString,
+            speckit__reflex_dot_v1_dot_patchloop__pb2.BuildSettings.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,10 @@ class PatchLoopStub:
     """Removes every cache entry no run is using; entries in use are kept and
     counted in `busy`.
     """
+    GetBuildSettings: _grpc.UnaryUnaryMultiCallable[_patchloop_pb2.GetBuildSettingsRequest, _patchloop_pb2.BuildSettings]
+    """How this server builds: each sandbox layer (active, or missing and why),
+    the build profiles of its policy, the time limits and workspace roots.
+    """
 
 @_typing.type_check_only
 class PatchLoopAsyncStub(PatchLoopStub):
@@ -56,6 +60,10 @@ class PatchLoopAsyncStub(PatchLoopStub):
     ClearBuildCache: _aio.UnaryUnaryMultiCallable[_patchloop_pb2.ClearBuildCacheRequest, _patchloop_pb2.ClearBuildCacheReply]  # type: ignore[assignment]
     """Removes every cache entry no run is using; entries in use are kept and
     counted in `busy`.
+    """
+    GetBuildSettings: _aio.UnaryUnaryMultiCallable[_patchloop_pb2.GetBuildSettingsRequest, _patchloop_pb2.BuildSettings]  # type: ignore[assignment]
+    """How this server builds: each sandbox layer (active, or missing and why),
+    the build profiles of its policy, the time limits and workspace roots.
     """
 
 class PatchLoopServicer(metaclass=_abc_1.ABCMeta):
@@ -91,6 +99,16 @@ class PatchLoopServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_patchloop_pb2.ClearBuildCacheReply, _abc.Awaitable[_patchloop_pb2.ClearBuildCacheReply]]:
         """Removes every cache entry no run is using; entries in use are kept and
         counted in `busy`.
+        """
+
+    @_abc_1.abstractmethod
+    def GetBuildSettings(
+        self,
+        request: _patchloop_pb2.GetBuildSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_patchloop_pb2.BuildSettings, _abc.Awaitable[_patchloop_pb2.BuildSettings]]:
+        """How this server builds: each sandbox layer (active, or missing and why),
+        the build profiles of its policy, the time limits and workspace roots.
         """
 
 def add_PatchLoopServicer_to_server(servicer: PatchLoopServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -26,7 +26,7 @@ from speckit_reflex.cli.reflex_links import ServiceLinks, reporting
 from speckit_reflex.cli.reflex_run import GOOD_OUTCOMES, FixRequest, show_outcome, stream_fix
 from speckit_reflex.cli.reflex_trials import (
     DEFAULT_SUITE, INTERRUPTED_EXIT, TrialProgress, cloud_skip_reason, ensure_reflex_ready, plan_modes,
-    result_json, show_result,
+    result_json, scratch_dir, show_result,
 )
 
 STEPS = 5
@@ -82,7 +82,7 @@ class Demo:
         shutil.copytree(DEMO_CRATE, crate, ignore=shutil.ignore_patterns("target"))
         self.step(3, f"fixing a copy of examples/broken-crate: speckit reflex run {crate} --apply --test")
         request = FixRequest(str(crate), {
-            "apply": True, "compiler_fast_path": True, "verify_command": ["cargo", "test", "--offline", "-q"],
+            "apply": True, "compiler_fast_path": True, "verify_profile": "test",
         })
         outcome = await stream_fix(links, request, self.err)
         self.summary["fix"] = {"workspace": str(crate), **outcome}
@@ -103,7 +103,7 @@ class Demo:
         report_dir = Path(self.args.report_dir).resolve()
         runner = BakeoffRunner(links.patchloop, links.capsule, RunOptions(
             modes=modes, max_attempts=max(0, self.args.max_attempts), report_dir=str(report_dir),
-            session_prefix="demo",
+            session_prefix="demo", scratch_root=scratch_dir(str(self.stack.workdir / "bakeoff")),
         ))
         with TrialProgress(len(tasks) * len(modes), modes, self.err) as bar:
             result = await runner.run(suite, tasks, on_trial=bar.on_trial)

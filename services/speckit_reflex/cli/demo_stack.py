@@ -137,6 +137,8 @@ class DemoStack:
         env.update({
             "SPECKIT_POLICY": str(self.policy_path.resolve()),
             "SPECKIT_HOME": str(self.workdir.resolve()),
+            # The demo's crate and its bakeoff copies live under workdir.
+            "SPECKIT_WORKSPACE_ROOTS": str(self.workdir.resolve()),
             "SPECKIT_DATABASE_URL": self.database_url,
             "SPECKIT_GRACE_S": "3",
         })

@@ -23,7 +23,10 @@ def register(rsub: argparse._SubParsersAction) -> None:
     q = rsub.add_parser("run", help="fix one crate with the reflex loop (escalating per policy)")
     q.add_argument("path", help="crate or workspace folder")
     q.add_argument("--apply", action="store_true", help="write the fix back to PATH when it succeeds")
-    q.add_argument("--test", action="store_true", help="confirm the fix with `cargo test --offline -q`")
+    q.add_argument("--test", action="store_true",
+                   help="confirm the fix with the policy's `test` profile (cargo test --offline -q by default)")
+    q.add_argument("--profile", default="", metavar="NAME",
+                   help="build profile of the PatchLoop policy (check, clippy, ...; default: the policy's)")
     q.add_argument("--max-attempts", type=int, default=0, help="patch attempts (0 = policy)")
     fast = q.add_mutually_exclusive_group()
     fast.add_argument("--no-compiler-fast-path", dest="fast_path", action="store_false", default=None,
@@ -52,10 +55,10 @@ def build_request(args: argparse.Namespace) -> FixRequest:
         raise CliError(f"{args.path}: not a folder")
     options: dict[str, Any] = {
         "apply": args.apply, "max_attempts": max(0, args.max_attempts), "session_id": args.session_id,
-        "compiler_fast_path": args.fast_path,
+        "compiler_fast_path": args.fast_path, "build_profile": args.profile,
     }
     if args.test:
-        options["verify_command"] = ["cargo", "test", "--offline", "-q"]
+        options["verify_profile"] = "test"
     if args.mode:
         options["force_mode"] = MODE_VALUES[args.mode]
     return FixRequest(str(path), options)

@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -32,6 +33,9 @@ def register(rsub: argparse._SubParsersAction) -> None:
     q.add_argument("--category", default="", help="only tasks of this category")
     q.add_argument("--concurrency", type=int, default=1, help="trials at once (default 1)")
     q.add_argument("--max-attempts", type=int, default=0, help="patch attempts per trial (0 = policy)")
+    q.add_argument("--scratch-dir", default="",
+                   help="where crate copies are made; must lie under PatchLoop's SPECKIT_WORKSPACE_ROOTS "
+                        "(default $SPECKIT_HOME/bakeoff, i.e. .speckit/bakeoff)")
     q.add_argument("--report-dir", default="", help="report folder on the Capsule server (default .speckit/eval)")
     q.add_argument("--ready-timeout", type=float, default=90.0,
                    help="seconds to wait for the Router to see a healthy reflex backend (default 90)")
@@ -156,6 +160,14 @@ def _dash(x: Any) -> Any:
     return "–" if x is None else x
 
 
+def scratch_dir(arg: str) -> Path:
+    """The folder trial crates are copied to (created): PatchLoop opens them
+    only under its workspace roots, whose default is its working directory."""
+    path = Path(arg or Path(os.environ.get("SPECKIT_HOME") or ".speckit") / "bakeoff").resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def run_trials(args: argparse.Namespace) -> int:
     try:
         suite = load_suite(find_suite(args.suite))
@@ -175,7 +187,8 @@ def run_trials(args: argparse.Namespace) -> int:
         if "reflex" in modes:
             await ensure_reflex_ready(links, args.ready_timeout, err)
         options = RunOptions(modes=modes, concurrency=max(1, args.concurrency),
-                             max_attempts=max(0, args.max_attempts), report_dir=args.report_dir)
+                             max_attempts=max(0, args.max_attempts), report_dir=args.report_dir,
+                             scratch_root=scratch_dir(args.scratch_dir))
         runner = BakeoffRunner(links.patchloop, links.capsule, options)
         err.print(f"suite {suite.name}: {len(tasks)} task(s) × {', '.join(modes)}", highlight=False)
         with reporting("capsule", links), TrialProgress(len(tasks) * len(modes), modes, err) as bar:

@@ -7,6 +7,7 @@ from grpc import aio
 from speckit_reflex.patchloop.buildcache import BuildCache
 from speckit_reflex.patchloop.compiler import Compiler
 from speckit_reflex.patchloop.core import PatchLoop
+from speckit_reflex.patchloop.roots import WorkspaceRoots
 from speckit_reflex.patchloop.ports import CapsuleSessionHistory, GrpcInference, GrpcRouter
 from speckit_reflex.patchloop.sandbox import BuildRunner, NetworkIsolation
 from speckit_reflex.patchloop.servicer import PatchLoopServicer
@@ -45,6 +46,7 @@ def build(ctx: ServiceContext) -> PatchLoopService:
         events=sink,
         compiler=Compiler(BuildRunner(NetworkIsolation())),
         policy=ctx.policy,
+        roots=WorkspaceRoots.from_setting(ctx.settings.workspace_roots),
         scratch_dir=None,
         history=CapsuleSessionHistory(ctx.channel("capsule")),
         metrics=ctx.metrics,

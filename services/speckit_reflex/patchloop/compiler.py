@@ -82,6 +82,9 @@ class Compiler:
             self._toolchain = await asyncio.to_thread(toolchain_id, env)
         return self._toolchain
 
+    def sandbox_layers(self) -> list[patchloop_pb2.SandboxLayer]:
+        return self._runner.layers()
+
     async def compile(self, command: Sequence[str], scratch: Scratch, timeout_s: float) -> CompileOutcome:
         result = await self._runner.run(command, scratch.root, scratch.target_dir, timeout_s)
         diags = parse_cargo_output(result.stdout)

@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,11 @@ from speckit_reflex.patchloop.ports import (
 )
 from speckit_reflex.patchloop.progress import judge_patch
 from speckit_reflex.patchloop.prompt import FailedAttempt, build_messages, file_excerpts, render_diagnostics
+from speckit_reflex.patchloop.roots import WorkspaceRoots
 from speckit_reflex.patchloop.workspace import Scratch
 from speckit_reflex.policy import LoadedPolicy
+from speckit_reflex.policy.model import PROFILE_NAME
+from speckit_reflex.runtime import validate
 from speckit_reflex.runtime.events import new_event
 from speckit_reflex.runtime.metrics import Metrics
 from speckit_reflex.runtime.tracing import span
@@ -56,14 +60,47 @@ RETRY_TEMPERATURE = 0.3
 
 
 @dataclass(frozen=True)
+class BuildStep:
+    """A policy build profile: its name and the command it stands for."""
+
+    profile: str
+    command: tuple[str, ...]
+
+
+_PROFILE_NAME = re.compile(PROFILE_NAME)
+# Limits of RunRequest fields beyond what holds for every field of their kind
+# (runtime.validate: no NUL, known enum values, bounded text).
+_RUN_RULES: dict[str, validate.Rule] = {
+    "workspace": validate.Text(4096, required=True),
+    "max_attempts": validate.Range(0, 50),
+    "session_id": validate.Text(128),
+    "run_id": validate.Text(128),
+    "bakeoff_run_id": validate.Text(128),
+    "task_id": validate.Text(128),
+    "build_profile": validate.Text(32),
+    "verify_profile": validate.Text(32),
+}
+_FORCE_MODES = (common_pb2.ROUTING_MODE_UNSPECIFIED, common_pb2.ROUTING_MODE_REFLEX, common_pb2.ROUTING_MODE_CLOUD)
+
+
+def _profile(field: str, name: str, profiles: dict[str, tuple[str, ...]]) -> BuildStep:
+    """The policy's profile called `name`; a request can name one, never supply a command."""
+    if not _PROFILE_NAME.match(name):
+        raise InvalidArgument(f"{field}: {name!r} is not a profile name (a name such as 'check', never a command)")
+    if name not in profiles:
+        raise InvalidArgument(f"{field}: no profile {name!r} in the policy (profiles: {', '.join(sorted(profiles))})")
+    return BuildStep(name, tuple(profiles[name]))
+
+
+@dataclass(frozen=True)
 class RunSpec:
-    """A run request with policy defaults filled in."""
+    """A checked run request with policy defaults filled in."""
 
     workspace: str
     apply: bool
     max_attempts: int
-    compile_command: tuple[str, ...]
-    verify_command: tuple[str, ...]
+    build: BuildStep
+    verify: BuildStep | None
     compiler_fast_path: bool
     build_timeout_s: float
     force_mode: int
@@ -77,19 +114,25 @@ class RunSpec:
 
     @classmethod
     def from_request(cls, req: patchloop_pb2.RunRequest, policy: LoadedPolicy) -> RunSpec:
-        """Fill unset request fields from `policy.patchloop`; reject nonsense early."""
+        """Check every field (InvalidArgument naming it) and fill unset ones from `policy.patchloop`."""
         pl = policy.policy.patchloop
-        if not req.workspace:
-            raise InvalidArgument("workspace is required")
-        if req.max_attempts > 50:
-            raise InvalidArgument(f"max_attempts {req.max_attempts} is above 50")
+        validate.check_message(req, _RUN_RULES)
+        if req.build_timeout_s > pl.max_build_timeout_s:
+            raise InvalidArgument(f"build_timeout_s: {req.build_timeout_s} is above the policy's "
+                                  f"patchloop.max_build_timeout_s ({pl.max_build_timeout_s})")
+        if req.force_mode not in _FORCE_MODES:
+            raise InvalidArgument(f"force_mode: {common_pb2.RoutingMode.Name(req.force_mode)} is not a mode "
+                                  "of the Implementer (UNSPECIFIED, REFLEX or CLOUD)")
+        build = _profile("build_profile", req.build_profile or pl.build_profile, pl.profiles)
+        verify_name = req.verify_profile if req.HasField("verify_profile") else pl.verify_profile
+        verify = _profile("verify_profile", verify_name, pl.profiles) if verify_name else None
         run_id = req.run_id or str(uuid.uuid4())
         return cls(
             workspace=req.workspace,
             apply=req.apply,
             max_attempts=req.max_attempts or pl.max_attempts,
-            compile_command=tuple(req.compile_command) or tuple(pl.compile_command),
-            verify_command=tuple(req.verify_command) or tuple(pl.verify_command),
+            build=build,
+            verify=verify,
             compiler_fast_path=req.compiler_fast_path if req.HasField("compiler_fast_path") else pl.compiler_fast_path,
             build_timeout_s=float(req.build_timeout_s or pl.build_timeout_s),
             force_mode=req.force_mode,
@@ -217,6 +260,8 @@ class PatchLoop:
         events: EventPort,
         compiler: Compiler,
         policy: LoadedPolicy,
+        *,
+        roots: WorkspaceRoots,
         registry: RunRegistry | None = None,
         sessions: SessionFailures | None = None,
         scratch_dir: Path | None = None,
@@ -232,6 +277,7 @@ class PatchLoop:
         self._events = events
         self._compiler = compiler
         self._policy = policy
+        self._roots = roots
         self._registry = registry or RunRegistry()
         self._sessions = sessions or SessionFailures()
         self._history = history
@@ -255,9 +301,22 @@ class PatchLoop:
         self._sessions.set(spec.session_id, count)
         return count
 
+    def build_settings(self) -> patchloop_pb2.BuildSettings:
+        """The sandbox layers this host gives builds, the policy's profiles and limits."""
+        pl = self._policy.policy.patchloop
+        return patchloop_pb2.BuildSettings(
+            sandbox=self._compiler.sandbox_layers(),
+            profiles=[patchloop_pb2.BuildProfile(name=n, command=c) for n, c in sorted(pl.profiles.items())],
+            build_profile=pl.build_profile,
+            verify_profile=pl.verify_profile,
+            build_timeout_s=pl.build_timeout_s,
+            max_build_timeout_s=pl.max_build_timeout_s,
+            workspace_roots=[str(r) for r in self._roots.roots],
+        )
+
     def get_run(self, run_id: str) -> patchloop_pb2.RunStatus:
         """A running or finished run (NotFound when unknown)."""
-        return self._registry.get(run_id).status()
+        return self._registry.get(validate.text(run_id, "run_id", 128, required=True)).status()
 
     async def run(self, request: patchloop_pb2.RunRequest) -> AsyncIterator[patchloop_pb2.RunEvent]:
         """Start a run and stream its events; a caller that goes away cancels it."""
@@ -284,10 +343,10 @@ class PatchLoop:
         """The run's scratch copy, made in a thread: the copy is file I/O of any
         size, and on the event loop one large workspace would stall every
         other stream of this process."""
-        workspace = Scratch.check_workspace(spec.workspace)
+        workspace = Scratch.check_workspace(str(self._roots.admit(spec.workspace)))
         toolchain = await self._compiler.toolchain() if self._cache is not None else ""
         opening = asyncio.ensure_future(asyncio.to_thread(
-            Scratch.open, workspace, self._scratch_dir, self._cache, toolchain, build_profile(spec.compile_command)))
+            Scratch.open, workspace, self._scratch_dir, self._cache, toolchain, build_profile(spec.build.command)))
         try:
             return await asyncio.shield(opening)
         except asyncio.CancelledError:
@@ -379,17 +438,19 @@ class _Run:
 
     async def compile(self, timing: AttemptTiming | None = None) -> CompileOutcome:
         """Build (and verify when configured), streaming start and finish events."""
-        outcome = await self._build(self.spec.compile_command, verify=False, timing=timing)
-        if outcome.clean and self.spec.verify_command:
-            outcome = await self._build(self.spec.verify_command, verify=True, timing=timing)
+        outcome = await self._build(self.spec.build, verify=False, timing=timing)
+        if outcome.clean and self.spec.verify is not None:
+            outcome = await self._build(self.spec.verify, verify=True, timing=timing)
         return outcome
 
-    async def _build(self, command: Sequence[str], verify: bool, timing: AttemptTiming | None) -> CompileOutcome:
+    async def _build(self, step: BuildStep, verify: bool, timing: AttemptTiming | None) -> CompileOutcome:
         self._event(compile_started=patchloop_pb2.CompileStarted(
-            command=command, verify=verify, cache=self.scratch.cache_state))  # type: ignore[arg-type]
+            command=step.command, verify=verify, profile=step.profile,
+            cache=self.scratch.cache_state))  # type: ignore[arg-type]
         with span(self.loop._tracer, "patchloop.build", **{
-                "speckit.step": "verify" if verify else "compile", "speckit.command": " ".join(command)}) as current:
-            outcome = await self.loop._compiler.compile(command, self.scratch, self.spec.build_timeout_s)
+                "speckit.step": "verify" if verify else "compile", "speckit.profile": step.profile,
+                "speckit.command": " ".join(step.command)}) as current:
+            outcome = await self.loop._compiler.compile(step.command, self.scratch, self.spec.build_timeout_s)
             if current is not None:
                 current.set_attributes({"speckit.errors": outcome.error_count, "speckit.clean": outcome.clean,
                                         "speckit.timed_out": outcome.result.timed_out})
@@ -450,6 +511,9 @@ class _Run:
             note = self.loop._compiler.isolation_note
             if note:
                 self.note(note)
+            if self.scratch.sync.refused_links:
+                self.note(f"symlinks leading outside the workspace are not followed: "
+                          f"{', '.join(self.scratch.sync.refused_links[:20])}")
             await self._loop()
         except asyncio.CancelledError:
             self.finish(patchloop_pb2.OUTCOME_GAVE_UP, reason="cancelled: the caller went away")

@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from speckit_reflex.v1 import patchloop_pb2
+
 log = logging.getLogger("speckit.patchloop.sandbox")
 
 # Variables a toolchain needs; everything else is dropped.
@@ -124,6 +126,14 @@ class BuildRunner:
     @property
     def isolation_note(self) -> str:
         return self._isolation.note
+
+    def layers(self) -> list[patchloop_pb2.SandboxLayer]:
+        net = not self._isolation.note
+        return [
+            patchloop_pb2.SandboxLayer(name="network", active=net, detail=self._isolation.note or "network namespace"),
+            patchloop_pb2.SandboxLayer(name="environment", active=True, detail="allow-listed variables, no credentials"),
+            patchloop_pb2.SandboxLayer(name="time_limit", active=True, detail="process group killed at the limit"),
+        ]
 
     def environment(self, target_dir: Path) -> dict[str, str]:
         env = scrub_environment(self._environ)

@@ -40,3 +40,8 @@ class PatchLoopServicer(patchloop_pb2_grpc.PatchLoopServicer):
         done = await self._loop.clear_build_cache()
         return patchloop_pb2.ClearBuildCacheReply(
             dir=done.dir, removed=done.removed, freed_bytes=done.freed_bytes, busy=done.busy)
+
+    async def GetBuildSettings(  # noqa: N802
+        self, request: patchloop_pb2.GetBuildSettingsRequest, context: aio.ServicerContext
+    ) -> patchloop_pb2.BuildSettings:
+        return self._loop.build_settings()

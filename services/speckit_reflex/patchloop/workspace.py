@@ -12,9 +12,12 @@ mtime, so cargo rebuilds what they feed), removed ones deleted, unchanged ones
 left alone (so cargo's fingerprints stay fresh). Content is copied, never
 hard-linked (a build script could write through a link into the user's tree);
 `copy_file_range` lets filesystems that can share extents (btrfs, XFS) do so
-copy-on-write. Symlinks are copied as links, never followed, so a link that
-points outside the workspace stays recognisable as an escape when a patch
-names a path through it.
+copy-on-write. Symlinks are copied as links, never followed. A link whose
+target lies inside the workspace points at the same place in the copy; one
+that leads outside is made to dangle (`REFUSED_LINK`), so neither the build
+(rustc prints a file it cannot parse in its errors, and errors go into the
+prompt) nor a patch reaches the host file through it, and a patch naming a
+path through it is still rejected as an escape.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from speckit_reflex.v1 import patchloop_pb2
 
 # Not copied: build output (large, and the scratch has its own target dir) and VCS data.
 SKIP_NAMES = frozenset({"target", ".git", ".hg", ".svn"})
+# Where a link of the copy that led out of the workspace points instead: a
+# path that does not exist (and that nothing a run does creates).
+REFUSED_LINK = "/nonexistent/speckit-link-outside-the-workspace"
 MAX_FILE_BYTES = 1_000_000
 
 
@@ -88,6 +94,8 @@ class SyncStats:
     bytes_copied: int = 0
     # sha256 of each file's content as synced (relative path -> hex digest).
     digests: dict[str, str] = field(default_factory=dict)
+    # Links that led outside the workspace, made to dangle (relative paths).
+    refused_links: list[str] = field(default_factory=list)
 
 
 def _sha(path: str) -> str:
@@ -179,7 +187,7 @@ def sync_tree(src: Path, dst: Path, manifest_path: Path | None = None) -> SyncSt
         for name in filenames:
             rel = os.path.join(rel_dir, name)
             s_path, d_path = os.path.join(dirpath, name), os.path.join(out_dir, name)
-            record = _sync_entry(s_path, d_path, old.get(rel), stats)
+            record = _sync_entry(s_path, d_path, old.get(rel), stats, (src, dst))
             if record is not None:
                 expected.add(rel)
                 new[rel] = record
@@ -199,14 +207,32 @@ def sync_tree(src: Path, dst: Path, manifest_path: Path | None = None) -> SyncSt
     return stats
 
 
-def _sync_entry(s_path: str, d_path: str, rec: dict | None, stats: SyncStats) -> dict | None:
+def contained_link(s_path: str, d_path: str, src: Path, dst: Path) -> str | None:
+    """The target the copy's link at `d_path` gets: the same place in the copy,
+    relative (an absolute one would lead back into the user's tree), when the
+    source link at `s_path` resolves inside `src`; None when it leads outside."""
+    try:
+        real = Path(s_path).resolve()
+    except (OSError, RuntimeError):  # a loop
+        return None
+    src = src.resolve()
+    if real != src and src not in real.parents:
+        return None
+    return os.path.relpath(dst / real.relative_to(src), os.path.dirname(d_path))
+
+
+def _sync_entry(s_path: str, d_path: str, rec: dict | None, stats: SyncStats,
+                roots: tuple[Path, Path]) -> dict | None:
     """Bring one file or link of the copy level with the source; its manifest record."""
     s_st = os.lstat(s_path)
     if not (stat.S_ISREG(s_st.st_mode) or stat.S_ISLNK(s_st.st_mode)):
         return None  # sockets, FIFOs, devices: nothing a build reads, and opening a FIFO blocks
     d_st = os.lstat(d_path) if os.path.lexists(d_path) else None
     if stat.S_ISLNK(s_st.st_mode):
-        target = os.readlink(s_path)
+        contained = contained_link(s_path, d_path, *roots)
+        if contained is None:
+            stats.refused_links.append(os.path.relpath(s_path, roots[0]))
+        target = REFUSED_LINK if contained is None else contained
         if d_st is not None and stat.S_ISLNK(d_st.st_mode) and os.readlink(d_path) == target:
             stats.kept += 1
         else:

@@ -8,9 +8,10 @@ errors (extra="forbid"), so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 BackendKind = Literal["sglang", "vllm", "llamacpp", "openai"]
 CaptureMode = Literal["full_io", "hash", "none"]
@@ -215,16 +216,64 @@ class Inference(_Strict):
     event_buffer: int = Field(default=10_000, ge=1)
 
 
+# Build profiles every policy has; `[patchloop.profiles]` adds to them or
+# replaces one by name. JSON output so diagnostics can be parsed.
+DEFAULT_PROFILES: dict[str, tuple[str, ...]] = {
+    "check": ("cargo", "check", "--offline", "--message-format=json"),
+    "test": ("cargo", "test", "--offline", "-q"),
+    "clippy": ("cargo", "clippy", "--offline", "--message-format=json"),
+}
+PROFILE_NAME = r"^[a-z][a-z0-9_-]{0,31}$"
+_PROFILE_NAME_RE = re.compile(PROFILE_NAME)
+
+
 class PatchLoopSettings(_Strict):
     max_attempts: int = Field(default=4, ge=1, le=50)
+    # The most a request may ask for, and the default wall-clock limit of a build step.
+    max_build_timeout_s: int = Field(default=600, gt=0, le=86_400)
     build_timeout_s: int = Field(default=120, gt=0)
-    compile_command: list[str] = Field(
-        default_factory=lambda: ["cargo", "check", "--offline", "--message-format=json"]
-    )
-    verify_command: list[str] = Field(default_factory=list)
+    # Named build commands: the only commands PatchLoop ever runs. A request
+    # picks a profile by name; it never supplies an argv.
+    profiles: dict[str, tuple[str, ...]] = Field(default_factory=lambda: dict(DEFAULT_PROFILES))
+    build_profile: str = "check"
+    # Run after a clean build to confirm a fix ("" = none).
+    verify_profile: str = ""
     compiler_fast_path: bool = True
     max_tokens: int = Field(default=384, gt=0)
     allow_create_files: bool = False
+
+    @field_validator("profiles", mode="before")
+    @classmethod
+    def _with_defaults(cls, value: object) -> object:
+        return {**DEFAULT_PROFILES, **value} if isinstance(value, dict) else value
+
+    @field_validator("profiles")
+    @classmethod
+    def _valid_profiles(cls, profiles: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        for name, argv in profiles.items():
+            if not _PROFILE_NAME_RE.match(name):
+                raise ValueError(f"profile name {name!r} must match {PROFILE_NAME}")
+            if not argv or any(not a or "\x00" in a for a in argv):
+                raise ValueError(f"profile {name!r}: the command must be a non-empty list of non-empty strings")
+        return profiles
+
+    @field_validator("build_timeout_s")
+    @classmethod
+    def _under_the_cap(cls, value: int, info: ValidationInfo) -> int:
+        cap = info.data.get("max_build_timeout_s")
+        if cap is not None and value > cap:
+            raise ValueError(f"{value} is above max_build_timeout_s {cap}")
+        return value
+
+    @field_validator("build_profile", "verify_profile")
+    @classmethod
+    def _names_a_profile(cls, value: str, info: ValidationInfo) -> str:
+        profiles = info.data.get("profiles")
+        if profiles is not None and value and value not in profiles:
+            raise ValueError(f"{value!r} is not a profile ({', '.join(sorted(profiles))})")
+        if info.field_name == "build_profile" and not value:
+            raise ValueError("a build profile is required")
+        return value
 
 
 class Policy(_Strict):

@@ -49,6 +49,9 @@ class RuntimeSettings(BaseSettings):
     # host:port of the OpenAI-compatible HTTP endpoint; `serve all` runs it
     # only when set, `serve openai` on 127.0.0.1:50055 when unset.
     openai_addr: str = ""
+    # PatchLoop: os.pathsep-separated directories under which workspaces are
+    # accepted; empty = the service's working directory (patchloop/roots.py).
+    workspace_roots: str = ""
 
     def effective_database_url(self) -> str:
         if self.database_url:
