@@ -35,7 +35,7 @@ def register(rsub: argparse._SubParsersAction) -> None:
     q.add_argument("--max-attempts", type=int, default=0, help="patch attempts per trial (0 = policy)")
     q.add_argument("--scratch-dir", default="",
                    help="where crate copies are made; must lie under PatchLoop's SPECKIT_WORKSPACE_ROOTS "
-                        "(default $SPECKIT_HOME/bakeoff, i.e. .speckit/bakeoff)")
+                        "(default $TMPDIR when set, else $SPECKIT_HOME/bakeoff, i.e. .speckit/bakeoff)")
     q.add_argument("--report-dir", default="", help="report folder on the Capsule server (default .speckit/eval)")
     q.add_argument("--ready-timeout", type=float, default=90.0,
                    help="seconds to wait for the Router to see a healthy reflex backend (default 90)")
@@ -162,8 +162,11 @@ def _dash(x: Any) -> Any:
 
 def scratch_dir(arg: str) -> Path:
     """The folder trial crates are copied to (created): PatchLoop opens them
-    only under its workspace roots, whose default is its working directory."""
-    path = Path(arg or Path(os.environ.get("SPECKIT_HOME") or ".speckit") / "bakeoff").resolve()
+    only under its workspace roots, whose default is its working directory.
+    A TMPDIR the user set is taken as that choice (the compose stack sets it
+    to the shared workspace)."""
+    default = os.environ.get("TMPDIR") or Path(os.environ.get("SPECKIT_HOME") or ".speckit") / "bakeoff"
+    path = Path(arg or default).resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
