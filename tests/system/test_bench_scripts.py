@@ -66,3 +66,12 @@ def test_inference_benchmark_prints_its_targets(tmp_path: Path) -> None:
     assert endpoint >= 2 * 5 + 1
     assert doc["llm_call_events"] == 2 * (40 + 10) + (6 + 4) + (2 + 2) + endpoint
     assert doc["routing_decision_events"] >= 40 + 10 + endpoint
+
+
+def test_observability_overhead_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "observability.json"
+    table = _run("observability_overhead.py", out, "--calls", "50", "--rounds", "1")
+    assert "metrics_added_us" in table and "tracing_added_us" in table
+    doc = json.loads(out.read_text())
+    for kind in ("off", "metrics", "tracing"):
+        assert doc[f"{kind}_cpu_us_per_call"] > 0
