@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -147,8 +150,10 @@ def _fill(cache: BuildCache, workspace: Path, size: int):  # type: ignore[no-unt
 
 
 def test_cache_is_bounded_and_evicts_the_least_recently_used_free_slot(tmp_path: Path) -> None:
-    cache = BuildCache(tmp_path / "c", max_bytes=10_000)
-    a, b, c = (tmp_path / n for n in "abc")
+    cache = BuildCache(tmp_path / "cache", max_bytes=10_000)
+    a, b, c = (tmp_path / "ws" / n for n in "abc")
+    for ws in (a, b, c):
+        ws.mkdir(parents=True)
     lease_a = _fill(cache, a, 4_000)
     lease_a.release()
     cache.account(lease_a)
@@ -169,9 +174,23 @@ def test_cache_is_bounded_and_evicts_the_least_recently_used_free_slot(tmp_path:
     assert cache.info().slots == 0
 
 
+def test_entries_of_workspaces_that_are_gone_are_removed_first(tmp_path: Path) -> None:
+    cache = BuildCache(tmp_path / "cache", max_bytes=1 << 30)
+    kept, gone = tmp_path / "kept", tmp_path / "gone"
+    kept.mkdir()
+    gone.mkdir()
+    for ws in (gone, kept):
+        lease = _fill(cache, ws, 100)
+        lease.release()
+    gone.rmdir()  # e.g. a bakeoff trial's temporary crate
+    assert cache.evict() == 1  # far below the bound, yet the throwaway entry goes
+    assert {p.name for p in cache.root.iterdir()} == {cache_key(kept, "rustc 1", "dev")}
+
+
 def test_clear_keeps_slots_in_use_and_a_busy_workspace_gets_another_slot(tmp_path: Path) -> None:
-    cache = BuildCache(tmp_path / "c", max_bytes=1 << 30, max_slots=2)
+    cache = BuildCache(tmp_path / "cache", max_bytes=1 << 30, max_slots=2)
     ws = tmp_path / "ws"
+    ws.mkdir()
     first = cache.acquire(ws, "t", "dev")
     second = cache.acquire(ws, "t", "dev")
     assert first is not None and second is not None and first.slot != second.slot
@@ -208,3 +227,76 @@ async def test_a_fix_is_not_written_over_a_file_the_user_changed_meanwhile(crate
     assert not result.applied
     assert any("differs from the content the run started from" in n for n in kinds(events, "note"))
     assert (ws / "src" / "lib.rs").read_text() == user_edit
+
+
+class RendezvousInference:
+    """Answers only once `parties` calls are in flight together: calls made
+    one run after another would wait forever (bounded here by a timeout)."""
+
+    def __init__(self, parties: int, answer: patchloop_pb2.RunEvent | object):
+        self.parties = parties
+        self.answer = answer
+        self.arrived = 0
+        self.all_in = asyncio.Event()
+
+    async def complete(self, request, timeout_s: float):  # type: ignore[no-untyped-def]
+        self.arrived += 1
+        if self.arrived >= self.parties:
+            self.all_in.set()
+        await asyncio.wait_for(self.all_in.wait(), 60)
+        out = type(self.answer)()
+        out.CopyFrom(self.answer)  # type: ignore[attr-defined]
+        out.backend, out.model = "local", request.model
+        return out
+
+
+async def _answer_builds_once_both_arrived(root: Path, runs: int) -> None:
+    """The other side of crates/rendezvous/build.rs: 'go' once `runs` builds wait."""
+    deadline = asyncio.get_running_loop().time() + 120
+    while True:
+        arrived = list(root.glob("*/slot-*/target/debug/build/pl_rendezvous-*/out/arrived"))
+        if len(arrived) >= runs:
+            for a in arrived:
+                (a.parent / "go").write_text("")
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"only {len(arrived)} build(s) arrived"
+        await asyncio.sleep(0.02)  # another process's file: nothing to await
+
+
+async def test_concurrent_runs_overlap_their_builds_and_their_model_calls(crate, tmp_path: Path, policy,
+                                                                         cache: BuildCache) -> None:
+    one, two = crate("rendezvous"), tmp_path / "other" / "rendezvous"
+    two.parent.mkdir()
+    shutil.copytree(one, two)
+    fix = reply({"edits": [{"file": "src/lib.rs", "line_start": 3, "line_end": 3,
+                            "replacement": "    let mut total = 0;"}]})
+    inference = RendezvousInference(2, fix)
+    loop = PatchLoop(ScriptedRouter(), inference, RecordingEvents(), Compiler(BuildRunner(NetworkIsolation())),
+                     policy, scratch_dir=tmp_path, cache=cache)
+    runs = asyncio.gather(*(run_all(loop, workspace=str(ws), compiler_fast_path=False, max_attempts=1)
+                            for ws in (one, two)))
+    await _answer_builds_once_both_arrived(cache.root, 2)
+    for _, result in await runs:
+        assert result.outcome == patchloop_pb2.OUTCOME_FIXED, result.reason
+    assert inference.arrived == 2
+
+
+async def test_starting_a_build_never_blocks_the_event_loop(monkeypatch, tmp_path: Path) -> None:
+    """Starting a process waits until the child has exec'd (seconds under
+    load): here that wait lasts until the event loop itself ends it, so a
+    build started on the loop would hold it and fail."""
+    release = threading.Event()
+    real_popen = subprocess.Popen
+
+    def slow_popen(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if not release.wait(30):
+            raise AssertionError("the event loop was held while a build started")
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", slow_popen)
+    runner = BuildRunner(NetworkIsolation(enabled=False))
+    build = asyncio.create_task(runner.run(["true"], tmp_path, tmp_path / "target", 30))
+    await asyncio.sleep(0)  # the build task runs up to its process start
+    release.set()
+    result = await build
+    assert result.returncode == 0 and not result.timed_out

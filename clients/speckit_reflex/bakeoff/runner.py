@@ -10,6 +10,7 @@ ones, marks the run "interrupted" and still writes the report.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 import time
 import uuid
@@ -85,13 +86,27 @@ class BakeoffResult:
     report: capsule_pb2.WriteReportReply | None = None
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     finished_at: datetime | None = None
+    concurrency: int = 1
+    # Wall time of the whole run, and the sum of each trial's own wall time.
+    wall_s: float = 0.0
+    trial_wall_s: float = 0.0
+
+    @property
+    def speedup(self) -> float | None:
+        """Sum of the trials' wall times over the run's: what running them one
+        after another at these durations would take, relative to this run."""
+        return round(self.trial_wall_s / self.wall_s, 2) if self.wall_s > 0 and self.trials else None
 
     def summary_json(self) -> dict[str, Any]:
-        """Counts and per-backend figures (stored with the run in Capsule)."""
+        """Counts, timing and per-backend figures (stored with the run in Capsule)."""
         return {
             "planned": self.planned,
             "finished": len(self.trials),
             "fixed": sum(t.success for t in self.trials),
+            "concurrency": self.concurrency,
+            "wall_s": round(self.wall_s, 3),
+            "trial_wall_s": round(self.trial_wall_s, 3),
+            "speedup": self.speedup,
             "backends": [f.to_json() for f in self.figures],
         }
 
@@ -119,6 +134,7 @@ class BakeoffRunner:
             modes=self._opt.modes,
             status="running",
             planned=len(jobs),
+            concurrency=max(1, self._opt.concurrency),
         )
         await self._capsule.upsert_bakeoff_run(self._run_record(result))
         fixed: dict[str, int] = {m: 0 for m in self._opt.modes}
@@ -126,13 +142,16 @@ class BakeoffRunner:
 
         async def one(task: SuiteTask, mode: str) -> None:
             async with gate:
+                t0 = time.perf_counter()
                 trial = await self._trial(result.bakeoff_run_id, task, mode)
+                result.trial_wall_s += time.perf_counter() - t0
             await self._capsule.record_trials([trial.to_proto(result.bakeoff_run_id)])
             result.trials.append(trial)
             fixed[mode] += trial.success
             if on_trial:
                 on_trial(trial, len(result.trials), result.planned, dict(fixed))
 
+        started = time.perf_counter()
         workers = [asyncio.create_task(one(t, m)) for t, m in jobs]
         try:
             await asyncio.gather(*workers)
@@ -146,6 +165,7 @@ class BakeoffRunner:
             current = asyncio.current_task()
             if current is not None:
                 current.uncancel()
+        result.wall_s = time.perf_counter() - started
         await self._finish(result)
         return result
 
@@ -186,8 +206,11 @@ class BakeoffRunner:
             trial_id=str(uuid.uuid4()), task_id=task.id, category=task.category,
             difficulty=task.difficulty, mode=mode,
         )
-        with tempfile.TemporaryDirectory(prefix=f"bakeoff-{task.id}-", dir=self._opt.scratch_root) as tmp:
-            workspace = copy_crate(task, Path(tmp) / "crate")
+        # Each trial on its own copy (its own cache entry in PatchLoop), made
+        # and removed in a thread so concurrent trials' streams never wait on it.
+        tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=f"bakeoff-{task.id}-", dir=self._opt.scratch_root))
+        try:
+            workspace = await asyncio.to_thread(copy_crate, task, tmp / "crate")
             request: dict[str, Any] = dict(
                 apply=False,
                 max_attempts=self._opt.max_attempts,
@@ -207,5 +230,7 @@ class BakeoffRunner:
                 # One task's failure is a failed trial, not a failed bakeoff.
                 trial.error = f"patchloop {exc.code().name}: {exc.details()}"
                 trial.outcome = "error"
+        finally:
+            await asyncio.shield(asyncio.to_thread(shutil.rmtree, tmp, True))
         trial.finished_at = datetime.now(UTC)
         return trial

@@ -134,6 +134,10 @@ def show_result(doc: dict[str, Any]) -> None:
     table(f"Bakeoff {doc['suite']} ({doc['status']})",
           ["figure", *(f"{b['mode']} · {b['backend']}" for b in backends)], rows)
     stdout.print(f"run {doc['bakeoff_run_id']}", highlight=False)
+    if doc["speedup"] is not None:
+        stdout.print(f"wall {doc['wall_s']:.1f} s for {doc['trial_wall_s']:.1f} s of trials at concurrency "
+                     f"{doc['concurrency']}: {doc['speedup']:.2f}× over running them one after another",
+                     highlight=False)
     if doc["cloud_skipped"]:
         stdout.print(doc["cloud_skipped"], highlight=False)
     if doc["verdict"]:

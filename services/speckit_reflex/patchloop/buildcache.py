@@ -72,6 +72,14 @@ def tree_size(path: Path) -> int:
     return total
 
 
+def _workspace_gone(entry: Path) -> bool:
+    try:
+        workspace = json.loads((entry / "meta.json").read_text())["workspace"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # unknown: keep it, LRU decides
+    return not Path(workspace).is_dir()
+
+
 def _try_lock(path: Path) -> int | None:
     """An fd holding an exclusive flock on `path`, or None when another holds it.
 
@@ -205,9 +213,15 @@ class BuildCache:
         return sorted(p for p in self.root.glob("*/slot-*") if p.is_dir())
 
     def evict(self) -> int:
-        """Remove least recently used free slots while over the bound; returns how many."""
+        """Remove free slots of workspaces that are gone, then least recently
+        used free slots while over the bound; returns how many went."""
         slots = []
+        removed = 0
         for slot in self._slots():
+            if _workspace_gone(slot.parent):
+                # A throwaway copy (a bakeoff trial's): its path never comes again.
+                removed += self._remove(slot) is not None
+                continue
             try:
                 used = (slot / "lock").stat().st_mtime
             except OSError:
@@ -218,7 +232,6 @@ class BuildCache:
                 size = tree_size(slot)  # in use, or its run's process died
             slots.append((used, size, slot))
         total = sum(size for _, size, _ in slots)
-        removed = 0
         for _, size, slot in sorted(slots):
             if total <= self.max_bytes:
                 break

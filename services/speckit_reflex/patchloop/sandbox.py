@@ -20,8 +20,10 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +124,8 @@ class BuildRunner:
     def __init__(self, isolation: NetworkIsolation, environ: Mapping[str, str] | None = None):
         self._isolation = isolation
         self._environ = dict(os.environ if environ is None else environ)
+        # A thread per build in flight (it starts the process and waits for it).
+        self._threads = ThreadPoolExecutor(max_workers=256, thread_name_prefix="speckit-build")
 
     @property
     def isolation_note(self) -> str:
@@ -144,46 +148,77 @@ class BuildRunner:
         return env
 
     async def run(self, command: Sequence[str], cwd: Path, target_dir: Path, timeout_s: float) -> BuildResult:
-        """Run `command` in `cwd`; kill its whole process group after `timeout_s`."""
-        argv = [*self._isolation.probe(), *command]
+        """Run `command` in `cwd`; kill its whole process group after `timeout_s`.
+
+        The process is started and waited for on a thread of its own: starting
+        a process blocks the caller until the child has exec'd, which under
+        load (64 builds starting at once on two cores) took the event loop
+        away from every other stream for seconds.
+        """
+        build = _Process([*self._isolation.probe(), *command], cwd, self.environment(target_dir))
         start = time.perf_counter()
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=str(cwd),
-            env=self.environment(target_dir),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
-        timed_out = False
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
-        except TimeoutError:
-            timed_out = True
-            _kill_group(proc.pid)
-            # Pipes close once every holder in the group is dead; a process
-            # that escaped the group could hold them open, so bound the wait.
-            try:
-                out, err = await asyncio.wait_for(proc.communicate(), 5)
-            except TimeoutError:
-                out, err = b"", b""
-                await proc.wait()
-        except BaseException:
-            _kill_group(proc.pid)
-            await proc.wait()
-            raise
+            out, err, timed_out = await asyncio.get_running_loop().run_in_executor(self._threads, build.run, timeout_s)
         finally:
-            # A clean exit can still leave background children behind.
-            _kill_group(proc.pid)
+            # Cancelled: ending the group ends the waiting thread too. Clean
+            # exit: a build can still leave background children behind.
+            build.end()
         return BuildResult(
             command=tuple(command),
-            returncode=None if timed_out else proc.returncode,
+            returncode=None if timed_out else build.returncode,
             stdout=out.decode("utf-8", "replace"),
             stderr=err.decode("utf-8", "replace"),
             duration_ms=(time.perf_counter() - start) * 1000,
             timed_out=timed_out,
         )
+
+
+class _Process:
+    """One build process, started and waited for on a worker thread; `end`
+    (from the event loop) kills its group, even before it has started."""
+
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str]):
+        self._argv, self._cwd, self._env = argv, cwd, env
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ended = False
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._proc is None else self._proc.returncode
+
+    def run(self, timeout_s: float) -> tuple[bytes, bytes, bool]:
+        proc = subprocess.Popen(self._argv, cwd=str(self._cwd), env=self._env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        with self._lock:
+            self._proc = proc
+            if self._ended:  # the run was cancelled while this process started
+                _kill_group(proc.pid)
+        return _communicate(proc, timeout_s)
+
+    def end(self) -> None:
+        with self._lock:
+            self._ended = True
+            if self._proc is not None:
+                _kill_group(self._proc.pid)
+
+
+def _communicate(proc: subprocess.Popen[bytes], timeout_s: float) -> tuple[bytes, bytes, bool]:
+    """(stdout, stderr, timed out) of `proc`, its group killed at `timeout_s`."""
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+        return out, err, False
+    except subprocess.TimeoutExpired:
+        _kill_group(proc.pid)
+        # Pipes close once every holder in the group is dead; a process
+        # that escaped the group could hold them open, so bound the wait.
+        try:
+            out, err = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            out, err = b"", b""
+            proc.kill()
+            proc.wait()
+        return out, err, True
 
 
 def _kill_group(pgid: int) -> None:
