@@ -263,7 +263,7 @@ async def _answer_builds_once_both_arrived(root: Path, runs: int) -> None:
         await asyncio.sleep(0.02)  # another process's file: nothing to await
 
 
-async def test_concurrent_runs_overlap_their_builds_and_their_model_calls(crate, tmp_path: Path, policy,
+async def test_concurrent_runs_overlap_their_builds_and_their_model_calls(crate, tmp_path: Path, cached_loop,
                                                                          cache: BuildCache) -> None:
     one, two = crate("rendezvous"), tmp_path / "other" / "rendezvous"
     two.parent.mkdir()
@@ -271,8 +271,7 @@ async def test_concurrent_runs_overlap_their_builds_and_their_model_calls(crate,
     fix = reply({"edits": [{"file": "src/lib.rs", "line_start": 3, "line_end": 3,
                             "replacement": "    let mut total = 0;"}]})
     inference = RendezvousInference(2, fix)
-    loop = PatchLoop(ScriptedRouter(), inference, RecordingEvents(), Compiler(BuildRunner(NetworkIsolation())),
-                     policy, scratch_dir=tmp_path, cache=cache)
+    loop = cached_loop(inference)
     runs = asyncio.gather(*(run_all(loop, workspace=str(ws), compiler_fast_path=False, max_attempts=1)
                             for ws in (one, two)))
     await _answer_builds_once_both_arrived(cache.root, 2)
