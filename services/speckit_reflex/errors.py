@@ -52,5 +52,9 @@ class Unauthenticated(DomainError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
+class PermissionDenied(DomainError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class PolicyError(Exception):
     """A policy file that cannot be used. Stops the program; names key and file."""

@@ -59,7 +59,7 @@ async def test_ctrl_c_keeps_partial_results_and_marks_the_run_interrupted(
 
     code, out, err = await asyncio.to_thread(
         _interrupt_after_first_trial,
-        ["reflex", "trials", "--mode", "reflex", "--limit", "4", "--report-dir", str(tmp_path / "eval"),
+        ["reflex", "trials", "--mode", "reflex", "--limit", "4", "--report-dir", str(tmp_path / ".speckit" / "eval"),
          "--scratch-dir", str(tmp_path / "bakeoff"), "--json"],
         env, 1200,
     )

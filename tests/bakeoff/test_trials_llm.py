@@ -40,7 +40,7 @@ async def test_trials_against_the_embedded_model_then_bakeoff_shows_them(
 ) -> None:
     svc = await services_factory(SERVICES, database_url=sqlite_url, policy=trial_policy(tmp_path, llama_server.port))
     env = speckit_env({name: svc.addr(name) for name in SERVICES})
-    report_dir = tmp_path / "eval"
+    report_dir = tmp_path / ".speckit" / "eval"
 
     run = await asyncio.to_thread(
         run_speckit,

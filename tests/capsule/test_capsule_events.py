@@ -63,14 +63,28 @@ async def test_unknown_cached_tokens_stay_unknown(capsule):
     assert not got.HasField("cached_tokens") and not got.HasField("ttft_ms") and not got.HasField("success")
 
 
+def _stamped(seconds: int) -> common_pb2.Event:
+    ev = make_event()
+    ev.time.seconds = seconds
+    return ev
+
+
 @pytest.mark.parametrize(
     ("bad", "words"),
     [
-        (make_event(id=""), "id is required"),
+        (make_event(id=""), "id: is required"),
         (make_event(common_pb2.EVENT_TYPE_UNSPECIFIED), "unspecified"),
         (make_event(77), "unknown (77)"),
         (make_event(latency_ms=float("nan")), "latency_ms"),
-        (make_event(id="x" * 200), "longer than"),
+        (make_event(id="x" * 200), "id: is 200 characters long; the limit is 128"),
+        (make_event(session_id="a\x00b"), "session_id: contains a NUL byte"),
+        (make_event(session_id="s" * 3000), "session_id: is 3000 characters long"),
+        (make_event(reason="r\x00"), "reason: contains a NUL byte"),
+        (make_event(prompt_tokens=2**32 - 1), "prompt_tokens: must be at most 2147483647"),
+        (_stamped(2**40), "time: is outside the valid Timestamp range"),
+        (make_event(role=99), "role (id "),
+        (make_event(LLM_CALL, payload={"k": "v\x00"}), "malformed"),
+        (make_event(LLM_CALL, request={"k\x00": 1}), "malformed"),
         (make_event(trace_id="4BF92F3577B34DA6A3CE929D0E0E4736", span_id="00f067aa0ba902b7"), "trace_id must be 32"),
         (make_event(trace_id="0" * 32, span_id="00f067aa0ba902b7"), "trace_id must be 32"),
         (make_event(trace_id="4bf92f3577b34da6a3ce929d0e0e4736"), "span_id must be 16"),
@@ -95,7 +109,7 @@ async def test_malformed_payload_is_invalid_argument(capsule):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await capsule.append_events([make_event(LLM_CALL), bad])
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, i
-        assert "events[1]" in err.value.details() and "malformed payload" in err.value.details()
+        assert "events[1].payload" in err.value.details() and "malformed" in err.value.details()
     assert await capsule.all_events() == []
 
 

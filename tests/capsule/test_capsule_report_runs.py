@@ -57,7 +57,7 @@ async def test_write_report_json_and_markdown(capsule, tmp_path: Path):
     await capsule.append_events(events)
     await capsule.record_trials([_trial(i, REFLEX, "qwen", i != 0, attempts=1 + i % 2) for i in range(6)]
                                 + [_trial(i, CLOUD, "deepseek", True) for i in range(6)])
-    reply = await capsule.write_report(window("24h"), out_dir=str(tmp_path / "eval"), bakeoff_run_id=run.id)
+    reply = await capsule.write_report(window("24h"), out_dir=str(tmp_path / ".speckit" / "eval"), bakeoff_run_id=run.id)
 
     json_path, md_path = Path(reply.json_path), Path(reply.markdown_path)
     assert re.fullmatch(r"reflex-bakeoff-\d{8}T\d{12}Z\.json", json_path.name)

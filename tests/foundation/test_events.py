@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
 from grpc import aio
 
-from speckit_reflex.runtime.events import EventSink, new_event
+from speckit_reflex.runtime.events import DeadLetters, EventSink, new_event
 from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, common_pb2
 
 
@@ -122,13 +123,67 @@ def test_full_buffer_drops_oldest_and_counts() -> None:
 
 
 class _PickyCapsule(_CountingCapsule):
-    """Refuses any batch holding an event whose reason is "bad"."""
+    """Refuses any batch holding an event whose reason names a status code
+    ("bad" = INVALID_ARGUMENT); refuses the first `flaky` calls as UNAVAILABLE."""
+
+    def __init__(self, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT) -> None:
+        super().__init__()
+        self.code = code
+        self.calls = 0
 
     async def AppendEvents(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        self.calls += 1
         for i, e in enumerate(request.events):
             if e.reason == "bad":
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"events[{i}]: bad")
+                await context.abort(self.code, f"events[{i}].reason: bad, password=hunter2")
         return await super().AppendEvents(request, context)
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL,
+                                  grpc.StatusCode.UNKNOWN, grpc.StatusCode.RESOURCE_EXHAUSTED])
+async def test_a_refused_event_goes_to_the_dead_letter_file_and_the_rest_is_delivered(
+    tmp_path, code: grpc.StatusCode,
+) -> None:
+    picky = _PickyCapsule(code)
+    async with _served(picky) as make:
+        path = tmp_path / "dead-letter" / "router-events.jsonl"
+        sink = make(batch_size=64, flush_interval_s=0.01, dead_letters=DeadLetters(path, "router"))
+        events = [_event() for _ in range(40)]
+        events[5].reason = events[30].reason = "bad"
+        events[5].session_id = "has\x00nul"
+        events[30].payload.update({"note": "key sk-proj-abcdefghijklmnop"})
+        for e in events:
+            sink.emit(e)
+        assert await sink.flush(10.0)
+        assert sorted(picky.ids) == sorted(e.id for i, e in enumerate(events) if i not in (5, 30))
+        assert sink.dead_lettered == 2 and sink.dropped == 0 and sink.sent == 38
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [(x["event"]["id"], x["code"], x["service"]) for x in lines] == [
+        (events[5].id, code.name, "router"), (events[30].id, code.name, "router")]
+    assert lines[0]["event"]["session_id"] == "has\x00nul" and "events[0].reason: bad" in lines[0]["reason"]
+    # Redacted like Capsule redacts what it stores.
+    assert "hunter2" not in path.read_text() and "sk-proj-abcdefghijklmnop" not in path.read_text()
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION,
+                                  grpc.StatusCode.UNAUTHENTICATED])
+async def test_faults_that_pass_are_retried_whole_not_split(tmp_path, code: grpc.StatusCode) -> None:
+    picky = _PickyCapsule(code)
+    async with _served(picky) as make:
+        path = tmp_path / "dead-letter.jsonl"
+        sink = make(batch_size=64, flush_interval_s=0.01, max_backoff_s=0.05, dead_letters=DeadLetters(path, "x"))
+        events = [_event() for _ in range(8)]
+        events[3].reason = "bad"
+        for e in events:
+            sink.emit(e)
+        while picky.calls < 4:  # refused again and again, as a whole
+            await asyncio.sleep(0.01)
+        assert picky.ids == [] and sink.pending == 8 and sink.dead_lettered == 0 and not path.exists()
+        events[3].reason = "fixed"  # the fault passes: the same batch goes through whole
+        picky.code = grpc.StatusCode.OK
+        assert await sink.flush(10.0)
+        assert sorted(picky.ids) == sorted(e.id for e in events) and picky.batches == [8]
 
 
 async def test_refused_batch_loses_only_the_bad_event() -> None:

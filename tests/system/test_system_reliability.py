@@ -203,7 +203,7 @@ async def test_an_api_key_never_reaches_events_logs_reports_or_the_database(
         events = await run_events(capsule, "secret-run", result.attempts + 1)
         assert any(e.type == LLM and e.mode == common_pb2.ROUTING_MODE_CLOUD for e in events)
         assert any(e.request.fields for e in events if e.type == LLM), "full_io stores requests"
-        report = await capsule.write_report(win=window("1h"), out_dir=str(tmp_path / "eval"))
+        report = await capsule.write_report(win=window("1h"), out_dir="eval")
         await svc.stop()
 
         haystacks = {

@@ -17,16 +17,16 @@ from typing import Any, TypeVar
 
 from opentelemetry.trace import Tracer
 
-from speckit_reflex.capsule.capture import redact
 from speckit_reflex.capsule.events import VALID_MODES, MalformedJson, event_to_row, row_to_event, struct_to_dict
 from speckit_reflex.capsule.report import ReportInputs, write_report
 from speckit_reflex.capsule.stats import AttemptStats, GroupStats
 from speckit_reflex.capsule.store import CapsuleStore, EventFilter
 from speckit_reflex.capsule.thresholds import judge
 from speckit_reflex.capsule.windows import TimeWindow, resolve_window
-from speckit_reflex.errors import InvalidArgument, ResourceExhausted
+from speckit_reflex.errors import InvalidArgument, PermissionDenied, ResourceExhausted
 from speckit_reflex.policy import Policy
 from speckit_reflex.runtime.metrics import Metrics
+from speckit_reflex.runtime.redact import redact, redact_text
 from speckit_reflex.runtime.tracing import remote_parent
 from speckit_reflex.v1 import capsule_pb2, common_pb2
 
@@ -88,7 +88,7 @@ def _trial_row(t: capsule_pb2.Trial, index: int, now_us: int) -> dict[str, Any]:
         "json_valid": t.json_valid, "latency_ms": t.latency_ms,
         "ttft_ms": t.ttft_ms if t.HasField("ttft_ms") else None, "tokens_per_s": t.tokens_per_s,
         "prompt_tokens": t.prompt_tokens, "cached_tokens": t.cached_tokens if t.HasField("cached_tokens") else None,
-        "reason": t.reason,
+        "reason": redact_text(t.reason),
         "time_us": t.time.seconds * 1_000_000 + t.time.nanos // 1000 if t.HasField("time") else now_us,
         "run_id": t.run_id,
     }
@@ -118,11 +118,14 @@ class Capsule:
         clock_us: Callable[[], int] = _now_us,
         metrics: Metrics | None = None,
         tracer: Tracer | None = None,
+        report_root: Path | None = None,
     ):
         self._tracer = tracer
         self._store = store
         self._policy = policy
         self._report_dir = report_dir
+        # Reports are written under this folder only (SPECKIT_HOME).
+        self._report_root = report_root or report_dir
         self._clock_us = clock_us
         self._metrics = metrics
 
@@ -263,9 +266,24 @@ class Capsule:
             generated_at=datetime.fromtimestamp(self._clock_us() / 1e6, UTC),
             verdict=verdict, histogram=histogram, trials=trials, bakeoff_run=run,
         )
-        out_dir = Path(req.out_dir) if req.out_dir else self._report_dir
+        out_dir = self._out_dir(req.out_dir)
         json_path, md_path = await asyncio.to_thread(write_report, out_dir, inputs)
         return capsule_pb2.WriteReportReply(json_path=str(json_path), markdown_path=str(md_path), verdict=verdict)
+
+    def _out_dir(self, asked: str) -> Path:
+        """The report folder: the default, or `asked` if it stays under the
+        report root (relative = relative to the root; no `..`, and no symlink
+        leading out: the resolved path is what is checked)."""
+        if not asked:
+            return self._report_dir
+        root = self._report_root.resolve()
+        path = Path(asked)
+        if ".." in path.parts:
+            raise PermissionDenied(f"out_dir: {asked!r} contains '..'; give a folder under {root}")
+        real = (root / path).resolve()  # an absolute `path` replaces root here
+        if not real.is_relative_to(root):
+            raise PermissionDenied(f"out_dir: {asked!r} is outside the service's SPECKIT_HOME ({root})")
+        return real
 
     async def usage(self, req: capsule_pb2.GetUsageRequest) -> capsule_pb2.UsageSummary:
         """Calls and tokens of LLMCall events in the window (for budget caps)."""
@@ -287,7 +305,7 @@ class Capsule:
         if run.status not in _RUN_STATUSES:
             raise InvalidArgument(f"bakeoff run status {run.status!r} is not running, done or interrupted")
         row = {
-            "id": run.id or str(uuid.uuid4()), "suite": run.suite, "mode": run.mode, "status": run.status,
+            "id": run.id or str(uuid.uuid4()), "suite": redact_text(run.suite), "mode": run.mode, "status": run.status,
             "started_us": run.started_at.ToMicroseconds() if run.HasField("started_at") else None,
             "finished_us": run.finished_at.ToMicroseconds() if run.HasField("finished_at") else None,
             "task_count": run.task_count,
@@ -304,10 +322,15 @@ class Capsule:
         except MalformedJson as exc:
             raise InvalidArgument(f"bakeoff run summary is malformed: {exc}") from None
 
-    async def record_trials(self, req: capsule_pb2.RecordTrialsRequest) -> capsule_pb2.RecordTrialsReply:
-        """Store trials, idempotent by trial id."""
+    @staticmethod
+    def check_trial_batch(req: capsule_pb2.RecordTrialsRequest) -> None:
+        """A batch too large for one call is RESOURCE_EXHAUSTED: split it."""
         if len(req.trials) > MAX_BATCH:
             raise ResourceExhausted(f"RecordTrials batch of {len(req.trials)} exceeds the limit of {MAX_BATCH}")
+
+    async def record_trials(self, req: capsule_pb2.RecordTrialsRequest) -> capsule_pb2.RecordTrialsReply:
+        """Store trials, idempotent by trial id."""
+        self.check_trial_batch(req)
         now = self._clock_us()
         rows = [_trial_row(t, i, now) for i, t in enumerate(req.trials)]
         inserted = await asyncio.to_thread(self._store.record_trials, rows)

@@ -12,12 +12,20 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from speckit_reflex.capsule.capture import capture, redact
+from speckit_reflex.capsule.capture import capture
 from speckit_reflex.errors import InvalidArgument
+from speckit_reflex.runtime.redact import has_secret, redact, redact_text
+from speckit_reflex.runtime.validate import INT32_MAX, JSON_DEPTH_MAX, NUL, text, timestamp_us
 from speckit_reflex.v1 import common_pb2
 
 MAX_ID_LEN = 128
-MAX_JSON_DEPTH = 32
+MAX_JSON_DEPTH = JSON_DEPTH_MAX
+# Text columns of an event and their bounds. session_id is indexed: a btree
+# entry over ~2,700 bytes is refused by PostgreSQL, so it stays far below.
+TEXT_LIMITS = (
+    ("model", 256), ("backend", 128), ("session_id", 256), ("run_id", 128), ("reason", 4096),
+    ("policy_hash", 128), ("bakeoff_run_id", 128), ("task_id", 256),
+)
 
 VALID_TYPES = frozenset(v for v in common_pb2.EventType.values() if v != common_pb2.EVENT_TYPE_UNSPECIFIED)
 VALID_ROLES = frozenset(common_pb2.Role.values())
@@ -43,7 +51,10 @@ class MalformedJson(ValueError):
 def _value(v: struct_pb2.Value, depth: int) -> Any:
     kind = v.WhichOneof("kind")
     if kind == "string_value":
-        return v.string_value
+        sv = v.string_value
+        if NUL in sv:  # PostgreSQL's JSONB refuses \u0000
+            raise MalformedJson("a string contains a NUL byte")
+        return sv
     if kind == "number_value":
         n = v.number_value
         if not math.isfinite(n):
@@ -66,7 +77,10 @@ def struct_to_dict(s: struct_pb2.Struct, depth: int = 0) -> dict[str, Any]:
     """A Struct as a plain dict; raises MalformedJson if it has no JSON form."""
     if depth >= MAX_JSON_DEPTH:
         raise MalformedJson(f"nested deeper than {MAX_JSON_DEPTH} levels")
-    return {k: _value(v, depth) for k, v in s.fields.items()}
+    out = {k: _value(v, depth) for k, v in s.fields.items()}
+    if any(NUL in k for k in out):
+        raise MalformedJson("a key contains a NUL byte")
+    return out
 
 
 def dict_to_struct(d: dict[str, Any] | None, out: struct_pb2.Struct) -> None:
@@ -90,7 +104,7 @@ def _trace_context(ev: common_pb2.Event, index: int) -> tuple[str, str]:
 
 
 def _not_finite(name: str, value: float, index: int) -> InvalidArgument:
-    return InvalidArgument(f"events[{index}]: {name} must be a finite number >= 0 (got {value})")
+    return InvalidArgument(f"events[{index}].{name}: must be a finite number >= 0 (got {value})")
 
 
 def _documents(ev: common_pb2.Event, index: int, capture_mode: str) -> tuple[Any, Any, Any, str, str]:
@@ -102,10 +116,27 @@ def _documents(ev: common_pb2.Event, index: int, capture_mode: str) -> tuple[Any
         request = redact(struct_to_dict(ev.request)) if has("request") else None
         response = redact(struct_to_dict(ev.response)) if has("response") else None
     except MalformedJson as exc:
-        raise InvalidArgument(f"events[{index}] (id {eid}): malformed payload/request/response: {exc}") from None
+        raise InvalidArgument(f"events[{index}].payload/request/response (id {eid}): malformed: {exc}") from None
     stored_req, req_sha = capture(request, capture_mode)
     stored_resp, resp_sha = capture(response, capture_mode)
     return payload, stored_req, stored_resp, req_sha, resp_sha
+
+
+def _texts(ev: common_pb2.Event, index: int) -> list[str]:
+    """The event's text columns in TEXT_LIMITS order: storable, and redacted.
+
+    One join answers "any NUL, any secret?" for all of them at once: this
+    runs for every ingested event.
+    """
+    values = [ev.model, ev.backend, ev.session_id, ev.run_id, ev.reason, ev.policy_hash, ev.bakeoff_run_id,
+              ev.task_id]
+    joined = "\n".join(values)
+    if NUL in joined or any(len(v) > limit for v, (_, limit) in zip(values, TEXT_LIMITS, strict=True)):
+        for v, (name, limit) in zip(values, TEXT_LIMITS, strict=True):
+            text(v, f"events[{index}].{name}", limit)
+    if has_secret(joined):
+        values = [redact_text(v) for v in values]
+    return values
 
 
 def event_to_row(ev: common_pb2.Event, index: int, capture_mode: str, now_us: int) -> tuple[Any, ...]:
@@ -115,24 +146,23 @@ def event_to_row(ev: common_pb2.Event, index: int, capture_mode: str, now_us: in
     This runs once per ingested event: attribute reads are bound once, and
     an event without documents skips the Struct walk and capture entirely.
     """
-    eid = ev.id
-    if not eid or not eid.strip():
-        raise InvalidArgument(f"events[{index}]: id is required")
-    if len(eid) > MAX_ID_LEN:
-        raise InvalidArgument(f"events[{index}]: id longer than {MAX_ID_LEN} characters")
+    eid = text(ev.id, f"events[{index}].id", MAX_ID_LEN, required=True)
     etype = ev.type
     if etype not in VALID_TYPES:
         what = "unspecified" if etype == 0 else f"unknown ({etype})"
-        raise InvalidArgument(f"events[{index}] (id {eid}): event type is {what}")
+        raise InvalidArgument(f"events[{index}].type (id {eid}): event type is {what}")
     role, mode, stage = ev.role, ev.mode, ev.stage
     if role not in VALID_ROLES or mode not in VALID_MODES or stage not in VALID_STAGES:
-        raise InvalidArgument(f"events[{index}] (id {eid}): unknown role, mode or stage value")
+        name, value = next((n, v) for n, v, ok in (("role", role, VALID_ROLES), ("mode", mode, VALID_MODES),
+                                                   ("stage", stage, VALID_STAGES)) if v not in ok)
+        raise InvalidArgument(f"events[{index}].{name} (id {eid}): {value} is not a known value")
+    texts = _texts(ev, index)
+    ints = (ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens, ev.attempt)
+    if max(ints) > INT32_MAX:  # the database's INTEGER is signed 32-bit
+        name = ("prompt_tokens", "completion_tokens", "cached_tokens", "attempt")[ints.index(max(ints))]
+        raise InvalidArgument(f"events[{index}].{name}: must be at most {INT32_MAX} (got {max(ints)})")
     has = ev.HasField
-    if has("time"):
-        ts = ev.time
-        time_us = ts.seconds * 1_000_000 + ts.nanos // 1000
-    else:
-        time_us = now_us
+    time_us = timestamp_us(ev.time, f"events[{index}].time") if has("time") else now_us
     # Chained comparisons reject NaN, infinities and negatives in one test.
     latency = ev.latency_ms
     if not 0.0 <= latency < _INF:
@@ -155,13 +185,14 @@ def event_to_row(ev: common_pb2.Event, index: int, capture_mode: str, now_us: in
         req_sha = req_sha or _sha_or_empty(ev.request_sha256)
         resp_sha = resp_sha or _sha_or_empty(ev.response_sha256)
     trace_id, span_id = _trace_context(ev, index) if ev.trace_id or ev.span_id else ("", "")
+    model, backend, session_id, run_id, reason, policy_hash, bakeoff_run_id, task_id = texts
     return (
-        eid, etype, time_us, role, mode, ev.model, ev.backend, stage, ev.session_id, ev.run_id,
-        ev.reason, ev.is_fallback, latency, ttft, ev.prompt_tokens, ev.completion_tokens,
+        eid, etype, time_us, role, mode, model, backend, stage, session_id, run_id,
+        reason, ev.is_fallback, latency, ttft, ev.prompt_tokens, ev.completion_tokens,
         ev.cached_tokens if has("cached_tokens") else None, tps,
         ev.success if has("success") else None,
         ev.json_valid if has("json_valid") else None,
-        ev.attempt, ev.policy_hash, ev.bakeoff_run_id, ev.task_id,
+        ev.attempt, policy_hash, bakeoff_run_id, task_id,
         payload, stored_req, stored_resp, capture_mode, req_sha, resp_sha, trace_id, span_id,
     )
 

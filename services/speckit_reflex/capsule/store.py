@@ -92,16 +92,47 @@ _WRITE_ROLLUPS = (
 )
 
 
+# SQLSTATE classes of faults that pass: connection (08), insufficient
+# resources (53), operator intervention (57: shutdown, cancel), serialization
+# failure and deadlock (40001, 40P01), lock not available (55P03).
+_TRANSIENT_SQLSTATES = ("08", "53", "57", "40001", "40P01", "55P03")
+# Faults of the data itself, which no retry fixes: data exceptions (22, e.g.
+# a NUL byte, a number out of range), integrity (23), program limits (54,
+# e.g. an index row too large).
+_DATA_SQLSTATES = ("22", "23", "54")
+
+
+def _classify(exc: BaseException) -> Exception | None:
+    """The domain error of a database failure, or None for a bug (INTERNAL).
+
+    Only faults that pass are Unavailable, which callers retry; the
+    database refusing the data is InvalidArgument, never retried.
+    """
+    orig = getattr(exc, "orig", None) or exc
+    detail = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    state = getattr(orig, "sqlstate", None) or ""
+    if state.startswith(_DATA_SQLSTATES) or isinstance(orig, (psycopg.DataError, psycopg.IntegrityError,
+                                                             sqlite3.DataError, sqlite3.IntegrityError,
+                                                             OverflowError)):
+        return InvalidArgument(f"the database refused the data: {detail}")
+    if state.startswith(_TRANSIENT_SQLSTATES) or (not state and isinstance(exc, _CONNECTION_ERRORS)):
+        return Unavailable(f"database unavailable: {detail}")
+    return None
+
+
 def _db_call(fn: Callable[P, T]) -> Callable[P, T]:
-    """Turn connection-level failures into Unavailable (gRPC UNAVAILABLE)."""
+    """Turn database failures into domain errors: Unavailable (gRPC
+    UNAVAILABLE) for faults that pass, InvalidArgument for refused data."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return fn(*args, **kwargs)
-        except _CONNECTION_ERRORS as exc:
-            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-            raise Unavailable(f"database unavailable: {detail}") from None
+        except (sa_exc.SQLAlchemyError, psycopg.Error, sqlite3.Error, OverflowError) as exc:
+            mapped = _classify(exc)
+            if mapped is None:
+                raise
+            raise mapped from None
 
     return wrapper
 
@@ -207,9 +238,13 @@ def _encode_token(time_us: int, event_id: str) -> str:
 def _decode_token(token: str) -> tuple[int, str]:
     try:
         t, eid = base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)
-        return int(t), eid
+        time_us = int(t)
     except (ValueError, UnicodeDecodeError):
-        raise InvalidArgument("page_token is not one this service issued") from None
+        time_us, eid = -1, ""
+    # A forged token must not carry what the database refuses (a 64-bit overflow, NUL).
+    if not 0 <= time_us < 2**63 or "\x00" in eid or not eid:
+        raise InvalidArgument("page_token: not one this service issued")
+    return time_us, eid
 
 
 _sample_of = operator.itemgetter(*_SAMPLE_INDEXES)

@@ -11,6 +11,7 @@ from speckit_reflex.v1 import capsule_pb2
 
 DEFAULT_PERIOD = "24h"
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+MAX_SPAN_US = 100 * 365 * 86_400_000_000
 _UNIT_US = {"s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
 
 
@@ -28,7 +29,10 @@ def parse_duration_us(text: str) -> int:
     m = _DURATION.match(text)
     if not m or int(m.group(1)) == 0:
         raise InvalidArgument(f"window {text!r} is not a duration like 1h, 24h, 7d or 30d")
-    return int(m.group(1)) * _UNIT_US[m.group(2)]
+    span = int(m.group(1)) * _UNIT_US[m.group(2)]
+    if span > MAX_SPAN_US:  # the window's start must stay a 64-bit time
+        raise InvalidArgument(f"window {text!r} is longer than 100 years")
+    return span
 
 
 def _ts_us(ts: object) -> int:

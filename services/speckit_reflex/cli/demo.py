@@ -13,7 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=["reflex", "both"], default="both",
                    help="both = reflex and, when its API key is set, cloud (default)")
     p.add_argument("--workdir", default=".speckit/demo", help="state of the demo (SQLite, logs, crate copy)")
-    p.add_argument("--report-dir", default=".speckit/eval", help="where the bakeoff report is written")
+    p.add_argument("--report-dir", default="",
+                   help="folder of the bakeoff report, under the workdir (default <workdir>/eval); the services "
+                        "write only under their SPECKIT_HOME, which the demo sets to the workdir")
     p.add_argument("--json", action="store_true", help="final summary as JSON on stdout")
     p.set_defaults(func=run_demo)
 

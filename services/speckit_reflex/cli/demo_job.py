@@ -100,7 +100,7 @@ class Demo:
         if cloud_note:
             self.say(f"{cloud_note}; showing reflex-only results")
         await ensure_reflex_ready(links, 180.0, self.err)
-        report_dir = Path(self.args.report_dir).resolve()
+        report_dir = Path(self.args.report_dir).resolve() if self.args.report_dir else ""
         runner = BakeoffRunner(links.patchloop, links.capsule, RunOptions(
             modes=modes, max_attempts=max(0, self.args.max_attempts), report_dir=str(report_dir),
             session_prefix="demo", scratch_root=scratch_dir(str(self.stack.workdir / "bakeoff")),

@@ -56,7 +56,7 @@ def build(ctx: ServiceContext, environ: Mapping[str, str] | None = None) -> Infe
     timing = ProbeTiming(h.probe_interval_s, h.probe_timeout_ms / 1000, h.cooldown_s, h.stale_after_s)
     # Only local backends are probed in the background: a cloud probe costs money.
     health = HealthBook(servers, timing, background=tuple(s.name for s in config.local))
-    sink = EventSink(lambda: ctx.channel("capsule"), capacity=policy.inference.event_buffer, stamp=ctx.stamp)
+    sink = ctx.event_sink("inference", capacity=policy.inference.event_buffer)
     core = InferenceCore(config, servers, health, SchemaCheck(), sink.emit, metrics=ctx.metrics,
                          tracer=ctx.tracer)
     if ctx.metrics is not None:

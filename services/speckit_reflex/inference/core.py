@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -29,6 +28,7 @@ from speckit_reflex.inference.validation import SchemaCheck, Verdict, judge_repl
 from speckit_reflex.policy import LoadedPolicy
 from speckit_reflex.runtime.events import new_event
 from speckit_reflex.runtime.metrics import Metrics
+from speckit_reflex.runtime.redact import redact_text
 from speckit_reflex.v1 import common_pb2
 
 log = logging.getLogger("speckit.inference")
@@ -127,17 +127,6 @@ class ModelCard:
     backend: str
     owned_by: str = ""
     max_model_len: int = 0
-
-
-_SECRET_PATTERNS = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}|\bsk-[A-Za-z0-9_-]{16,}")
-
-
-def redact(text: str, secrets: tuple[str, ...]) -> str:
-    """Remove known API keys and anything shaped like a bearer token or key."""
-    for s in secrets:
-        if s in text:
-            text = text.replace(s, "[REDACTED]")
-    return _SECRET_PATTERNS.sub(lambda m: (m.group(1) or "") + "[REDACTED]", text)
 
 
 def _retry_hint(verdict: Verdict) -> dict[str, str]:
@@ -423,12 +412,12 @@ class InferenceCore:
             params["schema_name"] = req.schema_name
             params["json_schema"] = req.json_schema
         request = {
-            "messages": [{"role": m["role"], "content": redact(m["content"], secrets)} for m in req.messages],
+            "messages": [{"role": m["role"], "content": redact_text(m["content"], secrets)} for m in req.messages],
             "params": params,
         }
         response = {
-            "content": redact(last.content, secrets) if last else "",
-            "reasoning": redact(last.reasoning_text, secrets) if last else "",
+            "content": redact_text(last.content, secrets) if last else "",
+            "reasoning": redact_text(last.reasoning_text, secrets) if last else "",
             "finish_reason": result.finish_reason,
         }
         payload = {
@@ -447,7 +436,7 @@ class InferenceCore:
             prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
             cached_tokens=result.cached_tokens, tokens_per_s=result.tokens_per_s,
             json_valid=result.schema_valid if req.json_schema else None,
-            success=success, reason=redact(reason, secrets), is_fallback=bool(result.failovers),
+            success=success, reason=redact_text(reason, secrets), is_fallback=bool(result.failovers),
             policy_hash=self.config.policy_hash,
             request=request, response=response, payload=payload,
         )

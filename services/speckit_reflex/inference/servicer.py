@@ -9,7 +9,32 @@ from grpc import aio
 
 from speckit_reflex.inference.core import CallRequest, CallResult, InferenceCore
 from speckit_reflex.inference.health import BackendStatus
+from speckit_reflex.runtime.validate import Items, Range, Rules, Text, check_message
 from speckit_reflex.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+
+# Bounds of a completion request; runtime.validate adds NUL, enum, finite
+# number and default length checks on every field.
+MAX_MESSAGES = 256
+MAX_CONTENT_CHARS = 1_000_000
+MAX_TOKENS = 32_768
+# The schema's own limits (size, depth, enum items: inference.validation)
+# judge it in the core, which records the refusal; this bound only keeps
+# the text to what a message can carry.
+MAX_SCHEMA_CHARS = 1_000_000
+BACKEND: Rules = {"backend": Text(128)}
+
+
+def complete_rules(max_validation_retries: int) -> Rules:
+    """CompleteRequest's rules. A request may lower the policy's validation
+    retry bound, never raise it: each retry is another upstream generation."""
+    return {
+        "backend": Text(128), "model": Text(256), "messages": Items(MAX_MESSAGES, required=True),
+        "messages.role": Text(16, choices=frozenset({"system", "user", "assistant"})),
+        "messages.content": Text(MAX_CONTENT_CHARS), "max_tokens": Range(0, MAX_TOKENS),
+        "temperature": Range(0, 2), "json_schema": Text(MAX_SCHEMA_CHARS), "schema_name": Text(64),
+        "max_validation_retries": Range(0, max_validation_retries),
+        "session_id": Text(256), "run_id": Text(128), "decision_id": Text(128), "attempt": Range(0, 1_000_000),
+    }
 
 
 DEADLINE_MARGIN_S = 0.02
@@ -76,8 +101,10 @@ def backend_health(s: BackendStatus) -> inference_pb2.BackendHealth:
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     def __init__(self, core: InferenceCore):
         self._core = core
+        self._complete_rules = complete_rules(core.config.max_validation_retries)
 
     async def ListModels(self, request, context):  # type: ignore[no-untyped-def]
+        check_message(request, BACKEND)
         cards, unreachable = await self._core.list_models(request.backend)
         return inference_pb2.ListModelsReply(
             models=[inference_pb2.ModelInfo(id=c.id, backend=c.backend, owned_by=c.owned_by,
@@ -86,14 +113,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         )
 
     async def Health(self, request, context):  # type: ignore[no-untyped-def]
+        check_message(request, BACKEND)
         statuses = await self._core.health(request.backend, request.refresh)
         return inference_pb2.HealthReply(backends=[backend_health(s) for s in statuses])
 
     async def Complete(self, request, context):  # type: ignore[no-untyped-def]
+        check_message(request, self._complete_rules)
         result = await self._core.complete(call_request(request), _deadline(context))
         return complete_reply(result)
 
     async def StreamComplete(self, request, context) -> AsyncIterator[inference_pb2.CompleteChunk]:  # type: ignore[no-untyped-def]
+        check_message(request, self._complete_rules)
         async for item in self._core.stream(call_request(request), _deadline(context)):
             if isinstance(item, str):
                 yield inference_pb2.CompleteChunk(delta=item)

@@ -38,8 +38,7 @@ class PatchLoopService:
 
 def build(ctx: ServiceContext) -> PatchLoopService:
     """The PatchLoop service for `ctx`: peers through ctx's shared channels."""
-    sink = EventSink(lambda: ctx.channel("capsule"), capacity=ctx.policy.policy.inference.event_buffer,
-                     stamp=ctx.stamp)
+    sink = ctx.event_sink("patchloop", capacity=ctx.policy.policy.inference.event_buffer)
     loop = PatchLoop(
         router=GrpcRouter(ctx.channel("router")),
         inference=GrpcInference(ctx.channel("inference")),

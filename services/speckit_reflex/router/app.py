@@ -55,7 +55,7 @@ def build(ctx: ServiceContext) -> RouterService:
     loaded = ctx.policy
     policy = loaded.policy
     caches = RouterCaches()
-    events = EventSink(lambda: ctx.channel("capsule"), capacity=policy.inference.event_buffer, stamp=ctx.stamp)
+    events = ctx.event_sink("router", capacity=policy.inference.event_buffer)
     router = Router(RoutingEngine(loaded, caches), DecisionRecorder(events.emit), loaded, metrics=ctx.metrics,
                     tracer=ctx.tracer)
     budget = policy.budget

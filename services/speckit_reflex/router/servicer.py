@@ -6,7 +6,16 @@ from grpc import aio
 
 from speckit_reflex.router.core import Router
 from speckit_reflex.router.evidence import Decision
+from speckit_reflex.runtime.validate import Range, Rules, Text, check_message
 from speckit_reflex.v1 import router_pb2, router_pb2_grpc
+
+# Bounds of a Decide request; runtime.validate adds NUL, enum and finite
+# number checks on every field. The ids land in Capsule (session_id is
+# indexed there), the counts in its 32-bit columns.
+DECIDE: Rules = {
+    "session_id": Text(256), "run_id": Text(128), "attempt": Range(0, 1_000_000),
+    "consecutive_failures": Range(0, 1_000_000), "context_estimate": Range(0, 10**12), "confidence": Range(0, 1),
+}
 
 
 def decision_to_proto(decision: Decision, req: router_pb2.DecideRequest) -> router_pb2.RoutingDecision:
@@ -43,6 +52,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def Decide(  # noqa: N802 - gRPC method name
         self, request: router_pb2.DecideRequest, context: aio.ServicerContext
     ) -> router_pb2.RoutingDecision:
+        check_message(request, DECIDE)
         return decision_to_proto(self._router.decide(request), request)
 
     async def GetPolicy(  # noqa: N802

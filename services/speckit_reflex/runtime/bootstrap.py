@@ -17,6 +17,7 @@ from opentelemetry.trace import Tracer
 
 from speckit_reflex.clients.channel import ChannelConfig, open_channel
 from speckit_reflex.policy import LoadedPolicy, load_policy
+from speckit_reflex.runtime.events import DeadLetters, EventSink
 from speckit_reflex.runtime.metrics import Metrics, MetricsServer
 from speckit_reflex.runtime.server import GrpcService, RunningServer, check_exposure, create_server
 from speckit_reflex.runtime.settings import RuntimeSettings
@@ -69,6 +70,13 @@ class ServiceContext:
             self._channels[service] = open_channel(
                 cfg, self.tracing.client_interceptors() if self.tracing is not None else ())
         return self._channels[service]
+
+    def event_sink(self, service: str, capacity: int) -> EventSink:
+        """The service's sink of events to Capsule; what Capsule refuses for
+        good lands in SPECKIT_HOME/dead-letter/<service>-events.jsonl."""
+        path = self.settings.home / "dead-letter" / f"{service}-events.jsonl"
+        return EventSink(lambda: self.channel("capsule"), capacity=capacity, stamp=self.stamp,
+                         dead_letters=DeadLetters(path, service))
 
     async def close(self) -> None:
         for ch in self._channels.values():

@@ -9,27 +9,98 @@ stored twice. When the buffer is full the oldest event is dropped and counted
 (`dropped`), and a warning is logged: the hot path never blocks on audit.
 
 A batch is also bounded in bytes (`max_batch_bytes`, well under the gRPC
-message limit): LLMCall events carry whole prompts. A batch Capsule refuses
-(INVALID_ARGUMENT for a malformed event, RESOURCE_EXHAUSTED when too large
-for its limit) is split in halves and retried, so that only the event that
-can never be accepted is dropped (counted and logged), not its neighbours.
+message limit): LLMCall events carry whole prompts.
+
+Only faults that pass are retried as they are (Capsule or its database
+unreachable, a deadline, a wrong token or an unmigrated database, which an
+operator fixes). Any other answer is a refusal of the batch's content
+(INVALID_ARGUMENT for an event Capsule or its database cannot store,
+RESOURCE_EXHAUSTED for one too large for its limit, INTERNAL for one that
+trips a bug): retrying it as is would block every later event behind it
+forever. Such a batch is split in halves and retried, down to the single
+event that can never be stored; that one goes to the dead-letter file
+(`DeadLetters`: a JSON line with the event, the status and the reason) and
+the rest is delivered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import uuid
 from collections import deque
 from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
+from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from speckit_reflex.runtime.redact import redact, redact_text
 from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, common_pb2
 
 log = logging.getLogger("speckit.events")
+
+# Answers that say nothing about the batch itself: retry it unchanged.
+RETRIED_CODES = frozenset({
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
+    grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.FAILED_PRECONDITION,
+})
+
+
+def _event_doc(event: common_pb2.Event) -> dict[str, object]:
+    """The event as JSON, even when a part has no JSON form (a Timestamp out
+    of range, a Value with no kind): that part is left out and named."""
+    try:
+        return MessageToDict(event, preserving_proto_field_name=True)
+    except Exception:  # json_format raises several types for unrepresentable parts
+        pass
+    copy = common_pb2.Event()
+    copy.CopyFrom(event)
+    unreadable: dict[str, str] = {}
+    for name in ("time", "payload", "request", "response"):
+        if copy.HasField(name):
+            try:
+                MessageToDict(getattr(copy, name))
+            except Exception as exc:
+                unreadable[name] = str(exc)
+                copy.ClearField(name)  # type: ignore[arg-type]
+    doc = MessageToDict(copy, preserving_proto_field_name=True)
+    doc["unreadable_fields"] = unreadable
+    return doc
+
+
+class DeadLetters:
+    """Events Capsule can never store: one JSON object per line, appended to
+    `path` (created 0600: events carry prompts), redacted like Capsule would."""
+
+    def __init__(self, path: Path, service: str):
+        self.path = path
+        self._service = service
+
+    def write(self, event: common_pb2.Event, code: str, reason: str) -> bool:
+        """Append one event with why it was refused; False if the file could not be written."""
+        line = {
+            "at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "service": self._service, "code": code, "reason": redact_text(reason),
+            "event": redact(_event_doc(event)),
+        }
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, (json.dumps(line) + "\n").encode())
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.error("dead-letter file not writable", extra={"fields": {"path": str(self.path), "error": str(exc)}})
+            return False
+        return True
 
 
 def new_event(event_type: int, **fields: object) -> common_pb2.Event:
@@ -64,6 +135,7 @@ class EventSink:
         rpc_timeout_s: float = 5.0,
         max_backoff_s: float = 5.0,
         stamp: Callable[[common_pb2.Event], None] | None = None,
+        dead_letters: DeadLetters | None = None,
     ):
         self._channel_factory = channel_factory
         # Puts the recording span's trace ids on each event (tracing on only).
@@ -80,7 +152,11 @@ class EventSink:
         self._inflight: list[common_pb2.Event] = []
         # Built on first send (the channel may not exist yet at construction).
         self._stub: capsule_pb2_grpc.CapsuleStub | None = None
+        self._dead_letters = dead_letters
+        #: events lost: buffer overflow, or refused with no dead-letter file to keep them
         self.dropped = 0
+        #: events refused for good and kept in the dead-letter file
+        self.dead_lettered = 0
         self.sent = 0
 
     def emit(self, event: common_pb2.Event) -> None:
@@ -132,7 +208,7 @@ class EventSink:
                 self._inflight = []
                 backoff = 0.1
             except grpc.aio.AioRpcError as exc:
-                if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                if exc.code() not in RETRIED_CODES:
                     # A refusal, not an outage: retrying as is would never succeed.
                     self._split_refused(exc)
                     continue
@@ -153,17 +229,23 @@ class EventSink:
 
     def _split_refused(self, exc: grpc.aio.AioRpcError) -> None:
         """Capsule refused the in-flight batch: send its first half next and
-        queue the rest in front; a refused single event is dropped."""
+        queue the rest in front; a refused single event is dead-lettered."""
         if len(self._inflight) > 1:
             half = len(self._inflight) // 2
             self._buffer.extendleft(reversed(self._inflight[half:]))
             self._inflight = self._inflight[:half]
             return
         event = self._inflight[0]
-        log.error("capsule refused an event, dropped", extra={"fields": {
-            "event_id": event.id, "bytes": event.ByteSize(), "code": exc.code().name, "error": exc.details()}})
-        self.dropped += 1
         self._inflight = []
+        code, why = exc.code().name, exc.details() or ""
+        kept = self._dead_letters is not None and self._dead_letters.write(event, code, why)
+        if kept:
+            self.dead_lettered += 1
+        else:
+            self.dropped += 1
+        log.error("capsule refused an event for good", extra={"fields": {
+            "event_id": event.id, "bytes": event.ByteSize(), "code": code, "error": redact_text(why),
+            "dead_letter": str(self._dead_letters.path) if kept and self._dead_letters else "none (dropped)"}})
 
     async def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until everything queued so far is delivered (or timeout)."""

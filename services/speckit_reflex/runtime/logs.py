@@ -1,6 +1,9 @@
 """Structured logging: key=value text by default, one JSON object per line with
 SPECKIT_LOG_FORMAT=json. Extra fields travel in `extra={"fields": {...}}`; a line
-logged inside a traced span carries its `trace_id`."""
+logged inside a traced span carries its `trace_id`.
+
+Every line goes through the shared redactor (runtime.redact) on its way out:
+a message, a field or a traceback that quotes a credential never prints it."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import logging
 import sys
 import time
 
+from speckit_reflex.runtime.redact import redact, redact_text
 from speckit_reflex.runtime.tracing import current_trace_id
 
 
@@ -27,7 +31,8 @@ class _JsonFormatter(logging.Formatter):
             out["trace_id"] = trace_id
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        # Redacted as a document, so that the line stays valid JSON.
+        return json.dumps(redact(out), default=lambda o: redact_text(str(o)))
 
 
 class _TextFormatter(logging.Formatter):
@@ -41,7 +46,7 @@ class _TextFormatter(logging.Formatter):
             base += f" trace_id={trace_id}"
         if record.exc_info:
             base += "\n" + self.formatException(record.exc_info)
-        return base
+        return redact_text(base)
 
 
 def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
