@@ -13,7 +13,7 @@ from speckit_reflex.v1 import router_pb2, router_pb2_grpc
 # number checks on every field. The ids land in Capsule (session_id is
 # indexed there), the counts in its 32-bit columns.
 DECIDE: Rules = {
-    "session_id": Text(256), "run_id": Text(128), "attempt": Range(0, 1_000_000),
+    "session_id": Text(256), "run_id": Text(128), "model": Text(256), "attempt": Range(0, 1_000_000),
     "consecutive_failures": Range(0, 1_000_000), "context_estimate": Range(0, 10**12), "confidence": Range(0, 1),
 }
 
