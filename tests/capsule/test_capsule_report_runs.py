@@ -98,9 +98,10 @@ async def test_write_report_json_and_markdown(capsule, tmp_path: Path):
 
 async def test_report_paths_are_absolute_for_a_relative_out_dir(capsule, tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    # Relative to the server's SPECKIT_HOME (reports never leave it), not to its cwd.
     reply = await capsule.write_report(window("24h"), out_dir="eval")
     for p in (reply.json_path, reply.markdown_path):
-        assert Path(p).is_absolute() and Path(p).parent == tmp_path / "eval" and Path(p).is_file()
+        assert Path(p).is_absolute() and Path(p).parent == tmp_path / ".speckit" / "eval" and Path(p).is_file()
     md = Path(reply.markdown_path).read_text()
     assert md.splitlines()[2].startswith("Covers every attempt from ") and "(the last 24h)" in md.splitlines()[2]
 

@@ -495,7 +495,11 @@ class WriteReportRequest(_message.Message):
     OUT_DIR_FIELD_NUMBER: _builtins.int
     BAKEOFF_RUN_ID_FIELD_NUMBER: _builtins.int
     out_dir: _builtins.str
-    """Folder for the report; empty = .speckit/eval under the server's cwd."""
+    """Folder for the report, under the server's SPECKIT_HOME: empty =
+    SPECKIT_HOME/eval, a relative folder is taken from SPECKIT_HOME, and a
+    folder outside it (by `..`, an absolute path or a symlink) is refused
+    with PERMISSION_DENIED.
+    """
     bakeoff_run_id: _builtins.str
     @_builtins.property
     def window(self) -> Global___Window: ...

@@ -17,6 +17,7 @@ from speckit_reflex.capsule.report_chart import latency_svg
 from speckit_reflex.capsule.stats import LATENCY_BUCKETS_MS
 from speckit_reflex.capsule.store import TrialSummary
 from speckit_reflex.clients.capsule import stats_to_seed_json
+from speckit_reflex.runtime.redact import redact, redact_text
 from speckit_reflex.v1 import capsule_pb2, common_pb2
 
 REFLEX, CLOUD = common_pb2.ROUTING_MODE_REFLEX, common_pb2.ROUTING_MODE_CLOUD
@@ -205,10 +206,12 @@ def write_report(out_dir: Path, r: ReportInputs) -> tuple[Path, Path]:
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = r.generated_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    doc = report_json(r)
+    # Stored values are redacted already; the report is redacted again as a
+    # whole, so that nothing it adds (a run's suite name, a reason) escapes.
+    doc = redact(report_json(r))
     svg = out_dir / f"reflex-bakeoff-{stamp}-latency.svg"
     paths = (out_dir / f"reflex-bakeoff-{stamp}.json", out_dir / f"reflex-bakeoff-{stamp}.md", svg)
-    bodies = (json.dumps(doc, indent=2, default=str) + "\n", report_markdown(doc, r, svg.name),
+    bodies = (json.dumps(doc, indent=2, default=str) + "\n", redact_text(report_markdown(doc, r, svg.name)),
               latency_chart_svg(r.histogram))
     # The chart first, so a report never links to a missing file.
     for path, body in reversed(list(zip(paths, bodies, strict=True))):
