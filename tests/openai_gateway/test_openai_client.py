@@ -4,7 +4,12 @@ RoutingDecision and LLMCall events each call leaves in Capsule."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import json
+import re
+from pathlib import Path
 
 import httpx
 import jsonschema
@@ -148,3 +153,17 @@ async def test_an_error_mid_stream_reaches_the_client_as_an_error(stack: Stack) 
         async for _ in stream:
             pass
     assert "inference" in str(info.value)
+
+
+async def test_the_readme_example_runs_as_written(stack: Stack) -> None:
+    """The README's `openai` snippet, pointed at this endpoint and its token."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (snippet,) = re.findall(r"```python\n(from openai import OpenAI\n.*?)```", readme, re.S)
+    assert 'base_url="http://127.0.0.1:50055/v1", api_key="unused"' in snippet
+    code = snippet.replace("http://127.0.0.1:50055/v1", stack.base_url).replace('api_key="unused"', f'api_key="{TOKEN}"')
+    stack.local.reply = '{"prime": true}'
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        await asyncio.to_thread(exec, compile(code, "README.md", "exec"), {})
+    printed = out.getvalue()
+    assert printed.startswith('{"prime": true}\n{"prime": true}') and "completion_tokens=" in printed
