@@ -73,7 +73,9 @@ async def test_check_exits_nonzero_on_too_few_samples_but_zero_without_exit_code
     assert gate.code == 1
     failures = gate.json()["failures"]
     assert {f["kind"] for f in failures} == {"too_few_samples"}
-    assert {f["observed"] for f in failures} == {10.0}
+    assert {f["observed"] for f in failures} == {10}
+    # Counts are JSON integers ("observed": 10, not 10.0).
+    assert all(type(f["observed"]) is int and type(f["required"]) is int for f in failures), failures
     report_only = await _cli(["reflex", "check", "--since", "1h", "--min-samples", "20", "--json"], env)
     assert report_only.code == 0
     assert report_only.json()["passed"] is False

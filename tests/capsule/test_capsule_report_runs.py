@@ -102,7 +102,11 @@ async def test_report_paths_are_absolute_for_a_relative_out_dir(capsule, tmp_pat
     reply = await capsule.write_report(window("24h"), out_dir="eval")
     for p in (reply.json_path, reply.markdown_path):
         assert Path(p).is_absolute() and Path(p).parent == tmp_path / ".speckit" / "eval" and Path(p).is_file()
+    few = [f for f in json.loads(Path(reply.json_path).read_text())["verdict"]["failures"]
+           if f["kind"] == "too_few_samples"]
+    assert few and all(type(f["observed"]) is int and type(f["required"]) is int for f in few)  # counts
     md = Path(reply.markdown_path).read_text()
+    assert "| too_few_samples | 0 | 20 |" in md
     assert md.splitlines()[2].startswith("Covers every attempt from ") and "(the last 24h)" in md.splitlines()[2]
 
 

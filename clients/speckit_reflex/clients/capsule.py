@@ -94,6 +94,22 @@ class CapsuleClient:
         return await self._stub.RecordTrials(capsule_pb2.RecordTrialsRequest(trials=trials), timeout=self._timeout)
 
 
+# Failures whose figures are counts of attempts, written as JSON integers.
+_COUNT_FAILURES = frozenset({capsule_pb2.THRESHOLD_FAILURE_KIND_TOO_FEW_SAMPLES})
+
+
+def threshold_failure_to_json(f: capsule_pb2.ThresholdFailure) -> dict[str, Any]:
+    """One failed threshold: kind, message, and the observed and required
+    figures (integers for counts, as the proto's doubles would print 20.0)."""
+    count = f.kind in _COUNT_FAILURES
+    return {
+        "kind": capsule_pb2.ThresholdFailureKind.Name(f.kind).removeprefix("THRESHOLD_FAILURE_KIND_").lower(),
+        "message": f.message,
+        "observed": round(f.observed) if count else f.observed,
+        "required": round(f.required) if count else f.required,
+    }
+
+
 def _r(x: float) -> float:
     return round(x, _DECIMALS)
 

@@ -16,7 +16,7 @@ from typing import Any
 from speckit_reflex.capsule.report_chart import latency_svg
 from speckit_reflex.capsule.stats import LATENCY_BUCKETS_MS
 from speckit_reflex.capsule.store import TrialSummary
-from speckit_reflex.clients.capsule import stats_to_seed_json
+from speckit_reflex.clients.capsule import stats_to_seed_json, threshold_failure_to_json
 from speckit_reflex.runtime.redact import redact, redact_text
 from speckit_reflex.v1 import capsule_pb2, common_pb2
 
@@ -56,15 +56,7 @@ def verdict_to_json(v: capsule_pb2.CheckThresholdsReply) -> dict[str, Any]:
             "json_schema_compliance_percent": v.thresholds.json_schema_compliance_percent,
         },
         "success_parity_percent": round(v.success_parity_percent, 1) if v.HasField("success_parity_percent") else None,
-        "failures": [
-            {
-                "kind": capsule_pb2.ThresholdFailureKind.Name(f.kind).removeprefix("THRESHOLD_FAILURE_KIND_").lower(),
-                "message": f.message,
-                "observed": f.observed,
-                "required": f.required,
-            }
-            for f in v.failures
-        ],
+        "failures": [threshold_failure_to_json(f) for f in v.failures],
     }
 
 
@@ -81,6 +73,11 @@ def report_json(r: ReportInputs) -> dict[str, Any]:
         "trials": [{**asdict(t), "mode": _mode_name(t.mode)} for t in r.trials],
         "bakeoff_run": r.bakeoff_run,
     }
+
+
+def _figure(x: float) -> str:
+    """A count as an integer, a measurement with one decimal."""
+    return str(x) if isinstance(x, int) else f"{x:.1f}"
 
 
 def _fmt(x: float | None, unit: str = "") -> str:
@@ -173,7 +170,8 @@ def report_markdown(doc: dict[str, Any], r: ReportInputs, svg_name: str = "") ->
     if verdict["failures"]:
         lines += ["| reason | observed | required | detail |", "|---|---:|---:|---|"]
         lines += [
-            f"| {f['kind']} | {f['observed']:.1f} | {f['required']:.1f} | {f['message']} |" for f in verdict["failures"]
+            f"| {f['kind']} | {_figure(f['observed'])} | {_figure(f['required'])} | {f['message']} |"
+            for f in verdict["failures"]
         ]
     else:
         lines.append("All thresholds met.")

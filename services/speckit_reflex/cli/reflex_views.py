@@ -9,7 +9,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from speckit_reflex.cli.output import stdout, table
-from speckit_reflex.clients.capsule import mode_stats_to_json
+from speckit_reflex.clients.capsule import mode_stats_to_json, threshold_failure_to_json
 from speckit_reflex.v1 import capsule_pb2, inference_pb2, patchloop_pb2, router_pb2
 
 _STATS_ROWS = (
@@ -38,10 +38,6 @@ def show_stats(doc: dict[str, Any]) -> None:
     table(f"Bakeoff statistics, last {doc['period']}", ["", *(name for name, _ in groups)], rows)
 
 
-def failure_kind(kind: int) -> str:
-    return capsule_pb2.ThresholdFailureKind.Name(kind).removeprefix("THRESHOLD_FAILURE_KIND_").lower()  # type: ignore[arg-type]
-
-
 def verdict_json(v: capsule_pb2.CheckThresholdsReply, period: str) -> dict[str, Any]:
     """The threshold verdict for machines: pass/fail, every failure, the figures."""
     return {
@@ -54,10 +50,7 @@ def verdict_json(v: capsule_pb2.CheckThresholdsReply, period: str) -> dict[str, 
         "success_parity_percent": round(v.success_parity_percent, 1) if v.HasField("success_parity_percent") else None,
         "reflex": mode_stats_to_json(v.stats.reflex),
         "cloud": mode_stats_to_json(v.stats.cloud),
-        "failures": [
-            {"kind": failure_kind(f.kind), "message": f.message, "observed": f.observed, "required": f.required}
-            for f in v.failures
-        ],
+        "failures": [threshold_failure_to_json(f) for f in v.failures],
     }
 
 
