@@ -34,9 +34,6 @@ from grpc import aio
 
 from speckit_reflex.clients.channel import ChannelConfig, open_channel
 
-# The suite's root conftest (tests/ is on sys.path as the rootdir of its tests).
-from conftest import PG_ADMIN_DSN, _pg_admin_connect  # type: ignore[import-not-found]  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = ("router", "inference", "patchloop", "capsule")
 CPU_POLICY = ROOT / "compose" / "policies" / "cpu.toml"
@@ -145,11 +142,14 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     policy.write_text(text.replace(COMPOSE_LLM_URL, llama.base_url), encoding="utf-8")
 
     db_name = ""
+    # The suite's root conftest (several conftest modules share that name, so
+    # it is looked up as the plugin pytest registered for its path).
+    root = request.config.pluginmanager.get_plugin(str(ROOT / "tests" / "conftest.py"))
     if request.getfixturevalue("_pg_ok"):
         db_name = f"speckit_it_{uuid.uuid4().hex[:12]}"
-        with _pg_admin_connect() as conn:
+        with root._pg_admin_connect() as conn:
             conn.execute(f'CREATE DATABASE "{db_name}"')
-        base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+        base = root.PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
         database_url = f"{base}/{db_name}"
     else:
         database_url = f"sqlite:///{tmp / 'speckit.db'}"
@@ -184,5 +184,5 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             proc.kill()
             proc.wait(10)
         if db_name:
-            with _pg_admin_connect() as conn:
+            with root._pg_admin_connect() as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
