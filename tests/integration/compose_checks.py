@@ -509,9 +509,15 @@ def check_paths(st: Stack) -> list[str]:
         if argv[1:3] == ["serve", "patchloop"] or argv[1:2] == ["reflex"]:
             if not workspaces:
                 problems.append(f"{name}: no workspace folder mounted at its host path")
-        for root in _workspace_roots(st.env(svc)):
+        roots = _workspace_roots(st.env(svc))
+        for root in roots:
             if st.host_path(svc, root) is None:
                 problems.append(f"{name}: workspace root {root} is not a mount")
+        # Unset, PatchLoop accepts only its working directory (/app): not the workspace.
+        if argv[1:3] == ["serve", "patchloop"] and "SPECKIT_WORKSPACE_ROOTS" in settings_env_names() \
+                and not any(PurePosixPath(r) == PurePosixPath(w) or PurePosixPath(r) in PurePosixPath(w).parents
+                            for w in workspaces for r in roots):
+            problems.append(f"{name}: the mounted workspace {workspaces} is under no SPECKIT_WORKSPACE_ROOTS {roots}")
         tmp = st.env(svc).get("TMPDIR")
         if tmp and not any(tmp == w or PurePosixPath(w) in PurePosixPath(tmp).parents for w in workspaces):
             problems.append(f"{name}: TMPDIR {tmp} is not in the workspace PatchLoop sees")

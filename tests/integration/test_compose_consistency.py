@@ -137,6 +137,10 @@ MUTATIONS: dict[str, tuple[str, str, Mutation, str]] = {
         "sglang", "paths", _set_env("router", "SPECKIT_POLICY", "/etc/speckit/model_policy.toml"), "SPECKIT_POLICY"),
     "reports off the volume": ("cpu", "paths", _set_env("capsule", "SPECKIT_HOME", "/tmp/speckit"), "SPECKIT_HOME"),
     "trials scratch outside the workspace": ("cpu", "paths", _set_env("cli", "TMPDIR", "/tmp"), "TMPDIR"),
+    "workspace roots unset": (
+        "cpu", "paths", _set_env("patchloop", "", None, drop="SPECKIT_WORKSPACE_ROOTS"), "under no SPECKIT_WORKSPACE_ROOTS"),
+    "workspace root not mounted": (
+        "vllm", "paths", _set_env("patchloop", "SPECKIT_WORKSPACE_ROOTS", "/srv/crates"), "is not a mount"),
     "unknown CLI command": ("cpu", "commands", _replace_in_command("migrate", "upgrade", "migrate"), "not a valid"),
     "service does not wait for the migration": (
         "cpu", "commands", lambda d, _: d["services"]["router"]["depends_on"].pop("migrate"), "does not wait"),
