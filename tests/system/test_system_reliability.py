@@ -64,15 +64,16 @@ def make_crate(root: Path) -> Path:
 
 
 def write_policy(path: Path, backends: list[tuple[str, str, str]], cloud_url: str, *, max_failures: int,
-                 capture: str = "full_io") -> Path:
+                 capture: str = "full_io", model: str = "local-model", timeout_ms: int = 10000,
+                 max_attempts: int = 4, probe_timeout_ms: int = 2000) -> Path:
     entries = ", ".join(
-        f'{{ name = "{n}", kind = "{k}", endpoint = "{u}", models = ["local-model"] }}' for n, k, u in backends
+        f'{{ name = "{n}", kind = "{k}", endpoint = "{u}", models = ["{model}"] }}' for n, k, u in backends
     )
     path.write_text(f"""
 [routing.reflex]
 enabled = true
-model = "local-model"
-timeout_ms = 10000
+model = "{model}"
+timeout_ms = {timeout_ms}
 max_failures = {max_failures}
 backends = [{entries}]
 
@@ -85,7 +86,7 @@ api_key_env = "{KEY_ENV}"
 probe_interval_s = 0.5
 stale_after_s = 30
 cooldown_s = 30
-probe_timeout_ms = 2000
+probe_timeout_ms = {probe_timeout_ms}
 
 [routing.verdicts]
 min_samples = 3
@@ -98,23 +99,23 @@ mode = "{capture}"
 max_validation_retries = 0
 
 [patchloop]
-max_attempts = 4
+max_attempts = {max_attempts}
 compiler_fast_path = false
 """)
     return path
 
 
-async def start_stack(services_factory, tmp_path: Path, policy_path: Path):
+async def start_stack(services_factory, tmp_path: Path, policy_path: Path, model: str = "local-model"):
     """All four services on one SQLite database, with passing bakeoff evidence
-    for local-model, once the Router routes reflex."""
+    for `model`, once the Router routes reflex."""
     db = f"sqlite:///{tmp_path / 'system.db'}"
     policy = load_policy(policy_path)
     svc = await services_factory(["capsule", "inference", "router", "patchloop"], database_url=db, policy=policy)
     capsule = CapsuleClient(svc.ctx.channel("capsule"))
     seed = []
     for i in range(4):
-        for mode, model in ((common_pb2.ROUTING_MODE_REFLEX, "local-model"), (common_pb2.ROUTING_MODE_CLOUD, "cloud-model")):
-            seed.append(new_event(PA, mode=mode, model=model, role=common_pb2.ROLE_IMPLEMENTER, success=True,
+        for mode, name in ((common_pb2.ROUTING_MODE_REFLEX, model), (common_pb2.ROUTING_MODE_CLOUD, "cloud-model")):
+            seed.append(new_event(PA, mode=mode, model=name, role=common_pb2.ROLE_IMPLEMENTER, success=True,
                                   json_valid=True, latency_ms=50.0 + i, attempt=1, run_id=f"seed-{i}"))
     await capsule.append_events(seed)
     router = RouterClient(svc.ctx.channel("router"))

@@ -138,8 +138,13 @@ class VLLMServer:
 
 @pytest.fixture(scope="session")
 def vllm_server(vllm_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
-    """One real vLLM server for the whole session."""
+    """One real vLLM server for the whole session (SPECKIT_VLLM_PORT: use the
+    one already running on that port, started by `scripts/vllm_env.sh serve`)."""
     server = VLLMServer(vllm_env, tmp_path_factory.mktemp("vllm") / "vllm.log")
+    if os.environ.get("SPECKIT_VLLM_PORT"):
+        server.port = int(os.environ["SPECKIT_VLLM_PORT"])
+        yield server
+        return
     try:
         server.start()
     except RuntimeError as exc:
@@ -191,3 +196,18 @@ def vllm_oracle(vllm_env: dict[str, str]) -> Iterator[Oracle]:
         yield oracle
     finally:
         oracle.close()
+
+
+async def events_when(capsule: Any, want: int, timeout_s: float = 15.0, **filters: Any) -> list[Any]:
+    """Capsule's events matching `filters` once at least `want` are stored
+    (events reach Capsule through the services' batching sink)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    while True:
+        events = await capsule.all_events(**filters)
+        if len(events) >= want or loop.time() > end:
+            return events
+        await asyncio.sleep(0.05)
+
