@@ -135,3 +135,37 @@ async def test_explicit_backend_is_the_only_one_tried(fake_factory, adapter):
     assert b.chats() == []
     reply = await llm.complete(MESSAGES, backend="b", timeout=10)
     assert reply.backend == "b" and json.loads(reply.content) == {"ok": True}
+
+
+async def test_a_request_cannot_raise_the_validation_retry_bound(fake_factory, adapter):
+    """Each validation retry is another upstream generation: a request may lower
+    the policy's bound (here 1), never raise it to thousands."""
+    fake = await fake_factory(kind="vllm", reply="prose, not JSON")
+    llm, _, _ = await adapter(backends_policy(("a", "vllm", fake)))
+    err = await _rpc_error(llm.complete(MESSAGES, json_schema=SCHEMA, max_validation_retries=5000, timeout=10))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details().startswith("max_validation_retries: must be between 0 and 1")
+    assert fake.chats() == []
+    lowered = await llm.complete(MESSAGES, json_schema=SCHEMA, max_validation_retries=0, timeout=10)
+    assert lowered.attempts == 1 and not lowered.schema_valid and len(fake.chats()) == 1
+    bounded = await llm.complete(MESSAGES, json_schema=SCHEMA, timeout=10)
+    assert bounded.attempts == 2 and len(fake.chats()) == 3
+
+
+@pytest.mark.parametrize(("field", "value", "starts"), [
+    ("max_tokens", 10**6, "max_tokens: must be between 0 and 32768"),
+    ("temperature", float("nan"), "temperature: must be a finite number"),
+    ("session_id", "s\x00", "session_id: contains a NUL byte"),
+    ("mode", 42, "mode: 42 is not a known RoutingMode"),
+])
+async def test_hostile_completion_fields_are_refused_before_any_upstream_request(
+    fake_factory, adapter, field, value, starts
+):
+    fake = await fake_factory(kind="vllm")
+    llm, _, _ = await adapter(backends_policy(("a", "vllm", fake)))
+    req = llm.request(MESSAGES)
+    setattr(req, field, value)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await llm._stub.Complete(req, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith(starts)
+    assert fake.chats() == []

@@ -8,6 +8,7 @@ worker thread so the gRPC event loop keeps serving while SQL runs.
 from __future__ import annotations
 
 import asyncio
+import errno
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -23,7 +24,7 @@ from speckit_reflex.capsule.stats import AttemptStats, GroupStats
 from speckit_reflex.capsule.store import CapsuleStore, EventFilter
 from speckit_reflex.capsule.thresholds import judge
 from speckit_reflex.capsule.windows import TimeWindow, resolve_window
-from speckit_reflex.errors import InvalidArgument, PermissionDenied, ResourceExhausted
+from speckit_reflex.errors import DomainError, InvalidArgument, PermissionDenied, ResourceExhausted
 from speckit_reflex.policy import Policy
 from speckit_reflex.runtime.metrics import Metrics
 from speckit_reflex.runtime.redact import redact, redact_text
@@ -105,6 +106,16 @@ def _run_proto(row: dict[str, Any]) -> capsule_pb2.BakeoffRun:
     if row["summary"]:
         run.summary.update(row["summary"])
     return run
+
+
+def _report_write_error(exc: OSError, out_dir: Path) -> DomainError:
+    """The status of a report that could not be written."""
+    why = f"out_dir: cannot write the report under {str(out_dir)[:200]!r}: {exc.strerror or exc}"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PermissionDenied(why)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ResourceExhausted(why)
+    return InvalidArgument(why)
 
 
 class Capsule:
@@ -267,7 +278,10 @@ class Capsule:
             verdict=verdict, histogram=histogram, trials=trials, bakeoff_run=run,
         )
         out_dir = self._out_dir(req.out_dir)
-        json_path, md_path = await asyncio.to_thread(write_report, out_dir, inputs)
+        try:
+            json_path, md_path = await asyncio.to_thread(write_report, out_dir, inputs)
+        except OSError as exc:  # a name too long, a file in the way, no permission, a full disk
+            raise _report_write_error(exc, out_dir) from None
         return capsule_pb2.WriteReportReply(json_path=str(json_path), markdown_path=str(md_path), verdict=verdict)
 
     def _out_dir(self, asked: str) -> Path:
