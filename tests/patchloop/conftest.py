@@ -12,7 +12,7 @@ from patchloop_support import CRATES, FIXED_LINE, RecordingEvents, ScriptedInfer
 from speckit_reflex.patchloop.compiler import Compiler
 from speckit_reflex.patchloop.core import PatchLoop
 from speckit_reflex.patchloop.roots import WorkspaceRoots
-from speckit_reflex.patchloop.sandbox import BuildRunner, NetworkIsolation
+from speckit_reflex.patchloop.sandbox import BuildRunner, Sandbox
 from speckit_reflex.policy import LoadedPolicy, load_policy
 
 
@@ -41,7 +41,7 @@ def make_loop(tmp_path: Path, policy: LoadedPolicy):
         router = router or ScriptedRouter()
         inference = inference or ScriptedInference([reply(FIXED_LINE)])
         events = events or RecordingEvents()
-        loop = PatchLoop(router, inference, events, Compiler(BuildRunner(isolation or NetworkIsolation())), pol or policy,
+        loop = PatchLoop(router, inference, events, Compiler(BuildRunner(isolation or Sandbox())), pol or policy,
                          roots=WorkspaceRoots([tmp_path]), scratch_dir=tmp_path)
         return loop, router, inference, events
 

@@ -18,7 +18,7 @@ from speckit_reflex.patchloop.buildcache import BuildCache, build_profile, cache
 from speckit_reflex.patchloop.compiler import Compiler
 from speckit_reflex.patchloop.core import PatchLoop
 from speckit_reflex.patchloop.roots import WorkspaceRoots
-from speckit_reflex.patchloop.sandbox import BuildRunner, NetworkIsolation
+from speckit_reflex.patchloop.sandbox import BuildRunner, Sandbox
 from speckit_reflex.patchloop.workspace import sync_tree
 from speckit_reflex.v1 import patchloop_pb2
 
@@ -34,7 +34,7 @@ def cache(tmp_path: Path) -> BuildCache:
 def cached_loop(tmp_path: Path, policy, cache: BuildCache):  # type: ignore[no-untyped-def]
     def make(inference=None) -> PatchLoop:  # type: ignore[no-untyped-def]
         return PatchLoop(ScriptedRouter(), inference or ScriptedInference([reply("{}")]), RecordingEvents(),
-                         Compiler(BuildRunner(NetworkIsolation())), policy, roots=WorkspaceRoots([tmp_path]),
+                         Compiler(BuildRunner(Sandbox())), policy, roots=WorkspaceRoots([tmp_path]),
                          scratch_dir=tmp_path, cache=cache)
 
     return make
@@ -293,7 +293,7 @@ async def test_starting_a_build_never_blocks_the_event_loop(monkeypatch, tmp_pat
         return real_popen(*args, **kwargs)
 
     monkeypatch.setattr(subprocess, "Popen", slow_popen)
-    runner = BuildRunner(NetworkIsolation(enabled=False))
+    runner = BuildRunner(Sandbox(candidates=[]))
     build = asyncio.create_task(runner.run(["true"], tmp_path, tmp_path / "target", 30))
     await asyncio.sleep(0)  # the build task runs up to its process start
     release.set()

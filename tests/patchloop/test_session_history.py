@@ -13,7 +13,7 @@ from speckit_reflex.patchloop.compiler import Compiler
 from speckit_reflex.patchloop.core import PatchLoop
 from speckit_reflex.patchloop.ports import CapsuleSessionHistory, SessionHistoryPort
 from speckit_reflex.patchloop.roots import WorkspaceRoots
-from speckit_reflex.patchloop.sandbox import BuildRunner, NetworkIsolation
+from speckit_reflex.patchloop.sandbox import BuildRunner, Sandbox
 from speckit_reflex.policy import load_policy
 from speckit_reflex.runtime.events import new_event
 from speckit_reflex.v1 import common_pb2, patchloop_pb2
@@ -28,7 +28,7 @@ def _attempt(session_id: str, success: bool) -> common_pb2.Event:
 def _loop(tmp_path: Path, history: SessionHistoryPort) -> tuple[PatchLoop, ScriptedRouter]:
     router = ScriptedRouter(max_failures=2)
     loop = PatchLoop(router, ScriptedInference([reply(FIXED_LINE)] * 4), RecordingEvents(),
-                     Compiler(BuildRunner(NetworkIsolation())), load_policy(None), roots=WorkspaceRoots([tmp_path]),
+                     Compiler(BuildRunner(Sandbox())), load_policy(None), roots=WorkspaceRoots([tmp_path]),
                      scratch_dir=tmp_path, history=history)
     return loop, router
 

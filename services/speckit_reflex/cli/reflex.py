@@ -122,7 +122,8 @@ def run_status(args: argparse.Namespace) -> int:
             snap = await links.router.get_policy(timeout=10)
         with reporting("patchloop"):
             cache = await links.patchloop.get_build_cache()
-        doc = reflex_views.status_json(snap, cache)
+            builds = await links.patchloop.build_settings()
+        doc = reflex_views.status_json(snap, cache, builds)
         if args.json:
             print_json(doc)
         else:

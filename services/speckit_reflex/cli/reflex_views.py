@@ -134,7 +134,8 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
-def status_json(snap: router_pb2.PolicySnapshot, cache: patchloop_pb2.BuildCacheInfo) -> dict[str, Any]:
+def status_json(snap: router_pb2.PolicySnapshot, cache: patchloop_pb2.BuildCacheInfo,
+                builds: patchloop_pb2.BuildSettings) -> dict[str, Any]:
     policy = json.loads(snap.json) if snap.json else {}
     routing = policy.get("governance", {}).get("routing", {})
     return {
@@ -146,12 +147,21 @@ def status_json(snap: router_pb2.PolicySnapshot, cache: patchloop_pb2.BuildCache
         "privacy": policy.get("governance", {}).get("privacy", {}),
         "capture": policy.get("capture", {}),
         "build_cache": build_cache_json(cache),
+        "sandbox": {
+            "layers": [{"name": x.name, "active": x.active, "detail": x.detail} for x in builds.sandbox],
+            "profiles": {p.name: list(p.command) for p in builds.profiles},
+            "build_profile": builds.build_profile,
+            "verify_profile": builds.verify_profile,
+            "build_timeout_s": builds.build_timeout_s,
+            "max_build_timeout_s": builds.max_build_timeout_s,
+            "workspace_roots": list(builds.workspace_roots),
+        },
         "policy": policy,
     }
 
 
 def show_status(doc: dict[str, Any]) -> None:
-    r, t, c = doc["reflex"], doc["thresholds"], doc["cloud"]
+    r, t, c, s = doc["reflex"], doc["thresholds"], doc["cloud"], doc["sandbox"]
     rows = [
         ["policy", doc["source"]],
         ["sha256", doc["sha256"]],
@@ -167,7 +177,14 @@ def show_status(doc: dict[str, Any]) -> None:
         ["local_only", doc["privacy"].get("local_only")],
         ["capture mode", doc["capture"].get("mode")],
         ["build cache", _cache_line(doc["build_cache"])],
+        ["build profiles", f"{s['build_profile']} (build), {s['verify_profile'] or 'none'} (verify); "
+                           f"{', '.join(s['profiles'])}"],
+        ["build time limit", f"{s['build_timeout_s']} s (requests up to {s['max_build_timeout_s']} s)"],
+        ["workspace roots", ", ".join(s["workspace_roots"]) or "none: every run is refused"],
     ]
+    # Each sandbox layer on its own row; a missing one is said loudly.
+    rows += [[f"sandbox: {x['name']}", f"on — {x['detail']}" if x["active"] else f"[bold red]MISSING[/] — {x['detail']}"]
+             for x in s["layers"]]
     table("Reflex status", ["setting", "value"], rows)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from grpc import aio
 
 from speckit_reflex.patchloop.buildcache import BuildCache
@@ -9,7 +11,7 @@ from speckit_reflex.patchloop.compiler import Compiler
 from speckit_reflex.patchloop.core import PatchLoop
 from speckit_reflex.patchloop.roots import WorkspaceRoots
 from speckit_reflex.patchloop.ports import CapsuleSessionHistory, GrpcInference, GrpcRouter
-from speckit_reflex.patchloop.sandbox import BuildRunner, NetworkIsolation
+from speckit_reflex.patchloop.sandbox import BuildRunner, Sandbox
 from speckit_reflex.patchloop.servicer import PatchLoopServicer
 from speckit_reflex.runtime.bootstrap import ServiceContext
 from speckit_reflex.runtime.events import EventSink
@@ -21,15 +23,19 @@ class PatchLoopService:
     name = "patchloop"
     service_names = (patchloop_pb2.DESCRIPTOR.services_by_name["PatchLoop"].full_name,)
 
-    def __init__(self, loop: PatchLoop, sink: EventSink):
+    def __init__(self, loop: PatchLoop, sink: EventSink, sandbox: Sandbox):
         self.loop = loop
         self.sink = sink
+        self.sandbox = sandbox
 
     def register(self, server: aio.Server) -> None:
         patchloop_pb2_grpc.add_PatchLoopServicer_to_server(PatchLoopServicer(self.loop), server)
 
     async def start(self) -> None:
         self.sink.start()
+        # Which sandbox layers this host gives, found once (subprocesses:
+        # off the event loop) and logged, before the first build.
+        await asyncio.to_thread(self.sandbox.probe)
 
     async def close(self) -> None:
         await self.loop.close()
@@ -39,11 +45,12 @@ class PatchLoopService:
 def build(ctx: ServiceContext) -> PatchLoopService:
     """The PatchLoop service for `ctx`: peers through ctx's shared channels."""
     sink = ctx.event_sink("patchloop", capacity=ctx.policy.policy.inference.event_buffer)
+    sandbox = Sandbox()
     loop = PatchLoop(
         router=GrpcRouter(ctx.channel("router")),
         inference=GrpcInference(ctx.channel("inference")),
         events=sink,
-        compiler=Compiler(BuildRunner(NetworkIsolation())),
+        compiler=Compiler(BuildRunner(sandbox)),
         policy=ctx.policy,
         roots=WorkspaceRoots.from_setting(ctx.settings.workspace_roots),
         scratch_dir=None,
@@ -54,4 +61,4 @@ def build(ctx: ServiceContext) -> PatchLoopService:
     )
     if ctx.metrics is not None:
         watch_event_sink(ctx.metrics, "patchloop", sink)
-    return PatchLoopService(loop, sink)
+    return PatchLoopService(loop, sink, sandbox)

@@ -69,8 +69,9 @@ class Compiler:
         self._runner = runner
         self._toolchain: str | None = None
 
-    @property
-    def isolation_note(self) -> str:
+    async def sandbox_note(self) -> str:
+        """The sandbox layers missing on this host, in one line ("" when none is)."""
+        await self._runner.probe()
         return self._runner.isolation_note
 
     async def toolchain(self) -> str:
@@ -82,7 +83,8 @@ class Compiler:
             self._toolchain = await asyncio.to_thread(toolchain_id, env)
         return self._toolchain
 
-    def sandbox_layers(self) -> list[patchloop_pb2.SandboxLayer]:
+    async def sandbox_layers(self) -> list[patchloop_pb2.SandboxLayer]:
+        await self._runner.probe()
         return self._runner.layers()
 
     async def compile(self, command: Sequence[str], scratch: Scratch, timeout_s: float) -> CompileOutcome:

@@ -301,11 +301,11 @@ class PatchLoop:
         self._sessions.set(spec.session_id, count)
         return count
 
-    def build_settings(self) -> patchloop_pb2.BuildSettings:
+    async def build_settings(self) -> patchloop_pb2.BuildSettings:
         """The sandbox layers this host gives builds, the policy's profiles and limits."""
         pl = self._policy.policy.patchloop
         return patchloop_pb2.BuildSettings(
-            sandbox=self._compiler.sandbox_layers(),
+            sandbox=await self._compiler.sandbox_layers(),
             profiles=[patchloop_pb2.BuildProfile(name=n, command=c) for n, c in sorted(pl.profiles.items())],
             build_profile=pl.build_profile,
             verify_profile=pl.verify_profile,
@@ -508,7 +508,7 @@ class _Run:
 
     async def _execute(self) -> None:
         try:
-            note = self.loop._compiler.isolation_note
+            note = await self.loop._compiler.sandbox_note()
             if note:
                 self.note(note)
             if self.scratch.sync.refused_links:

@@ -1,25 +1,43 @@
-"""The sandboxed build step (GR-010).
+"""The sandboxed build step (GR-010), in layers, the best this host gives.
 
-A build runs untrusted code (build.rs, proc macros, `.cargo/config.toml`), so
-each one gets:
-- its own process group (and, where the OS allows, its own PID namespace) and
-  a wall-clock limit; on expiry the whole group is killed, children included;
-- a scrubbed environment: an allow-list of variables, and never one whose name
-  looks like a credential, so a build script cannot read API keys;
-- a private CARGO_TARGET_DIR in the scratch area and offline cargo;
-- no network, through a network namespace (`unshare`), when this host allows
-  it. Whether it does is probed once per runner; when it does not, the runner
-  says so in `isolation_note` and the loop records that note in the run.
+A build runs untrusted code (build.rs, proc macros, `.cargo/config.toml`).
+Each build runs under `unshare` (util-linux) and `sandbox_init.py`, which
+together give it, layer by layer:
+
+- network: a network namespace with no interface up — nothing to connect to;
+- pid: its own PID namespace with its own /proc, so `/proc/*/environ` and
+  `/proc/*/cmdline` show the build's processes only, never the service's;
+- filesystem: a mount namespace whose root is a tmpfs holding read-only binds
+  of the toolchain and system libraries, read-write binds of exactly the
+  `writable` directories (the scratch copy and its target dir), a private
+  /tmp and a minimal /dev. Nothing else of the host is visible;
+- capabilities: every capability dropped and no_new_privs, so the build
+  (root inside its namespaces) cannot remount, chroot or regain privileges;
+- environment: an allow-list of variables, minus any that looks like a
+  credential;
+- time_limit: a wall clock; on expiry the process group is killed, and with
+  the PID namespace every process of the build dies with its first one.
+
+The layers available are found once, at service start (`Sandbox.probe`, a
+blocking call: run it in a thread), by trying configurations strongest first;
+a configuration counts only if its setup ran to the end (sandbox_init exits
+126 on any failed step). As root the namespaces are created directly; a
+non-root service uses a user namespace (`--user --map-root-user`) as well.
+Layers a host cannot give are reported as missing — in the log at start, in
+`GetBuildSettings` (`speckit reflex status`) and in a note of every run —
+never claimed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -51,15 +69,56 @@ ENV_ALLOW = (
 # Even an allowed name is dropped when it looks like a secret.
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
 
-# Network isolation prefixes, strongest first. The PID namespace makes the
-# kernel kill every process of the build when its init dies, even one that
-# left our process group with setsid().
-_ISOLATION_CANDIDATES: tuple[tuple[str, ...], ...] = (
-    ("unshare", "--net", "--pid", "--fork", "--kill-child"),
-    ("unshare", "--net"),
-    ("unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child"),
-    ("unshare", "--user", "--map-root-user", "--net"),
+LAYERS = ("network", "pid", "filesystem", "capabilities", "environment", "time_limit")
+INIT = Path(__file__).with_name("sandbox_init.py")
+# Read-only inside the sandbox when they exist: system binaries and libraries,
+# what the linker and the dynamic loader read in /etc. Never all of /etc (it
+# holds /etc/shadow and service configuration).
+SYSTEM_PATHS = (
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+    "/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/passwd", "/etc/group",
+    "/etc/nsswitch.conf", "/etc/localtime",
 )
+# Files of CARGO_HOME a build must never read (registry tokens).
+CARGO_SECRETS = ("credentials", "credentials.toml")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to start a build: an unshare prefix and what sandbox_init sets up."""
+
+    unshare: tuple[str, ...]
+    fs: bool = False
+    proc: bool = False
+    caps: bool = False
+
+    @property
+    def network(self) -> bool:
+        return "--net" in self.unshare
+
+    @property
+    def pid(self) -> bool:
+        return "--pid" in self.unshare and self.proc
+
+    @property
+    def uses_init(self) -> bool:
+        return self.fs or self.proc or self.caps
+
+
+_NS = ("--net", "--pid", "--fork", "--kill-child", "--mount", "--propagation", "private")
+
+
+def default_candidates() -> list[Candidate]:
+    """Strongest first; the user-namespace twins serve a non-root service."""
+    plain: list[Candidate] = [
+        Candidate(("unshare", *_NS), fs=True, proc=True, caps=True),
+        Candidate(("unshare", *_NS), proc=True, caps=True),
+        Candidate(("unshare", "--net", "--pid", "--fork", "--kill-child")),
+        Candidate(("unshare", "--net")),
+    ]
+    user = [Candidate((c.unshare[0], "--user", "--map-root-user", *c.unshare[1:]), c.fs, c.proc, c.caps)
+            for c in plain]
+    return [*plain, *user] if os.geteuid() == 0 else [*user, *plain]
 
 
 def scrub_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -77,85 +136,164 @@ class BuildResult:
     timed_out: bool
 
 
-class NetworkIsolation:
-    """Finds, once, how builds can be cut off from the network on this host."""
+class Sandbox:
+    """Finds, once, the layers this host gives builds, and wraps commands in them."""
 
-    def __init__(self, candidates: Sequence[Sequence[str]] = _ISOLATION_CANDIDATES, enabled: bool = True):
-        self._candidates = [tuple(c) for c in candidates]
-        self._enabled = enabled
-        self._prefix: tuple[str, ...] | None = None
-        self._note = ""
+    def __init__(self, candidates: Sequence[Candidate] | None = None, python: str = sys.executable):
+        self._candidates = list(default_candidates() if candidates is None else candidates)
+        self._python = python
+        self._chosen: Candidate | None = None
         self._probed = False
+        self._why: dict[str, str] = {}
+        self._lock = threading.Lock()
 
-    def probe(self) -> tuple[str, ...]:
-        """The command prefix that isolates a build (empty when none works)."""
-        if self._probed:
-            return self._prefix or ()
-        self._probed = True
-        if not self._enabled:
-            self._note = "network isolation disabled by configuration: builds can reach the network"
-            return ()
-        for prefix in self._candidates:
-            try:
-                ok = subprocess.run([*prefix, "true"], capture_output=True, timeout=5).returncode == 0
-            except (OSError, subprocess.TimeoutExpired):
-                ok = False
-            if ok:
-                self._prefix = prefix
-                log.info("build isolation", extra={"fields": {"prefix": " ".join(prefix)}})
-                return prefix
-        self._note = (
-            "no network namespace available on this host (unshare failed): "
-            "builds run offline but are not cut off from the network"
-        )
-        log.warning(self._note)
-        return ()
+    # -- probing (blocking) ------------------------------------------------
+
+    def probe(self) -> None:
+        """Try each configuration, strongest first, with a real build-like start."""
+        with self._lock:
+            if self._probed:
+                return
+            failures = []
+            for cand in self._candidates:
+                ok, why = self._try(cand)
+                if ok:
+                    self._chosen = cand
+                    break
+                failures.append(f"{' '.join(cand.unshare)}{' +' + self._init_flags(cand) if cand.uses_init else ''}: {why}")
+            self._why = self._missing_reasons(failures)
+            self._probed = True
+        for layer in self.layers():
+            (log.info if layer.active else log.warning)(
+                "build sandbox layer", extra={"fields": {"layer": layer.name, "active": layer.active,
+                                                         "detail": layer.detail}})
+
+    def _try(self, cand: Candidate) -> tuple[bool, str]:
+        env = self.environment(os.environ, {})
+        argv = self.wrap(["true"], cwd=Path("/"), writable=[], environ=env, candidate=cand)
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=15, env=env, cwd="/")
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return False, str(exc)
+        if proc.returncode != 0:
+            return False, (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        return True, ""
+
+    @staticmethod
+    def _init_flags(cand: Candidate) -> str:
+        return ",".join(n for n, on in (("fs", cand.fs), ("proc", cand.proc), ("caps", cand.caps)) if on)
+
+    def _missing_reasons(self, failures: list[str]) -> dict[str, str]:
+        why = "; ".join(failures[-2:]) or "no configuration was tried"
+        return {"network": f"no network namespace on this host ({why})",
+                "pid": f"no PID namespace with its own /proc on this host ({why})",
+                "filesystem": f"no mount namespace with read-only binds on this host ({why})",
+                "capabilities": f"capabilities could not be dropped ({why})"}
+
+    # -- what the host gives ---------------------------------------------------
+
+    def layers(self) -> list[patchloop_pb2.SandboxLayer]:
+        """Each layer, active or missing with why (probe first: this never blocks)."""
+        if not self._probed:
+            return [patchloop_pb2.SandboxLayer(name=n, active=False, detail="not probed yet") for n in LAYERS]
+        c = self._chosen or Candidate(())
+        userns = " in a user namespace" if "--user" in c.unshare else ""
+        active = {
+            "network": (c.network, f"network namespace without interfaces{userns}"),
+            "pid": (c.pid, "own PID namespace and /proc: a build sees only its own processes"),
+            "filesystem": (c.fs, "new root: toolchain and system read-only, only the scratch copy and its "
+                                 "target dir writable, private /tmp"),
+            "capabilities": (c.caps, "all capabilities dropped, no_new_privs"),
+            "environment": (True, "allow-listed variables, none that looks like a credential"),
+            "time_limit": (True, "process group killed at the limit" + (
+                "; the PID namespace takes every process with it" if "--pid" in c.unshare else "")),
+        }
+        return [patchloop_pb2.SandboxLayer(name=n, active=on, detail=detail if on else self._why.get(n, ""))
+                for n, (on, detail) in active.items()]
 
     @property
     def note(self) -> str:
-        """Why builds are not network-isolated ("" when they are)."""
-        self.probe()
-        return self._note
+        """Missing layers in one line ("" when every layer holds)."""
+        missing = [f"{layer.name} ({layer.detail})" for layer in self.layers() if not layer.active]
+        return f"build sandbox incomplete on this host, missing: {'; '.join(missing)}" if missing else ""
+
+    # -- running ---------------------------------------------------------------
+
+    def environment(self, environ: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+        """A build's environment: `environ` scrubbed, toolchain homes explicit, then `extra`."""
+        env = scrub_environment(environ)
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        home = env.get("HOME") or os.path.expanduser("~")
+        # Explicit, so cargo and rustup find them without the rest of HOME.
+        env.setdefault("CARGO_HOME", os.path.join(home, ".cargo"))
+        env.setdefault("RUSTUP_HOME", os.path.join(home, ".rustup"))
+        if self._chosen is not None and self._chosen.fs:
+            env["TMPDIR"] = "/tmp"  # the private one; a host TMPDIR is not visible
+        env.update(extra)
+        return env
+
+    def wrap(self, command: Sequence[str], cwd: Path, writable: Sequence[Path], environ: Mapping[str, str],
+             candidate: Candidate | None = None) -> list[str]:
+        """`command` as the sandbox runs it, with `writable` the only writable host paths.
+        `environ` is the build's environment (from `environment`): its toolchain homes are bound."""
+        cand = candidate or self._chosen
+        if cand is None:
+            return list(command)
+        if not cand.uses_init:
+            return [*cand.unshare, *command]
+        homes = {k: environ[k] for k in ("CARGO_HOME", "RUSTUP_HOME")}
+        ro = [*SYSTEM_PATHS, *(os.path.realpath(h) for h in homes.values())]
+        spec = {"fs": cand.fs, "proc": cand.proc, "caps": cand.caps, "ro": ro,
+                "rw": [os.path.realpath(p) for p in writable], "cwd": os.path.realpath(cwd),
+                "masked": [os.path.join(os.path.realpath(homes["CARGO_HOME"]), n) for n in CARGO_SECRETS]}
+        return [*cand.unshare, "--", self._python, "-I", "-S", str(INIT), json.dumps(spec), "--", *command]
 
 
 class BuildRunner:
-    """Runs one build command in a workspace under the sandbox rules."""
+    """Runs one build command under the sandbox rules."""
 
-    def __init__(self, isolation: NetworkIsolation, environ: Mapping[str, str] | None = None):
-        self._isolation = isolation
+    def __init__(self, sandbox: Sandbox, environ: Mapping[str, str] | None = None):
+        self._sandbox = sandbox
         self._environ = dict(os.environ if environ is None else environ)
         # A thread per build in flight (it starts the process and waits for it).
         self._threads = ThreadPoolExecutor(max_workers=256, thread_name_prefix="speckit-build")
 
     @property
+    def sandbox(self) -> Sandbox:
+        return self._sandbox
+
+    @property
     def isolation_note(self) -> str:
-        return self._isolation.note
+        return self._sandbox.note
 
     def layers(self) -> list[patchloop_pb2.SandboxLayer]:
-        net = not self._isolation.note
-        return [
-            patchloop_pb2.SandboxLayer(name="network", active=net, detail=self._isolation.note or "network namespace"),
-            patchloop_pb2.SandboxLayer(name="environment", active=True, detail="allow-listed variables, no credentials"),
-            patchloop_pb2.SandboxLayer(name="time_limit", active=True, detail="process group killed at the limit"),
-        ]
+        return self._sandbox.layers()
+
+    async def probe(self) -> None:
+        """Find the sandbox layers (once; subprocesses, so in a thread)."""
+        await asyncio.to_thread(self._sandbox.probe)
 
     def environment(self, target_dir: Path) -> dict[str, str]:
-        env = scrub_environment(self._environ)
-        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-        env["CARGO_TARGET_DIR"] = str(target_dir)
-        env["CARGO_NET_OFFLINE"] = "true"
-        env["CARGO_TERM_COLOR"] = "never"
-        return env
+        return self._sandbox.environment(self._environ, {
+            "CARGO_TARGET_DIR": os.path.realpath(target_dir),
+            "CARGO_NET_OFFLINE": "true",
+            "CARGO_TERM_COLOR": "never",
+        })
 
-    async def run(self, command: Sequence[str], cwd: Path, target_dir: Path, timeout_s: float) -> BuildResult:
-        """Run `command` in `cwd`; kill its whole process group after `timeout_s`.
+    async def run(self, command: Sequence[str], cwd: Path, target_dir: Path, timeout_s: float,
+                  writable: Sequence[Path] | None = None) -> BuildResult:
+        """Run `command` in `cwd`; only `writable` (default: cwd and target_dir)
+        may be written; the whole process group is killed after `timeout_s`.
 
         The process is started and waited for on a thread of its own: starting
         a process blocks the caller until the child has exec'd, which under
         load (64 builds starting at once on two cores) took the event loop
         away from every other stream for seconds.
         """
-        build = _Process([*self._isolation.probe(), *command], cwd, self.environment(target_dir))
+        await self.probe()
+        env = self.environment(target_dir)
+        argv = self._sandbox.wrap(command, cwd, [cwd, target_dir] if writable is None else writable, env)
+        build = _Process(argv, cwd, env)
         start = time.perf_counter()
         try:
             out, err, timed_out = await asyncio.get_running_loop().run_in_executor(self._threads, build.run, timeout_s)

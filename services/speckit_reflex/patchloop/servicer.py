@@ -44,4 +44,4 @@ class PatchLoopServicer(patchloop_pb2_grpc.PatchLoopServicer):
     async def GetBuildSettings(  # noqa: N802
         self, request: patchloop_pb2.GetBuildSettingsRequest, context: aio.ServicerContext
     ) -> patchloop_pb2.BuildSettings:
-        return self._loop.build_settings()
+        return await self._loop.build_settings()
