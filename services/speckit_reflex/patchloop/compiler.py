@@ -67,7 +67,7 @@ class Compiler:
 
     def __init__(self, runner: BuildRunner):
         self._runner = runner
-        self._toolchain: str | None = None
+        self._toolchain: asyncio.Future[str] | None = None
 
     async def sandbox_note(self) -> str:
         """The sandbox layers missing on this host, in one line ("" when none is)."""
@@ -75,13 +75,14 @@ class Compiler:
         return self._runner.isolation_note
 
     async def toolchain(self) -> str:
-        """`rustc -vV` as builds see it (part of the build cache key), asked once."""
+        """`rustc -vV` as builds see it (part of the build cache key), asked once
+        (concurrent first callers share the one question)."""
         if self._toolchain is None:
             # The target dir is irrelevant to rustc's version; the environment
             # (PATH, RUSTUP_TOOLCHAIN) is the builds' own.
             env = self._runner.environment(Path(tempfile.gettempdir()))
-            self._toolchain = await asyncio.to_thread(toolchain_id, env)
-        return self._toolchain
+            self._toolchain = asyncio.ensure_future(asyncio.to_thread(toolchain_id, env))
+        return await asyncio.shield(self._toolchain)
 
     async def sandbox_layers(self) -> list[patchloop_pb2.SandboxLayer]:
         await self._runner.probe()

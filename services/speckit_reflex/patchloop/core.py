@@ -12,6 +12,7 @@ LOOP_RESULT event; progress streams to the caller as RunEvents.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -19,6 +20,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -283,6 +285,12 @@ class PatchLoop:
         self._history = history
         self._scratch_dir = scratch_dir
         self._cache = cache
+        # Copies are made on threads of their own, and removed (or sized and
+        # evicted) on one more: with a single shared pool, 64 concurrent runs'
+        # copies queued behind earlier runs' clean-up, and their first event
+        # came seconds late.
+        self._copy_threads = ThreadPoolExecutor(max_workers=32, thread_name_prefix="speckit-scratch")
+        self._housekeeping = ThreadPoolExecutor(max_workers=1, thread_name_prefix="speckit-cache")
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def session_failures(self, spec: RunSpec, note: Callable[[str], None]) -> int:
@@ -326,7 +334,7 @@ class PatchLoop:
         try:
             self._registry.add(record)
         except BaseException:
-            await asyncio.to_thread(scratch.close)
+            await self.close_scratch(scratch)
             raise
         task = asyncio.create_task(_Run(self, spec, scratch, record).execute(), name=f"run-{spec.run_id}")
         self._tasks.add(task)
@@ -345,7 +353,7 @@ class PatchLoop:
         other stream of this process."""
         workspace = Scratch.check_workspace(str(self._roots.admit(spec.workspace)))
         toolchain = await self._compiler.toolchain() if self._cache is not None else ""
-        opening = asyncio.ensure_future(asyncio.to_thread(
+        opening = asyncio.get_running_loop().run_in_executor(self._copy_threads, functools.partial(
             Scratch.open, workspace, self._scratch_dir, self._cache, toolchain, build_profile(spec.build.command)))
         try:
             return await asyncio.shield(opening)
@@ -354,10 +362,13 @@ class PatchLoop:
             # cache slot is freed (it would stay locked otherwise).
             def discard(done: asyncio.Future[Scratch]) -> None:
                 if not done.cancelled() and done.exception() is None:
-                    asyncio.get_running_loop().run_in_executor(None, done.result().close)
+                    asyncio.get_running_loop().run_in_executor(self._housekeeping, done.result().close)
 
             opening.add_done_callback(discard)
             raise
+
+    async def close_scratch(self, scratch: Scratch) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._housekeeping, scratch.close)
 
     async def build_cache_info(self) -> CacheInfo:
         """Where the persistent build cache is and how full (no cache: disabled, empty)."""
@@ -524,7 +535,7 @@ class _Run:
         finally:
             # Removing a temporary copy or sizing a cache slot is disk work:
             # in a thread, and finished even if this task is cancelled again.
-            await asyncio.shield(asyncio.to_thread(self.scratch.close))
+            await asyncio.shield(self.loop.close_scratch(self.scratch))
 
     async def _loop(self) -> None:
         state = await self.compile()
