@@ -46,7 +46,7 @@ from grpc import aio
 from patchloop_bench import StubCapsule, StubInference, StubRouter, _free_port
 
 from speckit_reflex.clients.patchloop import PatchLoopClient
-from speckit_reflex.patchloop.sandbox import BuildRunner, NetworkIsolation
+from speckit_reflex.patchloop.sandbox import BuildRunner, Sandbox
 from speckit_reflex.v1 import capsule_pb2_grpc, inference_pb2_grpc, patchloop_pb2, router_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,7 +123,7 @@ def generate_small_crate(root: Path, n: int) -> Path:
 
 
 CHECK = ("cargo", "check", "--offline", "--message-format=json")
-SANDBOX = BuildRunner(NetworkIsolation())
+SANDBOX = BuildRunner(Sandbox())
 
 
 def cargo_check_ms(cwd: Path, target: Path) -> float:
