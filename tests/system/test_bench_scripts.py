@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -75,3 +77,21 @@ def test_observability_overhead_benchmark_runs(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     for kind in ("off", "metrics", "tracing"):
         assert doc[f"{kind}_cpu_us_per_call"] > 0
+
+
+@pytest.mark.cargo
+def test_warm_workspace_benchmark_prints_its_targets(tmp_path: Path) -> None:
+    out = tmp_path / "warm.json"
+    table = _run("warm_workspace.py", out, "--modules", "2", "--items", "2", "--warm-runs", "2", "--concurrent", "3")
+    for row, target in [("warm first build step / incremental check", "<= 1.5"),
+                        ("warm total - incremental check (ms)", "<= 1000 ms")]:
+        line = next(x for x in table.splitlines() if x.startswith(row))
+        assert target in line, line
+    doc = json.loads(out.read_text())
+    assert doc["cold_run"]["cache"] == "CACHE_STATE_COLD"
+    assert [r["cache"] for r in doc["warm_runs"]] == ["CACHE_STATE_WARM"] * 2
+    # Cargo's word: the dependency was fresh in each warm run's first build.
+    assert all(r["units_fresh_built"][0] == [1, 0] for r in doc["warm_runs"])
+    assert doc["concurrent"]["runs"] == 3 and doc["concurrent"]["all_finished"]
+    assert doc["concurrent"]["outcomes"] == ["OUTCOME_FIXED"]
+    assert len(doc["bare_check"]["incremental_all_ms"]) == 2
