@@ -299,3 +299,25 @@ async def test_starting_a_build_never_blocks_the_event_loop(monkeypatch, tmp_pat
     release.set()
     result = await build
     assert result.returncode == 0 and not result.timed_out
+
+
+async def test_the_scratch_copy_is_made_off_the_event_loop(monkeypatch, crate, cached_loop) -> None:
+    """A copy that lasts until the event loop itself ends it: a copy made on
+    the loop would hold it and fail."""
+    from speckit_reflex.patchloop import workspace
+
+    started, release = threading.Event(), threading.Event()
+    real_sync = workspace.sync_tree
+
+    def slow_sync(*args, **kwargs):  # type: ignore[no-untyped-def]
+        started.set()
+        if not release.wait(30):
+            raise AssertionError("the event loop was held while the workspace was copied")
+        return real_sync(*args, **kwargs)
+
+    monkeypatch.setattr(workspace, "sync_tree", slow_sync)
+    run = asyncio.create_task(run_all(cached_loop(), workspace=str(crate("missing_mut"))))
+    assert await asyncio.get_running_loop().run_in_executor(None, started.wait, 60), "the copy never started"
+    release.set()  # only reachable while the copy runs if the loop is free
+    _, result = await run
+    assert result.outcome == patchloop_pb2.OUTCOME_FIXED
