@@ -108,7 +108,7 @@ async def start_services(
     """
     policy = policy or load_policy(settings.policy or None)
     if tracing is None:
-        tracing = Tracing.from_env("reflex" if len(names) > 1 else names[0])
+        tracing = Tracing.from_env(names[0] if len(names) == 1 else "reflex")  # none: serve openai alone
     ctx = ServiceContext(settings=settings, policy=policy, metrics=Metrics() if settings.metrics_addr else None,
                          tracing=tracing)
     for name in names:
