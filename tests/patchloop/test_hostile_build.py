@@ -166,3 +166,29 @@ async def test_status_shows_each_sandbox_layer(services_factory, tmp_path: Path)
     assert sandbox["profiles"]["check"][:2] == ["cargo", "check"]
     table = (await asyncio.to_thread(status)).stdout
     assert "sandbox: filesystem" in table and "MISSING" not in table
+
+
+async def test_a_revert_after_a_build_never_writes_through_a_link_the_build_planted(patchloop_process: str,
+                                                                                   tmp_path: Path):
+    """rustc's own fix of src/payload/victim.rs is tried and undone (the second
+    build breaks on purpose); between the two, the build script swapped the
+    copy's src/payload/ folder for a link to a host folder. Undoing the fix must
+    not write (nor delete) anything there."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim.rs").write_text("a host file the revert must not replace\n")
+    crate = tmp_path / "user" / "crate"
+    shutil.copytree(CRATES / "link_swap_build", crate)
+    (crate / "target.txt").write_text(f"{outside}\n")
+    before = tree_digest(crate)
+    channel = open_channel(ChannelConfig(address=patchloop_process))
+    try:
+        events, result = await PatchLoopClient(channel).run_to_end(str(crate), max_attempts=1)
+    finally:
+        await channel.close()
+    applied = [ev.patch_applied for ev in events if ev.WhichOneof("kind") == "patch_applied"]
+    assert applied and applied[0].files == ["src/payload/victim.rs"], events  # the fast path ran, then was undone
+    assert result.outcome != patchloop_pb2.OUTCOME_FIXED
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.rs"]
+    assert (outside / "victim.rs").read_text() == "a host file the revert must not replace\n"
+    assert tree_digest(crate) == before

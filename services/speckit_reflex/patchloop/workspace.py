@@ -259,14 +259,57 @@ def _sync_entry(s_path: str, d_path: str, rec: dict | None, stats: SyncStats,
     return {"src": src_key, "sha": sha, "dst": [d_st.st_size, d_st.st_mtime_ns, d_st.st_ctime_ns, d_st.st_ino]}
 
 
-def _replace(path: Path, data: bytes) -> None:
-    """Write `data` as a new file at `path`: a build may have hard-linked the
-    old one to a file elsewhere, and writing into it would write there too."""
-    mode = path.stat().st_mode if path.is_file() else 0o644
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, stat.S_IMODE(mode))
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+def _open_parent(root: Path, rel: str) -> tuple[int, str]:
+    """An fd of the directory holding `rel` under `root`, and its file name,
+    reached one component at a time without following a link. A build runs
+    between a patch and its revert and may swap a folder of the copy for a
+    link to a host folder: a link or file where a folder belongs is replaced
+    by an empty folder, so nothing is written or deleted through it."""
+    *dirs, name = PurePosixPath(rel).parts
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(root, flags)
+    try:
+        for part in dirs:
+            try:
+                sub = os.open(part, flags, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    os.unlink(part, dir_fd=fd)  # a link or a file: never followed
+                elif exc.errno != errno.ENOENT:
+                    raise
+                os.mkdir(part, 0o755, dir_fd=fd)
+                sub = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, name
+
+
+def _replace(root: Path, rel: str, data: bytes | None) -> None:
+    """Write `data` as a new file at `rel` under `root` (None: remove it). A
+    new file, because a build may have hard-linked the old one to a file
+    elsewhere and writing into it would write there too; and no link on the
+    way followed (`_open_parent`)."""
+    dir_fd, name = _open_parent(root, rel)
+    try:
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            mode = stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else 0o644
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(name, dir_fd=dir_fd)  # follows no link
+            else:
+                os.unlink(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            mode = 0o644
+        if data is None:
+            return
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode, dir_fd=dir_fd)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    finally:
+        os.close(dir_fd)
 
 
 class Scratch:
@@ -367,7 +410,7 @@ class Scratch:
                 _, real = checked_relative(self.workspace, rel)
                 user = real.read_bytes() if real.is_file() else None
                 if user is not None and hashlib.sha256(user).hexdigest() == synced:
-                    _replace(path, user)
+                    _replace(self.root, rel, user)
                     data = user
             self._contents[rel] = data
         return self._contents[rel]
@@ -381,22 +424,19 @@ class Scratch:
         # is applied whole or not at all. Plain writes suffice here: nothing
         # reads the private scratch copy while a patch is being applied, and a
         # temp-file-and-rename per file doubles the cost of an attempt.
-        targets = [(checked_relative(self.root, rel)[1], text) for rel, text in contents.items()]
-        for (rel, text), (real, _) in zip(contents.items(), targets):
+        targets = [(checked_relative(self.root, rel)[0], text) for rel, text in contents.items()]
+        for (rel, text), (real_rel, _) in zip(contents.items(), targets):
             data = text.encode("utf-8")
-            real.parent.mkdir(parents=True, exist_ok=True)
-            _replace(real, data)
+            _replace(self.root, real_rel, data)
             self._contents[rel] = data
         return previous
 
     def restore(self, previous: dict[str, bytes | None]) -> None:
         """Undo a write: put back the given contents (None = remove the file)."""
         for rel, data in previous.items():
-            path = self.root / rel
-            if data is None:
-                path.unlink(missing_ok=True)
-            else:
-                _replace(path, data)
+            # Not through checked_relative: a build ran since the write, and
+            # a link it planted must be replaced, not followed nor refused.
+            _replace(self.root, rel, data)
             self._contents[rel] = data
 
     def changed(self) -> dict[str, tuple[bytes | None, bytes | None]]:

@@ -1,0 +1,3 @@
+#[path = "payload/victim.rs"]
+mod victim;
+pub use victim::triangle;
