@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_patchloop_e2e import CLOUD_KEY_ENV, capsule_events, start_stack, write_policy
 
 from speckit_reflex.clients.capsule import CapsuleClient
+from speckit_reflex.clients.inference import InferenceClient
 from speckit_reflex.clients.patchloop import PatchLoopClient
 from speckit_reflex.runtime.logs import _JsonFormatter
 from speckit_reflex.runtime.tracing import Tracing
@@ -117,6 +118,30 @@ async def test_metrics_move_after_a_real_run(crate, services_factory, tmp_path: 
     # Tracing is off here: no ids on the run's events.
     events = await CapsuleClient(svc.ctx.channel("capsule")).all_events(run_id="metrics-run")
     assert len(events) == 4 and all(e.trace_id == "" == e.span_id for e in events)
+
+
+async def test_model_names_a_caller_sends_never_become_metric_labels(services_factory, tmp_path: Path,
+                                                                    fixing_model, monkeypatch):
+    """/metrics has no token: a model name chosen by a caller (a credential
+    pasted by mistake, or thousands of distinct names to grow the process's
+    series without bound) must not show up there, whichever way the call ends."""
+    monkeypatch.setenv(CLOUD_KEY_ENV, "sk-test-cloud")
+    pol = write_policy(tmp_path, kind="vllm", endpoint=fixing_model.base_url, model="local-model",
+                       cloud_endpoint="http://127.0.0.1:9/v1")
+    svc = await start_stack(services_factory, tmp_path, pol, "local-model", metrics_addr="127.0.0.1:0")
+    inference = InferenceClient(svc.ctx.channel("inference"))
+    names = ["ghp_ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", *(f"caller-model-{i}" for i in range(5))]
+    for name in names:
+        for backend in ("", "local", "cloud"):
+            try:
+                await inference.complete([{"role": "user", "content": "hi"}], model=name, backend=backend,
+                                         max_tokens=8, timeout=30)
+            except grpc.aio.AioRpcError:
+                pass
+    labels = {dict(lab).get("model") for (metric, lab) in await scrape(svc.ctx.metrics_server.address)
+              if metric.startswith("speckit_model_")}
+    assert labels <= {"local-model", "cloud-model", "other", "none"}, labels
+    assert "other" in labels  # the calls were counted, under one label
 
 
 async def test_no_metrics_without_an_address(services_factory) -> None:

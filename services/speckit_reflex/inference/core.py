@@ -159,6 +159,11 @@ class InferenceCore:
         self._emit = emit
         self._metrics = metrics
         self._local_names = tuple(s.name for s in config.local)
+        # Metric labels name only models of the policy: a caller's model name
+        # (or a server's echo of it) would put caller text on the
+        # unauthenticated /metrics and grow the series without bound.
+        self._known_models = frozenset(m for s in (*config.local, config.cloud) for m in s.models) | {
+            config.primary_model}
 
     # -- listing and health ---------------------------------------------------
 
@@ -473,7 +478,9 @@ class InferenceCore:
     def _count_call(self, req: CallRequest, result: CallResult, success: bool, reason: str) -> None:
         m = self._metrics
         assert m is not None
-        backend, model = result.backend or "none", result.model or req.model or "none"
+        backend = result.backend or "none"
+        named = [m for m in (result.model, req.model) if m]
+        model = next((m for m in named if m in self._known_models), "other" if named else "none")
         if success:
             outcome = "ok"
         elif reason == "cancelled":
