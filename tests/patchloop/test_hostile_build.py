@@ -12,12 +12,15 @@ sandbox has no PID layer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,13 +55,19 @@ def report(events: list[patchloop_pb2.RunEvent]) -> str:
 @pytest.fixture
 def patchloop_process(tmp_path: Path) -> Iterator[str]:
     """`speckit serve patchloop` with a cloud key in its environment; yields its address."""
+    with serve_patchloop(tmp_path, tmp_path / "home") as addr:
+        yield addr
+
+
+@contextlib.contextmanager
+def serve_patchloop(tmp_path: Path, home: Path) -> Iterator[str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPECKIT_")}
     env.update({
         "OPENAI_API_KEY": KEY,
         "SPECKIT_PATCHLOOP_ADDR": f"127.0.0.1:{port}",
         "SPECKIT_WORKSPACE_ROOTS": str(tmp_path / "user"),
-        "SPECKIT_HOME": str(tmp_path / "home"),
+        "SPECKIT_HOME": str(home),
         "SPECKIT_GRACE_S": "1",
         # No Router: the run ends refused after its first build, which is all this needs.
         "SPECKIT_ROUTER_ADDR": f"127.0.0.1:{free_port()}",
@@ -192,3 +201,32 @@ async def test_a_revert_after_a_build_never_writes_through_a_link_the_build_plan
     assert sorted(p.name for p in outside.iterdir()) == ["victim.rs"]
     assert (outside / "victim.rs").read_text() == "a host file the revert must not replace\n"
     assert tree_digest(crate) == before
+
+
+async def test_a_setuid_file_a_build_leaves_in_the_cache_runs_as_no_one_else(tmp_path: Path):
+    """A build is root in its namespaces when the service is root: it can
+    leave a setuid-root program in its target dir, which is the persistent
+    cache under SPECKIT_HOME. No other user of the host may reach it, even
+    when SPECKIT_HOME itself is open to all (the default umask)."""
+    home = Path(tempfile.mkdtemp(prefix="speckit-home-"))
+    try:
+        home.chmod(0o755)
+        with serve_patchloop(tmp_path, home) as addr:
+            crate = tmp_path / "user" / "crate"
+            shutil.copytree(CRATES / "setuid_build", crate)
+            channel = open_channel(ChannelConfig(address=addr))
+            try:
+                events, _ = await PatchLoopClient(channel).run_to_end(str(crate), max_attempts=1)
+            finally:
+                await channel.close()
+        planted = [p for p in home.rglob("planted-id") if p.stat().st_mode & stat.S_ISUID]
+        assert planted, [ev for ev in events if ev.WhichOneof("kind") == "compile_finished"]
+        for path in planted:
+            try:
+                out = subprocess.run([str(path)], user="nobody", capture_output=True, text=True, timeout=10)
+            except PermissionError:
+                continue
+            assert "euid=0" not in out.stdout, f"{path} runs as root for nobody: {out.stdout}"
+            assert out.returncode != 0, out.stdout
+    finally:
+        shutil.rmtree(home, ignore_errors=True)

@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import uuid
 from collections.abc import Sequence
@@ -171,10 +172,20 @@ class BuildCache:
     def enabled(self) -> bool:
         return self.max_bytes > 0
 
+    def _make_private(self) -> None:
+        """The cache root, reachable by the service's user only. A build runs
+        as the service's user (root in its namespaces when the service is
+        root) and may leave a setuid program in its target dir: nobody else
+        may get to it, whatever SPECKIT_HOME's own mode."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if stat.S_IMODE(self.root.stat().st_mode) & 0o077:
+            self.root.chmod(0o700)
+
     def acquire(self, workspace: Path, toolchain: str, profile: str) -> Lease | None:
         """A free slot for `workspace` (created when needed); None when all are busy."""
         key = cache_key(workspace, toolchain, profile)
         entry = self.root / key
+        self._make_private()
         for _ in range(3):  # a concurrent clear may remove the entry under us
             try:
                 entry.mkdir(parents=True, exist_ok=True)
