@@ -15,13 +15,19 @@ SECRETS = {
     "aws_access_key_id": "AKIA" + "Q2W3E4R5T6Y7U8I9",
     "google": "AIza" + "SyA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q",
     "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+    "gitlab": "glpat-" + "Ab3_Cd4-Ef" * 2,
+    "hugging_face": "hf_" + "AbCdEfGhIj" * 3 + "Kl1234",
+    "npm": "npm_" + "A1b2C3d4E5f6" * 3,
 }
 # Shapeless secrets, recognised by the name they come with.
 NAMED = {
     "aws_secret": ("AWS_SECRET_ACCESS_KEY=", "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY40"),
     "password": ("password=", "hunter2-Very-Secret"),
     "bearer": ("Authorization: Bearer ", "opaque.bearer.token-value-123"),
+    # A password in a URL's user part: database URLs, git remotes in cargo's errors.
+    "url_database": ("postgresql+psycopg://speckit:", "Db-Pa55word-9f3e@db.internal:5432/speckit"),
+    "url_git": ("https://oauth2:", "Gl0paqueRemoteTok3n@gitlab.example.com/group/crate.git"),
     "pem": ("-----BEGIN RSA PRIVATE KEY-----\n", "MIIEowIBAAKCAQEAx2nH7kq3\n-----END RSA PRIVATE KEY-----"),
 }
 TEXT = " ; ".join([f"{k} {v}" for k, v in SECRETS.items()] + [f"{p}{v}" for p, v in NAMED.values()])
-NEEDLES = [*SECRETS.values(), *(v.splitlines()[0] for _, v in NAMED.values())]
+NEEDLES = [*SECRETS.values(), *(v.splitlines()[0].split("@")[0] for _, v in NAMED.values())]

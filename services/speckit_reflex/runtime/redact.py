@@ -8,7 +8,9 @@ Two kinds of rule:
   Anthropic keys (`sk-...`, `sk-proj-...`, `sk-ant-...`), GitHub tokens
   (`ghp_`, `gho_`, `ghu_`, `ghs_`, `ghr_`, `github_pat_`), Slack tokens
   (`xoxb-`, `xoxp-`, ...), AWS access key ids (`AKIA...`, `ASIA...`), Google
-  API keys (`AIza...`), JSON Web Tokens, PEM private keys, and `name=value` /
+  API keys (`AIza...`), GitLab (`glpat-`), Hugging Face (`hf_`) and npm
+  (`npm_`) tokens, JSON Web Tokens, PEM private keys, the password of a URL
+  (`postgresql://user:password@host`, a git remote), and `name=value` /
   `name: value` pairs whose name says secret (`password=`,
   `AWS_SECRET_ACCESS_KEY=`, `api-key: `, ...), which is how AWS secret keys
   and other shapeless secrets appear in text.
@@ -51,13 +53,18 @@ _SHAPES = re.compile(
     r"|\bAIza[0-9A-Za-z_-]{35}"
     r"|\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
     rf"|(?i:\b({_SECRET_NAME})([\"']?\s*[:=]\s*)([\"']?)(?!\[REDACTED\])(?:(?:bearer|basic)\s+)?)[^\s,;\"'&]+"
+    r"|\bglpat-[A-Za-z0-9_-]{20,}"
+    r"|\bhf_[A-Za-z0-9]{30,}"
+    r"|\bnpm_[A-Za-z0-9]{36}"
+    # The password of a URL's user part (scheme://user:password@host): kept up to the user.
+    r"|(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)(?!\[REDACTED\])[^\s@/]+(?=@)"
 )
 # Shorter text cannot hold any of the shapes above.
 _MIN_LEN = 8
 
 
 def _keep_prefix(m: re.Match[str]) -> str:
-    prefix = m.group(1) or m.group(2)
+    prefix = m.group(1) or m.group(2) or m.group(6)
     if prefix:
         return f"{prefix}{REDACTED}"
     if m.group(3):
