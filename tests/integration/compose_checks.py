@@ -564,6 +564,42 @@ def check_commands(st: Stack) -> list[str]:
     return problems
 
 
+def check_metrics(st: Stack) -> list[str]:
+    """Every service that serves /metrics (SPECKIT_METRICS_ADDR) is scraped by
+    the metrics profile's Prometheus at that port, nothing else is, and
+    Grafana mounts the dashboard and its provisioning that exist here."""
+    problems: list[str] = []
+    expected: set[str] = set()
+    for role, name in st.role_services().items():
+        value = st.env(st.services[name]).get("SPECKIT_METRICS_ADDR")
+        if not value:
+            problems.append(f"{name}: SPECKIT_METRICS_ADDR is not set (metrics are on in compose)")
+            continue
+        host, port = _hostport(value)
+        if host not in WILDCARD_HOSTS:
+            problems.append(f"{name}: SPECKIT_METRICS_ADDR={value} is not a wildcard listen address")
+        expected.add(f"{name}:{port}")
+    prom = st.services.get("prometheus")
+    if prom is None or "metrics" not in (prom.get("profiles") or []):
+        return [*problems, "no prometheus service in the metrics profile"]
+    config = next((st.compose_dir / src for src, dst in st.mounts(prom)
+                   if dst == "/etc/prometheus/prometheus.yml"), None)
+    if config is None or not config.is_file():
+        return [*problems, f"prometheus: its config {config} is not a file here"]
+    doc = yaml.safe_load(config.read_text(encoding="utf-8"))
+    scraped = {t for job in doc.get("scrape_configs") or []
+               for sc in job.get("static_configs") or [] for t in sc.get("targets") or []}
+    for target in sorted(expected - scraped):
+        problems.append(f"prometheus: {target} serves /metrics but is not scraped")
+    for target in sorted(scraped - expected):
+        problems.append(f"prometheus: scrapes {target}, which serves no /metrics")
+    graf = st.services.get("grafana") or {}
+    for src, _dst in st.mounts(graf):
+        if src.startswith(".") and not (st.compose_dir / src).exists():
+            problems.append(f"grafana: mounts {src}, which is not in compose/")
+    return problems
+
+
 CHECKS: dict[str, Check] = {
     "profiles": check_profiles,
     "served_models": check_served_models,
@@ -571,6 +607,7 @@ CHECKS: dict[str, Check] = {
     "environment": check_environment,
     "paths": check_paths,
     "commands": check_commands,
+    "metrics": check_metrics,
 }
 
 

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +45,9 @@ class Translation:
         ports = {int(p) for s in st.active().values() for p in re.findall(r":(\d{4,5})\b", str(s))}
         self.ports = {p: _free_port() for p in ports if p != 5432}
         self.hosts = set(st.active())
+        # One container port, many processes on one host: each service's
+        # /metrics gets a port of its own here.
+        self.metrics_ports: dict[str, int] = {}
 
     def text(self, s: str) -> str:
         s = re.sub(rf"\b({'|'.join(self.hosts)}):(\d+)",
@@ -89,6 +93,9 @@ class Translation:
         for k, v in {**image_env, **self.st.env(svc)}.items():
             if k == "SPECKIT_DATABASE_URL":
                 v = self.database_url
+            elif k == "SPECKIT_METRICS_ADDR":
+                port = self.metrics_ports.setdefault(name, _free_port())
+                v = f"127.0.0.1:{port}"
             elif v.startswith("/"):
                 v = self.path(name, svc, v)
             env[k] = self.text(v)
@@ -162,3 +169,13 @@ def test_the_cpu_profile_runs_as_processes(compose_processes: tuple[Stack, Trans
     models = subprocess.run([*SPECKIT, "reflex", "models", "--json"], env=env, capture_output=True, text=True,
                             timeout=60)
     assert '"smollm2-135m-instruct"' in models.stdout, models.stdout
+    # Metrics are on in compose: each service serves /metrics, and the run moved PatchLoop's.
+    assert set(tr.metrics_ports) >= {"capsule", "inference", "router", "patchloop"}
+    for name, port in tr.metrics_ports.items():
+        if name not in started:
+            continue
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            body = resp.read().decode()
+        assert "speckit_rpc_server_handled_total" in body, name
+        if name == "patchloop":
+            assert re.search(r'^speckit_patchloop_runs_total\{[^}]*outcome="fixed"[^}]*\} [1-9]', body, re.M), body

@@ -142,6 +142,10 @@ MUTATIONS: dict[str, tuple[str, str, Mutation, str]] = {
     "workspace root not mounted": (
         "vllm", "paths", _set_env("patchloop", "SPECKIT_WORKSPACE_ROOTS", "/srv/crates"), "is not a mount"),
     "unknown CLI command": ("cpu", "commands", _replace_in_command("migrate", "upgrade", "migrate"), "not a valid"),
+    "metrics port, service side": (
+        "cpu", "metrics", _set_env("router", "SPECKIT_METRICS_ADDR", "0.0.0.0:9465"), "router:9465"),
+    "metrics off on one service": (
+        "cpu", "metrics", _set_env("capsule", "", None, drop="SPECKIT_METRICS_ADDR"), "capsule: SPECKIT_METRICS_ADDR"),
     "service does not wait for the migration": (
         "cpu", "commands", lambda d, _: d["services"]["router"]["depends_on"].pop("migrate"), "does not wait"),
 }
