@@ -13,6 +13,7 @@ import pytest
 from grpc import aio
 
 from speckit_reflex.runtime.events import DeadLetters, EventSink, new_event
+from speckit_reflex.runtime.metrics import Metrics, watch_event_sink
 from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, common_pb2
 
 
@@ -157,6 +158,12 @@ async def test_a_refused_event_goes_to_the_dead_letter_file_and_the_rest_is_deli
         assert await sink.flush(10.0)
         assert sorted(picky.ids) == sorted(e.id for i, e in enumerate(events) if i not in (5, 30))
         assert sink.dead_lettered == 2 and sink.dropped == 0 and sink.sent == 38
+        # The count an operator alerts on, as /metrics shows it.
+        metrics = Metrics()
+        watch_event_sink(metrics, "router", sink)
+        text = metrics.exposition().decode()
+        assert 'speckit_event_sink_dead_lettered_total{service="router"} 2.0' in text
+        assert 'speckit_event_sink_sent_total{service="router"} 38.0' in text
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert [(x["event"]["id"], x["code"], x["service"]) for x in lines] == [
         (events[5].id, code.name, "router"), (events[30].id, code.name, "router")]

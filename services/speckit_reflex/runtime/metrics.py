@@ -147,6 +147,8 @@ def watch_event_sink(metrics: Metrics, service: str, sink: Any) -> None:
                   "counter").add(lambda: [((service,), sink.sent)])
     metrics.state("speckit_event_sink_dropped", "Events dropped (buffer full, or refused by Capsule)",
                   ["service"], "counter").add(lambda: [((service,), sink.dropped)])
+    metrics.state("speckit_event_sink_dead_lettered", "Events Capsule refused for good, kept in the dead-letter file",
+                  ["service"], "counter").add(lambda: [((service,), sink.dead_lettered)])
 
 
 # -- the RPC interceptor ---------------------------------------------------------------
