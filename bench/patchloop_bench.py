@@ -101,7 +101,8 @@ async def overhead(runs: int, attempts: int, work: Path) -> dict:
     await server.start()
     peers = f"127.0.0.1:{port}"
     settings = RuntimeSettings(router_addr=peers, inference_addr=peers, capsule_addr=peers,
-                               patchloop_addr="127.0.0.1:0", home=work / ".speckit")
+                               patchloop_addr="127.0.0.1:0", home=work / ".speckit",
+                               workspace_roots=str(work))
     ctx, running = await start_services(["patchloop"], settings, load_policy(None))
     try:
         client = PatchLoopClient(ctx.channel("patchloop"))
@@ -174,7 +175,7 @@ max_tokens = 256
 """)
         settings = RuntimeSettings(router_addr="127.0.0.1:0", inference_addr="127.0.0.1:0", capsule_addr="127.0.0.1:0",
                                    patchloop_addr="127.0.0.1:0", database_url=f"sqlite:///{work / 'bench.db'}",
-                                   home=work / ".speckit")
+                                   home=work / ".speckit", workspace_roots=str(work))
         ctx, running = await start_services(["capsule", "inference", "router", "patchloop"], settings,
                                             load_policy(policy_path))
         ratios: list[float] = []
@@ -242,6 +243,7 @@ async def main() -> None:
     ap.add_argument("--attempts", type=int, default=8)
     ap.add_argument("--llm-tasks", type=int, default=3)
     ap.add_argument("--llm-seconds", type=float, default=300)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "patchloop.json")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="speckit-bench-patchloop-"))
     try:
@@ -269,10 +271,10 @@ async def main() -> None:
         "overhead": ov,
         "cache_reuse": cr,
     }
-    path = ROOT / "bench" / "results" / "patchloop.json"
+    path = args.out.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {path.relative_to(ROOT)}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -95,3 +95,16 @@ def test_warm_workspace_benchmark_prints_its_targets(tmp_path: Path) -> None:
     assert doc["concurrent"]["runs"] == 3 and doc["concurrent"]["all_finished"]
     assert doc["concurrent"]["outcomes"] == ["OUTCOME_FIXED"]
     assert len(doc["bare_check"]["incremental_all_ms"]) == 2
+
+
+@pytest.mark.cargo
+def test_patchloop_benchmark_prints_its_targets(tmp_path: Path) -> None:
+    # Its workspaces live in a temporary folder: the benchmark must name it as
+    # PatchLoop's workspace root, or every run is refused.
+    out = tmp_path / "patchloop.json"
+    table = _run("patchloop_bench.py", out, "--runs", "1", "--attempts", "2", "--llm-tasks", "0")
+    line = next(x for x in table.splitlines() if x.startswith("overhead per attempt p50 (ms)"))
+    assert "<= 20 ms" in line, line
+    doc = json.loads(out.read_text())
+    assert doc["overhead"]["samples"] == 2 and doc["overhead"]["overhead_p50_ms"] > 0
+    assert doc["cache_reuse"] is None
