@@ -96,3 +96,28 @@ def test_serve_with_a_missing_policy_file_is_one_line(tmp_path: Path) -> None:
     run = run_speckit(["serve", "router", "--policy", str(tmp_path / "nope.toml")], speckit_env({}))
     assert run.code == 2 and "Traceback" not in run.stderr
     assert "policy file not found" in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+
+async def test_serve_openai_alone_serves_in_front_of_running_services(services_factory, sqlite_url, tmp_path: Path) -> None:
+    """`speckit serve openai` as its own process, a client of services elsewhere."""
+    svc = await services_factory(["capsule", "inference", "router"], database_url=sqlite_url)
+    openai_addr = f"127.0.0.1:{free_port()}"
+    env = speckit_env({name: svc.addr(name) for name in ("capsule", "inference", "router")},
+                      SPECKIT_OPENAI_ADDR=openai_addr, SPECKIT_HOME=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "speckit_reflex.cli.main", "serve", "openai"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        async with httpx.AsyncClient() as http:
+            while True:
+                assert proc.poll() is None, proc.communicate()[1]
+                try:
+                    models = await http.get(f"http://{openai_addr}/v1/models")
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+        assert models.status_code == 200
+        assert [m["id"] for m in models.json()["data"]][:2] == ["speckit/auto", "qwen2.5-coder-7b-instruct"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.to_thread(proc.communicate, timeout=60)
+    assert proc.returncode == 0, err
