@@ -258,6 +258,20 @@ def start_endpoint(workdir: Path, router_addr: str, adapter_addr: str,
     return proc, f"http://{addr}/v1"
 
 
+def start_serve_all(workdir: Path, policy: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`speckit serve all --mode reflex` with the endpoint in the same process
+    (SPECKIT_OPENAI_ADDR), its own Capsule on SQLite: the deployment the README
+    shows. --mode reflex, since this Capsule has no passing bakeoff."""
+    addr = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "SPECKIT_OPENAI_ADDR": addr, "SPECKIT_POLICY": str(policy),
+           "SPECKIT_HOME": str(workdir / "all"), "SPECKIT_LOG_LEVEL": "ERROR",
+           **{f"SPECKIT_{name}_ADDR": f"127.0.0.1:{free_port()}"
+              for name in ("ROUTER", "INFERENCE", "PATCHLOOP", "CAPSULE")}}
+    proc = subprocess.Popen([sys.executable, "-m", "speckit_reflex.cli.main", "serve", "all", "--mode", "reflex"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, f"http://{addr}/v1"
+
+
 def stop_process(proc: subprocess.Popen[Any]) -> None:
     proc.send_signal(signal.SIGTERM)
     try:
@@ -272,7 +286,7 @@ def added(samples: list[float], base: list[float]) -> float | None:
 
 
 async def front_ends(args: argparse.Namespace, workdir: Path, http: httpx.AsyncClient, stub_url: str,
-                     router_addr: str, adapter_addr: str, capsule_addr: str) -> dict[str, Any]:
+                     router_addr: str, adapter_addr: str, capsule_addr: str, policy: Path) -> dict[str, Any]:
     """Added latency of the OpenAI endpoint and of LiteLLM over direct calls to the stub.
 
     Unary: a chat completion with stream false, reply parsed. Streaming: TTFT
@@ -280,6 +294,7 @@ async def front_ends(args: argparse.Namespace, workdir: Path, http: httpx.AsyncC
     every side once per kind, the side going first rotating.
     """
     endpoint_proc, endpoint_url = start_endpoint(workdir, router_addr, adapter_addr, capsule_addr)
+    all_proc, all_url = start_serve_all(workdir, policy)
     litellm_proc, litellm_url, litellm_key = (None, "", "")
     if not args.no_litellm:
         litellm_proc, litellm_url, litellm_key = start_litellm(workdir, stub_url)
@@ -299,6 +314,8 @@ async def front_ends(args: argparse.Namespace, workdir: Path, http: httpx.AsyncC
 
     try:
         await wait_ready(endpoint_ready, 60)
+        await wait_ready(lambda: post_whole(http, all_url, {**unary, "model": "speckit/auto"}), 60)
+        sides["endpoint_in_serve_all"] = (all_url, "speckit/auto", "")
         if litellm_proc:
             try:
                 await wait_ready(lambda: post_whole(http, litellm_url, {**unary, "model": "m"}, litellm_key), 120)
@@ -332,6 +349,7 @@ async def front_ends(args: argparse.Namespace, workdir: Path, http: httpx.AsyncC
                     stream_ms[name].append(latency * 1000)
     finally:
         stop_process(endpoint_proc)
+        stop_process(all_proc)
         if litellm_proc:
             stop_process(litellm_proc)
     out: dict[str, Any] = {
@@ -342,6 +360,8 @@ async def front_ends(args: argparse.Namespace, workdir: Path, http: httpx.AsyncC
         "endpoint_unary_added_p50_ms": added(unary_ms["endpoint"], unary_ms["direct"]),
         "endpoint_ttft_added_p50_ms": added(ttft_ms["endpoint"], ttft_ms["direct"]),
         "endpoint_stream_added_p50_ms": added(stream_ms["endpoint"], stream_ms["direct"]),
+        "serve_all_unary_added_p50_ms": added(unary_ms["endpoint_in_serve_all"], unary_ms["direct"]),
+        "serve_all_ttft_added_p50_ms": added(ttft_ms["endpoint_in_serve_all"], ttft_ms["direct"]),
         "litellm_calls": len(unary_ms.get("litellm", [])),
         "litellm_unary_added_p50_ms": added(unary_ms.get("litellm", []), unary_ms["direct"]),
         "litellm_ttft_added_p50_ms": added(ttft_ms.get("litellm", []), ttft_ms["direct"]),
@@ -349,8 +369,10 @@ async def front_ends(args: argparse.Namespace, workdir: Path, http: httpx.AsyncC
         "litellm_added_p50_ms": added(stream_ms.get("litellm", []), stream_ms["direct"]),
     }
     for kind in ("unary", "ttft"):
-        ours, theirs = out[f"endpoint_{kind}_added_p50_ms"], out[f"litellm_{kind}_added_p50_ms"]
-        out[f"endpoint_vs_litellm_{kind}_ratio"] = ours / theirs if ours is not None and theirs else None
+        theirs = out[f"litellm_{kind}_added_p50_ms"]
+        for side in ("endpoint", "serve_all"):
+            ours = out[f"{side}_{kind}_added_p50_ms"]
+            out[f"{side}_vs_litellm_{kind}_ratio"] = ours / theirs if ours is not None and theirs else None
     return out
 
 
@@ -439,7 +461,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # one phase, the side going first rotating from call to call. They
         # run only for this phase, so their processes do not share the two
         # cores with the phases above.
-        fronts = await front_ends(args, workdir, http, unary_url, router_addr, adapter_addr, capsule_addr)
+        fronts = await front_ends(args, workdir, http, unary_url, router_addr, adapter_addr, capsule_addr, policy)
 
         # -- streaming --------------------------------------------------------------
         sbody = chat_body(None)
@@ -576,6 +598,12 @@ def report(res: dict[str, Any]) -> None:
         ("  LiteLLM added p50, stream TTFT", fmt(res["litellm_ttft_added_p50_ms"], " ms"), "-", None),
         ("  endpoint / LiteLLM, TTFT", fmt(res["endpoint_vs_litellm_ttft_ratio"]), "<= 0.333",
          None if res["endpoint_vs_litellm_ttft_ratio"] is None else res["endpoint_vs_litellm_ttft_ratio"] <= 1 / 3),
+        ("endpoint inside serve all, added p50 unary / TTFT",
+         f"{fmt(res['serve_all_unary_added_p50_ms'])} / {fmt(res['serve_all_ttft_added_p50_ms'])} ms", "-", None),
+        ("  serve all endpoint / LiteLLM, unary", fmt(res["serve_all_vs_litellm_unary_ratio"]), "<= 0.333",
+         None if res["serve_all_vs_litellm_unary_ratio"] is None else res["serve_all_vs_litellm_unary_ratio"] <= 1 / 3),
+        ("  serve all endpoint / LiteLLM, TTFT", fmt(res["serve_all_vs_litellm_ttft_ratio"]), "<= 0.333",
+         None if res["serve_all_vs_litellm_ttft_ratio"] is None else res["serve_all_vs_litellm_ttft_ratio"] <= 1 / 3),
         ("  direct unary p50 / TTFT p50",
          f"{fmt(res['frontend_direct_unary_p50_ms'])} / {fmt(res['frontend_direct_ttft_p50_ms'])} ms", "-", None),
         ("events received by Capsule: LLMCall / RoutingDecision",
