@@ -103,3 +103,17 @@ async def test_health_passes_and_fails_when_the_server_stops(services_factory):
     down = (await llm.health("llama", refresh=True, timeout=60)).backends[0]
     assert not down.healthy and not down.reachable
     assert down.reason.startswith("unreachable: connect_error")
+
+
+async def test_back_to_back_calls_on_pooled_connections_all_succeed(llama_server, services_factory):
+    # llama.cpp's server closes the connection after a streamed reply; the
+    # adapter's pool only finds out when it reuses it. Calls through the real
+    # service one after another must each be served by llama.cpp with no
+    # failover (every other call used to fail with "Server disconnected",
+    # which cooled the backend down and ended in UNAVAILABLE).
+    svc = await services_factory(["capsule", "inference"], policy=llama_policy(llama_server))
+    llm = InferenceClient(svc.ctx.channel("inference"))
+    for i in range(4):
+        reply = await llm.complete([("system", SYSTEM), ("user", f"Is {i} + 1 = {i + 1}? Set ok.")],
+                                   json_schema=SCHEMA, schema_name="answer", max_tokens=16, timeout=240)
+        assert (reply.backend, list(reply.failovers)) == ("llama", []), (i, reply)

@@ -182,7 +182,12 @@ class ModelServer:
     async def _request(self, method: str, url: str, timeout_s: float, json_body: Any = None) -> Any:
         try:
             async with asyncio.timeout(timeout_s):
-                resp = await self._client.request(method, url, json=json_body, timeout=timeout_s)
+                try:
+                    resp = await self._client.request(method, url, json=json_body, timeout=timeout_s)
+                except httpx.HTTPError as exc:
+                    if not _stale_connection(exc):
+                        raise
+                    resp = await self._client.request(method, url, json=json_body, timeout=timeout_s)
         except TimeoutError:
             raise UpstreamFailure("timeout", f"{method} {url} took over {timeout_s:.2f}s") from None
         except httpx.HTTPError as exc:
@@ -216,7 +221,12 @@ class ModelServer:
         )
         try:
             async with asyncio.timeout_at(deadline):
-                resp = await self._transport.handle_async_request(request)
+                try:
+                    resp = await self._transport.handle_async_request(request)
+                except httpx.HTTPError as exc:
+                    if not _stale_connection(exc):
+                        raise
+                    resp = await self._transport.handle_async_request(request)
         except TimeoutError:
             raise UpstreamFailure("timeout", "no response headers before the deadline") from None
         except httpx.HTTPError as exc:
@@ -339,6 +349,17 @@ class ModelServer:
             gen.parts.append(text)
             return [text]
         return []
+
+
+def _stale_connection(exc: httpx.HTTPError) -> bool:
+    """A pooled keep-alive connection the server had already closed, found
+    before any response byte: the request never reached the server, so it is
+    sent once more on a new connection. llama.cpp's server closes the
+    connection after each streamed reply, and uvicorn-based servers (SGLang,
+    vLLM) close idle ones after 5 s, racing the pool's own expiry."""
+    cause = exc.__cause__
+    return isinstance(cause, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError) and not isinstance(
+        cause, aiohttp.ClientConnectorError)
 
 
 def _transport_failure(exc: httpx.HTTPError) -> UpstreamFailure:
