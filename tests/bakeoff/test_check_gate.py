@@ -1,65 +1,82 @@
-"""`speckit reflex check --exit-code` is the CI gate: exit 0 when reflex holds
-the thresholds, non-zero when it does not or when samples are too few.
-Events are made for each case and appended to a real Capsule service."""
+"""`speckit reflex check --exit-code` is the CI gate: exit 0 only when every
+threshold passes on the bakeoff's trials; a failed threshold and one that
+cannot be judged (no data, too few tasks) both exit non-zero. Trials and
+events are made for each case and stored in a real Capsule service."""
 
 from __future__ import annotations
 
 from speckit_reflex.clients.capsule import CapsuleClient
-from speckit_reflex.v1 import common_pb2
+from speckit_reflex.v1 import capsule_pb2, common_pb2
 
 from .conftest import attempt_event, run_speckit, speckit_env
 
 REFLEX, CLOUD = common_pb2.ROUTING_MODE_REFLEX, common_pb2.ROUTING_MODE_CLOUD
 
 
-async def _capsule_with(services_factory, db_url: str, events: list[common_pb2.Event]):  # type: ignore[no-untyped-def]
+def _trial(task: int, mode: int, success: bool = True, latency: float = 500.0, valid: bool = True) -> capsule_pb2.Trial:
+    return capsule_pb2.Trial(
+        id=f"run-1-{mode}-{task}", bakeoff_run_id="run-1", task_id=f"t{task}", mode=mode,  # type: ignore[arg-type]
+        model="smollm2" if mode == REFLEX else "deepseek-chat", success=success, attempts=1,
+        first_attempt_success=success, model_calls=1, replies=1, schema_valid_replies=int(valid),
+        call_latency_ms=[latency],
+    )
+
+
+async def _capsule_with(services_factory, db_url: str, trials: list[capsule_pb2.Trial],  # type: ignore[no-untyped-def]
+                        events: list[common_pb2.Event] | None = None):
     svc = await services_factory(["capsule"], database_url=db_url)
-    reply = await CapsuleClient(svc.ctx.channel("capsule")).append_events(events)
-    assert reply.inserted == len(events)
+    capsule = CapsuleClient(svc.ctx.channel("capsule"))
+    if trials:
+        run = capsule_pb2.BakeoffRun(id="run-1", suite="reflex_patchloop_v1", suite_version=1, mode="both",
+                                     status="done")
+        run.started_at.GetCurrentTime()
+        await capsule.upsert_bakeoff_run(run)
+        assert (await capsule.record_trials(trials)).inserted == len(trials)
+    if events:
+        assert (await capsule.append_events(events)).inserted == len(events)
     return speckit_env({"capsule": svc.addr("capsule")})
 
 
-def _good_reflex(n: int) -> list[common_pb2.Event]:
-    # 10 reflex attempts, 9 fixed (90 %), all valid JSON, latencies 300..1200 ms.
-    return [attempt_event(REFLEX, success=i != 0, latency_ms=300 + 100 * i) for i in range(n)]
+def _good(n: int = 10) -> list[capsule_pb2.Trial]:
+    # Reflex fixes 9 of 10 tasks with latencies 300..1200 ms; cloud fixes all 10.
+    return ([_trial(i, REFLEX, success=i != 0, latency=300 + 100 * i) for i in range(n)]
+            + [_trial(i, CLOUD, latency=4000) for i in range(n)])
 
 
-def _cloud(n: int, fixed: int) -> list[common_pb2.Event]:
-    return [attempt_event(CLOUD, success=i < fixed, latency_ms=4000) for i in range(n)]
+def _results(doc: dict) -> dict[str, str]:  # type: ignore[type-arg]
+    return {r["name"]: r["status"] for r in doc["results"]}
 
 
 async def test_check_exits_zero_when_thresholds_hold(services_factory, migrated_db_url: str) -> None:
-    env = await _capsule_with(services_factory, migrated_db_url, _good_reflex(10) + _cloud(10, fixed=10))
+    env = await _capsule_with(services_factory, migrated_db_url, _good())
     run = await _cli(["reflex", "check", "--since", "1h", "--min-samples", "10", "--exit-code", "--json"], env)
     assert run.code == 0, run.stderr
     doc = run.json()
-    assert doc["passed"] is True
-    assert doc["failures"] == []
-    assert doc["reflex"]["total_attempts"] == 10
-    assert doc["reflex"]["success_rate"] == 90.0
-    assert doc["success_parity_percent"] == 90.0
+    assert doc["status"] == "pass" and doc["passed"] is True and doc["failures"] == []
+    assert set(_results(doc).values()) == {"pass"}
+    assert (doc["reflex"]["tasks"], doc["reflex"]["success_rate"], doc["reflex"]["pass_at_1"]) == (10, 90.0, 90.0)
+    assert doc["success_parity_percent"] == 90.0 and doc["baseline"]["kind"] == "same_runs"
     # Table form, same verdict and exit code.
     table = await _cli(["reflex", "check", "--since", "1h", "--min-samples", "10", "--exit-code"], env)
     assert table.code == 0
-    assert "PASS" in table.stdout
+    assert "verdict: pass" in table.stdout and "baseline: same_runs" in table.stdout
 
 
 async def test_check_exits_nonzero_when_parity_and_compliance_fail(services_factory, migrated_db_url: str) -> None:
-    reflex = [attempt_event(REFLEX, success=i < 3, latency_ms=500, json_valid=i != 9) for i in range(10)]
-    env = await _capsule_with(services_factory, migrated_db_url, reflex + _cloud(10, fixed=10))
+    reflex = [_trial(i, REFLEX, success=i < 3, valid=i != 9) for i in range(10)]
+    env = await _capsule_with(services_factory, migrated_db_url, reflex + [_trial(i, CLOUD) for i in range(10)])
     run = await _cli(["reflex", "check", "--since", "1h", "--min-samples", "10", "--exit-code", "--json"], env)
     assert run.code == 1
     doc = run.json()
-    assert doc["passed"] is False
-    kinds = {f["kind"] for f in doc["failures"]}
-    assert kinds == {"parity_too_low", "compliance_too_low"}
+    assert doc["status"] == "fail"
+    assert {f["kind"] for f in doc["failures"]} == {"parity_too_low", "compliance_too_low"}
     assert doc["success_parity_percent"] == 30.0
     assert doc["reflex"]["json_compliance_rate"] == 90.0
 
 
 async def test_check_exits_nonzero_when_p95_latency_too_high(services_factory, migrated_db_url: str) -> None:
-    reflex = [attempt_event(REFLEX, success=True, latency_ms=2500) for _ in range(10)]
-    env = await _capsule_with(services_factory, migrated_db_url, reflex + _cloud(10, fixed=10))
+    trials = [_trial(i, REFLEX, latency=2500) for i in range(10)] + [_trial(i, CLOUD) for i in range(10)]
+    env = await _capsule_with(services_factory, migrated_db_url, trials)
     run = await _cli(["reflex", "check", "--since", "1h", "--min-samples", "10", "--exit-code", "--json"], env)
     assert run.code == 1
     assert [f["kind"] for f in run.json()["failures"]] == ["p95_too_high"]
@@ -68,17 +85,38 @@ async def test_check_exits_nonzero_when_p95_latency_too_high(services_factory, m
 async def test_check_exits_nonzero_on_too_few_samples_but_zero_without_exit_code(
     services_factory, migrated_db_url: str
 ) -> None:
-    env = await _capsule_with(services_factory, migrated_db_url, _good_reflex(10) + _cloud(10, fixed=10))
+    env = await _capsule_with(services_factory, migrated_db_url, _good())
     gate = await _cli(["reflex", "check", "--since", "1h", "--min-samples", "20", "--exit-code", "--json"], env)
     assert gate.code == 1
-    failures = gate.json()["failures"]
-    assert {f["kind"] for f in failures} == {"too_few_samples"}
-    assert {f["observed"] for f in failures} == {10}
-    # Counts are JSON integers ("observed": 10, not 10.0).
-    assert all(type(f["observed"]) is int and type(f["required"]) is int for f in failures), failures
+    doc = gate.json()
+    assert doc["status"] == "not_judged" and set(_results(doc).values()) == {"not_judged"}
+    assert {f["kind"] for f in doc["failures"]} == {"too_few_samples"}
+    # Counts are JSON integers ("observed": 10 tasks, not 10.0).
+    assert {(f["observed"], f["required"]) for f in doc["failures"]} == {(10, 20)}
+    assert all(type(f["observed"]) is int and type(f["required"]) is int for f in doc["failures"]), doc["failures"]
     report_only = await _cli(["reflex", "check", "--since", "1h", "--min-samples", "20", "--json"], env)
     assert report_only.code == 0
     assert report_only.json()["passed"] is False
+
+
+async def test_empty_data_is_not_judged_null_in_json_dash_in_tables_and_fails_the_gate(
+    services_factory, migrated_db_url: str
+) -> None:
+    # Production attempts alone are live statistics, never a verdict.
+    events = [attempt_event(REFLEX, success=True, latency_ms=300) for _ in range(30)]
+    env = await _capsule_with(services_factory, migrated_db_url, [], events)
+    gate = await _cli(["reflex", "check", "--since", "1h", "--exit-code", "--json"], env)
+    assert gate.code == 1
+    doc = gate.json()
+    assert doc["status"] == "not_judged" and doc["bakeoff_run_ids"] == []
+    assert all(r["status"] == "not_judged" and r["observed"] is None for r in doc["results"])
+    assert doc["reflex"]["p95_latency_ms"] is None and doc["reflex"]["json_compliance_rate"] is None
+    assert doc["live_statistics"]["reflex"]["total_attempts"] == 30
+    assert doc["live_statistics"]["cloud"]["p95_latency_ms"] is None
+    table = await _cli(["reflex", "check", "--since", "1h", "--exit-code"], env)
+    assert table.code == 1
+    assert "not judged" in table.stdout and "0.0" not in table.stdout
+    assert "│ p95_latency_ms" in table.stdout and "–" in table.stdout
 
 
 async def test_check_reports_an_unreachable_capsule_on_stderr(services_factory) -> None:  # type: ignore[no-untyped-def]
@@ -100,7 +138,9 @@ async def _cli(args: list[str], env: dict[str, str]):  # type: ignore[no-untyped
 
 
 async def test_bakeoff_shows_the_seed_json_shape_and_a_table(services_factory, migrated_db_url: str) -> None:
-    env = await _capsule_with(services_factory, migrated_db_url, _good_reflex(10) + _cloud(4, fixed=3))
+    events = [attempt_event(REFLEX, success=i != 0, latency_ms=300 + 100 * i) for i in range(10)]
+    events += [attempt_event(CLOUD, success=i < 3, latency_ms=4000) for i in range(4)]
+    env = await _capsule_with(services_factory, migrated_db_url, [], events)
     run = await _cli(["reflex", "bakeoff", "--since", "24h", "--json"], env)
     assert run.code == 0, run.stderr
     doc = run.json()

@@ -22,6 +22,7 @@ def call_event(attempt: int, *, latency: float, valid: bool = True, cached: int 
     ev = patchloop_pb2.RunEvent(run_id="r", attempt=attempt)
     c = ev.model_call
     c.backend, c.model, c.mode, c.schema_valid = backend, model, REFLEX, valid
+    c.attempts = 1  # a reply: PatchLoop reports the generations the adapter made
     c.timing.latency_ms, c.timing.tokens_per_s = latency, tps
     if ttft is not None:
         c.timing.ttft_ms = ttft
@@ -105,7 +106,7 @@ def test_groups_split_by_backend_and_errors_are_not_json_verdicts() -> None:
 
 def test_cloud_is_skipped_plainly_without_its_key_or_under_local_only() -> None:
     policy = {"governance": {"routing": {"cloud": {"api_key_env": "DEEPSEEK_API_KEY"}}, "privacy": {}}}
-    assert cloud_skip_reason(policy, {}) == "DEEPSEEK_API_KEY is not set"
+    assert cloud_skip_reason(policy, {}).startswith("DEEPSEEK_API_KEY is not set")
     assert cloud_skip_reason(policy, {"DEEPSEEK_API_KEY": "sk-x"}) == ""
     local_only = {"governance": {**policy["governance"], "privacy": {"local_only": True}}}
     assert "local_only" in cloud_skip_reason(local_only, {"DEEPSEEK_API_KEY": "sk-x"})

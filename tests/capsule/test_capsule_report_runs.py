@@ -18,7 +18,9 @@ from speckit_reflex.v1 import capsule_pb2
 def _trial(i: int, mode: int, model: str, success: bool, attempts: int = 1, run: str = "run-1") -> capsule_pb2.Trial:
     return capsule_pb2.Trial(id=f"{run}-{model}-{i}", bakeoff_run_id=run, task_id=f"task{i}", category="borrow",
                              mode=mode, model=model, success=success, attempts=attempts, json_valid=True,
-                             latency_ms=100.0)  # type: ignore[arg-type]
+                             latency_ms=100.0, model_calls=attempts, replies=attempts,
+                             schema_valid_replies=attempts, call_latency_ms=[100.0] * attempts,
+                             first_attempt_success=success and attempts == 1)  # type: ignore[arg-type]
 
 
 async def test_bakeoff_run_upsert_creates_then_updates(capsule):
@@ -50,13 +52,14 @@ async def test_trials_are_idempotent_by_id(capsule):
 
 
 async def test_write_report_json_and_markdown(capsule, tmp_path: Path):
-    run = await capsule.upsert_bakeoff_run(capsule_pb2.BakeoffRun(id="run-1", suite="reflex_patchloop_v1",
-                                                                  mode="both", status="done"))
+    started = capsule_pb2.BakeoffRun(id="run-1", suite="reflex_patchloop_v1", mode="both", status="done")
+    started.started_at.GetCurrentTime()
+    run = await capsule.upsert_bakeoff_run(started)
     events = [attempt(REFLEX, "qwen", 80.0 + 40 * i, success=i % 4 != 0, bakeoff_run_id=run.id) for i in range(24)]
     events += [attempt(CLOUD, "deepseek", 2500.0 + 10 * i, bakeoff_run_id=run.id) for i in range(22)]
     await capsule.append_events(events)
-    await capsule.record_trials([_trial(i, REFLEX, "qwen", i != 0, attempts=1 + i % 2) for i in range(6)]
-                                + [_trial(i, CLOUD, "deepseek", True) for i in range(6)])
+    await capsule.record_trials([_trial(i, REFLEX, "qwen", i % 4 != 0, attempts=1 + i % 2) for i in range(20)]
+                                + [_trial(i, CLOUD, "deepseek", True) for i in range(20)])
     reply = await capsule.write_report(window("24h"), out_dir=str(tmp_path / ".speckit" / "eval"), bakeoff_run_id=run.id)
 
     json_path, md_path = Path(reply.json_path), Path(reply.markdown_path)
@@ -66,22 +69,24 @@ async def test_write_report_json_and_markdown(capsule, tmp_path: Path):
     assert doc["stats"]["period"] == "24h"
     assert doc["stats"]["reflex"]["total_attempts"] == 24 and doc["stats"]["cloud"]["total_attempts"] == 22
     assert doc["stats"]["reflex"]["success_rate"] == 75.0
-    # 75 % / 100 % parity fails the 85 % gate; both figures are in the verdict.
-    assert doc["verdict"]["passed"] is False and reply.verdict.passed is False
-    assert doc["verdict"]["failures"] == [{"kind": "parity_too_low", "message": reply.verdict.failures[0].message,
-                                           "observed": 75.0, "required": 85.0}]
+    # 75 % / 100 % parity on the 20 shared tasks fails the 85 % gate.
+    assert doc["verdict"]["status"] == "fail" and reply.verdict.passed is False
+    assert doc["verdict"]["failures"] == [{"kind": "parity_too_low", "message": reply.verdict.failures[0].message}]
+    parity = next(r for r in doc["verdict"]["results"] if r["name"] == "success_parity_percent")
+    assert (parity["observed"], parity["required"], parity["status"]) == (75.0, 85.0, "fail")
+    assert doc["verdict"]["bakeoff_run_ids"] == ["run-1"] and doc["verdict"]["baseline"]["kind"] == "same_runs"
     assert sum(doc["latency_histogram"]["reflex"]) == 24 and sum(doc["latency_histogram"]["cloud"]) == 22
     assert doc["latency_histogram"]["cloud"][-3] == 22  # all in 2000-5000 ms
     qwen = next(t for t in doc["trials"] if t["model"] == "qwen")
-    assert (qwen["tasks"], qwen["successes"], qwen["first_attempt_successes"]) == (6, 5, 2)
+    assert (qwen["tasks"], qwen["successes"], qwen["first_attempt_successes"]) == (20, 15, 5)
     assert doc["bakeoff_run"]["id"] == "run-1"
 
     md = md_path.read_text()
-    assert "**Verdict: FAIL**" in md
-    assert "| parity_too_low | 75.0 | 85.0 |" in md
+    assert "**FAIL** — from bakeoff run(s) `run-1`" in md
+    assert "| success_parity_percent | 75.0 | >= 85 | fail |" in md
     assert "| reflex / `qwen` | 24 | 75.0 % |" in md and "| cloud / `deepseek` | 22 | 100.0 % |" in md
     assert "## Latency distribution, reflex vs cloud" in md
-    assert "| reflex / `qwen` | 6 | 5 | 2 |" in md
+    assert "| reflex / `qwen` | 20 | 15 | 5 |" in md
     # The header names the run it covers, not a bare window.
     assert md.splitlines()[2].startswith("Covers bakeoff run `run-1` (suite reflex_patchloop_v1, mode both, status done)")
     # The chart: an SVG file beside the report, linked from it, with a legend.
@@ -115,4 +120,4 @@ async def test_report_defaults_to_speckit_eval_under_home(start_capsule, tmp_pat
     reply = await capsule.write_report()
     assert Path(reply.json_path).parent == tmp_path / ".speckit" / "eval"
     assert Path(reply.markdown_path).read_text().startswith("# Reflex bakeoff report")
-    assert "**Verdict: FAIL**" in Path(reply.markdown_path).read_text()  # no evidence, no pass
+    assert "**NOT JUDGED**" in Path(reply.markdown_path).read_text()  # no evidence, no pass

@@ -219,16 +219,18 @@ def test_histogram_percentile_follows_percentile_cont():
 
 def test_rollup_increments_count_each_sample_once():
     samples = [(T0_US + i, REFLEX, "m", i % 2 == 0, True, 10.0 * (i + 1), None if i % 2 else 5.0, 0.0, 100, None)
-               for i in range(4)] + [(T0_US - HOUR_US, CLOUD, "c", True, False, 0.0, None, 30.0, 100, 60)]
+               for i in range(4)] + [(T0_US - HOUR_US, CLOUD, "c", True, False, 0.0, None, 30.0, 100, 60),
+                                     (T0_US - HOUR_US, CLOUD, "c", False, None, 0.0, None, 0.0, 0, None)]
     incs = rollup_increments(samples)
     hour = T0_US - T0_US % HOUR_US
+    # The last counter is replies: the sample without json_valid (a failed call) got none.
     assert [(i.key, i.counters) for i in incs] == [
-        ((hour - HOUR_US, CLOUD, "c"), [1, 1, 0, 30.0, 1, 60, 100, 1]),
-        ((hour, REFLEX, "m"), [4, 2, 4, 0.0, 0, 0, 0, 0]),
+        ((hour - HOUR_US, CLOUD, "c"), [2, 1, 0, 30.0, 1, 60, 100, 1, 1]),
+        ((hour, REFLEX, "m"), [4, 2, 4, 0.0, 0, 0, 0, 0, 4]),
     ]
     assert incs[1].latency_bins == {bin_of(10.0 * (i + 1)): 1 for i in range(4)}
     assert incs[1].ttft_bins == {bin_of(5.0): 2}
-    assert incs[0].latency_bins == {bin_of(0.0): 1} and incs[0].ttft_bins == {}
+    assert incs[0].latency_bins == {bin_of(0.0): 2} and incs[0].ttft_bins == {}
     merged = decode_bins(encode_bins(incs[1].latency_bins))
     assert merged == incs[1].latency_bins
     add_bins(merged, incs[1].latency_bins)

@@ -40,6 +40,9 @@ class FakeModelServer:
     piece_delay_s: float = 0.0
     prompt_tokens: int = 12
     cached_tokens: int | None = None
+    #: where the weights come from, as the server reports it ("" = the model id)
+    weights: str = ""
+    version: str = "0.9.2"
     port: int = 0
     requests: list[tuple[str, str, Any]] = field(default_factory=list)
     authorizations: list[str] = field(default_factory=list)
@@ -127,14 +130,21 @@ class FakeModelServer:
                      writer: asyncio.StreamWriter) -> bool:
         if path == "/v1/models":
             owned = {"sglang": "sglang", "vllm": "vllm"}.get(self.kind, "system")
-            cards = [{"id": m, "object": "model", "created": 1, "owned_by": owned, "root": m, "parent": None,
-                      "max_model_len": 4096} for m in self.models]
+            cards = [{"id": m, "object": "model", "created": 1, "owned_by": owned, "root": self.weights or m,
+                      "parent": None, "max_model_len": 4096} for m in self.models]
             await self._respond(writer, 200, {"object": "list", "data": cards})
             return True
         if path in ("/health", "/health_generate"):
             if path == "/health_generate" and self.probe_hangs:
                 return await self._wait_for_close(reader)
             await self._respond(writer, 200, None)
+            return True
+        if path == "/get_model_info" and self.kind == "sglang":
+            await self._respond(writer, 200, {"model_path": self.weights or self.models[0], "tokenizer_path": None,
+                                              "is_generation": True, "preferred_sampling_params": None})
+            return True
+        if path == "/version" and self.kind == "vllm":
+            await self._respond(writer, 200, {"version": self.version})
             return True
         if path == "/v1/chat/completions":
             return await self._chat(body, reader, writer)

@@ -96,7 +96,11 @@ async def test_health_passes_and_fails_when_the_server_stops(services_factory):
         up = (await llm.health("llama", refresh=True, timeout=180)).backends[0]
         assert up.healthy and up.reachable and up.model_listed and up.generation_ok, up.reason
         assert up.model == server.model and up.checked_at.seconds > 0
+        # The weights as llama.cpp's /props reports them: the GGUF file and the server build.
+        assert up.identity.source == "/props" and up.identity.weights.endswith(".gguf"), up.identity
+        assert up.identity.build and up.identity.key.startswith(f"llamacpp:{up.identity.weights}@{up.identity.build}")
         models = await llm.list_models("llama")
+        assert models.models[0].identity.key == up.identity.key
         assert [(m.id, m.owned_by) for m in models.models] == [(server.model, "llamacpp")]
     finally:
         await asyncio.to_thread(server.stop)

@@ -6,7 +6,8 @@ and like an OpenAI-compatible cloud API (tests/inference/fakes.py) — a
 legitimate stand-in for a cloud that cannot be reached from here.
 
 The Router routes reflex only when the model's bakeoff verdict passes, so each
-test first records passing PatchAttempt evidence for the models in Capsule.
+test first records a passing bakeoff run for the model, on the weights its
+server reports, in Capsule.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import pytest
 from patchloop_support import FIXED_LINE, NOOP_LINE, kinds, tree_digest
 
 from speckit_reflex.clients.capsule import CapsuleClient
+from speckit_reflex.clients.inference import InferenceClient
 from speckit_reflex.clients.patchloop import PatchLoopClient
 from speckit_reflex.clients.router import RouterClient
 from speckit_reflex.policy import load_policy
-from speckit_reflex.runtime.events import new_event
 from speckit_reflex.v1 import common_pb2, patchloop_pb2
 from tests.inference.fakes import FakeModelServer
+from tests.verdict_evidence import record_bakeoff
 
 PA = common_pb2.EVENT_TYPE_PATCH_ATTEMPT
 LR = common_pb2.EVENT_TYPE_LOOP_RESULT
@@ -70,25 +72,20 @@ compiler_fast_path = false
     return path
 
 
-async def seed_passing_verdict(capsule: CapsuleClient, model: str) -> None:
-    """Bakeoff evidence on which the Router lets `model` take reflex routes."""
-    events = []
-    for i in range(4):
-        for mode, m in ((common_pb2.ROUTING_MODE_REFLEX, model), (common_pb2.ROUTING_MODE_CLOUD, "cloud-model")):
-            events.append(new_event(PA, mode=mode, model=m, role=common_pb2.ROLE_IMPLEMENTER,
-                                    stage=common_pb2.STAGE_IMPLEMENT, success=True, json_valid=True,
-                                    latency_ms=100.0 + i, attempt=1, run_id=f"seed-{i}"))
-    await capsule.append_events(events)
-
-
 async def start_stack(services_factory, tmp_path: Path, policy_path: Path, model: str, **settings):
-    """Seed Capsule, then start all four services on the same database (with `settings`)."""
+    """Start the four services (with `settings`), then record a passing bakeoff
+    for `model` on the weights its server reports, and wait until the Router
+    routes reflex."""
     db = f"sqlite:///{tmp_path / 'e2e.db'}"
     policy = load_policy(policy_path)
-    seeder = await services_factory(["capsule"], database_url=db, policy=policy)
-    await seed_passing_verdict(CapsuleClient(seeder.ctx.channel("capsule")), model)
     svc = await services_factory(["capsule", "inference", "router", "patchloop"], database_url=db, policy=policy,
                                  **settings)
+    health = await InferenceClient(svc.ctx.channel("inference")).health("local", refresh=True, timeout=180)
+    identity = health.backends[0].identity.key
+    await record_bakeoff(CapsuleClient(svc.ctx.channel("capsule")), model, 4, latency_ms=100.0, identity=identity,
+                         cloud_model="cloud-model")
+    # The Router learns the probed health (with the identity) and the verdict now, not a refresh interval later.
+    await svc.servers["router"].service.refresher.refresh_all()
     router = RouterClient(svc.ctx.channel("router"))
     deadline = time.monotonic() + 60
     while True:

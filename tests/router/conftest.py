@@ -79,8 +79,12 @@ def fill_caches(
     verdict_age: dict[str, float] | None = None,
     usage: tuple[int, int] | None = None,
     now: float = NOW,
+    identities: dict[str, str] | None = None,
+    verdict_identities: dict[str, str] | None = None,
 ) -> RouterCaches:
     """Health per backend and verdict per model; None = never reported.
+    `identities`: the weights each backend reports; `verdict_identities`:
+    the weights each model's verdict was formed on.
 
     Defaults: every backend healthy, every chain model passing, all fresh.
     """
@@ -88,15 +92,18 @@ def fill_caches(
     verdicts = dict.fromkeys(CHAIN, True) | (verdicts or {})
     health_age = health_age or {}
     verdict_age = verdict_age or {}
+    identities = identities or {}
     caches.set_health(
-        BackendStatus(name, ok, now - health_age.get(name, 1.0), reason="" if ok else "connection refused")
+        BackendStatus(name, ok, now - health_age.get(name, 1.0), reason="" if ok else "connection refused",
+                      identity=identities.get(name, ""))
         for name, ok in health.items()
         if ok is not None
     )
     for model, ok in verdicts.items():
         if ok is not None:
             detail = "" if ok else "p95 latency 2400 ms > 2000 ms"
-            caches.set_verdict(Verdict(model, ok, now - verdict_age.get(model, 1.0), detail))
+            caches.set_verdict(Verdict(model, ok, now - verdict_age.get(model, 1.0), detail,
+                                       (verdict_identities or {}).get(model, "")))
     if usage is not None:
         caches.set_usage(CloudUsage(usage[0], usage[1], now - 1.0))
     return caches

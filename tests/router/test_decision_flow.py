@@ -69,6 +69,16 @@ CASES = [
     Case("primary_thresholds_not_met_next_model", caches={"verdicts": {PRIMARY: False}}, mode=REFLEX,
          reason="healthy_and_thresholds_met", model=BACKUP, backend="sglang-b", is_fallback=True,
          skipped=[(PRIMARY, "thresholds_not_met")]),
+    # New weights behind the primary's name: its passing verdict was formed on the old ones.
+    Case("primary_model_identity_changed_next_model",
+         caches={"identities": {"sglang-a": "sglang:/w/gpt-oss-20b-v2"},
+                 "verdict_identities": {PRIMARY: "sglang:/w/gpt-oss-20b-v1"}},
+         mode=REFLEX, reason="healthy_and_thresholds_met", model=BACKUP, backend="sglang-b", is_fallback=True,
+         skipped=[(PRIMARY, "thresholds_not_met")]),
+    Case("same_identity_keeps_the_verdict",
+         caches={"identities": {"sglang-a": "sglang:/w/gpt-oss-20b-v1"},
+                 "verdict_identities": {PRIMARY: "sglang:/w/gpt-oss-20b-v1"}},
+         mode=REFLEX, reason="healthy_and_thresholds_met", model=PRIMARY, backend="sglang-a"),
     Case("primary_health_stale_next_model", caches={"health_age": {"sglang-a": 31.0}}, mode=REFLEX,
          reason="healthy_and_thresholds_met", model=BACKUP, is_fallback=True, skipped=[(PRIMARY, "status_unknown")]),
     Case("primary_verdict_stale_next_model", caches={"verdict_age": {PRIMARY: 301.0}}, mode=REFLEX,
@@ -237,6 +247,15 @@ def test_decision_flow(case: Case) -> None:
         assert "skipped" not in ev.payload
     # GR-005: a degradation leaves an audit event; a normal route does not.
     assert len(audits()) == (1 if case.is_fallback else 0)
+
+
+def test_a_changed_model_identity_says_why() -> None:
+    caches = fill_caches(RouterCaches(), identities={"sglang-a": "sglang:/w/v2"},
+                         verdict_identities={PRIMARY: "sglang:/w/v1"})
+    route = RoutingEngine(make_policy({}), caches, clock=lambda: NOW).decide(request())
+    detail = route.skipped[0].detail
+    assert "model identity changed" in detail and "sglang:/w/v1" in detail and "sglang:/w/v2" in detail
+    assert "re-run the bakeoff" in detail
 
 
 def test_every_routing_reason_is_covered() -> None:

@@ -1,5 +1,5 @@
 """The Router with the real Capsule (SQLite and PostgreSQL): per-model bakeoff
-verdicts and cloud usage come from stored events, and the RoutingDecision
+verdicts come from recorded bakeoff trials, cloud usage from stored events, and the RoutingDecision
 events of a run are queryable with the right fields."""
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from speckit_reflex.clients.capsule import CapsuleClient
 from speckit_reflex.clients.router import RouterClient, refusal_reason
 from speckit_reflex.runtime.events import new_event
 from speckit_reflex.v1 import common_pb2 as c
+
+from tests.verdict_evidence import record_bakeoff
 
 from .conftest import BACKUP, LAST, PRIMARY, Peers, make_policy
 
@@ -31,13 +33,12 @@ async def test_routing_decisions_are_queryable_in_capsule(peers: Peers, services
     router = RouterClient(svc.ctx.channel("router"))
     service = svc.servers["router"].service
 
-    # Bakeoff evidence: the primary holds the thresholds on 4 attempts; the
-    # backup has one slow attempt (too few samples, p95 too high).
-    await capsule.append_events(
-        [patch_attempt(c.ROUTING_MODE_REFLEX, PRIMARY, 300 + i) for i in range(4)]
-        + [patch_attempt(c.ROUTING_MODE_REFLEX, BACKUP, 4000)]
-        + [patch_attempt(c.ROUTING_MODE_CLOUD, "deepseek-chat", 2500) for _ in range(4)]
-    )
+    # Bakeoff evidence: the primary holds the thresholds on 4 tasks; the
+    # backup ran one slow task (too few samples). Production attempts are
+    # live statistics and never make a verdict.
+    await record_bakeoff(capsule, PRIMARY, 4)
+    await record_bakeoff(capsule, BACKUP, 1, latency_ms=4000)
+    await capsule.append_events([patch_attempt(c.ROUTING_MODE_REFLEX, LAST, 300) for _ in range(10)])
     await service.refresher.refresh_verdicts()
 
     session = "sess-capsule"
@@ -57,7 +58,8 @@ async def test_routing_decisions_are_queryable_in_capsule(peers: Peers, services
         (BACKUP, c.ROUTING_REASON_THRESHOLDS_NOT_MET),
         (LAST, c.ROUTING_REASON_THRESHOLDS_NOT_MET),
     ]
-    assert "1 attempts in the window, at least 3 required" in second.skipped[1].detail
+    assert "1 task(s) judged, at least 3 required" in second.skipped[1].detail
+    assert "0 task(s) judged" in second.skipped[2].detail
 
     # Two cloud calls are recorded: the budget (2 calls) is used up.
     await capsule.append_events([

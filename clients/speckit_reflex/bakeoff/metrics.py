@@ -138,7 +138,7 @@ def figures_by_backend(trials: Sequence[TrialResult]) -> list[BackendFigures]:
     out = []
     for (mode, backend, model), ts in sorted(groups.items()):
         calls = [c for t in ts for c in t.calls]
-        answered = [c for c in calls if not c.error or c.schema_valid]
+        answered = [c for c in calls if c.replied]
         tps = [c.tokens_per_s for c in calls if c.tokens_per_s > 0]
         out.append(
             BackendFigures(

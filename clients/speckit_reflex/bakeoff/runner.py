@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,6 +70,12 @@ class RunOptions:
     session_prefix: str = "bakeoff"
     # Where crate copies are made; None = the system temp folder.
     scratch_root: Path | None = None
+    # Modes not run, with why (e.g. {"cloud": "DEEPSEEK_API_KEY is not set"}):
+    # each task gets a skipped trial, recorded as such, never as a result.
+    skipped_modes: Mapping[str, str] = field(default_factory=dict)
+    # What the reflex server reports about each model's weights (model ->
+    # ModelIdentity.key), recorded with every reflex trial.
+    model_identities: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -78,6 +84,7 @@ class BakeoffResult:
 
     bakeoff_run_id: str
     suite: str
+    suite_version: int
     modes: tuple[str, ...]
     status: str
     planned: int
@@ -128,9 +135,11 @@ class BakeoffRunner:
     ) -> BakeoffResult:
         """Run `tasks` once per mode; returns even when interrupted."""
         jobs = [(t, m) for t in tasks for m in self._opt.modes]
+        skipped = [(t, m) for t in tasks for m in self._opt.skipped_modes if m not in self._opt.modes]
         result = BakeoffResult(
             bakeoff_run_id=str(uuid.uuid4()),
             suite=suite.name,
+            suite_version=suite.version,
             modes=self._opt.modes,
             status="running",
             planned=len(jobs),
@@ -139,6 +148,9 @@ class BakeoffRunner:
         await self._capsule.upsert_bakeoff_run(self._run_record(result))
         fixed: dict[str, int] = {m: 0 for m in self._opt.modes}
         gate = asyncio.Semaphore(max(1, self._opt.concurrency))
+        if skipped:
+            await self._capsule.record_trials(
+                [self._skipped(t, m).to_proto(result.bakeoff_run_id) for t, m in skipped])
 
         async def one(task: SuiteTask, mode: str) -> None:
             async with gate:
@@ -189,11 +201,16 @@ class BakeoffRunner:
                 return
             await asyncio.sleep(0.1)
 
+    def _skipped(self, task: SuiteTask, mode: str) -> TrialResult:
+        return TrialResult(trial_id=str(uuid.uuid4()), task_id=task.id, category=task.category,
+                           difficulty=task.difficulty, mode=mode, outcome="skipped",
+                           skipped=self._opt.skipped_modes[mode])
+
     def _run_record(self, result: BakeoffResult) -> capsule_pb2.BakeoffRun:
         mode = self._opt.modes[0] if len(self._opt.modes) == 1 else "both"
         run = capsule_pb2.BakeoffRun(
             id=result.bakeoff_run_id, suite=result.suite, mode=mode, status=result.status,
-            task_count=result.planned,
+            task_count=result.planned, suite_version=result.suite_version,
         )
         run.started_at.FromDatetime(result.started_at)
         if result.finished_at is not None:
@@ -233,4 +250,6 @@ class BakeoffRunner:
         finally:
             await asyncio.shield(asyncio.to_thread(shutil.rmtree, tmp, True))
         trial.finished_at = datetime.now(UTC)
+        if mode == "reflex":
+            trial.model_identity = self._opt.model_identities.get(trial.model, "")
         return trial

@@ -44,6 +44,10 @@ class ModelCallRecord:
     # None = the server did not report cached tokens (unknown, not a miss).
     cached_tokens: int | None
     error: str
+    # The server answered (a reply, valid or not). False: the call failed
+    # (timeout, backend cooling down, connection error), an error, not a
+    # schema failure.
+    replied: bool = True
 
     @classmethod
     def from_proto(cls, attempt: int, c: patchloop_pb2.ModelCall) -> ModelCallRecord:
@@ -60,6 +64,8 @@ class ModelCallRecord:
             completion_tokens=c.usage.completion_tokens,
             cached_tokens=c.usage.cached_tokens if c.usage.HasField("cached_tokens") else None,
             error=c.error,
+            # PatchLoop reports a failed call with no generation attempts.
+            replied=c.attempts > 0 or c.schema_valid,
         )
 
 
@@ -83,6 +89,10 @@ class TrialResult:
     routed_backend: str = ""
     # Set when the trial could not run at all (PatchLoop unreachable, ...).
     error: str = ""
+    # Why the trial was not run (a cloud key missing, local_only): no result.
+    skipped: str = ""
+    # What the server reported about the model's weights (ModelIdentity.key).
+    model_identity: str = ""
     finished_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -95,9 +105,15 @@ class TrialResult:
         return self.success and self.attempts <= 1
 
     @property
+    def replies(self) -> list[ModelCallRecord]:
+        """Calls that got a reply; the others were errors."""
+        return [c for c in self.calls if c.replied]
+
+    @property
     def json_valid(self) -> bool:
-        """Every model reply of the trial validated against the patch schema."""
-        return bool(self.calls) and all(c.schema_valid for c in self.calls)
+        """Every reply of the trial validated against the patch schema."""
+        replies = self.replies
+        return bool(replies) and all(c.schema_valid for c in replies)
 
     @property
     def model(self) -> str:
@@ -139,8 +155,15 @@ class TrialResult:
             latency_ms=self.duration_ms,
             tokens_per_s=_mean([c.tokens_per_s for c in self.calls if c.tokens_per_s > 0]),
             prompt_tokens=sum(c.prompt_tokens for c in self.calls),
-            reason=self.error or self.reason or self.outcome,
+            reason=self.skipped or self.error or self.reason or self.outcome,
             run_id=self.run_id,
+            model_calls=len(self.calls),
+            replies=len(self.replies),
+            schema_valid_replies=sum(c.schema_valid for c in self.replies),
+            first_attempt_success=self.first_attempt_success,
+            skipped=self.skipped,
+            call_latency_ms=[c.latency_ms for c in self.replies],
+            model_identity=self.model_identity,
         )
         if self.calls and self.calls[0].ttft_ms is not None:
             t.ttft_ms = self.calls[0].ttft_ms
@@ -165,7 +188,10 @@ class TrialResult:
             "model_calls": len(self.calls),
             "json_valid": self.json_valid,
             "duration_ms": round(self.duration_ms, 1),
-            "reason": self.error or self.reason,
+            "reason": self.skipped or self.error or self.reason,
+            "skipped": self.skipped or None,
+            "errors": len(self.calls) - len(self.replies),
+            "model_identity": self.model_identity or None,
             "run_id": self.run_id,
         }
 

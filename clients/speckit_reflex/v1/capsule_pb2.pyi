@@ -33,6 +33,13 @@ class _ThresholdFailureKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_
     THRESHOLD_FAILURE_KIND_P95_TOO_HIGH: _ThresholdFailureKind.ValueType  # 2
     THRESHOLD_FAILURE_KIND_PARITY_TOO_LOW: _ThresholdFailureKind.ValueType  # 3
     THRESHOLD_FAILURE_KIND_COMPLIANCE_TOO_LOW: _ThresholdFailureKind.ValueType  # 4
+    THRESHOLD_FAILURE_KIND_NO_BASELINE: _ThresholdFailureKind.ValueType  # 5
+    """No cloud results of the same tasks, no recorded baseline run, no
+    absolute threshold: parity cannot be judged.
+    """
+    THRESHOLD_FAILURE_KIND_MODEL_CHANGED: _ThresholdFailureKind.ValueType  # 6
+    """The server reports other weights than the bakeoff measured."""
+    THRESHOLD_FAILURE_KIND_NO_DATA: _ThresholdFailureKind.ValueType  # 7
 
 class ThresholdFailureKind(_ThresholdFailureKind, metaclass=_ThresholdFailureKindEnumTypeWrapper): ...
 
@@ -41,7 +48,35 @@ THRESHOLD_FAILURE_KIND_TOO_FEW_SAMPLES: ThresholdFailureKind.ValueType  # 1
 THRESHOLD_FAILURE_KIND_P95_TOO_HIGH: ThresholdFailureKind.ValueType  # 2
 THRESHOLD_FAILURE_KIND_PARITY_TOO_LOW: ThresholdFailureKind.ValueType  # 3
 THRESHOLD_FAILURE_KIND_COMPLIANCE_TOO_LOW: ThresholdFailureKind.ValueType  # 4
+THRESHOLD_FAILURE_KIND_NO_BASELINE: ThresholdFailureKind.ValueType  # 5
+"""No cloud results of the same tasks, no recorded baseline run, no
+absolute threshold: parity cannot be judged.
+"""
+THRESHOLD_FAILURE_KIND_MODEL_CHANGED: ThresholdFailureKind.ValueType  # 6
+"""The server reports other weights than the bakeoff measured."""
+THRESHOLD_FAILURE_KIND_NO_DATA: ThresholdFailureKind.ValueType  # 7
 Global___ThresholdFailureKind: _TypeAlias = ThresholdFailureKind  # noqa: Y015
+
+class _ThresholdStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ThresholdStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ThresholdStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    THRESHOLD_STATUS_UNSPECIFIED: _ThresholdStatus.ValueType  # 0
+    THRESHOLD_STATUS_PASS: _ThresholdStatus.ValueType  # 1
+    THRESHOLD_STATUS_FAIL: _ThresholdStatus.ValueType  # 2
+    THRESHOLD_STATUS_NOT_JUDGED: _ThresholdStatus.ValueType  # 3
+    """No data (or too little) to judge: never a pass."""
+
+class ThresholdStatus(_ThresholdStatus, metaclass=_ThresholdStatusEnumTypeWrapper): ...
+
+THRESHOLD_STATUS_UNSPECIFIED: ThresholdStatus.ValueType  # 0
+THRESHOLD_STATUS_PASS: ThresholdStatus.ValueType  # 1
+THRESHOLD_STATUS_FAIL: ThresholdStatus.ValueType  # 2
+THRESHOLD_STATUS_NOT_JUDGED: ThresholdStatus.ValueType  # 3
+"""No data (or too little) to judge: never a pass."""
+Global___ThresholdStatus: _TypeAlias = ThresholdStatus  # noqa: Y015
 
 @_typing.final
 class AppendEventsRequest(_message.Message):
@@ -233,11 +268,21 @@ class ModeStats(_message.Message):
     CACHE_HIT_RATE_FIELD_NUMBER: _builtins.int
     CACHE_REPORTED_ATTEMPTS_FIELD_NUMBER: _builtins.int
     PERCENTILE_METHOD_FIELD_NUMBER: _builtins.int
+    REPLIES_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    AVAILABILITY_PERCENT_FIELD_NUMBER: _builtins.int
     total_attempts: _builtins.int
     successes: _builtins.int
     success_rate: _builtins.float
-    """Percent, 0-100."""
+    """Percent, 0-100. Every figure below is absent (null in JSON) when the
+    group has no attempt (or no reply) to compute it from: no figure
+    without data.
+    """
     json_compliance_rate: _builtins.float
+    """Schema-valid replies over replies received: an attempt whose model call
+    failed (timeout, backend cooling down, connection error) got no reply
+    and is counted in `errors`, not as a schema failure.
+    """
     p50_latency_ms: _builtins.float
     p95_latency_ms: _builtins.float
     p50_ttft_ms: _builtins.float
@@ -254,38 +299,70 @@ class ModeStats(_message.Message):
     used when the window holds more than 50,000 attempts). Counts and rates
     are exact either way. Empty when the group has no attempts.
     """
+    replies: _builtins.int
+    """Attempts whose model call returned a reply, and those that got none."""
+    errors: _builtins.int
+    availability_percent: _builtins.float
+    """100 x (attempts - errors) / attempts."""
     def __init__(
         self,
         *,
         total_attempts: _builtins.int = ...,
         successes: _builtins.int = ...,
-        success_rate: _builtins.float = ...,
-        json_compliance_rate: _builtins.float = ...,
-        p50_latency_ms: _builtins.float = ...,
-        p95_latency_ms: _builtins.float = ...,
+        success_rate: _builtins.float | None = ...,
+        json_compliance_rate: _builtins.float | None = ...,
+        p50_latency_ms: _builtins.float | None = ...,
+        p95_latency_ms: _builtins.float | None = ...,
         p50_ttft_ms: _builtins.float | None = ...,
         p95_ttft_ms: _builtins.float | None = ...,
-        mean_tokens_per_s: _builtins.float = ...,
+        mean_tokens_per_s: _builtins.float | None = ...,
         cache_hit_rate: _builtins.float | None = ...,
         cache_reported_attempts: _builtins.int = ...,
         percentile_method: _builtins.str = ...,
+        replies: _builtins.int = ...,
+        errors: _builtins.int = ...,
+        availability_percent: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cache_hit_rate", b"_cache_hit_rate", "_p50_ttft_ms", b"_p50_ttft_ms", "_p95_ttft_ms", b"_p95_ttft_ms", "cache_hit_rate", b"cache_hit_rate", "p50_ttft_ms", b"p50_ttft_ms", "p95_ttft_ms", b"p95_ttft_ms"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_availability_percent", b"_availability_percent", "_cache_hit_rate", b"_cache_hit_rate", "_json_compliance_rate", b"_json_compliance_rate", "_mean_tokens_per_s", b"_mean_tokens_per_s", "_p50_latency_ms", b"_p50_latency_ms", "_p50_ttft_ms", b"_p50_ttft_ms", "_p95_latency_ms", b"_p95_latency_ms", "_p95_ttft_ms", b"_p95_ttft_ms", "_success_rate", b"_success_rate", "availability_percent", b"availability_percent", "cache_hit_rate", b"cache_hit_rate", "json_compliance_rate", b"json_compliance_rate", "mean_tokens_per_s", b"mean_tokens_per_s", "p50_latency_ms", b"p50_latency_ms", "p50_ttft_ms", b"p50_ttft_ms", "p95_latency_ms", b"p95_latency_ms", "p95_ttft_ms", b"p95_ttft_ms", "success_rate", b"success_rate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cache_hit_rate", b"_cache_hit_rate", "_p50_ttft_ms", b"_p50_ttft_ms", "_p95_ttft_ms", b"_p95_ttft_ms", "cache_hit_rate", b"cache_hit_rate", "cache_reported_attempts", b"cache_reported_attempts", "json_compliance_rate", b"json_compliance_rate", "mean_tokens_per_s", b"mean_tokens_per_s", "p50_latency_ms", b"p50_latency_ms", "p50_ttft_ms", b"p50_ttft_ms", "p95_latency_ms", b"p95_latency_ms", "p95_ttft_ms", b"p95_ttft_ms", "percentile_method", b"percentile_method", "success_rate", b"success_rate", "successes", b"successes", "total_attempts", b"total_attempts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_availability_percent", b"_availability_percent", "_cache_hit_rate", b"_cache_hit_rate", "_json_compliance_rate", b"_json_compliance_rate", "_mean_tokens_per_s", b"_mean_tokens_per_s", "_p50_latency_ms", b"_p50_latency_ms", "_p50_ttft_ms", b"_p50_ttft_ms", "_p95_latency_ms", b"_p95_latency_ms", "_p95_ttft_ms", b"_p95_ttft_ms", "_success_rate", b"_success_rate", "availability_percent", b"availability_percent", "cache_hit_rate", b"cache_hit_rate", "cache_reported_attempts", b"cache_reported_attempts", "errors", b"errors", "json_compliance_rate", b"json_compliance_rate", "mean_tokens_per_s", b"mean_tokens_per_s", "p50_latency_ms", b"p50_latency_ms", "p50_ttft_ms", b"p50_ttft_ms", "p95_latency_ms", b"p95_latency_ms", "p95_ttft_ms", b"p95_ttft_ms", "percentile_method", b"percentile_method", "replies", b"replies", "success_rate", b"success_rate", "successes", b"successes", "total_attempts", b"total_attempts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__availability_percent: _TypeAlias = _typing.Literal["availability_percent"]  # noqa: Y015
+    _WhichOneofArgType__availability_percent: _TypeAlias = _typing.Literal["_availability_percent", b"_availability_percent"]  # noqa: Y015
     _WhichOneofReturnType__cache_hit_rate: _TypeAlias = _typing.Literal["cache_hit_rate"]  # noqa: Y015
     _WhichOneofArgType__cache_hit_rate: _TypeAlias = _typing.Literal["_cache_hit_rate", b"_cache_hit_rate"]  # noqa: Y015
+    _WhichOneofReturnType__json_compliance_rate: _TypeAlias = _typing.Literal["json_compliance_rate"]  # noqa: Y015
+    _WhichOneofArgType__json_compliance_rate: _TypeAlias = _typing.Literal["_json_compliance_rate", b"_json_compliance_rate"]  # noqa: Y015
+    _WhichOneofReturnType__mean_tokens_per_s: _TypeAlias = _typing.Literal["mean_tokens_per_s"]  # noqa: Y015
+    _WhichOneofArgType__mean_tokens_per_s: _TypeAlias = _typing.Literal["_mean_tokens_per_s", b"_mean_tokens_per_s"]  # noqa: Y015
+    _WhichOneofReturnType__p50_latency_ms: _TypeAlias = _typing.Literal["p50_latency_ms"]  # noqa: Y015
+    _WhichOneofArgType__p50_latency_ms: _TypeAlias = _typing.Literal["_p50_latency_ms", b"_p50_latency_ms"]  # noqa: Y015
     _WhichOneofReturnType__p50_ttft_ms: _TypeAlias = _typing.Literal["p50_ttft_ms"]  # noqa: Y015
     _WhichOneofArgType__p50_ttft_ms: _TypeAlias = _typing.Literal["_p50_ttft_ms", b"_p50_ttft_ms"]  # noqa: Y015
+    _WhichOneofReturnType__p95_latency_ms: _TypeAlias = _typing.Literal["p95_latency_ms"]  # noqa: Y015
+    _WhichOneofArgType__p95_latency_ms: _TypeAlias = _typing.Literal["_p95_latency_ms", b"_p95_latency_ms"]  # noqa: Y015
     _WhichOneofReturnType__p95_ttft_ms: _TypeAlias = _typing.Literal["p95_ttft_ms"]  # noqa: Y015
     _WhichOneofArgType__p95_ttft_ms: _TypeAlias = _typing.Literal["_p95_ttft_ms", b"_p95_ttft_ms"]  # noqa: Y015
+    _WhichOneofReturnType__success_rate: _TypeAlias = _typing.Literal["success_rate"]  # noqa: Y015
+    _WhichOneofArgType__success_rate: _TypeAlias = _typing.Literal["_success_rate", b"_success_rate"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__availability_percent) -> _WhichOneofReturnType__availability_percent | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__cache_hit_rate) -> _WhichOneofReturnType__cache_hit_rate | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__json_compliance_rate) -> _WhichOneofReturnType__json_compliance_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_tokens_per_s) -> _WhichOneofReturnType__mean_tokens_per_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__p50_latency_ms) -> _WhichOneofReturnType__p50_latency_ms | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__p50_ttft_ms) -> _WhichOneofReturnType__p50_ttft_ms | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__p95_latency_ms) -> _WhichOneofReturnType__p95_latency_ms | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__p95_ttft_ms) -> _WhichOneofReturnType__p95_ttft_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__success_rate) -> _WhichOneofReturnType__success_rate | None: ...
 
 Global___ModeStats: _TypeAlias = ModeStats  # noqa: Y015
 
@@ -362,21 +439,29 @@ class Thresholds(_message.Message):
     P95_LATENCY_MS_FIELD_NUMBER: _builtins.int
     SUCCESS_PARITY_PERCENT_FIELD_NUMBER: _builtins.int
     JSON_SCHEMA_COMPLIANCE_PERCENT_FIELD_NUMBER: _builtins.int
+    ABSOLUTE_SUCCESS_PERCENT_FIELD_NUMBER: _builtins.int
     p95_latency_ms: _builtins.float
     success_parity_percent: _builtins.float
     json_schema_compliance_percent: _builtins.float
+    absolute_success_percent: _builtins.float
+    """Success rate reflex must reach when no cloud results of the same tasks
+    exist (local-only and keyless users); absent = no absolute baseline.
+    """
     def __init__(
         self,
         *,
         p95_latency_ms: _builtins.float = ...,
         success_parity_percent: _builtins.float = ...,
         json_schema_compliance_percent: _builtins.float = ...,
+        absolute_success_percent: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_absolute_success_percent", b"_absolute_success_percent", "absolute_success_percent", b"absolute_success_percent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["json_schema_compliance_percent", b"json_schema_compliance_percent", "p95_latency_ms", b"p95_latency_ms", "success_parity_percent", b"success_parity_percent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_absolute_success_percent", b"_absolute_success_percent", "absolute_success_percent", b"absolute_success_percent", "json_schema_compliance_percent", b"json_schema_compliance_percent", "p95_latency_ms", b"p95_latency_ms", "success_parity_percent", b"success_parity_percent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__absolute_success_percent: _TypeAlias = _typing.Literal["absolute_success_percent"]  # noqa: Y015
+    _WhichOneofArgType__absolute_success_percent: _TypeAlias = _typing.Literal["_absolute_success_percent", b"_absolute_success_percent"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__absolute_success_percent) -> _WhichOneofReturnType__absolute_success_percent | None: ...
 
 Global___Thresholds: _TypeAlias = Thresholds  # noqa: Y015
 
@@ -388,12 +473,29 @@ class CheckThresholdsRequest(_message.Message):
     THRESHOLDS_FIELD_NUMBER: _builtins.int
     MIN_SAMPLES_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    BAKEOFF_RUN_ID_FIELD_NUMBER: _builtins.int
+    SUITE_FIELD_NUMBER: _builtins.int
+    MODEL_IDENTITY_FIELD_NUMBER: _builtins.int
     min_samples: _builtins.int
-    """Minimum reflex attempts (and cloud attempts for parity); 0 = policy."""
+    """Minimum tasks judged per mode (paired tasks for parity); 0 = policy."""
     model: _builtins.str
-    """Judge one reflex model only; empty = all reflex attempts."""
+    """Judge one reflex model only; empty = all reflex trials."""
+    bakeoff_run_id: _builtins.str
+    """Judge this one bakeoff run instead of the window's latest runs."""
+    suite: _builtins.str
+    """The suite whose runs are judged; empty = the policy's routing.verdicts.suite."""
+    model_identity: _builtins.str
+    """What the model server reports now about the weights it serves
+    (inference ModelIdentity.key). Set: only trials recorded against the
+    same identity count, and a changed identity invalidates the verdict.
+    """
     @_builtins.property
-    def window(self) -> Global___Window: ...
+    def window(self) -> Global___Window:
+        """Which bakeoff runs are judged: those that started in the window (the
+        newest trial of each task and mode wins). The live statistics of the
+        reply cover the same window.
+        """
+
     @_builtins.property
     def thresholds(self) -> Global___Thresholds:
         """Absent = the policy's [routing.reflex.thresholds]."""
@@ -405,10 +507,13 @@ class CheckThresholdsRequest(_message.Message):
         thresholds: Global___Thresholds | None = ...,
         min_samples: _builtins.int = ...,
         model: _builtins.str = ...,
+        bakeoff_run_id: _builtins.str = ...,
+        suite: _builtins.str = ...,
+        model_identity: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_thresholds", b"_thresholds", "thresholds", b"thresholds", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_thresholds", b"_thresholds", "min_samples", b"min_samples", "model", b"model", "thresholds", b"thresholds", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_thresholds", b"_thresholds", "bakeoff_run_id", b"bakeoff_run_id", "min_samples", b"min_samples", "model", b"model", "model_identity", b"model_identity", "suite", b"suite", "thresholds", b"thresholds", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__thresholds: _TypeAlias = _typing.Literal["thresholds"]  # noqa: Y015
     _WhichOneofArgType__thresholds: _TypeAlias = _typing.Literal["_thresholds", b"_thresholds"]  # noqa: Y015
@@ -445,6 +550,179 @@ class ThresholdFailure(_message.Message):
 Global___ThresholdFailure: _TypeAlias = ThresholdFailure  # noqa: Y015
 
 @_typing.final
+class ThresholdResult(_message.Message):
+    """One gate of the verdict."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    OBSERVED_FIELD_NUMBER: _builtins.int
+    REQUIRED_FIELD_NUMBER: _builtins.int
+    COMPARISON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"p95_latency_ms", "success_parity_percent" (or "success_percent" against
+    an absolute baseline), "json_schema_compliance_percent".
+    """
+    status: Global___ThresholdStatus.ValueType
+    observed: _builtins.float
+    """Absent when there is no figure."""
+    required: _builtins.float
+    comparison: _builtins.str
+    """"<" or ">="."""
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        status: Global___ThresholdStatus.ValueType = ...,
+        observed: _builtins.float | None = ...,
+        required: _builtins.float = ...,
+        comparison: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_observed", b"_observed", "observed", b"observed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_observed", b"_observed", "comparison", b"comparison", "message", b"message", "name", b"name", "observed", b"observed", "required", b"required", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__observed: _TypeAlias = _typing.Literal["observed"]  # noqa: Y015
+    _WhichOneofArgType__observed: _TypeAlias = _typing.Literal["_observed", b"_observed"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__observed) -> _WhichOneofReturnType__observed | None: ...
+
+Global___ThresholdResult: _TypeAlias = ThresholdResult  # noqa: Y015
+
+@_typing.final
+class VerdictFigures(_message.Message):
+    """One mode's figures over the judged tasks of the bakeoff runs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    MODEL_IDENTITY_FIELD_NUMBER: _builtins.int
+    TASKS_FIELD_NUMBER: _builtins.int
+    FIXED_FIELD_NUMBER: _builtins.int
+    SUCCESS_RATE_FIELD_NUMBER: _builtins.int
+    PASS_AT_1_FIELD_NUMBER: _builtins.int
+    MODEL_CALLS_FIELD_NUMBER: _builtins.int
+    REPLIES_FIELD_NUMBER: _builtins.int
+    SCHEMA_VALID_REPLIES_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    JSON_COMPLIANCE_RATE_FIELD_NUMBER: _builtins.int
+    AVAILABILITY_PERCENT_FIELD_NUMBER: _builtins.int
+    P50_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    P95_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    mode: _common_pb2.RoutingMode.ValueType
+    model: _builtins.str
+    model_identity: _builtins.str
+    tasks: _builtins.int
+    """Tasks judged, and those fixed (compiles and its tests pass)."""
+    fixed: _builtins.int
+    success_rate: _builtins.float
+    pass_at_1: _builtins.float
+    """Fixed by the first patch."""
+    model_calls: _builtins.int
+    replies: _builtins.int
+    schema_valid_replies: _builtins.int
+    errors: _builtins.int
+    """Calls that got no reply (timeouts, cooling down, connection errors)."""
+    json_compliance_rate: _builtins.float
+    availability_percent: _builtins.float
+    """100 x (calls - errors) / calls."""
+    p50_latency_ms: _builtins.float
+    """Over the latency of every call that got a reply."""
+    p95_latency_ms: _builtins.float
+    skipped: _builtins.int
+    """Trials of this mode not run (e.g. a cloud API key missing) in the runs."""
+    def __init__(
+        self,
+        *,
+        mode: _common_pb2.RoutingMode.ValueType = ...,
+        model: _builtins.str = ...,
+        model_identity: _builtins.str = ...,
+        tasks: _builtins.int = ...,
+        fixed: _builtins.int = ...,
+        success_rate: _builtins.float | None = ...,
+        pass_at_1: _builtins.float | None = ...,
+        model_calls: _builtins.int = ...,
+        replies: _builtins.int = ...,
+        schema_valid_replies: _builtins.int = ...,
+        errors: _builtins.int = ...,
+        json_compliance_rate: _builtins.float | None = ...,
+        availability_percent: _builtins.float | None = ...,
+        p50_latency_ms: _builtins.float | None = ...,
+        p95_latency_ms: _builtins.float | None = ...,
+        skipped: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_availability_percent", b"_availability_percent", "_json_compliance_rate", b"_json_compliance_rate", "_p50_latency_ms", b"_p50_latency_ms", "_p95_latency_ms", b"_p95_latency_ms", "_pass_at_1", b"_pass_at_1", "_success_rate", b"_success_rate", "availability_percent", b"availability_percent", "json_compliance_rate", b"json_compliance_rate", "p50_latency_ms", b"p50_latency_ms", "p95_latency_ms", b"p95_latency_ms", "pass_at_1", b"pass_at_1", "success_rate", b"success_rate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_availability_percent", b"_availability_percent", "_json_compliance_rate", b"_json_compliance_rate", "_p50_latency_ms", b"_p50_latency_ms", "_p95_latency_ms", b"_p95_latency_ms", "_pass_at_1", b"_pass_at_1", "_success_rate", b"_success_rate", "availability_percent", b"availability_percent", "errors", b"errors", "fixed", b"fixed", "json_compliance_rate", b"json_compliance_rate", "mode", b"mode", "model", b"model", "model_calls", b"model_calls", "model_identity", b"model_identity", "p50_latency_ms", b"p50_latency_ms", "p95_latency_ms", b"p95_latency_ms", "pass_at_1", b"pass_at_1", "replies", b"replies", "schema_valid_replies", b"schema_valid_replies", "skipped", b"skipped", "success_rate", b"success_rate", "tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__availability_percent: _TypeAlias = _typing.Literal["availability_percent"]  # noqa: Y015
+    _WhichOneofArgType__availability_percent: _TypeAlias = _typing.Literal["_availability_percent", b"_availability_percent"]  # noqa: Y015
+    _WhichOneofReturnType__json_compliance_rate: _TypeAlias = _typing.Literal["json_compliance_rate"]  # noqa: Y015
+    _WhichOneofArgType__json_compliance_rate: _TypeAlias = _typing.Literal["_json_compliance_rate", b"_json_compliance_rate"]  # noqa: Y015
+    _WhichOneofReturnType__p50_latency_ms: _TypeAlias = _typing.Literal["p50_latency_ms"]  # noqa: Y015
+    _WhichOneofArgType__p50_latency_ms: _TypeAlias = _typing.Literal["_p50_latency_ms", b"_p50_latency_ms"]  # noqa: Y015
+    _WhichOneofReturnType__p95_latency_ms: _TypeAlias = _typing.Literal["p95_latency_ms"]  # noqa: Y015
+    _WhichOneofArgType__p95_latency_ms: _TypeAlias = _typing.Literal["_p95_latency_ms", b"_p95_latency_ms"]  # noqa: Y015
+    _WhichOneofReturnType__pass_at_1: _TypeAlias = _typing.Literal["pass_at_1"]  # noqa: Y015
+    _WhichOneofArgType__pass_at_1: _TypeAlias = _typing.Literal["_pass_at_1", b"_pass_at_1"]  # noqa: Y015
+    _WhichOneofReturnType__success_rate: _TypeAlias = _typing.Literal["success_rate"]  # noqa: Y015
+    _WhichOneofArgType__success_rate: _TypeAlias = _typing.Literal["_success_rate", b"_success_rate"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__availability_percent) -> _WhichOneofReturnType__availability_percent | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__json_compliance_rate) -> _WhichOneofReturnType__json_compliance_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__p50_latency_ms) -> _WhichOneofReturnType__p50_latency_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__p95_latency_ms) -> _WhichOneofReturnType__p95_latency_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__pass_at_1) -> _WhichOneofReturnType__pass_at_1 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__success_rate) -> _WhichOneofReturnType__success_rate | None: ...
+
+Global___VerdictFigures: _TypeAlias = VerdictFigures  # noqa: Y015
+
+@_typing.final
+class VerdictBaseline(_message.Message):
+    """What reflex's success is compared with."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    BAKEOFF_RUN_ID_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """"same_runs": cloud trials of the same tasks in the judged runs;
+    "recorded_run": the cloud trials of an earlier run of the same suite
+    version; "absolute": the policy's absolute_success_percent; "none".
+    """
+    bakeoff_run_id: _builtins.str
+    description: _builtins.str
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        bakeoff_run_id: _builtins.str = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bakeoff_run_id", b"bakeoff_run_id", "description", b"description", "kind", b"kind", "recorded_at", b"recorded_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerdictBaseline: _TypeAlias = VerdictBaseline  # noqa: Y015
+
+@_typing.final
 class CheckThresholdsReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -455,17 +733,58 @@ class CheckThresholdsReply(_message.Message):
     STATS_FIELD_NUMBER: _builtins.int
     SUCCESS_PARITY_PERCENT_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    BAKEOFF_RUN_IDS_FIELD_NUMBER: _builtins.int
+    SUITE_FIELD_NUMBER: _builtins.int
+    SUITE_VERSION_FIELD_NUMBER: _builtins.int
+    REFLEX_FIELD_NUMBER: _builtins.int
+    CLOUD_FIELD_NUMBER: _builtins.int
+    PAIRED_TASKS_FIELD_NUMBER: _builtins.int
+    UNPAIRED_TASKS_FIELD_NUMBER: _builtins.int
+    BASELINE_FIELD_NUMBER: _builtins.int
+    INVALIDATED_FIELD_NUMBER: _builtins.int
     passed: _builtins.bool
+    """Every threshold has status PASS."""
     min_samples: _builtins.int
     success_parity_percent: _builtins.float
-    """reflex success rate / cloud success rate x 100; absent without cloud data."""
+    """reflex success rate / cloud success rate x 100 on the same tasks;
+    absent without a cloud baseline.
+    """
     model: _builtins.str
+    status: Global___ThresholdStatus.ValueType
+    """PASS, FAIL (any threshold failed) or NOT_JUDGED."""
+    suite: _builtins.str
+    suite_version: _builtins.int
+    paired_tasks: _builtins.int
+    """Tasks both modes ran (compared) and tasks only one mode ran (not)."""
+    unpaired_tasks: _builtins.int
+    invalidated: _builtins.str
+    """Why the verdict no longer holds ("" when it does): a changed model identity."""
     @_builtins.property
-    def failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___ThresholdFailure]: ...
+    def failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___ThresholdFailure]:
+        """Thresholds that failed or could not be judged, with their reason."""
+
     @_builtins.property
     def thresholds(self) -> Global___Thresholds: ...
     @_builtins.property
-    def stats(self) -> Global___BakeoffStats: ...
+    def stats(self) -> Global___BakeoffStats:
+        """Live statistics: every PatchAttempt in the window, production
+        included. Shown apart from the verdict, never judged.
+        """
+
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ThresholdResult]: ...
+    @_builtins.property
+    def bakeoff_run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The bakeoff runs the verdict was formed from, newest first."""
+
+    @_builtins.property
+    def reflex(self) -> Global___VerdictFigures: ...
+    @_builtins.property
+    def cloud(self) -> Global___VerdictFigures: ...
+    @_builtins.property
+    def baseline(self) -> Global___VerdictBaseline: ...
     def __init__(
         self,
         *,
@@ -476,10 +795,21 @@ class CheckThresholdsReply(_message.Message):
         stats: Global___BakeoffStats | None = ...,
         success_parity_percent: _builtins.float | None = ...,
         model: _builtins.str = ...,
+        status: Global___ThresholdStatus.ValueType = ...,
+        results: _abc.Iterable[Global___ThresholdResult] | None = ...,
+        bakeoff_run_ids: _abc.Iterable[_builtins.str] | None = ...,
+        suite: _builtins.str = ...,
+        suite_version: _builtins.int = ...,
+        reflex: Global___VerdictFigures | None = ...,
+        cloud: Global___VerdictFigures | None = ...,
+        paired_tasks: _builtins.int = ...,
+        unpaired_tasks: _builtins.int = ...,
+        baseline: Global___VerdictBaseline | None = ...,
+        invalidated: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_success_parity_percent", b"_success_parity_percent", "stats", b"stats", "success_parity_percent", b"success_parity_percent", "thresholds", b"thresholds"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_success_parity_percent", b"_success_parity_percent", "baseline", b"baseline", "cloud", b"cloud", "reflex", b"reflex", "stats", b"stats", "success_parity_percent", b"success_parity_percent", "thresholds", b"thresholds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_success_parity_percent", b"_success_parity_percent", "failures", b"failures", "min_samples", b"min_samples", "model", b"model", "passed", b"passed", "stats", b"stats", "success_parity_percent", b"success_parity_percent", "thresholds", b"thresholds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_success_parity_percent", b"_success_parity_percent", "bakeoff_run_ids", b"bakeoff_run_ids", "baseline", b"baseline", "cloud", b"cloud", "failures", b"failures", "invalidated", b"invalidated", "min_samples", b"min_samples", "model", b"model", "paired_tasks", b"paired_tasks", "passed", b"passed", "reflex", b"reflex", "results", b"results", "stats", b"stats", "status", b"status", "success_parity_percent", b"success_parity_percent", "suite", b"suite", "suite_version", b"suite_version", "thresholds", b"thresholds", "unpaired_tasks", b"unpaired_tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__success_parity_percent: _TypeAlias = _typing.Literal["success_parity_percent"]  # noqa: Y015
     _WhichOneofArgType__success_parity_percent: _TypeAlias = _typing.Literal["_success_parity_percent", b"_success_parity_percent"]  # noqa: Y015
@@ -604,6 +934,7 @@ class BakeoffRun(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     TASK_COUNT_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
+    SUITE_VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     suite: _builtins.str
     mode: _builtins.str
@@ -611,6 +942,8 @@ class BakeoffRun(_message.Message):
     status: _builtins.str
     """"running", "done" or "interrupted"."""
     task_count: _builtins.int
+    suite_version: _builtins.int
+    """The suite's manifest version: parity baselines come from runs of the same version."""
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -628,10 +961,11 @@ class BakeoffRun(_message.Message):
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         task_count: _builtins.int = ...,
         summary: _struct_pb2.Struct | None = ...,
+        suite_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "started_at", b"started_at", "summary", b"summary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "id", b"id", "mode", b"mode", "started_at", b"started_at", "status", b"status", "suite", b"suite", "summary", b"summary", "task_count", b"task_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "id", b"id", "mode", b"mode", "started_at", b"started_at", "status", b"status", "suite", b"suite", "suite_version", b"suite_version", "summary", b"summary", "task_count", b"task_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -659,6 +993,13 @@ class Trial(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
+    MODEL_CALLS_FIELD_NUMBER: _builtins.int
+    REPLIES_FIELD_NUMBER: _builtins.int
+    SCHEMA_VALID_REPLIES_FIELD_NUMBER: _builtins.int
+    FIRST_ATTEMPT_SUCCESS_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    CALL_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    MODEL_IDENTITY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     bakeoff_run_id: _builtins.str
     task_id: _builtins.str
@@ -677,8 +1018,26 @@ class Trial(_message.Message):
     cached_tokens: _builtins.int
     reason: _builtins.str
     run_id: _builtins.str
+    model_calls: _builtins.int
+    """Model calls made, replies received (a call that timed out, found its
+    backend cooling down or could not connect got none), schema-valid replies.
+    """
+    replies: _builtins.int
+    schema_valid_replies: _builtins.int
+    first_attempt_success: _builtins.bool
+    """Fixed by the first patch (pass@1)."""
+    skipped: _builtins.str
+    """Why the trial was not run (e.g. "DEEPSEEK_API_KEY is not set"); a
+    skipped trial is never a result.
+    """
+    model_identity: _builtins.str
+    """What the model server reported about its weights (ModelIdentity.key)."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def call_latency_ms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Latency of every call that got a reply, ms."""
+
     def __init__(
         self,
         *,
@@ -700,10 +1059,17 @@ class Trial(_message.Message):
         reason: _builtins.str = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
         run_id: _builtins.str = ...,
+        model_calls: _builtins.int = ...,
+        replies: _builtins.int = ...,
+        schema_valid_replies: _builtins.int = ...,
+        first_attempt_success: _builtins.bool = ...,
+        skipped: _builtins.str = ...,
+        call_latency_ms: _abc.Iterable[_builtins.float] | None = ...,
+        model_identity: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cached_tokens", b"_cached_tokens", "_ttft_ms", b"_ttft_ms", "cached_tokens", b"cached_tokens", "time", b"time", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cached_tokens", b"_cached_tokens", "_ttft_ms", b"_ttft_ms", "attempts", b"attempts", "backend", b"backend", "bakeoff_run_id", b"bakeoff_run_id", "cached_tokens", b"cached_tokens", "category", b"category", "id", b"id", "json_valid", b"json_valid", "latency_ms", b"latency_ms", "mode", b"mode", "model", b"model", "prompt_tokens", b"prompt_tokens", "reason", b"reason", "run_id", b"run_id", "success", b"success", "task_id", b"task_id", "time", b"time", "tokens_per_s", b"tokens_per_s", "ttft_ms", b"ttft_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cached_tokens", b"_cached_tokens", "_ttft_ms", b"_ttft_ms", "attempts", b"attempts", "backend", b"backend", "bakeoff_run_id", b"bakeoff_run_id", "cached_tokens", b"cached_tokens", "call_latency_ms", b"call_latency_ms", "category", b"category", "first_attempt_success", b"first_attempt_success", "id", b"id", "json_valid", b"json_valid", "latency_ms", b"latency_ms", "mode", b"mode", "model", b"model", "model_calls", b"model_calls", "model_identity", b"model_identity", "prompt_tokens", b"prompt_tokens", "reason", b"reason", "replies", b"replies", "run_id", b"run_id", "schema_valid_replies", b"schema_valid_replies", "skipped", b"skipped", "success", b"success", "task_id", b"task_id", "time", b"time", "tokens_per_s", b"tokens_per_s", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cached_tokens: _TypeAlias = _typing.Literal["cached_tokens"]  # noqa: Y015
     _WhichOneofArgType__cached_tokens: _TypeAlias = _typing.Literal["_cached_tokens", b"_cached_tokens"]  # noqa: Y015

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from speckit_reflex.v1 import common_pb2 as speckit__reflex_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!speckit_reflex/v1/inference.proto\x12\x11speckit_reflex.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1especkit_reflex/v1/common.proto\"$\n\x11ListModelsRequest\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\"Q\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x10\n\x08owned_by\x18\x03 \x01(\t\x12\x15\n\rmax_model_len\x18\x04 \x01(\x04\"v\n\x0fListModelsReply\x12,\n\x06models\x18\x01 \x03(\x0b\x32\x1c.speckit_reflex.v1.ModelInfo\x12\x35\n\x0bunreachable\x18\x02 \x03(\x0b\x32 .speckit_reflex.v1.BackendHealth\"1\n\rHealthRequest\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x0f\n\x07refresh\x18\x02 \x01(\x08\"\x90\x02\n\rBackendHealth\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0f\n\x07healthy\x18\x05 \x01(\x08\x12\x11\n\treachable\x18\x06 \x01(\x08\x12\x14\n\x0cmodel_listed\x18\x07 \x01(\x08\x12\x15\n\rgeneration_ok\x18\x08 \x01(\x08\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x18\n\x10probe_latency_ms\x18\n \x01(\x01\x12.\n\nchecked_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63ooling_down\x18\x0c \x01(\x08\"A\n\x0bHealthReply\x12\x32\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32 .speckit_reflex.v1.BackendHealth\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xc6\x03\n\x0f\x43ompleteRequest\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x30\n\x08messages\x18\x03 \x03(\x0b\x32\x1e.speckit_reflex.v1.ChatMessage\x12\x12\n\nmax_tokens\x18\x04 \x01(\r\x12\x18\n\x0btemperature\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x01\x88\x01\x01\x12\x13\n\x0bjson_schema\x18\x07 \x01(\t\x12\x13\n\x0bschema_name\x18\x08 \x01(\t\x12#\n\x16max_validation_retries\x18\t \x01(\rH\x02\x88\x01\x01\x12,\n\x04mode\x18\n \x01(\x0e\x32\x1e.speckit_reflex.v1.RoutingMode\x12%\n\x04role\x18\x0b \x01(\x0e\x32\x17.speckit_reflex.v1.Role\x12\x12\n\nsession_id\x18\x0c \x01(\t\x12\x0e\n\x06run_id\x18\r \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x0e \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x0f \x01(\rB\x0e\n\x0c_temperatureB\x07\n\x05_seedB\x19\n\x17_max_validation_retries\"+\n\x08\x46\x61ilover\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xae\x02\n\rCompleteReply\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x14\n\x0cschema_valid\x18\x02 \x01(\x08\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\'\n\x05usage\x18\x07 \x01(\x0b\x32\x18.speckit_reflex.v1.Usage\x12)\n\x06timing\x18\x08 \x01(\x0b\x32\x19.speckit_reflex.v1.Timing\x12\x18\n\x10validation_error\x18\t \x01(\t\x12.\n\tfailovers\x18\n \x03(\x0b\x32\x1b.speckit_reflex.v1.Failover\x12\x0f\n\x07\x63\x61ll_id\x18\x0b \x01(\t\"[\n\rCompleteChunk\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12\x31\n\x05\x66inal\x18\x02 \x01(\x0b\x32 .speckit_reflex.v1.CompleteReplyH\x00\x42\x06\n\x04kind2\xdb\x02\n\tInference\x12V\n\nListModels\x12$.speckit_reflex.v1.ListModelsRequest\x1a\".speckit_reflex.v1.ListModelsReply\x12J\n\x06Health\x12 .speckit_reflex.v1.HealthRequest\x1a\x1e.speckit_reflex.v1.HealthReply\x12P\n\x08\x43omplete\x12\".speckit_reflex.v1.CompleteRequest\x1a .speckit_reflex.v1.CompleteReply\x12X\n\x0eStreamComplete\x12\".speckit_reflex.v1.CompleteRequest\x1a .speckit_reflex.v1.CompleteChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!speckit_reflex/v1/inference.proto\x12\x11speckit_reflex.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1especkit_reflex/v1/common.proto\"$\n\x11ListModelsRequest\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\"\\\n\rModelIdentity\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07weights\x18\x02 \x01(\t\x12\r\n\x05\x62uild\x18\x03 \x01(\t\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\"\x85\x01\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x10\n\x08owned_by\x18\x03 \x01(\t\x12\x15\n\rmax_model_len\x18\x04 \x01(\x04\x12\x32\n\x08identity\x18\x05 \x01(\x0b\x32 .speckit_reflex.v1.ModelIdentity\"v\n\x0fListModelsReply\x12,\n\x06models\x18\x01 \x03(\x0b\x32\x1c.speckit_reflex.v1.ModelInfo\x12\x35\n\x0bunreachable\x18\x02 \x03(\x0b\x32 .speckit_reflex.v1.BackendHealth\"1\n\rHealthRequest\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x0f\n\x07refresh\x18\x02 \x01(\x08\"\xc4\x02\n\rBackendHealth\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0f\n\x07healthy\x18\x05 \x01(\x08\x12\x11\n\treachable\x18\x06 \x01(\x08\x12\x14\n\x0cmodel_listed\x18\x07 \x01(\x08\x12\x15\n\rgeneration_ok\x18\x08 \x01(\x08\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x18\n\x10probe_latency_ms\x18\n \x01(\x01\x12.\n\nchecked_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63ooling_down\x18\x0c \x01(\x08\x12\x32\n\x08identity\x18\r \x01(\x0b\x32 .speckit_reflex.v1.ModelIdentity\"A\n\x0bHealthReply\x12\x32\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32 .speckit_reflex.v1.BackendHealth\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xc6\x03\n\x0f\x43ompleteRequest\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x30\n\x08messages\x18\x03 \x03(\x0b\x32\x1e.speckit_reflex.v1.ChatMessage\x12\x12\n\nmax_tokens\x18\x04 \x01(\r\x12\x18\n\x0btemperature\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x01\x88\x01\x01\x12\x13\n\x0bjson_schema\x18\x07 \x01(\t\x12\x13\n\x0bschema_name\x18\x08 \x01(\t\x12#\n\x16max_validation_retries\x18\t \x01(\rH\x02\x88\x01\x01\x12,\n\x04mode\x18\n \x01(\x0e\x32\x1e.speckit_reflex.v1.RoutingMode\x12%\n\x04role\x18\x0b \x01(\x0e\x32\x17.speckit_reflex.v1.Role\x12\x12\n\nsession_id\x18\x0c \x01(\t\x12\x0e\n\x06run_id\x18\r \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x0e \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x0f \x01(\rB\x0e\n\x0c_temperatureB\x07\n\x05_seedB\x19\n\x17_max_validation_retries\"+\n\x08\x46\x61ilover\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xae\x02\n\rCompleteReply\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x14\n\x0cschema_valid\x18\x02 \x01(\x08\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\'\n\x05usage\x18\x07 \x01(\x0b\x32\x18.speckit_reflex.v1.Usage\x12)\n\x06timing\x18\x08 \x01(\x0b\x32\x19.speckit_reflex.v1.Timing\x12\x18\n\x10validation_error\x18\t \x01(\t\x12.\n\tfailovers\x18\n \x03(\x0b\x32\x1b.speckit_reflex.v1.Failover\x12\x0f\n\x07\x63\x61ll_id\x18\x0b \x01(\t\"[\n\rCompleteChunk\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12\x31\n\x05\x66inal\x18\x02 \x01(\x0b\x32 .speckit_reflex.v1.CompleteReplyH\x00\x42\x06\n\x04kind2\xdb\x02\n\tInference\x12V\n\nListModels\x12$.speckit_reflex.v1.ListModelsRequest\x1a\".speckit_reflex.v1.ListModelsReply\x12J\n\x06Health\x12 .speckit_reflex.v1.HealthRequest\x1a\x1e.speckit_reflex.v1.HealthReply\x12P\n\x08\x43omplete\x12\".speckit_reflex.v1.CompleteRequest\x1a .speckit_reflex.v1.CompleteReply\x12X\n\x0eStreamComplete\x12\".speckit_reflex.v1.CompleteRequest\x1a .speckit_reflex.v1.CompleteChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,26 +35,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LISTMODELSREQUEST']._serialized_start=121
   _globals['_LISTMODELSREQUEST']._serialized_end=157
-  _globals['_MODELINFO']._serialized_start=159
-  _globals['_MODELINFO']._serialized_end=240
-  _globals['_LISTMODELSREPLY']._serialized_start=242
-  _globals['_LISTMODELSREPLY']._serialized_end=360
-  _globals['_HEALTHREQUEST']._serialized_start=362
-  _globals['_HEALTHREQUEST']._serialized_end=411
-  _globals['_BACKENDHEALTH']._serialized_start=414
-  _globals['_BACKENDHEALTH']._serialized_end=686
-  _globals['_HEALTHREPLY']._serialized_start=688
-  _globals['_HEALTHREPLY']._serialized_end=753
-  _globals['_CHATMESSAGE']._serialized_start=755
-  _globals['_CHATMESSAGE']._serialized_end=799
-  _globals['_COMPLETEREQUEST']._serialized_start=802
-  _globals['_COMPLETEREQUEST']._serialized_end=1256
-  _globals['_FAILOVER']._serialized_start=1258
-  _globals['_FAILOVER']._serialized_end=1301
-  _globals['_COMPLETEREPLY']._serialized_start=1304
-  _globals['_COMPLETEREPLY']._serialized_end=1606
-  _globals['_COMPLETECHUNK']._serialized_start=1608
-  _globals['_COMPLETECHUNK']._serialized_end=1699
-  _globals['_INFERENCE']._serialized_start=1702
-  _globals['_INFERENCE']._serialized_end=2049
+  _globals['_MODELIDENTITY']._serialized_start=159
+  _globals['_MODELIDENTITY']._serialized_end=251
+  _globals['_MODELINFO']._serialized_start=254
+  _globals['_MODELINFO']._serialized_end=387
+  _globals['_LISTMODELSREPLY']._serialized_start=389
+  _globals['_LISTMODELSREPLY']._serialized_end=507
+  _globals['_HEALTHREQUEST']._serialized_start=509
+  _globals['_HEALTHREQUEST']._serialized_end=558
+  _globals['_BACKENDHEALTH']._serialized_start=561
+  _globals['_BACKENDHEALTH']._serialized_end=885
+  _globals['_HEALTHREPLY']._serialized_start=887
+  _globals['_HEALTHREPLY']._serialized_end=952
+  _globals['_CHATMESSAGE']._serialized_start=954
+  _globals['_CHATMESSAGE']._serialized_end=998
+  _globals['_COMPLETEREQUEST']._serialized_start=1001
+  _globals['_COMPLETEREQUEST']._serialized_end=1455
+  _globals['_FAILOVER']._serialized_start=1457
+  _globals['_FAILOVER']._serialized_end=1500
+  _globals['_COMPLETEREPLY']._serialized_start=1503
+  _globals['_COMPLETEREPLY']._serialized_end=1805
+  _globals['_COMPLETECHUNK']._serialized_start=1807
+  _globals['_COMPLETECHUNK']._serialized_end=1898
+  _globals['_INFERENCE']._serialized_start=1901
+  _globals['_INFERENCE']._serialized_end=2248
 # @@protoc_insertion_point(module_scope)

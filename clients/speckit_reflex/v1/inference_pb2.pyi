@@ -43,6 +43,50 @@ class ListModelsRequest(_message.Message):
 Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
 
 @_typing.final
+class ModelIdentity(_message.Message):
+    """What a model server reports about the weights behind a model name: a new
+    model under the same name has another identity, so bakeoff verdicts are
+    keyed by it. llama.cpp: /props model_path and build_info; SGLang:
+    /get_model_info model_path; vLLM: /v1/models root. A digest when the server
+    gives one.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    BUILD_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """"<kind>:<weights>[@<build>][#<digest>]", the identity verdicts compare;
+    empty when the server reports nothing about its weights.
+    """
+    weights: _builtins.str
+    """Where the weights come from as the server says (a path or a repo id)."""
+    build: _builtins.str
+    """Server build or version ("b5000-abc123", "0.5.2")."""
+    digest: _builtins.str
+    source: _builtins.str
+    """The endpoint the identity was read from ("/props", ...)."""
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        weights: _builtins.str = ...,
+        build: _builtins.str = ...,
+        digest: _builtins.str = ...,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build", b"build", "digest", b"digest", "key", b"key", "source", b"source", "weights", b"weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelIdentity: _TypeAlias = ModelIdentity  # noqa: Y015
+
+@_typing.final
 class ModelInfo(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -50,10 +94,13 @@ class ModelInfo(_message.Message):
     BACKEND_FIELD_NUMBER: _builtins.int
     OWNED_BY_FIELD_NUMBER: _builtins.int
     MAX_MODEL_LEN_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     backend: _builtins.str
     owned_by: _builtins.str
     max_model_len: _builtins.int
+    @_builtins.property
+    def identity(self) -> Global___ModelIdentity: ...
     def __init__(
         self,
         *,
@@ -61,10 +108,11 @@ class ModelInfo(_message.Message):
         backend: _builtins.str = ...,
         owned_by: _builtins.str = ...,
         max_model_len: _builtins.int = ...,
+        identity: Global___ModelIdentity | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "id", b"id", "max_model_len", b"max_model_len", "owned_by", b"owned_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "id", b"id", "identity", b"identity", "max_model_len", b"max_model_len", "owned_by", b"owned_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -135,6 +183,7 @@ class BackendHealth(_message.Message):
     PROBE_LATENCY_MS_FIELD_NUMBER: _builtins.int
     CHECKED_AT_FIELD_NUMBER: _builtins.int
     COOLING_DOWN_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
     backend: _builtins.str
     kind: _builtins.str
     """"sglang", "vllm", "llamacpp" or "openai"."""
@@ -151,6 +200,10 @@ class BackendHealth(_message.Message):
     """True while a failed backend waits out its cooldown."""
     @_builtins.property
     def checked_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def identity(self) -> Global___ModelIdentity:
+        """The weights behind `model` as of the last probe that could read them."""
+
     def __init__(
         self,
         *,
@@ -166,10 +219,11 @@ class BackendHealth(_message.Message):
         probe_latency_ms: _builtins.float = ...,
         checked_at: _timestamp_pb2.Timestamp | None = ...,
         cooling_down: _builtins.bool = ...,
+        identity: Global___ModelIdentity | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["checked_at", b"checked_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checked_at", b"checked_at", "identity", b"identity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "checked_at", b"checked_at", "cooling_down", b"cooling_down", "endpoint", b"endpoint", "generation_ok", b"generation_ok", "healthy", b"healthy", "kind", b"kind", "model", b"model", "model_listed", b"model_listed", "probe_latency_ms", b"probe_latency_ms", "reachable", b"reachable", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "checked_at", b"checked_at", "cooling_down", b"cooling_down", "endpoint", b"endpoint", "generation_ok", b"generation_ok", "healthy", b"healthy", "identity", b"identity", "kind", b"kind", "model", b"model", "model_listed", b"model_listed", "probe_latency_ms", b"probe_latency_ms", "reachable", b"reachable", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -11,7 +11,7 @@ import asyncio
 import errno
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,9 +22,9 @@ from speckit_reflex.capsule.events import VALID_MODES, MalformedJson, event_to_r
 from speckit_reflex.capsule.report import ReportInputs, write_report
 from speckit_reflex.capsule.stats import AttemptStats, GroupStats
 from speckit_reflex.capsule.store import CapsuleStore, EventFilter
-from speckit_reflex.capsule.thresholds import judge
+from speckit_reflex.capsule.thresholds import Evidence, RunFact, TrialFact, judge
 from speckit_reflex.capsule.windows import TimeWindow, resolve_window
-from speckit_reflex.errors import DomainError, InvalidArgument, PermissionDenied, ResourceExhausted
+from speckit_reflex.errors import DomainError, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from speckit_reflex.policy import Policy
 from speckit_reflex.runtime.metrics import Metrics
 from speckit_reflex.runtime.redact import redact, redact_text
@@ -49,16 +49,15 @@ def _mode_stats(g: GroupStats | None) -> capsule_pb2.ModeStats:
     if g is None:
         return capsule_pb2.ModeStats()
     out = capsule_pb2.ModeStats(
-        total_attempts=g.total, successes=g.successes, success_rate=g.success_rate,
-        json_compliance_rate=g.json_compliance_rate, p50_latency_ms=g.p50_latency_ms,
-        p95_latency_ms=g.p95_latency_ms, mean_tokens_per_s=g.mean_tokens_per_s,
-        cache_reported_attempts=g.cache_reported, percentile_method=g.percentile_method,
+        total_attempts=g.total, successes=g.successes, replies=g.replies, errors=g.errors,
+        cache_reported_attempts=g.cache_reported, percentile_method=g.percentile_method if g.total else "",
     )
-    if g.p50_ttft_ms is not None:
-        out.p50_ttft_ms = g.p50_ttft_ms
-        out.p95_ttft_ms = g.p95_ttft_ms or 0.0
-    if g.cache_hit_rate is not None:
-        out.cache_hit_rate = g.cache_hit_rate
+    # No figure without data: a figure with nothing to compute it from stays unset.
+    for name in ("success_rate", "json_compliance_rate", "availability_percent", "p50_latency_ms",
+                 "p95_latency_ms", "p50_ttft_ms", "p95_ttft_ms", "mean_tokens_per_s", "cache_hit_rate"):
+        value = getattr(g, name)
+        if value is not None:
+            setattr(out, name, value)
     return out
 
 
@@ -83,6 +82,11 @@ def _trial_row(t: capsule_pb2.Trial, index: int, now_us: int) -> dict[str, Any]:
         raise InvalidArgument(f"trials[{index}]: id is required")
     if t.mode not in VALID_MODES:
         raise InvalidArgument(f"trials[{index}] (id {t.id}): unknown mode {t.mode}")
+    if not t.replies <= t.model_calls or t.schema_valid_replies > t.replies:
+        raise InvalidArgument(f"trials[{index}] (id {t.id}): schema_valid_replies <= replies <= model_calls "
+                              f"does not hold ({t.schema_valid_replies}, {t.replies}, {t.model_calls})")
+    if len(t.call_latency_ms) > t.replies or any(not 0 <= x < 1e9 for x in t.call_latency_ms):
+        raise InvalidArgument(f"trials[{index}] (id {t.id}): call_latency_ms needs one value >= 0 per reply")
     return {
         "id": t.id, "bakeoff_run_id": t.bakeoff_run_id, "task_id": t.task_id, "category": t.category,
         "mode": t.mode, "model": t.model, "backend": t.backend, "success": t.success, "attempts": t.attempts,
@@ -92,12 +96,16 @@ def _trial_row(t: capsule_pb2.Trial, index: int, now_us: int) -> dict[str, Any]:
         "reason": redact_text(t.reason),
         "time_us": t.time.seconds * 1_000_000 + t.time.nanos // 1000 if t.HasField("time") else now_us,
         "run_id": t.run_id,
+        "model_calls": t.model_calls, "replies": t.replies, "schema_valid_replies": t.schema_valid_replies,
+        "first_attempt_success": t.first_attempt_success, "skipped": t.skipped,
+        "call_latency_ms": list(t.call_latency_ms) or None, "model_identity": t.model_identity,
     }
 
 
 def _run_proto(row: dict[str, Any]) -> capsule_pb2.BakeoffRun:
     run = capsule_pb2.BakeoffRun(
-        id=row["id"], suite=row["suite"], mode=row["mode"], status=row["status"], task_count=row["task_count"]
+        id=row["id"], suite=row["suite"], mode=row["mode"], status=row["status"], task_count=row["task_count"],
+        suite_version=row["suite_version"],
     )
     if row["started_us"] is not None:
         run.started_at.FromMicroseconds(row["started_us"])
@@ -116,6 +124,10 @@ def _report_write_error(exc: OSError, out_dir: Path) -> DomainError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return ResourceExhausted(why)
     return InvalidArgument(why)
+
+
+def _run_fact(row: dict[str, Any]) -> RunFact:
+    return RunFact(row["id"], row["suite"], row["suite_version"], row["started_us"])
 
 
 class Capsule:
@@ -240,7 +252,8 @@ class Capsule:
     def _thresholds(self, req: capsule_pb2.CheckThresholdsRequest) -> tuple[capsule_pb2.Thresholds, int]:
         if req.HasField("thresholds"):
             t = req.thresholds
-            for name in ("p95_latency_ms", "success_parity_percent", "json_schema_compliance_percent"):
+            for name in ("p95_latency_ms", "success_parity_percent", "json_schema_compliance_percent",
+                         "absolute_success_percent"):
                 if getattr(t, name) < 0:
                     raise InvalidArgument(f"thresholds.{name} must be >= 0")
         else:
@@ -250,25 +263,54 @@ class Capsule:
                 success_parity_percent=p.success_parity_percent,
                 json_schema_compliance_percent=p.json_schema_compliance_percent,
             )
+            if p.absolute_success_percent is not None:
+                t.absolute_success_percent = p.absolute_success_percent
         return t, req.min_samples or self._policy.routing.verdicts.min_samples
 
+    def _evidence(self, window: TimeWindow, suite: str, bakeoff_run_id: str) -> Evidence:
+        """The judged runs and their trials, with the recorded-baseline lookup."""
+        store = self._store
+        runs = [_run_fact(r) for r in store.verdict_runs(window, suite, bakeoff_run_id)]
+        if bakeoff_run_id and not runs:
+            raise NotFound(f"no bakeoff run {bakeoff_run_id!r}")
+        trials = [TrialFact.from_row(r) for r in store.trials_of_runs([r.id for r in runs])]
+
+        def recorded(suite: str, version: int, exclude: Sequence[str]) -> tuple[RunFact, list[TrialFact]] | None:
+            row = store.baseline_run(suite, version, exclude, common_pb2.ROUTING_MODE_CLOUD)
+            if row is None:
+                return None
+            cloud = store.trials_of_runs([row["id"]], common_pb2.ROUTING_MODE_CLOUD)
+            return _run_fact(row), [TrialFact.from_row(r) for r in cloud]
+
+        return Evidence(runs, trials, recorded, suite=runs[0].suite if runs else suite)
+
     async def _verdict(
-        self, req: capsule_pb2.CheckThresholdsRequest, bakeoff_run_id: str = ""
+        self, req: capsule_pb2.CheckThresholdsRequest
     ) -> tuple[capsule_pb2.CheckThresholdsReply, TimeWindow]:
         thresholds, min_samples = self._thresholds(req)
         window = self._window(req.window if req.HasField("window") else None)
-        stats = await self._stats(window, bakeoff_run_id)
-        return judge(stats, thresholds, min_samples, req.model), window
+        suite = req.suite or self._policy.routing.verdicts.suite
+
+        def form() -> capsule_pb2.CheckThresholdsReply:
+            evidence = self._evidence(window, suite, req.bakeoff_run_id)
+            return judge(evidence, thresholds, min_samples, req.model, req.model_identity)
+
+        verdict = await asyncio.to_thread(form)
+        # Live statistics beside the verdict: every attempt of the window (or the run's).
+        verdict.stats.CopyFrom(await self._stats(window, req.bakeoff_run_id))
+        return verdict, window
 
     async def check_thresholds(self, req: capsule_pb2.CheckThresholdsRequest) -> capsule_pb2.CheckThresholdsReply:
-        """Does reflex (or one reflex model) hold the promotion thresholds?"""
+        """Does reflex (or one reflex model) hold the promotion thresholds on the bakeoff's evidence?"""
         verdict, _ = await self._timed("thresholds", self._verdict(req))
         return verdict
 
     async def write_report(self, req: capsule_pb2.WriteReportRequest) -> capsule_pb2.WriteReportReply:
         """Write reflex-bakeoff-<timestamp>.json and .md; return paths and verdict."""
-        check = capsule_pb2.CheckThresholdsRequest(window=req.window) if req.HasField("window") else None
-        verdict, window = await self._verdict(check or capsule_pb2.CheckThresholdsRequest(), req.bakeoff_run_id)
+        check = capsule_pb2.CheckThresholdsRequest(bakeoff_run_id=req.bakeoff_run_id)
+        if req.HasField("window"):
+            check.window.CopyFrom(req.window)
+        verdict, window = await self._verdict(check)
         run_id = req.bakeoff_run_id
         histogram = await asyncio.to_thread(self._store.latency_histogram, window, run_id)
         trials = await asyncio.to_thread(self._store.trial_summary, window, run_id)
@@ -323,6 +365,7 @@ class Capsule:
             "started_us": run.started_at.ToMicroseconds() if run.HasField("started_at") else None,
             "finished_us": run.finished_at.ToMicroseconds() if run.HasField("finished_at") else None,
             "task_count": run.task_count,
+            "suite_version": run.suite_version,
             "summary": self._run_summary(run),
         }
         return _run_proto(await asyncio.to_thread(self._store.upsert_run, row))

@@ -16,7 +16,7 @@ from typing import Any
 from speckit_reflex.capsule.report_chart import latency_svg
 from speckit_reflex.capsule.stats import LATENCY_BUCKETS_MS
 from speckit_reflex.capsule.store import TrialSummary
-from speckit_reflex.clients.capsule import stats_to_seed_json, threshold_failure_to_json
+from speckit_reflex.clients.capsule import stats_to_seed_json, verdict_to_json
 from speckit_reflex.runtime.redact import redact, redact_text
 from speckit_reflex.v1 import capsule_pb2, common_pb2
 
@@ -45,21 +45,6 @@ def bucket_labels() -> list[str]:
     return [*labels, f">={LATENCY_BUCKETS_MS[-1]}"]
 
 
-def verdict_to_json(v: capsule_pb2.CheckThresholdsReply) -> dict[str, Any]:
-    return {
-        "passed": v.passed,
-        "model": v.model or None,
-        "min_samples": v.min_samples,
-        "thresholds": {
-            "p95_latency_ms": v.thresholds.p95_latency_ms,
-            "success_parity_percent": v.thresholds.success_parity_percent,
-            "json_schema_compliance_percent": v.thresholds.json_schema_compliance_percent,
-        },
-        "success_parity_percent": round(v.success_parity_percent, 1) if v.HasField("success_parity_percent") else None,
-        "failures": [threshold_failure_to_json(f) for f in v.failures],
-    }
-
-
 def report_json(r: ReportInputs) -> dict[str, Any]:
     """The JSON report document."""
     return {
@@ -73,11 +58,6 @@ def report_json(r: ReportInputs) -> dict[str, Any]:
         "trials": [{**asdict(t), "mode": _mode_name(t.mode)} for t in r.trials],
         "bakeoff_run": r.bakeoff_run,
     }
-
-
-def _figure(x: float) -> str:
-    """A count as an integer, a measurement with one decimal."""
-    return str(x) if isinstance(x, int) else f"{x:.1f}"
 
 
 def _fmt(x: float | None, unit: str = "") -> str:
@@ -144,40 +124,41 @@ def report_markdown(doc: dict[str, Any], r: ReportInputs, svg_name: str = "") ->
     """The Markdown report, for people; `svg_name` is the chart file beside it."""
     stats, verdict = doc["stats"], doc["verdict"]
     t = verdict["thresholds"]
-    parity = verdict["success_parity_percent"]
+    rf, cf = verdict["reflex"], verdict["cloud"]
     lines = [
         "# Reflex bakeoff report",
         "",
         _covers(doc),
         "",
-        "## Summary",
+        "## Verdict",
         "",
-        f"**Verdict: {'PASS' if verdict['passed'] else 'FAIL'}** — reflex "
-        f"{'holds' if verdict['passed'] else 'does not hold'} the promotion thresholds "
-        f"(p95 latency < {t['p95_latency_ms']:g} ms, success parity ≥ {t['success_parity_percent']:g} %, "
-        f"JSON compliance ≥ {t['json_schema_compliance_percent']:g} %, at least {verdict['min_samples']} samples)"
-        + (f" for model `{verdict['model']}`." if verdict["model"] else "."),
+        f"**{verdict['status'].upper().replace('_', ' ')}** — from bakeoff run(s) "
+        f"{', '.join(f'`{r}`' for r in verdict['bakeoff_run_ids']) or '(none)'} of suite "
+        f"{verdict['suite'] or '?'}" + (f", reflex model `{verdict['model']}`" if verdict["model"] else "")
+        + f" (at least {verdict['min_samples']} tasks per threshold).",
         "",
-        f"- Reflex: {stats['reflex']['total_attempts']} attempts, {_fmt(stats['reflex']['success_rate'], ' %')} success, "
-        f"p95 latency {_fmt(stats['reflex']['p95_latency_ms'])} ms.",
-        f"- Cloud: {stats['cloud']['total_attempts']} attempts, {_fmt(stats['cloud']['success_rate'], ' %')} success, "
-        f"p95 latency {_fmt(stats['cloud']['p95_latency_ms'])} ms.",
-        f"- Success parity: {_fmt(parity, ' %') if parity is not None else 'unknown (no cloud attempts)'}.",
-        "",
-        "## Threshold verdict",
-        "",
+        f"- Baseline: {verdict['baseline']['kind']}"
+        + (f" — {verdict['baseline']['description']}" if verdict["baseline"]["description"] else "") + ".",
+        f"- Tasks compared (both modes): {verdict['paired_tasks']}; ran by one mode only: {verdict['unpaired_tasks']}.",
+        f"- Reflex: {rf['fixed']}/{rf['tasks']} tasks fixed ({_fmt(rf['success_rate'], ' %')}), pass@1 "
+        f"{_fmt(rf['pass_at_1'], ' %')}, p50/p95 latency {_fmt(rf['p50_latency_ms'])}/{_fmt(rf['p95_latency_ms'])} ms, "
+        f"JSON compliance {_fmt(rf['json_compliance_rate'], ' %')} of {rf['replies']} replies, availability "
+        f"{_fmt(rf['availability_percent'], ' %')} ({rf['errors']} errors in {rf['model_calls']} calls).",
+        f"- Cloud: {cf['fixed']}/{cf['tasks']} tasks fixed ({_fmt(cf['success_rate'], ' %')}), "
+        f"{cf['skipped']} skipped.",
     ]
-    if verdict["failures"]:
-        lines += ["| reason | observed | required | detail |", "|---|---:|---:|---|"]
-        lines += [
-            f"| {f['kind']} | {_figure(f['observed'])} | {_figure(f['required'])} | {f['message']} |"
-            for f in verdict["failures"]
-        ]
-    else:
-        lines.append("All thresholds met.")
-    lines += ["", "## Per mode", "", _STATS_HEADER.format(first="mode")]
+    if verdict["invalidated"]:
+        lines.append(f"- Invalidated: {verdict['invalidated']}.")
+    lines += ["", "| threshold | observed | required | status |", "|---|---:|---:|---|"]
+    lines += [
+        f"| {x['name']} | {_fmt(x['observed'])} | {x['comparison']} {x['required']:g} | {x['status']} |"
+        for x in verdict["results"]
+    ]
+    lines += [f"- {f['message']}" for f in verdict["failures"]]
+    lines += ["", "## Live statistics (every attempt in the window; not judged)"]
+    lines += ["", "### Per mode", "", _STATS_HEADER.format(first="mode")]
     lines += [_stats_row("reflex", stats["reflex"]), _stats_row("cloud", stats["cloud"])]
-    lines += ["", "## Per model", "", _STATS_HEADER.format(first="mode / model")]
+    lines += ["", "### Per model", "", _STATS_HEADER.format(first="mode / model")]
     lines += [_stats_row(f"{m['mode']} / `{m['model'] or '(unnamed)'}`", m) for m in stats["models"]]
     lines += ["", "## Latency distribution, reflex vs cloud", ""]
     lines += _latency_chart(r.histogram, svg_name)

@@ -52,7 +52,7 @@ AttemptSample = tuple[Any, ...]
 
 COUNTER_COLUMNS = (
     "attempts", "successes", "json_valid", "tokens_per_s_sum", "tokens_per_s_count",
-    "cached_tokens", "cached_prompt_tokens", "cache_reported",
+    "cached_tokens", "cached_prompt_tokens", "cache_reported", "replies",
 )
 
 
@@ -100,13 +100,15 @@ def rollup_increments(samples: Iterable[AttemptSample]) -> list[RollupIncrement]
         key = (time_us - time_us % BUCKET_US, mode, model)  # Python's % floors: right before 1970 too
         inc = acc.get(key)
         if inc is None:
-            inc = acc[key] = RollupIncrement(*key, [0, 0, 0, 0.0, 0, 0, 0, 0])
+            inc = acc[key] = RollupIncrement(*key, [0, 0, 0, 0.0, 0, 0, 0, 0, 0])
         c = inc.counters
         c[0] += 1
         if success:
             c[1] += 1
-        if json_valid:
-            c[2] += 1
+        if json_valid is not None:  # None: the call failed, no reply to judge
+            c[8] += 1
+            if json_valid:
+                c[2] += 1
         if tps:
             c[3] += tps
             c[4] += 1

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, Index, Integer, MetaData, SmallInteger, String, Text, text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Index, Integer, MetaData, SmallInteger, String, Text, false, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -114,6 +114,8 @@ class BakeoffRunRow(Base):
     finished_us: Mapped[int | None] = mapped_column(BigInteger)
     task_count: Mapped[int] = mapped_column(Integer, default=0)
     summary: Mapped[Any] = mapped_column(JsonDoc, nullable=True)
+    # The suite manifest's version: parity baselines pair runs of one version.
+    suite_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class TrialRow(Base):
@@ -139,6 +141,16 @@ class TrialRow(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     time_us: Mapped[int] = mapped_column(BigInteger)
     run_id: Mapped[str] = mapped_column(Text, default="")
+    # Calls made, replies received (errors got none), schema-valid replies.
+    model_calls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    replies: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    schema_valid_replies: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    first_attempt_success: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Why the trial was not run ("" = it ran); a skipped trial is no result.
+    skipped: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # Latency (ms) of each call that got a reply, as a JSON list.
+    call_latency_ms: Mapped[Any] = mapped_column(JsonDoc, nullable=True)
+    model_identity: Mapped[str] = mapped_column(Text, default="", server_default="")
 
     __table_args__ = (
         Index("ix_bakeoff_trials_bakeoff_run_id", "bakeoff_run_id"),
@@ -159,6 +171,8 @@ class AttemptRollupRow(Base):
     attempts: Mapped[int] = mapped_column(BigInteger)
     successes: Mapped[int] = mapped_column(BigInteger)
     json_valid: Mapped[int] = mapped_column(BigInteger)
+    # Attempts whose model call returned a reply (json_valid is judged over these).
+    replies: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # mean tokens/s = sum / count over attempts that reported a non-zero rate.
     tokens_per_s_sum: Mapped[float] = mapped_column(Float)
     tokens_per_s_count: Mapped[int] = mapped_column(BigInteger)

@@ -49,11 +49,13 @@ class GroupStats:
     total: int = 0
     successes: int = 0
     json_valid: int = 0
-    p50_latency_ms: float = 0.0
-    p95_latency_ms: float = 0.0
+    # Attempts whose model call returned a reply; the rest were errors.
+    replies: int = 0
+    p50_latency_ms: float | None = None
+    p95_latency_ms: float | None = None
     p50_ttft_ms: float | None = None
     p95_ttft_ms: float | None = None
-    mean_tokens_per_s: float = 0.0
+    mean_tokens_per_s: float | None = None
     cached_tokens: int = 0
     cached_prompt_tokens: int = 0
     cache_reported: int = 0
@@ -61,13 +63,21 @@ class GroupStats:
     percentile_method: str = EXACT
 
     @property
-    def success_rate(self) -> float:
-        return 100.0 * self.successes / self.total if self.total else 0.0
+    def success_rate(self) -> float | None:
+        return 100.0 * self.successes / self.total if self.total else None
 
     @property
-    def json_compliance_rate(self) -> float:
-        # An attempt that did not report json_valid is not counted as valid.
-        return 100.0 * self.json_valid / self.total if self.total else 0.0
+    def errors(self) -> int:
+        return self.total - self.replies
+
+    @property
+    def json_compliance_rate(self) -> float | None:
+        """Schema-valid replies over replies received: an error is not a schema failure."""
+        return 100.0 * self.json_valid / self.replies if self.replies else None
+
+    @property
+    def availability_percent(self) -> float | None:
+        return 100.0 * self.replies / self.total if self.total else None
 
     @property
     def cache_hit_rate(self) -> float | None:
@@ -141,7 +151,7 @@ _EDGE_EVENTS = (
 
 _ROLLUP_COUNTERS = f"""
 SELECT mode, model, sum(attempts), sum(successes), sum(json_valid), sum(tokens_per_s_sum),
-       sum(tokens_per_s_count), sum(cached_tokens), sum(cached_prompt_tokens), sum(cache_reported)
+       sum(tokens_per_s_count), sum(cached_tokens), sum(cached_prompt_tokens), sum(cache_reported), sum(replies)
 FROM (
   SELECT mode, model, {", ".join(COUNTER_COLUMNS)}
   FROM attempt_rollups WHERE bucket_us >= :full_start AND bucket_us < :full_end
@@ -150,7 +160,8 @@ FROM (
          sum(CASE WHEN success THEN 1 ELSE 0 END), sum(CASE WHEN json_valid THEN 1 ELSE 0 END),
          coalesce(sum(CASE WHEN tokens_per_s <> 0 THEN tokens_per_s END), 0),
          sum(CASE WHEN tokens_per_s <> 0 THEN 1 ELSE 0 END), coalesce(sum(cached_tokens), 0),
-         sum(CASE WHEN cached_tokens IS NOT NULL THEN prompt_tokens ELSE 0 END), count(cached_tokens)
+         sum(CASE WHEN cached_tokens IS NOT NULL THEN prompt_tokens ELSE 0 END), count(cached_tokens),
+         count(json_valid)
   FROM {_EDGE_EVENTS}
   GROUP BY mode, model
 ) parts
@@ -189,9 +200,9 @@ def _rollup_counters(conn: Connection, window: TimeWindow) -> dict[tuple[int, st
 
 
 def _from_counters(g: GroupStats, c: list[Any]) -> None:
-    attempts, successes, json_valid, tps_sum, tps_n, cached, cached_prompt, reported = c
-    g.total, g.successes, g.json_valid = attempts, successes, json_valid
-    g.mean_tokens_per_s = tps_sum / tps_n if tps_n else 0.0
+    attempts, successes, json_valid, tps_sum, tps_n, cached, cached_prompt, reported, replies = c
+    g.total, g.successes, g.json_valid, g.replies = attempts, successes, json_valid, replies
+    g.mean_tokens_per_s = tps_sum / tps_n if tps_n else None
     g.cached_tokens, g.cached_prompt_tokens, g.cache_reported = cached, cached_prompt, reported
 
 
@@ -227,7 +238,7 @@ def _histogram_stats(conn: Connection, window: TimeWindow, counters: dict[tuple[
         ordered = sorted(per_bin.items())
         p50, p95 = (histogram_percentile(ordered, p) for p in PERCENTILES)
         if metric == LATENCY:
-            g.p50_latency_ms, g.p95_latency_ms = p50 or 0.0, p95 or 0.0
+            g.p50_latency_ms, g.p95_latency_ms = p50, p95
         else:
             g.p50_ttft_ms, g.p95_ttft_ms = p50, p95
     for g in (*out.by_mode.values(), *out.by_model.values()):
@@ -240,6 +251,7 @@ SELECT mode, model, GROUPING(model) AS per_mode,
        count(*) AS total,
        count(*) FILTER (WHERE success) AS successes,
        count(*) FILTER (WHERE json_valid) AS json_valid,
+       count(json_valid) AS replies,
        percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY latency_ms) AS latency,
        percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY ttft_ms) AS ttft,
        avg(NULLIF(tokens_per_s, 0)) AS tps,
@@ -262,11 +274,11 @@ def _postgres_stats(conn: Connection, window: TimeWindow, run: str) -> AttemptSt
     out = AttemptStats()
     for r in conn.execute(text(_PG_STATS.format(where=where)), params).mappings():
         g = _group(out, r["mode"], None if r["per_mode"] else r["model"])
-        g.total, g.successes, g.json_valid = r["total"], r["successes"], r["json_valid"]
+        g.total, g.successes, g.json_valid, g.replies = r["total"], r["successes"], r["json_valid"], r["replies"]
         g.p50_latency_ms, g.p95_latency_ms = r["latency"]
         if r["ttft"] is not None and r["ttft"][0] is not None:
             g.p50_ttft_ms, g.p95_ttft_ms = r["ttft"]
-        g.mean_tokens_per_s = float(r["tps"] or 0.0)
+        g.mean_tokens_per_s = None if r["tps"] is None else float(r["tps"])
         g.cached_tokens = int(r["cached"] or 0)
         g.cached_prompt_tokens = int(r["cached_prompt"] or 0)
         g.cache_reported = r["cache_reported"]
@@ -278,6 +290,7 @@ SELECT mode, {model} AS model,
        count(*) AS total,
        sum(CASE WHEN success THEN 1 ELSE 0 END) AS successes,
        sum(CASE WHEN json_valid THEN 1 ELSE 0 END) AS json_valid,
+       count(json_valid) AS replies,
        avg(NULLIF(tokens_per_s, 0)) AS tps,
        sum(cached_tokens) AS cached,
        sum(CASE WHEN cached_tokens IS NOT NULL THEN prompt_tokens ELSE 0 END) AS cached_prompt,
@@ -321,7 +334,8 @@ def _portable_stats(conn: Connection, window: TimeWindow, run: str) -> AttemptSt
         for r in conn.execute(text(sql), params).mappings():
             g = _group(out, r["mode"], r["model"])
             g.total, g.successes, g.json_valid = r["total"], int(r["successes"]), int(r["json_valid"])
-            g.mean_tokens_per_s = float(r["tps"] or 0.0)
+            g.replies = int(r["replies"])
+            g.mean_tokens_per_s = None if r["tps"] is None else float(r["tps"])
             g.cached_tokens, g.cached_prompt_tokens = int(r["cached"] or 0), int(r["cached_prompt"] or 0)
             g.cache_reported = r["cache_reported"]
         part = "mode" if per_mode else "mode, model"

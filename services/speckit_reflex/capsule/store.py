@@ -460,6 +460,48 @@ class CapsuleStore:
         return dict(row) if row else None
 
     @_db_call
+    def verdict_runs(self, window: TimeWindow, suite: str, bakeoff_run_id: str = "") -> list[dict[str, Any]]:
+        """The runs a verdict is formed from, newest first: one run by id, or
+        the suite's runs that started in the window."""
+        self.ensure_schema()
+        r = BakeoffRunRow.__table__.c
+        stmt = select(BakeoffRunRow.__table__)
+        if bakeoff_run_id:
+            stmt = stmt.where(r.id == bakeoff_run_id)
+        else:
+            stmt = stmt.where(r.suite == suite, r.started_us >= window.start_us, r.started_us < window.end_us)
+        with self.engine.connect() as conn:
+            return [dict(m) for m in conn.execute(stmt.order_by(r.started_us.desc(), r.id)).mappings()]
+
+    @_db_call
+    def trials_of_runs(self, run_ids: Sequence[str], mode: int | None = None) -> list[dict[str, Any]]:
+        """Every trial of the runs, in the runs' order, newest first within a run."""
+        if not run_ids:
+            return []
+        self.ensure_schema()
+        t = TrialRow.__table__.c
+        stmt = select(TrialRow.__table__).where(t.bakeoff_run_id.in_(list(run_ids)))
+        if mode is not None:
+            stmt = stmt.where(t.mode == mode)
+        with self.engine.connect() as conn:
+            rows = [dict(m) for m in conn.execute(stmt.order_by(t.time_us.desc(), t.id)).mappings()]
+        order = {rid: i for i, rid in enumerate(run_ids)}
+        return sorted(rows, key=lambda row: order[row["bakeoff_run_id"]])
+
+    @_db_call
+    def baseline_run(self, suite: str, suite_version: int, exclude: Sequence[str], mode: int) -> dict[str, Any] | None:
+        """The newest other run of the same suite version with a trial of `mode` that ran."""
+        self.ensure_schema()
+        r, t = BakeoffRunRow.__table__.c, TrialRow.__table__.c
+        has_trials = select(t.id).where(t.bakeoff_run_id == r.id, t.mode == mode, t.skipped == "").exists()
+        stmt = (select(BakeoffRunRow.__table__)
+                .where(r.suite == suite, r.suite_version == suite_version, r.id.not_in(list(exclude)), has_trials)
+                .order_by(r.started_us.desc(), r.id).limit(1))
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).mappings().first()
+        return dict(row) if row else None
+
+    @_db_call
     def record_trials(self, trials: Iterable[dict[str, Any]]) -> int:
         """Store trials whose id is new; return how many were."""
         self.ensure_schema()

@@ -35,12 +35,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--since", default="24h", type=_window_arg, help=WINDOW_HELP)
     _json(q, run_bakeoff)
 
-    q = rsub.add_parser("check", help="do reflex attempts hold the promotion thresholds?")
-    q.add_argument("--since", default="24h", type=_window_arg, help=WINDOW_HELP)
-    q.add_argument("--min-samples", type=int, default=0, help="minimum attempts per mode (0 = policy)")
-    q.add_argument("--model", default="", help="judge one reflex model only")
+    q = rsub.add_parser("check", help="does reflex hold the promotion thresholds on the bakeoff's evidence?")
+    q.add_argument("--since", default="24h", type=_window_arg,
+                   help="bakeoff runs started in this window are judged: 1h, 24h, 7d, 30d (default 24h)")
+    q.add_argument("--run", default="", help="judge this one bakeoff run instead")
+    q.add_argument("--suite", default="", help="suite whose runs are judged (default: the policy's)")
+    q.add_argument("--min-samples", type=int, default=0, help="minimum tasks judged per threshold (0 = policy)")
+    q.add_argument("--model", default="",
+                   help="judge one reflex model only, against the weights its server reports now")
     q.add_argument("--exit-code", action="store_true",
-                   help="exit 1 when thresholds fail or samples are too few (the CI gate)")
+                   help="exit 1 unless every threshold passes (fail or not judged: the CI gate)")
     _json(q, run_check)
 
     reflex_trials.register(rsub)
@@ -95,17 +99,27 @@ def run_bakeoff(args: argparse.Namespace) -> int:
                    stats_to_seed_json, lambda stats: reflex_views.show_stats(stats_to_seed_json(stats)))
 
 
+async def current_identity(links: ServiceLinks, model: str) -> str:
+    """What the reflex server reports about `model`'s weights now ("" if nothing)."""
+    with reporting("inference", links):
+        reply = await links.inference.health()
+    return next((b.identity.key for b in reply.backends if b.model == model and b.identity.key), "")
+
+
 def run_check(args: argparse.Namespace) -> int:
     async def body(links: ServiceLinks) -> int:
+        identity = await current_identity(links, args.model) if args.model else ""
         with reporting("capsule", links):
             reply = await links.capsule.check_thresholds(
-                window(args.since), min_samples=max(0, args.min_samples), model=args.model
+                window(args.since), min_samples=max(0, args.min_samples), model=args.model,
+                bakeoff_run_id=args.run, suite=args.suite, model_identity=identity,
             )
         doc = reflex_views.verdict_json(reply, args.since)
         if args.json:
             print_json(doc)
         else:
             reflex_views.show_verdict(doc)
+        # Only a pass passes: a threshold that could not be judged fails the gate.
         return 1 if args.exit_code and not reply.passed else 0
 
     return run_with_links(body)

@@ -50,7 +50,7 @@ def cloud_skip_reason(policy: Mapping[str, Any], environ: Mapping[str, str]) -> 
         return "local_only forbids cloud calls (GR-009)"
     key_env = governance.get("routing", {}).get("cloud", {}).get("api_key_env", "DEEPSEEK_API_KEY")
     if not environ.get(key_env):
-        return f"{key_env} is not set"
+        return f"{key_env} is not set (set it to the cloud API key to run cloud trials)"
     return ""
 
 
@@ -142,7 +142,7 @@ def show_result(doc: dict[str, Any]) -> None:
         stdout.print(doc["cloud_skipped"], highlight=False)
     if doc["verdict"]:
         v = doc["verdict"]
-        stdout.print(f"gate: {'[bold green]PASS[/]' if v['passed'] else '[bold red]FAIL[/]'}")
+        stdout.print(f"gate on this run: {v['status']} (baseline: {v['baseline']['kind']})", highlight=False)
         for f in v["failures"]:
             stdout.print(f"  - {f['message']}", highlight=False)
     if doc["report"]:
@@ -158,6 +158,17 @@ async def ensure_reflex_ready(links: ServiceLinks, timeout_s: float, err: Consol
     except ReflexNotReady as exc:
         raise CliError(str(exc)) from None
     err.print(f"reflex ready: {decision.model} on {decision.backend}", highlight=False)
+
+
+async def model_identities(links: ServiceLinks) -> dict[str, str]:
+    """model -> what its reflex server reports about the weights, recorded with the trials."""
+    with reporting("inference", links):
+        reply = await links.inference.health()
+    out: dict[str, str] = {}
+    for b in reply.backends:
+        if b.identity.key:
+            out.setdefault(b.model, b.identity.key)
+    return out
 
 
 def _dash(x: Any) -> Any:
@@ -193,9 +204,12 @@ def run_trials(args: argparse.Namespace) -> int:
             raise CliError(f"nothing to run: {cloud_note}")
         if "reflex" in modes:
             await ensure_reflex_ready(links, args.ready_timeout, err)
+        skipped = {"cloud": cloud_note.removeprefix("cloud: skipped — ")} if cloud_note else {}
+        identities = await model_identities(links) if "reflex" in modes else {}
         options = RunOptions(modes=modes, concurrency=max(1, args.concurrency),
                              max_attempts=max(0, args.max_attempts), report_dir=args.report_dir,
-                             scratch_root=scratch_dir(args.scratch_dir))
+                             scratch_root=scratch_dir(args.scratch_dir),
+                             skipped_modes=skipped, model_identities=identities)
         runner = BakeoffRunner(links.patchloop, links.capsule, options)
         err.print(f"suite {suite.name}: {len(tasks)} task(s) × {', '.join(modes)}", highlight=False)
         with reporting("capsule", links), TrialProgress(len(tasks) * len(modes), modes, err) as bar:

@@ -9,7 +9,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from speckit_reflex.cli.output import stdout, table
-from speckit_reflex.clients.capsule import mode_stats_to_json, threshold_failure_to_json
+from speckit_reflex.clients.capsule import verdict_to_json
 from speckit_reflex.v1 import capsule_pb2, inference_pb2, patchloop_pb2, router_pb2
 
 _STATS_ROWS = (
@@ -39,41 +39,45 @@ def show_stats(doc: dict[str, Any]) -> None:
 
 
 def verdict_json(v: capsule_pb2.CheckThresholdsReply, period: str) -> dict[str, Any]:
-    """The threshold verdict for machines: pass/fail, every failure, the figures."""
-    return {
-        "period": period,
-        "passed": v.passed,
-        "model": v.model or None,
-        "min_samples": v.min_samples,
-        "thresholds": MessageToDict(v.thresholds, preserving_proto_field_name=True,
-                                    always_print_fields_with_no_presence=True),
-        "success_parity_percent": round(v.success_parity_percent, 1) if v.HasField("success_parity_percent") else None,
-        "reflex": mode_stats_to_json(v.stats.reflex),
-        "cloud": mode_stats_to_json(v.stats.cloud),
-        "failures": [threshold_failure_to_json(f) for f in v.failures],
-    }
+    """The threshold verdict for machines: status, every threshold, the evidence."""
+    return {"period": period, **verdict_to_json(v)}
+
+
+_STATUS = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "not_judged": "[yellow]not judged[/]"}
 
 
 def show_verdict(doc: dict[str, Any]) -> None:
-    t = doc["thresholds"]
-    reflex = doc["reflex"]
-    failed = {f["kind"] for f in doc["failures"]}
-    parity = doc["success_parity_percent"]
-    rows = [
-        ["samples", f"{reflex['total_attempts']} reflex / {doc['cloud']['total_attempts']} cloud",
-         f">= {doc['min_samples']} each", "FAIL" if "too_few_samples" in failed else "ok"],
-        ["p95 latency ms", _num(reflex["p95_latency_ms"]), f"< {t['p95_latency_ms']:g}",
-         "FAIL" if "p95_too_high" in failed else "ok"],
-        ["success parity %", _num(parity), f">= {t['success_parity_percent']:g}",
-         "FAIL" if "parity_too_low" in failed else ("unknown" if parity is None else "ok")],
-        ["JSON compliance %", _num(reflex["json_compliance_rate"]), f">= {t['json_schema_compliance_percent']:g}",
-         "FAIL" if "compliance_too_low" in failed else "ok"],
+    """Thresholds with their status, the baseline used, the figures; live statistics apart."""
+    rf, cf = doc["reflex"], doc["cloud"]
+    rows = [[r["name"], _num(r["observed"]), f"{r['comparison']} {r['required']:g}", _STATUS[r["status"]]]
+            for r in doc["results"]]
+    runs = ", ".join(doc["bakeoff_run_ids"]) or "none in the window"
+    table(f"Reflex gate, suite {doc['suite'] or '?'} (bakeoff runs: {runs})",
+          ["threshold", "observed", "required", "status"], rows)
+    b = doc["baseline"]
+    stdout.print(f"baseline: {b['kind']}" + (f" — {b['description']}" if b["description"] else ""), highlight=False)
+    figures = [
+        ("tasks judged", rf["tasks"], cf["tasks"]), ("fixed", rf["fixed"], cf["fixed"]),
+        ("success %", _num(rf["success_rate"]), _num(cf["success_rate"])),
+        ("pass@1 %", _num(rf["pass_at_1"]), _num(cf["pass_at_1"])),
+        ("p50 / p95 latency ms", f"{_num(rf['p50_latency_ms'])} / {_num(rf['p95_latency_ms'])}",
+         f"{_num(cf['p50_latency_ms'])} / {_num(cf['p95_latency_ms'])}"),
+        ("JSON compliance % (of replies)", _num(rf["json_compliance_rate"]), _num(cf["json_compliance_rate"])),
+        ("availability % (errors / calls)", f"{_num(rf['availability_percent'])} ({rf['errors']}/{rf['model_calls']})",
+         f"{_num(cf['availability_percent'])} ({cf['errors']}/{cf['model_calls']})"),
+        ("skipped trials", rf["skipped"], cf["skipped"]),
     ]
-    table(f"Reflex thresholds, last {doc['period']}", ["gate", "observed", "required", ""], rows)
+    table(f"Same tasks: {doc['paired_tasks']} compared, {doc['unpaired_tasks']} ran by one mode only",
+          ["figure", "reflex", "cloud"], [[a, str(b_), str(c)] for a, b_, c in figures])
+    if doc["invalidated"]:
+        stdout.print(f"[bold red]invalidated:[/] {doc['invalidated']}", highlight=False)
     for f in doc["failures"]:
         stdout.print(f"  - {f['message']}", highlight=False)
-    verdict = "[bold green]PASS[/]" if doc["passed"] else "[bold red]FAIL[/]"
-    stdout.print(f"verdict: {verdict}")
+    live = doc["live_statistics"]
+    stdout.print(
+        f"live statistics (not judged), last {doc['period']}: reflex {live['reflex']['total_attempts']} attempts, "
+        f"cloud {live['cloud']['total_attempts']} attempts (speckit reflex bakeoff)", highlight=False)
+    stdout.print(f"verdict: {_STATUS[doc['status']]}")
 
 
 def health_json(reply: inference_pb2.HealthReply) -> dict[str, Any]:

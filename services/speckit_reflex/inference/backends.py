@@ -176,6 +176,10 @@ class ModelServer:
             return None
         return PrefixCache(queried_tokens=int(queried), hit_tokens=int(hits))
 
+    async def get_root_json(self, path: str, timeout_s: float) -> Any:
+        """GET a native endpoint at the server root (/props, /get_model_info, /version)."""
+        return await self._request("GET", self._root + path, timeout_s)
+
     async def _get_json(self, path: str, timeout_s: float) -> Any:
         return await self._request("GET", path, timeout_s)
 

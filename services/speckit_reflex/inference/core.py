@@ -24,6 +24,7 @@ from opentelemetry.trace import Status, StatusCode, Tracer, format_span_id, form
 from speckit_reflex.errors import DeadlineExceeded, DomainError, FailedPrecondition, NotFound, Unavailable
 from speckit_reflex.inference.backends import BackendSpec, Generation, ModelServer, UpstreamFailure, resolve_api_key
 from speckit_reflex.inference.health import BackendStatus, HealthBook
+from speckit_reflex.inference.identity import ModelIdentity
 from speckit_reflex.inference.validation import SchemaCheck, Verdict, judge_reply
 from speckit_reflex.policy import LoadedPolicy
 from speckit_reflex.runtime.events import new_event
@@ -127,6 +128,7 @@ class ModelCard:
     backend: str
     owned_by: str = ""
     max_model_len: int = 0
+    identity: ModelIdentity = ModelIdentity()
 
 
 def _retry_hint(verdict: Verdict) -> dict[str, str]:
@@ -212,8 +214,11 @@ class InferenceCore:
             if isinstance(res, BaseException):
                 raise res
             for c in res:
+                # The weights as of the last health probe of this backend, if it saw this model.
+                known = self._health.fresh(server.name)
+                identity = known.identity if known is not None and known.model == c["id"] else ModelIdentity()
                 cards.append(ModelCard(str(c["id"]), server.name, str(c.get("owned_by") or ""),
-                                       int(c.get("max_model_len") or 0)))
+                                       int(c.get("max_model_len") or 0), identity))
         return cards, unreachable
 
     # -- completion ---------------------------------------------------------------

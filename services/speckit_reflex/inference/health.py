@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from speckit_reflex.inference.backends import ModelServer, UpstreamFailure
+from speckit_reflex.inference.identity import ModelIdentity, read_identity
 
 log = logging.getLogger("speckit.inference.health")
 
@@ -42,6 +43,8 @@ class BackendStatus:
     checked_at: float = 0.0
     cooling_down: bool = False
     listed_models: tuple[str, ...] = field(default=(), compare=False)
+    # The weights behind `model` as the server reports them (verdicts are keyed by it).
+    identity: ModelIdentity = ModelIdentity()
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,9 @@ class HealthBook:
             if not model:
                 rec = replace(rec, reason=f"model_not_listed: {base.model} (server lists {', '.join(listed) or 'none'})")
             else:
-                rec = replace(rec, model=model, model_listed=True)
+                card = next(c for c in cards if c["id"] == model)
+                rec = replace(rec, model=model, model_listed=True,
+                              identity=await read_identity(server, spec.kind, card, timeout))
                 try:
                     await server.probe_generation(model, timeout)
                     rec = replace(rec, generation_ok=True, healthy=True)

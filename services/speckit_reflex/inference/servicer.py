@@ -9,6 +9,7 @@ from grpc import aio
 
 from speckit_reflex.inference.core import CallRequest, CallResult, InferenceCore
 from speckit_reflex.inference.health import BackendStatus
+from speckit_reflex.inference.identity import ModelIdentity
 from speckit_reflex.runtime.validate import Items, Range, Rules, Text, check_message
 from speckit_reflex.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
@@ -87,11 +88,15 @@ def complete_reply(r: CallResult) -> inference_pb2.CompleteReply:
     )
 
 
+def identity_proto(i: ModelIdentity) -> inference_pb2.ModelIdentity:
+    return inference_pb2.ModelIdentity(key=i.key, weights=i.weights, build=i.build, digest=i.digest, source=i.source)
+
+
 def backend_health(s: BackendStatus) -> inference_pb2.BackendHealth:
     msg = inference_pb2.BackendHealth(
         backend=s.backend, kind=s.kind, endpoint=s.endpoint, model=s.model, healthy=s.healthy,
         reachable=s.reachable, model_listed=s.model_listed, generation_ok=s.generation_ok, reason=s.reason,
-        probe_latency_ms=s.probe_latency_ms, cooling_down=s.cooling_down,
+        probe_latency_ms=s.probe_latency_ms, cooling_down=s.cooling_down, identity=identity_proto(s.identity),
     )
     if s.checked_at:
         msg.checked_at.FromNanoseconds(int(s.checked_at * 1e9))
@@ -108,7 +113,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         cards, unreachable = await self._core.list_models(request.backend)
         return inference_pb2.ListModelsReply(
             models=[inference_pb2.ModelInfo(id=c.id, backend=c.backend, owned_by=c.owned_by,
-                                            max_model_len=c.max_model_len) for c in cards],
+                                            max_model_len=c.max_model_len, identity=identity_proto(c.identity))
+                    for c in cards],
             unreachable=[backend_health(s) for s in unreachable],
         )
 

@@ -708,7 +708,9 @@ class _Run:
             details["cache_reuse"] = _cache_reuse(reply)
             details["call_id"] = reply.call_id
         else:
-            fields.update(json_valid=False, latency_ms=timing.model_ms)
+            # No reply (timeout, cooling down, connection error): an error,
+            # not a schema failure, so json_valid stays unset.
+            fields.update(latency_ms=timing.model_ms)
         self._capsule(
             common_pb2.EVENT_TYPE_PATCH_ATTEMPT,
             mode=decision.mode,

@@ -107,7 +107,7 @@ def snapshot(policy: Policy) -> dict[str, Any]:
                     "json_schema_required": reflex.json_schema_required,
                     "fallback_to_cloud": reflex.fallback_to_cloud,
                     "require_verdict": reflex.require_verdict,
-                    "thresholds": reflex.thresholds.model_dump(mode="json"),
+                    "thresholds": reflex.thresholds.model_dump(mode="json", exclude_none=True),
                     "model_primary": reflex.model_primary or reflex.model,
                     "model_fallbacks": list(reflex.model_fallbacks),
                     "max_failures": reflex.max_failures,

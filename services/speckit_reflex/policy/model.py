@@ -28,6 +28,11 @@ class Thresholds(_Strict):
     p95_latency_ms: float = Field(default=2000, gt=0)
     success_parity_percent: float = Field(default=85, ge=0, le=100)
     json_schema_compliance_percent: float = Field(default=100, ge=0, le=100)
+    # Success rate (% of tasks) reflex must reach when there are no cloud
+    # results of the same tasks, in the judged runs or in an earlier run of
+    # the same suite version (local-only and keyless users). Unset = parity
+    # is not judged without a cloud baseline.
+    absolute_success_percent: float | None = Field(default=None, ge=0, le=100)
 
 
 class Backend(_Strict):
@@ -179,7 +184,10 @@ class VerdictSettings(_Strict):
     """How the Router obtains bakeoff verdicts from Capsule."""
 
     window: str = Field(default="24h", pattern=r"^\d+[smhd]$")
+    # Tasks judged per mode (paired tasks for parity) before a threshold is judged.
     min_samples: int = Field(default=20, ge=1)
+    # The bakeoff suite whose runs in the window form the verdict.
+    suite: str = Field(default="reflex_patchloop_v1", min_length=1)
     refresh_s: float = Field(default=30.0, gt=0)
     stale_after_s: float = Field(default=300.0, gt=0)
 

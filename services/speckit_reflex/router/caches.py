@@ -22,16 +22,20 @@ class BackendStatus:
     checked_at: float
     model: str = ""
     reason: str = ""
+    # The weights the server reports behind `model` (ModelIdentity.key).
+    identity: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """Capsule's bakeoff threshold verdict for one reflex model."""
+    """Capsule's bakeoff threshold verdict for one reflex model, formed on the
+    trials of the weights named by `identity` ("" = the server reports none)."""
 
     model: str
     passed: bool
     fetched_at: float
     detail: str = ""
+    identity: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,11 @@ class RouterCaches:
 
     def verdict_of(self, model: str) -> Verdict | None:
         return self._verdicts.get(model)
+
+    def identity_of(self, model: str) -> str:
+        """The weights behind `model` on the first healthy backend that reports them."""
+        return next((s.identity for s in self._health.values()
+                     if s.model == model and s.healthy and s.identity), "")
 
     def set_usage(self, usage: CloudUsage) -> None:
         self.usage = usage

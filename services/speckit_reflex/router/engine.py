@@ -234,7 +234,7 @@ class RoutingEngine:
         for index, link in enumerate(self._chain):
             target, reason, detail = self._serving_backend(link, now)
             if target is not None:
-                reason, detail = self._verdict(link.model, now)
+                reason, detail = self._verdict(link.model, now, target)
                 if reason == R.ROUTING_REASON_HEALTHY_AND_THRESHOLDS_MET:
                     return Route(
                         req.role, req.stage, REFLEX, reason,
@@ -270,7 +270,7 @@ class RoutingEngine:
             if target is None:
                 skipped.append(Skip(link.model, "", reason, detail))
                 continue
-            verdict, verdict_detail = self._verdict(link.model, now)
+            verdict, verdict_detail = self._verdict(link.model, now, target)
             return Route(
                 req.role, req.stage, REFLEX, verdict,
                 f"force_mode=REFLEX (bakeoff trial): {link.model} on {target.name} healthy; bakeoff verdict "
@@ -336,15 +336,24 @@ class RoutingEngine:
             return None, R.ROUTING_REASON_STATUS_UNKNOWN, "; ".join(down + unknown)
         return None, R.ROUTING_REASON_SERVER_UNHEALTHY, "; ".join(down)
 
-    def _verdict(self, model: str, now: float) -> tuple[int, str]:
-        """The model's own bakeoff verdict: met, not met, or unknown."""
-        verdict = self._caches.verdict_of(model)
-        error = self._caches.verdict_errors.get(model, "")
+    def _verdict(self, model: str, now: float, target: _Target) -> tuple[int, str]:
+        """The model's own bakeoff verdict on the weights `target` serves: met, not met, or unknown."""
+        caches = self._caches
+        verdict = caches.verdict_of(model)
+        error = caches.verdict_errors.get(model, "")
         suffix = f" (last verdict refresh failed: {error})" if error else ""
         if verdict is None:
             return R.ROUTING_REASON_STATUS_UNKNOWN, f"no bakeoff verdict yet{suffix}"
         if now - verdict.fetched_at > self._verdict_ttl:
             return R.ROUTING_REASON_STATUS_UNKNOWN, f"bakeoff verdict older than {self._verdict_ttl:g} s{suffix}"
+        status = caches.health_by_key(target.health_key, target.name)
+        serving = status.identity if status is not None else ""
+        if serving != verdict.identity:
+            # New weights under the same name (SPEC-KIT-978: model updates ->
+            # re-run the bakeoff): the verdict was not formed on them.
+            return R.ROUTING_REASON_THRESHOLDS_NOT_MET, (
+                f"model identity changed: the verdict was formed on {verdict.identity or 'unreported weights'}, "
+                f"{target.name} now serves {serving or 'unreported weights'}; re-run the bakeoff")
         if not verdict.passed:
             return R.ROUTING_REASON_THRESHOLDS_NOT_MET, verdict.detail or "bakeoff thresholds not met"
         return R.ROUTING_REASON_HEALTHY_AND_THRESHOLDS_MET, verdict.detail

@@ -1,8 +1,9 @@
 """Background refresh of the Router's caches, and the sources it reads.
 
 Health comes from Inference's `Health` RPC (itself answered from Inference's
-probe cache), every `routing.health.probe_interval_s`. Bakeoff verdicts, one
-per chain model (`CheckThresholds` with `model` set), and cloud usage for the
+probe cache), every `routing.health.probe_interval_s`, with the identity of
+the weights each server reports. Bakeoff verdicts, one per chain model
+(`CheckThresholds` with `model` and that identity set), and cloud usage for the
 budget (`GetUsage(mode=CLOUD)`) come from Capsule every
 `routing.verdicts.refresh_s`. A failed refresh keeps the old entries, which
 then age into *unknown*, and records why for the decision detail.
@@ -35,7 +36,7 @@ class HealthSource(Protocol):
 
 
 class VerdictSource(Protocol):
-    async def fetch(self, model: str) -> Verdict: ...
+    async def fetch(self, model: str, identity: str = "") -> Verdict: ...
 
 
 class UsageSource(Protocol):
@@ -62,6 +63,7 @@ class InferenceHealthSource:
                 checked_at=b.checked_at.ToMicroseconds() / 1e6 if b.HasField("checked_at") else 0.0,
                 model=b.model,
                 reason=b.reason,
+                identity=b.identity.key,
             )
             for b in reply.backends
         ]
@@ -84,16 +86,18 @@ class CapsuleVerdictSource:
         self._timeout_s = timeout_s
         self._clock = clock
 
-    async def fetch(self, model: str) -> Verdict:
+    async def fetch(self, model: str, identity: str = "") -> Verdict:
+        """The verdict of the bakeoff trials of `model` on the weights `identity`."""
         stub = capsule_pb2_grpc.CapsuleStub(self._channel())
         reply = await stub.CheckThresholds(
             capsule_pb2.CheckThresholdsRequest(
-                window=capsule_pb2.Window(since=self._window), min_samples=self._min_samples, model=model
+                window=capsule_pb2.Window(since=self._window), min_samples=self._min_samples, model=model,
+                model_identity=identity,
             ),
             timeout=self._timeout_s,
         )
         detail = "; ".join(f.message for f in reply.failures) if not reply.passed else ""
-        return Verdict(model=model, passed=reply.passed, fetched_at=self._clock(), detail=detail)
+        return Verdict(model=model, passed=reply.passed, fetched_at=self._clock(), detail=detail, identity=identity)
 
 
 class CapsuleUsageSource:
@@ -166,7 +170,7 @@ class CacheRefresher:
 
     async def _refresh_verdict(self, model: str) -> None:
         try:
-            verdict = await self._verdicts.fetch(model)
+            verdict = await self._verdicts.fetch(model, self._caches.identity_of(model))
         except Exception as exc:  # noqa: BLE001
             errors = self._caches.verdict_errors
             errors[model] = self._note(f"verdict {model}", errors.get(model, ""), exc)
