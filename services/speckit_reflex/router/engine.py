@@ -300,7 +300,7 @@ class RoutingEngine:
                 detail = f"pinned model {link.model} has no healthy backend: {detail}"
                 return Route(req.role, req.stage, REFLEX, reason, detail, link.model, forced=True,
                              refusal=reason, refusal_detail=detail)
-            verdict, verdict_detail = self._verdict(link.model, now)
+            verdict, verdict_detail = self._verdict(link.model, now, target)
             return Route(
                 req.role, req.stage, REFLEX, verdict,
                 f"model {link.model} pinned by the request, on {target.name} (healthy); bakeoff verdict not "
