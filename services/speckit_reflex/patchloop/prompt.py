@@ -16,16 +16,20 @@ from dataclasses import dataclass
 from speckit_reflex.patchloop.diagnostics import Diagnostic
 from speckit_reflex.patchloop.patch import PatchBounds
 
+# The format is described, never shown: a small model copies any sample
+# object it is given (SmolLM2-135M replied with the sample edit verbatim, file
+# name included, on every task of the suite; docs/benchmarks.md). The system
+# message is identical on every call so the server's prefix cache keeps it.
 SYSTEM_PROMPT = """You fix Rust compile errors. Reply with one JSON object and nothing else.
-Format: {{"edits": [{{"file": "src/lib.rs", "line_start": 9, "line_end": 9, "replacement": "new text of lines 9..9"}}]}}
-or an exact search/replace edit: {{"edits": [{{"file": "src/lib.rs", "search": "exact old text", "replace": "new text"}}]}}
+The object has one key, "edits": a list of at most {max_edits} edit(s). Each edit is an object:
+- "file": the path of the file to change, exactly as it is written after FILE in the message.
+- Then either "line_start", "line_end" and "replacement": the first and last line number of the lines to replace
+  (1-based, inclusive, as numbered in the message) and the new text of those whole lines;
+- or "search" and "replace": a piece of text copied exactly from the file (it must occur there once) and its new text.
 Rules:
-- "file" is the path shown after "FILE", relative to the crate root.
-- line_start..line_end are 1-based and inclusive; "replacement" replaces those whole lines.
-- Line numbers and the "|" column are not part of the source: never copy them into "replacement".
-- Keep the original indentation. Change as little as possible.
-- At most {max_edits} edit(s); "replacement" at most {replacement_chars} characters.
-- "search" must occur exactly once in the file."""
+- The numbers and the "|" column at the start of each shown line are not part of the source: never copy them.
+- Keep the original indentation. Change as little as possible: fix the cause the compiler names.
+- A replacement or replace text is at most {replacement_chars} characters."""
 
 # Files shorter than this are shown whole; longer ones as windows around errors.
 WHOLE_FILE_LINES = 150
@@ -104,7 +108,10 @@ def build_messages(
 ) -> list[dict[str, str]]:
     """Chat messages: stable system + context prefix, attempt feedback last."""
     system = SYSTEM_PROMPT.format(max_edits=bounds.max_edits, replacement_chars=bounds.replacement_chars)
-    user = f"{excerpts}\nCOMPILER ERRORS\n{diagnostics}\n"
+    files = [line.removeprefix("FILE ") for line in excerpts.splitlines() if line.startswith("FILE ")]
+    # The real path of the file to edit comes first, by name, so it is the one the model writes.
+    target = f"The errors are in {' and '.join(files)}: edit {'that file' if len(files) == 1 else 'those files'}.\n\n"
+    user = f"{target if files else ''}{excerpts}\nCOMPILER ERRORS\n{diagnostics}\n"
     if feedback:
         notes = "\n".join(f"- attempt {f.attempt}: {f.reason}: {f.detail}" for f in feedback[-4:])
         user += f"\nEARLIER ATTEMPTS FAILED (they were undone; the files above are current)\n{notes}\n"
