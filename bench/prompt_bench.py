@@ -9,7 +9,8 @@ patch attempt each (so "fixed" is pass@1, rustc's own suggestions off), then
 reads every model reply back from Capsule's LLMCall events and counts:
 
 * pass@1: tasks fixed by the first patch (compiles and its tests pass);
-* schema-valid replies;
+* replies received (a call that timed out got none: an error) and the
+  schema-valid ones;
 * replies identical to an example in the prompt: a reply whose JSON object,
   or any of whose edits, equals a JSON object (or one of its edits) written
   in the system or user message the model was sent;
@@ -132,9 +133,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                             files = {e.get("file") for e in json.loads(content).get("edits", [])}
                         except (ValueError, AttributeError):
                             files = set()
+                        payload = struct_dict(ev.payload)
                         rows.append({
                             "task_id": trial.task_id,
+                            # No json_valid: the call failed (timeout, ...), no reply to judge.
+                            "replied": ev.HasField("json_valid"),
                             "schema_valid": bool(ev.json_valid),
+                            "finish_reason": payload.get("finish_reason", ""),
+                            "validation_error": payload.get("validation_error", ""),
+                            "completion_tokens": ev.completion_tokens,
                             "copied_example": copied(content, example_parts(messages)),
                             "wrong_file": bool(files - error_files(messages)),
                             "reply": content[:300],
@@ -152,10 +159,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "tasks": n,
         "pass_at_1": fixed,
         "pass_at_1_percent": round(100 * fixed / n, 1) if n else None,
-        "replies": len(rows),
+        "model_calls": len(rows),
+        "replies": sum(r["replied"] for r in rows),
+        "errors_no_reply": sum(not r["replied"] for r in rows),
         "schema_valid_replies": sum(r["schema_valid"] for r in rows),
         "replies_identical_to_prompt_example": sum(r["copied_example"] for r in rows),
         "replies_naming_another_file": sum(r["wrong_file"] for r in rows),
+        "replies_cut_at_max_tokens": sum(r["finish_reason"] == "length" for r in rows),
         "samples": rows[:5],
     }
 

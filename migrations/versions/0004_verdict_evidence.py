@@ -1,5 +1,5 @@
 """verdict evidence: per-trial calls, replies, errors, pass@1, skips, call
-latencies and model identity; the suite version of a run; replies counted
+latencies, model identity and lint; the suite version of a run; replies counted
 apart from errors in the rollups; model-call errors no longer stored as
 schema failures
 
@@ -38,6 +38,7 @@ def upgrade() -> None:
         t.add_column(sa.Column("skipped", sa.Text(), nullable=False, server_default=""))
         t.add_column(sa.Column("call_latency_ms", json_doc, nullable=True))
         t.add_column(sa.Column("model_identity", sa.Text(), nullable=False, server_default=""))
+        t.add_column(sa.Column("lint", sa.Text(), nullable=False, server_default=""))
     # Trials recorded before: pass@1 was "fixed within one attempt".
     op.execute("UPDATE bakeoff_trials SET first_attempt_success = success AND attempts <= 1")
     with op.batch_alter_table("bakeoff_runs") as t:
@@ -61,5 +62,5 @@ def downgrade() -> None:
     with op.batch_alter_table("bakeoff_runs") as t:
         t.drop_column("suite_version")
     with op.batch_alter_table("bakeoff_trials") as t:
-        for name in ("model_identity", "call_latency_ms", "skipped", "first_attempt_success", *_TRIAL_COUNTERS):
+        for name in ("lint", "model_identity", "call_latency_ms", "skipped", "first_attempt_success", *_TRIAL_COUNTERS):
             t.drop_column(name)

@@ -61,6 +61,8 @@ async def test_trials_against_the_embedded_model_then_bakeoff_shows_them(
         assert t["model"] == "smollm2-135m-instruct" and t["backend"] == "local", t
         assert t["attempts"] == 1
         assert t["fixed_by"] in {"reflex", "unspecified"}
+        # The weights llama.cpp reports (/props), recorded with the trial.
+        assert t["model_identity"].startswith("llamacpp:") and ".gguf" in t["model_identity"], t
     [backend] = doc["backends"]
     assert backend["tasks"] == 10
     assert backend["fixed"] == sum(t["success"] for t in trials)
@@ -75,6 +77,11 @@ async def test_trials_against_the_embedded_model_then_bakeoff_shows_them(
     assert report["bakeoff_run"]["id"] == doc["bakeoff_run_id"]
     assert report["bakeoff_run"]["status"] == "done"
     assert report["stats"]["reflex"]["total_attempts"] == 10
+    # The run's verdict is formed from its trials, on the weights they ran on.
+    verdict = report["verdict"]
+    assert verdict["bakeoff_run_ids"] == [doc["bakeoff_run_id"]] and verdict["reflex"]["tasks"] == 10
+    assert verdict["reflex"]["model_identity"] == trials[0]["model_identity"]
+    assert verdict["reflex"]["pass_at_1"] == round(100 * backend["fixed"] / 10, 1)
 
     bakeoff = await asyncio.to_thread(run_speckit, ["reflex", "bakeoff", "--since", "1h", "--json"], env)
     assert bakeoff.code == 0, bakeoff.stderr

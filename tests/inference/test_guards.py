@@ -169,3 +169,27 @@ async def test_hostile_completion_fields_are_refused_before_any_upstream_request
         await llm._stub.Complete(req, timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith(starts)
     assert fake.chats() == []
+
+
+async def test_cloud_call_without_its_key_is_refused_naming_the_variable_and_never_sent(
+        fake_factory, adapter, monkeypatch):
+    cloud = await fake_factory(kind="openai", models=["deepseek-chat"])
+    local = await fake_factory(kind="vllm")
+    monkeypatch.delenv("TEST_CLOUD_KEY")
+    llm, recorder, _ = await adapter(backends_policy(("a", "vllm", local), cloud=cloud))
+    err = await _rpc_error(llm.complete(MESSAGES, max_tokens=8, timeout=10, mode=common_pb2.ROUTING_MODE_CLOUD))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.details().startswith("cloud_key_missing: TEST_CLOUD_KEY is not set")
+    assert cloud.connections_total == 0
+
+
+async def test_llm_call_events_carry_the_fallback_reason(fake_factory, adapter):
+    cloud = await fake_factory(kind="openai", models=["deepseek-chat"])
+    local = await fake_factory(kind="vllm")
+    llm, recorder, _ = await adapter(backends_policy(("a", "vllm", local), cloud=cloud))
+    await llm.complete(MESSAGES, max_tokens=8, timeout=10)
+    await llm.complete(MESSAGES, max_tokens=8, timeout=10, mode=common_pb2.ROUTING_MODE_CLOUD,
+                       fallback_reason="max_failures_reached")
+    first, second = await wait_for_calls(recorder, 2)
+    assert first.payload.fields["fallback_reason"].HasField("null_value") and not first.is_fallback
+    assert second.payload["fallback_reason"] == "max_failures_reached" and second.is_fallback

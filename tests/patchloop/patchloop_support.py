@@ -46,6 +46,7 @@ class ScriptedRouter:
             reason=common_pb2.ROUTING_REASON_MAX_FAILURES_REACHED if cloud else common_pb2.ROUTING_REASON_HEALTHY_AND_THRESHOLDS_MET,
             model="cloud-model" if cloud else "local-model",
             backend="cloud" if cloud else "local",
+            is_fallback=cloud,
         )
 
 

@@ -19,13 +19,15 @@ import pytest
 from patchloop_support import FIXED_LINE, NOOP_LINE
 
 from speckit_reflex.clients.capsule import CapsuleClient
+from speckit_reflex.clients.inference import InferenceClient
 from speckit_reflex.clients.channel import ChannelConfig, open_channel
 from speckit_reflex.clients.router import RouterClient
 from speckit_reflex.policy import load_policy
 from speckit_reflex.v1 import common_pb2, inference_pb2, inference_pb2_grpc, patchloop_pb2, patchloop_pb2_grpc
 from tests.bakeoff.conftest import run_speckit, speckit_env
 from tests.inference.fakes import FakeModelServer
-from tests.patchloop.test_patchloop_e2e import CLOUD_KEY_ENV, seed_passing_verdict, write_policy
+from tests.patchloop.test_patchloop_e2e import CLOUD_KEY_ENV, write_policy
+from tests.verdict_evidence import record_bakeoff
 
 TOKEN = "t0ken-for-the-auth-test"
 SERVICES = ["capsule", "inference", "router", "patchloop"]
@@ -40,9 +42,11 @@ async def guarded_stack(services_factory, tmp_path: Path, monkeypatch):  # type:
     policy = load_policy(write_policy(tmp_path, kind="vllm", endpoint=reflex.base_url, model="local-model",
                                       cloud_endpoint=cloud.base_url))
     db = f"sqlite:///{tmp_path / 'auth.db'}"
-    seeder = await services_factory(["capsule"], database_url=db, policy=policy, auth_token=TOKEN)
-    await seed_passing_verdict(CapsuleClient(seeder.ctx.channel("capsule")), "local-model")
     svc = await services_factory(SERVICES, database_url=db, policy=policy, auth_token=TOKEN)
+    health = await InferenceClient(svc.ctx.channel("inference")).health("local", refresh=True, timeout=60)
+    await record_bakeoff(CapsuleClient(svc.ctx.channel("capsule")), "local-model", 4, latency_ms=100.0,
+                         identity=health.backends[0].identity.key, cloud_model="cloud-model")
+    await svc.servers["router"].service.refresher.refresh_all()
     router = RouterClient(svc.ctx.channel("router"))
     deadline = time.monotonic() + 60
     while (await router.decide(stage=common_pb2.STAGE_IMPLEMENT, role=common_pb2.ROLE_IMPLEMENTER,

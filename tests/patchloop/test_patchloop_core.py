@@ -312,3 +312,18 @@ async def test_syntax_breaking_patch_is_reverted_although_the_count_drops(crate,
     assert inference.requests[1].messages[1].content.startswith(
         inference.requests[0].messages[1].content[: -len("\nReply with the JSON patch.")])
     assert src.read_text() == original, "the user's tree is untouched (apply=False)"
+
+
+async def test_cloud_call_refused_for_a_missing_key_is_a_refusal_not_an_attempt(crate, make_loop):
+    ws = crate("field_typo")
+    no_key = ModelCallFailed("failed_precondition", "cloud_key_missing: DEEPSEEK_API_KEY is not set; set it to "
+                                                    "the cloud API key to allow cloud calls (none was sent)")
+    loop, _, inference, events = make_loop(inference=ScriptedInference([by_mode(NOOP_LINE, no_key)]))
+    _, result = await run_all(loop, workspace=str(ws), max_attempts=4)
+    assert result.outcome == patchloop_pb2.OUTCOME_REFUSED and "DEEPSEEK_API_KEY" in result.reason
+    # Two reflex attempts; the cloud call that never left the machine is no attempt.
+    assert [e.mode for e in events.of_type(PA)] == [common_pb2.ROUTING_MODE_REFLEX] * 2
+    cloud_request = inference.requests[-1]
+    assert cloud_request.mode == common_pb2.ROUTING_MODE_CLOUD
+    assert cloud_request.fallback_reason == "max_failures_reached"
+    assert inference.requests[0].fallback_reason == ""

@@ -14,12 +14,13 @@ import pytest
 from google.protobuf.json_format import MessageToJson
 
 from speckit_reflex.clients.capsule import CapsuleClient, window
+from speckit_reflex.clients.inference import InferenceClient
 from speckit_reflex.clients.patchloop import PatchLoopClient
 from speckit_reflex.clients.router import RouterClient
 from speckit_reflex.policy import load_policy
-from speckit_reflex.runtime.events import new_event
 from speckit_reflex.v1 import common_pb2, patchloop_pb2
 from tests.inference.fakes import FakeModelServer
+from tests.verdict_evidence import record_bakeoff
 
 PA = common_pb2.EVENT_TYPE_PATCH_ATTEMPT
 LR = common_pb2.EVENT_TYPE_LOOP_RESULT
@@ -112,12 +113,12 @@ async def start_stack(services_factory, tmp_path: Path, policy_path: Path, model
     policy = load_policy(policy_path)
     svc = await services_factory(["capsule", "inference", "router", "patchloop"], database_url=db, policy=policy)
     capsule = CapsuleClient(svc.ctx.channel("capsule"))
-    seed = []
-    for i in range(4):
-        for mode, name in ((common_pb2.ROUTING_MODE_REFLEX, model), (common_pb2.ROUTING_MODE_CLOUD, "cloud-model")):
-            seed.append(new_event(PA, mode=mode, model=name, role=common_pb2.ROLE_IMPLEMENTER, success=True,
-                                  json_valid=True, latency_ms=50.0 + i, attempt=1, run_id=f"seed-{i}"))
-    await capsule.append_events(seed)
+    # A passing bakeoff on the weights each backend reports (a verdict holds
+    # for the identity it was formed on).
+    health = await InferenceClient(svc.ctx.channel("inference")).health(refresh=True, timeout=30)
+    for identity in sorted({b.identity.key for b in health.backends}):
+        await record_bakeoff(capsule, model, 4, latency_ms=50.0, identity=identity, cloud_model="cloud-model")
+    await svc.servers["router"].service.refresher.refresh_all()
     router = RouterClient(svc.ctx.channel("router"))
     deadline = time.monotonic() + 60
     while True:

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from speckit_reflex.bakeoff.lint import lint_fix
 from speckit_reflex.bakeoff.metrics import BackendFigures, figures_by_backend
 from speckit_reflex.bakeoff.suite import Suite, SuiteTask, copy_crate
 from speckit_reflex.bakeoff.trial import MODE_VALUES, TrialResult
@@ -73,9 +74,11 @@ class RunOptions:
     # Modes not run, with why (e.g. {"cloud": "DEEPSEEK_API_KEY is not set"}):
     # each task gets a skipped trial, recorded as such, never as a result.
     skipped_modes: Mapping[str, str] = field(default_factory=dict)
-    # What the reflex server reports about each model's weights (model ->
-    # ModelIdentity.key), recorded with every reflex trial.
-    model_identities: Mapping[str, str] = field(default_factory=dict)
+    # What each reflex server reports about a model's weights ((backend,
+    # model) -> ModelIdentity.key), recorded with every reflex trial.
+    model_identities: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    # Lint each fix with cargo clippy (clippy::correctness) against the reference fix.
+    lint: bool = True
 
 
 @dataclass
@@ -229,7 +232,8 @@ class BakeoffRunner:
         try:
             workspace = await asyncio.to_thread(copy_crate, task, tmp / "crate")
             request: dict[str, Any] = dict(
-                apply=False,
+                # The fix is written back to this private copy so it can be linted.
+                apply=self._opt.lint,
                 max_attempts=self._opt.max_attempts,
                 verify_profile=VERIFY_PROFILE,
                 # The model is what is measured, not rustc's own suggestions.
@@ -247,9 +251,14 @@ class BakeoffRunner:
                 # One task's failure is a failed trial, not a failed bakeoff.
                 trial.error = f"patchloop {exc.code().name}: {exc.details()}"
                 trial.outcome = "error"
+            if self._opt.lint and trial.outcome == "fixed":
+                reference = await asyncio.to_thread(copy_crate, task, tmp / "reference")
+                await asyncio.to_thread(shutil.copytree, task.fix_dir, reference, dirs_exist_ok=True,
+                                        copy_function=shutil.copy)
+                trial.lint = await lint_fix(workspace, reference, tmp / "lint-target")
         finally:
             await asyncio.shield(asyncio.to_thread(shutil.rmtree, tmp, True))
         trial.finished_at = datetime.now(UTC)
         if mode == "reflex":
-            trial.model_identity = self._opt.model_identities.get(trial.model, "")
+            trial.model_identity = self._opt.model_identities.get((trial.backend, trial.model), "")
         return trial

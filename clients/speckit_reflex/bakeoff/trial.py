@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from speckit_reflex.bakeoff.lint import FAIL, LintResult
 from speckit_reflex.v1 import capsule_pb2, common_pb2, patchloop_pb2
 
 MODE_NAMES = {common_pb2.ROUTING_MODE_REFLEX: "reflex", common_pb2.ROUTING_MODE_CLOUD: "cloud"}
@@ -93,11 +94,14 @@ class TrialResult:
     skipped: str = ""
     # What the server reported about the model's weights (ModelIdentity.key).
     model_identity: str = ""
+    # cargo clippy on the fix (set for fixed trials when linting is on).
+    lint: LintResult | None = None
     finished_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
     def success(self) -> bool:
-        return self.outcome == "fixed"
+        """Compiles, its tests pass, and no new clippy::correctness warning (GR-006, seed: tests and lint)."""
+        return self.outcome == "fixed" and (self.lint is None or self.lint.status != FAIL)
 
     @property
     def first_attempt_success(self) -> bool:
@@ -164,6 +168,7 @@ class TrialResult:
             skipped=self.skipped,
             call_latency_ms=[c.latency_ms for c in self.replies],
             model_identity=self.model_identity,
+            lint=self.lint.describe() if self.lint else "",
         )
         if self.calls and self.calls[0].ttft_ms is not None:
             t.ttft_ms = self.calls[0].ttft_ms
@@ -192,6 +197,7 @@ class TrialResult:
             "skipped": self.skipped or None,
             "errors": len(self.calls) - len(self.replies),
             "model_identity": self.model_identity or None,
+            "lint": self.lint.describe() if self.lint else None,
             "run_id": self.run_id,
         }
 

@@ -81,6 +81,7 @@ class InferenceClient:
         run_id: str = "",
         decision_id: str = "",
         attempt: int = 0,
+        fallback_reason: str = "",
     ) -> inference_pb2.CompleteRequest:
         """A CompleteRequest; `json_schema` may be a dict (serialised here)."""
         schema = json_schema if isinstance(json_schema, str) else json.dumps(json_schema)
@@ -88,6 +89,7 @@ class InferenceClient:
             backend=backend, model=model, messages=[_message(m) for m in messages], max_tokens=max_tokens,
             json_schema=schema, schema_name=schema_name, mode=mode, role=role,  # type: ignore[arg-type]
             session_id=session_id, run_id=run_id, decision_id=decision_id, attempt=attempt,
+            fallback_reason=fallback_reason,
         )
         if temperature is not None:
             req.temperature = temperature

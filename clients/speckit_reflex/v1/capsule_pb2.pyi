@@ -1000,6 +1000,7 @@ class Trial(_message.Message):
     SKIPPED_FIELD_NUMBER: _builtins.int
     CALL_LATENCY_MS_FIELD_NUMBER: _builtins.int
     MODEL_IDENTITY_FIELD_NUMBER: _builtins.int
+    LINT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     bakeoff_run_id: _builtins.str
     task_id: _builtins.str
@@ -1032,6 +1033,11 @@ class Trial(_message.Message):
     """
     model_identity: _builtins.str
     """What the model server reported about its weights (ModelIdentity.key)."""
+    lint: _builtins.str
+    """Diff quality beyond the tests: "pass", "fail: <new clippy::correctness
+    warnings>" (then success is false) or "not_run: <why>"; empty when the
+    trial was not fixed.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1066,10 +1072,11 @@ class Trial(_message.Message):
         skipped: _builtins.str = ...,
         call_latency_ms: _abc.Iterable[_builtins.float] | None = ...,
         model_identity: _builtins.str = ...,
+        lint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cached_tokens", b"_cached_tokens", "_ttft_ms", b"_ttft_ms", "cached_tokens", b"cached_tokens", "time", b"time", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cached_tokens", b"_cached_tokens", "_ttft_ms", b"_ttft_ms", "attempts", b"attempts", "backend", b"backend", "bakeoff_run_id", b"bakeoff_run_id", "cached_tokens", b"cached_tokens", "call_latency_ms", b"call_latency_ms", "category", b"category", "first_attempt_success", b"first_attempt_success", "id", b"id", "json_valid", b"json_valid", "latency_ms", b"latency_ms", "mode", b"mode", "model", b"model", "model_calls", b"model_calls", "model_identity", b"model_identity", "prompt_tokens", b"prompt_tokens", "reason", b"reason", "replies", b"replies", "run_id", b"run_id", "schema_valid_replies", b"schema_valid_replies", "skipped", b"skipped", "success", b"success", "task_id", b"task_id", "time", b"time", "tokens_per_s", b"tokens_per_s", "ttft_ms", b"ttft_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cached_tokens", b"_cached_tokens", "_ttft_ms", b"_ttft_ms", "attempts", b"attempts", "backend", b"backend", "bakeoff_run_id", b"bakeoff_run_id", "cached_tokens", b"cached_tokens", "call_latency_ms", b"call_latency_ms", "category", b"category", "first_attempt_success", b"first_attempt_success", "id", b"id", "json_valid", b"json_valid", "latency_ms", b"latency_ms", "lint", b"lint", "mode", b"mode", "model", b"model", "model_calls", b"model_calls", "model_identity", b"model_identity", "prompt_tokens", b"prompt_tokens", "reason", b"reason", "replies", b"replies", "run_id", b"run_id", "schema_valid_replies", b"schema_valid_replies", "skipped", b"skipped", "success", b"success", "task_id", b"task_id", "time", b"time", "tokens_per_s", b"tokens_per_s", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cached_tokens: _TypeAlias = _typing.Literal["cached_tokens"]  # noqa: Y015
     _WhichOneofArgType__cached_tokens: _TypeAlias = _typing.Literal["_cached_tokens", b"_cached_tokens"]  # noqa: Y015

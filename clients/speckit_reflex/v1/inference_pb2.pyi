@@ -291,6 +291,7 @@ class CompleteRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     DECISION_ID_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    FALLBACK_REASON_FIELD_NUMBER: _builtins.int
     backend: _builtins.str
     """Backend name from the policy. Empty = the local backends in policy order
     with failover (mode REFLEX) or the cloud backend (mode CLOUD).
@@ -312,6 +313,11 @@ class CompleteRequest(_message.Message):
     run_id: _builtins.str
     decision_id: _builtins.str
     attempt: _builtins.int
+    fallback_reason: _builtins.str
+    """Why the Router fell back to this route ("max_failures_reached",
+    "server_unhealthy", ...); empty when it did not. Recorded as the
+    LLMCall event's fallback_reason (SPEC-KIT-978).
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]: ...
     def __init__(
@@ -332,10 +338,11 @@ class CompleteRequest(_message.Message):
         run_id: _builtins.str = ...,
         decision_id: _builtins.str = ...,
         attempt: _builtins.int = ...,
+        fallback_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_validation_retries", b"_max_validation_retries", "_seed", b"_seed", "_temperature", b"_temperature", "max_validation_retries", b"max_validation_retries", "seed", b"seed", "temperature", b"temperature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_validation_retries", b"_max_validation_retries", "_seed", b"_seed", "_temperature", b"_temperature", "attempt", b"attempt", "backend", b"backend", "decision_id", b"decision_id", "json_schema", b"json_schema", "max_tokens", b"max_tokens", "max_validation_retries", b"max_validation_retries", "messages", b"messages", "mode", b"mode", "model", b"model", "role", b"role", "run_id", b"run_id", "schema_name", b"schema_name", "seed", b"seed", "session_id", b"session_id", "temperature", b"temperature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_validation_retries", b"_max_validation_retries", "_seed", b"_seed", "_temperature", b"_temperature", "attempt", b"attempt", "backend", b"backend", "decision_id", b"decision_id", "fallback_reason", b"fallback_reason", "json_schema", b"json_schema", "max_tokens", b"max_tokens", "max_validation_retries", b"max_validation_retries", "messages", b"messages", "mode", b"mode", "model", b"model", "role", b"role", "run_id", b"run_id", "schema_name", b"schema_name", "seed", b"seed", "session_id", b"session_id", "temperature", b"temperature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_validation_retries: _TypeAlias = _typing.Literal["max_validation_retries"]  # noqa: Y015
     _WhichOneofArgType__max_validation_retries: _TypeAlias = _typing.Literal["_max_validation_retries", b"_max_validation_retries"]  # noqa: Y015

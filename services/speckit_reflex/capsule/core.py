@@ -99,6 +99,7 @@ def _trial_row(t: capsule_pb2.Trial, index: int, now_us: int) -> dict[str, Any]:
         "model_calls": t.model_calls, "replies": t.replies, "schema_valid_replies": t.schema_valid_replies,
         "first_attempt_success": t.first_attempt_success, "skipped": t.skipped,
         "call_latency_ms": list(t.call_latency_ms) or None, "model_identity": t.model_identity,
+        "lint": t.lint,
     }
 
 

@@ -151,6 +151,8 @@ class TrialRow(Base):
     # Latency (ms) of each call that got a reply, as a JSON list.
     call_latency_ms: Mapped[Any] = mapped_column(JsonDoc, nullable=True)
     model_identity: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # cargo clippy's verdict on the fix ("pass", "fail: ...", "not_run: ...").
+    lint: Mapped[str] = mapped_column(Text, default="", server_default="")
 
     __table_args__ = (
         Index("ix_bakeoff_trials_bakeoff_run_id", "bakeoff_run_id"),

@@ -160,15 +160,11 @@ async def ensure_reflex_ready(links: ServiceLinks, timeout_s: float, err: Consol
     err.print(f"reflex ready: {decision.model} on {decision.backend}", highlight=False)
 
 
-async def model_identities(links: ServiceLinks) -> dict[str, str]:
-    """model -> what its reflex server reports about the weights, recorded with the trials."""
+async def model_identities(links: ServiceLinks) -> dict[tuple[str, str], str]:
+    """(backend, model) -> what that server reports about the weights, recorded with the trials."""
     with reporting("inference", links):
         reply = await links.inference.health()
-    out: dict[str, str] = {}
-    for b in reply.backends:
-        if b.identity.key:
-            out.setdefault(b.model, b.identity.key)
-    return out
+    return {(b.backend, b.model): b.identity.key for b in reply.backends if b.identity.key}
 
 
 def _dash(x: Any) -> Any:

@@ -36,6 +36,9 @@ log = logging.getLogger("speckit.inference")
 
 CLOUD = "cloud"
 LOCAL_ONLY_REASON = "local_only_forbids_cloud"
+# A cloud call without its API key is refused here, never sent: it could only
+# fail, and it must not count as a cloud attempt.
+CLOUD_KEY_MISSING = "cloud_key_missing"
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ class AdapterConfig:
     cloud_timeout_s: float
     max_validation_retries: int
     policy_hash: str = ""
+    # The environment variable the policy names for the cloud key.
+    cloud_key_env: str = ""
 
     @classmethod
     def from_policy(cls, loaded: LoadedPolicy, environ: Mapping[str, str]) -> AdapterConfig:
@@ -72,6 +77,7 @@ class AdapterConfig:
             cloud_timeout_s=cloud.timeout_ms / 1000,
             max_validation_retries=p.inference.max_validation_retries,
             policy_hash=loaded.sha256,
+            cloud_key_env=cloud.api_key_env,
         )
 
     @property
@@ -98,6 +104,7 @@ class CallRequest:
     run_id: str = ""
     decision_id: str = ""
     attempt: int = 0
+    fallback_reason: str = ""
 
 
 @dataclass
@@ -230,6 +237,9 @@ class InferenceCore:
         if wants_cloud:
             if cfg.local_only:
                 raise FailedPrecondition(f"{LOCAL_ONLY_REASON}: privacy.local_only forbids calls to the cloud backend")
+            if not cfg.cloud.api_key:
+                raise FailedPrecondition(f"{CLOUD_KEY_MISSING}: {cfg.cloud_key_env} is not set; set it to the cloud "
+                                         "API key to allow cloud calls (none was sent)")
             return [(self._servers[CLOUD], req.model or cfg.cloud.models[0])], False
         if req.backend:
             if req.backend not in self._local_names:
@@ -430,7 +440,12 @@ class InferenceCore:
             "reasoning": redact_text(last.reasoning_text, secrets) if last else "",
             "finish_reason": result.finish_reason,
         }
+        # The seed's LLMCall field: why this call is a fallback (the Router's
+        # reason, or the adapter's failover), null when it is none.
+        fallback_reason = req.fallback_reason or ("failover " + ", ".join(
+            f"{b}={r}" for b, r in result.failovers) if result.failovers else None)
         payload = {
+            "fallback_reason": fallback_reason,
             "finish_reason": result.finish_reason,
             "attempts": result.attempts,
             "failovers": [{"backend": b, "reason": r} for b, r in result.failovers],
@@ -446,7 +461,7 @@ class InferenceCore:
             prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
             cached_tokens=result.cached_tokens, tokens_per_s=result.tokens_per_s,
             json_valid=result.schema_valid if req.json_schema else None,
-            success=success, reason=redact_text(reason, secrets), is_fallback=bool(result.failovers),
+            success=success, reason=redact_text(reason, secrets), is_fallback=fallback_reason is not None,
             policy_hash=self.config.policy_hash,
             request=request, response=response, payload=payload,
         )

@@ -70,6 +70,7 @@ def call_request(req: inference_pb2.CompleteRequest) -> CallRequest:
         run_id=req.run_id,
         decision_id=req.decision_id,
         attempt=req.attempt,
+        fallback_reason=req.fallback_reason,
     )
 
 

@@ -59,6 +59,8 @@ _MODE_SOURCE = {
     common_pb2.ROUTING_MODE_CLOUD: patchloop_pb2.FIX_SOURCE_CLOUD,
 }
 RETRY_TEMPERATURE = 0.3
+# The Inference Adapter's refusal of a cloud call without its API key (inference/core.py).
+CLOUD_KEY_MISSING = "cloud_key_missing"
 
 
 @dataclass(frozen=True)
@@ -623,6 +625,7 @@ class _Run:
             run_id=self.spec.run_id,
             decision_id=decision.decision_id,
             attempt=self.attempt,
+            fallback_reason=_reason_name(decision.reason) if decision.is_fallback else "",
         )
         if self.attempt > 1:
             # A retry must be able to differ from the attempt before it.
@@ -631,6 +634,11 @@ class _Run:
         try:
             reply = await self.loop._inference.complete(request, self._model_timeout_s())
         except ModelCallFailed as exc:
+            if exc.detail.startswith(CLOUD_KEY_MISSING):
+                # Refused before leaving the machine: not an attempt, a refusal that names the variable.
+                self.note(f"cloud call refused: {exc.detail}")
+                self.finish(patchloop_pb2.OUTCOME_REFUSED, reason=exc.detail)
+                return False, state, exc.detail
             timing.model_ms = (time.perf_counter() - call_started) * 1000
             self._event(model_call=patchloop_pb2.ModelCall(
                 backend=decision.backend, model=decision.model, mode=decision.mode, error=str(exc)))
@@ -690,7 +698,7 @@ class _Run:
             "errors_before": before.error_count,
             "errors_after": after.error_count if after else before.error_count,
             "decision_id": decision.decision_id,
-            "routing_reason": common_pb2.RoutingReason.Name(decision.reason).removeprefix("ROUTING_REASON_").lower(),
+            "routing_reason": _reason_name(decision.reason),
             "timing": timing.summary(),
             **payload,
         }
@@ -779,6 +787,10 @@ class _Run:
             "duration_ms": round(duration_ms, 1)}})
         if self.loop._metrics is not None:
             self.loop._metrics.patchloop_runs(outcome_name).inc()
+
+
+def _reason_name(reason: int) -> str:
+    return common_pb2.RoutingReason.Name(reason).removeprefix("ROUTING_REASON_").lower()  # type: ignore[arg-type]
 
 
 def _cache_reuse(reply: inference_pb2.CompleteReply) -> float | None:

@@ -79,8 +79,9 @@ def build(ctx: ServiceContext) -> RouterService:
 
 def verdict_status(caches: RouterCaches, model: str, now: float, stale_after_s: float) -> str:
     """The verdict the Router acts on for `model`: pass, fail, or unknown when
-    missing or stale (the Router never routes reflex on unknown)."""
-    verdict = caches.verdict_of(model)
+    missing or stale (the Router never routes reflex on unknown); the verdict
+    on the weights the model's first reporting backend serves."""
+    verdict = caches.verdict_of(model, caches.identities_of(model)[0])
     if verdict is None or now - verdict.fetched_at > stale_after_s:
         return "unknown"
     return "pass" if verdict.passed else "fail"

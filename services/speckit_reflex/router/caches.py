@@ -57,7 +57,8 @@ class RouterCaches:
     def __init__(self) -> None:
         self._health: dict[str, BackendStatus] = {}
         self.health_error = ""
-        self._verdicts: dict[str, Verdict] = {}
+        # Keyed by (model, identity): a verdict holds for the weights it was formed on.
+        self._verdicts: dict[tuple[str, str], Verdict] = {}
         self.verdict_errors: dict[str, str] = {}
         self.usage: CloudUsage | None = None
         self.usage_error = ""
@@ -84,16 +85,21 @@ class RouterCaches:
         return h.get(key) or h.get(backend)
 
     def set_verdict(self, verdict: Verdict) -> None:
-        self._verdicts[verdict.model] = verdict
+        self._verdicts[(verdict.model, verdict.identity)] = verdict
         self.verdict_errors.pop(verdict.model, None)
 
-    def verdict_of(self, model: str) -> Verdict | None:
-        return self._verdicts.get(model)
+    def verdict_of(self, model: str, identity: str = "") -> Verdict | None:
+        """The verdict of `model` formed on the weights `identity`."""
+        return self._verdicts.get((model, identity))
 
-    def identity_of(self, model: str) -> str:
-        """The weights behind `model` on the first healthy backend that reports them."""
-        return next((s.identity for s in self._health.values()
-                     if s.model == model and s.healthy and s.identity), "")
+    def other_verdict(self, model: str, identity: str) -> Verdict | None:
+        """A verdict of `model` formed on other weights than `identity`, if any."""
+        return next((v for (m, i), v in self._verdicts.items() if m == model and i != identity), None)
+
+    def identities_of(self, model: str) -> list[str]:
+        """The weights the backends serving `model` report (one verdict is needed per identity)."""
+        found = sorted({s.identity for s in self._health.values() if s.model == model})
+        return found or [""]
 
     def set_usage(self, usage: CloudUsage) -> None:
         self.usage = usage

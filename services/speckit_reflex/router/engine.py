@@ -339,21 +339,22 @@ class RoutingEngine:
     def _verdict(self, model: str, now: float, target: _Target) -> tuple[int, str]:
         """The model's own bakeoff verdict on the weights `target` serves: met, not met, or unknown."""
         caches = self._caches
-        verdict = caches.verdict_of(model)
+        status = caches.health_by_key(target.health_key, target.name)
+        serving = status.identity if status is not None else ""
+        verdict = caches.verdict_of(model, serving)
         error = caches.verdict_errors.get(model, "")
         suffix = f" (last verdict refresh failed: {error})" if error else ""
         if verdict is None:
+            other = caches.other_verdict(model, serving)
+            if other is not None:
+                # New weights under the same name (SPEC-KIT-978: model updates
+                # -> re-run the bakeoff): no verdict was formed on them.
+                return R.ROUTING_REASON_THRESHOLDS_NOT_MET, (
+                    f"model identity changed: the verdict was formed on {other.identity or 'unreported weights'}, "
+                    f"{target.name} now serves {serving or 'unreported weights'}; re-run the bakeoff{suffix}")
             return R.ROUTING_REASON_STATUS_UNKNOWN, f"no bakeoff verdict yet{suffix}"
         if now - verdict.fetched_at > self._verdict_ttl:
             return R.ROUTING_REASON_STATUS_UNKNOWN, f"bakeoff verdict older than {self._verdict_ttl:g} s{suffix}"
-        status = caches.health_by_key(target.health_key, target.name)
-        serving = status.identity if status is not None else ""
-        if serving != verdict.identity:
-            # New weights under the same name (SPEC-KIT-978: model updates ->
-            # re-run the bakeoff): the verdict was not formed on them.
-            return R.ROUTING_REASON_THRESHOLDS_NOT_MET, (
-                f"model identity changed: the verdict was formed on {verdict.identity or 'unreported weights'}, "
-                f"{target.name} now serves {serving or 'unreported weights'}; re-run the bakeoff")
         if not verdict.passed:
             return R.ROUTING_REASON_THRESHOLDS_NOT_MET, verdict.detail or "bakeoff thresholds not met"
         return R.ROUTING_REASON_HEALTHY_AND_THRESHOLDS_MET, verdict.detail

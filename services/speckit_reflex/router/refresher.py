@@ -165,12 +165,13 @@ class CacheRefresher:
         self._caches.set_health(statuses)
 
     async def refresh_verdicts(self) -> None:
-        """One verdict per chain model, fetched concurrently."""
-        await asyncio.gather(*(self._refresh_verdict(m) for m in self._models))
+        """One verdict per chain model and served identity, fetched concurrently."""
+        await asyncio.gather(*(self._refresh_verdict(m, i) for m in self._models
+                               for i in self._caches.identities_of(m)))
 
-    async def _refresh_verdict(self, model: str) -> None:
+    async def _refresh_verdict(self, model: str, identity: str) -> None:
         try:
-            verdict = await self._verdicts.fetch(model, self._caches.identity_of(model))
+            verdict = await self._verdicts.fetch(model, identity)
         except Exception as exc:  # noqa: BLE001
             errors = self._caches.verdict_errors
             errors[model] = self._note(f"verdict {model}", errors.get(model, ""), exc)
