@@ -136,8 +136,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                         payload = struct_dict(ev.payload)
                         rows.append({
                             "task_id": trial.task_id,
-                            # No json_valid: the call failed (timeout, ...), no reply to judge.
-                            "replied": ev.HasField("json_valid"),
+                            # No finish reason: the call failed (timeout, ...), no reply to judge.
+                            "replied": bool(payload.get("finish_reason")),
                             "schema_valid": bool(ev.json_valid),
                             "finish_reason": payload.get("finish_reason", ""),
                             "validation_error": payload.get("validation_error", ""),
@@ -166,7 +166,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "replies_identical_to_prompt_example": sum(r["copied_example"] for r in rows),
         "replies_naming_another_file": sum(r["wrong_file"] for r in rows),
         "replies_cut_at_max_tokens": sum(r["finish_reason"] == "length" for r in rows),
-        "samples": rows[:5],
+        "calls": rows,
     }
 
 
@@ -178,7 +178,7 @@ if __name__ == "__main__":
     args = ap.parse_args()
     figures = asyncio.run(main(args))
     for key, value in figures.items():
-        if key != "samples":
+        if key != "calls":
             print(f"{key:<40} {value}")
     out = {"figures": figures, "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
            "command": "python bench/prompt_bench.py " + " ".join(sys.argv[1:])}

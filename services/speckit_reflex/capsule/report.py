@@ -123,7 +123,6 @@ def _covers(doc: dict[str, Any]) -> str:
 def report_markdown(doc: dict[str, Any], r: ReportInputs, svg_name: str = "") -> str:
     """The Markdown report, for people; `svg_name` is the chart file beside it."""
     stats, verdict = doc["stats"], doc["verdict"]
-    t = verdict["thresholds"]
     rf, cf = verdict["reflex"], verdict["cloud"]
     lines = [
         "# Reflex bakeoff report",

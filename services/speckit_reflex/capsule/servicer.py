@@ -26,7 +26,8 @@ BAKEOFF_STATS: Rules = {**_WINDOW, "bakeoff_run_id": _ID}
 CHECK_THRESHOLDS: Rules = {
     **_WINDOW, "model": Text(256), "min_samples": Range(0, INT32_MAX),
     "thresholds.p95_latency_ms": _NON_NEGATIVE, "thresholds.success_parity_percent": _PERCENT,
-    "thresholds.json_schema_compliance_percent": _PERCENT,
+    "thresholds.json_schema_compliance_percent": _PERCENT, "thresholds.absolute_success_percent": Range(0, 100),
+    "bakeoff_run_id": _ID, "suite": Text(256), "model_identity": Text(1024),
 }
 WRITE_REPORT: Rules = {**_WINDOW, "out_dir": Text(4096), "bakeoff_run_id": _ID}
 USAGE: Rules = _WINDOW
@@ -36,6 +37,7 @@ TRIALS: Rules = {
     "trials.task_id": Text(256), "trials.category": Text(128), "trials.model": Text(256),
     "trials.backend": Text(128), "trials.reason": Text(4096), "trials.run_id": _ID,
     "trials.latency_ms": _NON_NEGATIVE, "trials.ttft_ms": _NON_NEGATIVE, "trials.tokens_per_s": _NON_NEGATIVE,
+    "trials.call_latency_ms": _NON_NEGATIVE, "trials.model_identity": Text(1024), "trials.lint": Text(4096),
 }
 
 

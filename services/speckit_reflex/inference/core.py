@@ -460,7 +460,9 @@ class InferenceCore:
             latency_ms=result.latency_ms, ttft_ms=result.ttft_ms,
             prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
             cached_tokens=result.cached_tokens, tokens_per_s=result.tokens_per_s,
-            json_valid=result.schema_valid if req.json_schema else None,
+            # A call that got no reply (timeout, cooling down, refused) is an
+            # error, not a schema failure: json_valid stays unset.
+            json_valid=result.schema_valid if req.json_schema and result.finish_reason else None,
             success=success, reason=redact_text(reason, secrets), is_fallback=fallback_reason is not None,
             policy_hash=self.config.policy_hash,
             request=request, response=response, payload=payload,

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Protocol
 
 import grpc
@@ -155,19 +155,27 @@ class CacheRefresher:
         self._verdict_interval_s = verdict_interval_s
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def refresh_health(self) -> None:
-        """One health round; on failure the old entries stay and age."""
+    async def refresh_health(self) -> set[tuple[str, str]]:
+        """One health round; on failure the old entries stay and age. Weights
+        no verdict was fetched for yet (a new or changed identity) get theirs
+        now, not a verdict interval later; returns those (model, identity)."""
         try:
             statuses = await self._health.fetch()
         except Exception as exc:  # noqa: BLE001 - any failure means "unknown", never a crash
             self._caches.health_error = self._note("health", self._caches.health_error, exc)
-            return
+            return set()
         self._caches.set_health(statuses)
+        unjudged = {p for p in self._served() if self._caches.verdict_of(*p) is None}
+        await asyncio.gather(*(self._refresh_verdict(m, i) for m, i in unjudged))
+        return unjudged
 
-    async def refresh_verdicts(self) -> None:
+    def _served(self) -> list[tuple[str, str]]:
+        """(model, identity) of every chain model and the weights its backends report."""
+        return [(m, i) for m in self._models for i in self._caches.identities_of(m)]
+
+    async def refresh_verdicts(self, skip: Collection[tuple[str, str]] = ()) -> None:
         """One verdict per chain model and served identity, fetched concurrently."""
-        await asyncio.gather(*(self._refresh_verdict(m, i) for m in self._models
-                               for i in self._caches.identities_of(m)))
+        await asyncio.gather(*(self._refresh_verdict(m, i) for m, i in self._served() if (m, i) not in skip))
 
     async def _refresh_verdict(self, model: str, identity: str) -> None:
         try:
@@ -190,7 +198,9 @@ class CacheRefresher:
         self._caches.set_usage(usage)
 
     async def refresh_all(self) -> None:
-        await asyncio.gather(self.refresh_health(), self.refresh_verdicts(), self.refresh_usage())
+        # Health first: verdicts are asked for the identities it reports.
+        fetched, _ = await asyncio.gather(self.refresh_health(), self.refresh_usage())
+        await self.refresh_verdicts(skip=fetched)
 
     async def start(self, first_refresh_timeout_s: float = 2.0) -> None:
         """Fill the caches once (bounded), then keep refreshing in the background."""
