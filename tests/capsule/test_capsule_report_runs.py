@@ -71,7 +71,8 @@ async def test_write_report_json_and_markdown(capsule, tmp_path: Path):
     assert doc["stats"]["reflex"]["success_rate"] == 75.0
     # 75 % / 100 % parity on the 20 shared tasks fails the 85 % gate.
     assert doc["verdict"]["status"] == "fail" and reply.verdict.passed is False
-    assert doc["verdict"]["failures"] == [{"kind": "parity_too_low", "message": reply.verdict.failures[0].message}]
+    assert doc["verdict"]["failures"] == [{"kind": "parity_too_low", "message": reply.verdict.failures[0].message,
+                                           "observed": 75.0, "required": 85.0}]
     parity = next(r for r in doc["verdict"]["results"] if r["name"] == "success_parity_percent")
     assert (parity["observed"], parity["required"], parity["status"]) == (75.0, 85.0, "fail")
     assert doc["verdict"]["bakeoff_run_ids"] == ["run-1"] and doc["verdict"]["baseline"]["kind"] == "same_runs"
@@ -111,7 +112,8 @@ async def test_report_paths_are_absolute_for_a_relative_out_dir(capsule, tmp_pat
            if f["kind"] == "too_few_samples"]
     assert few and all(type(f["observed"]) is int and type(f["required"]) is int for f in few)  # counts
     md = Path(reply.markdown_path).read_text()
-    assert "| too_few_samples | 0 | 20 |" in md
+    assert "| p95_latency_ms | – | < 2000 | not_judged |" in md  # no figure, never a pass
+    assert "- reflex: 0 task(s) judged, at least 20 required" in md
     assert md.splitlines()[2].startswith("Covers every attempt from ") and "(the last 24h)" in md.splitlines()[2]
 
 
