@@ -16,7 +16,7 @@ stores --events PatchAttempt events (reflex and cloud), then measures
   next to `python -c pass` started the same way, so interpreter start-up on
   this machine is visible beside the command's own cost.
 
-Targets are ours (TARGETS.md sets none for the harness). Bounded in count;
+Targets are ours (none is set elsewhere for the harness). Bounded in count;
 prints a table and writes bench/results/bakeoff_harness.json.
 """
 

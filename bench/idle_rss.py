@@ -1,4 +1,4 @@
-"""Idle resident memory of each service process (TARGETS.md: <= 150 MB each).
+"""Idle resident memory of each service process (target: <= 150 MB each, docs/benchmarks.md).
 
     .venv/bin/python bench/idle_rss.py [--settle 3]
 

@@ -1,4 +1,4 @@
-"""TARGETS.md reliability #7 (kill -9 during ingest) and #8 (database down).
+"""docs/reliability.md #7 (kill -9 during ingest) and #8 (database down).
 
 #8 does not stop the machine's PostgreSQL (others use it): Capsule reaches
 Postgres through a TCP proxy in this test, which is cut and restored — a real

@@ -67,3 +67,26 @@ def test_readme_commands_call_the_venv_cli() -> None:
     bare = [line for block in blocks for line in block.splitlines()
             if re.search(r"(^|[;&|]\s*|\$\(\s*)speckit\s", line.split("#", 1)[0])]
     assert bare == [], f"README commands without .venv/bin/: {bare}"
+
+
+def _python_files() -> list[Path]:
+    return sorted(p for folder in ("services", "clients", "bench", "tests", "examples", "scripts")
+                  for p in (ROOT / folder).rglob("*.py")
+                  if not _SKIP_DIRS.intersection(p.relative_to(ROOT).parts) and p != Path(__file__).resolve())
+
+
+def test_code_names_no_document_the_repository_lacks() -> None:
+    # Docstrings and comments point at docs/ and at project notes such as
+    # README.md: a reader must be able to open them. (A lower-case bare name
+    # like "report.md" is a file a test writes, not a reference.)
+    known = _repo_markdown()
+    found = set()
+    for p in _python_files():
+        text = re.sub(r"https?://\S+", "", p.read_text(errors="replace"))
+        if "../shared/" in text:
+            found.add(f"{p.relative_to(ROOT)}: ../shared/")
+        for m in MD_NAME.findall(text):
+            referenced = m.startswith("docs/") or Path(m).stem.isupper()
+            if referenced and m not in known and Path(m).name not in known:
+                found.add(f"{p.relative_to(ROOT)}: {m}")
+    assert sorted(found) == []

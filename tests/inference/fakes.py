@@ -1,4 +1,6 @@
-"""Small real HTTP servers that answer like SGLang and vLLM (docs/WIRE.md).
+"""Small real HTTP servers that answer like SGLang and vLLM, in their
+documented response shapes (tests/vllm/ checks those against the servers'
+own response models).
 
 No GPU here, so SGLang and vLLM are reproduced at the wire level: the model
 listing, streamed chat completions (with each runtime's chunk shapes, usage

@@ -1,4 +1,4 @@
-"""Property-based fuzz of every RPC of every service (TARGETS.md second round
+"""Property-based fuzz of every RPC of every service (docs/reliability.md
 #20): random and boundary values in every field, generated from the proto
 descriptors (a new field is fuzzed without touching this file), never give
 INTERNAL or UNKNOWN, never stop a server, and afterwards a normal event is

@@ -1,4 +1,4 @@
-"""A poison-proof audit trail (TARGETS.md second round #19), on PostgreSQL and
+"""A poison-proof audit trail (docs/reliability.md #19), on PostgreSQL and
 SQLite: values the database can never store are refused at the edge with
 INVALID_ARGUMENT; an event that slips past an edge anyway goes to its
 service's dead-letter file; and every later event of PatchLoop, Router and

@@ -1,4 +1,4 @@
-"""Whole-system reliability checks (TARGETS.md #3 failover, #12 secrets), on
+"""Whole-system reliability checks (docs/reliability.md #3 failover, #12 secrets), on
 the four real services over gRPC with small HTTP model servers that answer
 like SGLang, vLLM and an OpenAI-compatible cloud (tests/inference/fakes.py)."""
 

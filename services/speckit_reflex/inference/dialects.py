@@ -3,7 +3,8 @@
 Everything else in the adapter speaks one shape; a `Dialect` builds the
 request body (with that runtime's extras) and knows that runtime's quirks on
 the way back (reasoning field names, error bodies, the generation probe).
-Shapes follow docs/WIRE.md.
+Shapes follow each server's documented wire format (docs/runbook.md);
+tests/vllm/ checks the bodies against SGLang's and vLLM's own request models.
 """
 
 from __future__ import annotations
