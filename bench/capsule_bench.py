@@ -28,7 +28,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,10 @@ from speckit_reflex.clients.health import wait_serving
 from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, common_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests.ports: the one port helper
+
+from tests.ports import pick_port  # noqa: E402
+
 ADMIN_DSN = os.environ.get("SPECKIT_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 TARGET_INGEST = 50_000  # events/s
 TARGET_RSS_MB = 250
@@ -59,12 +62,6 @@ EXACT_P95 = """
 SELECT mode, percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY latency_ms)
 FROM events WHERE type = 3 AND time_us >= %(start)s AND time_us < %(end)s GROUP BY mode
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rss_mb(pid: int) -> float:
@@ -223,7 +220,7 @@ async def main_async(args: argparse.Namespace) -> dict:
         admin.execute(f'CREATE DATABASE "{db}"')
     db_dsn = f"{ADMIN_DSN.rsplit('/', 1)[0]}/{db}"
     url = db_dsn.replace("postgresql://", "postgresql+psycopg://", 1)
-    addr = f"127.0.0.1:{_free_port()}"
+    addr = f"127.0.0.1:{pick_port()}"
     proc = None
     try:
         migrate.upgrade_url(url)

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,14 +25,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.ports: the one port helper
+
+from tests.ports import pick_port  # noqa: E402
+
 SERVICES = ("capsule", "inference", "router", "patchloop")
 TARGET_MB = 150.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_mb(pid: int) -> float:
@@ -62,7 +59,7 @@ def measure(which: str, settle_s: float) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPECKIT_")}
         env["SPECKIT_HOME"] = str(Path(tmp) / ".speckit")
-        addrs = {s: f"127.0.0.1:{free_port()}" for s in SERVICES}
+        addrs = {s: f"127.0.0.1:{pick_port()}" for s in SERVICES}
         for s, a in addrs.items():
             env[f"SPECKIT_{s.upper()}_ADDR"] = a
         proc = subprocess.Popen([sys.executable, "-m", "speckit_reflex.cli.main", "serve", which],

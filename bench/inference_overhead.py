@@ -39,7 +39,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,8 @@ from grpc import aio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.ports import pick_port  # noqa: E402
+
 from speckit_reflex.clients.inference import InferenceClient  # noqa: E402
 from speckit_reflex.clients.router import RouterClient  # noqa: E402
 from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, common_pb2  # noqa: E402
@@ -63,12 +64,6 @@ SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required
 MESSAGES = [("system", "Reply in JSON."), ("user", "Is it ok?")]
 TARGETS = {"added_p50_ms": 1.0, "added_p99_ms": 4.0, "stream_ttft_added_p50_ms": 1.0, "stream_tps_ratio": 0.98,
            "reflex_added_p50_ms": 1.5, "reflex_added_p99_ms": 5.0}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pct(values: list[float], q: float) -> float:
@@ -148,7 +143,7 @@ local_only = true
 def start_service(name: str, workdir: Path, policy: Path, inference_addr: str,
                   capsule_addr: str) -> tuple[subprocess.Popen[bytes], str]:
     """`speckit serve <name>` on a free port, its peers at the given addresses."""
-    addr = inference_addr if name == "inference" else f"127.0.0.1:{free_port()}"
+    addr = inference_addr if name == "inference" else f"127.0.0.1:{pick_port()}"
     env = {**os.environ, f"SPECKIT_{name.upper()}_ADDR": addr, "SPECKIT_INFERENCE_ADDR": inference_addr,
            "SPECKIT_CAPSULE_ADDR": capsule_addr, "SPECKIT_POLICY": str(policy), "SPECKIT_HOME": str(workdir),
            "SPECKIT_LOG_LEVEL": "WARNING"}
@@ -171,7 +166,7 @@ def start_litellm(workdir: Path, stub_url: str) -> tuple[subprocess.Popen[bytes]
       api_base: {stub_url}
       api_key: none
 """)
-    port = free_port()
+    port = pick_port()
     proc = subprocess.Popen([binary, "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port),
                              "--num_workers", "1"], env={**os.environ, "LITELLM_MASTER_KEY": key},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -249,7 +244,7 @@ async def post_whole(client: httpx.AsyncClient, url: str, body: dict[str, Any], 
 def start_endpoint(workdir: Path, router_addr: str, adapter_addr: str,
                    capsule_addr: str) -> tuple[subprocess.Popen[bytes], str]:
     """`speckit serve openai` in its own process, a client of this run's Router and adapter."""
-    addr = f"127.0.0.1:{free_port()}"
+    addr = f"127.0.0.1:{pick_port()}"
     env = {**os.environ, "SPECKIT_OPENAI_ADDR": addr, "SPECKIT_ROUTER_ADDR": router_addr,
            "SPECKIT_INFERENCE_ADDR": adapter_addr, "SPECKIT_CAPSULE_ADDR": capsule_addr,
            "SPECKIT_HOME": str(workdir), "SPECKIT_LOG_LEVEL": "WARNING"}
@@ -262,10 +257,10 @@ def start_serve_all(workdir: Path, policy: Path) -> tuple[subprocess.Popen[bytes
     """`speckit serve all --mode reflex` with the endpoint in the same process
     (SPECKIT_OPENAI_ADDR), its own Capsule on SQLite: the deployment the README
     shows. --mode reflex, since this Capsule has no passing bakeoff."""
-    addr = f"127.0.0.1:{free_port()}"
+    addr = f"127.0.0.1:{pick_port()}"
     env = {**os.environ, "SPECKIT_OPENAI_ADDR": addr, "SPECKIT_POLICY": str(policy),
            "SPECKIT_HOME": str(workdir / "all"), "SPECKIT_LOG_LEVEL": "ERROR",
-           **{f"SPECKIT_{name}_ADDR": f"127.0.0.1:{free_port()}"
+           **{f"SPECKIT_{name}_ADDR": f"127.0.0.1:{pick_port()}"
               for name in ("ROUTER", "INFERENCE", "PATCHLOOP", "CAPSULE")}}
     proc = subprocess.Popen([sys.executable, "-m", "speckit_reflex.cli.main", "serve", "all", "--mode", "reflex"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -385,7 +380,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     procs: list[subprocess.Popen[Any]] = []
     # The Capsule taking the services' events runs in its own process, so its
     # gRPC server does not share this (measuring) process.
-    capsule_port = free_port()
+    capsule_port = pick_port()
     capsule_proc = subprocess.Popen([sys.executable, __file__, "--serve-capsule", str(capsule_port)],
                                     stdout=subprocess.PIPE, text=True)
     assert capsule_proc.stdout is not None and capsule_proc.stdout.readline().strip() == "ready"
@@ -397,7 +392,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         procs += [unary_stub, paced_stub, ttft_stub]
         policy = write_policy(workdir, unary_url, paced_url, ttft_url)
         capsule_addr = f"127.0.0.1:{capsule_port}"
-        adapter_proc, adapter_addr = start_service("inference", workdir, policy, f"127.0.0.1:{free_port()}",
+        adapter_proc, adapter_addr = start_service("inference", workdir, policy, f"127.0.0.1:{pick_port()}",
                                                    capsule_addr)
         procs.append(adapter_proc)
 

@@ -54,6 +54,10 @@ from speckit_reflex.v1 import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests.ports: the one port helper
+
+from tests.ports import pick_port  # noqa: E402
+
 CRATE = ROOT / "tests" / "patchloop" / "crates" / "field_typo"
 SUITE = ROOT / "bench" / "suites" / "reflex_patchloop_v1" / "tasks"
 TARGET_OVERHEAD_P50_MS = 20.0
@@ -132,16 +136,8 @@ async def overhead(runs: int, attempts: int, work: Path) -> dict:
     }
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def cache_reuse(tasks: int, seconds: float, work: Path) -> dict:
-    port = _free_port()
+    port = pick_port()
     llama = subprocess.Popen([sys.executable, "-m", "speckit_reflex.cli.main", "llm", "serve", "--port", str(port)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     model = "smollm2-135m-instruct"

@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,10 @@ from speckit_reflex.v1 import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests.ports: the one port helper
+
+from tests.ports import pick_port  # noqa: E402
+
 TARGET_P50_MS = 0.7
 TARGET_RATE = 3000.0
 
@@ -71,12 +74,6 @@ kind = "vllm"
 endpoint = "http://127.0.0.1:3010/v1"
 models = ["qwen3-coder-30b-a3b"]
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- the peer process: healthy Inference, passing Capsule ---------------------------
@@ -265,7 +262,7 @@ def main() -> int:
         asyncio.run(serve_peers(*args.serve_peers))
         return 0
 
-    router_port, inference_port, capsule_port, floor_port = _free_port(), _free_port(), _free_port(), _free_port()
+    router_port, inference_port, capsule_port, floor_port = pick_port(), pick_port(), pick_port(), pick_port()
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         policy = Path(tmp) / "model_policy.toml"

@@ -43,7 +43,9 @@ import time
 from pathlib import Path
 
 from grpc import aio
-from patchloop_bench import StubCapsule, StubInference, StubRouter, _free_port
+from patchloop_bench import StubCapsule, StubInference, StubRouter  # puts the checkout on sys.path
+
+from tests.ports import pick_port
 
 from speckit_reflex.clients.patchloop import PatchLoopClient
 from speckit_reflex.patchloop.sandbox import BuildRunner, Sandbox
@@ -233,7 +235,7 @@ async def main() -> None:
     await server.start()
     # PatchLoop in its own process, as an agent meets it: the client's work
     # (and this process's stubs) never compete with it for a GIL.
-    addr = f"127.0.0.1:{_free_port()}"
+    addr = f"127.0.0.1:{pick_port()}"
     env = {**os.environ, "SPECKIT_ROUTER_ADDR": peers, "SPECKIT_INFERENCE_ADDR": peers, "SPECKIT_CAPSULE_ADDR": peers,
            "SPECKIT_PATCHLOOP_ADDR": addr, "SPECKIT_HOME": str(work / ".speckit"),
            "SPECKIT_WORKSPACE_ROOTS": str(work), "SPECKIT_LOG_LEVEL": "WARNING"}

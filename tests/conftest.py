@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from speckit_reflex.runtime.bootstrap import ServiceContext, start_services
 from speckit_reflex.runtime.server import RunningServer
 from speckit_reflex.runtime.settings import RuntimeSettings
 from speckit_reflex.runtime.tracing import Tracing
+from tests.ports import DeadEndpoint, StartFailed, start_on_free_port
 
 PG_ADMIN_DSN = os.environ.get("SPECKIT_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -133,12 +134,18 @@ async def services_factory(tmp_path: Path) -> AsyncIterator:
         await s.stop()
 
 
-def free_port() -> int:
-    import socket
+@pytest.fixture
+def dead_endpoint() -> Iterator[Callable[[], DeadEndpoint]]:
+    """Addresses nothing answers on, held (so no server can take them) until the test ends."""
+    held: list[DeadEndpoint] = []
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    def make() -> DeadEndpoint:
+        held.append(DeadEndpoint())
+        return held[-1]
+
+    yield make
+    for endpoint in held:
+        endpoint.close()
 
 
 class LlamaServer:
@@ -150,7 +157,12 @@ class LlamaServer:
         self.base_url = f"http://127.0.0.1:{port}/v1"
         self.model = "smollm2-135m-instruct"
 
-    def start(self, timeout_s: float = 60.0) -> None:
+    @classmethod
+    def on_free_port(cls, timeout_s: float = 60.0) -> LlamaServer:
+        """Started on a picked port, retried on a new one if the child dies (e.g. port taken)."""
+        return start_on_free_port(lambda port: cls(port).start(timeout_s))
+
+    def start(self, timeout_s: float = 60.0) -> LlamaServer:
         import subprocess
         import sys
         import time
@@ -165,10 +177,10 @@ class LlamaServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"llm serve exited with {self.proc.returncode}")
+                raise StartFailed(f"llm serve on port {self.port} exited with {self.proc.returncode}")
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
-                    return
+                    return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
@@ -188,8 +200,7 @@ class LlamaServer:
 @pytest.fixture(scope="session")
 def llama_server() -> Iterator[LlamaServer]:
     """The real embedded model server, shared by the whole test session."""
-    server = LlamaServer(free_port())
-    server.start()
+    server = LlamaServer.on_free_port()
     try:
         yield server
     finally:

@@ -12,7 +12,6 @@ import pytest
 
 from speckit_reflex.cli.demo_stack import DEMO_CRATE, DEMO_POLICY, render_policy
 from speckit_reflex.policy import load_policy
-from tests.conftest import free_port
 
 from .conftest import run_speckit, speckit_env
 
@@ -20,10 +19,10 @@ SERVICES = ["capsule", "inference", "router", "patchloop"]
 
 
 @pytest.fixture
-async def stack(services_factory, sqlite_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+async def stack(services_factory, sqlite_url: str, tmp_path: Path, dead_endpoint):  # type: ignore[no-untyped-def]
     """The services with the demo policy, its model server port closed."""
     path = tmp_path / "model_policy.toml"
-    path.write_text(render_policy(DEMO_POLICY.read_text(), free_port()))
+    path.write_text(render_policy(DEMO_POLICY.read_text(), dead_endpoint().port))
     policy = load_policy(path)
     svc = await services_factory(SERVICES, database_url=sqlite_url, policy=policy)
     return svc, policy, speckit_env({name: svc.addr(name) for name in SERVICES})

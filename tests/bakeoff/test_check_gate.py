@@ -119,10 +119,8 @@ async def test_empty_data_is_not_judged_null_in_json_dash_in_tables_and_fails_th
     assert "│ p95_latency_ms" in table.stdout and "–" in table.stdout
 
 
-async def test_check_reports_an_unreachable_capsule_on_stderr(services_factory) -> None:  # type: ignore[no-untyped-def]
-    from tests.conftest import free_port
-
-    env = speckit_env({"capsule": f"127.0.0.1:{free_port()}"})
+async def test_check_reports_an_unreachable_capsule_on_stderr(services_factory, dead_endpoint) -> None:  # type: ignore[no-untyped-def]
+    env = speckit_env({"capsule": dead_endpoint().addr})
     run = await _cli(["reflex", "check", "--exit-code"], env)
     assert run.code == 1
     assert run.stdout == ""

@@ -11,7 +11,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from speckit_reflex.clients.capsule import CapsuleClient, window
 from speckit_reflex.clients.health import wait_serving
 from speckit_reflex.policy import load_policy
 from speckit_reflex.v1 import common_pb2
+from tests.ports import pick_port
 
 pytestmark = pytest.mark.postgres
 
@@ -101,12 +101,6 @@ async def test_database_down_answers_unavailable_and_recovers_without_restart(se
     await proxy.cut()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _speckit() -> list[str]:
     exe = Path(sys.executable).with_name("speckit")
     return [str(exe)] if exe.exists() else [shutil.which("speckit") or "speckit"]
@@ -114,7 +108,9 @@ def _speckit() -> list[str]:
 
 async def test_kill_9_during_ingest_loses_and_duplicates_nothing(postgres_url, tmp_path: Path):
     migrate.upgrade_url(postgres_url)
-    addr = f"127.0.0.1:{_free_port()}"
+    # The child must be told its port, and each restart binds it again: a window
+    # (tests/ports.py) in which another process could take it; wait_serving would then fail.
+    addr = f"127.0.0.1:{pick_port()}"
     env = {**os.environ, "SPECKIT_CAPSULE_ADDR": addr, "SPECKIT_DATABASE_URL": postgres_url,
            "SPECKIT_HOME": str(tmp_path / ".speckit"), "SPECKIT_LOG_LEVEL": "WARNING"}
 

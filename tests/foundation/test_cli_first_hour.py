@@ -19,7 +19,6 @@ from speckit_reflex.cli import output
 from speckit_reflex.cli.demo_stack import DEMO_POLICY, render_policy
 from speckit_reflex.policy import load_policy
 from tests.bakeoff.conftest import CliRun, run_speckit, speckit_env
-from tests.conftest import free_port
 
 
 def one_line_error(run: CliRun) -> str:
@@ -115,9 +114,10 @@ async def test_a_service_of_the_wrong_kind_is_named_as_such(services_factory, sq
     assert one_line_error(health).startswith(f"error: {capsule} is not an Inference Adapter ")
 
 
-async def test_health_prints_the_whole_reason_into_a_pipe(services_factory, sqlite_url: str, tmp_path: Path) -> None:
+async def test_health_prints_the_whole_reason_into_a_pipe(services_factory, sqlite_url: str, tmp_path: Path,
+                                                           dead_endpoint) -> None:
     path = tmp_path / "model_policy.toml"
-    path.write_text(render_policy(DEMO_POLICY.read_text(), free_port()))
+    path.write_text(render_policy(DEMO_POLICY.read_text(), dead_endpoint().port))
     svc = await services_factory(["inference"], database_url=sqlite_url, policy=load_policy(path))
     env = speckit_env({"inference": svc.addr("inference")})
     del env["COLUMNS"]  # as in a plain pipe: no terminal, no width

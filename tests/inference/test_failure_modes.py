@@ -250,9 +250,8 @@ async def test_first_health_read_does_not_hang_on_a_stuck_probe(fake_factory, ad
     assert not status.healthy and status.reason == "probe_pending" and not status.HasField("checked_at")
 
 
-async def test_dead_primary_fails_over_with_connect_error(fake_factory, adapter):
-    dead = await fake_factory(kind="sglang")
-    await dead.stop()  # the policy keeps its port: nothing listens there now
+async def test_dead_primary_fails_over_with_connect_error(fake_factory, adapter, dead_endpoint):
+    dead = dead_endpoint()  # held to the end: no fake started later can take its port and answer
     good = await fake_factory(kind="vllm")
     llm, recorder, _ = await adapter(backends_policy(("sglang-a", "sglang", dead), ("vllm-b", "vllm", good),
                                                      health={"cooldown_s": 0}))
@@ -266,13 +265,12 @@ async def test_dead_primary_fails_over_with_connect_error(fake_factory, adapter)
     assert event.is_fallback and event.reason == f"failover sglang-a={failover.reason}"
 
 
-async def test_audit_never_delays_the_reply_when_capsule_is_down(fake_factory, services_factory):
+async def test_audit_never_delays_the_reply_when_capsule_is_down(fake_factory, services_factory, dead_endpoint):
     from speckit_reflex.clients.inference import InferenceClient
-    from tests.conftest import free_port
 
     fake = await fake_factory(kind="vllm")
     svc = await services_factory(["inference"], policy=backends_policy(("a", "vllm", fake)),
-                                 capsule_addr=f"127.0.0.1:{free_port()}")
+                                 capsule_addr=dead_endpoint().addr)
     llm = InferenceClient(svc.ctx.channel("inference"))
     reply = await llm.complete(MESSAGES, json_schema=SCHEMA, max_tokens=16, timeout=5)
     assert reply.schema_valid

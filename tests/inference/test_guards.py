@@ -100,11 +100,10 @@ async def test_cloud_key_is_sent_but_never_recorded(fake_factory, adapter, monke
     assert "[REDACTED]" in event.request["messages"][0]["content"]
 
 
-async def test_list_models_reports_unreachable_backends(fake_factory, adapter):
+async def test_list_models_reports_unreachable_backends(fake_factory, adapter, dead_endpoint):
     fake = await fake_factory(kind="sglang", models=["m", "m2"])
     cloud = await fake_factory(kind="openai", models=["deepseek-chat"])
-    dead = await fake_factory(kind="vllm")
-    await dead.stop()  # its port stays in the policy: nothing listens there now
+    dead = dead_endpoint()  # connection refused until the test ends
     llm, _, _ = await adapter(backends_policy(("a", "sglang", fake), ("gone", "vllm", dead), cloud=cloud))
     reply = await llm.list_models()
     assert [(m.id, m.backend, m.owned_by, m.max_model_len) for m in reply.models] == [

@@ -14,7 +14,7 @@ import pytest
 from speckit_reflex.clients.capsule import CapsuleClient
 from speckit_reflex.clients.inference import InferenceClient
 from speckit_reflex.v1 import common_pb2
-from tests.conftest import LlamaServer, free_port
+from tests.conftest import LlamaServer
 
 from .conftest import make_policy
 
@@ -87,8 +87,7 @@ async def test_streaming_reports_usage(llama_server, services_factory):
 
 
 async def test_health_passes_and_fails_when_the_server_stops(services_factory):
-    server = LlamaServer(free_port())
-    await asyncio.to_thread(server.start, 120.0)
+    server = await asyncio.to_thread(LlamaServer.on_free_port, 120.0)
     try:
         # A long probe timeout: the 1-token generation can wait on busy cores.
         svc = await services_factory(["inference"], policy=llama_policy(server, probe_timeout_ms=120_000))

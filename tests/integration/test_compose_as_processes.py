@@ -20,19 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import pick_port
+
 from .compose_checks import COMPOSE_DIR, ROOT, Stack
 
 pytestmark = [pytest.mark.llm, pytest.mark.cargo, pytest.mark.postgres]
 SPECKIT = [sys.executable, "-m", "speckit_reflex.cli.main"]
 HEALTH_TIMEOUT_S = 180.0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Translation:
@@ -43,7 +37,8 @@ class Translation:
         self.tmp = tmp
         self.database_url = database_url
         ports = {int(p) for s in st.active().values() for p in re.findall(r":(\d{4,5})\b", str(s))}
-        self.ports = {p: _free_port() for p in ports if p != 5432}
+        # Picked, then bound by the children (tests/ports.py: a window; a taken port fails the healthcheck).
+        self.ports = {p: pick_port() for p in ports if p != 5432}
         self.hosts = set(st.active())
         # One container port, many processes on one host: each service's
         # /metrics gets a port of its own here.
@@ -94,7 +89,7 @@ class Translation:
             if k == "SPECKIT_DATABASE_URL":
                 v = self.database_url
             elif k == "SPECKIT_METRICS_ADDR":
-                port = self.metrics_ports.setdefault(name, _free_port())
+                port = self.metrics_ports.setdefault(name, pick_port())
                 v = f"127.0.0.1:{port}"
             elif v.startswith("/"):
                 v = self.path(name, svc, v)

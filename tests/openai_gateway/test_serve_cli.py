@@ -20,7 +20,7 @@ from speckit_reflex.cli.serve import effective_policy
 from speckit_reflex.clients.channel import ChannelConfig, open_channel
 from speckit_reflex.clients.router import RouterClient
 from tests.bakeoff.conftest import run_speckit, speckit_env
-from tests.conftest import free_port
+from tests.ports import pick_port
 from tests.inference.fakes import FakeModelServer
 
 POLICY = """version = "1.0.0"
@@ -51,8 +51,8 @@ async def test_serve_all_runs_the_openai_endpoint_with_the_policy_and_mode(tmp_p
     fake = await FakeModelServer(kind="vllm", models=["fake-coder"], reply="hello from the local model").start()
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY.format(url=fake.base_url))
-    addrs = {name: f"127.0.0.1:{free_port()}" for name in ("router", "inference", "patchloop", "capsule")}
-    openai_addr = f"127.0.0.1:{free_port()}"
+    addrs = {name: f"127.0.0.1:{pick_port()}" for name in ("router", "inference", "patchloop", "capsule")}
+    openai_addr = f"127.0.0.1:{pick_port()}"
     env = speckit_env(addrs, SPECKIT_OPENAI_ADDR=openai_addr, SPECKIT_HOME=str(tmp_path / "home"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "speckit_reflex.cli.main", "serve", "all", "--policy", str(policy), "--mode", "reflex"],
@@ -101,7 +101,7 @@ def test_serve_with_a_missing_policy_file_is_one_line(tmp_path: Path) -> None:
 async def test_serve_openai_alone_serves_in_front_of_running_services(services_factory, sqlite_url, tmp_path: Path) -> None:
     """`speckit serve openai` as its own process, a client of services elsewhere."""
     svc = await services_factory(["capsule", "inference", "router"], database_url=sqlite_url)
-    openai_addr = f"127.0.0.1:{free_port()}"
+    openai_addr = f"127.0.0.1:{pick_port()}"
     env = speckit_env({name: svc.addr(name) for name in ("capsule", "inference", "router")},
                       SPECKIT_OPENAI_ADDR=openai_addr, SPECKIT_HOME=str(tmp_path))
     proc = subprocess.Popen([sys.executable, "-m", "speckit_reflex.cli.main", "serve", "openai"],

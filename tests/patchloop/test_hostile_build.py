@@ -34,7 +34,7 @@ from speckit_reflex.clients.channel import ChannelConfig, open_channel
 from speckit_reflex.clients.patchloop import PatchLoopClient
 from speckit_reflex.patchloop.sandbox import BuildRunner, Candidate, Sandbox
 from speckit_reflex.v1 import patchloop_pb2
-from tests.conftest import free_port
+from tests.ports import DeadEndpoint, pick_port
 
 KEY = "sk-test-hostile-build-5e1f0c"
 
@@ -61,7 +61,8 @@ def patchloop_process(tmp_path: Path) -> Iterator[str]:
 
 @contextlib.contextmanager
 def serve_patchloop(tmp_path: Path, home: Path) -> Iterator[str]:
-    port = free_port()
+    port = pick_port()  # told to the child: a window (tests/ports.py); a taken port fails the start
+    no_router = DeadEndpoint()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPECKIT_")}
     env.update({
         "OPENAI_API_KEY": KEY,
@@ -70,7 +71,7 @@ def serve_patchloop(tmp_path: Path, home: Path) -> Iterator[str]:
         "SPECKIT_HOME": str(home),
         "SPECKIT_GRACE_S": "1",
         # No Router: the run ends refused after its first build, which is all this needs.
-        "SPECKIT_ROUTER_ADDR": f"127.0.0.1:{free_port()}",
+        "SPECKIT_ROUTER_ADDR": no_router.addr,
     })
     log = (tmp_path / "patchloop.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "speckit_reflex.cli.main", "serve", "patchloop"],
@@ -93,6 +94,7 @@ def serve_patchloop(tmp_path: Path, home: Path) -> Iterator[str]:
         proc.terminate()
         proc.wait(30)
         log.close()
+        no_router.close()
 
 
 async def test_hostile_build_script_gets_no_key_and_writes_nothing(patchloop_process: str, tmp_path: Path):

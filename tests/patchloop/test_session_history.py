@@ -17,7 +17,6 @@ from speckit_reflex.patchloop.sandbox import BuildRunner, Sandbox
 from speckit_reflex.policy import load_policy
 from speckit_reflex.runtime.events import new_event
 from speckit_reflex.v1 import common_pb2, patchloop_pb2
-from tests.conftest import free_port
 
 
 def _attempt(session_id: str, success: bool) -> common_pb2.Event:
@@ -59,10 +58,10 @@ async def test_a_new_process_continues_the_sessions_count(services_factory, crat
     assert router.requests[-1].consecutive_failures == 0
 
 
-async def test_unreadable_history_is_said_and_counts_from_zero(crate, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_unreadable_history_is_said_and_counts_from_zero(crate, tmp_path: Path, dead_endpoint) -> None:  # type: ignore[no-untyped-def]
     from grpc import aio
 
-    channel = aio.insecure_channel(f"127.0.0.1:{free_port()}")  # nothing listens there
+    channel = aio.insecure_channel(dead_endpoint().addr)  # nothing listens there
     try:
         loop, router = _loop(tmp_path, CapsuleSessionHistory(channel, timeout_s=1.0))
         evs, result = await run_all(loop, workspace=str(crate("field_typo")), session_id="agent-c")

@@ -10,7 +10,7 @@ import pytest
 
 from speckit_reflex.clients.router import RouterClient
 from speckit_reflex.v1 import common_pb2 as c
-from tests.conftest import LlamaServer, free_port
+from tests.conftest import LlamaServer
 
 from .conftest import Peers, make_policy
 
@@ -18,8 +18,7 @@ pytestmark = pytest.mark.llm
 
 
 async def test_stopped_llama_server_sends_the_next_decision_to_cloud(peers: Peers, services_factory) -> None:
-    llama = LlamaServer(free_port())
-    llama.start()
+    llama = LlamaServer.on_free_port()
     try:
         peers.capsule.passed = {llama.model: True}
         policy = make_policy({"routing": {

@@ -17,7 +17,7 @@ from grpc import aio
 
 from speckit_reflex.clients.health import wait_serving
 from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, router_pb2, router_pb2_grpc
-from tests.conftest import free_port
+from tests.ports import pick_port
 
 SERVICES = ("router", "inference", "patchloop", "capsule")
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ def listening_ports(pid: int) -> set[int]:
 
 
 async def serve_all(tmp_path: Path, metrics_port: int | None) -> tuple[asyncio.subprocess.Process, dict[str, int]]:
-    ports = {name: free_port() for name in SERVICES}
+    ports = {name: pick_port() for name in SERVICES}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SPECKIT_", "OTEL_"))}
     env.update({f"SPECKIT_{n.upper()}_ADDR": f"127.0.0.1:{p}" for n, p in ports.items()})
     env["SPECKIT_HOME"] = str(tmp_path / "home")
@@ -75,7 +75,7 @@ async def scrape_when_up(port: int, timeout_s: float = 20.0) -> str:
 
 
 async def test_serve_all_serves_one_metrics_endpoint_for_the_four(tmp_path: Path) -> None:
-    metrics_port = free_port()
+    metrics_port = pick_port()
     proc, ports = await serve_all(tmp_path, metrics_port)
     try:
         await scrape_when_up(metrics_port)

@@ -20,7 +20,7 @@ from google.protobuf.json_format import MessageToDict
 from speckit_reflex.clients.patchloop import PatchLoopClient
 from speckit_reflex.clients.router import RouterClient
 from speckit_reflex.v1 import common_pb2, patchloop_pb2
-from tests.conftest import LlamaServer, free_port
+from tests.conftest import LlamaServer
 from tests.inference.fakes import FakeModelServer
 from tests.system.test_system_reliability import FIXED, KEY_ENV, LLM, PA, make_crate, start_stack, write_policy
 
@@ -48,8 +48,7 @@ async def test_llamacpp_killed_mid_run_next_attempt_served_by_vllm_each_attempt_
     vllm_server: VLLMServer, services_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(KEY_ENV, "sk-test")
-    llama = LlamaServer(free_port())
-    llama.start()
+    llama = LlamaServer.on_free_port()
     cloud = await FakeModelServer(kind="openai", models=["cloud-model"], reply=json.dumps(FIXED)).start()
     assert llama.model == vllm_server.model  # one model, two runtimes
     try:
