@@ -61,14 +61,21 @@ def pct(xs: list[float], q: float) -> float:
 def attempt(i: int) -> common_pb2.Event:
     mode = common_pb2.ROUTING_MODE_REFLEX if i % 4 else common_pb2.ROUTING_MODE_CLOUD
     return common_pb2.Event(
-        id=str(uuid.uuid4()), type=common_pb2.EVENT_TYPE_PATCH_ATTEMPT, mode=mode,  # type: ignore[arg-type]
+        id=str(uuid.uuid4()),
+        type=common_pb2.EVENT_TYPE_PATCH_ATTEMPT,
+        mode=mode,  # type: ignore[arg-type]
         model="smollm2" if mode == common_pb2.ROUTING_MODE_REFLEX else "deepseek-chat",
-        success=i % 3 == 0, json_valid=i % 50 != 0, latency_ms=200 + i % 1800, attempt=1 + i % 2,
+        success=i % 3 == 0,
+        json_valid=i % 50 != 0,
+        latency_ms=200 + i % 1800,
+        attempt=1 + i % 2,
     )
 
 
 def synthetic_trial(i: int) -> TrialResult:
-    t = TrialResult(trial_id=str(i), task_id=f"t{i}", category="misc", difficulty="easy", mode="reflex")
+    t = TrialResult(
+        trial_id=str(i), task_id=f"t{i}", category="misc", difficulty="easy", mode="reflex"
+    )
     for a in range(1, 5):
         ev = patchloop_pb2.RunEvent(run_id="r", attempt=a)
         c = ev.model_call
@@ -93,15 +100,22 @@ def wall(argv: list[str], env: dict[str, str], runs: int) -> tuple[float, int]:
 
 async def main(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="bakeoff-bench-") as tmp:
-        settings = RuntimeSettings(capsule_addr="127.0.0.1:0", database_url=f"sqlite:///{tmp}/b.db",
-                                   home=Path(tmp) / ".speckit", grace_s=1.0)
+        settings = RuntimeSettings(
+            capsule_addr="127.0.0.1:0",
+            database_url=f"sqlite:///{tmp}/b.db",
+            home=Path(tmp) / ".speckit",
+            grace_s=1.0,
+        )
         ctx, servers = await start_services(["capsule"], settings, load_policy(None))
         try:
             capsule = CapsuleClient(ctx.channel("capsule"), timeout_s=120)
             for start in range(0, args.events, 5000):
-                await capsule.append_events([attempt(i) for i in range(start, min(args.events, start + 5000))])
-            run = await capsule.upsert_bakeoff_run(capsule_pb2.BakeoffRun(suite="bench", mode="reflex",
-                                                                          status="running"))
+                await capsule.append_events(
+                    [attempt(i) for i in range(start, min(args.events, start + 5000))]
+                )
+            run = await capsule.upsert_bakeoff_run(
+                capsule_pb2.BakeoffRun(suite="bench", mode="reflex", status="running")
+            )
             record_ms = []
             for i in range(args.trials):
                 proto = synthetic_trial(i).to_proto(run.id)
@@ -124,9 +138,12 @@ async def main(args: argparse.Namespace) -> dict:
             py = [sys.executable]
             cli = [sys.executable, "-m", "speckit_reflex.cli.main", "reflex"]
             base_ms, _ = await asyncio.to_thread(wall, [*py, "-c", "pass"], env, args.cli_runs)
-            bakeoff_ms, code_b = await asyncio.to_thread(wall, [*cli, "bakeoff", "--json"], env, args.cli_runs)
-            check_ms, code_c = await asyncio.to_thread(wall, [*cli, "check", "--exit-code", "--json"], env,
-                                                       args.cli_runs)
+            bakeoff_ms, code_b = await asyncio.to_thread(
+                wall, [*cli, "bakeoff", "--json"], env, args.cli_runs
+            )
+            check_ms, code_c = await asyncio.to_thread(
+                wall, [*cli, "check", "--exit-code", "--json"], env, args.cli_runs
+            )
         finally:
             for s in servers:
                 await s.stop(0.5)
@@ -159,8 +176,13 @@ if __name__ == "__main__":
     for key, value in figures.items():
         target = TARGETS.get(key)
         print(f"{key:<32} {value:>10} {('≤ ' + str(target)) if target else '':>10}")
-    out = {"figures": figures, "targets": TARGETS, "machine": {"platform": platform.platform(),
-                                                                "cpus": os.cpu_count()},
-           "command": "python bench/bakeoff_harness.py " + " ".join(sys.argv[1:])}
+    out = {
+        "figures": figures,
+        "targets": TARGETS,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "command": "python bench/bakeoff_harness.py " + " ".join(sys.argv[1:]),
+    }
     (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
-    (ROOT / "bench" / "results" / "bakeoff_harness.json").write_text(json.dumps(out, indent=2) + "\n")
+    (ROOT / "bench" / "results" / "bakeoff_harness.json").write_text(
+        json.dumps(out, indent=2) + "\n"
+    )

@@ -78,18 +78,29 @@ def _batches(n_batches: int, batch: int) -> list[capsule_pb2.AppendEventsRequest
     for b in range(n_batches):
         req = capsule_pb2.AppendEventsRequest()
         for i in range(batch):
-            ev = req.events.add(id=f"{uuid.uuid4()}", type=common_pb2.EVENT_TYPE_LLM_CALL,
-                                role=common_pb2.ROLE_IMPLEMENTER, mode=common_pb2.ROUTING_MODE_REFLEX,
-                                model="qwen2.5-coder-7b", backend="sglang-primary", session_id=f"s{b}",
-                                latency_ms=140.0 + i % 50, prompt_tokens=900, completion_tokens=80,
-                                tokens_per_s=41.0, request_sha256="ab" * 32)
+            ev = req.events.add(
+                id=f"{uuid.uuid4()}",
+                type=common_pb2.EVENT_TYPE_LLM_CALL,
+                role=common_pb2.ROLE_IMPLEMENTER,
+                mode=common_pb2.ROUTING_MODE_REFLEX,
+                model="qwen2.5-coder-7b",
+                backend="sglang-primary",
+                session_id=f"s{b}",
+                latency_ms=140.0 + i % 50,
+                prompt_tokens=900,
+                completion_tokens=80,
+                tokens_per_s=41.0,
+                request_sha256="ab" * 32,
+            )
             ev.time.seconds = now_s
             ev.cached_tokens = 768
         out.append(req)
     return out
 
 
-def _attempt_batches(n: int, batch: int, now_us: int, seed: int = 1) -> Iterator[capsule_pb2.AppendEventsRequest]:
+def _attempt_batches(
+    n: int, batch: int, now_us: int, seed: int = 1
+) -> Iterator[capsule_pb2.AppendEventsRequest]:
     """PatchAttempt events over the last 20 hours, in time order as PatchLoop
     appends them (a batch spans about a minute): 4 models, a quarter cloud,
     latency 50-3050 ms, TTFT 5-305 ms, cached tokens on two thirds."""
@@ -99,12 +110,23 @@ def _attempt_batches(n: int, batch: int, now_us: int, seed: int = 1) -> Iterator
         for g in range(b, min(b + batch, n)):
             t = now_us - SEED_SPAN_US + g * SEED_SPAN_US // n
             ev = req.events.add(
-                id=f"seed-{g}", type=common_pb2.EVENT_TYPE_PATCH_ATTEMPT, role=common_pb2.ROLE_IMPLEMENTER,
-                mode=common_pb2.ROUTING_MODE_CLOUD if g % 4 == 0 else common_pb2.ROUTING_MODE_REFLEX,
-                model=MODELS[g % 4], stage=common_pb2.STAGE_IMPLEMENT, session_id=f"s{g % 1000}",
-                latency_ms=50 + rng.random() * 3000, ttft_ms=5 + rng.random() * 300, prompt_tokens=1000,
-                completion_tokens=120, tokens_per_s=20 + rng.random() * 30, success=rng.random() < 0.9,
-                json_valid=rng.random() < 0.99, attempt=1 + g % 3,
+                id=f"seed-{g}",
+                type=common_pb2.EVENT_TYPE_PATCH_ATTEMPT,
+                role=common_pb2.ROLE_IMPLEMENTER,
+                mode=common_pb2.ROUTING_MODE_CLOUD
+                if g % 4 == 0
+                else common_pb2.ROUTING_MODE_REFLEX,
+                model=MODELS[g % 4],
+                stage=common_pb2.STAGE_IMPLEMENT,
+                session_id=f"s{g % 1000}",
+                latency_ms=50 + rng.random() * 3000,
+                ttft_ms=5 + rng.random() * 300,
+                prompt_tokens=1000,
+                completion_tokens=120,
+                tokens_per_s=20 + rng.random() * 30,
+                success=rng.random() < 0.9,
+                json_valid=rng.random() < 0.99,
+                attempt=1 + g % 3,
             )
             ev.time.seconds, ev.time.nanos = divmod(t, 1_000_000)
             ev.time.nanos *= 1000
@@ -126,7 +148,9 @@ async def bench_ingest(addr: str, pid: int, args: argparse.Namespace, batch: int
     batches = _batches(n_batches, batch)
     rss_samples: list[float] = []
     inserted = 0
-    async with grpc.aio.insecure_channel(addr, options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
+    async with grpc.aio.insecure_channel(
+        addr, options=[("grpc.max_send_message_length", 64 << 20)]
+    ) as ch:
         stub = capsule_pb2_grpc.CapsuleStub(ch)
         await stub.AppendEvents(batches[0], timeout=30)  # warm-up (pool, staging table)
         inserted += batch
@@ -154,16 +178,23 @@ async def bench_ingest(addr: str, pid: int, args: argparse.Namespace, batch: int
         elapsed = time.perf_counter() - t0
         sampling.cancel()
     return {
-        "events": sent, "seconds": round(elapsed, 3), "events_per_s": round(sent / elapsed),
-        "inserted_total": inserted, "batch": batch, "concurrency": args.concurrency,
-        "rss_max_mb": round(max(rss_samples), 1), "rss_median_mb": round(statistics.median(rss_samples), 1),
+        "events": sent,
+        "seconds": round(elapsed, 3),
+        "events_per_s": round(sent / elapsed),
+        "inserted_total": inserted,
+        "batch": batch,
+        "concurrency": args.concurrency,
+        "rss_max_mb": round(max(rss_samples), 1),
+        "rss_median_mb": round(statistics.median(rss_samples), 1),
     }
 
 
 async def bench_stats(addr: str, db_dsn: str, args: argparse.Namespace) -> dict:
     print(f"ingesting {STATS_ROWS:,} PatchAttempt events through AppendEvents ...", file=sys.stderr)
     now_us = time.time_ns() // 1000
-    async with grpc.aio.insecure_channel(addr, options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
+    async with grpc.aio.insecure_channel(
+        addr, options=[("grpc.max_send_message_length", 64 << 20)]
+    ) as ch:
         stub = capsule_pb2_grpc.CapsuleStub(ch)
         batches = _attempt_batches(STATS_ROWS, args.batch[0], now_us)
         inserted = 0
@@ -190,22 +221,34 @@ async def bench_stats(addr: str, db_dsn: str, args: argparse.Namespace) -> dict:
         with tempfile.TemporaryDirectory() as out_dir:
             for _ in range(args.stats_runs):
                 t0 = time.perf_counter()
-                await stub.WriteReport(capsule_pb2.WriteReportRequest(window=req.window, out_dir=out_dir),
-                                       timeout=120)
+                await stub.WriteReport(
+                    capsule_pb2.WriteReportRequest(window=req.window, out_dir=out_dir), timeout=120
+                )
                 report_ms.append((time.perf_counter() - t0) * 1000)
     total = reply.reflex.total_attempts + reply.cloud.total_attempts
     with psycopg.connect(db_dsn) as conn:
-        exact = dict(conn.execute(EXACT_P95, {"start": reply.start.ToMicroseconds(),
-                                              "end": reply.end.ToMicroseconds()}).fetchall())
+        exact = dict(
+            conn.execute(
+                EXACT_P95,
+                {"start": reply.start.ToMicroseconds(), "end": reply.end.ToMicroseconds()},
+            ).fetchall()
+        )
     rel_err = max(
         abs(got - want) / want
-        for mode, s in ((common_pb2.ROUTING_MODE_REFLEX, reply.reflex), (common_pb2.ROUTING_MODE_CLOUD, reply.cloud))
+        for mode, s in (
+            (common_pb2.ROUTING_MODE_REFLEX, reply.reflex),
+            (common_pb2.ROUTING_MODE_CLOUD, reply.cloud),
+        )
         for got, want in zip((s.p50_latency_ms, s.p95_latency_ms), exact[mode], strict=True)
     )
     return {
-        "events_in_window": total, "inserted": inserted, "runs": args.stats_runs,
-        "median_ms": round(statistics.median(times_ms), 1), "min_ms": round(min(times_ms), 1),
-        "max_ms": round(max(times_ms), 1), "all_ms": [round(t, 1) for t in times_ms],
+        "events_in_window": total,
+        "inserted": inserted,
+        "runs": args.stats_runs,
+        "median_ms": round(statistics.median(times_ms), 1),
+        "min_ms": round(min(times_ms), 1),
+        "max_ms": round(max(times_ms), 1),
+        "all_ms": [round(t, 1) for t in times_ms],
         "write_report_median_ms": round(statistics.median(report_ms), 1),
         "percentile_method": reply.reflex.percentile_method,
         "reflex_p95_latency_ms": round(reply.reflex.p95_latency_ms, 1),
@@ -224,8 +267,13 @@ async def main_async(args: argparse.Namespace) -> dict:
     proc = None
     try:
         migrate.upgrade_url(url)
-        env = {**os.environ, "SPECKIT_CAPSULE_ADDR": addr, "SPECKIT_DATABASE_URL": url,
-               "SPECKIT_LOG_LEVEL": "WARNING", "SPECKIT_MAX_MESSAGE_BYTES": str(64 << 20)}
+        env = {
+            **os.environ,
+            "SPECKIT_CAPSULE_ADDR": addr,
+            "SPECKIT_DATABASE_URL": url,
+            "SPECKIT_LOG_LEVEL": "WARNING",
+            "SPECKIT_MAX_MESSAGE_BYTES": str(64 << 20),
+        }
         speckit = Path(sys.executable).with_name("speckit")
         proc = subprocess.Popen([str(speckit), "serve", "capsule"], env=env, cwd=ROOT)
         await _wait_serving(addr)
@@ -242,37 +290,72 @@ async def main_async(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--seconds", type=float, default=10.0, help="ingest duration bound")
     p.add_argument("--max-events", type=int, default=400_000, help="ingest count bound")
-    p.add_argument("--batch", type=lambda v: [int(x) for x in v.split(",")], default=[1000, 5000],
-                   help="events per AppendEvents; a comma-separated list measures each size (default 1000,5000)")
+    p.add_argument(
+        "--batch",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[1000, 5000],
+        help="events per AppendEvents; a comma-separated list measures each size (default 1000,5000)",
+    )
     p.add_argument("--concurrency", type=int, default=2, help="AppendEvents in flight")
     p.add_argument("--stats-runs", type=int, default=5)
-    p.add_argument("--no-stats", dest="stats", action="store_false",
-                   help="measure ingest only (skips the 1,000,000-attempt statistics part)")
+    p.add_argument(
+        "--no-stats",
+        dest="stats",
+        action="store_false",
+        help="measure ingest only (skips the 1,000,000-attempt statistics part)",
+    )
     args = p.parse_args()
     res = asyncio.run(main_async(args))
     st = res["stats"]
     rss_max = max(ing["rss_max_mb"] for ing in res["ingest"])
     rows = [
-        (f"ingest into Postgres, AppendEvents of {ing['batch']:,}", f"{ing['events_per_s']:,} events/s",
-         f">= {TARGET_INGEST:,} events/s", ing["events_per_s"] >= TARGET_INGEST)
+        (
+            f"ingest into Postgres, AppendEvents of {ing['batch']:,}",
+            f"{ing['events_per_s']:,} events/s",
+            f">= {TARGET_INGEST:,} events/s",
+            ing["events_per_s"] >= TARGET_INGEST,
+        )
         for ing in res["ingest"]
     ] + [
-        ("service RSS while ingesting (max)", f"{rss_max} MB", f"<= {TARGET_RSS_MB} MB", rss_max <= TARGET_RSS_MB),
+        (
+            "service RSS while ingesting (max)",
+            f"{rss_max} MB",
+            f"<= {TARGET_RSS_MB} MB",
+            rss_max <= TARGET_RSS_MB,
+        ),
         ("service idle RSS", f"{res['idle_rss_mb']} MB", "<= 150 MB", res["idle_rss_mb"] <= 150),
     ]
     if st is not None:
         rows[-1:-1] = [
-            ("ingest of PatchAttempt events (rollups updated)", f"{st['attempt_ingest_events_per_s']:,} events/s",
-             "(not a target)", True),
-            (f"GetBakeoffStats over {st['events_in_window']:,} events (median of {st['runs']})",
-             f"{st['median_ms']} ms", f"<= {TARGET_STATS_MS} ms", st["median_ms"] <= TARGET_STATS_MS),
-            (f"  p50/p95 ({st['percentile_method']}) vs exact, max relative error",
-             f"{100 * st['max_rel_error_vs_exact']:.3f} %", "<= 1 %", st["max_rel_error_vs_exact"] <= 0.01),
-            ("WriteReport over the same window (median)", f"{st['write_report_median_ms']} ms", "(not a target)",
-             True),
+            (
+                "ingest of PatchAttempt events (rollups updated)",
+                f"{st['attempt_ingest_events_per_s']:,} events/s",
+                "(not a target)",
+                True,
+            ),
+            (
+                f"GetBakeoffStats over {st['events_in_window']:,} events (median of {st['runs']})",
+                f"{st['median_ms']} ms",
+                f"<= {TARGET_STATS_MS} ms",
+                st["median_ms"] <= TARGET_STATS_MS,
+            ),
+            (
+                f"  p50/p95 ({st['percentile_method']}) vs exact, max relative error",
+                f"{100 * st['max_rel_error_vs_exact']:.3f} %",
+                "<= 1 %",
+                st["max_rel_error_vs_exact"] <= 0.01,
+            ),
+            (
+                "WriteReport over the same window (median)",
+                f"{st['write_report_median_ms']} ms",
+                "(not a target)",
+                True,
+            ),
         ]
     width = max(len(r[0]) for r in rows)
     print(f"{'figure':<{width}}  {'measured':>18}  {'target':>20}  ok")

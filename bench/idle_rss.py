@@ -62,8 +62,13 @@ def measure(which: str, settle_s: float) -> float:
         addrs = {s: f"127.0.0.1:{pick_port()}" for s in SERVICES}
         for s, a in addrs.items():
             env[f"SPECKIT_{s.upper()}_ADDR"] = a
-        proc = subprocess.Popen([sys.executable, "-m", "speckit_reflex.cli.main", "serve", which],
-                                cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "speckit_reflex.cli.main", "serve", which],
+            cwd=tmp,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             for s in SERVICES if which == "all" else (which,):
                 wait_serving(addrs[s], proc)
@@ -86,10 +91,14 @@ def main() -> int:
     print(f"{'process':<22}{'idle RSS MB':>12}{'target':>10}  ok")
     for which, mb in rows.items():
         target = TARGET_MB if which != "all" else 4 * TARGET_MB
-        print(f"{'serve ' + which:<22}{mb:>12.1f}{'<= ' + str(int(target)):>10}  {'yes' if mb <= target else 'NO'}")
+        print(
+            f"{'serve ' + which:<22}{mb:>12.1f}{'<= ' + str(int(target)):>10}  {'yes' if mb <= target else 'NO'}"
+        )
     out = ROOT / "bench" / "results" / "idle_rss.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"idle_rss_mb": rows, "target_mb_per_service": TARGET_MB}, indent=2) + "\n")
+    out.write_text(
+        json.dumps({"idle_rss_mb": rows, "target_mb_per_service": TARGET_MB}, indent=2) + "\n"
+    )
     return 0
 
 

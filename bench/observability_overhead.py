@@ -41,10 +41,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class _Capsule(capsule_pb2_grpc.CapsuleServicer):
-    async def AppendEvents(self, request, context):  # noqa: N802
+    async def AppendEvents(self, request, context):
         return capsule_pb2.AppendEventsReply(inserted=len(request.events))
 
-    async def CheckThresholds(self, request, context):  # noqa: N802
+    async def CheckThresholds(self, request, context):
         return capsule_pb2.CheckThresholdsReply(passed=True, model=request.model)
 
 
@@ -57,8 +57,13 @@ def _warm(service: router_app.RouterService) -> None:
 
 
 async def _router(kind: str, policy_path: Path, capsule_addr: str, tmp: Path):
-    settings = RuntimeSettings(router_addr="127.0.0.1:0", capsule_addr=capsule_addr, inference_addr="127.0.0.1:9",
-                               home=tmp, policy=str(policy_path))
+    settings = RuntimeSettings(
+        router_addr="127.0.0.1:0",
+        capsule_addr=capsule_addr,
+        inference_addr="127.0.0.1:9",
+        home=tmp,
+        policy=str(policy_path),
+    )
     ctx = ServiceContext(settings=settings, policy=load_policy(policy_path))
     if kind == "metrics":
         from speckit_reflex.runtime.metrics import Metrics
@@ -73,7 +78,13 @@ async def _router(kind: str, policy_path: Path, capsule_addr: str, tmp: Path):
     service = router_app.build(ctx)
     # Only what the configuration turns on reaches create_server (so `off`
     # also runs on the code from before metrics and tracing existed).
-    extra = {"metrics": ctx.metrics} if kind == "metrics" else {"tracing": ctx.tracing} if kind == "tracing" else {}
+    extra = (
+        {"metrics": ctx.metrics}
+        if kind == "metrics"
+        else {"tracing": ctx.tracing}
+        if kind == "tracing"
+        else {}
+    )
     server = await create_server(service, settings.router_addr, settings, **extra)
     _warm(service)
     return ctx, server
@@ -89,8 +100,12 @@ def core_only(calls: int, rounds: int) -> float:
             (tmp / "model_policy.toml").write_text(_policy_toml())
             ctx, server = await _router("off", tmp / "model_policy.toml", "127.0.0.1:9", tmp)
             router = server.service.router  # type: ignore[attr-defined]
-            req = router_pb2.DecideRequest(stage=common_pb2.STAGE_IMPLEMENT, role=common_pb2.ROLE_IMPLEMENTER,
-                                           session_id="bench", attempt=1)
+            req = router_pb2.DecideRequest(
+                stage=common_pb2.STAGE_IMPLEMENT,
+                role=common_pb2.ROLE_IMPLEMENTER,
+                session_id="bench",
+                attempt=1,
+            )
             best = float("inf")
             try:
                 for _ in range(rounds):
@@ -123,10 +138,17 @@ async def main(calls: int, rounds: int, out: Path) -> dict[str, float]:
         capsule_port = capsule.add_insecure_port("127.0.0.1:0")
         await capsule.start()
         kinds = ("off", "metrics", "tracing")
-        routers = {k: await _router(k, tmp / "model_policy.toml", f"127.0.0.1:{capsule_port}", tmp) for k in kinds}
+        routers = {
+            k: await _router(k, tmp / "model_policy.toml", f"127.0.0.1:{capsule_port}", tmp)
+            for k in kinds
+        }
         best = {k: float("inf") for k in kinds}
-        req = router_pb2.DecideRequest(stage=common_pb2.STAGE_IMPLEMENT, role=common_pb2.ROLE_IMPLEMENTER,
-                                       session_id="bench", attempt=1)
+        req = router_pb2.DecideRequest(
+            stage=common_pb2.STAGE_IMPLEMENT,
+            role=common_pb2.ROLE_IMPLEMENTER,
+            session_id="bench",
+            attempt=1,
+        )
         try:
             channels = {k: grpc.aio.insecure_channel(s.address) for k, (_, s) in routers.items()}
             stubs = {k: router_pb2_grpc.RouterStub(ch) for k, ch in channels.items()}
@@ -157,16 +179,27 @@ async def main(calls: int, rounds: int, out: Path) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--calls", type=int, default=3000, help="sequential Decide calls per Router per round")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--calls", type=int, default=3000, help="sequential Decide calls per Router per round"
+    )
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "observability_overhead.json")
-    ap.add_argument("--core-only", action="store_true",
-                    help="time Router.decide() in-process only, metrics and tracing off (runs on older code too)")
+    ap.add_argument(
+        "--out", type=Path, default=ROOT / "bench" / "results" / "observability_overhead.json"
+    )
+    ap.add_argument(
+        "--core-only",
+        action="store_true",
+        help="time Router.decide() in-process only, metrics and tracing off (runs on older code too)",
+    )
     args = ap.parse_args()
     logging.disable(logging.WARNING)  # the peers this bench leaves out make the refresher complain
     if args.core_only:
-        print(f"Router.decide() in-process, off: {core_only(args.calls * 10, args.rounds):.2f} us per call")
+        print(
+            f"Router.decide() in-process, off: {core_only(args.calls * 10, args.rounds):.2f} us per call"
+        )
         raise SystemExit(0)
     for name, value in asyncio.run(main(args.calls, args.rounds, args.out)).items():
         print(f"{name:<28} {value:>8}")

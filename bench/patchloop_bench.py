@@ -62,30 +62,52 @@ CRATE = ROOT / "tests" / "patchloop" / "crates" / "field_typo"
 SUITE = ROOT / "bench" / "suites" / "reflex_patchloop_v1" / "tasks"
 TARGET_OVERHEAD_P50_MS = 20.0
 TARGET_CACHE_REUSE = 0.8
-USELESS_PATCH = json.dumps({"edits": [{"file": "src/lib.rs", "line_start": 9, "line_end": 9,
-                                       "replacement": "        2 * (self.width + self.hieght) "}]})
+USELESS_PATCH = json.dumps(
+    {
+        "edits": [
+            {
+                "file": "src/lib.rs",
+                "line_start": 9,
+                "line_end": 9,
+                "replacement": "        2 * (self.width + self.hieght) ",
+            }
+        ]
+    }
+)
 
 
 class StubRouter(router_pb2_grpc.RouterServicer):
-    async def Decide(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
-        return router_pb2.RoutingDecision(decision_id="d", mode=common_pb2.ROUTING_MODE_REFLEX, model="stub",
-                                          backend="stub", reason=common_pb2.ROUTING_REASON_HEALTHY_AND_THRESHOLDS_MET)
+    async def Decide(self, request, context):  # type: ignore[no-untyped-def]
+        return router_pb2.RoutingDecision(
+            decision_id="d",
+            mode=common_pb2.ROUTING_MODE_REFLEX,
+            model="stub",
+            backend="stub",
+            reason=common_pb2.ROUTING_REASON_HEALTHY_AND_THRESHOLDS_MET,
+        )
 
 
 class StubInference(inference_pb2_grpc.InferenceServicer):
-    async def StreamComplete(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def StreamComplete(self, request, context):  # type: ignore[no-untyped-def]
         yield inference_pb2.CompleteChunk(delta=USELESS_PATCH)
-        yield inference_pb2.CompleteChunk(final=inference_pb2.CompleteReply(
-            content=USELESS_PATCH, schema_valid=True, attempts=1, backend="stub", model="stub",
-            usage=common_pb2.Usage(prompt_tokens=500, completion_tokens=40, cached_tokens=450),
-            timing=common_pb2.Timing(ttft_ms=0.1, latency_ms=0.2, tokens_per_s=1000)))
+        yield inference_pb2.CompleteChunk(
+            final=inference_pb2.CompleteReply(
+                content=USELESS_PATCH,
+                schema_valid=True,
+                attempts=1,
+                backend="stub",
+                model="stub",
+                usage=common_pb2.Usage(prompt_tokens=500, completion_tokens=40, cached_tokens=450),
+                timing=common_pb2.Timing(ttft_ms=0.1, latency_ms=0.2, tokens_per_s=1000),
+            )
+        )
 
 
 class StubCapsule(capsule_pb2_grpc.CapsuleServicer):
     def __init__(self) -> None:
         self.events: list[common_pb2.Event] = []
 
-    async def AppendEvents(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def AppendEvents(self, request, context):  # type: ignore[no-untyped-def]
         self.events.extend(request.events)
         return capsule_pb2.AppendEventsReply(inserted=len(request.events))
 
@@ -104,19 +126,29 @@ async def overhead(runs: int, attempts: int, work: Path) -> dict:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     peers = f"127.0.0.1:{port}"
-    settings = RuntimeSettings(router_addr=peers, inference_addr=peers, capsule_addr=peers,
-                               patchloop_addr="127.0.0.1:0", home=work / ".speckit",
-                               workspace_roots=str(work))
+    settings = RuntimeSettings(
+        router_addr=peers,
+        inference_addr=peers,
+        capsule_addr=peers,
+        patchloop_addr="127.0.0.1:0",
+        home=work / ".speckit",
+        workspace_roots=str(work),
+    )
     ctx, running = await start_services(["patchloop"], settings, load_policy(None))
     try:
         client = PatchLoopClient(ctx.channel("patchloop"))
         for i in range(runs):
             ws = work / f"overhead-{i}"
             shutil.copytree(CRATE, ws)
-            _, result = await client.run_to_end(str(ws), max_attempts=attempts, compiler_fast_path=False, timeout_s=600)
+            _, result = await client.run_to_end(
+                str(ws), max_attempts=attempts, compiler_fast_path=False, timeout_s=600
+            )
             assert result.attempts == attempts, result.reason
         deadline = time.monotonic() + 10
-        while len([e for e in capsule.events if e.type == common_pb2.EVENT_TYPE_PATCH_ATTEMPT]) < runs * attempts:
+        while (
+            len([e for e in capsule.events if e.type == common_pb2.EVENT_TYPE_PATCH_ATTEMPT])
+            < runs * attempts
+        ):
             assert time.monotonic() < deadline, "PATCH_ATTEMPT events did not all arrive"
             await asyncio.sleep(0.05)
     finally:
@@ -124,7 +156,11 @@ async def overhead(runs: int, attempts: int, work: Path) -> dict:
             await r.stop(1)
         await ctx.close()
         await server.stop(0)
-    timings = [dict(e.payload["timing"]) for e in capsule.events if e.type == common_pb2.EVENT_TYPE_PATCH_ATTEMPT]
+    timings = [
+        dict(e.payload["timing"])
+        for e in capsule.events
+        if e.type == common_pb2.EVENT_TYPE_PATCH_ATTEMPT
+    ]
     ov = [t["overhead_ms"] for t in timings]
     return {
         "samples": len(ov),
@@ -138,8 +174,11 @@ async def overhead(runs: int, attempts: int, work: Path) -> dict:
 
 async def cache_reuse(tasks: int, seconds: float, work: Path) -> dict:
     port = pick_port()
-    llama = subprocess.Popen([sys.executable, "-m", "speckit_reflex.cli.main", "llm", "serve", "--port", str(port)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    llama = subprocess.Popen(
+        [sys.executable, "-m", "speckit_reflex.cli.main", "llm", "serve", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     model = "smollm2-135m-instruct"
     try:
         deadline = time.monotonic() + 120
@@ -169,11 +208,18 @@ max_validation_retries = 0
 [patchloop]
 max_tokens = 256
 """)
-        settings = RuntimeSettings(router_addr="127.0.0.1:0", inference_addr="127.0.0.1:0", capsule_addr="127.0.0.1:0",
-                                   patchloop_addr="127.0.0.1:0", database_url=f"sqlite:///{work / 'bench.db'}",
-                                   home=work / ".speckit", workspace_roots=str(work))
-        ctx, running = await start_services(["capsule", "inference", "router", "patchloop"], settings,
-                                            load_policy(policy_path))
+        settings = RuntimeSettings(
+            router_addr="127.0.0.1:0",
+            inference_addr="127.0.0.1:0",
+            capsule_addr="127.0.0.1:0",
+            patchloop_addr="127.0.0.1:0",
+            database_url=f"sqlite:///{work / 'bench.db'}",
+            home=work / ".speckit",
+            workspace_roots=str(work),
+        )
+        ctx, running = await start_services(
+            ["capsule", "inference", "router", "patchloop"], settings, load_policy(policy_path)
+        )
         ratios: list[float] = []
         per_task: list[dict] = []
         stop_at = time.monotonic() + seconds
@@ -186,14 +232,28 @@ max_tokens = 256
                 ws = work / "llm" / task_dir.name
                 shutil.copytree(task_dir / "crate", ws)
                 events, result = await client.run_to_end(
-                    str(ws), max_attempts=3, compiler_fast_path=False, force_mode=common_pb2.ROUTING_MODE_REFLEX,
-                    timeout_s=max(60.0, stop_at - time.monotonic() + 60))
+                    str(ws),
+                    max_attempts=3,
+                    compiler_fast_path=False,
+                    force_mode=common_pb2.ROUTING_MODE_REFLEX,
+                    timeout_s=max(60.0, stop_at - time.monotonic() + 60),
+                )
                 calls = [e for e in events if e.WhichOneof("kind") == "model_call"]
-                task_ratios = [c.model_call.cache_reuse for c in calls[1:] if c.model_call.HasField("cache_reuse")]
+                task_ratios = [
+                    c.model_call.cache_reuse
+                    for c in calls[1:]
+                    if c.model_call.HasField("cache_reuse")
+                ]
                 ratios.extend(task_ratios)
-                per_task.append({"task": task_dir.name, "attempts": result.attempts,
-                                 "outcome": result.reason[:120], "cache_reuse_attempts_ge2": task_ratios,
-                                 "prompt_tokens": [c.model_call.usage.prompt_tokens for c in calls]})
+                per_task.append(
+                    {
+                        "task": task_dir.name,
+                        "attempts": result.attempts,
+                        "outcome": result.reason[:120],
+                        "cache_reuse_attempts_ge2": task_ratios,
+                        "prompt_tokens": [c.model_call.usage.prompt_tokens for c in calls],
+                    }
+                )
         finally:
             for r in reversed(running):
                 await r.stop(1)
@@ -217,13 +277,20 @@ async def _wait_for_reflex_route(router: RouterClient, deadline_s: float) -> Non
     deadline = time.monotonic() + deadline_s
     while True:
         try:
-            await router.decide(stage=common_pb2.STAGE_IMPLEMENT, role=common_pb2.ROLE_IMPLEMENTER,
-                                session_id="bench-readiness", attempt=1,
-                                force_mode=common_pb2.ROUTING_MODE_REFLEX, timeout=10)
+            await router.decide(
+                stage=common_pb2.STAGE_IMPLEMENT,
+                role=common_pb2.ROLE_IMPLEMENTER,
+                session_id="bench-readiness",
+                attempt=1,
+                force_mode=common_pb2.ROUTING_MODE_REFLEX,
+                timeout=10,
+            )
             return
         except AioRpcError as exc:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the Router never saw the local backend healthy: {exc.details()}") from None
+                raise RuntimeError(
+                    f"the Router never saw the local backend healthy: {exc.details()}"
+                ) from None
         await asyncio.sleep(2.0)
 
 
@@ -234,7 +301,9 @@ def _row(name: str, value: float | None, target: str, ok: bool | None) -> str:
 
 
 async def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--runs", type=int, default=4)
     ap.add_argument("--attempts", type=int, default=8)
     ap.add_argument("--llm-tasks", type=int, default=3)
@@ -244,26 +313,50 @@ async def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="speckit-bench-patchloop-"))
     try:
         ov = await overhead(args.runs, args.attempts, work)
-        cr = await cache_reuse(args.llm_tasks, args.llm_seconds, work) if args.llm_tasks > 0 else None
+        cr = (
+            await cache_reuse(args.llm_tasks, args.llm_seconds, work)
+            if args.llm_tasks > 0
+            else None
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{'figure':<44} {'value':>12}  {'target':<14}")
-    print(_row("overhead per attempt p50 (ms)", ov["overhead_p50_ms"], "<= 20 ms",
-               ov["overhead_p50_ms"] <= TARGET_OVERHEAD_P50_MS))
+    print(
+        _row(
+            "overhead per attempt p50 (ms)",
+            ov["overhead_p50_ms"],
+            "<= 20 ms",
+            ov["overhead_p50_ms"] <= TARGET_OVERHEAD_P50_MS,
+        )
+    )
     print(_row("overhead per attempt p95 (ms)", ov["overhead_p95_ms"], "-", None))
     print(_row("  (compile p50, ms, excluded)", ov["compile_p50_ms"], "-", None))
     print(_row("  (model call p50 via stub, ms, excluded)", ov["model_call_p50_ms"], "-", None))
     print(f"  samples: {ov['samples']} attempts")
     if cr is not None:
         p50 = cr["cache_reuse_p50"]
-        print(_row("cache reuse attempts>=2 p50 (llama.cpp)", p50, ">= 0.8", None if p50 is None else p50 >= TARGET_CACHE_REUSE))
+        print(
+            _row(
+                "cache reuse attempts>=2 p50 (llama.cpp)",
+                p50,
+                ">= 0.8",
+                None if p50 is None else p50 >= TARGET_CACHE_REUSE,
+            )
+        )
         print(_row("cache reuse attempts>=2 min", cr["cache_reuse_min"], "-", None))
         print(f"  samples: {cr['samples']} attempts over {len(cr['tasks'])} task(s)")
     out = {
         "bench": "patchloop",
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
         "command": "python bench/patchloop_bench.py " + " ".join(sys.argv[1:]),
-        "targets": {"overhead_p50_ms": TARGET_OVERHEAD_P50_MS, "cache_reuse_attempts_ge2": TARGET_CACHE_REUSE},
+        "targets": {
+            "overhead_p50_ms": TARGET_OVERHEAD_P50_MS,
+            "cache_reuse_attempts_ge2": TARGET_CACHE_REUSE,
+        },
         "overhead": ov,
         "cache_reuse": cr,
     }

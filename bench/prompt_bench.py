@@ -35,6 +35,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
+from grpc import aio
+
 from speckit_reflex.bakeoff import BakeoffRunner, RunOptions, find_suite, load_suite
 from speckit_reflex.bakeoff.readiness import wait_for_reflex_route
 from speckit_reflex.cli.demo_stack import DemoStack
@@ -42,8 +44,6 @@ from speckit_reflex.clients.capsule import CapsuleClient
 from speckit_reflex.clients.patchloop import PatchLoopClient
 from speckit_reflex.clients.router import RouterClient
 from speckit_reflex.v1 import common_pb2
-
-from grpc import aio
 
 
 def json_objects(text: str) -> list[Any]:
@@ -114,17 +114,24 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 await wait_for_reflex_route(RouterClient(channels["router"]), 180)
                 capsule = CapsuleClient(channels["capsule"], timeout_s=60)
                 runner = BakeoffRunner(
-                    PatchLoopClient(channels["patchloop"]), capsule,
+                    PatchLoopClient(channels["patchloop"]),
+                    capsule,
                     RunOptions(modes=("reflex",), max_attempts=1, scratch_root=Path(tmp)),
                 )
 
                 def progress(trial: Any, done: int, planned: int, _: Any) -> None:
-                    print(f"[{done}/{planned}] {trial.task_id}: {trial.outcome}", file=sys.stderr, flush=True)
+                    print(
+                        f"[{done}/{planned}] {trial.task_id}: {trial.outcome}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
 
                 result = await runner.run(suite, tasks, on_trial=progress)
                 rows = []
                 for trial in result.trials:
-                    events = await capsule.all_events(type=common_pb2.EVENT_TYPE_LLM_CALL, run_id=trial.run_id)
+                    events = await capsule.all_events(
+                        type=common_pb2.EVENT_TYPE_LLM_CALL, run_id=trial.run_id
+                    )
                     for ev in events:
                         request, response = struct_dict(ev.request), struct_dict(ev.response)
                         messages = request.get("messages", [])
@@ -134,18 +141,20 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                         except (ValueError, AttributeError):
                             files = set()
                         payload = struct_dict(ev.payload)
-                        rows.append({
-                            "task_id": trial.task_id,
-                            # No finish reason: the call failed (timeout, ...), no reply to judge.
-                            "replied": bool(payload.get("finish_reason")),
-                            "schema_valid": bool(ev.json_valid),
-                            "finish_reason": payload.get("finish_reason", ""),
-                            "validation_error": payload.get("validation_error", ""),
-                            "completion_tokens": ev.completion_tokens,
-                            "copied_example": copied(content, example_parts(messages)),
-                            "wrong_file": bool(files - error_files(messages)),
-                            "reply": content[:300],
-                        })
+                        rows.append(
+                            {
+                                "task_id": trial.task_id,
+                                # No finish reason: the call failed (timeout, ...), no reply to judge.
+                                "replied": bool(payload.get("finish_reason")),
+                                "schema_valid": bool(ev.json_valid),
+                                "finish_reason": payload.get("finish_reason", ""),
+                                "validation_error": payload.get("validation_error", ""),
+                                "completion_tokens": ev.completion_tokens,
+                                "copied_example": copied(content, example_parts(messages)),
+                                "wrong_file": bool(files - error_files(messages)),
+                                "reply": content[:300],
+                            }
+                        )
             finally:
                 for ch in channels.values():
                     await ch.close()
@@ -180,8 +189,11 @@ if __name__ == "__main__":
     for key, value in figures.items():
         if key != "calls":
             print(f"{key:<40} {value}")
-    out = {"figures": figures, "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-           "command": "python bench/prompt_bench.py " + " ".join(sys.argv[1:])}
+    out = {
+        "figures": figures,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "command": "python bench/prompt_bench.py " + " ".join(sys.argv[1:]),
+    }
     name = f"prompt_bench-{args.label}.json" if args.label else "prompt_bench.json"
     (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
     (ROOT / "bench" / "results" / name).write_text(json.dumps(out, indent=2) + "\n")

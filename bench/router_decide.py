@@ -80,10 +80,12 @@ models = ["qwen3-coder-30b-a3b"]
 
 
 class _Inference(inference_pb2_grpc.InferenceServicer):
-    async def Health(self, request, context):  # noqa: N802
+    async def Health(self, request, context):
         reply = inference_pb2.HealthReply()
         for name in ("sglang-a", "vllm-b"):
-            reply.backends.add(backend=name, healthy=True, reachable=True).checked_at.GetCurrentTime()
+            reply.backends.add(
+                backend=name, healthy=True, reachable=True
+            ).checked_at.GetCurrentTime()
         return reply
 
 
@@ -91,13 +93,13 @@ class _Capsule(capsule_pb2_grpc.CapsuleServicer):
     def __init__(self) -> None:
         self.events = 0
 
-    async def CheckThresholds(self, request, context):  # noqa: N802
+    async def CheckThresholds(self, request, context):
         return capsule_pb2.CheckThresholdsReply(passed=True, model=request.model)
 
-    async def GetUsage(self, request, context):  # noqa: N802
+    async def GetUsage(self, request, context):
         return capsule_pb2.UsageSummary()
 
-    async def AppendEvents(self, request, context):  # noqa: N802
+    async def AppendEvents(self, request, context):
         self.events += len(request.events)
         return capsule_pb2.AppendEventsReply(inserted=len(request.events))
 
@@ -107,14 +109,22 @@ class _ConstantRouter(router_pb2_grpc.RouterServicer):
 
     def __init__(self) -> None:
         self.answer = router_pb2.RoutingDecision(
-            decision_id="0" * 36, role=common_pb2.ROLE_IMPLEMENTER, stage=common_pb2.STAGE_IMPLEMENT,
-            mode=common_pb2.ROUTING_MODE_REFLEX, reason=common_pb2.ROUTING_REASON_HEALTHY_AND_THRESHOLDS_MET,
-            detail="gpt-oss-20b on sglang-a: backend healthy, bakeoff thresholds met", model="gpt-oss-20b",
-            backend="sglang-a", endpoint="http://127.0.0.1:3009/v1", latency_ms=0.01, policy_hash="0" * 64,
-            session_id="bench", attempt=1,
+            decision_id="0" * 36,
+            role=common_pb2.ROLE_IMPLEMENTER,
+            stage=common_pb2.STAGE_IMPLEMENT,
+            mode=common_pb2.ROUTING_MODE_REFLEX,
+            reason=common_pb2.ROUTING_REASON_HEALTHY_AND_THRESHOLDS_MET,
+            detail="gpt-oss-20b on sglang-a: backend healthy, bakeoff thresholds met",
+            model="gpt-oss-20b",
+            backend="sglang-a",
+            endpoint="http://127.0.0.1:3009/v1",
+            latency_ms=0.01,
+            policy_hash="0" * 64,
+            session_id="bench",
+            attempt=1,
         )
 
-    async def Decide(self, request, context):  # noqa: N802
+    async def Decide(self, request, context):
         return self.answer
 
 
@@ -157,11 +167,16 @@ async def serve_peers(inference_port: int, capsule_port: int, floor_port: int) -
 
 
 REQUEST = router_pb2.DecideRequest(
-    stage=common_pb2.STAGE_IMPLEMENT, role=common_pb2.ROLE_IMPLEMENTER, session_id="bench", attempt=1
+    stage=common_pb2.STAGE_IMPLEMENT,
+    role=common_pb2.ROLE_IMPLEMENTER,
+    session_id="bench",
+    attempt=1,
 )
 
 
-async def wait_ready(channel: grpc.aio.Channel, stub: router_pb2_grpc.RouterStub, timeout_s: float) -> None:
+async def wait_ready(
+    channel: grpc.aio.Channel, stub: router_pb2_grpc.RouterStub, timeout_s: float
+) -> None:
     deadline = time.monotonic() + timeout_s
     health = health_pb2_grpc.HealthStub(channel)
     while time.monotonic() < deadline:
@@ -188,8 +203,14 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def measure(addr: str, sequential: int, seconds: float, concurrency: int,
-                  server_pid: int, other_pids: tuple[int, ...] = ()) -> dict[str, float]:
+async def measure(
+    addr: str,
+    sequential: int,
+    seconds: float,
+    concurrency: int,
+    server_pid: int,
+    other_pids: tuple[int, ...] = (),
+) -> dict[str, float]:
     async with grpc.aio.insecure_channel(addr) as channel:
         stub = router_pb2_grpc.RouterStub(channel)
         await wait_ready(channel, stub, 30)
@@ -249,20 +270,40 @@ async def measure(addr: str, sequential: int, seconds: float, concurrency: int,
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sequential", type=int, default=3000, help="sequential Decide calls (latency)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--sequential", type=int, default=3000, help="sequential Decide calls (latency)"
+    )
     ap.add_argument("--seconds", type=float, default=5.0, help="duration of the throughput phase")
-    ap.add_argument("--concurrency", type=int, default=64, help="calls in flight during the throughput phase")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "router_decide.json",
-                    help="where the JSON goes")
-    ap.add_argument("--serve-peers", nargs=3, type=int, metavar=("INFERENCE", "CAPSULE", "FLOOR"),
-                    help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--concurrency", type=int, default=64, help="calls in flight during the throughput phase"
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "bench" / "results" / "router_decide.json",
+        help="where the JSON goes",
+    )
+    ap.add_argument(
+        "--serve-peers",
+        nargs=3,
+        type=int,
+        metavar=("INFERENCE", "CAPSULE", "FLOOR"),
+        help=argparse.SUPPRESS,
+    )
     args = ap.parse_args()
     if args.serve_peers:
         asyncio.run(serve_peers(*args.serve_peers))
         return 0
 
-    router_port, inference_port, capsule_port, floor_port = pick_port(), pick_port(), pick_port(), pick_port()
+    router_port, inference_port, capsule_port, floor_port = (
+        pick_port(),
+        pick_port(),
+        pick_port(),
+        pick_port(),
+    )
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         policy = Path(tmp) / "model_policy.toml"
@@ -277,19 +318,45 @@ def main() -> int:
         }
         try:
             peers = subprocess.Popen(
-                [sys.executable, __file__, "--serve-peers", str(inference_port), str(capsule_port), str(floor_port)],
-                stdout=subprocess.PIPE, env=env,
+                [
+                    sys.executable,
+                    __file__,
+                    "--serve-peers",
+                    str(inference_port),
+                    str(capsule_port),
+                    str(floor_port),
+                ],
+                stdout=subprocess.PIPE,
+                env=env,
             )
             procs.append(peers)
             assert peers.stdout is not None and peers.stdout.readline().strip() == b"ready"
             router = subprocess.Popen(
-                [sys.executable, "-m", "speckit_reflex.cli.main", "serve", "router"], env=env, cwd=tmp,
+                [sys.executable, "-m", "speckit_reflex.cli.main", "serve", "router"],
+                env=env,
+                cwd=tmp,
             )
             procs.append(router)
-            result = asyncio.run(measure(f"127.0.0.1:{router_port}", args.sequential, args.seconds,
-                                         args.concurrency, router.pid, (peers.pid,)))
-            floor = asyncio.run(measure(f"127.0.0.1:{floor_port}", args.sequential, args.seconds,
-                                        args.concurrency, peers.pid, (router.pid,)))
+            result = asyncio.run(
+                measure(
+                    f"127.0.0.1:{router_port}",
+                    args.sequential,
+                    args.seconds,
+                    args.concurrency,
+                    router.pid,
+                    (peers.pid,),
+                )
+            )
+            floor = asyncio.run(
+                measure(
+                    f"127.0.0.1:{floor_port}",
+                    args.sequential,
+                    args.seconds,
+                    args.concurrency,
+                    peers.pid,
+                    (router.pid,),
+                )
+            )
         finally:
             # Router first, so its queued decision events still reach the peer Capsule.
             for p in reversed(procs):
@@ -301,33 +368,67 @@ def main() -> int:
                     p.wait()
 
     rows = [
-        ("Decide p50 over gRPC, sequential", f"{result['p50_ms']:.3f} ms", f"<= {TARGET_P50_MS} ms",
-         result["p50_ms"] <= TARGET_P50_MS),
+        (
+            "Decide p50 over gRPC, sequential",
+            f"{result['p50_ms']:.3f} ms",
+            f"<= {TARGET_P50_MS} ms",
+            result["p50_ms"] <= TARGET_P50_MS,
+        ),
         ("Decide p99 over gRPC, sequential", f"{result['p99_ms']:.3f} ms", "-", None),
         ("decision inside the Router, p50", f"{result['server_decide_p50_ms']:.4f} ms", "-", None),
-        (f"decisions/s, {result['concurrency']} in flight, one channel", f"{result['decisions_per_s']:,.0f}",
-         f">= {TARGET_RATE:,.0f}", result["decisions_per_s"] >= TARGET_RATE),
+        (
+            f"decisions/s, {result['concurrency']} in flight, one channel",
+            f"{result['decisions_per_s']:,.0f}",
+            f">= {TARGET_RATE:,.0f}",
+            result["decisions_per_s"] >= TARGET_RATE,
+        ),
         ("floor (constant answer, same runtime): p50", f"{floor['p50_ms']:.3f} ms", "-", None),
         ("floor: calls/s, same concurrency", f"{floor['decisions_per_s']:,.0f}", "-", None),
-        ("Router process CPU per decision", f"{result['server_cpu_us_per_call']:.0f} us", "-", None),
+        (
+            "Router process CPU per decision",
+            f"{result['server_cpu_us_per_call']:.0f} us",
+            "-",
+            None,
+        ),
         ("floor process CPU per call", f"{floor['server_cpu_us_per_call']:.0f} us", "-", None),
-        ("client CPU per call (Router / floor)",
-         f"{result['client_cpu_us_per_call']:.0f} / {floor['client_cpu_us_per_call']:.0f} us", "-", None),
-        ("CPU share server/client/other, Router phase",
-         f"{result['server_cpu_share']:.2f}/{result['client_cpu_share']:.2f}/{result['others_cpu_share']:.2f}",
-         "-", None),
-        ("CPU share server/client/other, floor phase",
-         f"{floor['server_cpu_share']:.2f}/{floor['client_cpu_share']:.2f}/{floor['others_cpu_share']:.2f}",
-         "-", None),
+        (
+            "client CPU per call (Router / floor)",
+            f"{result['client_cpu_us_per_call']:.0f} / {floor['client_cpu_us_per_call']:.0f} us",
+            "-",
+            None,
+        ),
+        (
+            "CPU share server/client/other, Router phase",
+            f"{result['server_cpu_share']:.2f}/{result['client_cpu_share']:.2f}/{result['others_cpu_share']:.2f}",
+            "-",
+            None,
+        ),
+        (
+            "CPU share server/client/other, floor phase",
+            f"{floor['server_cpu_share']:.2f}/{floor['client_cpu_share']:.2f}/{floor['others_cpu_share']:.2f}",
+            "-",
+            None,
+        ),
         ("Router p50 / floor p50", f"{result['p50_ms'] / floor['p50_ms']:.2f}x", "-", None),
-        ("Router rate / floor rate", f"{result['decisions_per_s'] / floor['decisions_per_s']:.2f}", "-", None),
+        (
+            "Router rate / floor rate",
+            f"{result['decisions_per_s'] / floor['decisions_per_s']:.2f}",
+            "-",
+            None,
+        ),
     ]
     print(f"{'figure':<48} {'measured':>14} {'target':>12}  ok")
     for name, measured, target, ok in rows:
-        print(f"{name:<48} {measured:>14} {target:>12}  {'-' if ok is None else ('yes' if ok else 'NO')}")
+        print(
+            f"{name:<48} {measured:>14} {target:>12}  {'-' if ok is None else ('yes' if ok else 'NO')}"
+        )
     out = {
         "benchmark": "router_decide",
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+        },
         "targets": {"p50_ms": TARGET_P50_MS, "decisions_per_s": TARGET_RATE},
         "results": result,
         "floor": floor,

@@ -36,7 +36,9 @@ async def main(runs: int) -> None:
     await asyncio.to_thread(full.probe)
     layers = ", ".join(x.name for x in full.layers() if x.active)
     a = await median_ms(full, runs)
-    b = await median_ms(Sandbox([Candidate(("unshare", "--net", "--pid", "--fork", "--kill-child"))]), runs)
+    b = await median_ms(
+        Sandbox([Candidate(("unshare", "--net", "--pid", "--fork", "--kill-child"))]), runs
+    )
     print(f"full sandbox ({layers}): median {a:.1f} ms per build start")
     print(f"network + PID namespaces only: median {b:.1f} ms per build start")
 

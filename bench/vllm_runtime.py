@@ -24,7 +24,9 @@ from speckit_reflex.inference.backends import BackendSpec, Generation, ModelServ
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
-LONG = "\n".join(f"fn helper_{i}(w: u32, h: u32) -> u32 {{ w * {i} + h + {i * 7} }}" for i in range(48))
+LONG = "\n".join(
+    f"fn helper_{i}(w: u32, h: u32) -> u32 {{ w * {i} + h + {i * 7} }}" for i in range(48)
+)
 
 
 def tree_rss_mb(port: int) -> float:
@@ -40,8 +42,14 @@ def tree_rss_mb(port: int) -> float:
                     inode_owner[link[8:-1]] = int(proc.name)
         except OSError:
             continue
-    owner = next((inode_owner.get(r.split()[9]) for r in Path("/proc/net/tcp").read_text().splitlines()[1:]
-                  if r.split()[3] == "0A" and int(r.split()[1].split(":")[1], 16) == port), None)
+    owner = next(
+        (
+            inode_owner.get(r.split()[9])
+            for r in Path("/proc/net/tcp").read_text().splitlines()[1:]
+            if r.split()[3] == "0A" and int(r.split()[1].split(":")[1], 16) == port
+        ),
+        None,
+    )
     if owner is None:
         return 0.0
     children: dict[int, list[int]] = {}
@@ -57,14 +65,19 @@ def tree_rss_mb(port: int) -> float:
         pid = todo.pop()
         todo.extend(children.get(pid, []))
         try:
-            total_kb += next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                             if line.startswith("VmRSS:"))
+            total_kb += next(
+                int(line.split()[1])
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if line.startswith("VmRSS:")
+            )
         except (OSError, StopIteration):
             continue
     return total_kb / 1024
 
 
-async def one(server: ModelServer, messages: list[dict[str, str]], max_tokens: int) -> tuple[float, float, Generation]:
+async def one(
+    server: ModelServer, messages: list[dict[str, str]], max_tokens: int
+) -> tuple[float, float, Generation]:
     loop = asyncio.get_running_loop()
     gen = Generation()
     body = server.dialect.chat_body(MODEL, messages, max_tokens, 0.0, None, None, "")
@@ -87,12 +100,16 @@ async def main() -> None:
     try:
         ttfts, speeds = [], []
         for i in range(args.runs):
-            ttft, tps, _ = await one(server, [{"role": "user", "content": f"Write a short poem about Rust, #{i}."}],
-                                     64)
+            ttft, tps, _ = await one(
+                server, [{"role": "user", "content": f"Write a short poem about Rust, #{i}."}], 64
+            )
             ttfts.append(ttft)
             speeds.append(tps)
         before = await server.prefix_cache(10)
-        long = [{"role": "system", "content": LONG}, {"role": "user", "content": "Which helper adds 21?"}]
+        long = [
+            {"role": "system", "content": LONG},
+            {"role": "user", "content": "Which helper adds 21?"},
+        ]
         _, _, first = await one(server, long, 4)
         _, _, second = await one(server, long, 4)
         after = await server.prefix_cache(10)
@@ -106,8 +123,12 @@ async def main() -> None:
         "long_prompt_tokens": (second.usage or {}).get("prompt_tokens"),
         "cached_tokens_first": first.cached_tokens,
         "cached_tokens_repeat": second.cached_tokens,
-        "metrics_hit_tokens_delta": (after.hit_tokens - before.hit_tokens) if before and after else None,
-        "metrics_queried_tokens_delta": (after.queried_tokens - before.queried_tokens) if before and after else None,
+        "metrics_hit_tokens_delta": (after.hit_tokens - before.hit_tokens)
+        if before and after
+        else None,
+        "metrics_queried_tokens_delta": (after.queried_tokens - before.queried_tokens)
+        if before and after
+        else None,
         "server_rss_mb": round(tree_rss_mb(args.port), 0),
     }
     for k, v in out.items():

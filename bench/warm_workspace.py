@@ -45,11 +45,10 @@ from pathlib import Path
 from grpc import aio
 from patchloop_bench import StubCapsule, StubInference, StubRouter  # puts the checkout on sys.path
 
-from tests.ports import pick_port
-
 from speckit_reflex.clients.patchloop import PatchLoopClient
 from speckit_reflex.patchloop.sandbox import BuildRunner, Sandbox
 from speckit_reflex.v1 import capsule_pb2_grpc, inference_pb2_grpc, patchloop_pb2, router_pb2_grpc
+from tests.ports import pick_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_BUILD_RATIO = 1.5
@@ -101,17 +100,20 @@ def generate_workspace(root: Path, modules: int, items: int) -> Path:
     (root / "app" / "src").mkdir(parents=True)
     (root / "Cargo.toml").write_text('[workspace]\nmembers = ["app", "heavy"]\nresolver = "2"\n')
     (heavy / "Cargo.toml").write_text(
-        '[package]\nname = "heavy"\nversion = "0.1.0"\nedition = "2021"\npublish = false\n')
+        '[package]\nname = "heavy"\nversion = "0.1.0"\nedition = "2021"\npublish = false\n'
+    )
     (root / "app" / "Cargo.toml").write_text(
         '[package]\nname = "app"\nversion = "0.1.0"\nedition = "2021"\npublish = false\n\n'
-        '[dependencies]\nheavy = { path = "../heavy" }\n')
+        '[dependencies]\nheavy = { path = "../heavy" }\n'
+    )
     module = _module(items)
     for m in range(modules):
         (heavy / "src" / f"m{m}.rs").write_text(module)
     (heavy / "src" / "lib.rs").write_text(
         "//! Generated: a dependency that is slow to check.\n"
         + "".join(f"pub mod m{m};\n" for m in range(modules))
-        + "pub fn answer() -> u64 { m0::f0(&[1, 2, 3]) }\n")
+        + "pub fn answer() -> u64 { m0::f0(&[1, 2, 3]) }\n"
+    )
     (root / "app" / "src" / "lib.rs").write_text(APP_SOURCE)
     return root
 
@@ -119,7 +121,8 @@ def generate_workspace(root: Path, modules: int, items: int) -> Path:
 def generate_small_crate(root: Path, n: int) -> Path:
     (root / "src").mkdir(parents=True)
     (root / "Cargo.toml").write_text(
-        f'[package]\nname = "small_{n}"\nversion = "0.1.0"\nedition = "2021"\npublish = false\n\n[workspace]\n')
+        f'[package]\nname = "small_{n}"\nversion = "0.1.0"\nedition = "2021"\npublish = false\n\n[workspace]\n'
+    )
     (root / "src" / "lib.rs").write_text(SMALL_SOURCE)
     return root
 
@@ -131,8 +134,9 @@ SANDBOX = BuildRunner(Sandbox())
 def cargo_check_ms(cwd: Path, target: Path) -> float:
     env = {**os.environ, "CARGO_TARGET_DIR": str(target)}
     t0 = time.perf_counter()
-    subprocess.run(CHECK, cwd=cwd, env=env,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    subprocess.run(
+        CHECK, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False
+    )
     return (time.perf_counter() - t0) * 1000
 
 
@@ -168,12 +172,17 @@ class BareTree:
         self.sandboxed_no_lock.append(build.duration_ms)
 
     def to_json(self) -> dict:
-        return {"cold_ms": self.cold_ms, "incremental_ms": statistics.median(self.incremental),
-                "incremental_all_ms": self.incremental, "noop_ms": statistics.median(self.noop),
-                "noop_all_ms": self.noop, "sandboxed_incremental_ms": statistics.median(self.sandboxed),
-                "sandboxed_incremental_all_ms": self.sandboxed,
-                "sandboxed_no_lock_ms": statistics.median(self.sandboxed_no_lock),
-                "sandboxed_no_lock_all_ms": self.sandboxed_no_lock}
+        return {
+            "cold_ms": self.cold_ms,
+            "incremental_ms": statistics.median(self.incremental),
+            "incremental_all_ms": self.incremental,
+            "noop_ms": statistics.median(self.noop),
+            "noop_all_ms": self.noop,
+            "sandboxed_incremental_ms": statistics.median(self.sandboxed),
+            "sandboxed_incremental_all_ms": self.sandboxed,
+            "sandboxed_no_lock_ms": statistics.median(self.sandboxed_no_lock),
+            "sandboxed_no_lock_all_ms": self.sandboxed_no_lock,
+        }
 
 
 def summarise_run(events: list[patchloop_pb2.RunEvent], wall_ms: float) -> dict:
@@ -192,7 +201,9 @@ def summarise_run(events: list[patchloop_pb2.RunEvent], wall_ms: float) -> dict:
     }
 
 
-async def timed_run(client: PatchLoopClient, ws: Path) -> tuple[list[patchloop_pb2.RunEvent], float, float, float]:
+async def timed_run(
+    client: PatchLoopClient, ws: Path
+) -> tuple[list[patchloop_pb2.RunEvent], float, float, float]:
     """(events, wall ms, ms to the first event, longest gap between events ms)."""
     t0 = time.perf_counter()
     stamps: list[float] = []
@@ -219,7 +230,9 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--modules", type=int, default=150)
     ap.add_argument("--items", type=int, default=12)
     ap.add_argument("--warm-runs", type=int, default=9)
@@ -236,10 +249,19 @@ async def main() -> None:
     # PatchLoop in its own process, as an agent meets it: the client's work
     # (and this process's stubs) never compete with it for a GIL.
     addr = f"127.0.0.1:{pick_port()}"
-    env = {**os.environ, "SPECKIT_ROUTER_ADDR": peers, "SPECKIT_INFERENCE_ADDR": peers, "SPECKIT_CAPSULE_ADDR": peers,
-           "SPECKIT_PATCHLOOP_ADDR": addr, "SPECKIT_HOME": str(work / ".speckit"),
-           "SPECKIT_WORKSPACE_ROOTS": str(work), "SPECKIT_LOG_LEVEL": "WARNING"}
-    patchloop = subprocess.Popen([sys.executable, "-m", "speckit_reflex.cli.main", "serve", "patchloop"], env=env)
+    env = {
+        **os.environ,
+        "SPECKIT_ROUTER_ADDR": peers,
+        "SPECKIT_INFERENCE_ADDR": peers,
+        "SPECKIT_CAPSULE_ADDR": peers,
+        "SPECKIT_PATCHLOOP_ADDR": addr,
+        "SPECKIT_HOME": str(work / ".speckit"),
+        "SPECKIT_WORKSPACE_ROOTS": str(work),
+        "SPECKIT_LOG_LEVEL": "WARNING",
+    }
+    patchloop = subprocess.Popen(
+        [sys.executable, "-m", "speckit_reflex.cli.main", "serve", "patchloop"], env=env
+    )
     channel = aio.insecure_channel(addr)
     try:
         client = PatchLoopClient(channel)
@@ -254,9 +276,11 @@ async def main() -> None:
                 bare_tree = await asyncio.to_thread(BareTree, ws, work)
             else:
                 await bare_tree.measure()
-            print(f"  run {len(runs)}: {runs[-1]['cache']:<17} {wall:9.1f} ms  builds "
-                  f"{[round(b) for b in runs[-1]['build_ms']]}  bare incremental {bare_tree.incremental[-1:]}",
-                  flush=True)
+            print(
+                f"  run {len(runs)}: {runs[-1]['cache']:<17} {wall:9.1f} ms  builds "
+                f"{[round(b) for b in runs[-1]['build_ms']]}  bare incremental {bare_tree.incremental[-1:]}",
+                flush=True,
+            )
         bare = bare_tree.to_json()
 
         crates = [generate_small_crate(work / "small" / f"c{i}", i) for i in range(args.concurrent)]
@@ -286,12 +310,18 @@ async def main() -> None:
     outcomes = sorted({patchloop_pb2.Outcome.Name(m[0][-1].result.outcome) for m in many})
     doc = {
         "bench": "warm_workspace",
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_avg_at_end": os.getloadavg()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg_at_end": os.getloadavg(),
+        },
         "command": "python bench/warm_workspace.py " + " ".join(sys.argv[1:]),
         "workspace": {"modules": args.modules, "items_per_module": args.items},
-        "targets": {"warm_build_over_incremental_check": TARGET_BUILD_RATIO,
-                    "warm_total_minus_incremental_check_ms": TARGET_TOTAL_SLACK_MS},
+        "targets": {
+            "warm_build_over_incremental_check": TARGET_BUILD_RATIO,
+            "warm_total_minus_incremental_check_ms": TARGET_TOTAL_SLACK_MS,
+        },
         "cold_run": cold,
         "warm_runs": warm,
         "warm_first_build_ms_p50": warm_build,
@@ -321,16 +351,40 @@ async def main() -> None:
         ("bare incremental check in the sandbox (ms)", bare["sandboxed_incremental_ms"], "-", None),
         ("  same, Cargo.lock regenerated (ms)", bare["sandboxed_no_lock_ms"], "-", None),
         ("bare no-op cargo check (ms)", bare["noop_ms"], "-", None),
-        ("warm first build step / incremental check", ratio, f"<= {TARGET_BUILD_RATIO}", ratio <= TARGET_BUILD_RATIO),
-        ("warm total - incremental check (ms)", slack, "<= 1000 ms", slack <= TARGET_TOTAL_SLACK_MS),
-        (f"{args.concurrent} concurrent runs: first event p99 (ms)", doc["concurrent"]["first_event_p99_ms"], "-", None),
+        (
+            "warm first build step / incremental check",
+            ratio,
+            f"<= {TARGET_BUILD_RATIO}",
+            ratio <= TARGET_BUILD_RATIO,
+        ),
+        (
+            "warm total - incremental check (ms)",
+            slack,
+            "<= 1000 ms",
+            slack <= TARGET_TOTAL_SLACK_MS,
+        ),
+        (
+            f"{args.concurrent} concurrent runs: first event p99 (ms)",
+            doc["concurrent"]["first_event_p99_ms"],
+            "-",
+            None,
+        ),
         (f"{args.concurrent} concurrent runs: wall (ms)", concurrent_wall, "-", None),
-        ("client event loop longest stall (ms)", doc["concurrent"]["client_event_loop_max_stall_ms"], "-", None),
+        (
+            "client event loop longest stall (ms)",
+            doc["concurrent"]["client_event_loop_max_stall_ms"],
+            "-",
+            None,
+        ),
     ]
     print(f"{'figure':<50} {'value':>12}  {'target':<12}")
     for name, value, target, ok in rows:
-        print(f"{name:<50} {value:>12.1f}  {target:<12} {'' if ok is None else ('PASS' if ok else 'FAIL')}")
-    print(f"concurrent outcomes: {', '.join(outcomes)}; all finished: {doc['concurrent']['all_finished']}")
+        print(
+            f"{name:<50} {value:>12.1f}  {target:<12} {'' if ok is None else ('PASS' if ok else 'FAIL')}"
+        )
+    print(
+        f"concurrent outcomes: {', '.join(outcomes)}; all finished: {doc['concurrent']['all_finished']}"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -31,7 +31,9 @@ async def probe(service: str, timeout_s: float = 3.0) -> int:
         cfg = dataclasses.replace(cfg, address=f"127.0.0.1:{port}")
     async with open_channel(cfg) as channel:
         try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout_s
+            )
         except aio.AioRpcError as exc:
             print(f"{service} at {cfg.address}: {exc.code().name} {exc.details()}", file=sys.stderr)
             return 1

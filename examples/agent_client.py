@@ -57,7 +57,9 @@ def describe(ev: patchloop_pb2.RunEvent) -> str:
     if kind == "routing":
         r = ev.routing
         mode = common_pb2.RoutingMode.Name(r.mode).removeprefix("ROUTING_MODE_").lower()
-        return f"route: {mode} {r.model or ''} ({common_pb2.RoutingReason.Name(r.reason)})".replace("  ", " ")
+        return f"route: {mode} {r.model or ''} ({common_pb2.RoutingReason.Name(r.reason)})".replace(
+            "  ", " "
+        )
     if kind == "model_call":
         m = ev.model_call
         return f"model: {m.backend}/{m.model} schema_valid={m.schema_valid} {m.error}".rstrip()
@@ -74,20 +76,29 @@ def describe(ev: patchloop_pb2.RunEvent) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("crate", type=Path, help="the crate or workspace to fix")
     ap.add_argument("--addr", default=os.environ.get("SPECKIT_PATCHLOOP_ADDR", "127.0.0.1:50053"))
     ap.add_argument("--apply", action="store_true", help="write the fix back when the run succeeds")
-    ap.add_argument("--test", action="store_true", help="confirm the fix with the policy's `test` profile")
-    ap.add_argument("--session-id", default="", help="the agent's session (escalation counts across its runs)")
-    ap.add_argument("--timeout", type=float, default=300.0, help="deadline of the whole run, in seconds")
+    ap.add_argument(
+        "--test", action="store_true", help="confirm the fix with the policy's `test` profile"
+    )
+    ap.add_argument(
+        "--session-id", default="", help="the agent's session (escalation counts across its runs)"
+    )
+    ap.add_argument(
+        "--timeout", type=float, default=300.0, help="deadline of the whole run, in seconds"
+    )
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     args = ap.parse_args()
 
     token = os.environ.get("SPECKIT_AUTH_TOKEN")
     metadata = [("authorization", f"Bearer {token}")] if token else None
-    request = patchloop_pb2.RunRequest(workspace=str(args.crate.resolve()), apply=args.apply,
-                                       session_id=args.session_id)
+    request = patchloop_pb2.RunRequest(
+        workspace=str(args.crate.resolve()), apply=args.apply, session_id=args.session_id
+    )
     if args.test:
         request.verify_profile = "test"
     result = None

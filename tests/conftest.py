@@ -22,7 +22,9 @@ from speckit_reflex.runtime.settings import RuntimeSettings
 from speckit_reflex.runtime.tracing import Tracing
 from tests.ports import DeadEndpoint, StartFailed, start_on_free_port
 
-PG_ADMIN_DSN = os.environ.get("SPECKIT_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_DSN = os.environ.get(
+    "SPECKIT_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
@@ -44,7 +46,9 @@ def postgres_available() -> bool:
 def _pg_ok() -> bool:
     ok = postgres_available()
     if not ok and IN_CI:
-        pytest.fail(f"PostgreSQL unreachable at {PG_ADMIN_DSN} and CI=true: Postgres tests must run in CI")
+        pytest.fail(
+            f"PostgreSQL unreachable at {PG_ADMIN_DSN} and CI=true: Postgres tests must run in CI"
+        )
     return ok
 
 
@@ -112,9 +116,14 @@ class Services:
 
 
 async def start_test_services(
-    names: list[str], settings: RuntimeSettings, policy: LoadedPolicy | None = None, tracing: Tracing | None = None
+    names: list[str],
+    settings: RuntimeSettings,
+    policy: LoadedPolicy | None = None,
+    tracing: Tracing | None = None,
 ) -> Services:
-    ctx, servers = await start_services(names, settings, policy or load_policy(None), tracing=tracing)
+    ctx, servers = await start_services(
+        names, settings, policy or load_policy(None), tracing=tracing
+    )
     return Services(ctx, servers)
 
 
@@ -123,9 +132,16 @@ async def services_factory(tmp_path: Path) -> AsyncIterator:
     """Call with (names, database_url=..., policy=..., tracing=..., **settings) to start services."""
     started: list[Services] = []
 
-    async def factory(names: list[str], database_url: str = "", policy: LoadedPolicy | None = None,
-                      tracing: Tracing | None = None, **overrides):
-        s = await start_test_services(names, make_settings(tmp_path, database_url, **overrides), policy, tracing)
+    async def factory(
+        names: list[str],
+        database_url: str = "",
+        policy: LoadedPolicy | None = None,
+        tracing: Tracing | None = None,
+        **overrides,
+    ):
+        s = await start_test_services(
+            names, make_settings(tmp_path, database_url, **overrides), policy, tracing
+        )
         started.append(s)
         return s
 
@@ -170,14 +186,24 @@ class LlamaServer:
         import httpx
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "speckit_reflex.cli.main", "llm", "serve", "--port", str(self.port)],
+            [
+                sys.executable,
+                "-m",
+                "speckit_reflex.cli.main",
+                "llm",
+                "serve",
+                "--port",
+                str(self.port),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise StartFailed(f"llm serve on port {self.port} exited with {self.proc.returncode}")
+                raise StartFailed(
+                    f"llm serve on port {self.port} exited with {self.proc.returncode}"
+                )
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
                     return self

@@ -46,14 +46,28 @@ import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-CATEGORIES = frozenset({
-    "type_mismatch", "borrow_move", "lifetimes", "missing_import_or_item", "trait_bounds",
-    "wrong_arity", "mutability", "option_result", "pattern_exhaustiveness", "misc",
-})
+CATEGORIES = frozenset(
+    {
+        "type_mismatch",
+        "borrow_move",
+        "lifetimes",
+        "missing_import_or_item",
+        "trait_bounds",
+        "wrong_arity",
+        "mutability",
+        "option_result",
+        "pattern_exhaustiveness",
+        "misc",
+    }
+)
 DIFFICULTIES = frozenset({"easy", "medium", "hard"})
 TASK_FIELDS: dict[str, type] = {
-    "id": str, "category": str, "difficulty": str, "description": str,
-    "entry": str, "machine_applicable": bool,
+    "id": str,
+    "category": str,
+    "difficulty": str,
+    "description": str,
+    "entry": str,
+    "machine_applicable": bool,
 }
 ID_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 DEFAULT_JOBS = 2
@@ -70,6 +84,7 @@ def _log(msg: str) -> None:
 
 # --------------------------------------------------------------------------- static checks
 
+
 def _load_manifest(suite_dir: Path, problems: list[str]) -> list[dict]:
     path = suite_dir / "manifest.toml"
     try:
@@ -85,7 +100,9 @@ def _load_manifest(suite_dir: Path, problems: list[str]) -> list[dict]:
         problems.append("manifest: missing [suite] table")
     else:
         if suite.get("name") != suite_dir.name:
-            problems.append(f"manifest: [suite] name {suite.get('name')!r} != folder name {suite_dir.name!r}")
+            problems.append(
+                f"manifest: [suite] name {suite.get('name')!r} != folder name {suite_dir.name!r}"
+            )
         if not isinstance(suite.get("version"), int) or isinstance(suite.get("version"), bool):
             problems.append("manifest: [suite] version must be an integer")
         if not isinstance(suite.get("description"), str) or not suite.get("description"):
@@ -146,7 +163,9 @@ def _check_task_layout(task: dict, task_dir: Path, package_names: dict[str, str]
         return problems
     for p in task_dir.rglob("target"):
         if p.is_dir():
-            problems.append(f"{tid}: build output folder {p.relative_to(task_dir)} must not be in the suite")
+            problems.append(
+                f"{tid}: build output folder {p.relative_to(task_dir)} must not be in the suite"
+            )
     cargo_toml = crate / "Cargo.toml"
     try:
         cargo = tomllib.loads(cargo_toml.read_text(encoding="utf-8"))
@@ -161,7 +180,7 @@ def _check_task_layout(task: dict, task_dir: Path, package_names: dict[str, str]
     else:
         package_names[name] = tid
     if cargo and cargo.get("package", {}).get("edition") != "2021":
-        problems.append(f"{tid}: crate/Cargo.toml edition must be \"2021\"")
+        problems.append(f'{tid}: crate/Cargo.toml edition must be "2021"')
     if cargo and not isinstance(cargo.get("workspace"), dict):
         problems.append(f"{tid}: crate/Cargo.toml needs an empty [workspace] table")
     for key in ("dependencies", "dev-dependencies", "build-dependencies", "target"):
@@ -169,7 +188,9 @@ def _check_task_layout(task: dict, task_dir: Path, package_names: dict[str, str]
             problems.append(f"{tid}: crate/Cargo.toml must not declare [{key}] (std-only suite)")
     if not (crate / task["entry"]).is_file():
         problems.append(f"{tid}: entry {task['entry']} not found in crate/")
-    if not any("#[test]" in p.read_text(encoding="utf-8", errors="replace") for p in crate.rglob("*.rs")):
+    if not any(
+        "#[test]" in p.read_text(encoding="utf-8", errors="replace") for p in crate.rglob("*.rs")
+    ):
         problems.append(f"{tid}: crate has no #[test] function")
     fix_files = _rel_files(fix)
     if not fix_files:
@@ -186,11 +207,14 @@ def _check_task_layout(task: dict, task_dir: Path, package_names: dict[str, str]
         if old_text == new_text:
             problems.append(f"{tid}: fix/{rel} is identical to crate/{rel}")
         if _test_section(old_text) != _test_section(new_text):
-            problems.append(f"{tid}: fix/{rel} changes the #[cfg(test)] section (bug must be in non-test code)")
+            problems.append(
+                f"{tid}: fix/{rel} changes the #[cfg(test)] section (bug must be in non-test code)"
+            )
     return problems
 
 
 # --------------------------------------------------------------------------- cargo runs
+
 
 def _copy_crate(src: Path, dst: Path) -> None:
     # shutil.copy, not copy2: the copies must get fresh mtimes. Cargo does not hash the
@@ -207,8 +231,9 @@ def _cargo(args: list[str], cwd: Path, target_dir: Path) -> subprocess.Completed
     env["RUST_BACKTRACE"] = "0"
     env.pop("RUSTFLAGS", None)
     env.pop("CARGO_BUILD_RUSTFLAGS", None)
-    return subprocess.run(["cargo", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=CARGO_TIMEOUT_S)
+    return subprocess.run(
+        ["cargo", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=CARGO_TIMEOUT_S
+    )
 
 
 def _diagnostics(stdout: str) -> list[dict]:
@@ -231,8 +256,10 @@ def _own_errors(diags: list[dict]) -> list[dict]:
     for d in diags:
         if d.get("level") != "error" or d.get("message", "").startswith("aborting due to"):
             continue
-        if any(s.get("is_primary") and not os.path.isabs(s.get("file_name", "/"))
-               for s in d.get("spans", [])):
+        if any(
+            s.get("is_primary") and not os.path.isabs(s.get("file_name", "/"))
+            for s in d.get("spans", [])
+        ):
             errs.append(d)
     return errs
 
@@ -250,8 +277,10 @@ def _check_broken(tid: str, crate: Path, work: Path, target_dir: Path) -> list[s
     if r.returncode == 0:
         return [f"{tid}: broken crate passes `cargo check` (it must fail)"]
     if not errs:
-        return [f"{tid}: `cargo check` failed without an error diagnostic in the crate's sources:\n    "
-                + _tail(r.stderr)]
+        return [
+            f"{tid}: `cargo check` failed without an error diagnostic in the crate's sources:\n    "
+            + _tail(r.stderr)
+        ]
     return []
 
 
@@ -261,7 +290,10 @@ def _check_fixed(tid: str, crate: Path, fix: Path, work: Path, target_dir: Path)
     shutil.copytree(fix, dst, dirs_exist_ok=True, copy_function=shutil.copy)
     r = _cargo(["test", "--offline"], dst, target_dir)
     if r.returncode != 0:
-        return [f"{tid}: `cargo test` fails with the reference fix:\n    " + _tail(r.stdout + "\n" + r.stderr)]
+        return [
+            f"{tid}: `cargo test` fails with the reference fix:\n    "
+            + _tail(r.stdout + "\n" + r.stderr)
+        ]
     passed = sum(int(m.group(2)) for m in _TEST_RESULT_RE.finditer(r.stdout))
     if passed < 1:
         return [f"{tid}: `cargo test` ran no tests with the reference fix"]
@@ -273,16 +305,21 @@ def _apply_machine_applicable(root: Path, diags: list[dict]) -> int:
     edits: dict[Path, list[tuple[int, int, str]]] = {}
     for d in _own_errors(diags):
         for child in d.get("children", []):
-            spans = [s for s in child.get("spans", [])
-                     if s.get("suggested_replacement") is not None
-                     and s.get("suggestion_applicability") == "MachineApplicable"]
+            spans = [
+                s
+                for s in child.get("spans", [])
+                if s.get("suggested_replacement") is not None
+                and s.get("suggestion_applicability") == "MachineApplicable"
+            ]
             if not spans or any(os.path.isabs(s["file_name"]) for s in spans):
                 continue
-            solution = [(root / s["file_name"], s["byte_start"], s["byte_end"], s["suggested_replacement"])
-                        for s in spans]
+            solution = [
+                (root / s["file_name"], s["byte_start"], s["byte_end"], s["suggested_replacement"])
+                for s in spans
+            ]
             ok = True
             for path, start, end, rep in solution:
-                for (s0, e0, r0) in edits.get(path, []):
+                for s0, e0, r0 in edits.get(path, []):
                     if (s0, e0, r0) == (start, end, rep):
                         continue  # the same edit suggested twice
                     if (start < e0 and s0 < end) or (start == s0 and (start == end or s0 == e0)):
@@ -316,6 +353,7 @@ def _machine_applicable_fixes(tid: str, crate: Path, work: Path, target_dir: Pat
 
 # --------------------------------------------------------------------------- driver
 
+
 class _TargetSlots:
     """Hands each concurrently running task its own subfolder of the shared target dir.
 
@@ -337,8 +375,15 @@ class _TargetSlots:
             self._free.append(p)
 
 
-def _run(suite_dir: Path, target_dir: Path, *, jobs: int = DEFAULT_JOBS, only: list[str] | None = None,
-         build: bool = True, check_ma: bool = False) -> list[str]:
+def _run(
+    suite_dir: Path,
+    target_dir: Path,
+    *,
+    jobs: int = DEFAULT_JOBS,
+    only: list[str] | None = None,
+    build: bool = True,
+    check_ma: bool = False,
+) -> list[str]:
     suite_dir = Path(suite_dir).resolve()
     target_dir = Path(target_dir).resolve()
     problems: list[str] = []
@@ -387,10 +432,12 @@ def _run(suite_dir: Path, target_dir: Path, *, jobs: int = DEFAULT_JOBS, only: l
                     if check_ma:
                         got = _machine_applicable_fixes(tid, task_dir / "crate", work, slot)
                         if got != t["machine_applicable"]:
-                            out.append(f"{tid}: manifest says machine_applicable = "
-                                       f"{str(t['machine_applicable']).lower()}, but applying rustc's "
-                                       f"MachineApplicable suggestions {'does' if got else 'does not'} "
-                                       f"make `cargo test` pass")
+                            out.append(
+                                f"{tid}: manifest says machine_applicable = "
+                                f"{str(t['machine_applicable']).lower()}, but applying rustc's "
+                                f"MachineApplicable suggestions {'does' if got else 'does not'} "
+                                f"make `cargo test` pass"
+                            )
                 except subprocess.TimeoutExpired as e:
                     out.append(f"{tid}: cargo timed out after {e.timeout}s")
                 except OSError as e:
@@ -426,15 +473,37 @@ def check_machine_applicable(suite_dir: Path, target_dir: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     here = Path(__file__).resolve().parent
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("suite_dir", nargs="?", type=Path, default=here / "reflex_patchloop_v1",
-                    help="suite folder (default: reflex_patchloop_v1 next to this script)")
-    ap.add_argument("--target-dir", type=Path, default=None,
-                    help="shared CARGO_TARGET_DIR (default: a temporary folder, removed afterwards)")
-    ap.add_argument("--jobs", type=int, default=DEFAULT_JOBS, help="tasks verified in parallel (default 2)")
-    ap.add_argument("--task", action="append", dest="tasks", metavar="ID", help="only verify this task (repeatable)")
-    ap.add_argument("--static-only", action="store_true", help="only check manifest and layout, run no cargo")
-    ap.add_argument("--check-machine-applicable", action="store_true",
-                    help="also check the manifest's machine_applicable flags by applying rustc's suggestions")
+    ap.add_argument(
+        "suite_dir",
+        nargs="?",
+        type=Path,
+        default=here / "reflex_patchloop_v1",
+        help="suite folder (default: reflex_patchloop_v1 next to this script)",
+    )
+    ap.add_argument(
+        "--target-dir",
+        type=Path,
+        default=None,
+        help="shared CARGO_TARGET_DIR (default: a temporary folder, removed afterwards)",
+    )
+    ap.add_argument(
+        "--jobs", type=int, default=DEFAULT_JOBS, help="tasks verified in parallel (default 2)"
+    )
+    ap.add_argument(
+        "--task",
+        action="append",
+        dest="tasks",
+        metavar="ID",
+        help="only verify this task (repeatable)",
+    )
+    ap.add_argument(
+        "--static-only", action="store_true", help="only check manifest and layout, run no cargo"
+    )
+    ap.add_argument(
+        "--check-machine-applicable",
+        action="store_true",
+        help="also check the manifest's machine_applicable flags by applying rustc's suggestions",
+    )
     ap.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = ap.parse_args(argv)
 
@@ -445,8 +514,14 @@ def main(argv: list[str] | None = None) -> int:
         target = Path(tmp)
     t0 = time.monotonic()
     try:
-        problems = _run(args.suite_dir, target, jobs=args.jobs, only=args.tasks,
-                        build=not args.static_only, check_ma=args.check_machine_applicable)
+        problems = _run(
+            args.suite_dir,
+            target,
+            jobs=args.jobs,
+            only=args.tasks,
+            build=not args.static_only,
+            check_ma=args.check_machine_applicable,
+        )
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -457,8 +532,18 @@ def main(argv: list[str] | None = None) -> int:
         n_tasks = 0
     _log(f"{n_tasks} tasks, {len(problems)} problem(s), {seconds}s")
     if args.json:
-        print(json.dumps({"suite": str(args.suite_dir), "tasks": n_tasks, "ok": not problems,
-                          "problems": problems, "seconds": seconds}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "suite": str(args.suite_dir),
+                    "tasks": n_tasks,
+                    "ok": not problems,
+                    "problems": problems,
+                    "seconds": seconds,
+                },
+                indent=2,
+            )
+        )
     else:
         for p in problems:
             print(p)

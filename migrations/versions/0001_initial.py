@@ -22,8 +22,15 @@ depends_on: str | Sequence[str] | None = None
 JSON_DOC = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
 PATCH_ATTEMPT_ONLY = sa.text("type = 3")
 ATTEMPT_STATS_COLUMNS = [
-    "mode", "model", "success", "json_valid", "latency_ms", "ttft_ms",
-    "tokens_per_s", "prompt_tokens", "cached_tokens",
+    "mode",
+    "model",
+    "success",
+    "json_valid",
+    "latency_ms",
+    "ttft_ms",
+    "tokens_per_s",
+    "prompt_tokens",
+    "cached_tokens",
 ]
 
 

@@ -73,9 +73,14 @@ def _backfill_bins(bind: sa.Connection, col: str) -> None:
         per_key.setdefault((bucket, mode, model), {})[int(b)] = int(n)
     if per_key:
         bind.execute(
-            sa.text(f"UPDATE attempt_rollups SET {col[:-3]}_bins = :bins "
-                    "WHERE bucket_us = :bucket AND mode = :mode AND model = :model"),
-            [{"bins": _encode(bins), "bucket": k[0], "mode": k[1], "model": k[2]} for k, bins in per_key.items()],
+            sa.text(
+                f"UPDATE attempt_rollups SET {col[:-3]}_bins = :bins "
+                "WHERE bucket_us = :bucket AND mode = :mode AND model = :model"
+            ),
+            [
+                {"bins": _encode(bins), "bucket": k[0], "mode": k[1], "model": k[2]}
+                for k, bins in per_key.items()
+            ],
         )
 
 

@@ -22,8 +22,12 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     # A constant default: no table rewrite on PostgreSQL, existing rows read "".
     with op.batch_alter_table("events") as batch:
-        batch.add_column(sa.Column("trace_id", sa.String(length=32), server_default="", nullable=False))
-        batch.add_column(sa.Column("span_id", sa.String(length=16), server_default="", nullable=False))
+        batch.add_column(
+            sa.Column("trace_id", sa.String(length=32), server_default="", nullable=False)
+        )
+        batch.add_column(
+            sa.Column("span_id", sa.String(length=16), server_default="", nullable=False)
+        )
 
 
 def downgrade() -> None:

@@ -34,7 +34,11 @@ def upgrade() -> None:
     with op.batch_alter_table("bakeoff_trials") as t:
         for name in _TRIAL_COUNTERS:
             t.add_column(sa.Column(name, sa.Integer(), nullable=False, server_default="0"))
-        t.add_column(sa.Column("first_attempt_success", sa.Boolean(), nullable=False, server_default=sa.false()))
+        t.add_column(
+            sa.Column(
+                "first_attempt_success", sa.Boolean(), nullable=False, server_default=sa.false()
+            )
+        )
         t.add_column(sa.Column("skipped", sa.Text(), nullable=False, server_default=""))
         t.add_column(sa.Column("call_latency_ms", json_doc, nullable=True))
         t.add_column(sa.Column("model_identity", sa.Text(), nullable=False, server_default=""))
@@ -47,7 +51,9 @@ def upgrade() -> None:
         t.add_column(sa.Column("replies", sa.BigInteger(), nullable=False, server_default="0"))
     # A model call that failed (timeout, cooling down, connection error) got
     # no reply: it is not a schema failure.
-    op.execute(f"UPDATE events SET json_valid = NULL WHERE type = {PATCH_ATTEMPT} AND reason = 'model_error'")
+    op.execute(
+        f"UPDATE events SET json_valid = NULL WHERE type = {PATCH_ATTEMPT} AND reason = 'model_error'"
+    )
     op.execute(
         "UPDATE attempt_rollups SET replies = (SELECT count(e.json_valid) FROM events e "
         f"WHERE e.type = {PATCH_ATTEMPT} AND {BUCKET} = attempt_rollups.bucket_us "
@@ -56,11 +62,20 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute(f"UPDATE events SET json_valid = false WHERE type = {PATCH_ATTEMPT} AND reason = 'model_error'")
+    op.execute(
+        f"UPDATE events SET json_valid = false WHERE type = {PATCH_ATTEMPT} AND reason = 'model_error'"
+    )
     with op.batch_alter_table("attempt_rollups") as t:
         t.drop_column("replies")
     with op.batch_alter_table("bakeoff_runs") as t:
         t.drop_column("suite_version")
     with op.batch_alter_table("bakeoff_trials") as t:
-        for name in ("lint", "model_identity", "call_latency_ms", "skipped", "first_attempt_success", *_TRIAL_COUNTERS):
+        for name in (
+            "lint",
+            "model_identity",
+            "call_latency_ms",
+            "skipped",
+            "first_attempt_success",
+            *_TRIAL_COUNTERS,
+        ):
             t.drop_column(name)

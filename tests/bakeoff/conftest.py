@@ -36,17 +36,30 @@ def speckit_env(addrs: dict[str, str], **extra: str) -> dict[str, str]:
     return env
 
 
-def run_speckit(args: list[str], env: dict[str, str], timeout: float = 120, cwd: str | None = None) -> CliRun:
+def run_speckit(
+    args: list[str], env: dict[str, str], timeout: float = 120, cwd: str | None = None
+) -> CliRun:
     """`speckit ARGS` as a user runs it; returns exit code and both streams."""
     proc = subprocess.run(
         [sys.executable, "-m", "speckit_reflex.cli.main", *args],
-        env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
     )
     return CliRun(proc.returncode, proc.stdout, proc.stderr)
 
 
-def attempt_event(mode: int, *, success: bool, latency_ms: float, json_valid: bool = True,
-                  model: str = "", bakeoff_run_id: str = "") -> common_pb2.Event:
+def attempt_event(
+    mode: int,
+    *,
+    success: bool,
+    latency_ms: float,
+    json_valid: bool = True,
+    model: str = "",
+    bakeoff_run_id: str = "",
+) -> common_pb2.Event:
     """One PatchAttempt event as PatchLoop records it."""
     return common_pb2.Event(
         id=str(uuid.uuid4()),
@@ -54,7 +67,8 @@ def attempt_event(mode: int, *, success: bool, latency_ms: float, json_valid: bo
         role=common_pb2.ROLE_IMPLEMENTER,
         stage=common_pb2.STAGE_IMPLEMENT,
         mode=mode,  # type: ignore[arg-type]
-        model=model or ("smollm2-135m-instruct" if mode == common_pb2.ROUTING_MODE_REFLEX else "deepseek-chat"),
+        model=model
+        or ("smollm2-135m-instruct" if mode == common_pb2.ROUTING_MODE_REFLEX else "deepseek-chat"),
         backend="local" if mode == common_pb2.ROUTING_MODE_REFLEX else "cloud",
         success=success,
         json_valid=json_valid,

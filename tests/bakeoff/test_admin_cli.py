@@ -33,7 +33,9 @@ async def cli(args: list[str], env: dict[str, str]):  # type: ignore[no-untyped-
 
 
 @pytest.mark.cargo
-async def test_run_fixes_the_demo_crate_with_the_compiler_and_applies_it(stack, tmp_path: Path) -> None:
+async def test_run_fixes_the_demo_crate_with_the_compiler_and_applies_it(
+    stack, tmp_path: Path
+) -> None:
     _, _, env = stack
     crate = tmp_path / "crate"
     shutil.copytree(DEMO_CRATE, crate)
@@ -70,15 +72,20 @@ async def test_status_shows_the_effective_policy_and_its_hash(stack) -> None:
     assert doc["reflex"]["enabled"] is True
     assert doc["reflex"]["model_primary"] == "smollm2-135m-instruct"
     assert [b["name"] for b in doc["reflex"]["backends"]] == ["local"]
-    assert doc["thresholds"] == {"p95_latency_ms": 2000.0, "success_parity_percent": 85.0,
-                                 "json_schema_compliance_percent": 100.0}
+    assert doc["thresholds"] == {
+        "p95_latency_ms": 2000.0,
+        "success_parity_percent": 85.0,
+        "json_schema_compliance_percent": 100.0,
+    }
     assert doc["capture"]["mode"] == "full_io"
     table = await cli(["reflex", "status"], env)
     assert policy.sha256 in table.stdout
 
 
 @pytest.mark.cargo
-async def test_status_shows_the_build_cache_and_cache_clear_empties_it(stack, tmp_path: Path) -> None:
+async def test_status_shows_the_build_cache_and_cache_clear_empties_it(
+    stack, tmp_path: Path
+) -> None:
     _, _, env = stack
     crate = tmp_path / "crate"
     shutil.copytree(DEMO_CRATE, crate)
@@ -116,15 +123,20 @@ async def test_health_and_models_report_an_absent_model_server(stack) -> None:
 
 
 @pytest.mark.llm
-async def test_health_and_models_with_the_embedded_model(llama_server, services_factory, sqlite_url: str,
-                                                         tmp_path: Path) -> None:
+async def test_health_and_models_with_the_embedded_model(
+    llama_server, services_factory, sqlite_url: str, tmp_path: Path
+) -> None:
     path = tmp_path / "model_policy.toml"
     path.write_text(render_policy(DEMO_POLICY.read_text(), llama_server.port))
-    svc = await services_factory(["capsule", "inference"], database_url=sqlite_url, policy=load_policy(path))
+    svc = await services_factory(
+        ["capsule", "inference"], database_url=sqlite_url, policy=load_policy(path)
+    )
     env = speckit_env({"inference": svc.addr("inference")})
     models = await cli(["reflex", "models", "--backend", "local", "--json"], env)
     assert models.code == 0, models.stderr
-    assert [(m["id"], m["owned_by"]) for m in models.json()["models"]] == [("smollm2-135m-instruct", "llamacpp")]
+    assert [(m["id"], m["owned_by"]) for m in models.json()["models"]] == [
+        ("smollm2-135m-instruct", "llamacpp")
+    ]
     health = await cli(["reflex", "health", "--backend", "local", "--refresh", "--json"], env)
     [local] = health.json()["backends"]
     assert local["healthy"] is True and local["generation_ok"] is True, local

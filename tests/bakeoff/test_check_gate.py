@@ -13,22 +13,37 @@ from .conftest import attempt_event, run_speckit, speckit_env
 REFLEX, CLOUD = common_pb2.ROUTING_MODE_REFLEX, common_pb2.ROUTING_MODE_CLOUD
 
 
-def _trial(task: int, mode: int, success: bool = True, latency: float = 500.0, valid: bool = True) -> capsule_pb2.Trial:
+def _trial(
+    task: int, mode: int, success: bool = True, latency: float = 500.0, valid: bool = True
+) -> capsule_pb2.Trial:
     return capsule_pb2.Trial(
-        id=f"run-1-{mode}-{task}", bakeoff_run_id="run-1", task_id=f"t{task}", mode=mode,  # type: ignore[arg-type]
-        model="smollm2" if mode == REFLEX else "deepseek-chat", success=success, attempts=1,
-        first_attempt_success=success, model_calls=1, replies=1, schema_valid_replies=int(valid),
+        id=f"run-1-{mode}-{task}",
+        bakeoff_run_id="run-1",
+        task_id=f"t{task}",
+        mode=mode,  # type: ignore[arg-type]
+        model="smollm2" if mode == REFLEX else "deepseek-chat",
+        success=success,
+        attempts=1,
+        first_attempt_success=success,
+        model_calls=1,
+        replies=1,
+        schema_valid_replies=int(valid),
         call_latency_ms=[latency],
     )
 
 
-async def _capsule_with(services_factory, db_url: str, trials: list[capsule_pb2.Trial],  # type: ignore[no-untyped-def]
-                        events: list[common_pb2.Event] | None = None):
+async def _capsule_with(
+    services_factory,
+    db_url: str,
+    trials: list[capsule_pb2.Trial],  # type: ignore[no-untyped-def]
+    events: list[common_pb2.Event] | None = None,
+):
     svc = await services_factory(["capsule"], database_url=db_url)
     capsule = CapsuleClient(svc.ctx.channel("capsule"))
     if trials:
-        run = capsule_pb2.BakeoffRun(id="run-1", suite="reflex_patchloop_v1", suite_version=1, mode="both",
-                                     status="done")
+        run = capsule_pb2.BakeoffRun(
+            id="run-1", suite="reflex_patchloop_v1", suite_version=1, mode="both", status="done"
+        )
         run.started_at.GetCurrentTime()
         await capsule.upsert_bakeoff_run(run)
         assert (await capsule.record_trials(trials)).inserted == len(trials)
@@ -39,33 +54,50 @@ async def _capsule_with(services_factory, db_url: str, trials: list[capsule_pb2.
 
 def _good(n: int = 10) -> list[capsule_pb2.Trial]:
     # Reflex fixes 9 of 10 tasks with latencies 300..1200 ms; cloud fixes all 10.
-    return ([_trial(i, REFLEX, success=i != 0, latency=300 + 100 * i) for i in range(n)]
-            + [_trial(i, CLOUD, latency=4000) for i in range(n)])
+    return [_trial(i, REFLEX, success=i != 0, latency=300 + 100 * i) for i in range(n)] + [
+        _trial(i, CLOUD, latency=4000) for i in range(n)
+    ]
 
 
 def _results(doc: dict) -> dict[str, str]:  # type: ignore[type-arg]
     return {r["name"]: r["status"] for r in doc["results"]}
 
 
-async def test_check_exits_zero_when_thresholds_hold(services_factory, migrated_db_url: str) -> None:
+async def test_check_exits_zero_when_thresholds_hold(
+    services_factory, migrated_db_url: str
+) -> None:
     env = await _capsule_with(services_factory, migrated_db_url, _good())
-    run = await _cli(["reflex", "check", "--since", "1h", "--min-samples", "10", "--exit-code", "--json"], env)
+    run = await _cli(
+        ["reflex", "check", "--since", "1h", "--min-samples", "10", "--exit-code", "--json"], env
+    )
     assert run.code == 0, run.stderr
     doc = run.json()
     assert doc["status"] == "pass" and doc["passed"] is True and doc["failures"] == []
     assert set(_results(doc).values()) == {"pass"}
-    assert (doc["reflex"]["tasks"], doc["reflex"]["success_rate"], doc["reflex"]["pass_at_1"]) == (10, 90.0, 90.0)
+    assert (doc["reflex"]["tasks"], doc["reflex"]["success_rate"], doc["reflex"]["pass_at_1"]) == (
+        10,
+        90.0,
+        90.0,
+    )
     assert doc["success_parity_percent"] == 90.0 and doc["baseline"]["kind"] == "same_runs"
     # Table form, same verdict and exit code.
-    table = await _cli(["reflex", "check", "--since", "1h", "--min-samples", "10", "--exit-code"], env)
+    table = await _cli(
+        ["reflex", "check", "--since", "1h", "--min-samples", "10", "--exit-code"], env
+    )
     assert table.code == 0
     assert "verdict: pass" in table.stdout and "baseline: same_runs" in table.stdout
 
 
-async def test_check_exits_nonzero_when_parity_and_compliance_fail(services_factory, migrated_db_url: str) -> None:
+async def test_check_exits_nonzero_when_parity_and_compliance_fail(
+    services_factory, migrated_db_url: str
+) -> None:
     reflex = [_trial(i, REFLEX, success=i < 3, valid=i != 9) for i in range(10)]
-    env = await _capsule_with(services_factory, migrated_db_url, reflex + [_trial(i, CLOUD) for i in range(10)])
-    run = await _cli(["reflex", "check", "--since", "1h", "--min-samples", "10", "--exit-code", "--json"], env)
+    env = await _capsule_with(
+        services_factory, migrated_db_url, reflex + [_trial(i, CLOUD) for i in range(10)]
+    )
+    run = await _cli(
+        ["reflex", "check", "--since", "1h", "--min-samples", "10", "--exit-code", "--json"], env
+    )
     assert run.code == 1
     doc = run.json()
     assert doc["status"] == "fail"
@@ -74,10 +106,16 @@ async def test_check_exits_nonzero_when_parity_and_compliance_fail(services_fact
     assert doc["reflex"]["json_compliance_rate"] == 90.0
 
 
-async def test_check_exits_nonzero_when_p95_latency_too_high(services_factory, migrated_db_url: str) -> None:
-    trials = [_trial(i, REFLEX, latency=2500) for i in range(10)] + [_trial(i, CLOUD) for i in range(10)]
+async def test_check_exits_nonzero_when_p95_latency_too_high(
+    services_factory, migrated_db_url: str
+) -> None:
+    trials = [_trial(i, REFLEX, latency=2500) for i in range(10)] + [
+        _trial(i, CLOUD) for i in range(10)
+    ]
     env = await _capsule_with(services_factory, migrated_db_url, trials)
-    run = await _cli(["reflex", "check", "--since", "1h", "--min-samples", "10", "--exit-code", "--json"], env)
+    run = await _cli(
+        ["reflex", "check", "--since", "1h", "--min-samples", "10", "--exit-code", "--json"], env
+    )
     assert run.code == 1
     assert [f["kind"] for f in run.json()["failures"]] == ["p95_too_high"]
 
@@ -86,15 +124,21 @@ async def test_check_exits_nonzero_on_too_few_samples_but_zero_without_exit_code
     services_factory, migrated_db_url: str
 ) -> None:
     env = await _capsule_with(services_factory, migrated_db_url, _good())
-    gate = await _cli(["reflex", "check", "--since", "1h", "--min-samples", "20", "--exit-code", "--json"], env)
+    gate = await _cli(
+        ["reflex", "check", "--since", "1h", "--min-samples", "20", "--exit-code", "--json"], env
+    )
     assert gate.code == 1
     doc = gate.json()
     assert doc["status"] == "not_judged" and set(_results(doc).values()) == {"not_judged"}
     assert {f["kind"] for f in doc["failures"]} == {"too_few_samples"}
     # Counts are JSON integers ("observed": 10 tasks, not 10.0).
     assert {(f["observed"], f["required"]) for f in doc["failures"]} == {(10, 20)}
-    assert all(type(f["observed"]) is int and type(f["required"]) is int for f in doc["failures"]), doc["failures"]
-    report_only = await _cli(["reflex", "check", "--since", "1h", "--min-samples", "20", "--json"], env)
+    assert all(
+        type(f["observed"]) is int and type(f["required"]) is int for f in doc["failures"]
+    ), doc["failures"]
+    report_only = await _cli(
+        ["reflex", "check", "--since", "1h", "--min-samples", "20", "--json"], env
+    )
     assert report_only.code == 0
     assert report_only.json()["passed"] is False
 
@@ -119,7 +163,9 @@ async def test_empty_data_is_not_judged_null_in_json_dash_in_tables_and_fails_th
     assert "│ p95_latency_ms" in table.stdout and "–" in table.stdout
 
 
-async def test_check_reports_an_unreachable_capsule_on_stderr(services_factory, dead_endpoint) -> None:  # type: ignore[no-untyped-def]
+async def test_check_reports_an_unreachable_capsule_on_stderr(
+    services_factory, dead_endpoint
+) -> None:  # type: ignore[no-untyped-def]
     env = speckit_env({"capsule": dead_endpoint().addr})
     run = await _cli(["reflex", "check", "--exit-code"], env)
     assert run.code == 1
@@ -135,7 +181,9 @@ async def _cli(args: list[str], env: dict[str, str]):  # type: ignore[no-untyped
     return await asyncio.to_thread(run_speckit, args, env)
 
 
-async def test_bakeoff_shows_the_seed_json_shape_and_a_table(services_factory, migrated_db_url: str) -> None:
+async def test_bakeoff_shows_the_seed_json_shape_and_a_table(
+    services_factory, migrated_db_url: str
+) -> None:
     events = [attempt_event(REFLEX, success=i != 0, latency_ms=300 + 100 * i) for i in range(10)]
     events += [attempt_event(CLOUD, success=i < 3, latency_ms=4000) for i in range(4)]
     env = await _capsule_with(services_factory, migrated_db_url, [], events)

@@ -7,7 +7,12 @@ from __future__ import annotations
 import pytest
 
 from speckit_reflex.bakeoff import figures_by_backend, find_suite, load_suite, percentile
-from speckit_reflex.bakeoff.metrics import CACHE_MISSED, CACHE_NO_RETRIES, CACHE_UNKNOWN, CACHE_VERIFIED
+from speckit_reflex.bakeoff.metrics import (
+    CACHE_MISSED,
+    CACHE_NO_RETRIES,
+    CACHE_UNKNOWN,
+    CACHE_VERIFIED,
+)
 from speckit_reflex.bakeoff.suite import SuiteError
 from speckit_reflex.bakeoff.trial import TrialResult
 from speckit_reflex.cli.reflex_trials import cloud_skip_reason, plan_modes
@@ -16,9 +21,18 @@ from speckit_reflex.v1 import common_pb2, patchloop_pb2
 REFLEX = common_pb2.ROUTING_MODE_REFLEX
 
 
-def call_event(attempt: int, *, latency: float, valid: bool = True, cached: int | None = None,
-               prompt: int = 400, ttft: float | None = 80.0, tps: float = 30.0,
-               backend: str = "local", model: str = "smollm2") -> patchloop_pb2.RunEvent:
+def call_event(
+    attempt: int,
+    *,
+    latency: float,
+    valid: bool = True,
+    cached: int | None = None,
+    prompt: int = 400,
+    ttft: float | None = 80.0,
+    tps: float = 30.0,
+    backend: str = "local",
+    model: str = "smollm2",
+) -> patchloop_pb2.RunEvent:
     ev = patchloop_pb2.RunEvent(run_id="r", attempt=attempt)
     c = ev.model_call
     c.backend, c.model, c.mode, c.schema_valid = backend, model, REFLEX, valid
@@ -35,12 +49,20 @@ def call_event(attempt: int, *, latency: float, valid: bool = True, cached: int 
 def result_event(outcome: int, attempts: int) -> patchloop_pb2.RunEvent:
     ev = patchloop_pb2.RunEvent(run_id="r")
     ev.result.outcome, ev.result.attempts, ev.result.duration_ms = outcome, attempts, 1234.0  # type: ignore[assignment]
-    ev.result.fixed_by = patchloop_pb2.FIX_SOURCE_REFLEX if outcome == patchloop_pb2.OUTCOME_FIXED else 0  # type: ignore[assignment]
+    ev.result.fixed_by = (
+        patchloop_pb2.FIX_SOURCE_REFLEX if outcome == patchloop_pb2.OUTCOME_FIXED else 0
+    )  # type: ignore[assignment]
     return ev
 
 
 def trial(task: str, *events: patchloop_pb2.RunEvent) -> TrialResult:
-    t = TrialResult(trial_id=f"t-{task}", task_id=task, category="type_mismatch", difficulty="easy", mode="reflex")
+    t = TrialResult(
+        trial_id=f"t-{task}",
+        task_id=task,
+        category="type_mismatch",
+        difficulty="easy",
+        mode="reflex",
+    )
     for ev in events:
         t.absorb(ev)
     return t
@@ -56,13 +78,23 @@ def test_percentile_interpolates_like_percentile_cont() -> None:
 def test_figures_per_backend_from_progress_events() -> None:
     trials = [
         # Fixed by the first patch: counts for pass@1.
-        trial("a", call_event(1, latency=1000, cached=0), result_event(patchloop_pb2.OUTCOME_FIXED, 1)),
+        trial(
+            "a", call_event(1, latency=1000, cached=0), result_event(patchloop_pb2.OUTCOME_FIXED, 1)
+        ),
         # Fixed on the retry, whose prompt prefix hit the cache.
-        trial("b", call_event(1, latency=1500), call_event(2, latency=500, cached=300),
-              result_event(patchloop_pb2.OUTCOME_FIXED, 2)),
+        trial(
+            "b",
+            call_event(1, latency=1500),
+            call_event(2, latency=500, cached=300),
+            result_event(patchloop_pb2.OUTCOME_FIXED, 2),
+        ),
         # Gave up after an invalid reply and a valid one.
-        trial("c", call_event(1, latency=3000, valid=False), call_event(2, latency=700, cached=380),
-              result_event(patchloop_pb2.OUTCOME_GAVE_UP, 2)),
+        trial(
+            "c",
+            call_event(1, latency=3000, valid=False),
+            call_event(2, latency=700, cached=380),
+            result_event(patchloop_pb2.OUTCOME_GAVE_UP, 2),
+        ),
     ]
     [f] = figures_by_backend(trials)
     assert (f.mode, f.backend, f.model) == ("reflex", "local", "smollm2")
@@ -79,7 +111,12 @@ def test_figures_per_backend_from_progress_events() -> None:
     assert f.cache.reuse == pytest.approx(680 / 800)
     assert not trials[2].json_valid and trials[1].json_valid
     proto = trials[1].to_proto("run-1")
-    assert (proto.success, proto.attempts, proto.prompt_tokens, proto.cached_tokens) == (True, 2, 800, 300)
+    assert (proto.success, proto.attempts, proto.prompt_tokens, proto.cached_tokens) == (
+        True,
+        2,
+        800,
+        300,
+    )
     assert proto.mode == REFLEX and proto.latency_ms == 1234.0 and proto.ttft_ms == 80.0
 
 
@@ -105,13 +142,17 @@ def test_groups_split_by_backend_and_errors_are_not_json_verdicts() -> None:
 
 
 def test_cloud_is_skipped_plainly_without_its_key_or_under_local_only() -> None:
-    policy = {"governance": {"routing": {"cloud": {"api_key_env": "DEEPSEEK_API_KEY"}}, "privacy": {}}}
+    policy = {
+        "governance": {"routing": {"cloud": {"api_key_env": "DEEPSEEK_API_KEY"}}, "privacy": {}}
+    }
     assert cloud_skip_reason(policy, {}).startswith("DEEPSEEK_API_KEY is not set")
     assert cloud_skip_reason(policy, {"DEEPSEEK_API_KEY": "sk-x"}) == ""
     local_only = {"governance": {**policy["governance"], "privacy": {"local_only": True}}}
     assert "local_only" in cloud_skip_reason(local_only, {"DEEPSEEK_API_KEY": "sk-x"})
     assert plan_modes("both", "DEEPSEEK_API_KEY is not set") == (
-        ("reflex",), "cloud: skipped — DEEPSEEK_API_KEY is not set")
+        ("reflex",),
+        "cloud: skipped — DEEPSEEK_API_KEY is not set",
+    )
     assert plan_modes("both", "") == (("reflex", "cloud"), "")
     assert plan_modes("cloud", "X is not set") == ((), "cloud: skipped — X is not set")
 

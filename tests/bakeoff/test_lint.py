@@ -27,19 +27,38 @@ async def test_a_fix_with_a_new_correctness_warning_fails_lint(tmp_path: Path):
     wrong = crate(tmp_path / "wrong", "pub fn same(a: u32, b: u32) -> bool { let _ = b; a == a }\n")
     good = crate(tmp_path / "good", "pub fn same(a: u32, b: u32) -> bool { b == a }\n")
     failed = await lint.lint_fix(wrong, reference, tmp_path / "target")
-    assert failed.status == lint.FAIL and failed.new_warnings == ("clippy::eq_op: equal expressions as operands "
-                                                                  "to `==`",)
+    assert failed.status == lint.FAIL and failed.new_warnings == (
+        "clippy::eq_op: equal expressions as operands to `==`",
+    )
     assert (await lint.lint_fix(good, reference, tmp_path / "target2")).status == lint.PASS
     # A fixed trial whose fix fails lint is not a success.
-    trial = TrialResult(trial_id="t", task_id="x", category="misc", difficulty="easy", mode="reflex",
-                        outcome="fixed", lint=failed)
-    assert not trial.success and trial.to_proto("run").lint.startswith("fail: 1 new clippy::correctness")
+    trial = TrialResult(
+        trial_id="t",
+        task_id="x",
+        category="misc",
+        difficulty="easy",
+        mode="reflex",
+        outcome="fixed",
+        lint=failed,
+    )
+    assert not trial.success and trial.to_proto("run").lint.startswith(
+        "fail: 1 new clippy::correctness"
+    )
 
 
 async def test_without_clippy_lint_is_not_run_and_says_so(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(lint, "clippy_available", lambda: False)
     result = await lint.lint_fix(tmp_path, tmp_path, tmp_path / "target")
     assert result.status == lint.NOT_RUN and "cargo clippy is not installed" in result.detail
-    trial = TrialResult(trial_id="t", task_id="x", category="misc", difficulty="easy", mode="reflex",
-                        outcome="fixed", lint=result)
-    assert trial.success and trial.to_json()["lint"].startswith("not_run: cargo clippy is not installed")
+    trial = TrialResult(
+        trial_id="t",
+        task_id="x",
+        category="misc",
+        difficulty="easy",
+        mode="reflex",
+        outcome="fixed",
+        lint=result,
+    )
+    assert trial.success and trial.to_json()["lint"].startswith(
+        "not_run: cargo clippy is not installed"
+    )

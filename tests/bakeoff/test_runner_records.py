@@ -17,7 +17,11 @@ class ScriptedLoop:
 
     async def run(self, workspace: str, **fields):  # type: ignore[no-untyped-def]
         failed = patchloop_pb2.RunEvent(run_id="r", attempt=1)
-        failed.model_call.backend, failed.model_call.model, failed.model_call.mode = "local", "m", REFLEX
+        failed.model_call.backend, failed.model_call.model, failed.model_call.mode = (
+            "local",
+            "m",
+            REFLEX,
+        )
         failed.model_call.error = "deadline_exceeded: no reply in 120 s"
         yield failed
         ok = patchloop_pb2.RunEvent(run_id="r", attempt=2)
@@ -56,8 +60,13 @@ async def test_trials_record_replies_apart_from_errors_identity_and_skips(tmp_pa
     suite = load_suite(find_suite("reflex_patchloop_v1"))
     tasks = suite.select(limit=2)
     capsule = RecordingCapsule()
-    options = RunOptions(modes=("reflex",), skipped_modes={"cloud": NO_KEY}, lint=False, scratch_root=tmp_path,
-                         model_identities={("local", "m"): "llamacpp:/models/m.gguf@b5000"})
+    options = RunOptions(
+        modes=("reflex",),
+        skipped_modes={"cloud": NO_KEY},
+        lint=False,
+        scratch_root=tmp_path,
+        model_identities={("local", "m"): "llamacpp:/models/m.gguf@b5000"},
+    )
     result = await BakeoffRunner(ScriptedLoop(), capsule, options).run(suite, tasks)
     assert capsule.runs[-1].suite_version == suite.version and result.status == "done"
     skipped = [t for t in capsule.trials if t.mode == CLOUD]

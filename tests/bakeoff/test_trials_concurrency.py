@@ -36,8 +36,14 @@ class GatedPatchLoop:
             await asyncio.wait_for(self.all_in.wait(), 30)
         finally:
             self.in_flight -= 1
-        yield patchloop_pb2.RunEvent(run_id=fields["task_id"], result=patchloop_pb2.RunResult(
-            outcome=patchloop_pb2.OUTCOME_FIXED, fixed_by=patchloop_pb2.FIX_SOURCE_REFLEX, attempts=0))
+        yield patchloop_pb2.RunEvent(
+            run_id=fields["task_id"],
+            result=patchloop_pb2.RunResult(
+                outcome=patchloop_pb2.OUTCOME_FIXED,
+                fixed_by=patchloop_pb2.FIX_SOURCE_REFLEX,
+                attempts=0,
+            ),
+        )
 
 
 class RecordingCapsule:
@@ -51,10 +57,14 @@ class RecordingCapsule:
     async def record_trials(self, trials: Any) -> capsule_pb2.RecordTrialsReply:
         return capsule_pb2.RecordTrialsReply()
 
-    async def bakeoff_stats(self, win: Any = None, bakeoff_run_id: str = "") -> capsule_pb2.BakeoffStats:
+    async def bakeoff_stats(
+        self, win: Any = None, bakeoff_run_id: str = ""
+    ) -> capsule_pb2.BakeoffStats:
         return capsule_pb2.BakeoffStats()
 
-    async def write_report(self, win: Any = None, out_dir: str = "", bakeoff_run_id: str = "") -> capsule_pb2.WriteReportReply:
+    async def write_report(
+        self, win: Any = None, out_dir: str = "", bakeoff_run_id: str = ""
+    ) -> capsule_pb2.WriteReportReply:
         return capsule_pb2.WriteReportReply()
 
 
@@ -71,7 +81,9 @@ async def test_concurrency_n_runs_n_trials_at_once_each_on_its_own_copy(tmp_path
     summary = result.summary_json()
     assert summary["concurrency"] == 4
     assert summary["wall_s"] > 0 and summary["trial_wall_s"] > 0
-    assert summary["speedup"] == pytest.approx(summary["trial_wall_s"] / summary["wall_s"], rel=0.05)
+    assert summary["speedup"] == pytest.approx(
+        summary["trial_wall_s"] / summary["wall_s"], rel=0.05
+    )
     # The figures go to Capsule with the run (the report reads them there).
     stored = capsule.runs[-1].summary
     assert stored["concurrency"] == 4 and stored["wall_s"] == summary["wall_s"]

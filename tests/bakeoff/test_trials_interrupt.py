@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from speckit_reflex.cli.demo_stack import DEMO_POLICY, render_policy
 from speckit_reflex.clients.capsule import CapsuleClient
 from speckit_reflex.policy import load_policy
-from speckit_reflex.cli.demo_stack import DEMO_POLICY, render_policy
 
 from .conftest import speckit_env
 
@@ -25,9 +25,16 @@ pytestmark = [pytest.mark.llm, pytest.mark.cargo]
 SERVICES = ["capsule", "inference", "router", "patchloop"]
 
 
-def _interrupt_after_first_trial(args: list[str], env: dict[str, str], timeout_s: float) -> tuple[int, str, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "speckit_reflex.cli.main", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _interrupt_after_first_trial(
+    args: list[str], env: dict[str, str], timeout_s: float
+) -> tuple[int, str, str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "speckit_reflex.cli.main", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stderr is not None
     seen: list[str] = []
     deadline = time.monotonic() + timeout_s
@@ -49,19 +56,34 @@ async def test_ctrl_c_keeps_partial_results_and_marks_the_run_interrupted(
 ) -> None:
     path = tmp_path / "model_policy.toml"
     path.write_text(render_policy(DEMO_POLICY.read_text(), llama_server.port))
-    policy = load_policy(path, environ={
-        "SPECKIT_POLICY__PATCHLOOP__MAX_ATTEMPTS": "1",
-        "SPECKIT_POLICY__PATCHLOOP__MAX_TOKENS": "96",
-        "SPECKIT_POLICY__ROUTING__HEALTH__PROBE_INTERVAL_S": "2",
-    })
+    policy = load_policy(
+        path,
+        environ={
+            "SPECKIT_POLICY__PATCHLOOP__MAX_ATTEMPTS": "1",
+            "SPECKIT_POLICY__PATCHLOOP__MAX_TOKENS": "96",
+            "SPECKIT_POLICY__ROUTING__HEALTH__PROBE_INTERVAL_S": "2",
+        },
+    )
     svc = await services_factory(SERVICES, database_url=sqlite_url, policy=policy)
     env = speckit_env({name: svc.addr(name) for name in SERVICES})
 
     code, out, err = await asyncio.to_thread(
         _interrupt_after_first_trial,
-        ["reflex", "trials", "--mode", "reflex", "--limit", "4", "--report-dir", str(tmp_path / ".speckit" / "eval"),
-         "--scratch-dir", str(tmp_path / "bakeoff"), "--json"],
-        env, 1200,
+        [
+            "reflex",
+            "trials",
+            "--mode",
+            "reflex",
+            "--limit",
+            "4",
+            "--report-dir",
+            str(tmp_path / ".speckit" / "eval"),
+            "--scratch-dir",
+            str(tmp_path / "bakeoff"),
+            "--json",
+        ],
+        env,
+        1200,
     )
     assert code == 130, err[-3000:]
     doc = json.loads(out)

@@ -28,25 +28,44 @@ SEED_KEYS = {"total_attempts", "success_rate", "json_compliance_rate", "p95_late
 def trial_policy(tmp_path: Path, llm_port: int):  # type: ignore[no-untyped-def]
     path = tmp_path / "model_policy.toml"
     path.write_text(render_policy(DEMO_POLICY.read_text(), llm_port))
-    return load_policy(path, environ={
-        "SPECKIT_POLICY__PATCHLOOP__MAX_ATTEMPTS": "1",
-        "SPECKIT_POLICY__PATCHLOOP__MAX_TOKENS": "192",
-        "SPECKIT_POLICY__ROUTING__HEALTH__PROBE_INTERVAL_S": "2",
-    })
+    return load_policy(
+        path,
+        environ={
+            "SPECKIT_POLICY__PATCHLOOP__MAX_ATTEMPTS": "1",
+            "SPECKIT_POLICY__PATCHLOOP__MAX_TOKENS": "192",
+            "SPECKIT_POLICY__ROUTING__HEALTH__PROBE_INTERVAL_S": "2",
+        },
+    )
 
 
 async def test_trials_against_the_embedded_model_then_bakeoff_shows_them(
     llama_server, services_factory, sqlite_url: str, tmp_path: Path
 ) -> None:
-    svc = await services_factory(SERVICES, database_url=sqlite_url, policy=trial_policy(tmp_path, llama_server.port))
+    svc = await services_factory(
+        SERVICES, database_url=sqlite_url, policy=trial_policy(tmp_path, llama_server.port)
+    )
     env = speckit_env({name: svc.addr(name) for name in SERVICES})
     report_dir = tmp_path / ".speckit" / "eval"
 
     run = await asyncio.to_thread(
         run_speckit,
-        ["reflex", "trials", "--suite", "reflex_patchloop_v1", "--mode", "reflex", "--limit", "10",
-         "--report-dir", str(report_dir), "--scratch-dir", str(tmp_path / "bakeoff"), "--json"],
-        env, 1800,
+        [
+            "reflex",
+            "trials",
+            "--suite",
+            "reflex_patchloop_v1",
+            "--mode",
+            "reflex",
+            "--limit",
+            "10",
+            "--report-dir",
+            str(report_dir),
+            "--scratch-dir",
+            str(tmp_path / "bakeoff"),
+            "--json",
+        ],
+        env,
+        1800,
     )
     assert run.code == 0, run.stderr[-3000:]
     doc = run.json()
@@ -79,11 +98,15 @@ async def test_trials_against_the_embedded_model_then_bakeoff_shows_them(
     assert report["stats"]["reflex"]["total_attempts"] == 10
     # The run's verdict is formed from its trials, on the weights they ran on.
     verdict = report["verdict"]
-    assert verdict["bakeoff_run_ids"] == [doc["bakeoff_run_id"]] and verdict["reflex"]["tasks"] == 10
+    assert (
+        verdict["bakeoff_run_ids"] == [doc["bakeoff_run_id"]] and verdict["reflex"]["tasks"] == 10
+    )
     assert verdict["reflex"]["model_identity"] == trials[0]["model_identity"]
     assert verdict["reflex"]["pass_at_1"] == round(100 * backend["fixed"] / 10, 1)
 
-    bakeoff = await asyncio.to_thread(run_speckit, ["reflex", "bakeoff", "--since", "1h", "--json"], env)
+    bakeoff = await asyncio.to_thread(
+        run_speckit, ["reflex", "bakeoff", "--since", "1h", "--json"], env
+    )
     assert bakeoff.code == 0, bakeoff.stderr
     stats = bakeoff.json()
     assert stats["period"] == "1h"

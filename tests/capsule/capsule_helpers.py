@@ -11,8 +11,12 @@ REFLEX, CLOUD = common_pb2.ROUTING_MODE_REFLEX, common_pb2.ROUTING_MODE_CLOUD
 T0_US = 1_780_000_000_000_000  # a fixed "now" for window tests (2026-05-28)
 
 
-def make_event(event_type: int = common_pb2.EVENT_TYPE_PATCH_ATTEMPT, *, time_us: int | None = None,
-               **fields: Any) -> common_pb2.Event:
+def make_event(
+    event_type: int = common_pb2.EVENT_TYPE_PATCH_ATTEMPT,
+    *,
+    time_us: int | None = None,
+    **fields: Any,
+) -> common_pb2.Event:
     """An event with a fresh id; dict payload/request/response become Structs."""
     ev = common_pb2.Event(id=fields.pop("id", str(uuid.uuid4())), type=event_type)  # type: ignore[arg-type]
     if time_us is not None:
@@ -25,8 +29,22 @@ def make_event(event_type: int = common_pb2.EVENT_TYPE_PATCH_ATTEMPT, *, time_us
     return ev
 
 
-def attempt(mode: int, model: str, latency_ms: float, success: bool = True, json_valid: bool = True,
-            **fields: Any) -> common_pb2.Event:
+def attempt(
+    mode: int,
+    model: str,
+    latency_ms: float,
+    success: bool = True,
+    json_valid: bool = True,
+    **fields: Any,
+) -> common_pb2.Event:
     """A PatchAttempt event as PatchLoop writes it."""
-    return make_event(common_pb2.EVENT_TYPE_PATCH_ATTEMPT, mode=mode, model=model, latency_ms=latency_ms,
-                      success=success, json_valid=json_valid, role=common_pb2.ROLE_IMPLEMENTER, **fields)
+    return make_event(
+        common_pb2.EVENT_TYPE_PATCH_ATTEMPT,
+        mode=mode,
+        model=model,
+        latency_ms=latency_ms,
+        success=success,
+        json_valid=json_valid,
+        role=common_pb2.ROLE_IMPLEMENTER,
+        **fields,
+    )

@@ -23,8 +23,13 @@ def start_capsule(services_factory, migrated_url: str):
     """Start Capsule on the migrated database; policy overrides as dotted keys."""
 
     async def start(policy_env: dict[str, str] | None = None, **settings: Any):
-        env = {f"SPECKIT_POLICY__{k.upper().replace('.', '__')}": v for k, v in (policy_env or {}).items()}
-        svc = await services_factory(["capsule"], database_url=migrated_url, policy=load_policy(None, env), **settings)
+        env = {
+            f"SPECKIT_POLICY__{k.upper().replace('.', '__')}": v
+            for k, v in (policy_env or {}).items()
+        }
+        svc = await services_factory(
+            ["capsule"], database_url=migrated_url, policy=load_policy(None, env), **settings
+        )
         return svc, CapsuleClient(svc.ctx.channel("capsule"))
 
     return start

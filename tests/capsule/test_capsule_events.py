@@ -36,22 +36,60 @@ async def test_duplicate_ids_inside_one_batch_count_once(capsule):
 
 async def test_round_trip_keeps_every_field(capsule):
     ev = make_event(
-        LLM_CALL, time_us=1_780_000_000_123_456, role=common_pb2.ROLE_IMPLEMENTER, mode=REFLEX,
-        model="qwen", backend="sglang-primary", stage=common_pb2.STAGE_IMPLEMENT, session_id="s1", run_id="r1",
-        reason="healthy_and_thresholds_met", is_fallback=True, latency_ms=145.5, ttft_ms=12.25,
-        prompt_tokens=900, completion_tokens=80, cached_tokens=0, tokens_per_s=41.5, success=False,
-        json_valid=True, attempt=2, policy_hash="ab" * 32, bakeoff_run_id="b1", task_id="t1",
+        LLM_CALL,
+        time_us=1_780_000_000_123_456,
+        role=common_pb2.ROLE_IMPLEMENTER,
+        mode=REFLEX,
+        model="qwen",
+        backend="sglang-primary",
+        stage=common_pb2.STAGE_IMPLEMENT,
+        session_id="s1",
+        run_id="r1",
+        reason="healthy_and_thresholds_met",
+        is_fallback=True,
+        latency_ms=145.5,
+        ttft_ms=12.25,
+        prompt_tokens=900,
+        completion_tokens=80,
+        cached_tokens=0,
+        tokens_per_s=41.5,
+        success=False,
+        json_valid=True,
+        attempt=2,
+        policy_hash="ab" * 32,
+        bakeoff_run_id="b1",
+        task_id="t1",
         payload={"errors": [{"code": "E0382", "line": 7}], "note": None},
-        trace_id="4bf92f3577b34da6a3ce929d0e0e4736", span_id="00f067aa0ba902b7",
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+        span_id="00f067aa0ba902b7",
     )
     await capsule.append_events([ev])
     (got,) = (await capsule.query_events(session_id="s1")).events
     assert got.time.ToMicroseconds() == 1_780_000_000_123_456
     assert got.cached_tokens == 0 and got.HasField("cached_tokens")  # 0 is not "unknown"
     assert got.success is False and got.HasField("success")
-    for name in ("role", "mode", "model", "backend", "stage", "run_id", "reason", "is_fallback", "latency_ms",
-                 "ttft_ms", "prompt_tokens", "completion_tokens", "tokens_per_s", "json_valid", "attempt",
-                 "policy_hash", "bakeoff_run_id", "task_id", "trace_id", "span_id"):
+    for name in (
+        "role",
+        "mode",
+        "model",
+        "backend",
+        "stage",
+        "run_id",
+        "reason",
+        "is_fallback",
+        "latency_ms",
+        "ttft_ms",
+        "prompt_tokens",
+        "completion_tokens",
+        "tokens_per_s",
+        "json_valid",
+        "attempt",
+        "policy_hash",
+        "bakeoff_run_id",
+        "task_id",
+        "trace_id",
+        "span_id",
+    ):
         assert getattr(got, name) == getattr(ev, name), name
     assert dict(got.payload)["errors"][0]["code"] == "E0382"
     assert got.capture_mode == "hash"  # the policy default
@@ -60,7 +98,11 @@ async def test_round_trip_keeps_every_field(capsule):
 async def test_unknown_cached_tokens_stay_unknown(capsule):
     await capsule.append_events([make_event(LLM_CALL, session_id="u", prompt_tokens=10)])
     (got,) = (await capsule.query_events(session_id="u")).events
-    assert not got.HasField("cached_tokens") and not got.HasField("ttft_ms") and not got.HasField("success")
+    assert (
+        not got.HasField("cached_tokens")
+        and not got.HasField("ttft_ms")
+        and not got.HasField("success")
+    )
 
 
 def _stamped(seconds: int) -> common_pb2.Event:
@@ -85,7 +127,10 @@ def _stamped(seconds: int) -> common_pb2.Event:
         (make_event(role=99), "role (id "),
         (make_event(LLM_CALL, payload={"k": "v\x00"}), "malformed"),
         (make_event(LLM_CALL, request={"k\x00": 1}), "malformed"),
-        (make_event(trace_id="4BF92F3577B34DA6A3CE929D0E0E4736", span_id="00f067aa0ba902b7"), "trace_id must be 32"),
+        (
+            make_event(trace_id="4BF92F3577B34DA6A3CE929D0E0E4736", span_id="00f067aa0ba902b7"),
+            "trace_id must be 32",
+        ),
         (make_event(trace_id="0" * 32, span_id="00f067aa0ba902b7"), "trace_id must be 32"),
         (make_event(trace_id="4bf92f3577b34da6a3ce929d0e0e4736"), "span_id must be 16"),
         (make_event(span_id="00f067aa0ba902b7"), "trace_id must be 32"),
@@ -104,7 +149,9 @@ async def test_malformed_payload_is_invalid_argument(capsule):
     ev = make_event(LLM_CALL)
     ev.payload.fields["x"].number_value = float("inf")
     no_kind = make_event(LLM_CALL)
-    no_kind.payload.fields["y"].CopyFrom(no_kind.payload.fields["y"].__class__())  # a Value with no kind
+    no_kind.payload.fields["y"].CopyFrom(
+        no_kind.payload.fields["y"].__class__()
+    )  # a Value with no kind
     for i, bad in enumerate((ev, no_kind)):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await capsule.append_events([make_event(LLM_CALL), bad])
@@ -124,12 +171,28 @@ async def test_oversized_batch_is_refused_and_server_keeps_serving(capsule):
 
 def _llm_call(**kw):
     return make_event(
-        LLM_CALL, session_id="cap", mode=REFLEX,
-        request={"model": "qwen", "api_key": SECRET_KEY, "headers": {"Authorization": BEARER, "X-Api-Key": "k" * 12},
-                 "messages": [{"role": "user", "content": f"my key is {SECRET_KEY}, token={'t' * 20} fix E0382"}],
-                 "max_tokens": 256},
-        response={"choices": [{"message": {"content": '{"edits": []}'}}], "usage": {"prompt_tokens": 12}},
-        payload={"endpoint": "http://x", "authorization": BEARER, "password": "hunter2hunter2", "note": BEARER},
+        LLM_CALL,
+        session_id="cap",
+        mode=REFLEX,
+        request={
+            "model": "qwen",
+            "api_key": SECRET_KEY,
+            "headers": {"Authorization": BEARER, "X-Api-Key": "k" * 12},
+            "messages": [
+                {"role": "user", "content": f"my key is {SECRET_KEY}, token={'t' * 20} fix E0382"}
+            ],
+            "max_tokens": 256,
+        },
+        response={
+            "choices": [{"message": {"content": '{"edits": []}'}}],
+            "usage": {"prompt_tokens": 12},
+        },
+        payload={
+            "endpoint": "http://x",
+            "authorization": BEARER,
+            "password": "hunter2hunter2",
+            "note": BEARER,
+        },
         **kw,
     )
 
@@ -153,8 +216,16 @@ async def test_capture_modes_store_what_they_promise_and_never_a_secret(start_ca
         req = json.loads(json.dumps(dict(got.request), default=lambda s: dict(s)))
         assert req["api_key"] == "[REDACTED]"
         assert req["max_tokens"] == 256  # a "tokens" field is not a secret
-        assert got.request.fields["headers"].struct_value.fields["Authorization"].string_value == "[REDACTED]"
-        content = got.request.fields["messages"].list_value.values[0].struct_value.fields["content"].string_value
+        assert (
+            got.request.fields["headers"].struct_value.fields["Authorization"].string_value
+            == "[REDACTED]"
+        )
+        content = (
+            got.request.fields["messages"]
+            .list_value.values[0]
+            .struct_value.fields["content"]
+            .string_value
+        )
         assert content == "my key is [REDACTED], token=[REDACTED] fix E0382"
         assert got.response.fields["usage"].struct_value.fields["prompt_tokens"].number_value == 12
     else:
@@ -178,9 +249,15 @@ async def test_hash_is_of_the_redacted_request(start_capsule):
 async def test_query_filters_and_pages(capsule):
     base = 1_780_000_000_000_000
     events = [
-        make_event(LLM_CALL if i % 2 else common_pb2.EVENT_TYPE_ROUTING_DECISION, time_us=base + i * 1000,
-                   mode=REFLEX if i % 3 else CLOUD, model=f"m{i % 2}", role=common_pb2.ROLE_IMPLEMENTER,
-                   session_id="s" if i < 20 else "other", run_id=f"r{i % 4}")
+        make_event(
+            LLM_CALL if i % 2 else common_pb2.EVENT_TYPE_ROUTING_DECISION,
+            time_us=base + i * 1000,
+            mode=REFLEX if i % 3 else CLOUD,
+            model=f"m{i % 2}",
+            role=common_pb2.ROLE_IMPLEMENTER,
+            session_id="s" if i < 20 else "other",
+            run_id=f"r{i % 4}",
+        )
         for i in range(25)
     ]
     await capsule.append_events(events)

@@ -62,7 +62,9 @@ class TcpProxy:
         self._writers -= {writer, up_writer}
 
     async def restore(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
+        self._server = await asyncio.start_server(
+            self._handle, "127.0.0.1", self.port, reuse_address=True
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def cut(self) -> None:
@@ -74,7 +76,9 @@ class TcpProxy:
         await self._server.wait_closed()
 
 
-async def test_database_down_answers_unavailable_and_recovers_without_restart(services_factory, postgres_url):
+async def test_database_down_answers_unavailable_and_recovers_without_restart(
+    services_factory, postgres_url
+):
     migrate.upgrade_url(postgres_url)
     proxy = TcpProxy("127.0.0.1", 5432)
     await proxy.restore()
@@ -85,8 +89,12 @@ async def test_database_down_answers_unavailable_and_recovers_without_restart(se
 
     await proxy.cut()
     lost = [attempt(REFLEX, "m", 2.0) for _ in range(3)]
-    for call in (lambda: capsule.append_events(lost), lambda: capsule.bakeoff_stats(window("1h")),
-                 lambda: capsule.query_events(), lambda: capsule.usage(window("1h"))):
+    for call in (
+        lambda: capsule.append_events(lost),
+        lambda: capsule.bakeoff_stats(window("1h")),
+        lambda: capsule.query_events(),
+        lambda: capsule.usage(window("1h")),
+    ):
         started = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call()
@@ -111,17 +119,31 @@ async def test_kill_9_during_ingest_loses_and_duplicates_nothing(postgres_url, t
     # The child must be told its port, and each restart binds it again: a window
     # (tests/ports.py) in which another process could take it; wait_serving would then fail.
     addr = f"127.0.0.1:{pick_port()}"
-    env = {**os.environ, "SPECKIT_CAPSULE_ADDR": addr, "SPECKIT_DATABASE_URL": postgres_url,
-           "SPECKIT_HOME": str(tmp_path / ".speckit"), "SPECKIT_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "SPECKIT_CAPSULE_ADDR": addr,
+        "SPECKIT_DATABASE_URL": postgres_url,
+        "SPECKIT_HOME": str(tmp_path / ".speckit"),
+        "SPECKIT_LOG_LEVEL": "WARNING",
+    }
 
     def spawn() -> subprocess.Popen:
-        return subprocess.Popen([*_speckit(), "serve", "capsule"], env=env, cwd=tmp_path,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen(
+            [*_speckit(), "serve", "capsule"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     proc = spawn()
     total, batch_size = 10_000, 100
-    events = [make_event(common_pb2.EVENT_TYPE_LLM_CALL, id=f"crash-{i:05d}", mode=REFLEX, prompt_tokens=i)
-              for i in range(total)]
+    events = [
+        make_event(
+            common_pb2.EVENT_TYPE_LLM_CALL, id=f"crash-{i:05d}", mode=REFLEX, prompt_tokens=i
+        )
+        for i in range(total)
+    ]
     acked, kills = 0, 0
     try:
         await wait_serving(addr)
@@ -130,7 +152,9 @@ async def test_kill_9_during_ingest_loses_and_duplicates_nothing(postgres_url, t
             for start in range(0, total, batch_size):
                 if kills < 2 and acked >= (3000 if kills == 0 else 7000):
                     # Crash with a batch in flight: send it, then SIGKILL at once.
-                    pending = asyncio.ensure_future(capsule.append_events(events[start:start + batch_size]))
+                    pending = asyncio.ensure_future(
+                        capsule.append_events(events[start : start + batch_size])
+                    )
                     await asyncio.sleep(0.002)
                     proc.send_signal(signal.SIGKILL)
                     proc.wait(timeout=10)
@@ -139,10 +163,13 @@ async def test_kill_9_during_ingest_loses_and_duplicates_nothing(postgres_url, t
                     proc = spawn()
                 while True:  # acknowledged-with-retry, as the services' EventSink does
                     try:
-                        await capsule.append_events(events[start:start + batch_size])
+                        await capsule.append_events(events[start : start + batch_size])
                         break
                     except grpc.aio.AioRpcError as exc:
-                        assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                        assert exc.code() in (
+                            grpc.StatusCode.UNAVAILABLE,
+                            grpc.StatusCode.DEADLINE_EXCEEDED,
+                        )
                         await asyncio.sleep(0.1)
                 acked += batch_size
     finally:

@@ -14,9 +14,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, text
 
 from speckit_reflex.capsule import migrate
-from speckit_reflex.clients.capsule import CapsuleClient
 from speckit_reflex.cli import db as db_cli
 from speckit_reflex.cli.output import CliError, print_error
+from speckit_reflex.clients.capsule import CapsuleClient
 from speckit_reflex.errors import FailedPrecondition
 from speckit_reflex.policy import load_policy
 from speckit_reflex.v1 import common_pb2
@@ -68,8 +68,9 @@ async def test_an_empty_database_is_created_on_first_start(services_factory, db_
     engine = create_engine(db_url)
     assert migrate.schema_state(engine).up_to_date
     engine.dispose()
-    reply = await CapsuleClient(svc.ctx.channel("capsule")).append_events([common_pb2.Event(
-        id=str(uuid.uuid4()), type=common_pb2.EVENT_TYPE_AUDIT)])
+    reply = await CapsuleClient(svc.ctx.channel("capsule")).append_events(
+        [common_pb2.Event(id=str(uuid.uuid4()), type=common_pb2.EVENT_TYPE_AUDIT)]
+    )
     assert reply.inserted == 1
 
 
@@ -103,6 +104,9 @@ def test_older_revision_is_refused_naming_the_command(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = create_engine(url)
     migrate.upgrade(engine, "0001")  # this software's head is 0004 (verdict evidence)
-    with pytest.raises(migrate.SchemaNotCurrent, match=r"at schema revision 0001, older than 0004; run `speckit db upgrade`"):
+    with pytest.raises(
+        migrate.SchemaNotCurrent,
+        match=r"at schema revision 0001, older than 0004; run `speckit db upgrade`",
+    ):
         migrate.verify_schema(engine, auto_create=True)
     engine.dispose()

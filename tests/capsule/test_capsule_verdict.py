@@ -22,23 +22,48 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
-async def _run(capsule, run_id: str, *, ago_us: int = 60_000_000, version: int = 1, mode: str = "both") -> None:
-    run = capsule_pb2.BakeoffRun(id=run_id, suite=SUITE, suite_version=version, mode=mode, status="done")
+async def _run(
+    capsule, run_id: str, *, ago_us: int = 60_000_000, version: int = 1, mode: str = "both"
+) -> None:
+    run = capsule_pb2.BakeoffRun(
+        id=run_id, suite=SUITE, suite_version=version, mode=mode, status="done"
+    )
     run.started_at.FromMicroseconds(_now_us() - ago_us)
     await capsule.upsert_bakeoff_run(run)
 
 
-def _trial(run_id: str, task: int, mode: int, success: bool = True, *, model: str = "", calls: int = 1,
-           replies: int | None = None, valid: int | None = None, latency: float = 500.0, identity: str = "",
-           skipped: str = "", first: bool | None = None) -> capsule_pb2.Trial:
+def _trial(
+    run_id: str,
+    task: int,
+    mode: int,
+    success: bool = True,
+    *,
+    model: str = "",
+    calls: int = 1,
+    replies: int | None = None,
+    valid: int | None = None,
+    latency: float = 500.0,
+    identity: str = "",
+    skipped: str = "",
+    first: bool | None = None,
+) -> capsule_pb2.Trial:
     replies = calls if replies is None else replies
     valid = replies if valid is None else valid
     return capsule_pb2.Trial(
-        id=f"{run_id}-{mode}-{task}", bakeoff_run_id=run_id, task_id=f"task{task}", mode=mode,  # type: ignore[arg-type]
-        model=model or ("qwen" if mode == REFLEX else "deepseek-chat"), success=success and not skipped,
-        attempts=calls, model_calls=0 if skipped else calls, replies=0 if skipped else replies,
-        schema_valid_replies=0 if skipped else valid, call_latency_ms=[] if skipped else [latency] * replies,
-        first_attempt_success=success if first is None else first, model_identity=identity, skipped=skipped,
+        id=f"{run_id}-{mode}-{task}",
+        bakeoff_run_id=run_id,
+        task_id=f"task{task}",
+        mode=mode,  # type: ignore[arg-type]
+        model=model or ("qwen" if mode == REFLEX else "deepseek-chat"),
+        success=success and not skipped,
+        attempts=calls,
+        model_calls=0 if skipped else calls,
+        replies=0 if skipped else replies,
+        schema_valid_replies=0 if skipped else valid,
+        call_latency_ms=[] if skipped else [latency] * replies,
+        first_attempt_success=success if first is None else first,
+        model_identity=identity,
+        skipped=skipped,
     )
 
 
@@ -65,9 +90,11 @@ async def test_same_task_pairing_compares_only_tasks_both_modes_ran(capsule):
 async def test_newest_trial_of_a_task_wins_across_the_windows_runs(capsule):
     await _run(capsule, "old", ago_us=2 * 3_600_000_000)
     await _run(capsule, "new")
-    await capsule.record_trials([_trial("old", i, REFLEX, success=False) for i in range(20)]
-                                + [_trial("old", i, CLOUD) for i in range(20)]
-                                + [_trial("new", i, REFLEX) for i in range(20)])
+    await capsule.record_trials(
+        [_trial("old", i, REFLEX, success=False) for i in range(20)]
+        + [_trial("old", i, CLOUD) for i in range(20)]
+        + [_trial("new", i, REFLEX) for i in range(20)]
+    )
     reply = await capsule.check_thresholds(window("24h"))
     assert list(reply.bakeoff_run_ids) == ["new", "old"]
     assert reply.reflex.fixed == 20 and reply.passed
@@ -76,8 +103,10 @@ async def test_newest_trial_of_a_task_wins_across_the_windows_runs(capsule):
 async def test_errors_are_not_schema_failures(capsule):
     await _run(capsule, "run-1")
     # Every task: 3 calls, one timed out (no reply), two valid replies.
-    await capsule.record_trials([_trial("run-1", i, REFLEX, calls=3, replies=2) for i in range(20)]
-                                + [_trial("run-1", i, CLOUD) for i in range(20)])
+    await capsule.record_trials(
+        [_trial("run-1", i, REFLEX, calls=3, replies=2) for i in range(20)]
+        + [_trial("run-1", i, CLOUD) for i in range(20)]
+    )
     reply = await capsule.check_thresholds(window("24h"))
     r = reply.reflex
     assert (r.model_calls, r.replies, r.errors, r.schema_valid_replies) == (60, 40, 20, 40)
@@ -86,7 +115,9 @@ async def test_errors_are_not_schema_failures(capsule):
     assert _status(reply, "json_schema_compliance_percent") == S.THRESHOLD_STATUS_PASS
     # A reply that does not validate is a schema failure.
     await _run(capsule, "run-2")
-    await capsule.record_trials([_trial("run-2", i, REFLEX, calls=2, replies=2, valid=1) for i in range(20)])
+    await capsule.record_trials(
+        [_trial("run-2", i, REFLEX, calls=2, replies=2, valid=1) for i in range(20)]
+    )
     reply = await capsule.check_thresholds(window("24h"), bakeoff_run_id="run-2")
     assert reply.reflex.json_compliance_rate == pytest.approx(50.0) and reply.reflex.errors == 0
     assert _status(reply, "json_schema_compliance_percent") == S.THRESHOLD_STATUS_FAIL
@@ -94,8 +125,10 @@ async def test_errors_are_not_schema_failures(capsule):
 
 async def test_live_statistics_count_errors_apart_from_schema_failures(capsule):
     # PatchLoop stores an attempt whose model call failed with json_valid unset.
-    await capsule.append_events([attempt(REFLEX, "qwen", 400.0, json_valid=True) for _ in range(3)]
-                                + [attempt(REFLEX, "qwen", 900.0, success=False, json_valid=False)])
+    await capsule.append_events(
+        [attempt(REFLEX, "qwen", 400.0, json_valid=True) for _ in range(3)]
+        + [attempt(REFLEX, "qwen", 900.0, success=False, json_valid=False)]
+    )
     ev = attempt(REFLEX, "qwen", 9000.0, success=False, reason="model_error")
     ev.ClearField("json_valid")
     await capsule.append_events([ev])
@@ -112,16 +145,28 @@ async def test_empty_data_is_not_judged_with_no_figures(capsule):
     assert not any(r.HasField("observed") for r in reply.results)
     doc = verdict_to_json(reply)
     assert doc["status"] == "not_judged"
-    for figure in ("success_rate", "pass_at_1", "json_compliance_rate", "availability_percent", "p95_latency_ms"):
+    for figure in (
+        "success_rate",
+        "pass_at_1",
+        "json_compliance_rate",
+        "availability_percent",
+        "p95_latency_ms",
+    ):
         assert doc["reflex"][figure] is None and doc["cloud"][figure] is None
     live = doc["live_statistics"]["reflex"]
-    assert live["total_attempts"] == 0 and live["p95_latency_ms"] is None and live["json_compliance_rate"] is None
+    assert (
+        live["total_attempts"] == 0
+        and live["p95_latency_ms"] is None
+        and live["json_compliance_rate"] is None
+    )
 
 
 async def test_too_few_tasks_is_not_judged_never_a_pass(capsule):
     await _run(capsule, "run-1")
-    await capsule.record_trials([_trial("run-1", i, REFLEX) for i in range(5)]
-                                + [_trial("run-1", i, CLOUD) for i in range(5)])
+    await capsule.record_trials(
+        [_trial("run-1", i, REFLEX) for i in range(5)]
+        + [_trial("run-1", i, CLOUD) for i in range(5)]
+    )
     reply = await capsule.check_thresholds(window("24h"))
     assert reply.status == S.THRESHOLD_STATUS_NOT_JUDGED and not reply.passed
     assert {f.kind for f in reply.failures} == {K.THRESHOLD_FAILURE_KIND_TOO_FEW_SAMPLES}
@@ -146,8 +191,10 @@ async def test_local_only_promotion_from_a_recorded_baseline_run(capsule):
     await capsule.record_trials([_trial("with-cloud", i, CLOUD, success=i < 18) for i in range(20)])
     # Today, local-only: reflex only, cloud trials skipped (no key).
     await _run(capsule, "local", mode="reflex")
-    await capsule.record_trials([_trial("local", i, REFLEX, success=i < 17) for i in range(20)]
-                                + [_trial("local", i, CLOUD, skipped="DEEPSEEK_API_KEY is not set") for i in range(20)])
+    await capsule.record_trials(
+        [_trial("local", i, REFLEX, success=i < 17) for i in range(20)]
+        + [_trial("local", i, CLOUD, skipped="DEEPSEEK_API_KEY is not set") for i in range(20)]
+    )
     reply = await capsule.check_thresholds(window("24h"))
     assert reply.baseline.kind == "recorded_run" and reply.baseline.bakeoff_run_id == "with-cloud"
     assert abs(reply.baseline.recorded_at.ToMicroseconds() - (_now_us() - 3 * DAY_US)) < 60_000_000
@@ -166,7 +213,9 @@ async def test_local_only_promotion_from_a_recorded_baseline_run(capsule):
 
 async def test_skipped_trials_are_not_attempts(capsule):
     await _run(capsule, "local", mode="reflex")
-    await capsule.record_trials([_trial("local", i, CLOUD, skipped="DEEPSEEK_API_KEY is not set") for i in range(3)])
+    await capsule.record_trials(
+        [_trial("local", i, CLOUD, skipped="DEEPSEEK_API_KEY is not set") for i in range(3)]
+    )
     reply = await capsule.check_thresholds(window("24h"))
     assert (reply.cloud.skipped, reply.cloud.tasks, reply.cloud.model_calls) == (3, 0, 0)
 
@@ -183,13 +232,19 @@ async def test_absolute_baseline_from_the_policy(start_capsule):
 
 async def test_a_changed_model_identity_invalidates_the_verdict(capsule):
     await _run(capsule, "run-1")
-    await capsule.record_trials([_trial("run-1", i, REFLEX, identity=QWEN_A) for i in range(20)]
-                                + [_trial("run-1", i, CLOUD) for i in range(20)])
+    await capsule.record_trials(
+        [_trial("run-1", i, REFLEX, identity=QWEN_A) for i in range(20)]
+        + [_trial("run-1", i, CLOUD) for i in range(20)]
+    )
     same = await capsule.check_thresholds(window("24h"), model="qwen", model_identity=QWEN_A)
     assert same.passed and same.reflex.model_identity == QWEN_A and not same.invalidated
     changed = await capsule.check_thresholds(window("24h"), model="qwen", model_identity=QWEN_B)
     assert not changed.passed and changed.status == S.THRESHOLD_STATUS_NOT_JUDGED
-    assert QWEN_A in changed.invalidated and QWEN_B in changed.invalidated and "run-1" in changed.invalidated
+    assert (
+        QWEN_A in changed.invalidated
+        and QWEN_B in changed.invalidated
+        and "run-1" in changed.invalidated
+    )
     assert "re-run the bakeoff" in changed.invalidated
     assert changed.failures[0].kind == K.THRESHOLD_FAILURE_KIND_MODEL_CHANGED
     assert changed.reflex.tasks == 0
@@ -197,17 +252,25 @@ async def test_a_changed_model_identity_invalidates_the_verdict(capsule):
 
 async def test_thresholds_from_request_and_per_model(capsule):
     await _run(capsule, "run-1")
-    await capsule.record_trials([_trial("run-1", i, REFLEX, latency=1000.0) for i in range(20)]
-                                + [_trial("run-1", 100 + i, REFLEX, model="tiny", valid=0) for i in range(20)]
-                                + [_trial("run-1", i, CLOUD) for i in range(20)]
-                                + [_trial("run-1", 100 + i, CLOUD) for i in range(20)])
-    strict = capsule_pb2.Thresholds(p95_latency_ms=500, success_parity_percent=85, json_schema_compliance_percent=100)
+    await capsule.record_trials(
+        [_trial("run-1", i, REFLEX, latency=1000.0) for i in range(20)]
+        + [_trial("run-1", 100 + i, REFLEX, model="tiny", valid=0) for i in range(20)]
+        + [_trial("run-1", i, CLOUD) for i in range(20)]
+        + [_trial("run-1", 100 + i, CLOUD) for i in range(20)]
+    )
+    strict = capsule_pb2.Thresholds(
+        p95_latency_ms=500, success_parity_percent=85, json_schema_compliance_percent=100
+    )
     qwen = await capsule.check_thresholds(window("24h"), thresholds=strict, model="qwen")
-    assert qwen.model == "qwen" and [f.kind for f in qwen.failures] == [K.THRESHOLD_FAILURE_KIND_P95_TOO_HIGH]
+    assert qwen.model == "qwen" and [f.kind for f in qwen.failures] == [
+        K.THRESHOLD_FAILURE_KIND_P95_TOO_HIGH
+    ]
     assert (await capsule.check_thresholds(window("24h"), model="qwen")).passed
     tiny = await capsule.check_thresholds(window("24h"), model="tiny")
     assert [f.kind for f in tiny.failures] == [K.THRESHOLD_FAILURE_KIND_COMPLIANCE_TOO_LOW]
-    assert (await capsule.check_thresholds(window("24h"), model="nope")).status == S.THRESHOLD_STATUS_NOT_JUDGED
+    assert (
+        await capsule.check_thresholds(window("24h"), model="nope")
+    ).status == S.THRESHOLD_STATUS_NOT_JUDGED
 
 
 async def test_inconsistent_trial_counts_are_refused(capsule):
@@ -216,4 +279,6 @@ async def test_inconsistent_trial_counts_are_refused(capsule):
     bad = _trial("run-1", 1, REFLEX, calls=1, replies=2)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await capsule.record_trials([bad])
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "trials[0]" in err.value.details()
+    assert (
+        err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "trials[0]" in err.value.details()
+    )

@@ -27,7 +27,10 @@ NAMED = {
     # A password in a URL's user part: database URLs, git remotes in cargo's errors.
     "url_database": ("postgresql+psycopg://speckit:", "Db-Pa55word-9f3e@db.internal:5432/speckit"),
     "url_git": ("https://oauth2:", "Gl0paqueRemoteTok3n@gitlab.example.com/group/crate.git"),
-    "pem": ("-----BEGIN RSA PRIVATE KEY-----\n", "MIIEowIBAAKCAQEAx2nH7kq3\n-----END RSA PRIVATE KEY-----"),
+    "pem": (
+        "-----BEGIN RSA PRIVATE KEY-----\n",
+        "MIIEowIBAAKCAQEAx2nH7kq3\n-----END RSA PRIVATE KEY-----",
+    ),
 }
 TEXT = " ; ".join([f"{k} {v}" for k, v in SECRETS.items()] + [f"{p}{v}" for p, v in NAMED.values()])
 NEEDLES = [*SECRETS.values(), *(v.splitlines()[0].split("@")[0] for _, v in NAMED.values())]

@@ -58,7 +58,14 @@ def test_bash_completion_offers_commands_subcommands_and_choices() -> None:
     run = run_speckit(["completion", "bash"], speckit_env({}))
     assert run.code == 0, run.stderr
     script = run.stdout
-    assert set(_complete(script, ["speckit", ""])) >= {"serve", "reflex", "db", "llm", "demo", "completion"}
+    assert set(_complete(script, ["speckit", ""])) >= {
+        "serve",
+        "reflex",
+        "db",
+        "llm",
+        "demo",
+        "completion",
+    }
     assert _complete(script, ["speckit", "reflex", "he"]) == ["health"]
     assert _complete(script, ["speckit", "serve", "--log-format", ""]) == ["text", "json"]
     # Options of the command typed so far, not of the top level.
@@ -69,7 +76,10 @@ def test_bash_completion_offers_commands_subcommands_and_choices() -> None:
 def test_zsh_completion_loads_the_bash_function_through_bashcompinit() -> None:
     run = run_speckit(["completion", "zsh"], speckit_env({}))
     assert run.code == 0
-    assert "bashcompinit" in run.stdout and "complete -o default -F _speckit_complete speckit" in run.stdout
+    assert (
+        "bashcompinit" in run.stdout
+        and "complete -o default -F _speckit_complete speckit" in run.stdout
+    )
     assert subprocess.run(["bash", "-n"], input=run.stdout, text=True).returncode == 0
 
 
@@ -89,8 +99,11 @@ def test_llm_serve_on_a_taken_port_names_the_port(taken_port: int) -> None:
 def test_a_postgres_url_without_the_psycopg_driver_says_which_to_use(
     scheme: str, command: list[str], tmp_path: Path
 ) -> None:
-    env = speckit_env({"capsule": "127.0.0.1:0"}, SPECKIT_HOME=str(tmp_path),
-                      SPECKIT_DATABASE_URL=f"{scheme}://me:s3cret@127.0.0.1:5432/speckit")
+    env = speckit_env(
+        {"capsule": "127.0.0.1:0"},
+        SPECKIT_HOME=str(tmp_path),
+        SPECKIT_DATABASE_URL=f"{scheme}://me:s3cret@127.0.0.1:5432/speckit",
+    )
     line = one_line_error(run_speckit(command, env))
     assert f"{scheme}:// is not supported; use postgresql+psycopg://" in line
     assert "s3cret" not in line
@@ -104,7 +117,9 @@ def test_a_bare_postgresql_url_uses_psycopg_3(postgres_url: str, tmp_path: Path)
     assert run.json()["up_to_date"] is True
 
 
-async def test_a_service_of_the_wrong_kind_is_named_as_such(services_factory, sqlite_url: str) -> None:
+async def test_a_service_of_the_wrong_kind_is_named_as_such(
+    services_factory, sqlite_url: str
+) -> None:
     svc = await services_factory(["capsule"], database_url=sqlite_url)
     capsule = svc.addr("capsule")
     env = speckit_env({"router": capsule, "inference": capsule})
@@ -114,8 +129,9 @@ async def test_a_service_of_the_wrong_kind_is_named_as_such(services_factory, sq
     assert one_line_error(health).startswith(f"error: {capsule} is not an Inference Adapter ")
 
 
-async def test_health_prints_the_whole_reason_into_a_pipe(services_factory, sqlite_url: str, tmp_path: Path,
-                                                           dead_endpoint) -> None:
+async def test_health_prints_the_whole_reason_into_a_pipe(
+    services_factory, sqlite_url: str, tmp_path: Path, dead_endpoint
+) -> None:
     path = tmp_path / "model_policy.toml"
     path.write_text(render_policy(DEMO_POLICY.read_text(), dead_endpoint().port))
     svc = await services_factory(["inference"], database_url=sqlite_url, policy=load_policy(path))
@@ -129,12 +145,18 @@ async def test_health_prints_the_whole_reason_into_a_pipe(services_factory, sqli
     assert reason in run.stdout, run.stdout
 
 
-def test_a_diff_is_printed_verbatim_without_a_terminal_and_wrapped_on_one(monkeypatch, capsys) -> None:
-    diff = "--- a/src/lib.rs\n+++ b/src/lib.rs\n@@ -1 +1 @@\n-" + "x" * 300 + "\n+" + "y" * 300 + "\n"
+def test_a_diff_is_printed_verbatim_without_a_terminal_and_wrapped_on_one(
+    monkeypatch, capsys
+) -> None:
+    diff = (
+        "--- a/src/lib.rs\n+++ b/src/lib.rs\n@@ -1 +1 @@\n-" + "x" * 300 + "\n+" + "y" * 300 + "\n"
+    )
     output.print_diff(diff)
     assert capsys.readouterr().out == diff
     buf = io.StringIO()
-    monkeypatch.setattr(output, "stdout", Console(file=buf, force_terminal=True, width=60, color_system=None))
+    monkeypatch.setattr(
+        output, "stdout", Console(file=buf, force_terminal=True, width=60, color_system=None)
+    )
     output.print_diff(diff)
     shown = buf.getvalue()
     assert max(len(line) for line in shown.splitlines()) <= 60

@@ -37,7 +37,7 @@ def relative_links(text: str) -> list[str]:
 
 
 def test_the_link_pattern_finds_links_and_skips_urls() -> None:
-    text = "see [a](docs/a.md#x), ![b](img/b.svg \"t\"), [c](https://x.org/y.md) and [d](#top)"
+    text = 'see [a](docs/a.md#x), ![b](img/b.svg "t"), [c](https://x.org/y.md) and [d](#top)'
     assert relative_links(text) == ["docs/a.md", "img/b.svg"]
 
 
@@ -53,7 +53,9 @@ def test_named_markdown_files_exist(doc: Path) -> None:
     text = doc.read_text()
     # URLs may name any file on their own site.
     text = re.sub(r"https?://\S+", "", text)
-    missing = sorted({m for m in MD_NAME.findall(text) if m not in known and Path(m).name not in known})
+    missing = sorted(
+        {m for m in MD_NAME.findall(text) if m not in known and Path(m).name not in known}
+    )
     assert missing == [], f"{doc.relative_to(ROOT)} names files not in the repository: {missing}"
 
 
@@ -64,15 +66,22 @@ def test_readme_commands_call_the_venv_cli() -> None:
     assert "source .venv/bin/activate" in text
     blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
     assert blocks
-    bare = [line for block in blocks for line in block.splitlines()
-            if re.search(r"(^|[;&|]\s*|\$\(\s*)speckit\s", line.split("#", 1)[0])]
+    bare = [
+        line
+        for block in blocks
+        for line in block.splitlines()
+        if re.search(r"(^|[;&|]\s*|\$\(\s*)speckit\s", line.split("#", 1)[0])
+    ]
     assert bare == [], f"README commands without .venv/bin/: {bare}"
 
 
 def _python_files() -> list[Path]:
-    return sorted(p for folder in ("services", "clients", "bench", "tests", "examples", "scripts")
-                  for p in (ROOT / folder).rglob("*.py")
-                  if not _SKIP_DIRS.intersection(p.relative_to(ROOT).parts) and p != Path(__file__).resolve())
+    return sorted(
+        p
+        for folder in ("services", "clients", "bench", "tests", "examples", "scripts")
+        for p in (ROOT / folder).rglob("*.py")
+        if not _SKIP_DIRS.intersection(p.relative_to(ROOT).parts) and p != Path(__file__).resolve()
+    )
 
 
 def test_code_names_no_document_the_repository_lacks() -> None:

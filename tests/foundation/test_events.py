@@ -25,7 +25,7 @@ class _CountingCapsule(capsule_pb2_grpc.CapsuleServicer):
         self.ids: list[str] = []
         self.unavailable = 0
 
-    async def AppendEvents(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def AppendEvents(self, request, context):  # type: ignore[no-untyped-def]
         if self.unavailable:
             self.unavailable -= 1
             await context.abort(grpc.StatusCode.UNAVAILABLE, "down for the test")
@@ -35,7 +35,9 @@ class _CountingCapsule(capsule_pb2_grpc.CapsuleServicer):
 
 
 @contextlib.asynccontextmanager
-async def _served(servicer: _CountingCapsule, **options: int) -> AsyncIterator[Callable[..., EventSink]]:
+async def _served(
+    servicer: _CountingCapsule, **options: int
+) -> AsyncIterator[Callable[..., EventSink]]:
     """`servicer` on port 0 (with grpc server options); yields a factory of
     started sinks sending to it, all closed on exit."""
     server = aio.server(options=[(f"grpc.{k}", v) for k, v in options.items()])
@@ -132,7 +134,7 @@ class _PickyCapsule(_CountingCapsule):
         self.code = code
         self.calls = 0
 
-    async def AppendEvents(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def AppendEvents(self, request, context):  # type: ignore[no-untyped-def]
         self.calls += 1
         for i, e in enumerate(request.events):
             if e.reason == "bad":
@@ -140,10 +142,18 @@ class _PickyCapsule(_CountingCapsule):
         return await super().AppendEvents(request, context)
 
 
-@pytest.mark.parametrize("code", [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL,
-                                  grpc.StatusCode.UNKNOWN, grpc.StatusCode.RESOURCE_EXHAUSTED])
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ],
+)
 async def test_a_refused_event_goes_to_the_dead_letter_file_and_the_rest_is_delivered(
-    tmp_path, code: grpc.StatusCode,
+    tmp_path,
+    code: grpc.StatusCode,
 ) -> None:
     picky = _PickyCapsule(code)
     async with _served(picky) as make:
@@ -166,27 +176,47 @@ async def test_a_refused_event_goes_to_the_dead_letter_file_and_the_rest_is_deli
         assert 'speckit_event_sink_sent_total{service="router"} 38.0' in text
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert [(x["event"]["id"], x["code"], x["service"]) for x in lines] == [
-        (events[5].id, code.name, "router"), (events[30].id, code.name, "router")]
-    assert lines[0]["event"]["session_id"] == "has\x00nul" and "events[0].reason: bad" in lines[0]["reason"]
+        (events[5].id, code.name, "router"),
+        (events[30].id, code.name, "router"),
+    ]
+    assert (
+        lines[0]["event"]["session_id"] == "has\x00nul"
+        and "events[0].reason: bad" in lines[0]["reason"]
+    )
     # Redacted like Capsule redacts what it stores.
     assert "hunter2" not in path.read_text() and "sk-proj-abcdefghijklmnop" not in path.read_text()
     assert oct(path.stat().st_mode & 0o777) == "0o600"
 
 
-@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION,
-                                  grpc.StatusCode.UNAUTHENTICATED])
-async def test_faults_that_pass_are_retried_whole_not_split(tmp_path, code: grpc.StatusCode) -> None:
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.UNAUTHENTICATED,
+    ],
+)
+async def test_faults_that_pass_are_retried_whole_not_split(
+    tmp_path, code: grpc.StatusCode
+) -> None:
     picky = _PickyCapsule(code)
     async with _served(picky) as make:
         path = tmp_path / "dead-letter.jsonl"
-        sink = make(batch_size=64, flush_interval_s=0.01, max_backoff_s=0.05, dead_letters=DeadLetters(path, "x"))
+        sink = make(
+            batch_size=64,
+            flush_interval_s=0.01,
+            max_backoff_s=0.05,
+            dead_letters=DeadLetters(path, "x"),
+        )
         events = [_event() for _ in range(8)]
         events[3].reason = "bad"
         for e in events:
             sink.emit(e)
         while picky.calls < 4:  # refused again and again, as a whole
             await asyncio.sleep(0.01)
-        assert picky.ids == [] and sink.pending == 8 and sink.dead_lettered == 0 and not path.exists()
+        assert (
+            picky.ids == [] and sink.pending == 8 and sink.dead_lettered == 0 and not path.exists()
+        )
         events[3].reason = "fixed"  # the fault passes: the same batch goes through whole
         picky.code = grpc.StatusCode.OK
         assert await sink.flush(10.0)
@@ -207,7 +237,9 @@ async def test_refused_batch_loses_only_the_bad_event() -> None:
 
 
 def _blob_events(n: int, size: int) -> list[common_pb2.Event]:
-    return [new_event(common_pb2.EVENT_TYPE_LLM_CALL, payload={"blob": "x" * size}) for _ in range(n)]
+    return [
+        new_event(common_pb2.EVENT_TYPE_LLM_CALL, payload={"blob": "x" * size}) for _ in range(n)
+    ]
 
 
 async def test_batches_stay_under_the_byte_bound(capsule) -> None:  # type: ignore[no-untyped-def]

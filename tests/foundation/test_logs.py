@@ -18,7 +18,11 @@ def test_log_lines_never_print_a_credential(fmt: str, capsys: pytest.CaptureFixt
     try:
         configure_logging(fmt)
         log = logging.getLogger("speckit.test")
-        log.warning("upstream said %s", TEXT, extra={"fields": {"detail": TEXT, "api_key": "no-shape-at-all"}})
+        log.warning(
+            "upstream said %s",
+            TEXT,
+            extra={"fields": {"detail": TEXT, "api_key": "no-shape-at-all"}},
+        )
         try:
             raise RuntimeError(TEXT)
         except RuntimeError:

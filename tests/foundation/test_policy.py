@@ -109,26 +109,50 @@ def test_environment_overrides(tmp_path: Path) -> None:
     ("text", "must_mention"),
     [
         ("[routing.reflex]\nenabeld = true\n", ["routing.reflex.enabeld", "unknown key"]),
-        ("[routing.reflex]\ntimeout_ms = \"fast\"\n", ["routing.reflex.timeout_ms"]),
+        ('[routing.reflex]\ntimeout_ms = "fast"\n', ["routing.reflex.timeout_ms"]),
         ("[routing.reflex]\ntimeout_ms = -5\n", ["routing.reflex.timeout_ms"]),
-        ("[routing.reflex.thresholds]\nsuccess_parity_percent = 120\n",
-         ["routing.reflex.thresholds.success_parity_percent", "100"]),
-        ("[routing.reflex.thresholds]\njson_schema_compliance_percent = -1\n",
-         ["routing.reflex.thresholds.json_schema_compliance_percent"]),
-        ("[capture]\nmode = \"everything\"\n", ["capture.mode"]),
+        (
+            "[routing.reflex.thresholds]\nsuccess_parity_percent = 120\n",
+            ["routing.reflex.thresholds.success_parity_percent", "100"],
+        ),
+        (
+            "[routing.reflex.thresholds]\njson_schema_compliance_percent = -1\n",
+            ["routing.reflex.thresholds.json_schema_compliance_percent"],
+        ),
+        ('[capture]\nmode = "everything"\n', ["capture.mode"]),
         ("[routing.reflex]\nenabled = \n", ["not valid TOML"]),
-        ("[patchloop]\nbuild_profile = \"lint\"\n", ["patchloop.build_profile", "'lint' is not a profile"]),
-        ("[patchloop]\nverify_profile = \"cargo test\"\n", ["patchloop.verify_profile"]),
-        ("[patchloop.profiles]\n\"Run Me\" = [\"sh\"]\n", ["patchloop.profiles", "'Run Me'"]),
+        (
+            '[patchloop]\nbuild_profile = "lint"\n',
+            ["patchloop.build_profile", "'lint' is not a profile"],
+        ),
+        ('[patchloop]\nverify_profile = "cargo test"\n', ["patchloop.verify_profile"]),
+        ('[patchloop.profiles]\n"Run Me" = ["sh"]\n', ["patchloop.profiles", "'Run Me'"]),
         ("[patchloop.profiles]\nlint = []\n", ["patchloop.profiles", "'lint'"]),
-        ("[patchloop]\nbuild_timeout_s = 700\n", ["patchloop.build_timeout_s", "max_build_timeout_s 600"]),
-        ("[patchloop]\ncompile_command = [\"sh\"]\n", ["patchloop.compile_command", "unknown key"]),
+        (
+            "[patchloop]\nbuild_timeout_s = 700\n",
+            ["patchloop.build_timeout_s", "max_build_timeout_s 600"],
+        ),
+        ('[patchloop]\ncompile_command = ["sh"]\n', ["patchloop.compile_command", "unknown key"]),
     ],
-    ids=["unknown-key", "wrong-type", "negative-timeout", "percent-over-100", "percent-negative",
-         "bad-enum", "bad-toml", "unknown-build-profile", "unknown-verify-profile", "bad-profile-name",
-         "empty-profile", "timeout-over-cap", "argv-key-of-old"],
+    ids=[
+        "unknown-key",
+        "wrong-type",
+        "negative-timeout",
+        "percent-over-100",
+        "percent-negative",
+        "bad-enum",
+        "bad-toml",
+        "unknown-build-profile",
+        "unknown-verify-profile",
+        "bad-profile-name",
+        "empty-profile",
+        "timeout-over-cap",
+        "argv-key-of-old",
+    ],
 )
-def test_bad_policy_files_name_the_key_and_file(tmp_path: Path, text: str, must_mention: list[str]) -> None:
+def test_bad_policy_files_name_the_key_and_file(
+    tmp_path: Path, text: str, must_mention: list[str]
+) -> None:
     p = tmp_path / "model_policy.toml"
     p.write_text(text)
     with pytest.raises(PolicyError) as info:
@@ -141,8 +165,10 @@ def test_bad_policy_files_name_the_key_and_file(tmp_path: Path, text: str, must_
 
 def test_build_profiles_extend_the_built_in_ones(tmp_path: Path) -> None:
     p = tmp_path / "model_policy.toml"
-    p.write_text('[patchloop]\nverify_profile = "lint"\n[patchloop.profiles]\nlint = ["cargo", "fmt", "--check"]\n'
-                 'check = ["cargo", "check", "--offline", "--all-targets", "--message-format=json"]\n')
+    p.write_text(
+        '[patchloop]\nverify_profile = "lint"\n[patchloop.profiles]\nlint = ["cargo", "fmt", "--check"]\n'
+        'check = ["cargo", "check", "--offline", "--all-targets", "--message-format=json"]\n'
+    )
     pl = load_policy(p, environ={}).policy.patchloop
     assert set(pl.profiles) == {"check", "test", "clippy", "lint"}
     assert pl.profiles["check"][-2] == "--all-targets" and pl.verify_profile == "lint"
@@ -160,7 +186,9 @@ def test_bad_environment_override_names_the_key() -> None:
     assert "routing.reflex.timeout_ms" in str(info.value)
 
 
-def test_policy_cli_reports_bad_file_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_policy_cli_reports_bad_file_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from speckit_reflex.cli.main import main
 
     bad = tmp_path / "bad.toml"

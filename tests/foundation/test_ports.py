@@ -11,11 +11,16 @@ from tests.ports import DeadEndpoint, StartFailed, start_on_free_port
 
 def test_a_dead_endpoint_refuses_connections_and_cannot_be_taken() -> None:
     with DeadEndpoint() as dead:
-        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", dead.port), timeout=5):
+        with (
+            pytest.raises(ConnectionRefusedError),
+            socket.create_connection(("127.0.0.1", dead.port), timeout=5),
+        ):
             pass
         other = socket.socket()
         try:
-            with pytest.raises(OSError):  # EADDRINUSE: a later fake server cannot answer for the dead one
+            with pytest.raises(
+                OSError
+            ):  # EADDRINUSE: a later fake server cannot answer for the dead one
                 other.bind(("127.0.0.1", dead.port))
         finally:
             other.close()

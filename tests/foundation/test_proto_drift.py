@@ -41,10 +41,17 @@ def test_every_service_of_the_sketch_is_in_the_contracts() -> None:
         "Router": (router_pb2, {"Decide", "GetPolicy"}),
         "Inference": (inference_pb2, {"ListModels", "Health", "Complete", "StreamComplete"}),
         "PatchLoop": (patchloop_pb2, {"Run", "GetRun"}),
-        "Capsule": (capsule_pb2, {"AppendEvents", "QueryEvents", "GetBakeoffStats", "CheckThresholds", "WriteReport"}),
+        "Capsule": (
+            capsule_pb2,
+            {"AppendEvents", "QueryEvents", "GetBakeoffStats", "CheckThresholds", "WriteReport"},
+        ),
     }
     for service, (module, wanted) in methods.items():
         desc = module.DESCRIPTOR.services_by_name[service]
         assert desc.full_name == f"speckit_reflex.v1.{service}"
         assert wanted <= {m.name for m in desc.methods}
-    assert patchloop_pb2.DESCRIPTOR.services_by_name["PatchLoop"].methods_by_name["Run"].server_streaming
+    assert (
+        patchloop_pb2.DESCRIPTOR.services_by_name["PatchLoop"]
+        .methods_by_name["Run"]
+        .server_streaming
+    )

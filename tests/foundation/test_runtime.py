@@ -36,12 +36,18 @@ class _SlowRouter(router_pb2_grpc.RouterServicer):
     async def Decide(self, request, context):  # type: ignore[no-untyped-def]
         self.started += 1
         await asyncio.sleep(request.attempt / 1000)
-        errors = {"invalid": InvalidArgument, "precondition": FailedPrecondition, "unavailable": Unavailable}
+        errors = {
+            "invalid": InvalidArgument,
+            "precondition": FailedPrecondition,
+            "unavailable": Unavailable,
+        }
         if request.session_id in errors:
             raise errors[request.session_id](f"{request.session_id} happened")
         if request.session_id == "crash":
             raise RuntimeError("a bug")
-        return router_pb2.RoutingDecision(session_id=request.session_id, mode=common_pb2.ROUTING_MODE_CLOUD)
+        return router_pb2.RoutingDecision(
+            session_id=request.session_id, mode=common_pb2.ROUTING_MODE_CLOUD
+        )
 
 
 class _TestService:
@@ -104,7 +110,9 @@ async def test_oversized_and_malformed_messages_keep_the_server_serving() -> Non
                 await raw(b"\xff\xff\xff\xff")
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "malformed request" in (info.value.details() or "")
-            assert (await stub.Decide(router_pb2.DecideRequest(session_id="after"))).session_id == "after"
+            assert (
+                await stub.Decide(router_pb2.DecideRequest(session_id="after"))
+            ).session_id == "after"
     finally:
         await running.stop(0)
 
@@ -123,7 +131,9 @@ async def test_token_auth_rejects_calls_without_the_token_but_not_health() -> No
                 await router_pb2_grpc.RouterStub(ch).Decide(router_pb2.DecideRequest())
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         async with open_channel(ChannelConfig(running.address, token="s3cret")) as ch:
-            reply = await router_pb2_grpc.RouterStub(ch).Decide(router_pb2.DecideRequest(session_id="ok"))
+            reply = await router_pb2_grpc.RouterStub(ch).Decide(
+                router_pb2.DecideRequest(session_id="ok")
+            )
             assert reply.session_id == "ok"
     finally:
         await running.stop(0)
@@ -145,8 +155,14 @@ async def test_a_non_loopback_address_needs_a_token_tls_or_insecure(addr: str) -
 def test_serve_refuses_a_wildcard_address_without_a_token_in_one_line(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPECKIT_")}
     env.update({"SPECKIT_HOME": str(tmp_path / ".speckit"), "SPECKIT_ROUTER_ADDR": "0.0.0.0:0"})
-    proc = subprocess.run([sys.executable, "-m", "speckit_reflex.cli.main", "serve", "router"], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "speckit_reflex.cli.main", "serve", "router"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     [line] = proc.stderr.strip().splitlines()
     assert "router: refusing to listen on non-loopback 0.0.0.0:0" in line and "--insecure" in line
@@ -154,30 +170,80 @@ def test_serve_refuses_a_wildcard_address_without_a_token_in_one_line(tmp_path: 
 
 def _make_certs(folder: Path) -> dict[str, Path]:
     """A CA, a server cert for 127.0.0.1/localhost and a client cert, via openssl."""
+
     def run(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
 
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-        "-days", "1", "-subj", "/CN=speckit-test-ca")
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=speckit-test-ca",
+    )
     (folder / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
     for who in ("server", "client"):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{who}.key", "-out", f"{who}.csr",
-            "-subj", f"/CN={who}")
-        run("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{who}.pem", "-days", "1", "-extfile", "san.ext")
-    return {n: folder / n for n in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{who}.key",
+            "-out",
+            f"{who}.csr",
+            "-subj",
+            f"/CN={who}",
+        )
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{who}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{who}.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        )
+    return {
+        n: folder / n for n in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
+    }
 
 
 async def test_mutual_tls(tmp_path: Path) -> None:
     certs = _make_certs(tmp_path)
-    settings = _settings(tls_cert=str(certs["server.pem"]), tls_key=str(certs["server.key"]),
-                         tls_client_ca=str(certs["ca.pem"]))
+    settings = _settings(
+        tls_cert=str(certs["server.pem"]),
+        tls_key=str(certs["server.key"]),
+        tls_client_ca=str(certs["ca.pem"]),
+    )
     running = await create_server(_TestService(), "127.0.0.1:0", settings)
     try:
-        good = ChannelConfig(running.address, tls_ca=str(certs["ca.pem"]), tls_cert=str(certs["client.pem"]),
-                             tls_key=str(certs["client.key"]))
+        good = ChannelConfig(
+            running.address,
+            tls_ca=str(certs["ca.pem"]),
+            tls_cert=str(certs["client.pem"]),
+            tls_key=str(certs["client.key"]),
+        )
         async with open_channel(good) as ch:
-            reply = await router_pb2_grpc.RouterStub(ch).Decide(router_pb2.DecideRequest(session_id="tls"))
+            reply = await router_pb2_grpc.RouterStub(ch).Decide(
+                router_pb2.DecideRequest(session_id="tls")
+            )
             assert reply.session_id == "tls"
         no_client_cert = ChannelConfig(running.address, tls_ca=str(certs["ca.pem"]))
         async with open_channel(no_client_cert) as ch:
@@ -194,8 +260,12 @@ async def test_graceful_stop_finishes_50_inflight_rpcs_and_flips_health_first() 
     async with aio.insecure_channel(running.address) as ch:
         stub = router_pb2_grpc.RouterStub(ch)
         health = health_pb2_grpc.HealthStub(ch)
-        calls = [asyncio.ensure_future(stub.Decide(router_pb2.DecideRequest(session_id=f"s{i}", attempt=800)))
-                 for i in range(50)]
+        calls = [
+            asyncio.ensure_future(
+                stub.Decide(router_pb2.DecideRequest(session_id=f"s{i}", attempt=800))
+            )
+            for i in range(50)
+        ]
         while service.servicer.started < 50:
             await asyncio.sleep(0.01)
         watch = health.Watch(health_pb2.HealthCheckRequest(service="speckit_reflex.v1.Router"))
@@ -229,8 +299,14 @@ def test_serve_all_on_default_addresses_health_reflection_and_sigterm(tmp_path: 
         pytest.skip("default ports 50051-50054 are in use on this machine")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPECKIT_")}
     env.update({"SPECKIT_HOME": str(tmp_path / ".speckit"), "SPECKIT_GRACE_S": "3"})
-    proc = subprocess.Popen([sys.executable, "-m", "speckit_reflex.cli.main", "serve", "all"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "speckit_reflex.cli.main", "serve", "all"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         names: set[str] = set()
         deadline = time.monotonic() + 60
@@ -238,7 +314,9 @@ def test_serve_all_on_default_addresses_health_reflection_and_sigterm(tmp_path: 
             with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
                 while True:
                     try:
-                        status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                        status = health_pb2_grpc.HealthStub(ch).Check(
+                            health_pb2.HealthCheckRequest(), timeout=1
+                        )
                         break
                     except grpc.RpcError:
                         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
@@ -246,10 +324,20 @@ def test_serve_all_on_default_addresses_health_reflection_and_sigterm(tmp_path: 
                         time.sleep(0.2)
                 assert status.status == health_pb2.HealthCheckResponse.SERVING
                 reflect = reflection_pb2_grpc.ServerReflectionStub(ch)
-                reply = next(iter(reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))))
+                reply = next(
+                    iter(
+                        reflect.ServerReflectionInfo(
+                            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+                        )
+                    )
+                )
                 names |= {s.name for s in reply.list_services_response.service}
-        assert {"speckit_reflex.v1.Router", "speckit_reflex.v1.Inference", "speckit_reflex.v1.PatchLoop",
-                "speckit_reflex.v1.Capsule"} <= names
+        assert {
+            "speckit_reflex.v1.Router",
+            "speckit_reflex.v1.Inference",
+            "speckit_reflex.v1.PatchLoop",
+            "speckit_reflex.v1.Capsule",
+        } <= names
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=3 + 5)

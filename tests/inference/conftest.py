@@ -24,22 +24,43 @@ def make_policy(**sections: Any) -> LoadedPolicy:
     return LoadedPolicy(policy, "<test>", text, hashlib.sha256(text.encode()).hexdigest())
 
 
-def backends_policy(*fakes: tuple[str, str, FakeModelServer], model: str = "m", cloud: FakeModelServer | None = None,
-                    local_only: bool = False, timeout_ms: int = 5000, retries: int = 1,
-                    health: dict[str, Any] | None = None, **reflex: Any) -> LoadedPolicy:
+def backends_policy(
+    *fakes: tuple[str, str, FakeModelServer],
+    model: str = "m",
+    cloud: FakeModelServer | None = None,
+    local_only: bool = False,
+    timeout_ms: int = 5000,
+    retries: int = 1,
+    health: dict[str, Any] | None = None,
+    **reflex: Any,
+) -> LoadedPolicy:
     """Reflex backends (name, kind, fake) in order, optionally a fake cloud."""
     routing: dict[str, Any] = {
         "reflex": {
-            "enabled": True, "model": model, "timeout_ms": timeout_ms,
+            "enabled": True,
+            "model": model,
+            "timeout_ms": timeout_ms,
             "backends": [{"name": n, "kind": k, "endpoint": f.base_url} for n, k, f in fakes],
             **reflex,
         },
-        "health": {"probe_interval_s": 60, "cooldown_s": 30, "probe_timeout_ms": 2000, **(health or {})},
+        "health": {
+            "probe_interval_s": 60,
+            "cooldown_s": 30,
+            "probe_timeout_ms": 2000,
+            **(health or {}),
+        },
     }
     if cloud is not None:
-        routing["cloud"] = {"endpoint": cloud.base_url, "model": "deepseek-chat", "api_key_env": "TEST_CLOUD_KEY"}
-    return make_policy(routing=routing, privacy={"local_only": local_only},
-                       inference={"max_validation_retries": retries})
+        routing["cloud"] = {
+            "endpoint": cloud.base_url,
+            "model": "deepseek-chat",
+            "api_key_env": "TEST_CLOUD_KEY",
+        }
+    return make_policy(
+        routing=routing,
+        privacy={"local_only": local_only},
+        inference={"max_validation_retries": retries},
+    )
 
 
 @pytest.fixture
@@ -97,7 +118,9 @@ async def adapter(capsule_recorder, services_factory, monkeypatch):  # type: ign
     yield start
 
 
-async def wait_for_calls(recorder: RecordingCapsule, n: int, timeout_s: float = 5.0) -> list[common_pb2.Event]:
+async def wait_for_calls(
+    recorder: RecordingCapsule, n: int, timeout_s: float = 5.0
+) -> list[common_pb2.Event]:
     """The LLMCall events once at least n arrived."""
     import asyncio
 

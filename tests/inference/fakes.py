@@ -23,7 +23,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-CHAT_MODES = ("ok", "overloaded", "hang", "hang_after_headers", "truncated", "midstream_error", "length")
+CHAT_MODES = (
+    "ok",
+    "overloaded",
+    "hang",
+    "hang_after_headers",
+    "truncated",
+    "midstream_error",
+    "length",
+)
 
 
 @dataclass
@@ -87,7 +95,10 @@ class FakeModelServer:
                 head = await reader.readuntil(b"\r\n\r\n")
                 lines = head.decode("latin-1").split("\r\n")
                 method, path, _ = lines[0].split(" ", 2)
-                headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
+                headers = {
+                    k.strip().lower(): v.strip()
+                    for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)
+                }
                 raw = await reader.readexactly(int(headers.get("content-length", "0")))
                 body = json.loads(raw) if raw else None
                 self.requests.append((method, path, body))
@@ -107,10 +118,16 @@ class FakeModelServer:
             writer.close()
 
     @staticmethod
-    async def _respond(writer: asyncio.StreamWriter, status: int, body: Any, reason: str = "OK") -> None:
+    async def _respond(
+        writer: asyncio.StreamWriter, status: int, body: Any, reason: str = "OK"
+    ) -> None:
         data = b"" if body is None else json.dumps(body).encode()
         ctype = b"Content-Type: application/json\r\n" if body is not None else b""
-        writer.write(b"HTTP/1.1 %d %s\r\n%sContent-Length: %d\r\n\r\n" % (status, reason.encode(), ctype, len(data)) + data)
+        writer.write(
+            b"HTTP/1.1 %d %s\r\n%sContent-Length: %d\r\n\r\n"
+            % (status, reason.encode(), ctype, len(data))
+            + data
+        )
         await writer.drain()
 
     @staticmethod
@@ -128,12 +145,28 @@ class FakeModelServer:
         except TimeoutError:
             return True
 
-    async def _route(self, method: str, path: str, body: Any, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter) -> bool:
+    async def _route(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
         if path == "/v1/models":
             owned = {"sglang": "sglang", "vllm": "vllm"}.get(self.kind, "system")
-            cards = [{"id": m, "object": "model", "created": 1, "owned_by": owned, "root": self.weights or m,
-                      "parent": None, "max_model_len": 4096} for m in self.models]
+            cards = [
+                {
+                    "id": m,
+                    "object": "model",
+                    "created": 1,
+                    "owned_by": owned,
+                    "root": self.weights or m,
+                    "parent": None,
+                    "max_model_len": 4096,
+                }
+                for m in self.models
+            ]
             await self._respond(writer, 200, {"object": "list", "data": cards})
             return True
         if path in ("/health", "/health_generate"):
@@ -142,31 +175,54 @@ class FakeModelServer:
             await self._respond(writer, 200, None)
             return True
         if path == "/get_model_info" and self.kind == "sglang":
-            await self._respond(writer, 200, {"model_path": self.weights or self.models[0], "tokenizer_path": None,
-                                              "is_generation": True, "preferred_sampling_params": None})
+            await self._respond(
+                writer,
+                200,
+                {
+                    "model_path": self.weights or self.models[0],
+                    "tokenizer_path": None,
+                    "is_generation": True,
+                    "preferred_sampling_params": None,
+                },
+            )
             return True
         if path == "/version" and self.kind == "vllm":
             await self._respond(writer, 200, {"version": self.version})
             return True
         if path == "/v1/chat/completions":
             return await self._chat(body, reader, writer)
-        await self._respond(writer, 404, {"error": {"message": "not found", "type": "NotFoundError", "code": 404}},
-                            "Not Found")
+        await self._respond(
+            writer,
+            404,
+            {"error": {"message": "not found", "type": "NotFoundError", "code": 404}},
+            "Not Found",
+        )
         return True
 
     # -- chat completions ----------------------------------------------------------
 
     def _error(self, status: int, message: str, type_: str) -> dict[str, Any]:
         if self.kind == "sglang":
-            return {"object": "error", "message": message, "type": type_, "param": None, "code": status}
+            return {
+                "object": "error",
+                "message": message,
+                "type": type_,
+                "param": None,
+                "code": status,
+            }
         return {"error": {"message": message, "type": type_, "param": None, "code": status}}
 
     def _usage(self, completion: int) -> dict[str, Any]:
-        usage: dict[str, Any] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
-                                 "total_tokens": self.prompt_tokens + completion}
+        usage: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        }
         if self.kind == "sglang":
             # --enable-cache-report: null when nothing was cached.
-            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens} if self.cached_tokens else None
+            usage["prompt_tokens_details"] = (
+                {"cached_tokens": self.cached_tokens} if self.cached_tokens else None
+            )
             usage["reasoning_tokens"] = 0
         elif self.cached_tokens:
             # vLLM sets the field only when the count is truthy.
@@ -178,24 +234,36 @@ class FakeModelServer:
             return []
         n = max(1, min(self.pieces, len(text)))
         step = -(-len(text) // n)
-        return [text[i:i + step] for i in range(0, len(text), step)]
+        return [text[i : i + step] for i in range(0, len(text), step)]
 
-    async def _chat(self, body: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    async def _chat(
+        self, body: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         model = body.get("model")
         if self.kind == "vllm" and model not in self.models:
-            await self._respond(writer, 404, self._error(404, f"The model `{model}` does not exist.", "NotFoundError"),
-                                "Not Found")
+            await self._respond(
+                writer,
+                404,
+                self._error(404, f"The model `{model}` does not exist.", "NotFoundError"),
+                "Not Found",
+            )
             return True
         if not body.get("stream"):
             return await self._chat_whole(body, reader, writer)
         mode = self.chat_mode
         if mode == "overloaded":
-            await self._respond(writer, 503, self._error(503, "The request queue is full.", "ServiceUnavailable"),
-                                "Service Unavailable")
+            await self._respond(
+                writer,
+                503,
+                self._error(503, "The request queue is full.", "ServiceUnavailable"),
+                "Service Unavailable",
+            )
             return True
         if mode == "hang":
             return await self._wait_for_close(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
         await writer.drain()
         if mode == "hang_after_headers":
             return await self._wait_for_close(reader)
@@ -220,10 +288,25 @@ class FakeModelServer:
         cid = f"chatcmpl-{time.monotonic_ns()}"
         sg = self.kind == "sglang"
 
-        def chunk(delta: dict[str, Any], finish: str | None = None, usage: Any = None, choices: bool = True) -> str:
-            obj: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": 1, "model": model}
+        def chunk(
+            delta: dict[str, Any],
+            finish: str | None = None,
+            usage: Any = None,
+            choices: bool = True,
+        ) -> str:
+            obj: dict[str, Any] = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": model,
+            }
             if choices:
-                choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+                choice: dict[str, Any] = {
+                    "index": 0,
+                    "delta": delta,
+                    "finish_reason": finish,
+                    "logprobs": None,
+                }
                 if sg:
                     choice["matched_stop"] = None
                     delta.setdefault("reasoning_content", None)
@@ -247,7 +330,9 @@ class FakeModelServer:
                 events.append(None)
                 return events
             if self.chat_mode == "midstream_error" and i == 1:
-                events.append(f"data: {json.dumps({'error': self._error(500, 'CUDA out of memory', 'InternalServerError')})}\n\n")
+                events.append(
+                    f"data: {json.dumps({'error': self._error(500, 'CUDA out of memory', 'InternalServerError')})}\n\n"
+                )
                 events.append("data: [DONE]\n\n")
                 return events
             last = i == len(pieces) - 1
@@ -261,20 +346,34 @@ class FakeModelServer:
         events.append("data: [DONE]\n\n")
         return events
 
-    async def _chat_whole(self, body: dict[str, Any], reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> bool:
+    async def _chat_whole(
+        self, body: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         if self.probe_hangs:
             return await self._wait_for_close(reader)
         if self.chat_mode == "overloaded":
-            await self._respond(writer, 503, self._error(503, "The request queue is full.", "ServiceUnavailable"),
-                                "Service Unavailable")
+            await self._respond(
+                writer,
+                503,
+                self._error(503, "The request queue is full.", "ServiceUnavailable"),
+                "Service Unavailable",
+            )
             return True
         message = {"role": "assistant", "content": self.reply[:1]}
-        await self._respond(writer, 200, {
-            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": body.get("model"),
-            "choices": [{"index": 0, "message": message, "finish_reason": "length", "logprobs": None}],
-            "usage": self._usage(1),
-        })
+        await self._respond(
+            writer,
+            200,
+            {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": 1,
+                "model": body.get("model"),
+                "choices": [
+                    {"index": 0, "message": message, "finish_reason": "length", "logprobs": None}
+                ],
+                "usage": self._usage(1),
+            },
+        )
         return True
 
 
@@ -287,8 +386,14 @@ async def _main() -> None:
     ap.add_argument("--pieces", type=int, default=3)
     ap.add_argument("--piece-delay-ms", type=float, default=0.0)
     a = ap.parse_args()
-    fake = await FakeModelServer(kind=a.kind, port=a.port, models=[a.model], reply=a.reply, pieces=a.pieces,
-                                 piece_delay_s=a.piece_delay_ms / 1000).start()
+    fake = await FakeModelServer(
+        kind=a.kind,
+        port=a.port,
+        models=[a.model],
+        reply=a.reply,
+        pieces=a.pieces,
+        piece_delay_s=a.piece_delay_ms / 1000,
+    ).start()
     print(fake.port, flush=True)
     await asyncio.Event().wait()
 

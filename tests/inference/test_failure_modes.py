@@ -23,7 +23,9 @@ async def _rpc_error(coro) -> grpc.aio.AioRpcError:  # type: ignore[no-untyped-d
 async def test_overload_503_fails_over_and_cools_down(fake_factory, adapter):
     primary = await fake_factory(kind="sglang", chat_mode="overloaded")
     fallback = await fake_factory(kind="vllm")
-    llm, recorder, _ = await adapter(backends_policy(("sglang-a", "sglang", primary), ("vllm-b", "vllm", fallback)))
+    llm, recorder, _ = await adapter(
+        backends_policy(("sglang-a", "sglang", primary), ("vllm-b", "vllm", fallback))
+    )
 
     reply = await llm.complete(MESSAGES, json_schema=SCHEMA, max_tokens=16, timeout=10)
     assert reply.schema_valid and reply.backend == "vllm-b"
@@ -73,7 +75,8 @@ async def test_hang_after_headers_times_out_and_fails_over(fake_factory, adapter
     stuck = await fake_factory(kind="sglang", chat_mode="hang_after_headers")
     good = await fake_factory(kind="vllm")
     llm, recorder, _ = await adapter(
-        backends_policy(("sglang-a", "sglang", stuck), ("vllm-b", "vllm", good), timeout_ms=800))
+        backends_policy(("sglang-a", "sglang", stuck), ("vllm-b", "vllm", good), timeout_ms=800)
+    )
     reply = await llm.complete(MESSAGES, max_tokens=8, timeout=10)
     assert reply.backend == "vllm-b"
     assert [(f.backend, f.reason) for f in reply.failovers] == [("sglang-a", "timeout")]
@@ -97,16 +100,26 @@ async def test_liar_health_is_caught_by_the_generation_probe(kind, fake_factory,
     liar = await fake_factory(kind=kind)
     good = await fake_factory(kind="vllm")
     interval, probe_timeout = 1.0, 0.3
-    llm, _, _ = await adapter(backends_policy(
-        ("liar", kind, liar), ("good", "vllm", good),
-        health={"probe_interval_s": interval, "probe_timeout_ms": int(probe_timeout * 1000), "cooldown_s": 0}))
+    llm, _, _ = await adapter(
+        backends_policy(
+            ("liar", kind, liar),
+            ("good", "vllm", good),
+            health={
+                "probe_interval_s": interval,
+                "probe_timeout_ms": int(probe_timeout * 1000),
+                "cooldown_s": 0,
+            },
+        )
+    )
     first = (await llm.health("liar", refresh=True)).backends[0]
     assert first.healthy and first.generation_ok
 
     liar.probe_hangs = True
     hung_at = time.monotonic()
     while True:
-        status = (await llm.health("liar")).backends[0]  # from the cache, refreshed in the background
+        status = (await llm.health("liar")).backends[
+            0
+        ]  # from the cache, refreshed in the background
         if not status.healthy or time.monotonic() - hung_at > 3 * interval:
             break
         await asyncio.sleep(0.05)
@@ -119,7 +132,9 @@ async def test_liar_health_is_caught_by_the_generation_probe(kind, fake_factory,
     calls = len(liar.chats())
     reply = await llm.complete(MESSAGES, max_tokens=8, timeout=10)
     assert reply.backend == "good"
-    assert reply.failovers[0].backend == "liar" and reply.failovers[0].reason.startswith("unhealthy (generation_probe_failed")
+    assert reply.failovers[0].backend == "liar" and reply.failovers[0].reason.startswith(
+        "unhealthy (generation_probe_failed"
+    )
     assert len(liar.chats()) == calls
 
 
@@ -137,7 +152,9 @@ async def test_json_only_in_reasoning_content_is_invalid(fake_factory, adapter):
 
 
 async def test_truncated_stream_is_an_error_not_a_success(fake_factory, adapter):
-    fake = await fake_factory(kind="vllm", reply='{"ok": true, "padding": "xxxxxxxx"}', pieces=6, chat_mode="truncated")
+    fake = await fake_factory(
+        kind="vllm", reply='{"ok": true, "padding": "xxxxxxxx"}', pieces=6, chat_mode="truncated"
+    )
     llm, recorder, _ = await adapter(backends_policy(("vllm-a", "vllm", fake)))
     err = await _rpc_error(llm.complete(MESSAGES, json_schema=SCHEMA, max_tokens=16, timeout=10))
     assert err.code() == grpc.StatusCode.UNAVAILABLE
@@ -149,7 +166,9 @@ async def test_truncated_stream_is_an_error_not_a_success(fake_factory, adapter)
 async def test_truncated_stream_fails_over(fake_factory, adapter):
     cut = await fake_factory(kind="sglang", pieces=4, chat_mode="truncated")
     good = await fake_factory(kind="vllm")
-    llm, _, _ = await adapter(backends_policy(("sglang-a", "sglang", cut), ("vllm-b", "vllm", good)))
+    llm, _, _ = await adapter(
+        backends_policy(("sglang-a", "sglang", cut), ("vllm-b", "vllm", good))
+    )
     reply = await llm.complete(MESSAGES, json_schema=SCHEMA, max_tokens=16, timeout=10)
     assert reply.schema_valid and reply.backend == "vllm-b"
     assert [(f.backend, f.reason) for f in reply.failovers] == [("sglang-a", "truncated_stream")]
@@ -195,13 +214,16 @@ async def test_reply_of_the_wrong_schema_is_rejected_and_retried(fake_factory, a
     assert event.reason == "schema_invalid schema_mismatch" and event.json_valid is False
 
 
-@pytest.mark.parametrize(("reply", "kind", "mode"), [
-    ('```json\n{"ok": true}\n```', "not_json", "ok"),
-    ('Sure! Here it is: {"ok": true}', "not_json", "ok"),
-    ('{"ok": true}', "truncated", "length"),
-    ('{"ok": tr', "not_json", "ok"),
-    ("", "empty", "ok"),
-])
+@pytest.mark.parametrize(
+    ("reply", "kind", "mode"),
+    [
+        ('```json\n{"ok": true}\n```', "not_json", "ok"),
+        ('Sure! Here it is: {"ok": true}', "not_json", "ok"),
+        ('{"ok": true}', "truncated", "length"),
+        ('{"ok": tr', "not_json", "ok"),
+        ("", "empty", "ok"),
+    ],
+)
 async def test_invalid_outputs_are_caught(reply, kind, mode, fake_factory, adapter):
     fake = await fake_factory(kind="sglang", reply=reply, chat_mode=mode)
     llm, _, _ = await adapter(backends_policy(("a", "sglang", fake), retries=0))
@@ -222,13 +244,17 @@ async def test_retry_after_invalid_reply_keeps_the_prefix_and_validates(fake_fac
 
 async def test_unvalidated_reply_returned_only_when_schema_not_required(fake_factory, adapter):
     fake = await fake_factory(kind="vllm", reply='{"ok": "yes"}')
-    llm, _, _ = await adapter(backends_policy(("a", "vllm", fake), retries=0, json_schema_required=False))
+    llm, _, _ = await adapter(
+        backends_policy(("a", "vllm", fake), retries=0, json_schema_required=False)
+    )
     out = await llm.complete(MESSAGES, json_schema=SCHEMA, max_tokens=16, timeout=10)
     assert not out.schema_valid and out.content == '{"ok": "yes"}'
 
 
 async def test_cancelled_stream_closes_the_upstream_request(fake_factory, adapter):
-    fake = await fake_factory(kind="vllm", reply="a b c d e f g h i j", pieces=10, piece_delay_s=0.3)
+    fake = await fake_factory(
+        kind="vllm", reply="a b c d e f g h i j", pieces=10, piece_delay_s=0.3
+    )
     llm, recorder, _ = await adapter(backends_policy(("a", "vllm", fake)))
     stream = llm.stream_complete(MESSAGES, max_tokens=32, timeout=30)
     first = await stream.__anext__()
@@ -243,34 +269,50 @@ async def test_cancelled_stream_closes_the_upstream_request(fake_factory, adapte
 
 async def test_first_health_read_does_not_hang_on_a_stuck_probe(fake_factory, adapter):
     stuck = await fake_factory(kind="sglang", probe_hangs=True)
-    llm, _, _ = await adapter(backends_policy(("a", "sglang", stuck), health={"probe_timeout_ms": 30_000}))
+    llm, _, _ = await adapter(
+        backends_policy(("a", "sglang", stuck), health={"probe_timeout_ms": 30_000})
+    )
     started = time.monotonic()
     status = (await llm.health("a")).backends[0]
     assert time.monotonic() - started < 2.0
-    assert not status.healthy and status.reason == "probe_pending" and not status.HasField("checked_at")
+    assert (
+        not status.healthy
+        and status.reason == "probe_pending"
+        and not status.HasField("checked_at")
+    )
 
 
 async def test_dead_primary_fails_over_with_connect_error(fake_factory, adapter, dead_endpoint):
     dead = dead_endpoint()  # held to the end: no fake started later can take its port and answer
     good = await fake_factory(kind="vllm")
-    llm, recorder, _ = await adapter(backends_policy(("sglang-a", "sglang", dead), ("vllm-b", "vllm", good),
-                                                     health={"cooldown_s": 0}))
+    llm, recorder, _ = await adapter(
+        backends_policy(
+            ("sglang-a", "sglang", dead), ("vllm-b", "vllm", good), health={"cooldown_s": 0}
+        )
+    )
     reply = await llm.complete(MESSAGES, json_schema=SCHEMA, max_tokens=16, timeout=10)
     assert reply.schema_valid and reply.backend == "vllm-b"
     # Either the call found it dead, or the background probe did first (then it is skipped).
     (failover,) = reply.failovers
     assert failover.backend == "sglang-a"
-    assert failover.reason == "connect_error" or failover.reason.startswith("unhealthy (unreachable: connect_error: ")
+    assert failover.reason == "connect_error" or failover.reason.startswith(
+        "unhealthy (unreachable: connect_error: "
+    )
     (event,) = await wait_for_calls(recorder, 1)
     assert event.is_fallback and event.reason == f"failover sglang-a={failover.reason}"
 
 
-async def test_audit_never_delays_the_reply_when_capsule_is_down(fake_factory, services_factory, dead_endpoint):
+async def test_audit_never_delays_the_reply_when_capsule_is_down(
+    fake_factory, services_factory, dead_endpoint
+):
     from speckit_reflex.clients.inference import InferenceClient
 
     fake = await fake_factory(kind="vllm")
-    svc = await services_factory(["inference"], policy=backends_policy(("a", "vllm", fake)),
-                                 capsule_addr=dead_endpoint().addr)
+    svc = await services_factory(
+        ["inference"],
+        policy=backends_policy(("a", "vllm", fake)),
+        capsule_addr=dead_endpoint().addr,
+    )
     llm = InferenceClient(svc.ctx.channel("inference"))
     reply = await llm.complete(MESSAGES, json_schema=SCHEMA, max_tokens=16, timeout=5)
     assert reply.schema_valid

@@ -25,12 +25,16 @@ def _nested(depth: int) -> dict:
 BOMBS = {
     "huge_enum": {"type": "string", "enum": [f"v{i}" for i in range(100_000)]},
     "deep_nesting": _nested(200),
-    "enormous": {"type": "object", "properties": {f"p{i}": {"type": "string", "description": "x" * 50}
-                                                  for i in range(5_000)}},
+    "enormous": {
+        "type": "object",
+        "properties": {f"p{i}": {"type": "string", "description": "x" * 50} for i in range(5_000)},
+    },
     "bad_ref": {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}},
     "remote_ref": {"$ref": "https://example.com/schema.json"},
     "not_a_schema": {"type": "no-such-type"},
-    "many_nodes": {"anyOf": [{"type": "object", "properties": {"a": {"type": "string"}}} for _ in range(3000)]},
+    "many_nodes": {
+        "anyOf": [{"type": "object", "properties": {"a": {"type": "string"}}} for _ in range(3000)]
+    },
 }
 
 
@@ -40,7 +44,9 @@ async def test_grammar_bomb_is_refused_and_the_next_request_succeeds(name, fake_
     fake = await fake_factory(kind="sglang")
     llm, recorder, _ = await adapter(backends_policy(("a", "sglang", fake)))
     started = time.monotonic()
-    err = await _rpc_error(llm.complete(MESSAGES, json_schema=BOMBS[name], max_tokens=16, timeout=30))
+    err = await _rpc_error(
+        llm.complete(MESSAGES, json_schema=BOMBS[name], max_tokens=16, timeout=30)
+    )
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert time.monotonic() - started <= 5.0
     assert "json_schema" in err.details()
@@ -62,7 +68,9 @@ async def test_local_only_refuses_cloud_and_never_connects(fake_factory, adapter
     """TARGETS #11 / GR-009: the cloud endpoint sees 0 connections."""
     cloud = await fake_factory(kind="openai", models=["deepseek-chat"])
     local = await fake_factory(kind="vllm", chat_mode="overloaded")
-    llm, recorder, _ = await adapter(backends_policy(("a", "vllm", local), cloud=cloud, local_only=True))
+    llm, recorder, _ = await adapter(
+        backends_policy(("a", "vllm", local), cloud=cloud, local_only=True)
+    )
 
     for kwargs in ({"mode": common_pb2.ROUTING_MODE_CLOUD}, {"backend": "cloud"}):
         err = await _rpc_error(llm.complete(MESSAGES, max_tokens=8, timeout=10, **kwargs))
@@ -72,7 +80,9 @@ async def test_local_only_refuses_cloud_and_never_connects(fake_factory, adapter
     err = await _rpc_error(llm.complete(MESSAGES, max_tokens=8, timeout=10))
     assert err.code() == grpc.StatusCode.UNAVAILABLE
     health = await llm.health("cloud", refresh=True)
-    assert not health.backends[0].healthy and health.backends[0].reason == "local_only_forbids_cloud"
+    assert (
+        not health.backends[0].healthy and health.backends[0].reason == "local_only_forbids_cloud"
+    )
     models = await llm.list_models()
     assert {m.backend for m in models.models} == {"a"}
     listed = await llm.list_models("cloud")
@@ -87,11 +97,19 @@ async def test_cloud_key_is_sent_but_never_recorded(fake_factory, adapter, monke
     cloud = await fake_factory(kind="openai", models=["deepseek-chat"])
     local = await fake_factory(kind="vllm")
     llm, recorder, _ = await adapter(backends_policy(("a", "vllm", local), cloud=cloud))
-    reply = await llm.complete([("user", f"my key is {key}, Authorization: Bearer {key}")],
-                               mode=common_pb2.ROUTING_MODE_CLOUD, json_schema=SCHEMA, max_tokens=8, timeout=10)
+    reply = await llm.complete(
+        [("user", f"my key is {key}, Authorization: Bearer {key}")],
+        mode=common_pb2.ROUTING_MODE_CLOUD,
+        json_schema=SCHEMA,
+        max_tokens=8,
+        timeout=10,
+    )
     assert reply.backend == "cloud" and reply.model == "deepseek-chat" and reply.schema_valid
-    chat_auth = [a for (m, p, b), a in zip(cloud.requests, cloud.authorizations, strict=True)
-                 if p == "/v1/chat/completions"]
+    chat_auth = [
+        a
+        for (m, p, b), a in zip(cloud.requests, cloud.authorizations, strict=True)
+        if p == "/v1/chat/completions"
+    ]
     assert chat_auth == [f"Bearer {key}"]
     assert local.authorizations and not any(local.authorizations)
     (event,) = await wait_for_calls(recorder, 1)
@@ -104,14 +122,23 @@ async def test_list_models_reports_unreachable_backends(fake_factory, adapter, d
     fake = await fake_factory(kind="sglang", models=["m", "m2"])
     cloud = await fake_factory(kind="openai", models=["deepseek-chat"])
     dead = dead_endpoint()  # connection refused until the test ends
-    llm, _, _ = await adapter(backends_policy(("a", "sglang", fake), ("gone", "vllm", dead), cloud=cloud))
+    llm, _, _ = await adapter(
+        backends_policy(("a", "sglang", fake), ("gone", "vllm", dead), cloud=cloud)
+    )
     reply = await llm.list_models()
     assert [(m.id, m.backend, m.owned_by, m.max_model_len) for m in reply.models] == [
-        ("m", "a", "sglang", 4096), ("m2", "a", "sglang", 4096), ("deepseek-chat", "cloud", "system", 4096)]
+        ("m", "a", "sglang", 4096),
+        ("m2", "a", "sglang", 4096),
+        ("deepseek-chat", "cloud", "system", 4096),
+    ]
     assert [u.backend for u in reply.unreachable] == ["gone"]
     assert reply.unreachable[0].reason.startswith("unreachable: connect_error")
     status = (await llm.health("gone", refresh=True)).backends[0]
-    assert not status.healthy and not status.reachable and status.reason.startswith("unreachable: connect_error")
+    assert (
+        not status.healthy
+        and not status.reachable
+        and status.reason.startswith("unreachable: connect_error")
+    )
 
 
 async def test_unknown_backend_is_not_found(fake_factory, adapter):
@@ -120,7 +147,9 @@ async def test_unknown_backend_is_not_found(fake_factory, adapter):
     err = await _rpc_error(llm.complete(MESSAGES, backend="nope", timeout=10))
     assert err.code() == grpc.StatusCode.NOT_FOUND and err.details().startswith("unknown_backend")
     err = await _rpc_error(llm.complete(MESSAGES, model="not-in-policy", timeout=10))
-    assert err.code() == grpc.StatusCode.NOT_FOUND and err.details().startswith("no_backend_for_model")
+    assert err.code() == grpc.StatusCode.NOT_FOUND and err.details().startswith(
+        "no_backend_for_model"
+    )
     err = await _rpc_error(llm.health("nope"))
     assert err.code() == grpc.StatusCode.NOT_FOUND
 
@@ -141,7 +170,9 @@ async def test_a_request_cannot_raise_the_validation_retry_bound(fake_factory, a
     the policy's bound (here 1), never raise it to thousands."""
     fake = await fake_factory(kind="vllm", reply="prose, not JSON")
     llm, _, _ = await adapter(backends_policy(("a", "vllm", fake)))
-    err = await _rpc_error(llm.complete(MESSAGES, json_schema=SCHEMA, max_validation_retries=5000, timeout=10))
+    err = await _rpc_error(
+        llm.complete(MESSAGES, json_schema=SCHEMA, max_validation_retries=5000, timeout=10)
+    )
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.details().startswith("max_validation_retries: must be between 0 and 1")
     assert fake.chats() == []
@@ -151,12 +182,15 @@ async def test_a_request_cannot_raise_the_validation_retry_bound(fake_factory, a
     assert bounded.attempts == 2 and len(fake.chats()) == 3
 
 
-@pytest.mark.parametrize(("field", "value", "starts"), [
-    ("max_tokens", 10**6, "max_tokens: must be between 0 and 32768"),
-    ("temperature", float("nan"), "temperature: must be a finite number"),
-    ("session_id", "s\x00", "session_id: contains a NUL byte"),
-    ("mode", 42, "mode: 42 is not a known RoutingMode"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "starts"),
+    [
+        ("max_tokens", 10**6, "max_tokens: must be between 0 and 32768"),
+        ("temperature", float("nan"), "temperature: must be a finite number"),
+        ("session_id", "s\x00", "session_id: contains a NUL byte"),
+        ("mode", 42, "mode: 42 is not a known RoutingMode"),
+    ],
+)
 async def test_hostile_completion_fields_are_refused_before_any_upstream_request(
     fake_factory, adapter, field, value, starts
 ):
@@ -166,17 +200,22 @@ async def test_hostile_completion_fields_are_refused_before_any_upstream_request
     setattr(req, field, value)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await llm._stub.Complete(req, timeout=10)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith(starts)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith(
+        starts
+    )
     assert fake.chats() == []
 
 
 async def test_cloud_call_without_its_key_is_refused_naming_the_variable_and_never_sent(
-        fake_factory, adapter, monkeypatch):
+    fake_factory, adapter, monkeypatch
+):
     cloud = await fake_factory(kind="openai", models=["deepseek-chat"])
     local = await fake_factory(kind="vllm")
     monkeypatch.delenv("TEST_CLOUD_KEY")
     llm, recorder, _ = await adapter(backends_policy(("a", "vllm", local), cloud=cloud))
-    err = await _rpc_error(llm.complete(MESSAGES, max_tokens=8, timeout=10, mode=common_pb2.ROUTING_MODE_CLOUD))
+    err = await _rpc_error(
+        llm.complete(MESSAGES, max_tokens=8, timeout=10, mode=common_pb2.ROUTING_MODE_CLOUD)
+    )
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert err.details().startswith("cloud_key_missing: TEST_CLOUD_KEY is not set")
     assert cloud.connections_total == 0
@@ -187,8 +226,13 @@ async def test_llm_call_events_carry_the_fallback_reason(fake_factory, adapter):
     local = await fake_factory(kind="vllm")
     llm, recorder, _ = await adapter(backends_policy(("a", "vllm", local), cloud=cloud))
     await llm.complete(MESSAGES, max_tokens=8, timeout=10)
-    await llm.complete(MESSAGES, max_tokens=8, timeout=10, mode=common_pb2.ROUTING_MODE_CLOUD,
-                       fallback_reason="max_failures_reached")
+    await llm.complete(
+        MESSAGES,
+        max_tokens=8,
+        timeout=10,
+        mode=common_pb2.ROUTING_MODE_CLOUD,
+        fallback_reason="max_failures_reached",
+    )
     first, second = await wait_for_calls(recorder, 2)
     assert first.payload.fields["fallback_reason"].HasField("null_value") and not first.is_fallback
     assert second.payload["fallback_reason"] == "max_failures_reached" and second.is_fallback

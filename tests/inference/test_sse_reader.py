@@ -18,25 +18,36 @@ def _sse(newline: bytes) -> bytes:
 
     chunk = {"id": "c1", "object": "chat.completion.chunk", "model": "m"}
     body = b": ping" + newline + newline
-    body += event({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+    body += event(
+        {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+    )
     for piece in ('{"ok"', ": tr", "ue}"):
-        body += event({**chunk, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+        body += event(
+            {**chunk, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+        )
     body += event({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
     body += event({**chunk, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 3}})
     return body + b"data: [DONE]" + newline + newline
 
 
-async def _serve(body: bytes, cut_every: int, complete: bool = True) -> tuple[asyncio.base_events.Server, str]:
+async def _serve(
+    body: bytes, cut_every: int, complete: bool = True
+) -> tuple[asyncio.base_events.Server, str]:
     """An HTTP/1.1 server answering any POST with `body` in chunks of `cut_every` bytes."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
-        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length"))
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
         await reader.readexactly(length)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
         for i in range(0, len(body), cut_every):
-            part = body[i:i + cut_every]
+            part = body[i : i + cut_every]
             writer.write(b"%x\r\n%s\r\n" % (len(part), part))
             await writer.drain()
             await asyncio.sleep(0.001)  # separate reads on the client side
@@ -56,7 +67,9 @@ async def _read(url: str) -> tuple[list[str], Generation]:
     deltas: list[str] = []
     try:
         loop = asyncio.get_running_loop()
-        async for d in ms.stream_chat({"model": "m", "messages": [], "stream": True}, loop.time() + 5, gen):
+        async for d in ms.stream_chat(
+            {"model": "m", "messages": [], "stream": True}, loop.time() + 5, gen
+        ):
             deltas.append(d)
     finally:
         await ms.close()

@@ -21,13 +21,16 @@ def _through_transport(exc: Exception) -> httpx.HTTPError:
 
 # A refused connection (ClientConnectorError -> connect_error) needs a real
 # connection attempt: test_failure_modes.py's dead primary covers it.
-@pytest.mark.parametrize(("error", "reason"), [
-    (aiohttp.ConnectionTimeoutError("Connection timeout to host"), "connect_timeout"),
-    (aiohttp.SocketTimeoutError("Timeout on reading data from socket"), "timeout"),
-    (aiohttp.ServerDisconnectedError(), "truncated_stream"),
-    (aiohttp.ClientPayloadError("Response payload is not completed"), "truncated_stream"),
-    (aiohttp.ClientOSError(104, "Connection reset by peer"), "connection_error"),
-])
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (aiohttp.ConnectionTimeoutError("Connection timeout to host"), "connect_timeout"),
+        (aiohttp.SocketTimeoutError("Timeout on reading data from socket"), "timeout"),
+        (aiohttp.ServerDisconnectedError(), "truncated_stream"),
+        (aiohttp.ClientPayloadError("Response payload is not completed"), "truncated_stream"),
+        (aiohttp.ClientOSError(104, "Connection reset by peer"), "connection_error"),
+    ],
+)
 def test_reason_comes_from_the_aiohttp_error(error: Exception, reason: str) -> None:
     mapped = _through_transport(error)
     assert _transport_failure(mapped).reason == reason

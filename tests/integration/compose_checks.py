@@ -37,7 +37,9 @@ BASE_ENV = {"SPECKIT_AUTH_TOKEN": "compose-check-token"}
 STANDARD_ENV = frozenset({"TMPDIR"})
 WILDCARD_HOSTS = ("0.0.0.0", "[::]", "::")
 
-_VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
+_VAR = re.compile(
+    r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))"
+)
 
 
 class MissingVariable(ValueError):
@@ -76,6 +78,7 @@ def load_raw(compose_dir: Path = COMPOSE_DIR) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- the code side
+
 
 def speckit_parser() -> argparse.ArgumentParser:
     from speckit_reflex.cli.main import build_parser
@@ -127,7 +130,11 @@ def literal_env_names() -> set[str]:
     for folder in speckit_reflex.__path__:
         for path in Path(folder).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                if isinstance(node, ast.Constant) and isinstance(node.value, str) and pattern.match(node.value):
+                if (
+                    isinstance(node, ast.Constant)
+                    and isinstance(node.value, str)
+                    and pattern.match(node.value)
+                ):
                     names.add(node.value)
     return names
 
@@ -143,6 +150,7 @@ def service_roles() -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------- the image
+
 
 @dataclass
 class Image:
@@ -193,6 +201,7 @@ class Image:
 
 # ---------------------------------------------------------------- the stack
 
+
 @dataclass
 class ModelServer:
     service: str
@@ -213,8 +222,13 @@ class Stack:
     image: Image
 
     @classmethod
-    def load(cls, profile: str, compose_dir: Path = COMPOSE_DIR, raw: dict[str, Any] | None = None,
-             env: Mapping[str, str] | None = None) -> Stack:
+    def load(
+        cls,
+        profile: str,
+        compose_dir: Path = COMPOSE_DIR,
+        raw: dict[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Stack:
         values = {**BASE_ENV, "REFLEX_PROFILE": profile, **(env or {})}
         doc = interpolate(copy.deepcopy(raw if raw is not None else load_raw(compose_dir)), values)
         return cls(doc, profile, compose_dir, Image.parse(compose_dir / "Dockerfile"))
@@ -226,8 +240,11 @@ class Stack:
     def active(self) -> dict[str, dict[str, Any]]:
         """Services `docker compose --profile <profile> up` starts, and the
         helpers `docker compose run` starts beside them (profile `cli`)."""
-        return {n: s for n, s in self.services.items()
-                if not s.get("profiles") or {self.profile, HELPER_PROFILE} & set(s["profiles"])}
+        return {
+            n: s
+            for n, s in self.services.items()
+            if not s.get("profiles") or {self.profile, HELPER_PROFILE} & set(s["profiles"])
+        }
 
     def is_speckit(self, svc: dict[str, Any]) -> bool:
         build = svc.get("build") or {}
@@ -376,25 +393,39 @@ def check_served_models(st: Stack) -> list[str]:
             url = urlsplit(b.endpoint)
             server = servers.get(url.hostname or "")
             if server is None:
-                problems.append(f"{name}: policy backend {b.name} -> {url.hostname}, not a model server of "
-                                f"profile {st.profile} ({', '.join(servers) or 'none'})")
+                problems.append(
+                    f"{name}: policy backend {b.name} -> {url.hostname}, not a model server of "
+                    f"profile {st.profile} ({', '.join(servers) or 'none'})"
+                )
                 continue
             used.add(server.service)
             if url.port != server.port:
-                problems.append(f"policy backend {b.name}: port {url.port}, {server.service} listens on {server.port}")
+                problems.append(
+                    f"policy backend {b.name}: port {url.port}, {server.service} listens on {server.port}"
+                )
             if b.kind != server.kind:
-                problems.append(f"policy backend {b.name}: kind {b.kind}, {server.service} is {server.kind}")
+                problems.append(
+                    f"policy backend {b.name}: kind {b.kind}, {server.service} is {server.kind}"
+                )
             unserved = sorted(set(b.models) - server.served)
             if unserved:
-                problems.append(f"policy backend {b.name} expects {unserved}; {server.service} serves "
-                                f"{sorted(server.served)}")
+                problems.append(
+                    f"policy backend {b.name} expects {unserved}; {server.service} serves "
+                    f"{sorted(server.served)}"
+                )
     for s in servers.values():
         if s.service not in used:
-            problems.append(f"model server {s.service} ({sorted(s.served)}) is in no policy backend")
+            problems.append(
+                f"model server {s.service} ({sorted(s.served)}) is in no policy backend"
+            )
         if s.host not in WILDCARD_HOSTS:
-            problems.append(f"model server {s.service} listens on {s.host}: unreachable from other containers")
+            problems.append(
+                f"model server {s.service} listens on {s.host}: unreachable from other containers"
+            )
         if s.health_port != s.port:
-            problems.append(f"model server {s.service}: healthcheck on port {s.health_port}, serves on {s.port}")
+            problems.append(
+                f"model server {s.service}: healthcheck on port {s.health_port}, serves on {s.port}"
+            )
     return problems
 
 
@@ -434,8 +465,13 @@ def check_addresses(st: Stack) -> list[str]:
             u = urlsplit(url)
             db = st.services.get(u.hostname or "")
             if db is None or u.port != 5432:
-                problems.append(f"{name}: database {u.hostname}:{u.port} is not the postgres service")
-            elif (st.env(db).get("POSTGRES_USER"), st.env(db).get("POSTGRES_DB")) != (u.username, u.path.strip("/")):
+                problems.append(
+                    f"{name}: database {u.hostname}:{u.port} is not the postgres service"
+                )
+            elif (st.env(db).get("POSTGRES_USER"), st.env(db).get("POSTGRES_DB")) != (
+                u.username,
+                u.path.strip("/"),
+            ):
                 problems.append(f"{name}: database user/name differ from the postgres service's")
     return problems
 
@@ -454,13 +490,17 @@ def check_environment(st: Stack, known: set[str] | None = None) -> list[str]:
         path = st.policy_of(svc)
         if path is not None and path.is_file():
             reflex = load_policy(str(path)).policy.routing
-            key_vars = {reflex.cloud.api_key_env} | {b.api_key_env for b in reflex.reflex.backends if b.api_key_env}
+            key_vars = {reflex.cloud.api_key_env} | {
+                b.api_key_env for b in reflex.reflex.backends if b.api_key_env
+            }
         for var in env:
             if var.startswith("SPECKIT_"):
                 if var not in known:
                     problems.append(f"{name}: {var} is read by no setting in the code")
             elif var not in STANDARD_ENV and var not in key_vars:
-                problems.append(f"{name}: {var} is neither a speckit setting nor a key the policy names")
+                problems.append(
+                    f"{name}: {var} is neither a speckit setting nor a key the policy names"
+                )
         argv = st.argv(svc)
         if argv[1:3] == ["serve", "inference"]:
             for var in sorted(key_vars - set(env)):
@@ -487,7 +527,9 @@ def check_paths(st: Stack) -> list[str]:
             if not src.startswith((".", "/")) and src not in declared:
                 problems.append(f"{name}: named volume {src} is not declared")
             if src.startswith(".") and not (st.compose_dir / src).exists():
-                problems.append(f"{name}: mount source {src} does not exist next to the compose file")
+                problems.append(
+                    f"{name}: mount source {src} does not exist next to the compose file"
+                )
         if not st.is_speckit(svc):
             continue
         env = {**st.image.env, **st.env(svc)}
@@ -495,10 +537,14 @@ def check_paths(st: Stack) -> list[str]:
         if "SPECKIT_POLICY" in st.env(svc):
             path = st.policy_of(svc)
             if path is None or not path.is_file():
-                problems.append(f"{name}: SPECKIT_POLICY {env['SPECKIT_POLICY']} is not a mounted file ({path})")
+                problems.append(
+                    f"{name}: SPECKIT_POLICY {env['SPECKIT_POLICY']} is not a mounted file ({path})"
+                )
         # Capsule keeps bakeoff reports there, PatchLoop its build cache.
-        if argv[1:3] in (["serve", "capsule"], ["serve", "patchloop"]) \
-                and st.host_path(svc, env.get("SPECKIT_HOME", "")) is None:
+        if (
+            argv[1:3] in (["serve", "capsule"], ["serve", "patchloop"])
+            and st.host_path(svc, env.get("SPECKIT_HOME", "")) is None
+        ):
             problems.append(f"{name}: SPECKIT_HOME {env.get('SPECKIT_HOME')} is not on a volume")
         suites = env.get("SPECKIT_SUITES_DIR")
         if suites:
@@ -514,12 +560,22 @@ def check_paths(st: Stack) -> list[str]:
             if st.host_path(svc, root) is None:
                 problems.append(f"{name}: workspace root {root} is not a mount")
         # Unset, PatchLoop accepts only its working directory (/app): not the workspace.
-        if argv[1:3] == ["serve", "patchloop"] and "SPECKIT_WORKSPACE_ROOTS" in settings_env_names() \
-                and not any(PurePosixPath(r) == PurePosixPath(w) or PurePosixPath(r) in PurePosixPath(w).parents
-                            for w in workspaces for r in roots):
-            problems.append(f"{name}: the mounted workspace {workspaces} is under no SPECKIT_WORKSPACE_ROOTS {roots}")
+        if (
+            argv[1:3] == ["serve", "patchloop"]
+            and "SPECKIT_WORKSPACE_ROOTS" in settings_env_names()
+            and not any(
+                PurePosixPath(r) == PurePosixPath(w) or PurePosixPath(r) in PurePosixPath(w).parents
+                for w in workspaces
+                for r in roots
+            )
+        ):
+            problems.append(
+                f"{name}: the mounted workspace {workspaces} is under no SPECKIT_WORKSPACE_ROOTS {roots}"
+            )
         tmp = st.env(svc).get("TMPDIR")
-        if tmp and not any(tmp == w or PurePosixPath(w) in PurePosixPath(tmp).parents for w in workspaces):
+        if tmp and not any(
+            tmp == w or PurePosixPath(w) in PurePosixPath(tmp).parents for w in workspaces
+        ):
             problems.append(f"{name}: TMPDIR {tmp} is not in the workspace PatchLoop sees")
     roles = st.role_services()
     if "patchloop" in roles and "cli" in st.services:
@@ -537,7 +593,11 @@ def check_commands(st: Stack) -> list[str]:
     """Every speckit command parses with the real CLI; the services wait for
     the migration; each build target and the healthcheck binary exist."""
     problems: list[str] = []
-    migrations = [n for n, s in st.active().items() if st.is_speckit(s) and st.argv(s)[1:3] == ["db", "upgrade"]]
+    migrations = [
+        n
+        for n, s in st.active().items()
+        if st.is_speckit(s) and st.argv(s)[1:3] == ["db", "upgrade"]
+    ]
     if len(migrations) != 1:
         problems.append(f"expected one `speckit db upgrade` job, found {migrations}")
     for name, svc in st.active().items():
@@ -555,12 +615,22 @@ def check_commands(st: Stack) -> list[str]:
         except ValueError as exc:
             problems.append(f"{name}: {exc}")
         test = (svc.get("healthcheck") or {}).get("test") or []
-        if "speckit-healthcheck" in test and "/usr/local/bin/speckit-healthcheck" not in st.image.copied:
-            problems.append(f"{name}: healthcheck runs speckit-healthcheck, which the image does not install")
+        if (
+            "speckit-healthcheck" in test
+            and "/usr/local/bin/speckit-healthcheck" not in st.image.copied
+        ):
+            problems.append(
+                f"{name}: healthcheck runs speckit-healthcheck, which the image does not install"
+            )
         if argv[1:2] == ["serve"] and migrations:
             dep = (svc.get("depends_on") or {}).get(migrations[0])
-            if not isinstance(dep, dict) or dep.get("condition") != "service_completed_successfully":
-                problems.append(f"{name}: does not wait for {migrations[0]} (service_completed_successfully)")
+            if (
+                not isinstance(dep, dict)
+                or dep.get("condition") != "service_completed_successfully"
+            ):
+                problems.append(
+                    f"{name}: does not wait for {migrations[0]} (service_completed_successfully)"
+                )
     return problems
 
 
@@ -577,18 +647,30 @@ def check_metrics(st: Stack) -> list[str]:
             continue
         host, port = _hostport(value)
         if host not in WILDCARD_HOSTS:
-            problems.append(f"{name}: SPECKIT_METRICS_ADDR={value} is not a wildcard listen address")
+            problems.append(
+                f"{name}: SPECKIT_METRICS_ADDR={value} is not a wildcard listen address"
+            )
         expected.add(f"{name}:{port}")
     prom = st.services.get("prometheus")
     if prom is None or "metrics" not in (prom.get("profiles") or []):
         return [*problems, "no prometheus service in the metrics profile"]
-    config = next((st.compose_dir / src for src, dst in st.mounts(prom)
-                   if dst == "/etc/prometheus/prometheus.yml"), None)
+    config = next(
+        (
+            st.compose_dir / src
+            for src, dst in st.mounts(prom)
+            if dst == "/etc/prometheus/prometheus.yml"
+        ),
+        None,
+    )
     if config is None or not config.is_file():
         return [*problems, f"prometheus: its config {config} is not a file here"]
     doc = yaml.safe_load(config.read_text(encoding="utf-8"))
-    scraped = {t for job in doc.get("scrape_configs") or []
-               for sc in job.get("static_configs") or [] for t in sc.get("targets") or []}
+    scraped = {
+        t
+        for job in doc.get("scrape_configs") or []
+        for sc in job.get("static_configs") or []
+        for t in sc.get("targets") or []
+    }
     for target in sorted(expected - scraped):
         problems.append(f"prometheus: {target} serves /metrics but is not scraped")
     for target in sorted(scraped - expected):

@@ -62,16 +62,24 @@ class StackUnderTest:
         env.update(extra)
         return env
 
-    def speckit(self, *args: str, timeout_s: float = 600, **env: str) -> subprocess.CompletedProcess[str]:
+    def speckit(
+        self, *args: str, timeout_s: float = 600, **env: str
+    ) -> subprocess.CompletedProcess[str]:
         """`speckit ARGS` as a subprocess against this stack."""
         return subprocess.run(
             [sys.executable, "-m", "speckit_reflex.cli.main", *args],
-            env=self.env(**env), capture_output=True, text=True, timeout=timeout_s, cwd=self.workspace,
+            env=self.env(**env),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            cwd=self.workspace,
         )
 
     def speckit_json(self, *args: str, ok: tuple[int, ...] = (0,), **kw: object) -> dict:  # type: ignore[type-arg]
         proc = self.speckit(*args, "--json", **kw)  # type: ignore[arg-type]
-        assert proc.returncode in ok, f"speckit {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}"
+        assert proc.returncode in ok, (
+            f"speckit {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}"
+        )
         return json.loads(proc.stdout)
 
     def channel(self, role: str) -> aio.Channel:
@@ -84,7 +92,11 @@ class StackUnderTest:
 
 
 def _external() -> StackUnderTest:
-    missing = [f"SPECKIT_{r.upper()}_ADDR" for r in ROLES if not os.environ.get(f"SPECKIT_{r.upper()}_ADDR")]
+    missing = [
+        f"SPECKIT_{r.upper()}_ADDR"
+        for r in ROLES
+        if not os.environ.get(f"SPECKIT_{r.upper()}_ADDR")
+    ]
     if missing:
         pytest.fail(f"SPECKIT_TEST_STACK=external needs {', '.join(missing)}")
     given = os.environ.get("SPECKIT_TEST_WORKSPACE")
@@ -128,7 +140,9 @@ class _Serving:
 
 
 @pytest.fixture(scope="session")
-def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackUnderTest]:
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StackUnderTest]:
     if EXTERNAL:
         yield _external()
         return
@@ -149,7 +163,9 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         db_name = f"speckit_it_{uuid.uuid4().hex[:12]}"
         with root._pg_admin_connect() as conn:
             conn.execute(f'CREATE DATABASE "{db_name}"')
-        base = root.PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+        base = root.PG_ADMIN_DSN.rsplit("/", 1)[0].replace(
+            "postgresql://", "postgresql+psycopg://", 1
+        )
         database_url = f"{base}/{db_name}"
     else:
         database_url = f"sqlite:///{tmp / 'speckit.db'}"
@@ -157,25 +173,40 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     token = secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPECKIT_")}
     env.update({f"SPECKIT_{r.upper()}_ADDR": "127.0.0.1:0" for r in ROLES})
-    env.update({
-        "SPECKIT_POLICY": str(policy), "SPECKIT_HOME": str(tmp / "home"), "SPECKIT_DATABASE_URL": database_url,
-        "SPECKIT_AUTH_TOKEN": token, "SPECKIT_LOG_FORMAT": "json", "SPECKIT_GRACE_S": "3",
-        # PatchLoop opens workspaces only under these folders (where supported).
-        "SPECKIT_WORKSPACE_ROOTS": str(workspace),
-    })
+    env.update(
+        {
+            "SPECKIT_POLICY": str(policy),
+            "SPECKIT_HOME": str(tmp / "home"),
+            "SPECKIT_DATABASE_URL": database_url,
+            "SPECKIT_AUTH_TOKEN": token,
+            "SPECKIT_LOG_FORMAT": "json",
+            "SPECKIT_GRACE_S": "3",
+            # PatchLoop opens workspaces only under these folders (where supported).
+            "SPECKIT_WORKSPACE_ROOTS": str(workspace),
+        }
+    )
     cli = [sys.executable, "-m", "speckit_reflex.cli.main"]
     # The compose migrate job's command, then the services.
-    migrate = subprocess.run([*cli, "db", "upgrade"], env=env, capture_output=True, text=True, timeout=120)
+    migrate = subprocess.run(
+        [*cli, "db", "upgrade"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert migrate.returncode == 0, migrate.stderr
     log = tmp / "services.log"
-    proc = subprocess.Popen([*cli, "serve", "all"], env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*cli, "serve", "all"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     serving = _Serving(proc, log)
     try:
         if not serving.ready.wait(START_TIMEOUT_S) or len(serving.addrs) < len(ROLES):
             raise RuntimeError(f"speckit serve all did not start:\n{log.read_text()[-3000:]}")
-        yield StackUnderTest(addrs=dict(serving.addrs), token=token, workspace=workspace, external=False,
-                             logs=[log])
+        yield StackUnderTest(
+            addrs=dict(serving.addrs), token=token, workspace=workspace, external=False, logs=[log]
+        )
     finally:
         proc.terminate()
         try:

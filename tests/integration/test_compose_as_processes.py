@@ -45,10 +45,16 @@ class Translation:
         self.metrics_ports: dict[str, int] = {}
 
     def text(self, s: str) -> str:
-        s = re.sub(rf"\b({'|'.join(self.hosts)}):(\d+)",
-                   lambda m: f"127.0.0.1:{self.ports.get(int(m.group(2)), m.group(2))}", s)
-        s = re.sub(r"\b(0\.0\.0\.0|127\.0\.0\.1):(\d{4,5})\b",
-                   lambda m: f"{m.group(1)}:{self.ports.get(int(m.group(2)), m.group(2))}", s)
+        s = re.sub(
+            rf"\b({'|'.join(self.hosts)}):(\d+)",
+            lambda m: f"127.0.0.1:{self.ports.get(int(m.group(2)), m.group(2))}",
+            s,
+        )
+        s = re.sub(
+            r"\b(0\.0\.0\.0|127\.0\.0\.1):(\d{4,5})\b",
+            lambda m: f"{m.group(1)}:{self.ports.get(int(m.group(2)), m.group(2))}",
+            s,
+        )
         return s
 
     def path(self, name: str, svc: dict, value: str) -> str:  # type: ignore[type-arg]
@@ -56,7 +62,11 @@ class Translation:
         if found is None:
             provided = self.st.image.provides(value)
             # Else the path is the container's own: a private folder here.
-            return str(ROOT / provided) if provided else str(self.tmp / "containers" / name / value.lstrip("/"))
+            return (
+                str(ROOT / provided)
+                if provided
+                else str(self.tmp / "containers" / name / value.lstrip("/"))
+            )
         src, rel = found
         if src.startswith("."):
             host = self.tmp / "mounts" / Path(src).name
@@ -72,8 +82,12 @@ class Translation:
         return str(host / rel) if rel != "." else str(host)
 
     def argv(self, svc: dict, argv: list[str]) -> list[str]:  # type: ignore[type-arg]
-        head = {"speckit": SPECKIT, "speckit-healthcheck": [sys.executable, str(COMPOSE_DIR / "healthcheck.py")],
-                "python": [sys.executable], "python3": [sys.executable]}
+        head = {
+            "speckit": SPECKIT,
+            "speckit-healthcheck": [sys.executable, str(COMPOSE_DIR / "healthcheck.py")],
+            "python": [sys.executable],
+            "python3": [sys.executable],
+        }
         out = [*head.get(argv[0], [argv[0]])]
         for i, word in enumerate(argv[1:], 1):
             port = argv[i - 1] == "--port" and int(word) in self.ports
@@ -112,7 +126,9 @@ def _order(st: Stack) -> list[str]:
 
 
 @pytest.fixture
-def compose_processes(tmp_path: Path, postgres_url: str) -> Iterator[tuple[Stack, Translation, list[str]]]:
+def compose_processes(
+    tmp_path: Path, postgres_url: str
+) -> Iterator[tuple[Stack, Translation, list[str]]]:
     st = Stack.load("cpu")
     tr = Translation(st, tmp_path, postgres_url)
     procs: list[subprocess.Popen[bytes]] = []
@@ -126,13 +142,24 @@ def compose_processes(tmp_path: Path, postgres_url: str) -> Iterator[tuple[Stack
                 assert job.returncode == 0, f"{name}: {job.stderr}"
                 continue
             log = (tmp_path / f"{name}.log").open("wb")
-            procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(argv, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            )
             test = svc["healthcheck"]["test"][1:]
             deadline = time.monotonic() + HEALTH_TIMEOUT_S
             # As Docker does: run the healthcheck until it passes.
-            while subprocess.run(tr.argv(svc, test), env=env, capture_output=True, timeout=30).returncode != 0:
-                assert procs[-1].poll() is None, f"{name} exited:\n{(tmp_path / f'{name}.log').read_text()[-2000:]}"
-                assert time.monotonic() < deadline, f"{name} not healthy:\n{(tmp_path / f'{name}.log').read_text()[-2000:]}"
+            while (
+                subprocess.run(
+                    tr.argv(svc, test), env=env, capture_output=True, timeout=30
+                ).returncode
+                != 0
+            ):
+                assert procs[-1].poll() is None, (
+                    f"{name} exited:\n{(tmp_path / f'{name}.log').read_text()[-2000:]}"
+                )
+                assert time.monotonic() < deadline, (
+                    f"{name} not healthy:\n{(tmp_path / f'{name}.log').read_text()[-2000:]}"
+                )
                 time.sleep(0.5)
             started.append(name)
         yield st, tr, started
@@ -147,22 +174,36 @@ def compose_processes(tmp_path: Path, postgres_url: str) -> Iterator[tuple[Stack
                 p.wait(10)
 
 
-def test_the_cpu_profile_runs_as_processes(compose_processes: tuple[Stack, Translation, list[str]]) -> None:
+def test_the_cpu_profile_runs_as_processes(
+    compose_processes: tuple[Stack, Translation, list[str]],
+) -> None:
     st, tr, started = compose_processes
     assert set(started) == {"capsule", "inference", "router", "patchloop", "llm"}
     cli = st.services["cli"]
     env = tr.env("cli")
-    status = subprocess.run(tr.argv(cli, st.argv(cli)), env=env, capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        tr.argv(cli, st.argv(cli)), env=env, capture_output=True, text=True, timeout=60
+    )
     assert status.returncode == 0, status.stderr
     # A crate in the workspace, fixed through the stack as the cli container would.
     crate = Path(env["TMPDIR"]) / "broken-crate"
     shutil.copytree(ROOT / "examples" / "broken-crate", crate)
-    run = subprocess.run([*SPECKIT, "reflex", "run", str(crate), "--json"], env=env, capture_output=True,
-                         text=True, timeout=300)
+    run = subprocess.run(
+        [*SPECKIT, "reflex", "run", str(crate), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     assert '"outcome": "fixed"' in run.stdout
-    models = subprocess.run([*SPECKIT, "reflex", "models", "--json"], env=env, capture_output=True, text=True,
-                            timeout=60)
+    models = subprocess.run(
+        [*SPECKIT, "reflex", "models", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert '"smollm2-135m-instruct"' in models.stdout, models.stdout
     # Metrics are on in compose: each service serves /metrics, and the run moved PatchLoop's.
     assert set(tr.metrics_ports) >= {"capsule", "inference", "router", "patchloop"}
@@ -173,4 +214,6 @@ def test_the_cpu_profile_runs_as_processes(compose_processes: tuple[Stack, Trans
             body = resp.read().decode()
         assert "speckit_rpc_server_handled_total" in body, name
         if name == "patchloop":
-            assert re.search(r'^speckit_patchloop_runs_total\{[^}]*outcome="fixed"[^}]*\} [1-9]', body, re.M), body
+            assert re.search(
+                r'^speckit_patchloop_runs_total\{[^}]*outcome="fixed"[^}]*\} [1-9]', body, re.M
+            ), body

@@ -33,7 +33,10 @@ async def _events_of_run(stack: StackUnderTest, run_id: str) -> list[common_pb2.
         deadline = time.monotonic() + EVENT_WAIT_S
         while True:
             events = await capsule.all_events(run_id=run_id)
-            if any(e.type == common_pb2.EVENT_TYPE_LOOP_RESULT for e in events) or time.monotonic() > deadline:
+            if (
+                any(e.type == common_pb2.EVENT_TYPE_LOOP_RESULT for e in events)
+                or time.monotonic() > deadline
+            ):
                 return events
             await asyncio.sleep(0.2)
 
@@ -45,7 +48,9 @@ def _types(events: list[common_pb2.Event]) -> set[str]:
 async def test_every_service_reports_serving(stack: StackUnderTest) -> None:
     for role in ROLES:
         async with stack.channel(role) as ch:
-            reply = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            reply = await health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
         assert reply.status == health_pb2.HealthCheckResponse.SERVING, role
 
 
@@ -69,7 +74,8 @@ def test_status_models_and_health(stack: StackUnderTest) -> None:
     health = stack.speckit_json("reflex", "health", "--refresh", timeout_s=180)
     assert health["healthy"] is True, health
     assert {(b["backend"], b["model"]) for b in health["backends"]} >= {
-        (b["name"], m) for b in reflex["backends"] for m in b["models"]}
+        (b["name"], m) for b in reflex["backends"] for m in b["models"]
+    }
 
 
 def test_a_call_without_the_token_is_refused(stack: StackUnderTest) -> None:
@@ -84,7 +90,9 @@ async def test_fix_loop_run_and_its_events_in_capsule(stack: StackUnderTest) -> 
     session = f"it-{uuid.uuid4().hex[:8]}"
     crate = stack.new_crate()
     before = (crate / "src" / "lib.rs").read_text()
-    done = await asyncio.to_thread(stack.speckit_json, "reflex", "run", str(crate), "--session-id", session)
+    done = await asyncio.to_thread(
+        stack.speckit_json, "reflex", "run", str(crate), "--session-id", session
+    )
     assert done["outcome"] == "fixed" and done["fixed_by"] == "compiler", done
     assert done["diff"] and done["applied"] is False
     assert (crate / "src" / "lib.rs").read_text() == before
@@ -102,20 +110,42 @@ async def test_fix_loop_asks_the_local_model(stack: StackUnderTest) -> None:
         await wait_for_reflex_route(RouterClient(ch), timeout_s=180)
     crate = stack.new_crate()
     done = await asyncio.to_thread(
-        stack.speckit_json, "reflex", "run", str(crate), "--no-compiler-fast-path", "--mode", "reflex",
-        "--max-attempts", "1", ok=(0, 1))
+        stack.speckit_json,
+        "reflex",
+        "run",
+        str(crate),
+        "--no-compiler-fast-path",
+        "--mode",
+        "reflex",
+        "--max-attempts",
+        "1",
+        ok=(0, 1),
+    )
     assert done["outcome"] in ("fixed", "gave_up"), done
     events = await _events_of_run(stack, done["run_id"])
     types = _types(events)
-    assert {"EVENT_TYPE_ROUTING_DECISION", "EVENT_TYPE_LLM_CALL", "EVENT_TYPE_LOOP_RESULT"} <= types, types
+    assert {
+        "EVENT_TYPE_ROUTING_DECISION",
+        "EVENT_TYPE_LLM_CALL",
+        "EVENT_TYPE_LOOP_RESULT",
+    } <= types, types
     calls = [e for e in events if e.type == common_pb2.EVENT_TYPE_LLM_CALL]
     assert all(c.mode == common_pb2.ROUTING_MODE_REFLEX for c in calls)
 
 
 def test_bakeoff_of_two_tasks_and_its_statistics(stack: StackUnderTest) -> None:
     before = stack.speckit_json("reflex", "bakeoff", "--since", "1h")["reflex"]
-    run = stack.speckit_json("reflex", "trials", "--mode", "reflex", "--limit", "2", "--max-attempts", "1",
-                             timeout_s=1200)
+    run = stack.speckit_json(
+        "reflex",
+        "trials",
+        "--mode",
+        "reflex",
+        "--limit",
+        "2",
+        "--max-attempts",
+        "1",
+        timeout_s=1200,
+    )
     assert run["status"] == "done", run
     assert len(run["trials"]) == 2 and {t["mode"] for t in run["trials"]} == {"reflex"}
     assert run["report"]["json"].endswith(".json") and run["verdict"] is not None
@@ -123,7 +153,9 @@ def test_bakeoff_of_two_tasks_and_its_statistics(stack: StackUnderTest) -> None:
     attempts = sum(t["attempts"] for t in run["trials"])
     assert after["total_attempts"] - before["total_attempts"] == attempts, (before, after)
     # The statistics use SPEC-KIT-978's JSON shape.
-    assert {"total_attempts", "success_rate", "json_compliance_rate", "p95_latency_ms"} <= set(after)
+    assert {"total_attempts", "success_rate", "json_compliance_rate", "p95_latency_ms"} <= set(
+        after
+    )
 
 
 def test_check_exit_code_is_the_ci_gate(stack: StackUnderTest) -> None:
@@ -144,15 +176,21 @@ async def test_local_only_refuses_cloud_while_reflex_is_not_promoted(stack: Stac
     session = f"it-local-{uuid.uuid4().hex[:8]}"
     async with stack.channel("router") as ch:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await RouterClient(ch).decide(role=common_pb2.ROLE_IMPLEMENTER, stage=common_pb2.STAGE_IMPLEMENT,
-                                          session_id=session, local_only=True, timeout=10)
+            await RouterClient(ch).decide(
+                role=common_pb2.ROLE_IMPLEMENTER,
+                stage=common_pb2.STAGE_IMPLEMENT,
+                session_id=session,
+                local_only=True,
+                timeout=10,
+            )
     assert refusal_reason(refused.value) == "local_only_forbids_cloud", refused.value.details()
 
     # The same through PatchLoop: the run ends refused, nothing is changed.
     crate = stack.new_crate()
     async with stack.channel("patchloop") as ch:
         events, result = await PatchLoopClient(ch).run_to_end(
-            str(crate), local_only=True, compiler_fast_path=False, session_id=session, timeout_s=300)
+            str(crate), local_only=True, compiler_fast_path=False, session_id=session, timeout_s=300
+        )
     assert result.outcome == patchloop_pb2.OUTCOME_REFUSED, result
     assert result.reason.startswith("local_only_forbids_cloud"), result.reason
     assert not any(ev.WhichOneof("kind") == "model_call" for ev in events)

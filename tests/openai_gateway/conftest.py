@@ -22,16 +22,29 @@ from tests.inference.fakes import FakeModelServer
 LOCAL_MODEL = "fake-coder"
 CLOUD_MODEL = "deepseek-chat"
 TOKEN = "test-token-0123456789"
-SCHEMA = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"],
-          "additionalProperties": False}
+SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "integer"}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
 
 
 def gateway_policy(local: FakeModelServer, cloud: FakeModelServer, **reflex: Any):  # type: ignore[no-untyped-def]
     return make_policy(
         routing={
-            "reflex": {"enabled": True, "model": LOCAL_MODEL, "timeout_ms": 10_000,
-                       "backends": [{"name": "local", "kind": "vllm", "endpoint": local.base_url}], **reflex},
-            "cloud": {"endpoint": cloud.base_url, "model": CLOUD_MODEL, "api_key_env": "TEST_CLOUD_KEY"},
+            "reflex": {
+                "enabled": True,
+                "model": LOCAL_MODEL,
+                "timeout_ms": 10_000,
+                "backends": [{"name": "local", "kind": "vllm", "endpoint": local.base_url}],
+                **reflex,
+            },
+            "cloud": {
+                "endpoint": cloud.base_url,
+                "model": CLOUD_MODEL,
+                "api_key_env": "TEST_CLOUD_KEY",
+            },
             "health": {"probe_interval_s": 60, "probe_timeout_ms": 2000},
         },
         inference={"max_validation_retries": 1},
@@ -49,7 +62,9 @@ class Stack:
     def base_url(self) -> str:
         return f"http://{self.server.address}/v1"
 
-    async def events(self, run_id: str, kinds: set[int], timeout_s: float = 10.0) -> list[common_pb2.Event]:
+    async def events(
+        self, run_id: str, kinds: set[int], timeout_s: float = 10.0
+    ) -> list[common_pb2.Event]:
         """The run's events once one of each kind has reached Capsule (they
         travel through each service's asynchronous event sink)."""
         loop = asyncio.get_running_loop()
@@ -68,11 +83,18 @@ async def stack(services_factory, sqlite_url: str, monkeypatch) -> AsyncIterator
     model (require_verdict = false, as `serve --mode reflex`)."""
     monkeypatch.setenv("TEST_CLOUD_KEY", "sk-testcloudkey0123456789abcdef")
     local = await FakeModelServer(kind="vllm", models=[LOCAL_MODEL], reply='{"answer": 42}').start()
-    cloud = await FakeModelServer(kind="openai", models=[CLOUD_MODEL], reply='{"answer": 7}').start()
-    svc = await services_factory(["capsule", "inference", "router"], database_url=sqlite_url,
-                                 policy=gateway_policy(local, cloud, require_verdict=False))
+    cloud = await FakeModelServer(
+        kind="openai", models=[CLOUD_MODEL], reply='{"answer": 7}'
+    ).start()
+    svc = await services_factory(
+        ["capsule", "inference", "router"],
+        database_url=sqlite_url,
+        policy=gateway_policy(local, cloud, require_verdict=False),
+    )
     await wait_for_reflex_route(RouterClient(svc.ctx.channel("router")), timeout_s=30, poll_s=0.1)
-    server = build_server(svc.ctx.channel("router"), svc.ctx.channel("inference"), "127.0.0.1:0", TOKEN)
+    server = build_server(
+        svc.ctx.channel("router"), svc.ctx.channel("inference"), "127.0.0.1:0", TOKEN
+    )
     await server.start(grace_s=1.0)
     try:
         yield Stack(local, cloud, server, CapsuleClient(svc.ctx.channel("capsule")))

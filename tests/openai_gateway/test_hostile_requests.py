@@ -38,12 +38,22 @@ HOSTILE = [
     ("role_tool", body(messages=[{"role": "tool", "content": "x"}]), "messages[0].role"),
     ("role_missing", body(messages=[{"content": "x"}]), "messages[0].role"),
     ("content_number", body(messages=[{"role": "user", "content": 5}]), "messages[0].content"),
-    ("content_image", body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]),
-     "messages[0].content[0]"),
+    (
+        "content_image",
+        body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]),
+        "messages[0].content[0]",
+    ),
     ("content_nul", body(messages=[{"role": "user", "content": "a\x00b"}]), "messages[0].content"),
-    ("content_too_long", body(messages=[{"role": "user", "content": "x" * 1_000_001}]), "messages[0].content"),
-    ("tool_calls", body(messages=[{"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]}]),
-     "messages[0].tool_calls"),
+    (
+        "content_too_long",
+        body(messages=[{"role": "user", "content": "x" * 1_000_001}]),
+        "messages[0].content",
+    ),
+    (
+        "tool_calls",
+        body(messages=[{"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]}]),
+        "messages[0].tool_calls",
+    ),
     ("max_tokens_zero", body(max_tokens=0), "max_tokens"),
     ("max_tokens_negative", body(max_tokens=-5), "max_tokens"),
     ("max_tokens_over_cap", body(max_tokens=MAX_TOKENS_CAP + 1), "max_tokens"),
@@ -59,22 +69,54 @@ HOSTILE = [
     ("logprobs", body(logprobs=True), "logprobs"),
     ("stream_text", body(stream="yes"), "stream"),
     ("stream_options_unary", body(stream_options={"include_usage": True}), "stream_options"),
-    ("include_usage_text", body(stream=True, stream_options={"include_usage": "yes"}), "stream_options.include_usage"),
+    (
+        "include_usage_text",
+        body(stream=True, stream_options={"include_usage": "yes"}),
+        "stream_options.include_usage",
+    ),
     ("format_text", body(response_format="json"), "response_format"),
     ("format_type", body(response_format={"type": "xml"}), "response_format.type"),
-    ("schema_missing", body(response_format={"type": "json_schema"}), "response_format.json_schema"),
-    ("schema_not_object", body(response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": []}}),
-     "response_format.json_schema.schema"),
-    ("schema_too_big", body(response_format={"type": "json_schema", "json_schema": {
-        "name": "a", "schema": {"type": "object", "description": "d" * 70_000}}}), "response_format.json_schema.schema"),
-    ("schema_name_long", body(response_format={"type": "json_schema", "json_schema": {
-        "name": "n" * 65, "schema": {"type": "object"}}}), "response_format.json_schema.name"),
+    (
+        "schema_missing",
+        body(response_format={"type": "json_schema"}),
+        "response_format.json_schema",
+    ),
+    (
+        "schema_not_object",
+        body(response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": []}}),
+        "response_format.json_schema.schema",
+    ),
+    (
+        "schema_too_big",
+        body(
+            response_format={
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "a",
+                    "schema": {"type": "object", "description": "d" * 70_000},
+                },
+            }
+        ),
+        "response_format.json_schema.schema",
+    ),
+    (
+        "schema_name_long",
+        body(
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "n" * 65, "schema": {"type": "object"}},
+            }
+        ),
+        "response_format.json_schema.name",
+    ),
     ("user_not_text", body(user=["x"]), "user"),
 ]
 
 
 @pytest.mark.parametrize(("case", "payload", "param"), HOSTILE, ids=[c[0] for c in HOSTILE])
-async def test_hostile_fields_are_400_naming_the_field(stack: Stack, case: str, payload: Any, param: str) -> None:
+async def test_hostile_fields_are_400_naming_the_field(
+    stack: Stack, case: str, payload: Any, param: str
+) -> None:
     before = len(stack.local.chats())
     async with httpx.AsyncClient(headers=AUTH) as http:
         r = await http.post(f"{stack.base_url}/chat/completions", json=payload)
@@ -91,13 +133,18 @@ async def test_hostile_fields_are_400_naming_the_field(stack: Stack, case: str, 
         (b"{not json", 400, "invalid_json"),
         (b"\xff\xfe", 400, "invalid_json"),
         (b"[1, 2]", 400, "invalid_body"),
-        (b'{"model": "speckit/auto", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}', 400,
-         "invalid_value"),
+        (
+            b'{"model": "speckit/auto", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}',
+            400,
+            "invalid_value",
+        ),
         (b"x" * (MAX_BODY_BYTES + 1), 413, "request_too_large"),
     ],
     ids=["broken", "not_utf8", "array", "nan", "too_large"],
 )
-async def test_bodies_that_are_not_a_request_object(stack: Stack, content: bytes, status: int, code: str) -> None:
+async def test_bodies_that_are_not_a_request_object(
+    stack: Stack, content: bytes, status: int, code: str
+) -> None:
     async with httpx.AsyncClient(headers=AUTH | {"Content-Type": "application/json"}) as http:
         r = await http.post(f"{stack.base_url}/chat/completions", content=content)
     assert r.status_code == status, r.text
@@ -118,7 +165,9 @@ async def test_a_client_leaving_mid_stream_stops_the_model_call(stack: Stack) ->
     stack.local.pieces = 50
     stack.local.piece_delay_s = 0.5
     async with httpx.AsyncClient(headers=AUTH, timeout=30) as http:
-        async with http.stream("POST", f"{stack.base_url}/chat/completions", json=body(stream=True)) as r:
+        async with http.stream(
+            "POST", f"{stack.base_url}/chat/completions", json=body(stream=True)
+        ) as r:
             assert r.status_code == 200
             async for line in r.aiter_lines():
                 if line.startswith("data: ") and "word" in line:
@@ -141,7 +190,9 @@ async def test_a_client_leaving_mid_stream_stops_the_model_call(stack: Stack) ->
         ("localhost:8000", "", False, False),
     ],
 )
-def test_non_loopback_without_a_token_needs_insecure(addr: str, token: str, insecure: bool, refused: bool) -> None:
+def test_non_loopback_without_a_token_needs_insecure(
+    addr: str, token: str, insecure: bool, refused: bool
+) -> None:
     if refused:
         with pytest.raises(InsecureListenRefused, match="SPECKIT_AUTH_TOKEN"):
             check_openai_exposure(addr, token, insecure)

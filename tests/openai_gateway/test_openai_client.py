@@ -21,7 +21,10 @@ from speckit_reflex.v1 import common_pb2
 from .conftest import CLOUD_MODEL, LOCAL_MODEL, SCHEMA, TOKEN, Stack
 
 DECISION, LLM_CALL = common_pb2.EVENT_TYPE_ROUTING_DECISION, common_pb2.EVENT_TYPE_LLM_CALL
-RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "answer", "schema": SCHEMA, "strict": True}}
+RESPONSE_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {"name": "answer", "schema": SCHEMA, "strict": True},
+}
 
 
 def client(stack: Stack, key: str = TOKEN) -> openai.AsyncOpenAI:
@@ -31,7 +34,10 @@ def client(stack: Stack, key: str = TOKEN) -> openai.AsyncOpenAI:
 async def test_models_lists_auto_the_reflex_chain_and_the_cloud_model(stack: Stack) -> None:
     page = await client(stack).models.list()
     assert [(m.id, m.owned_by) for m in page.data] == [
-        ("speckit/auto", "speckit"), (LOCAL_MODEL, "local"), (CLOUD_MODEL, "cloud")]
+        ("speckit/auto", "speckit"),
+        (LOCAL_MODEL, "local"),
+        (CLOUD_MODEL, "cloud"),
+    ]
     one = await client(stack).models.retrieve(LOCAL_MODEL)
     assert one.id == LOCAL_MODEL
     with pytest.raises(openai.NotFoundError):
@@ -40,8 +46,13 @@ async def test_models_lists_auto_the_reflex_chain_and_the_cloud_model(stack: Sta
 
 async def test_auto_gives_a_schema_valid_reply_and_both_events_are_in_capsule(stack: Stack) -> None:
     raw = await client(stack).chat.completions.with_raw_response.create(
-        model="speckit/auto", messages=[{"role": "user", "content": "6 x 7?"}],
-        response_format=RESPONSE_FORMAT, max_tokens=64, temperature=0, user="agent-7")
+        model="speckit/auto",
+        messages=[{"role": "user", "content": "6 x 7?"}],
+        response_format=RESPONSE_FORMAT,
+        max_tokens=64,
+        temperature=0,
+        user="agent-7",
+    )
     completion = raw.parse()
     reply = json.loads(completion.choices[0].message.content)
     jsonschema.validate(reply, SCHEMA)
@@ -57,10 +68,18 @@ async def test_auto_gives_a_schema_valid_reply_and_both_events_are_in_capsule(st
     (decision,) = [e for e in events if e.type == DECISION]
     (call,) = [e for e in events if e.type == LLM_CALL]
     assert (decision.role, decision.stage, decision.mode) == (
-        common_pb2.ROLE_IMPLEMENTER, common_pb2.STAGE_IMPLEMENT, common_pb2.ROUTING_MODE_REFLEX)
+        common_pb2.ROLE_IMPLEMENTER,
+        common_pb2.STAGE_IMPLEMENT,
+        common_pb2.ROUTING_MODE_REFLEX,
+    )
     assert decision.session_id == "agent-7" and decision.payload["verdict_waived"] is True
     assert decision.id == raw.headers["x-speckit-decision-id"]
-    assert (call.model, call.backend, call.json_valid, call.session_id) == (LOCAL_MODEL, "local", True, "agent-7")
+    assert (call.model, call.backend, call.json_valid, call.session_id) == (
+        LOCAL_MODEL,
+        "local",
+        True,
+        "agent-7",
+    )
     assert call.payload["decision_id"] == decision.id
 
 
@@ -68,13 +87,20 @@ async def test_a_stream_arrives_in_chunks_with_a_usage_chunk_and_is_recorded(sta
     stack.local.reply = "The answer is forty-two."
     stack.local.pieces = 4
     stream = await client(stack).chat.completions.create(
-        model="speckit/auto", messages=[{"role": "user", "content": "6 x 7?"}], stream=True,
-        stream_options={"include_usage": True})
+        model="speckit/auto",
+        messages=[{"role": "user", "content": "6 x 7?"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = [c async for c in stream]
-    contents = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    contents = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
     assert "".join(contents) == "The answer is forty-two." and len(contents) == 4
     assert chunks[0].choices[0].delta.role == "assistant"
-    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finals = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finals == ["stop"]
     last = chunks[-1]
     assert last.choices == [] and last.usage is not None and last.usage.completion_tokens == 4
@@ -86,7 +112,8 @@ async def test_a_stream_arrives_in_chunks_with_a_usage_chunk_and_is_recorded(sta
 
 async def test_a_stream_without_include_usage_has_no_usage_chunk(stack: Stack) -> None:
     stream = await client(stack).chat.completions.create(
-        model="speckit/auto", messages=[{"role": "user", "content": "hi"}], stream=True)
+        model="speckit/auto", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
     chunks = [c async for c in stream]
     assert all(c.usage is None and c.choices for c in chunks)
 
@@ -94,36 +121,48 @@ async def test_a_stream_without_include_usage_has_no_usage_chunk(stack: Stack) -
 async def test_a_schema_bound_stream_sends_only_the_validated_reply(stack: Stack) -> None:
     stack.local.replies = ['{"answer": "not a number"}', '{"answer": 5}']  # the first is rejected
     stream = await client(stack).chat.completions.create(
-        model="speckit/auto", messages=[{"role": "user", "content": "2+3?"}], stream=True,
-        response_format=RESPONSE_FORMAT)
+        model="speckit/auto",
+        messages=[{"role": "user", "content": "2+3?"}],
+        stream=True,
+        response_format=RESPONSE_FORMAT,
+    )
     text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     assert json.loads(text) == {"answer": 5}
 
 
 async def test_a_concrete_model_pins_the_route(stack: Stack) -> None:
     raw = await client(stack).chat.completions.with_raw_response.create(
-        model=CLOUD_MODEL, messages=[{"role": "user", "content": "hard one"}], response_format=RESPONSE_FORMAT)
+        model=CLOUD_MODEL,
+        messages=[{"role": "user", "content": "hard one"}],
+        response_format=RESPONSE_FORMAT,
+    )
     completion = raw.parse()
     assert json.loads(completion.choices[0].message.content) == {"answer": 7}
     assert raw.headers["x-speckit-route"] == f"cloud:{CLOUD_MODEL}@cloud"
     assert stack.cloud.authorizations[-1] == "Bearer sk-testcloudkey0123456789abcdef"
     assert stack.local.chats() == []
     events = await stack.events(completion.id, {DECISION, LLM_CALL})
-    assert {e.mode for e in events if e.type in (DECISION, LLM_CALL)} == {common_pb2.ROUTING_MODE_CLOUD}
+    assert {e.mode for e in events if e.type in (DECISION, LLM_CALL)} == {
+        common_pb2.ROUTING_MODE_CLOUD
+    }
 
 
 async def test_local_only_refuses_the_cloud_with_403(stack: Stack) -> None:
     with pytest.raises(openai.PermissionDeniedError) as info:
         await client(stack).chat.completions.create(
-            model=CLOUD_MODEL, messages=[{"role": "user", "content": "x"}],
-            extra_headers={"x-speckit-local-only": "true"})
+            model=CLOUD_MODEL,
+            messages=[{"role": "user", "content": "x"}],
+            extra_headers={"x-speckit-local-only": "true"},
+        )
     assert info.value.code == "local_only_forbids_cloud"
     assert stack.cloud.chats() == []
 
 
 async def test_an_unknown_model_is_404_model_not_found(stack: Stack) -> None:
     with pytest.raises(openai.NotFoundError) as info:
-        await client(stack).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+        await client(stack).chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "x"}]
+        )
     assert info.value.code == "model_not_found" and info.value.param == "model"
 
 
@@ -140,7 +179,10 @@ async def test_a_reply_that_never_validates_is_502_not_an_empty_200(stack: Stack
     stack.local.reply = "sorry, no JSON today"
     with pytest.raises(openai.InternalServerError) as info:
         await client(stack).chat.completions.create(
-            model="speckit/auto", messages=[{"role": "user", "content": "x"}], response_format=RESPONSE_FORMAT)
+            model="speckit/auto",
+            messages=[{"role": "user", "content": "x"}],
+            response_format=RESPONSE_FORMAT,
+        )
     assert info.value.status_code == 502 and info.value.code == "invalid_model_output"
 
 
@@ -148,7 +190,8 @@ async def test_an_error_mid_stream_reaches_the_client_as_an_error(stack: Stack) 
     stack.local.chat_mode = "midstream_error"
     stack.local.pieces = 4
     stream = await client(stack).chat.completions.create(
-        model="speckit/auto", messages=[{"role": "user", "content": "x"}], stream=True)
+        model="speckit/auto", messages=[{"role": "user", "content": "x"}], stream=True
+    )
     with pytest.raises(openai.APIError) as info:
         async for _ in stream:
             pass
@@ -160,10 +203,14 @@ async def test_the_readme_example_runs_as_written(stack: Stack) -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     (snippet,) = re.findall(r"```python\n(from openai import OpenAI\n.*?)```", readme, re.S)
     assert 'base_url="http://127.0.0.1:50055/v1", api_key="unused"' in snippet
-    code = snippet.replace("http://127.0.0.1:50055/v1", stack.base_url).replace('api_key="unused"', f'api_key="{TOKEN}"')
+    code = snippet.replace("http://127.0.0.1:50055/v1", stack.base_url).replace(
+        'api_key="unused"', f'api_key="{TOKEN}"'
+    )
     stack.local.reply = '{"prime": true}'
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         await asyncio.to_thread(exec, compile(code, "README.md", "exec"), {})
     printed = out.getvalue()
-    assert printed.startswith('{"prime": true}\n{"prime": true}') and "completion_tokens=" in printed
+    assert (
+        printed.startswith('{"prime": true}\n{"prime": true}') and "completion_tokens=" in printed
+    )

@@ -13,15 +13,14 @@ from pathlib import Path
 
 import httpx
 import openai
-import pytest
 
 from speckit_reflex.bakeoff.readiness import wait_for_reflex_route
 from speckit_reflex.cli.serve import effective_policy
 from speckit_reflex.clients.channel import ChannelConfig, open_channel
 from speckit_reflex.clients.router import RouterClient
 from tests.bakeoff.conftest import run_speckit, speckit_env
-from tests.ports import pick_port
 from tests.inference.fakes import FakeModelServer
+from tests.ports import pick_port
 
 POLICY = """version = "1.0.0"
 [routing.reflex]
@@ -48,15 +47,33 @@ def test_mode_reflex_enables_reflex_and_waives_the_verdict(tmp_path: Path) -> No
 
 
 async def test_serve_all_runs_the_openai_endpoint_with_the_policy_and_mode(tmp_path: Path) -> None:
-    fake = await FakeModelServer(kind="vllm", models=["fake-coder"], reply="hello from the local model").start()
+    fake = await FakeModelServer(
+        kind="vllm", models=["fake-coder"], reply="hello from the local model"
+    ).start()
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY.format(url=fake.base_url))
-    addrs = {name: f"127.0.0.1:{pick_port()}" for name in ("router", "inference", "patchloop", "capsule")}
+    addrs = {
+        name: f"127.0.0.1:{pick_port()}" for name in ("router", "inference", "patchloop", "capsule")
+    }
     openai_addr = f"127.0.0.1:{pick_port()}"
     env = speckit_env(addrs, SPECKIT_OPENAI_ADDR=openai_addr, SPECKIT_HOME=str(tmp_path / "home"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "speckit_reflex.cli.main", "serve", "all", "--policy", str(policy), "--mode", "reflex"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "speckit_reflex.cli.main",
+            "serve",
+            "all",
+            "--policy",
+            str(policy),
+            "--mode",
+            "reflex",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         async with httpx.AsyncClient() as http:
             while True:  # until the endpoint answers (or the process died)
@@ -68,9 +85,12 @@ async def test_serve_all_runs_the_openai_endpoint_with_the_policy_and_mode(tmp_p
                     await asyncio.sleep(0.1)
         async with open_channel(ChannelConfig(addrs["router"])) as channel:
             await wait_for_reflex_route(RouterClient(channel), timeout_s=30, poll_s=0.1)
-        client = openai.AsyncOpenAI(base_url=f"http://{openai_addr}/v1", api_key="unused", max_retries=0)
+        client = openai.AsyncOpenAI(
+            base_url=f"http://{openai_addr}/v1", api_key="unused", max_retries=0
+        )
         raw = await client.chat.completions.with_raw_response.create(
-            model="speckit/auto", messages=[{"role": "user", "content": "hi"}])
+            model="speckit/auto", messages=[{"role": "user", "content": "hi"}]
+        )
         assert raw.parse().choices[0].message.content == "hello from the local model"
         assert raw.headers["x-speckit-route"] == "reflex:fake-coder@local"
         assert raw.headers["x-speckit-verdict-waived"] == "true"
@@ -89,7 +109,8 @@ def test_serve_openai_refuses_a_public_address_without_a_token(tmp_path: Path) -
     assert run.code == 2
     assert run.stderr.strip().splitlines() == [
         "error: openai: refusing to listen on non-loopback 0.0.0.0:0 without SPECKIT_AUTH_TOKEN; set it, or pass "
-        "--insecure to serve unauthenticated"]
+        "--insecure to serve unauthenticated"
+    ]
 
 
 def test_serve_with_a_missing_policy_file_is_one_line(tmp_path: Path) -> None:
@@ -98,14 +119,24 @@ def test_serve_with_a_missing_policy_file_is_one_line(tmp_path: Path) -> None:
     assert "policy file not found" in run.stderr and len(run.stderr.strip().splitlines()) == 1
 
 
-async def test_serve_openai_alone_serves_in_front_of_running_services(services_factory, sqlite_url, tmp_path: Path) -> None:
+async def test_serve_openai_alone_serves_in_front_of_running_services(
+    services_factory, sqlite_url, tmp_path: Path
+) -> None:
     """`speckit serve openai` as its own process, a client of services elsewhere."""
     svc = await services_factory(["capsule", "inference", "router"], database_url=sqlite_url)
     openai_addr = f"127.0.0.1:{pick_port()}"
-    env = speckit_env({name: svc.addr(name) for name in ("capsule", "inference", "router")},
-                      SPECKIT_OPENAI_ADDR=openai_addr, SPECKIT_HOME=str(tmp_path))
-    proc = subprocess.Popen([sys.executable, "-m", "speckit_reflex.cli.main", "serve", "openai"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = speckit_env(
+        {name: svc.addr(name) for name in ("capsule", "inference", "router")},
+        SPECKIT_OPENAI_ADDR=openai_addr,
+        SPECKIT_HOME=str(tmp_path),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "speckit_reflex.cli.main", "serve", "openai"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         async with httpx.AsyncClient() as http:
             while True:
@@ -116,7 +147,10 @@ async def test_serve_openai_alone_serves_in_front_of_running_services(services_f
                 except httpx.TransportError:
                     await asyncio.sleep(0.1)
         assert models.status_code == 200
-        assert [m["id"] for m in models.json()["data"]][:2] == ["speckit/auto", "qwen2.5-coder-7b-instruct"]
+        assert [m["id"] for m in models.json()["data"]][:2] == [
+            "speckit/auto",
+            "qwen2.5-coder-7b-instruct",
+        ]
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.to_thread(proc.communicate, timeout=60)

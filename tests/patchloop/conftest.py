@@ -7,7 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from patchloop_support import CRATES, FIXED_LINE, RecordingEvents, ScriptedInference, ScriptedRouter, reply
+from patchloop_support import (
+    CRATES,
+    FIXED_LINE,
+    RecordingEvents,
+    ScriptedInference,
+    ScriptedRouter,
+    reply,
+)
 
 from speckit_reflex.patchloop.compiler import Compiler
 from speckit_reflex.patchloop.core import PatchLoop
@@ -37,13 +44,21 @@ def policy() -> LoadedPolicy:
 def make_loop(tmp_path: Path, policy: LoadedPolicy):
     """Build a PatchLoop over in-memory ports and the real sandboxed compiler."""
 
-    def make(router=None, inference=None, events=None, pol: LoadedPolicy | None = None, isolation=None) -> tuple[PatchLoop, ScriptedRouter, ScriptedInference, RecordingEvents]:
+    def make(
+        router=None, inference=None, events=None, pol: LoadedPolicy | None = None, isolation=None
+    ) -> tuple[PatchLoop, ScriptedRouter, ScriptedInference, RecordingEvents]:
         router = router or ScriptedRouter()
         inference = inference or ScriptedInference([reply(FIXED_LINE)])
         events = events or RecordingEvents()
-        loop = PatchLoop(router, inference, events, Compiler(BuildRunner(isolation or Sandbox())), pol or policy,
-                         roots=WorkspaceRoots([tmp_path]), scratch_dir=tmp_path)
+        loop = PatchLoop(
+            router,
+            inference,
+            events,
+            Compiler(BuildRunner(isolation or Sandbox())),
+            pol or policy,
+            roots=WorkspaceRoots([tmp_path]),
+            scratch_dir=tmp_path,
+        )
         return loop, router, inference, events
 
     return make
-

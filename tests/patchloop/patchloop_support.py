@@ -43,14 +43,18 @@ class ScriptedRouter:
         return router_pb2.RoutingDecision(
             decision_id=f"d{len(self.requests)}",
             mode=common_pb2.ROUTING_MODE_CLOUD if cloud else common_pb2.ROUTING_MODE_REFLEX,
-            reason=common_pb2.ROUTING_REASON_MAX_FAILURES_REACHED if cloud else common_pb2.ROUTING_REASON_HEALTHY_AND_THRESHOLDS_MET,
+            reason=common_pb2.ROUTING_REASON_MAX_FAILURES_REACHED
+            if cloud
+            else common_pb2.ROUTING_REASON_HEALTHY_AND_THRESHOLDS_MET,
             model="cloud-model" if cloud else "local-model",
             backend="cloud" if cloud else "local",
             is_fallback=cloud,
         )
 
 
-def reply(content: str | dict, *, valid: bool = True, prompt_tokens: int = 100, cached: int | None = None) -> inference_pb2.CompleteReply:
+def reply(
+    content: str | dict, *, valid: bool = True, prompt_tokens: int = 100, cached: int | None = None
+) -> inference_pb2.CompleteReply:
     text = content if isinstance(content, str) else json.dumps(content)
     r = inference_pb2.CompleteReply(
         content=text if valid else "",
@@ -77,7 +81,9 @@ class ScriptedInference:
         self.replies = list(replies)
         self.requests: list[inference_pb2.CompleteRequest] = []
 
-    async def complete(self, request: inference_pb2.CompleteRequest, timeout_s: float) -> inference_pb2.CompleteReply:
+    async def complete(
+        self, request: inference_pb2.CompleteRequest, timeout_s: float
+    ) -> inference_pb2.CompleteReply:
         self.requests.append(request)
         item = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
         if callable(item):
@@ -103,13 +109,31 @@ class RecordingEvents:
         return [e for e in self.events if e.type == t]
 
 
-FIXED_LINE = {"edits": [{"file": "src/lib.rs", "line_start": 9, "line_end": 9,
-                         "replacement": "        2 * (self.width + self.height)"}]}
-NOOP_LINE = {"edits": [{"file": "src/lib.rs", "line_start": 9, "line_end": 9,
-                        "replacement": "        2 * (self.width + self.hieght) "}]}
+FIXED_LINE = {
+    "edits": [
+        {
+            "file": "src/lib.rs",
+            "line_start": 9,
+            "line_end": 9,
+            "replacement": "        2 * (self.width + self.height)",
+        }
+    ]
+}
+NOOP_LINE = {
+    "edits": [
+        {
+            "file": "src/lib.rs",
+            "line_start": 9,
+            "line_end": 9,
+            "replacement": "        2 * (self.width + self.hieght) ",
+        }
+    ]
+}
 
 
-async def run_all(loop: PatchLoop, **fields) -> tuple[list[patchloop_pb2.RunEvent], patchloop_pb2.RunResult]:
+async def run_all(
+    loop: PatchLoop, **fields
+) -> tuple[list[patchloop_pb2.RunEvent], patchloop_pb2.RunResult]:
     events = [ev async for ev in loop.run(patchloop_pb2.RunRequest(**fields))]
     assert events[-1].WhichOneof("kind") == "result"
     return events, events[-1].result

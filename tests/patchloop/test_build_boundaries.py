@@ -49,7 +49,8 @@ async def patchloop(services_factory, tmp_path: Path):
 
 async def _raw_run(services, payload: bytes) -> list[patchloop_pb2.RunEvent]:
     call = services.ctx.channel("patchloop").unary_stream(
-        RUN, request_serializer=None, response_deserializer=patchloop_pb2.RunEvent.FromString)
+        RUN, request_serializer=None, response_deserializer=patchloop_pb2.RunEvent.FromString
+    )
     return [ev async for ev in call(payload, timeout=120)]
 
 
@@ -65,7 +66,9 @@ async def test_argv_in_the_old_field_numbers_is_never_run(patchloop, tmp_path: P
             payload += _string_field(number, arg)
     events = await _raw_run(patchloop, payload)
     started = kinds(events, "compile_started")
-    assert [(s.profile, tuple(s.command)) for s in started] == [("check", DEFAULT_PROFILES["check"])]
+    assert [(s.profile, tuple(s.command)) for s in started] == [
+        ("check", DEFAULT_PROFILES["check"])
+    ]
     assert events[-1].result.outcome == patchloop_pb2.OUTCOME_ALREADY_CLEAN
     assert not marker.exists()
 
@@ -76,14 +79,29 @@ async def test_a_named_profile_runs_the_policys_command(patchloop, tmp_path: Pat
     events, result = await client.run_to_end(str(ws), build_profile="check", verify_profile="test")
     started = kinds(events, "compile_started")
     assert [(s.profile, tuple(s.command), s.verify) for s in started] == [
-        ("check", DEFAULT_PROFILES["check"], False), ("test", DEFAULT_PROFILES["test"], True)]
+        ("check", DEFAULT_PROFILES["check"], False),
+        ("test", DEFAULT_PROFILES["test"], True),
+    ]
     assert result.outcome == patchloop_pb2.OUTCOME_ALREADY_CLEAN
 
 
 @pytest.mark.parametrize("field", ["build_profile", "verify_profile"])
-@pytest.mark.parametrize("name", ["cargo check", "/bin/sh", "sh -c 'touch x'", "../check", "CHECK", "check;id",
-                                  "nope", "x" * 40])
-async def test_a_command_or_unknown_name_as_profile_is_refused(patchloop, tmp_path: Path, field: str, name: str):
+@pytest.mark.parametrize(
+    "name",
+    [
+        "cargo check",
+        "/bin/sh",
+        "sh -c 'touch x'",
+        "../check",
+        "CHECK",
+        "check;id",
+        "nope",
+        "x" * 40,
+    ],
+)
+async def test_a_command_or_unknown_name_as_profile_is_refused(
+    patchloop, tmp_path: Path, field: str, name: str
+):
     ws = clean_crate(tmp_path / "ws")
     client = PatchLoopClient(patchloop.ctx.channel("patchloop"))
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -124,12 +142,18 @@ BAD_RUN_FIELDS = [
 ]
 
 
-@pytest.mark.parametrize(("field", "values"), BAD_RUN_FIELDS, ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_RUN_FIELDS)])
-async def test_each_hostile_run_field_is_refused_naming_it(patchloop, tmp_path: Path, field: str, values: dict):
+@pytest.mark.parametrize(
+    ("field", "values"), BAD_RUN_FIELDS, ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_RUN_FIELDS)]
+)
+async def test_each_hostile_run_field_is_refused_naming_it(
+    patchloop, tmp_path: Path, field: str, values: dict
+):
     ws = clean_crate(tmp_path / "ws")
     stub_call = patchloop.ctx.channel("patchloop").unary_stream(
-        RUN, request_serializer=patchloop_pb2.RunRequest.SerializeToString,
-        response_deserializer=patchloop_pb2.RunEvent.FromString)
+        RUN,
+        request_serializer=patchloop_pb2.RunRequest.SerializeToString,
+        response_deserializer=patchloop_pb2.RunEvent.FromString,
+    )
     req = patchloop_pb2.RunRequest(workspace=str(ws))
     for k, v in values.items():
         setattr(req, k, v)
@@ -173,11 +197,18 @@ async def test_a_workspace_outside_the_roots_is_refused(rooted, tmp_path: Path):
     outside = clean_crate(tmp_path / "elsewhere")
     os.symlink(outside, tmp_path / "root" / "link-out")
     client = PatchLoopClient(rooted.ctx.channel("patchloop"))
-    for path in (outside, tmp_path / "root" / "link-out", tmp_path / "root" / "crate" / ".." / ".." / "elsewhere"):
+    for path in (
+        outside,
+        tmp_path / "root" / "link-out",
+        tmp_path / "root" / "crate" / ".." / ".." / "elsewhere",
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await client.run_to_end(str(path))
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert err.value.details().startswith("workspace:") and "SPECKIT_WORKSPACE_ROOTS" in err.value.details()
+        assert (
+            err.value.details().startswith("workspace:")
+            and "SPECKIT_WORKSPACE_ROOTS" in err.value.details()
+        )
     _, result = await client.run_to_end(str(inside))
     assert result.outcome == patchloop_pb2.OUTCOME_ALREADY_CLEAN
     settings = await client.build_settings()
@@ -215,7 +246,9 @@ async def test_a_file_linked_from_outside_never_reaches_a_prompt(crate, make_loo
     lib = ws / "src/lib.rs"
     lib.write_text("mod secret;\n" + lib.read_text())
     before = tree_digest(ws)
-    inference = ScriptedInference([reply({"edits": [{"file": "src/lib.rs", "search": "mod secret;\n", "replace": ""}]})])
+    inference = ScriptedInference(
+        [reply({"edits": [{"file": "src/lib.rs", "search": "mod secret;\n", "replace": ""}]})]
+    )
     loop, _, _, events = make_loop(inference=inference)
     evs, result = await run_all(loop, workspace=str(ws), max_attempts=1, compiler_fast_path=False)
 

@@ -12,7 +12,15 @@ import threading
 from pathlib import Path
 
 import pytest
-from patchloop_support import RecordingEvents, ScriptedInference, ScriptedRouter, kinds, reply, run_all, tree_digest
+from patchloop_support import (
+    RecordingEvents,
+    ScriptedInference,
+    ScriptedRouter,
+    kinds,
+    reply,
+    run_all,
+    tree_digest,
+)
 
 from speckit_reflex.patchloop.buildcache import BuildCache, build_profile, cache_key
 from speckit_reflex.patchloop.compiler import Compiler
@@ -33,14 +41,23 @@ def cache(tmp_path: Path) -> BuildCache:
 @pytest.fixture
 def cached_loop(tmp_path: Path, policy, cache: BuildCache):  # type: ignore[no-untyped-def]
     def make(inference=None) -> PatchLoop:  # type: ignore[no-untyped-def]
-        return PatchLoop(ScriptedRouter(), inference or ScriptedInference([reply("{}")]), RecordingEvents(),
-                         Compiler(BuildRunner(Sandbox())), policy, roots=WorkspaceRoots([tmp_path]),
-                         scratch_dir=tmp_path, cache=cache)
+        return PatchLoop(
+            ScriptedRouter(),
+            inference or ScriptedInference([reply("{}")]),
+            RecordingEvents(),
+            Compiler(BuildRunner(Sandbox())),
+            policy,
+            roots=WorkspaceRoots([tmp_path]),
+            scratch_dir=tmp_path,
+            cache=cache,
+        )
 
     return make
 
 
-def first_build(events: list[patchloop_pb2.RunEvent]) -> tuple[patchloop_pb2.CompileStarted, patchloop_pb2.CompileFinished]:
+def first_build(
+    events: list[patchloop_pb2.RunEvent],
+) -> tuple[patchloop_pb2.CompileStarted, patchloop_pb2.CompileFinished]:
     return kinds(events, "compile_started")[0], kinds(events, "compile_finished")[0]
 
 
@@ -64,25 +81,32 @@ async def test_second_run_reuses_the_cache(crate, cached_loop, cache: BuildCache
     assert (info.workspaces, info.slots) == (1, 1) and info.size_bytes > 0
 
 
-async def test_two_concurrent_runs_on_one_workspace_both_finish_correctly(crate, cached_loop, cache: BuildCache) -> None:
+async def test_two_concurrent_runs_on_one_workspace_both_finish_correctly(
+    crate, cached_loop, cache: BuildCache
+) -> None:
     ws = crate("with_dep")
     loop = cached_loop()
-    (events_a, a), (events_b, b) = await asyncio.gather(run_all(loop, workspace=str(ws)),
-                                                        run_all(loop, workspace=str(ws)))
+    (events_a, a), (events_b, b) = await asyncio.gather(
+        run_all(loop, workspace=str(ws)), run_all(loop, workspace=str(ws))
+    )
     for events, result in ((events_a, a), (events_b, b)):
         assert result.outcome == patchloop_pb2.OUTCOME_FIXED, result.reason
         assert first_build(events)[1].error_count == 1
         assert "+    let mut total = 0;" in result.diff
     assert cache.info().slots == 2  # one build dir each, never shared while in use
     # Both slots are free again: the next two runs are warm.
-    (events_c, c), (events_d, d) = await asyncio.gather(run_all(loop, workspace=str(ws)),
-                                                        run_all(loop, workspace=str(ws)))
-    assert {first_build(e)[0].cache for e in (events_c, events_d)} == {patchloop_pb2.CACHE_STATE_WARM}
+    (events_c, c), (events_d, d) = await asyncio.gather(
+        run_all(loop, workspace=str(ws)), run_all(loop, workspace=str(ws))
+    )
+    assert {first_build(e)[0].cache for e in (events_c, events_d)} == {
+        patchloop_pb2.CACHE_STATE_WARM
+    }
     assert c.outcome == d.outcome == patchloop_pb2.OUTCOME_FIXED
 
 
-async def test_a_build_script_cannot_modify_the_user_tree_through_the_scratch(crate, cached_loop,
-                                                                             cache: BuildCache) -> None:
+async def test_a_build_script_cannot_modify_the_user_tree_through_the_scratch(
+    crate, cached_loop, cache: BuildCache
+) -> None:
     ws = crate("tamper_build")
     before = tree_digest(ws)
     loop = cached_loop()
@@ -110,11 +134,23 @@ def _tree(root: Path, files: dict[str, str]) -> None:
 
 def test_sync_copies_sources_only_and_restores_a_tampered_copy(tmp_path: Path) -> None:
     src, dst, manifest = tmp_path / "src", tmp_path / "dst", tmp_path / "manifest.json"
-    _tree(src, {"Cargo.toml": "[package]\n", "src/lib.rs": "fn a() {}\n", "target/debug/big": "x",
-                ".git/HEAD": "ref", "sub/.git/x": "y", "src/gone.rs": "old"})
+    _tree(
+        src,
+        {
+            "Cargo.toml": "[package]\n",
+            "src/lib.rs": "fn a() {}\n",
+            "target/debug/big": "x",
+            ".git/HEAD": "ref",
+            "sub/.git/x": "y",
+            "src/gone.rs": "old",
+        },
+    )
     first = sync_tree(src, dst, manifest)
     assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file()) == [
-        "Cargo.toml", "src/gone.rs", "src/lib.rs"]
+        "Cargo.toml",
+        "src/gone.rs",
+        "src/lib.rs",
+    ]
     assert first.copied == 3
     assert os.stat(dst / "src/lib.rs").st_ino != os.stat(src / "src/lib.rs").st_ino
 
@@ -204,22 +240,43 @@ def test_clear_keeps_slots_in_use_and_a_busy_workspace_gets_another_slot(tmp_pat
 
 def test_key_separates_toolchains_and_profiles() -> None:
     ws = Path("/w")
-    assert len({cache_key(ws, "rustc 1.95", "dev"), cache_key(ws, "rustc 1.96", "dev"),
-                cache_key(ws, "rustc 1.95", "release"), cache_key(Path("/v"), "rustc 1.95", "dev")}) == 4
+    assert (
+        len(
+            {
+                cache_key(ws, "rustc 1.95", "dev"),
+                cache_key(ws, "rustc 1.96", "dev"),
+                cache_key(ws, "rustc 1.95", "release"),
+                cache_key(Path("/v"), "rustc 1.95", "dev"),
+            }
+        )
+        == 4
+    )
     assert build_profile(["cargo", "check"]) == "dev"
     assert build_profile(["cargo", "build", "--release"]) == "release"
     assert build_profile(["cargo", "check", "--profile", "ci"]) == "ci"
     assert build_profile(["cargo", "check", "--profile=bench"]) == "bench"
 
 
-async def test_a_fix_is_not_written_over_a_file_the_user_changed_meanwhile(crate, cached_loop) -> None:
+async def test_a_fix_is_not_written_over_a_file_the_user_changed_meanwhile(
+    crate, cached_loop
+) -> None:
     ws = crate("missing_mut")
     user_edit = "// the user's own edit, made while the run waited for the model\n"
 
     def edit_then_fix(request):  # type: ignore[no-untyped-def]
         (ws / "src" / "lib.rs").write_text(user_edit)
-        return reply({"edits": [{"file": "src/lib.rs", "line_start": 3, "line_end": 3,
-                                 "replacement": "    let mut total = 0;"}]})
+        return reply(
+            {
+                "edits": [
+                    {
+                        "file": "src/lib.rs",
+                        "line_start": 3,
+                        "line_end": 3,
+                        "replacement": "    let mut total = 0;",
+                    }
+                ]
+            }
+        )
 
     loop = cached_loop(ScriptedInference([edit_then_fix]))
     events, result = await run_all(loop, workspace=str(ws), apply=True, compiler_fast_path=False)
@@ -263,17 +320,32 @@ async def _answer_builds_once_both_arrived(root: Path, runs: int) -> None:
         await asyncio.sleep(0.02)  # another process's file: nothing to await
 
 
-async def test_concurrent_runs_overlap_their_builds_and_their_model_calls(crate, tmp_path: Path, cached_loop,
-                                                                         cache: BuildCache) -> None:
+async def test_concurrent_runs_overlap_their_builds_and_their_model_calls(
+    crate, tmp_path: Path, cached_loop, cache: BuildCache
+) -> None:
     one, two = crate("rendezvous"), tmp_path / "other" / "rendezvous"
     two.parent.mkdir()
     shutil.copytree(one, two)
-    fix = reply({"edits": [{"file": "src/lib.rs", "line_start": 3, "line_end": 3,
-                            "replacement": "    let mut total = 0;"}]})
+    fix = reply(
+        {
+            "edits": [
+                {
+                    "file": "src/lib.rs",
+                    "line_start": 3,
+                    "line_end": 3,
+                    "replacement": "    let mut total = 0;",
+                }
+            ]
+        }
+    )
     inference = RendezvousInference(2, fix)
     loop = cached_loop(inference)
-    runs = asyncio.gather(*(run_all(loop, workspace=str(ws), compiler_fast_path=False, max_attempts=1)
-                            for ws in (one, two)))
+    runs = asyncio.gather(
+        *(
+            run_all(loop, workspace=str(ws), compiler_fast_path=False, max_attempts=1)
+            for ws in (one, two)
+        )
+    )
     await _answer_builds_once_both_arrived(cache.root, 2)
     for _, result in await runs:
         assert result.outcome == patchloop_pb2.OUTCOME_FIXED, result.reason
@@ -317,7 +389,9 @@ async def test_the_scratch_copy_is_made_off_the_event_loop(monkeypatch, crate, c
 
     monkeypatch.setattr(workspace, "sync_tree", slow_sync)
     run = asyncio.create_task(run_all(cached_loop(), workspace=str(crate("missing_mut"))))
-    assert await asyncio.get_running_loop().run_in_executor(None, started.wait, 60), "the copy never started"
+    assert await asyncio.get_running_loop().run_in_executor(None, started.wait, 60), (
+        "the copy never started"
+    )
     release.set()  # only reachable while the copy runs if the loop is free
     _, result = await run
     assert result.outcome == patchloop_pb2.OUTCOME_FIXED

@@ -48,7 +48,9 @@ def hostile_crate(dest: Path, writes: list[Path], reads: list[Path]) -> Path:
 
 def report(events: list[patchloop_pb2.RunEvent]) -> str:
     """The build script's report: the message of the first build's compile_error!."""
-    first = next(ev.compile_finished for ev in events if ev.WhichOneof("kind") == "compile_finished")
+    first = next(
+        ev.compile_finished for ev in events if ev.WhichOneof("kind") == "compile_finished"
+    )
     return next(d.message for d in first.diagnostics if "hunt scanned=" in d.message)
 
 
@@ -64,25 +66,37 @@ def serve_patchloop(tmp_path: Path, home: Path) -> Iterator[str]:
     port = pick_port()  # told to the child: a window (tests/ports.py); a taken port fails the start
     no_router = DeadEndpoint()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPECKIT_")}
-    env.update({
-        "OPENAI_API_KEY": KEY,
-        "SPECKIT_PATCHLOOP_ADDR": f"127.0.0.1:{port}",
-        "SPECKIT_WORKSPACE_ROOTS": str(tmp_path / "user"),
-        "SPECKIT_HOME": str(home),
-        "SPECKIT_GRACE_S": "1",
-        # No Router: the run ends refused after its first build, which is all this needs.
-        "SPECKIT_ROUTER_ADDR": no_router.addr,
-    })
+    env.update(
+        {
+            "OPENAI_API_KEY": KEY,
+            "SPECKIT_PATCHLOOP_ADDR": f"127.0.0.1:{port}",
+            "SPECKIT_WORKSPACE_ROOTS": str(tmp_path / "user"),
+            "SPECKIT_HOME": str(home),
+            "SPECKIT_GRACE_S": "1",
+            # No Router: the run ends refused after its first build, which is all this needs.
+            "SPECKIT_ROUTER_ADDR": no_router.addr,
+        }
+    )
     log = (tmp_path / "patchloop.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "speckit_reflex.cli.main", "serve", "patchloop"],
-                            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "speckit_reflex.cli.main", "serve", "patchloop"],
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         addr = f"127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         with grpc.insecure_channel(addr) as ch:
             while True:
                 try:
-                    if health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    if (
+                        health_pb2_grpc.HealthStub(ch)
+                        .Check(health_pb2.HealthCheckRequest(), timeout=1)
+                        .status
+                        == 1
+                    ):
                         break
                 except grpc.RpcError:
                     pass
@@ -97,7 +111,9 @@ def serve_patchloop(tmp_path: Path, home: Path) -> Iterator[str]:
         no_router.close()
 
 
-async def test_hostile_build_script_gets_no_key_and_writes_nothing(patchloop_process: str, tmp_path: Path):
+async def test_hostile_build_script_gets_no_key_and_writes_nothing(
+    patchloop_process: str, tmp_path: Path
+):
     user = tmp_path / "user"
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -106,8 +122,11 @@ async def test_hostile_build_script_gets_no_key_and_writes_nothing(patchloop_pro
     crate = user / "crate"
     # /tmp inside the sandbox is its own tmpfs: a write there may succeed, but never reaches the host's /tmp.
     private_tmp = Path(f"/tmp/speckit-planted-{os.getpid()}-{time.monotonic_ns()}")
-    hostile_crate(crate, writes=[crate / "src" / "planted.rs", outside / "planted.txt", private_tmp],
-                  reads=[secret])
+    hostile_crate(
+        crate,
+        writes=[crate / "src" / "planted.rs", outside / "planted.txt", private_tmp],
+        reads=[secret],
+    )
     before = tree_digest(crate)
     channel = open_channel(ChannelConfig(address=patchloop_process))
     try:
@@ -116,7 +135,9 @@ async def test_hostile_build_script_gets_no_key_and_writes_nothing(patchloop_pro
         layers = {layer.name: layer for layer in settings.sandbox}
         missing = [f"{n}: {layer.detail}" for n, layer in layers.items() if not layer.active]
         assert missing == [], f"this host should give every layer: {missing}"
-        events, result = await client.run_to_end(str(crate), max_attempts=1, compiler_fast_path=False)
+        events, result = await client.run_to_end(
+            str(crate), max_attempts=1, compiler_fast_path=False
+        )
     finally:
         await channel.close()
 
@@ -128,7 +149,9 @@ async def test_hostile_build_script_gets_no_key_and_writes_nothing(patchloop_pro
     assert found.count("refused(") == 3, found  # two writes and the read
     assert f"w {private_tmp} WRITTEN" in found and found.count("WRITTEN") == 1, found
     assert "READ(" not in found and "3b9d" not in found
-    assert result.outcome == patchloop_pb2.OUTCOME_REFUSED  # no Router: the loop stops after the build
+    assert (
+        result.outcome == patchloop_pb2.OUTCOME_REFUSED
+    )  # no Router: the loop stops after the build
     assert tree_digest(crate) == before
     assert list(outside.iterdir()) == []
     assert not private_tmp.exists()
@@ -139,14 +162,20 @@ async def test_control_without_the_pid_and_filesystem_layers_the_hunt_succeeds(t
     """The same crate under network isolation only: it finds the key in a
     process that holds it and writes outside the scratch copy. This is what
     the layers above take away."""
-    holder = subprocess.Popen(["sleep", "60"], env={"PATH": os.environ["PATH"], "OPENAI_API_KEY": KEY})
+    holder = subprocess.Popen(
+        ["sleep", "60"], env={"PATH": os.environ["PATH"], "OPENAI_API_KEY": KEY}
+    )
     try:
         outside = tmp_path / "outside"
         outside.mkdir()
         crate = hostile_crate(tmp_path / "crate", writes=[outside / "planted.txt"], reads=[])
         weak = BuildRunner(Sandbox(candidates=[Candidate(("unshare", "--net"))]))
-        result = await weak.run(["cargo", "check", "--offline", "--message-format=json"], crate,
-                                tmp_path / "target", timeout_s=120)
+        result = await weak.run(
+            ["cargo", "check", "--offline", "--message-format=json"],
+            crate,
+            tmp_path / "target",
+            timeout_s=120,
+        )
     finally:
         holder.kill()
         holder.wait()
@@ -164,23 +193,34 @@ async def test_status_shows_each_sandbox_layer(services_factory, tmp_path: Path)
     env["COLUMNS"] = "240"
 
     def status(*extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "speckit_reflex.cli.main", "reflex", "status", *extra],
-                              env=env, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "speckit_reflex.cli.main", "reflex", "status", *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     proc = await asyncio.to_thread(status, "--json")
     assert proc.returncode == 0, proc.stderr
     sandbox = json.loads(proc.stdout)["sandbox"]
     assert {x["name"]: x["active"] for x in sandbox["layers"]} == {
-        "network": True, "pid": True, "filesystem": True, "capabilities": True, "environment": True,
-        "time_limit": True}
+        "network": True,
+        "pid": True,
+        "filesystem": True,
+        "capabilities": True,
+        "environment": True,
+        "time_limit": True,
+    }
     assert sandbox["workspace_roots"] == [str(tmp_path.resolve())]
     assert sandbox["profiles"]["check"][:2] == ["cargo", "check"]
     table = (await asyncio.to_thread(status)).stdout
     assert "sandbox: filesystem" in table and "MISSING" not in table
 
 
-async def test_a_revert_after_a_build_never_writes_through_a_link_the_build_planted(patchloop_process: str,
-                                                                                   tmp_path: Path):
+async def test_a_revert_after_a_build_never_writes_through_a_link_the_build_planted(
+    patchloop_process: str, tmp_path: Path
+):
     """rustc's own fix of src/payload/victim.rs is tried and undone (the second
     build breaks on purpose); between the two, the build script swapped the
     copy's src/payload/ folder for a link to a host folder. Undoing the fix must
@@ -198,7 +238,9 @@ async def test_a_revert_after_a_build_never_writes_through_a_link_the_build_plan
     finally:
         await channel.close()
     applied = [ev.patch_applied for ev in events if ev.WhichOneof("kind") == "patch_applied"]
-    assert applied and applied[0].files == ["src/payload/victim.rs"], events  # the fast path ran, then was undone
+    assert applied and applied[0].files == ["src/payload/victim.rs"], (
+        events
+    )  # the fast path ran, then was undone
     assert result.outcome != patchloop_pb2.OUTCOME_FIXED
     assert sorted(p.name for p in outside.iterdir()) == ["victim.rs"]
     assert (outside / "victim.rs").read_text() == "a host file the revert must not replace\n"
@@ -225,7 +267,9 @@ async def test_a_setuid_file_a_build_leaves_in_the_cache_runs_as_no_one_else(tmp
         assert planted, [ev for ev in events if ev.WhichOneof("kind") == "compile_finished"]
         for path in planted:
             try:
-                out = subprocess.run([str(path)], user="nobody", capture_output=True, text=True, timeout=10)
+                out = subprocess.run(
+                    [str(path)], user="nobody", capture_output=True, text=True, timeout=10
+                )
             except PermissionError:
                 continue
             assert "euid=0" not in out.stdout, f"{path} runs as root for nobody: {out.stdout}"

@@ -17,12 +17,12 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from patchloop_support import FIXED_LINE
 from grpc import aio
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, format_span_id, format_trace_id
+from patchloop_support import FIXED_LINE
 from prometheus_client.parser import text_string_to_metric_families
 from test_patchloop_e2e import CLOUD_KEY_ENV, capsule_events, start_stack, write_policy
 
@@ -59,22 +59,38 @@ def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
 
 @pytest.fixture
 async def fixing_model():
-    server = await FakeModelServer(kind="vllm", models=["local-model"], reply=json.dumps(FIXED_LINE)).start()
+    server = await FakeModelServer(
+        kind="vllm", models=["local-model"], reply=json.dumps(FIXED_LINE)
+    ).start()
     yield server
     await server.stop()
 
 
-async def test_metrics_move_after_a_real_run(crate, services_factory, tmp_path: Path, fixing_model, monkeypatch):
+async def test_metrics_move_after_a_real_run(
+    crate, services_factory, tmp_path: Path, fixing_model, monkeypatch
+):
     monkeypatch.setenv(CLOUD_KEY_ENV, "sk-test-cloud")
-    pol = write_policy(tmp_path, kind="vllm", endpoint=fixing_model.base_url, model="local-model",
-                       cloud_endpoint="http://127.0.0.1:9/v1")
-    svc = await start_stack(services_factory, tmp_path, pol, "local-model", metrics_addr="127.0.0.1:0")
+    pol = write_policy(
+        tmp_path,
+        kind="vllm",
+        endpoint=fixing_model.base_url,
+        model="local-model",
+        cloud_endpoint="http://127.0.0.1:9/v1",
+    )
+    svc = await start_stack(
+        services_factory, tmp_path, pol, "local-model", metrics_addr="127.0.0.1:0"
+    )
     address = svc.ctx.metrics_server.address
     before = await scrape(address)
 
     client = PatchLoopClient(svc.ctx.channel("patchloop"))
-    _, result = await client.run_to_end(str(crate("field_typo")), run_id="metrics-run", timeout_s=120)
-    assert result.outcome == patchloop_pb2.OUTCOME_FIXED and result.fixed_by == patchloop_pb2.FIX_SOURCE_REFLEX
+    _, result = await client.run_to_end(
+        str(crate("field_typo")), run_id="metrics-run", timeout_s=120
+    )
+    assert (
+        result.outcome == patchloop_pb2.OUTCOME_FIXED
+        and result.fixed_by == patchloop_pb2.FIX_SOURCE_REFLEX
+    )
     with pytest.raises(grpc.aio.AioRpcError):
         await client.get_run("no-such-run")
 
@@ -83,8 +99,12 @@ async def test_metrics_move_after_a_real_run(crate, services_factory, tmp_path: 
     deadline = time.monotonic() + 15
     while True:
         after = await scrape(address)
-        delivered = moved(before, after, "speckit_event_sink_sent_total", service="patchloop") == 2 and not any(
-            value(after, "speckit_event_sink_backlog", service=s) for s in ("router", "inference", "patchloop"))
+        delivered = moved(
+            before, after, "speckit_event_sink_sent_total", service="patchloop"
+        ) == 2 and not any(
+            value(after, "speckit_event_sink_backlog", service=s)
+            for s in ("router", "inference", "patchloop")
+        )
         if delivered or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.05)
@@ -96,11 +116,32 @@ async def test_metrics_move_after_a_real_run(crate, services_factory, tmp_path: 
     assert moved(before, after, rpc, service="router", method="Decide", code="OK") == 1
     assert moved(before, after, rpc, service="inference", method="StreamComplete", code="OK") == 1
     assert moved(before, after, rpc, service="capsule", method="AppendEvents", code="OK") >= 1
-    assert moved(before, after, "speckit_rpc_server_handling_seconds_count", service="patchloop", method="Run") == 1
-    assert moved(before, after, "speckit_routing_decisions_total", mode="reflex",
-                 reason="healthy_and_thresholds_met", model="local-model") == 1
+    assert (
+        moved(
+            before,
+            after,
+            "speckit_rpc_server_handling_seconds_count",
+            service="patchloop",
+            method="Run",
+        )
+        == 1
+    )
+    assert (
+        moved(
+            before,
+            after,
+            "speckit_routing_decisions_total",
+            mode="reflex",
+            reason="healthy_and_thresholds_met",
+            model="local-model",
+        )
+        == 1
+    )
     call = {"backend": "local", "model": "local-model"}
-    assert moved(before, after, "speckit_model_calls_total", **call, outcome="ok", schema_valid="true") == 1
+    assert (
+        moved(before, after, "speckit_model_calls_total", **call, outcome="ok", schema_valid="true")
+        == 1
+    )
     assert moved(before, after, "speckit_model_ttft_seconds_count", **call) == 1
     assert moved(before, after, "speckit_model_call_seconds_sum", **call) > 0
     assert moved(before, after, "speckit_model_tokens_total", **call, kind="completion") > 0
@@ -120,26 +161,42 @@ async def test_metrics_move_after_a_real_run(crate, services_factory, tmp_path: 
     assert len(events) == 4 and all(e.trace_id == "" == e.span_id for e in events)
 
 
-async def test_model_names_a_caller_sends_never_become_metric_labels(services_factory, tmp_path: Path,
-                                                                    fixing_model, monkeypatch):
+async def test_model_names_a_caller_sends_never_become_metric_labels(
+    services_factory, tmp_path: Path, fixing_model, monkeypatch
+):
     """/metrics has no token: a model name chosen by a caller (a credential
     pasted by mistake, or thousands of distinct names to grow the process's
     series without bound) must not show up there, whichever way the call ends."""
     monkeypatch.setenv(CLOUD_KEY_ENV, "sk-test-cloud")
-    pol = write_policy(tmp_path, kind="vllm", endpoint=fixing_model.base_url, model="local-model",
-                       cloud_endpoint="http://127.0.0.1:9/v1")
-    svc = await start_stack(services_factory, tmp_path, pol, "local-model", metrics_addr="127.0.0.1:0")
+    pol = write_policy(
+        tmp_path,
+        kind="vllm",
+        endpoint=fixing_model.base_url,
+        model="local-model",
+        cloud_endpoint="http://127.0.0.1:9/v1",
+    )
+    svc = await start_stack(
+        services_factory, tmp_path, pol, "local-model", metrics_addr="127.0.0.1:0"
+    )
     inference = InferenceClient(svc.ctx.channel("inference"))
     names = ["ghp_ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", *(f"caller-model-{i}" for i in range(5))]
     for name in names:
         for backend in ("", "local", "cloud"):
             try:
-                await inference.complete([{"role": "user", "content": "hi"}], model=name, backend=backend,
-                                         max_tokens=8, timeout=30)
+                await inference.complete(
+                    [{"role": "user", "content": "hi"}],
+                    model=name,
+                    backend=backend,
+                    max_tokens=8,
+                    timeout=30,
+                )
             except grpc.aio.AioRpcError:
                 pass
-    labels = {dict(lab).get("model") for (metric, lab) in await scrape(svc.ctx.metrics_server.address)
-              if metric.startswith("speckit_model_")}
+    labels = {
+        dict(lab).get("model")
+        for (metric, lab) in await scrape(svc.ctx.metrics_server.address)
+        if metric.startswith("speckit_model_")
+    }
     assert labels <= {"local-model", "cloud-model", "other", "none"}, labels
     assert "other" in labels  # the calls were counted, under one label
 
@@ -165,15 +222,23 @@ def hex_ids(s: ReadableSpan) -> tuple[str, str]:
     return format_trace_id(s.context.trace_id), format_span_id(s.context.span_id)
 
 
-async def test_one_trace_spans_the_four_services(crate, services_factory, tmp_path: Path, fixing_model, monkeypatch,
-                                                 caplog):
+async def test_one_trace_spans_the_four_services(
+    crate, services_factory, tmp_path: Path, fixing_model, monkeypatch, caplog
+):
     monkeypatch.setenv(CLOUD_KEY_ENV, "sk-test-cloud")
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    pol = write_policy(tmp_path, kind="vllm", endpoint=fixing_model.base_url, model="local-model",
-                       cloud_endpoint="http://127.0.0.1:9/v1")
-    svc = await start_stack(services_factory, tmp_path, pol, "local-model", tracing=Tracing(provider))
+    pol = write_policy(
+        tmp_path,
+        kind="vllm",
+        endpoint=fixing_model.base_url,
+        model="local-model",
+        cloud_endpoint="http://127.0.0.1:9/v1",
+    )
+    svc = await start_stack(
+        services_factory, tmp_path, pol, "local-model", tracing=Tracing(provider)
+    )
     logs = _Lines()
     caplog.set_level(logging.INFO, logger="speckit.patchloop")
     logging.getLogger("speckit.patchloop").addHandler(logs)
@@ -181,7 +246,11 @@ async def test_one_trace_spans_the_four_services(crate, services_factory, tmp_pa
         # An agent that does not trace: PatchLoop's server span starts the trace.
         async with aio.insecure_channel(svc.addr("patchloop")) as channel:
             _, result = await PatchLoopClient(channel).run_to_end(
-                str(crate("field_typo")), run_id="traced-run", session_id="traced-session", timeout_s=120)
+                str(crate("field_typo")),
+                run_id="traced-run",
+                session_id="traced-session",
+                timeout_s=120,
+            )
     finally:
         logging.getLogger("speckit.patchloop").removeHandler(logs)
     assert result.outcome == patchloop_pb2.OUTCOME_FIXED
@@ -189,38 +258,61 @@ async def test_one_trace_spans_the_four_services(crate, services_factory, tmp_pa
     # Every event of the run is stored (the LLMCall and RoutingDecision too) before spans are read.
     capsule = CapsuleClient(svc.ctx.channel("capsule"))
     deadline = time.monotonic() + 15
-    while len(events := await capsule.all_events(run_id="traced-run")) < 4 and time.monotonic() < deadline:
+    while (
+        len(events := await capsule.all_events(run_id="traced-run")) < 4
+        and time.monotonic() < deadline
+    ):
         await asyncio.sleep(0.05)
 
     spans = exporter.get_finished_spans()
-    (run_rpc,) = [s for s in spans if s.name == "/speckit_reflex.v1.PatchLoop/Run" and s.kind == SpanKind.SERVER]
+    (run_rpc,) = [
+        s
+        for s in spans
+        if s.name == "/speckit_reflex.v1.PatchLoop/Run" and s.kind == SpanKind.SERVER
+    ]
     assert run_rpc.parent is None, "no caller context: the run's RPC is the root"
     trace_id, _ = hex_ids(run_rpc)
     mine = [s for s in spans if hex_ids(s)[0] == trace_id]
     names = [s.name for s in mine]
     servers = {s.attributes["rpc.service"] for s in mine if s.kind == SpanKind.SERVER}
     # Capsule's own RPC here is QueryEvents: PatchLoop reads the new session's failure history.
-    assert servers == {"speckit_reflex.v1.PatchLoop", "speckit_reflex.v1.Router", "speckit_reflex.v1.Inference",
-                       "speckit_reflex.v1.Capsule"}
+    assert servers == {
+        "speckit_reflex.v1.PatchLoop",
+        "speckit_reflex.v1.Router",
+        "speckit_reflex.v1.Inference",
+        "speckit_reflex.v1.Capsule",
+    }
     assert names.count("patchloop.run") == 1 and names.count("patchloop.attempt") == 1
     assert names.count("patchloop.build") == 2  # failing build, then the clean one
     assert names.count("router.decide") == 1 and names.count("inference.model_call") == 1
-    assert names.count("capsule.store_events") >= 3  # one per recording span: decision, call, loop spans
+    assert (
+        names.count("capsule.store_events") >= 3
+    )  # one per recording span: decision, call, loop spans
     streams = [s for s in mine if s.name == "/speckit_reflex.v1.Inference/StreamComplete"]
-    assert {s.kind for s in streams} == {SpanKind.CLIENT, SpanKind.SERVER}, "streaming call propagated"
+    assert {s.kind for s in streams} == {SpanKind.CLIENT, SpanKind.SERVER}, (
+        "streaming call propagated"
+    )
     decides = [s for s in mine if s.name == "/speckit_reflex.v1.Router/Decide"]
     assert {s.kind for s in decides} == {SpanKind.CLIENT, SpanKind.SERVER}, "unary call propagated"
     decide = next(s for s in mine if s.name == "router.decide")
-    assert decide.attributes["speckit.mode"] == "reflex" and decide.attributes["speckit.model"] == "local-model"
+    assert (
+        decide.attributes["speckit.mode"] == "reflex"
+        and decide.attributes["speckit.model"] == "local-model"
+    )
     call = next(s for s in mine if s.name == "inference.model_call")
-    assert call.attributes["speckit.backend"] == "local" and call.attributes["speckit.schema_valid"] is True
+    assert (
+        call.attributes["speckit.backend"] == "local"
+        and call.attributes["speckit.schema_valid"] is True
+    )
 
     # The run's events carry its trace id, and each points at the span that recorded it.
     by_type = {e.type: e for e in events}
     assert len(events) == 4 and {e.trace_id for e in events} == {trace_id}
     assert by_type[common_pb2.EVENT_TYPE_ROUTING_DECISION].span_id == hex_ids(decide)[1]
     assert by_type[common_pb2.EVENT_TYPE_LLM_CALL].span_id == hex_ids(call)[1]
-    stored_under = {format_span_id(s.parent.span_id) for s in mine if s.name == "capsule.store_events"}
+    stored_under = {
+        format_span_id(s.parent.span_id) for s in mine if s.name == "capsule.store_events"
+    }
     assert {e.span_id for e in events} <= stored_under
     # ... and the run's log line prints it.
     (finished,) = [line for line in logs.lines if line["msg"] == "run finished"]

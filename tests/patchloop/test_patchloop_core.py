@@ -9,7 +9,6 @@ import pytest
 from patchloop_support import (
     FIXED_LINE,
     NOOP_LINE,
-    RecordingEvents,
     ScriptedInference,
     ScriptedRouter,
     kinds,
@@ -41,7 +40,9 @@ async def test_fixed_by_reflex_on_first_attempt(crate, make_loop):
     ws = crate("field_typo")
     before = tree_digest(ws)
     loop, router, inference, events = make_loop()
-    evs, result = await run_all(loop, workspace=str(ws), session_id="s1", task_id="t1", bakeoff_run_id="b1")
+    evs, result = await run_all(
+        loop, workspace=str(ws), session_id="s1", task_id="t1", bakeoff_run_id="b1"
+    )
 
     assert result.outcome == patchloop_pb2.OUTCOME_FIXED
     assert result.fixed_by == patchloop_pb2.FIX_SOURCE_REFLEX
@@ -84,7 +85,9 @@ async def test_apply_writes_back_only_the_changed_file(crate, make_loop):
 
 async def test_escalates_to_cloud_after_max_failures_and_cloud_fixes(crate, make_loop):
     ws = crate("field_typo")
-    loop, router, inference, events = make_loop(inference=ScriptedInference([by_mode(NOOP_LINE, FIXED_LINE)]))
+    loop, router, inference, events = make_loop(
+        inference=ScriptedInference([by_mode(NOOP_LINE, FIXED_LINE)])
+    )
     evs, result = await run_all(loop, workspace=str(ws))
 
     assert [r.consecutive_failures for r in router.requests] == [0, 1, 2]
@@ -103,7 +106,9 @@ async def test_escalates_to_cloud_after_max_failures_and_cloud_fixes(crate, make
 async def test_gives_up_after_max_attempts_when_cloud_is_unreachable(crate, make_loop):
     ws = crate("field_typo")
     cloud_down = ModelCallFailed("failed_precondition", "no API key in DEEPSEEK_API_KEY")
-    loop, router, inference, events = make_loop(inference=ScriptedInference([by_mode(NOOP_LINE, cloud_down)]))
+    loop, router, inference, events = make_loop(
+        inference=ScriptedInference([by_mode(NOOP_LINE, cloud_down)])
+    )
     evs, result = await run_all(loop, workspace=str(ws), max_attempts=3)
 
     assert result.outcome == patchloop_pb2.OUTCOME_GAVE_UP
@@ -118,7 +123,9 @@ async def test_gives_up_after_max_attempts_when_cloud_is_unreachable(crate, make
 async def test_refused_when_policy_forbids_the_cloud_route(crate, make_loop):
     ws = crate("field_typo")
     router = ScriptedRouter(refuse_cloud="local_only_forbids_cloud: local_only is set")
-    loop, _, inference, events = make_loop(router=router, inference=ScriptedInference([reply(NOOP_LINE)]))
+    loop, _, inference, events = make_loop(
+        router=router, inference=ScriptedInference([reply(NOOP_LINE)])
+    )
     _, result = await run_all(loop, workspace=str(ws), local_only=True)
 
     assert result.outcome == patchloop_pb2.OUTCOME_REFUSED
@@ -130,7 +137,9 @@ async def test_refused_when_policy_forbids_the_cloud_route(crate, make_loop):
 
 async def test_retry_prompt_shares_the_prefix_and_varies_sampling(crate, make_loop):
     ws = crate("field_typo")
-    loop, _, inference, _ = make_loop(inference=ScriptedInference([reply(NOOP_LINE), reply(FIXED_LINE)]))
+    loop, _, inference, _ = make_loop(
+        inference=ScriptedInference([reply(NOOP_LINE), reply(FIXED_LINE)])
+    )
     _, result = await run_all(loop, workspace=str(ws))
     assert result.attempts == 2
     first, second = inference.requests
@@ -139,7 +148,7 @@ async def test_retry_prompt_shares_the_prefix_and_varies_sampling(crate, make_lo
     assert first.messages[1].content.endswith(tail)
     stable = first.messages[1].content[: -len(tail)]
     assert second.messages[1].content.startswith(stable), "attempt 2 must extend attempt 1's prompt"
-    assert "EARLIER ATTEMPTS FAILED" in second.messages[1].content[len(stable):]
+    assert "EARLIER ATTEMPTS FAILED" in second.messages[1].content[len(stable) :]
     assert "   9 |         2 * (self.width + self.hieght)" in stable
     assert "error[E0609]" in stable and str(ws) not in stable
     assert (first.temperature, first.HasField("seed")) == (0.0, False)
@@ -187,9 +196,17 @@ async def test_partial_fix_is_kept_and_a_useless_one_reverted(crate, make_loop):
     ws = crate("field_typo")
     src = ws / "src/lib.rs"
     # A second error (line 11) so that fixing one of them is progress.
-    src.write_text(src.read_text().replace("    }\n}\n\n#[cfg", "    }\n    pub fn area(&self) -> u32 { self.width * self.heigth }\n}\n\n#[cfg", 1))
+    src.write_text(
+        src.read_text().replace(
+            "    }\n}\n\n#[cfg",
+            "    }\n    pub fn area(&self) -> u32 { self.width * self.heigth }\n}\n\n#[cfg",
+            1,
+        )
+    )
     fix_one = {"edits": [{"file": "src/lib.rs", "search": "self.heigth", "replace": "self.height"}]}
-    useless = {"edits": [{"file": "src/lib.rs", "search": "/// Perimeter", "replace": "/// The perimeter"}]}
+    useless = {
+        "edits": [{"file": "src/lib.rs", "search": "/// Perimeter", "replace": "/// The perimeter"}]
+    }
     loop, _, inference, events = make_loop(
         inference=ScriptedInference([reply(fix_one), reply(useless), reply(FIXED_LINE)])
     )
@@ -201,8 +218,12 @@ async def test_partial_fix_is_kept_and_a_useless_one_reverted(crate, make_loop):
     assert "/// The perimeter" not in result.diff, "the useless edit was reverted"
     assert "self.height }" in result.diff
     # Attempt 3 was prompted from the kept state, as attempt 2 was.
-    assert inference.requests[2].messages[1].content.startswith(
-        inference.requests[1].messages[1].content[: -len("\nReply with the JSON patch.")]
+    assert (
+        inference.requests[2]
+        .messages[1]
+        .content.startswith(
+            inference.requests[1].messages[1].content[: -len("\nReply with the JSON patch.")]
+        )
     )
 
 
@@ -232,7 +253,9 @@ async def test_bad_workspace_is_invalid_argument(tmp_path: Path, make_loop):
 async def test_cached_tokens_and_cache_reuse_recorded(crate, make_loop):
     ws = crate("field_typo")
     loop, _, _, events = make_loop(
-        inference=ScriptedInference([reply(NOOP_LINE, cached=0), reply(FIXED_LINE, prompt_tokens=400, cached=360)])
+        inference=ScriptedInference(
+            [reply(NOOP_LINE, cached=0), reply(FIXED_LINE, prompt_tokens=400, cached=360)]
+        )
     )
     evs, _ = await run_all(loop, workspace=str(ws))
     a1, a2 = events.of_type(PA)
@@ -244,9 +267,19 @@ async def test_cached_tokens_and_cache_reuse_recorded(crate, make_loop):
 
 async def test_verify_profile_must_pass_for_a_fix(crate, make_loop):
     ws = crate("field_typo")
-    compiles_but_wrong = {"edits": [{"file": "src/lib.rs", "line_start": 9, "line_end": 9,
-                                     "replacement": "        2 * (self.width + self.width)"}]}
-    loop, _, _, events = make_loop(inference=ScriptedInference([reply(compiles_but_wrong), reply(FIXED_LINE)]))
+    compiles_but_wrong = {
+        "edits": [
+            {
+                "file": "src/lib.rs",
+                "line_start": 9,
+                "line_end": 9,
+                "replacement": "        2 * (self.width + self.width)",
+            }
+        ]
+    }
+    loop, _, _, events = make_loop(
+        inference=ScriptedInference([reply(compiles_but_wrong), reply(FIXED_LINE)])
+    )
     evs, result = await run_all(loop, workspace=str(ws), verify_profile="test")
     assert result.outcome == patchloop_pb2.OUTCOME_FIXED and result.attempts == 2
     a1, a2 = events.of_type(PA)
@@ -283,7 +316,10 @@ async def test_get_run_sees_a_running_run_and_a_gone_caller_cancels_it(crate, ma
     await stream.aclose()  # the caller goes away mid-run
     status = loop.get_run("live")
     assert status.state == patchloop_pb2.RUN_STATE_DONE
-    assert status.result.outcome == patchloop_pb2.OUTCOME_GAVE_UP and status.result.reason.startswith("cancelled")
+    assert (
+        status.result.outcome == patchloop_pb2.OUTCOME_GAVE_UP
+        and status.result.reason.startswith("cancelled")
+    )
     assert [e.payload["outcome"] for e in events.of_type(LR)] == ["gave_up"]
 
 
@@ -291,17 +327,29 @@ async def test_syntax_breaking_patch_is_reverted_although_the_count_drops(crate,
     ws = crate("field_typo")
     src = ws / "src/lib.rs"
     # Three type errors (E0609 each); rustc reports them all.
-    src.write_text(src.read_text().replace(
-        "    }\n}\n\n#[cfg",
-        "    }\n    pub fn area(&self) -> u32 { self.width * self.heigth }\n"
-        "    pub fn half(&self) -> u32 { self.heigth / 2 }\n}\n\n#[cfg", 1))
+    src.write_text(
+        src.read_text().replace(
+            "    }\n}\n\n#[cfg",
+            "    }\n    pub fn area(&self) -> u32 { self.width * self.heigth }\n"
+            "    pub fn half(&self) -> u32 { self.heigth / 2 }\n}\n\n#[cfg",
+            1,
+        )
+    )
     original = src.read_text()
     # Fixes one field but drops a closing parenthesis: rustc now stops at the
     # parse error and reports 1 error instead of 3.
-    breaks_syntax = {"edits": [{"file": "src/lib.rs", "search": "(self.width + self.hieght)",
-                                "replace": "(self.width + self.height"}]}
+    breaks_syntax = {
+        "edits": [
+            {
+                "file": "src/lib.rs",
+                "search": "(self.width + self.hieght)",
+                "replace": "(self.width + self.height",
+            }
+        ]
+    }
     loop, _, inference, events = make_loop(
-        inference=ScriptedInference([reply(breaks_syntax), reply(FIXED_LINE)]))
+        inference=ScriptedInference([reply(breaks_syntax), reply(FIXED_LINE)])
+    )
     await run_all(loop, workspace=str(ws))
     a1 = events.of_type(PA)[0]
     assert (a1.payload["errors_before"], a1.payload["errors_after"]) == (3, 1)
@@ -309,16 +357,26 @@ async def test_syntax_breaking_patch_is_reverted_although_the_count_drops(crate,
     assert "reverted" in a1.payload["detail"]
     # Attempt 2 was prompted from the state before the patch, not from broken code.
     assert "self.hieght)" in inference.requests[1].messages[1].content
-    assert inference.requests[1].messages[1].content.startswith(
-        inference.requests[0].messages[1].content[: -len("\nReply with the JSON patch.")])
+    assert (
+        inference.requests[1]
+        .messages[1]
+        .content.startswith(
+            inference.requests[0].messages[1].content[: -len("\nReply with the JSON patch.")]
+        )
+    )
     assert src.read_text() == original, "the user's tree is untouched (apply=False)"
 
 
 async def test_cloud_call_refused_for_a_missing_key_is_a_refusal_not_an_attempt(crate, make_loop):
     ws = crate("field_typo")
-    no_key = ModelCallFailed("failed_precondition", "cloud_key_missing: DEEPSEEK_API_KEY is not set; set it to "
-                                                    "the cloud API key to allow cloud calls (none was sent)")
-    loop, _, inference, events = make_loop(inference=ScriptedInference([by_mode(NOOP_LINE, no_key)]))
+    no_key = ModelCallFailed(
+        "failed_precondition",
+        "cloud_key_missing: DEEPSEEK_API_KEY is not set; set it to "
+        "the cloud API key to allow cloud calls (none was sent)",
+    )
+    loop, _, inference, events = make_loop(
+        inference=ScriptedInference([by_mode(NOOP_LINE, no_key)])
+    )
     _, result = await run_all(loop, workspace=str(ws), max_attempts=4)
     assert result.outcome == patchloop_pb2.OUTCOME_REFUSED and "DEEPSEEK_API_KEY" in result.reason
     # Two reflex attempts; the cloud call that never left the machine is no attempt.

@@ -35,8 +35,16 @@ LR = common_pb2.EVENT_TYPE_LOOP_RESULT
 CLOUD_KEY_ENV = "SPECKIT_TEST_PATCHLOOP_CLOUD_KEY"
 
 
-def write_policy(tmp_path: Path, *, kind: str, endpoint: str, model: str, cloud_endpoint: str,
-                 max_tokens: int = 384, timeout_ms: int = 10_000) -> Path:
+def write_policy(
+    tmp_path: Path,
+    *,
+    kind: str,
+    endpoint: str,
+    model: str,
+    cloud_endpoint: str,
+    max_tokens: int = 384,
+    timeout_ms: int = 10_000,
+) -> Path:
     path = tmp_path / "model_policy.toml"
     path.write_text(f"""
 [routing.reflex]
@@ -78,19 +86,33 @@ async def start_stack(services_factory, tmp_path: Path, policy_path: Path, model
     routes reflex."""
     db = f"sqlite:///{tmp_path / 'e2e.db'}"
     policy = load_policy(policy_path)
-    svc = await services_factory(["capsule", "inference", "router", "patchloop"], database_url=db, policy=policy,
-                                 **settings)
-    health = await InferenceClient(svc.ctx.channel("inference")).health("local", refresh=True, timeout=180)
+    svc = await services_factory(
+        ["capsule", "inference", "router", "patchloop"], database_url=db, policy=policy, **settings
+    )
+    health = await InferenceClient(svc.ctx.channel("inference")).health(
+        "local", refresh=True, timeout=180
+    )
     identity = health.backends[0].identity.key
-    await record_bakeoff(CapsuleClient(svc.ctx.channel("capsule")), model, 4, latency_ms=100.0, identity=identity,
-                         cloud_model="cloud-model")
+    await record_bakeoff(
+        CapsuleClient(svc.ctx.channel("capsule")),
+        model,
+        4,
+        latency_ms=100.0,
+        identity=identity,
+        cloud_model="cloud-model",
+    )
     # The Router learns the probed health (with the identity) and the verdict now, not a refresh interval later.
     await svc.servers["router"].service.refresher.refresh_all()
     router = RouterClient(svc.ctx.channel("router"))
     deadline = time.monotonic() + 60
     while True:
-        d = await router.decide(stage=common_pb2.STAGE_IMPLEMENT, role=common_pb2.ROLE_IMPLEMENTER,
-                                session_id="readiness-probe", attempt=1, timeout=10)
+        d = await router.decide(
+            stage=common_pb2.STAGE_IMPLEMENT,
+            role=common_pb2.ROLE_IMPLEMENTER,
+            session_id="readiness-probe",
+            attempt=1,
+            timeout=10,
+        )
         if d.mode == common_pb2.ROUTING_MODE_REFLEX:
             break
         assert time.monotonic() < deadline, f"router never routed reflex: {d.detail}"
@@ -98,7 +120,9 @@ async def start_stack(services_factory, tmp_path: Path, policy_path: Path, model
     return svc
 
 
-async def capsule_events(svc, run_id: str, expected: int, timeout_s: float = 15.0) -> list[common_pb2.Event]:
+async def capsule_events(
+    svc, run_id: str, expected: int, timeout_s: float = 15.0
+) -> list[common_pb2.Event]:
     """The run's PatchAttempt and LoopResult events once `expected` have arrived."""
     capsule = CapsuleClient(svc.ctx.channel("capsule"))
     deadline = time.monotonic() + timeout_s
@@ -109,25 +133,39 @@ async def capsule_events(svc, run_id: str, expected: int, timeout_s: float = 15.
         await asyncio.sleep(0.1)
 
 
-async def test_reflex_fails_then_cloud_fixes_over_real_services(crate, services_factory, tmp_path, monkeypatch):
+async def test_reflex_fails_then_cloud_fixes_over_real_services(
+    crate, services_factory, tmp_path, monkeypatch
+):
     monkeypatch.setenv(CLOUD_KEY_ENV, "sk-test-cloud")
-    reflex = await FakeModelServer(kind="vllm", models=["local-model"], reply=json.dumps(NOOP_LINE)).start()
-    cloud = await FakeModelServer(kind="openai", models=["cloud-model"], reply=json.dumps(FIXED_LINE)).start()
+    reflex = await FakeModelServer(
+        kind="vllm", models=["local-model"], reply=json.dumps(NOOP_LINE)
+    ).start()
+    cloud = await FakeModelServer(
+        kind="openai", models=["cloud-model"], reply=json.dumps(FIXED_LINE)
+    ).start()
     try:
-        pol = write_policy(tmp_path, kind="vllm", endpoint=reflex.base_url, model="local-model",
-                           cloud_endpoint=cloud.base_url)
+        pol = write_policy(
+            tmp_path,
+            kind="vllm",
+            endpoint=reflex.base_url,
+            model="local-model",
+            cloud_endpoint=cloud.base_url,
+        )
         svc = await start_stack(services_factory, tmp_path, pol, "local-model")
         ws = crate("field_typo")
         client = PatchLoopClient(svc.ctx.channel("patchloop"))
-        evs, result = await client.run_to_end(str(ws), run_id="e2e-escalate", session_id="e2e-s1", apply=True,
-                                              timeout_s=120)
+        evs, result = await client.run_to_end(
+            str(ws), run_id="e2e-escalate", session_id="e2e-s1", apply=True, timeout_s=120
+        )
 
         assert result.outcome == patchloop_pb2.OUTCOME_FIXED, result.reason
         assert result.fixed_by == patchloop_pb2.FIX_SOURCE_CLOUD
         assert result.attempts == 3 and result.escalated and result.applied
         assert "self.width + self.height)" in (ws / "src/lib.rs").read_text()
         routes = kinds(evs, "routing")
-        assert [r.mode for r in routes] == [common_pb2.ROUTING_MODE_REFLEX] * 2 + [common_pb2.ROUTING_MODE_CLOUD]
+        assert [r.mode for r in routes] == [common_pb2.ROUTING_MODE_REFLEX] * 2 + [
+            common_pb2.ROUTING_MODE_CLOUD
+        ]
         assert routes[2].reason == common_pb2.ROUTING_REASON_MAX_FAILURES_REACHED
         assert len(reflex.chats()) == 2 and len(cloud.chats()) == 1
 
@@ -140,11 +178,16 @@ async def test_reflex_fails_then_cloud_fixes_over_real_services(crate, services_
         ]
         assert all(a.json_valid and a.latency_ms > 0 and a.session_id == "e2e-s1" for a in attempts)
         (loop_result,) = [e for e in events if e.type == LR]
-        assert loop_result.payload["outcome"] == "fixed" and loop_result.payload["fixed_by"] == "cloud"
+        assert (
+            loop_result.payload["outcome"] == "fixed" and loop_result.payload["fixed_by"] == "cloud"
+        )
         assert loop_result.payload["escalated"] is True
 
         status = await client.get_run("e2e-escalate")
-        assert status.state == patchloop_pb2.RUN_STATE_DONE and status.result.outcome == patchloop_pb2.OUTCOME_FIXED
+        assert (
+            status.state == patchloop_pb2.RUN_STATE_DONE
+            and status.result.outcome == patchloop_pb2.OUTCOME_FIXED
+        )
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await client.get_run("no-such-run")
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
@@ -153,18 +196,31 @@ async def test_reflex_fails_then_cloud_fixes_over_real_services(crate, services_
         await cloud.stop()
 
 
-async def test_local_only_run_is_refused_and_never_reaches_the_cloud(crate, services_factory, tmp_path, monkeypatch):
+async def test_local_only_run_is_refused_and_never_reaches_the_cloud(
+    crate, services_factory, tmp_path, monkeypatch
+):
     monkeypatch.setenv(CLOUD_KEY_ENV, "sk-test-cloud")
-    reflex = await FakeModelServer(kind="vllm", models=["local-model"], reply=json.dumps(NOOP_LINE)).start()
-    cloud = await FakeModelServer(kind="openai", models=["cloud-model"], reply=json.dumps(FIXED_LINE)).start()
+    reflex = await FakeModelServer(
+        kind="vllm", models=["local-model"], reply=json.dumps(NOOP_LINE)
+    ).start()
+    cloud = await FakeModelServer(
+        kind="openai", models=["cloud-model"], reply=json.dumps(FIXED_LINE)
+    ).start()
     try:
-        pol = write_policy(tmp_path, kind="vllm", endpoint=reflex.base_url, model="local-model",
-                           cloud_endpoint=cloud.base_url)
+        pol = write_policy(
+            tmp_path,
+            kind="vllm",
+            endpoint=reflex.base_url,
+            model="local-model",
+            cloud_endpoint=cloud.base_url,
+        )
         svc = await start_stack(services_factory, tmp_path, pol, "local-model")
         ws = crate("field_typo")
         before = tree_digest(ws)
         client = PatchLoopClient(svc.ctx.channel("patchloop"))
-        _, result = await client.run_to_end(str(ws), run_id="e2e-local", local_only=True, apply=True, timeout_s=120)
+        _, result = await client.run_to_end(
+            str(ws), run_id="e2e-local", local_only=True, apply=True, timeout_s=120
+        )
 
         assert result.outcome == patchloop_pb2.OUTCOME_REFUSED
         assert result.reason.startswith("local_only_forbids_cloud")
@@ -194,8 +250,15 @@ async def test_embedded_model_loop_then_escalation_without_cloud_key(
     """SmolLM2 gets the reflex attempts; with no cloud key the escalation is refused (nothing sent, the
     variable named), and that refused call is no attempt."""
     monkeypatch.delenv(CLOUD_KEY_ENV, raising=False)
-    pol = write_policy(tmp_path, kind="llamacpp", endpoint=llama_server.base_url, model=llama_server.model,
-                       cloud_endpoint="http://127.0.0.1:9/v1", max_tokens=256, timeout_ms=240_000)
+    pol = write_policy(
+        tmp_path,
+        kind="llamacpp",
+        endpoint=llama_server.base_url,
+        model=llama_server.model,
+        cloud_endpoint="http://127.0.0.1:9/v1",
+        max_tokens=256,
+        timeout_ms=240_000,
+    )
     svc = await start_stack(services_factory, tmp_path, pol, llama_server.model)
     ws = crate("field_typo")
     before = tree_digest(ws)
@@ -206,7 +269,9 @@ async def test_embedded_model_loop_then_escalation_without_cloud_key(
     events = await capsule_events(svc, "e2e-llama", result.attempts + 1)
     attempts = sorted((e for e in events if e.type == PA), key=lambda e: e.attempt)
     refused = result.outcome == patchloop_pb2.OUTCOME_REFUSED
-    assert len(attempts) == result.attempts - refused, "every attempt is in Capsule, the refused call is none"
+    assert len(attempts) == result.attempts - refused, (
+        "every attempt is in Capsule, the refused call is none"
+    )
     assert len([e for e in events if e.type == LR]) == 1
     reflex_attempts = [a for a in attempts if a.mode == common_pb2.ROUTING_MODE_REFLEX]
     assert all(a.model == llama_server.model and a.backend == "local" for a in reflex_attempts)
@@ -223,5 +288,8 @@ async def test_embedded_model_loop_then_escalation_without_cloud_key(
     if len(reflex_attempts) == 2:
         second = reflex_attempts[1]
         assert second.HasField("cached_tokens")
-        assert second.cached_tokens / second.prompt_tokens >= 0.8, (second.cached_tokens, second.prompt_tokens)
+        assert second.cached_tokens / second.prompt_tokens >= 0.8, (
+            second.cached_tokens,
+            second.prompt_tokens,
+        )
         assert calls[1].cache_reuse >= 0.8

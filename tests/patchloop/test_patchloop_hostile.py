@@ -15,14 +15,34 @@ from pathlib import Path
 import pytest
 from patchloop_support import ScriptedInference, kinds, reply, run_all, tree_digest
 
-from speckit_reflex.patchloop.patch import PatchBounds, PatchRejected, parse_patch, patch_schema, plan_patch
+from speckit_reflex.patchloop.patch import (
+    PatchBounds,
+    PatchRejected,
+    parse_patch,
+    patch_schema,
+    plan_patch,
+)
 from speckit_reflex.patchloop.workspace import checked_relative
 from speckit_reflex.policy import load_policy
 from speckit_reflex.v1 import common_pb2, patchloop_pb2
 
 
-def edit(file: str, line_start: int = 9, line_end: int = 9, replacement: str = "        2 * (self.width + self.height)") -> dict:
-    return {"edits": [{"file": file, "line_start": line_start, "line_end": line_end, "replacement": replacement}]}
+def edit(
+    file: str,
+    line_start: int = 9,
+    line_end: int = 9,
+    replacement: str = "        2 * (self.width + self.height)",
+) -> dict:
+    return {
+        "edits": [
+            {
+                "file": file,
+                "line_start": line_start,
+                "line_end": line_end,
+                "replacement": replacement,
+            }
+        ]
+    }
 
 
 def hostile_cases(outside: Path) -> dict[str, tuple[object, str]]:
@@ -33,8 +53,14 @@ def hostile_cases(outside: Path) -> dict[str, tuple[object, str]]:
         "absolute": (edit("/etc/hostname"), "path_escape"),
         "symlinked_file": (edit("src/escape.rs", 1, 1), "path_escape"),
         "symlinked_dir": (edit("linkdir/victim.rs", 1, 1), "path_escape"),
-        "anchor_mismatch": ({"edits": [{"file": "src/lib.rs", "search": "self.hight", "replace": "self.height"}]}, "anchor_mismatch"),
-        "anchor_ambiguous": ({"edits": [{"file": "src/lib.rs", "search": "self.", "replace": "this."}]}, "anchor_ambiguous"),
+        "anchor_mismatch": (
+            {"edits": [{"file": "src/lib.rs", "search": "self.hight", "replace": "self.height"}]},
+            "anchor_mismatch",
+        ),
+        "anchor_ambiguous": (
+            {"edits": [{"file": "src/lib.rs", "search": "self.", "replace": "this."}]},
+            "anchor_ambiguous",
+        ),
         "missing_file": (edit("src/new_module.rs", 1, 1, "pub fn f() {}"), "file_not_found"),
         "oversized_replacement": (edit("src/lib.rs", 9, 9, "x" * 5000), "edit_too_large"),
         "too_many_edits": ({"edits": [edit("src/lib.rs")["edits"][0]] * 9}, "edit_too_large"),
@@ -51,7 +77,9 @@ CASES = sorted(hostile_cases(Path("/x")))
 
 
 @pytest.mark.parametrize("case", CASES)
-async def test_hostile_patch_is_rejected_and_nothing_written(case, crate, make_loop, tmp_path: Path):
+async def test_hostile_patch_is_rejected_and_nothing_written(
+    case, crate, make_loop, tmp_path: Path
+):
     ws = crate("field_typo")
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -66,7 +94,9 @@ async def test_hostile_patch_is_rejected_and_nothing_written(case, crate, make_l
 
     assert [r.reason for r in kinds(evs, "patch_rejected")] == [reason]
     assert kinds(evs, "patch_applied") == []
-    assert result.outcome == patchloop_pb2.OUTCOME_GAVE_UP and not result.applied and result.diff == ""
+    assert (
+        result.outcome == patchloop_pb2.OUTCOME_GAVE_UP and not result.applied and result.diff == ""
+    )
     (attempt,) = events.of_type(common_pb2.EVENT_TYPE_PATCH_ATTEMPT)
     assert attempt.reason == reason and not attempt.success
     assert tree_digest(ws) == before_ws
@@ -76,7 +106,9 @@ async def test_hostile_patch_is_rejected_and_nothing_written(case, crate, make_l
 async def test_invalid_reply_from_adapter_is_never_applied(crate, make_loop):
     ws = crate("field_typo")
     before = tree_digest(ws)
-    loop, _, _, events = make_loop(inference=ScriptedInference([reply(edit("src/lib.rs"), valid=False)]))
+    loop, _, _, events = make_loop(
+        inference=ScriptedInference([reply(edit("src/lib.rs"), valid=False)])
+    )
     evs, result = await run_all(loop, workspace=str(ws), max_attempts=1, apply=True)
     assert [r.reason for r in kinds(evs, "patch_rejected")] == ["invalid_json"]
     (attempt,) = events.of_type(common_pb2.EVENT_TYPE_PATCH_ATTEMPT)
@@ -88,10 +120,22 @@ async def test_creating_files_only_when_the_policy_allows(crate, make_loop, tmp_
     toml = tmp_path / "policy.toml"
     toml.write_text("[patchloop]\nallow_create_files = true\nmax_tokens = 1024\n")
     ws = crate("field_typo")
-    patch = {"edits": [
-        {"file": "src/lib.rs", "line_start": 9, "line_end": 9, "replacement": "        2 * (self.width + self.height)"},
-        {"file": "src/extra.rs", "line_start": 1, "line_end": 1, "replacement": "pub fn extra() {}"},
-    ]}
+    patch = {
+        "edits": [
+            {
+                "file": "src/lib.rs",
+                "line_start": 9,
+                "line_end": 9,
+                "replacement": "        2 * (self.width + self.height)",
+            },
+            {
+                "file": "src/extra.rs",
+                "line_start": 1,
+                "line_end": 1,
+                "replacement": "pub fn extra() {}",
+            },
+        ]
+    }
     loop, *_ = make_loop(inference=ScriptedInference([reply(patch)]), pol=load_policy(toml))
     _, result = await run_all(loop, workspace=str(ws), apply=True)
     assert result.outcome == patchloop_pb2.OUTCOME_FIXED
@@ -102,20 +146,30 @@ async def test_creating_files_only_when_the_policy_allows(crate, make_loop, tmp_
 def test_multi_file_patch_is_all_or_nothing(tmp_path: Path):
     (tmp_path / "a.rs").write_text("one\n")
     edits = parse_patch(
-        json.dumps({"edits": [
-            {"file": "a.rs", "line_start": 1, "line_end": 1, "replacement": "uno"},
-            {"file": "b.rs", "search": "x", "replace": "y"},
-        ]}),
+        json.dumps(
+            {
+                "edits": [
+                    {"file": "a.rs", "line_start": 1, "line_end": 1, "replacement": "uno"},
+                    {"file": "b.rs", "search": "x", "replace": "y"},
+                ]
+            }
+        ),
         patch_schema(PatchBounds.for_max_tokens(2048)),
     )
     with pytest.raises(PatchRejected) as err:
-        plan_patch(edits, lambda n: checked_relative(tmp_path, n)[0],
-                   lambda r: (tmp_path / r).read_text() if (tmp_path / r).exists() else None, False)
+        plan_patch(
+            edits,
+            lambda n: checked_relative(tmp_path, n)[0],
+            lambda r: (tmp_path / r).read_text() if (tmp_path / r).exists() else None,
+            False,
+        )
     assert err.value.reason == "file_not_found"
     assert (tmp_path / "a.rs").read_text() == "one\n"
 
 
-@pytest.mark.parametrize("name", ["/etc/passwd", "../x", "a/../../x", "", "a\x00b", "C:/x", "~/x", "a\\..\\x", "."])
+@pytest.mark.parametrize(
+    "name", ["/etc/passwd", "../x", "a/../../x", "", "a\x00b", "C:/x", "~/x", "a\\..\\x", "."]
+)
 def test_checked_relative_rejects_escapes(tmp_path: Path, name: str):
     with pytest.raises(PatchRejected) as err:
         checked_relative(tmp_path, name)
@@ -126,16 +180,26 @@ def test_checked_relative_normalises_inside_paths(tmp_path: Path):
     (tmp_path / "src").mkdir()
     assert checked_relative(tmp_path, "./src//lib.rs")[0] == "src/lib.rs"
     os.symlink("lib.rs", tmp_path / "src/alias.rs")
-    assert checked_relative(tmp_path, "src/alias.rs")[0] == "src/lib.rs", "a link inside resolves to its target"
+    assert checked_relative(tmp_path, "src/alias.rs")[0] == "src/lib.rs", (
+        "a link inside resolves to its target"
+    )
 
 
 @pytest.mark.parametrize("max_tokens", [128, 256, 384, 512, 1024, 4096])
 def test_longest_valid_reply_fits_in_max_tokens(max_tokens: int):
     bounds = PatchBounds.for_max_tokens(max_tokens)
     schema = patch_schema(bounds)
-    line = {"file": "f" * bounds.file_chars, "line_start": 100000, "line_end": 100000,
-            "replacement": "r" * bounds.replacement_chars}
-    search = {"file": "f" * bounds.file_chars, "search": "s" * bounds.search_chars, "replace": "p" * bounds.replace_chars}
+    line = {
+        "file": "f" * bounds.file_chars,
+        "line_start": 100000,
+        "line_end": 100000,
+        "replacement": "r" * bounds.replacement_chars,
+    }
+    search = {
+        "file": "f" * bounds.file_chars,
+        "search": "s" * bounds.search_chars,
+        "replace": "p" * bounds.replace_chars,
+    }
     for item in (line, search):
         doc = json.dumps({"edits": [item] * bounds.max_edits}, separators=(",", ":"))
         assert parse_patch(doc, schema)  # valid at the bounds

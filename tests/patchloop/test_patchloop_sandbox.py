@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from speckit_reflex.patchloop.diagnostics import parse_cargo_output
-from speckit_reflex.patchloop.sandbox import BuildRunner, Candidate, Sandbox, default_candidates, scrub_environment
+from speckit_reflex.patchloop.sandbox import (
+    BuildRunner,
+    Candidate,
+    Sandbox,
+    default_candidates,
+    scrub_environment,
+)
 
 CHECK = ["cargo", "check", "--offline", "--message-format=json"]
 SECRETS = {
@@ -50,7 +56,9 @@ def runner() -> BuildRunner:
     return BuildRunner(Sandbox(), environ={**os.environ, **SECRETS})
 
 
-async def test_endless_build_script_is_killed_with_its_children(crate, runner: BuildRunner, tmp_path: Path):
+async def test_endless_build_script_is_killed_with_its_children(
+    crate, runner: BuildRunner, tmp_path: Path
+):
     ws = crate("sleepy_build")
     target = tmp_path / "target"
     started = time.monotonic()
@@ -109,12 +117,27 @@ async def test_build_script_cannot_reach_the_network(crate, runner: BuildRunner,
 
 
 def test_scrubbed_environment_keeps_the_toolchain_and_drops_secrets():
-    env = scrub_environment({
-        "PATH": "/bin", "HOME": "/root", "CARGO_HOME": "/c", "RUSTUP_HOME": "/r", "LANG": "C.UTF-8",
-        "OPENAI_API_KEY": "x", "SPECKIT_AUTH_TOKEN": "t", "HTTP_PROXY": "http://p", "LD_PRELOAD": "/evil.so",
-        "RUSTC_WRAPPER_TOKEN": "t",
-    })
-    assert env == {"PATH": "/bin", "HOME": "/root", "CARGO_HOME": "/c", "RUSTUP_HOME": "/r", "LANG": "C.UTF-8"}
+    env = scrub_environment(
+        {
+            "PATH": "/bin",
+            "HOME": "/root",
+            "CARGO_HOME": "/c",
+            "RUSTUP_HOME": "/r",
+            "LANG": "C.UTF-8",
+            "OPENAI_API_KEY": "x",
+            "SPECKIT_AUTH_TOKEN": "t",
+            "HTTP_PROXY": "http://p",
+            "LD_PRELOAD": "/evil.so",
+            "RUSTC_WRAPPER_TOKEN": "t",
+        }
+    )
+    assert env == {
+        "PATH": "/bin",
+        "HOME": "/root",
+        "CARGO_HOME": "/c",
+        "RUSTUP_HOME": "/r",
+        "LANG": "C.UTF-8",
+    }
 
 
 async def test_runner_sets_private_target_dir_and_offline(tmp_path: Path):
@@ -127,17 +150,35 @@ async def test_runner_sets_private_target_dir_and_offline(tmp_path: Path):
 
 
 def test_sandbox_probe_falls_back_and_never_claims_a_missing_layer():
-    sandbox = Sandbox(candidates=[Candidate(("/nonexistent-unshare", "--net"), fs=True, proc=True, caps=True),
-                                  Candidate(("unshare", "--net"))])
+    sandbox = Sandbox(
+        candidates=[
+            Candidate(("/nonexistent-unshare", "--net"), fs=True, proc=True, caps=True),
+            Candidate(("unshare", "--net")),
+        ]
+    )
     sandbox.probe()
     active = {layer.name: layer.active for layer in sandbox.layers()}
-    assert active == {"network": True, "pid": False, "filesystem": False, "capabilities": False,
-                      "environment": True, "time_limit": True}
-    assert "missing: pid" in sandbox.note and "filesystem" in sandbox.note and "nonexistent-unshare" in sandbox.note
+    assert active == {
+        "network": True,
+        "pid": False,
+        "filesystem": False,
+        "capabilities": False,
+        "environment": True,
+        "time_limit": True,
+    }
+    assert (
+        "missing: pid" in sandbox.note
+        and "filesystem" in sandbox.note
+        and "nonexistent-unshare" in sandbox.note
+    )
     nothing = Sandbox(candidates=[Candidate(("/nonexistent-unshare",))])
     nothing.probe()
-    assert [layer.name for layer in nothing.layers() if not layer.active] == ["network", "pid", "filesystem",
-                                                                             "capabilities"]
+    assert [layer.name for layer in nothing.layers() if not layer.active] == [
+        "network",
+        "pid",
+        "filesystem",
+        "capabilities",
+    ]
 
 
 def test_a_setup_step_that_fails_is_not_claimed(tmp_path: Path):
@@ -145,10 +186,15 @@ def test_a_setup_step_that_fails_is_not_claimed(tmp_path: Path):
     broken = tmp_path / "python"
     broken.write_text("#!/bin/sh\necho 'speckit sandbox: mount failed' >&2\nexit 126\n")
     broken.chmod(0o755)
-    sandbox = Sandbox(candidates=[Candidate(("unshare", "--net", "--pid", "--fork", "--mount"), fs=True, proc=True,
-                                            caps=True),
-                                  Candidate(("unshare", "--net", "--pid", "--fork", "--kill-child"))],
-                      python=str(broken))
+    sandbox = Sandbox(
+        candidates=[
+            Candidate(
+                ("unshare", "--net", "--pid", "--fork", "--mount"), fs=True, proc=True, caps=True
+            ),
+            Candidate(("unshare", "--net", "--pid", "--fork", "--kill-child")),
+        ],
+        python=str(broken),
+    )
     sandbox.probe()
     active = {layer.name: layer.active for layer in sandbox.layers()}
     assert not active["filesystem"] and not active["capabilities"] and active["network"]
@@ -160,7 +206,10 @@ async def test_loop_records_the_isolation_note(crate, make_loop, tmp_path: Path)
 
     loop, *_ = make_loop(isolation=Sandbox(candidates=[Candidate(("/nonexistent-unshare",))]))
     evs, result = await run_all(loop, workspace=str(crate("field_typo")))
-    assert any(n.startswith("build sandbox incomplete on this host, missing: network") for n in kinds(evs, "note"))
+    assert any(
+        n.startswith("build sandbox incomplete on this host, missing: network")
+        for n in kinds(evs, "note")
+    )
 
 
 async def test_root_in_the_sandbox_cannot_remount_its_way_out(tmp_path: Path):
@@ -171,7 +220,9 @@ async def test_root_in_the_sandbox_cannot_remount_its_way_out(tmp_path: Path):
     if not {layer.name: layer.active for layer in runner.layers()}["capabilities"]:
         pytest.skip(runner.isolation_note)
     probe = Path(f"/usr/speckit-caps-probe-{os.getpid()}")
-    script = f"mount -o remount,rw,bind /usr && touch {probe}; mount -t tmpfs none /tmp && echo mounted"
+    script = (
+        f"mount -o remount,rw,bind /usr && touch {probe}; mount -t tmpfs none /tmp && echo mounted"
+    )
     try:
         result = await runner.run(["sh", "-c", script], tmp_path, tmp_path / "target", timeout_s=30)
         assert not probe.exists(), "the build wrote into the host's /usr"
@@ -181,8 +232,10 @@ async def test_root_in_the_sandbox_cannot_remount_its_way_out(tmp_path: Path):
         probe.unlink(missing_ok=True)
 
 
-@pytest.mark.skipif(not (shutil.which("setpriv") and Path("/usr/bin/python3").exists()),
-                    reason="needs setpriv and a system python3 an unprivileged user can run")
+@pytest.mark.skipif(
+    not (shutil.which("setpriv") and Path("/usr/bin/python3").exists()),
+    reason="needs setpriv and a system python3 an unprivileged user can run",
+)
 def test_a_non_root_service_gets_the_layers_through_a_user_namespace():
     """The user-namespace twin of the strongest configuration, started as
     nobody (the service's own python lives under /root here, so the system
@@ -194,12 +247,27 @@ def test_a_non_root_service_gets_the_layers_through_a_user_namespace():
         os.chown(p, 65534, 65534)
     strongest = next(c for c in default_candidates() if "--user" in c.unshare and c.fs)
     sandbox = Sandbox(candidates=[strongest], python="/usr/bin/python3")
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "CARGO_HOME": "/nonexistent", "RUSTUP_HOME": "/nonexistent"}
-    script = "ls /proc | grep -c '^[0-9]'; touch /usr/x || echo usr-refused; touch ok && echo ws-written"
-    argv = sandbox.wrap(["sh", "-c", script], cwd=work, writable=[work], environ=env, candidate=strongest)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(home),
+        "CARGO_HOME": "/nonexistent",
+        "RUSTUP_HOME": "/nonexistent",
+    }
+    script = (
+        "ls /proc | grep -c '^[0-9]'; touch /usr/x || echo usr-refused; touch ok && echo ws-written"
+    )
+    argv = sandbox.wrap(
+        ["sh", "-c", script], cwd=work, writable=[work], environ=env, candidate=strongest
+    )
     try:
-        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv], cwd=work,
-                              env=env, capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert proc.returncode == 0, proc.stderr
         pids, *rest = proc.stdout.split()
         assert int(pids) <= 3 and rest == ["usr-refused", "ws-written"], proc.stdout

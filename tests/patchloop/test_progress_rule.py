@@ -10,7 +10,9 @@ from speckit_reflex.patchloop.sandbox import BuildResult
 
 def build(*errors: tuple[str | None, str], timed_out: bool = False) -> CompileOutcome:
     diags = [Diagnostic(level="error", message=m, code=c, spans=()) for c, m in errors]
-    return CompileOutcome(BuildResult(("cargo", "check"), 101, "", "", 1.0, timed_out), BuildDiagnostics(diags))
+    return CompileOutcome(
+        BuildResult(("cargo", "check"), 101, "", "", 1.0, timed_out), BuildDiagnostics(diags)
+    )
 
 
 TYPE = ("E0308", "mismatched types")

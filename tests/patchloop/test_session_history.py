@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from patchloop_support import FIXED_LINE, RecordingEvents, ScriptedInference, ScriptedRouter, kinds, reply, run_all
+from patchloop_support import (
+    FIXED_LINE,
+    RecordingEvents,
+    ScriptedInference,
+    ScriptedRouter,
+    kinds,
+    reply,
+    run_all,
+)
 
 from speckit_reflex.clients.capsule import CapsuleClient
 from speckit_reflex.patchloop.compiler import Compiler
@@ -20,25 +28,47 @@ from speckit_reflex.v1 import common_pb2, patchloop_pb2
 
 
 def _attempt(session_id: str, success: bool) -> common_pb2.Event:
-    return new_event(common_pb2.EVENT_TYPE_PATCH_ATTEMPT, session_id=session_id, success=success,
-                     mode=common_pb2.ROUTING_MODE_REFLEX, model="local-model", latency_ms=10.0)
+    return new_event(
+        common_pb2.EVENT_TYPE_PATCH_ATTEMPT,
+        session_id=session_id,
+        success=success,
+        mode=common_pb2.ROUTING_MODE_REFLEX,
+        model="local-model",
+        latency_ms=10.0,
+    )
 
 
 def _loop(tmp_path: Path, history: SessionHistoryPort) -> tuple[PatchLoop, ScriptedRouter]:
     router = ScriptedRouter(max_failures=2)
-    loop = PatchLoop(router, ScriptedInference([reply(FIXED_LINE)] * 4), RecordingEvents(),
-                     Compiler(BuildRunner(Sandbox())), load_policy(None), roots=WorkspaceRoots([tmp_path]),
-                     scratch_dir=tmp_path, history=history)
+    loop = PatchLoop(
+        router,
+        ScriptedInference([reply(FIXED_LINE)] * 4),
+        RecordingEvents(),
+        Compiler(BuildRunner(Sandbox())),
+        load_policy(None),
+        roots=WorkspaceRoots([tmp_path]),
+        scratch_dir=tmp_path,
+        history=history,
+    )
     return loop, router
 
 
-async def test_a_new_process_continues_the_sessions_count(services_factory, crate, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_new_process_continues_the_sessions_count(
+    services_factory, crate, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     services = await services_factory(["capsule"])
     channel = services.ctx.channel("capsule")
     capsule = CapsuleClient(channel)
     # Earlier runs of two sessions, served by a PatchLoop that is gone.
-    await capsule.append_events([_attempt("agent-a", False), _attempt("agent-a", False),
-                                 _attempt("agent-b", False), _attempt("agent-b", True), _attempt("agent-b", False)])
+    await capsule.append_events(
+        [
+            _attempt("agent-a", False),
+            _attempt("agent-a", False),
+            _attempt("agent-b", False),
+            _attempt("agent-b", True),
+            _attempt("agent-b", False),
+        ]
+    )
 
     loop, router = _loop(tmp_path, CapsuleSessionHistory(channel))
     ws = str(crate("field_typo"))  # runs work on scratch copies; without apply it stays broken
@@ -46,7 +76,10 @@ async def test_a_new_process_continues_the_sessions_count(services_factory, crat
     # Two failures on record = max_failures: the first attempt already goes to cloud.
     assert router.requests[0].consecutive_failures == 2
     assert kinds(evs, "routing")[0].mode == common_pb2.ROUTING_MODE_CLOUD
-    assert result.outcome == patchloop_pb2.OUTCOME_FIXED and result.fixed_by == patchloop_pb2.FIX_SOURCE_CLOUD
+    assert (
+        result.outcome == patchloop_pb2.OUTCOME_FIXED
+        and result.fixed_by == patchloop_pb2.FIX_SOURCE_CLOUD
+    )
     assert any("2 consecutive failed attempt(s) on record" in n for n in kinds(evs, "note"))
 
     # A success resets the count: agent-b has one failure since its last success.
@@ -58,7 +91,9 @@ async def test_a_new_process_continues_the_sessions_count(services_factory, crat
     assert router.requests[-1].consecutive_failures == 0
 
 
-async def test_unreadable_history_is_said_and_counts_from_zero(crate, tmp_path: Path, dead_endpoint) -> None:  # type: ignore[no-untyped-def]
+async def test_unreadable_history_is_said_and_counts_from_zero(
+    crate, tmp_path: Path, dead_endpoint
+) -> None:  # type: ignore[no-untyped-def]
     from grpc import aio
 
     channel = aio.insecure_channel(dead_endpoint().addr)  # nothing listens there
@@ -69,7 +104,10 @@ async def test_unreadable_history_is_said_and_counts_from_zero(crate, tmp_path: 
         await channel.close()
     assert router.requests[0].consecutive_failures == 0
     assert result.outcome == patchloop_pb2.OUTCOME_FIXED
-    assert any(n.startswith("session history unavailable (capsule: UNAVAILABLE") for n in kinds(evs, "note"))
+    assert any(
+        n.startswith("session history unavailable (capsule: UNAVAILABLE")
+        for n in kinds(evs, "note")
+    )
 
 
 async def test_a_session_named_after_its_run_is_not_looked_up(crate, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -39,9 +39,24 @@ BASE_POLICY: dict[str, Any] = {
             "model_fallbacks": [BACKUP, LAST],
             "max_failures": 2,
             "backends": [
-                {"name": "sglang-a", "kind": "sglang", "endpoint": "http://127.0.0.1:3009/v1", "models": [PRIMARY]},
-                {"name": "sglang-b", "kind": "sglang", "endpoint": "http://127.0.0.1:3010/v1", "models": [BACKUP]},
-                {"name": "vllm-c", "kind": "vllm", "endpoint": "http://127.0.0.1:3011/v1", "models": [LAST, BACKUP]},
+                {
+                    "name": "sglang-a",
+                    "kind": "sglang",
+                    "endpoint": "http://127.0.0.1:3009/v1",
+                    "models": [PRIMARY],
+                },
+                {
+                    "name": "sglang-b",
+                    "kind": "sglang",
+                    "endpoint": "http://127.0.0.1:3010/v1",
+                    "models": [BACKUP],
+                },
+                {
+                    "name": "vllm-c",
+                    "kind": "vllm",
+                    "endpoint": "http://127.0.0.1:3011/v1",
+                    "models": [LAST, BACKUP],
+                },
             ],
         },
         "health": {"probe_interval_s": 5, "stale_after_s": 30},
@@ -94,16 +109,28 @@ def fill_caches(
     verdict_age = verdict_age or {}
     identities = identities or {}
     caches.set_health(
-        BackendStatus(name, ok, now - health_age.get(name, 1.0), reason="" if ok else "connection refused",
-                      identity=identities.get(name, ""))
+        BackendStatus(
+            name,
+            ok,
+            now - health_age.get(name, 1.0),
+            reason="" if ok else "connection refused",
+            identity=identities.get(name, ""),
+        )
         for name, ok in health.items()
         if ok is not None
     )
     for model, ok in verdicts.items():
         if ok is not None:
             detail = "" if ok else "p95 latency 2400 ms > 2000 ms"
-            caches.set_verdict(Verdict(model, ok, now - verdict_age.get(model, 1.0), detail,
-                                       (verdict_identities or {}).get(model, "")))
+            caches.set_verdict(
+                Verdict(
+                    model,
+                    ok,
+                    now - verdict_age.get(model, 1.0),
+                    detail,
+                    (verdict_identities or {}).get(model, ""),
+                )
+            )
     if usage is not None:
         caches.set_usage(CloudUsage(usage[0], usage[1], now - 1.0))
     return caches
@@ -116,11 +143,13 @@ class FakeInference(inference_pb2_grpc.InferenceServicer):
         self.healthy: dict[str, bool] = {"sglang-a": True, "sglang-b": True, "vllm-c": True}
         self.calls = 0
 
-    async def Health(self, request, context):  # noqa: N802
+    async def Health(self, request, context):
         self.calls += 1
         reply = inference_pb2.HealthReply()
         for name, ok in self.healthy.items():
-            b = reply.backends.add(backend=name, healthy=ok, reachable=ok, reason="" if ok else "connection refused")
+            b = reply.backends.add(
+                backend=name, healthy=ok, reachable=ok, reason="" if ok else "connection refused"
+            )
             b.checked_at.GetCurrentTime()
         return reply
 
@@ -134,24 +163,28 @@ class FakeCapsule(capsule_pb2_grpc.CapsuleServicer):
         self.events: list[common_pb2.Event] = []
         self.threshold_requests: list[capsule_pb2.CheckThresholdsRequest] = []
 
-    async def AppendEvents(self, request, context):  # noqa: N802
+    async def AppendEvents(self, request, context):
         self.events.extend(request.events)
         return capsule_pb2.AppendEventsReply(inserted=len(request.events))
 
-    async def CheckThresholds(self, request, context):  # noqa: N802
+    async def CheckThresholds(self, request, context):
         self.threshold_requests.append(request)
         ok = self.passed.get(request.model, False)
         reply = capsule_pb2.CheckThresholdsReply(passed=ok, model=request.model)
         if not ok:
             reply.failures.add(
                 kind=capsule_pb2.THRESHOLD_FAILURE_KIND_PARITY_TOO_LOW,
-                message="success parity 60.0% < 85.0%", observed=60.0, required=85.0,
+                message="success parity 60.0% < 85.0%",
+                observed=60.0,
+                required=85.0,
             )
         return reply
 
-    async def GetUsage(self, request, context):  # noqa: N802
+    async def GetUsage(self, request, context):
         if request.mode != common_pb2.ROUTING_MODE_CLOUD:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "router asks for cloud usage only")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "router asks for cloud usage only"
+            )
         return self.usage
 
 

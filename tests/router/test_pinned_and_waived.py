@@ -68,8 +68,16 @@ def test_a_waived_verdict_keeps_health_and_escalation(
 def test_a_pinned_reflex_model_is_routed_without_its_verdict() -> None:
     router, events = build_router({}, NOT_PROVEN)
     route = router.decide(request(model=BACKUP)).route
-    assert (route.mode, route.model, route.backend, route.forced) == (c.ROUTING_MODE_REFLEX, BACKUP, "sglang-b", True)
-    assert "pinned by the request" in route.detail and reason_name(route.reason) == "thresholds_not_met"
+    assert (route.mode, route.model, route.backend, route.forced) == (
+        c.ROUTING_MODE_REFLEX,
+        BACKUP,
+        "sglang-b",
+        True,
+    )
+    assert (
+        "pinned by the request" in route.detail
+        and reason_name(route.reason) == "thresholds_not_met"
+    )
     (ev,) = events_of(events, c.EVENT_TYPE_ROUTING_DECISION)
     assert ev.model == BACKUP and ev.payload["forced"] is True
 
@@ -78,7 +86,9 @@ def test_a_pinned_reflex_model_with_no_healthy_backend_is_refused_not_rerouted()
     router, events = build_router({}, {"health": {"sglang-b": False, "vllm-c": False}})
     with pytest.raises(RouteRefused) as info:
         router.decide(request(model=BACKUP))
-    assert info.value.message.startswith("server_unhealthy: pinned model qwen3-coder-30b-a3b has no healthy backend")
+    assert info.value.message.startswith(
+        "server_unhealthy: pinned model qwen3-coder-30b-a3b has no healthy backend"
+    )
     assert events_of(events, c.EVENT_TYPE_ROUTING_DECISION)[0].payload["refused"] is True
 
 
@@ -102,7 +112,12 @@ def test_a_pinned_cloud_model_passes_the_cloud_guards(
         assert info.value.message.startswith(f"{refused}: ")
         return
     route = router.decide(request(model="deepseek-chat")).route
-    assert (route.mode, route.model, route.backend, route.forced) == (c.ROUTING_MODE_CLOUD, "deepseek-chat", "cloud", True)
+    assert (route.mode, route.model, route.backend, route.forced) == (
+        c.ROUTING_MODE_CLOUD,
+        "deepseek-chat",
+        "cloud",
+        True,
+    )
 
 
 @pytest.mark.parametrize(
@@ -110,8 +125,14 @@ def test_a_pinned_cloud_model_passes_the_cloud_guards(
     [
         ({"model": "gpt-4o"}, "model: 'gpt-4o' is not a model of the policy (known: gpt-oss-20b, "),
         ({"model": "x" * 257}, "model: longer than 256 characters"),
-        ({"model": PRIMARY, "force_mode": c.ROUTING_MODE_REFLEX}, "model: a pinned model and force_mode"),
-        ({"model": PRIMARY, "role": c.ROLE_ARCHITECT}, "model: pinning a model applies only to ROLE_IMPLEMENTER"),
+        (
+            {"model": PRIMARY, "force_mode": c.ROUTING_MODE_REFLEX},
+            "model: a pinned model and force_mode",
+        ),
+        (
+            {"model": PRIMARY, "role": c.ROLE_ARCHITECT},
+            "model: pinning a model applies only to ROLE_IMPLEMENTER",
+        ),
         ({"model": PRIMARY, "stage": c.STAGE_PLAN}, "reflex applies only to STAGE_IMPLEMENT"),
     ],
 )

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from speckit_reflex.errors import DomainError
 from speckit_reflex.policy import LoadedPolicy
 from speckit_reflex.router.caches import BackendStatus, CloudUsage, RouterCaches, Verdict
-from speckit_reflex.router.core import RouteRefused, Router
+from speckit_reflex.router.core import Router, RouteRefused
 from speckit_reflex.router.engine import Route, RoutingEngine
 from speckit_reflex.router.evidence import DecisionRecorder
 from speckit_reflex.v1 import common_pb2 as c
@@ -41,12 +41,14 @@ def policy(name: str) -> LoadedPolicy:
 health_entry = st.none() | st.tuples(st.booleans(), st.floats(0, 60))
 verdict_entry = st.none() | st.tuples(st.booleans(), st.floats(0, 600))
 
-world = st.fixed_dictionaries({
-    "policy": st.sampled_from(sorted(POLICY_VARIANTS)),
-    "health": st.fixed_dictionaries({b: health_entry for b in BACKENDS}),
-    "verdicts": st.fixed_dictionaries({m: verdict_entry for m in CHAIN}),
-    "usage": st.none() | st.tuples(st.integers(0, 10), st.integers(0, 2000)),
-})
+world = st.fixed_dictionaries(
+    {
+        "policy": st.sampled_from(sorted(POLICY_VARIANTS)),
+        "health": st.fixed_dictionaries({b: health_entry for b in BACKENDS}),
+        "verdicts": st.fixed_dictionaries({m: verdict_entry for m in CHAIN}),
+        "usage": st.none() | st.tuples(st.integers(0, 10), st.integers(0, 2000)),
+    }
+)
 
 requests = st.builds(
     router_pb2.DecideRequest,
@@ -69,7 +71,10 @@ requests = st.builds(
 def caches_for(w: dict[str, Any]) -> RouterCaches:
     caches = RouterCaches()
     caches.set_health(
-        BackendStatus(b, ok, NOW - age) for b, entry in w["health"].items() if entry for ok, age in [entry]
+        BackendStatus(b, ok, NOW - age)
+        for b, entry in w["health"].items()
+        if entry
+        for ok, age in [entry]
     )
     for model, entry in w["verdicts"].items():
         if entry:
@@ -99,12 +104,18 @@ def test_same_inputs_same_decision(w: dict[str, Any], req: router_pb2.DecideRequ
 
 @settings(max_examples=150, deadline=None)
 @given(w=world, req=requests)
-def test_recorded_decisions_differ_only_in_id_and_latency(w: dict[str, Any], req: router_pb2.DecideRequest) -> None:
+def test_recorded_decisions_differ_only_in_id_and_latency(
+    w: dict[str, Any], req: router_pb2.DecideRequest
+) -> None:
     loaded = policy(w["policy"])
     answers = []
     for _ in range(2):
         events: list[c.Event] = []
-        router = Router(RoutingEngine(loaded, caches_for(w), clock=lambda: NOW), DecisionRecorder(events.append), loaded)
+        router = Router(
+            RoutingEngine(loaded, caches_for(w), clock=lambda: NOW),
+            DecisionRecorder(events.append),
+            loaded,
+        )
         try:
             decision = router.decide(req)
         except RouteRefused as exc:
@@ -117,7 +128,13 @@ def test_recorded_decisions_differ_only_in_id_and_latency(w: dict[str, Any], req
             ev.ClearField("latency_ms")
             if "decision_id" in ev.payload:
                 del ev.payload["decision_id"]
-        answers.append((decision.route, decision.policy_hash, [e.SerializeToString(deterministic=True) for e in events]))
+        answers.append(
+            (
+                decision.route,
+                decision.policy_hash,
+                [e.SerializeToString(deterministic=True) for e in events],
+            )
+        )
     assert answers[0] == answers[1]
 
 

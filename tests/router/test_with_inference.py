@@ -17,26 +17,55 @@ from .conftest import Peers, make_policy
 pytestmark = pytest.mark.llm
 
 
-async def test_stopped_llama_server_sends_the_next_decision_to_cloud(peers: Peers, services_factory) -> None:
+async def test_stopped_llama_server_sends_the_next_decision_to_cloud(
+    peers: Peers, services_factory
+) -> None:
     llama = LlamaServer.on_free_port()
     try:
         peers.capsule.passed = {llama.model: True}
-        policy = make_policy({"routing": {
-            "reflex": {"model_primary": llama.model, "model_fallbacks": [], "backends": [
-                {"name": "llama", "kind": "llamacpp", "endpoint": llama.base_url, "models": [llama.model]}]},
-            "health": {"probe_interval_s": 0.5, "probe_timeout_ms": 20_000, "stale_after_s": 60, "cooldown_s": 0},
-        }})
-        svc = await services_factory(["inference", "router"], policy=policy, capsule_addr=peers.capsule_addr)
+        policy = make_policy(
+            {
+                "routing": {
+                    "reflex": {
+                        "model_primary": llama.model,
+                        "model_fallbacks": [],
+                        "backends": [
+                            {
+                                "name": "llama",
+                                "kind": "llamacpp",
+                                "endpoint": llama.base_url,
+                                "models": [llama.model],
+                            }
+                        ],
+                    },
+                    "health": {
+                        "probe_interval_s": 0.5,
+                        "probe_timeout_ms": 20_000,
+                        "stale_after_s": 60,
+                        "cooldown_s": 0,
+                    },
+                }
+            }
+        )
+        svc = await services_factory(
+            ["inference", "router"], policy=policy, capsule_addr=peers.capsule_addr
+        )
         router = RouterClient(svc.ctx.channel("router"))
         request = {"stage": c.STAGE_IMPLEMENT, "role": c.ROLE_IMPLEMENTER, "session_id": "llama"}
 
         first = await _poll(router, request, lambda d: d.mode == c.ROUTING_MODE_REFLEX, 60)
-        assert (first.model, first.backend, first.endpoint) == (llama.model, "llama", llama.base_url)
+        assert (first.model, first.backend, first.endpoint) == (
+            llama.model,
+            "llama",
+            llama.base_url,
+        )
 
         llama.stop()
         after = await _poll(router, request, lambda d: d.mode == c.ROUTING_MODE_CLOUD, 60)
         assert after.reason == c.ROUTING_REASON_SERVER_UNHEALTHY
-        assert [(s.model, s.reason) for s in after.skipped] == [(llama.model, c.ROUTING_REASON_SERVER_UNHEALTHY)]
+        assert [(s.model, s.reason) for s in after.skipped] == [
+            (llama.model, c.ROUTING_REASON_SERVER_UNHEALTHY)
+        ]
         assert "unreachable" in after.skipped[0].detail
     finally:
         llama.stop()

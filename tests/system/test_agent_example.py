@@ -17,8 +17,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 async def _example(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "examples" / "agent_client.py"), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        str(ROOT / "examples" / "agent_client.py"),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 240)
     assert proc.returncode is not None
@@ -35,7 +38,9 @@ async def test_agent_example_fixes_and_applies(services_factory, tmp_path: Path)
     code, out, err = await _example(str(crate), "--addr", addr, "--session-id", "agent-1", "--json")
     assert code == 0, err
     result = json.loads(out)
-    assert result["outcome"] == "OUTCOME_FIXED" and result["fixed_by"] == "FIX_SOURCE_COMPILER", result
+    assert result["outcome"] == "OUTCOME_FIXED" and result["fixed_by"] == "FIX_SOURCE_COMPILER", (
+        result
+    )
     assert result["diff"] and not result.get("applied", False)
     assert (crate / "src" / "lib.rs").read_text() == before  # no --apply: the crate is untouched
     assert "build: " in err and "result: OUTCOME_FIXED" in err
@@ -44,8 +49,13 @@ async def test_agent_example_fixes_and_applies(services_factory, tmp_path: Path)
     assert code == 0, err
     assert out.startswith("OUTCOME_FIXED")
     assert (crate / "src" / "lib.rs").read_text() != before
-    check = subprocess.run(["cargo", "check", "--offline", "--quiet"], cwd=crate, capture_output=True, text=True,
-                           env={**os.environ, "CARGO_TARGET_DIR": str(tmp_path / "target")})
+    check = subprocess.run(
+        ["cargo", "check", "--offline", "--quiet"],
+        cwd=crate,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CARGO_TARGET_DIR": str(tmp_path / "target")},
+    )
     assert check.returncode == 0, check.stderr
 
     code, out, err = await _example(str(crate), "--addr", addr, "--json")

@@ -22,7 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def _run(script: str, out: Path, *args: str) -> str:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / script), "--out", str(out), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc.stdout
@@ -30,7 +33,9 @@ def _run(script: str, out: Path, *args: str) -> str:
 
 def test_router_benchmark_prints_its_targets(tmp_path: Path) -> None:
     out = tmp_path / "router.json"
-    table = _run("router_decide.py", out, "--sequential", "200", "--seconds", "0.5", "--concurrency", "8")
+    table = _run(
+        "router_decide.py", out, "--sequential", "200", "--seconds", "0.5", "--concurrency", "8"
+    )
     assert "Decide p50 over gRPC, sequential" in table and "<= 0.7 ms" in table
     assert "decisions/s, 8 in flight" in table and ">= 3,000" in table
     doc = json.loads(out.read_text())
@@ -43,17 +48,43 @@ def test_router_benchmark_prints_its_targets(tmp_path: Path) -> None:
 
 def test_inference_benchmark_prints_its_targets(tmp_path: Path) -> None:
     out = tmp_path / "inference.json"
-    table = _run("inference_overhead.py", out, "--calls", "40", "--warmup", "10", "--ttft-calls", "6",
-                 "--stream-calls", "2", "--stream-tokens", "6", "--frontend-calls", "5", "--no-litellm")
-    for row, target in [("added latency p50", "<= 1 ms"), ("added latency p99", "<= 4 ms"),
-                        ("reflex path added p50", "<= 1.5 ms"), ("reflex path added p99", "<= 5 ms"),
-                        ("stream TTFT added p50", "<= 1 ms"), ("stream tokens/s ratio", ">= 0.98")]:
+    table = _run(
+        "inference_overhead.py",
+        out,
+        "--calls",
+        "40",
+        "--warmup",
+        "10",
+        "--ttft-calls",
+        "6",
+        "--stream-calls",
+        "2",
+        "--stream-tokens",
+        "6",
+        "--frontend-calls",
+        "5",
+        "--no-litellm",
+    )
+    for row, target in [
+        ("added latency p50", "<= 1 ms"),
+        ("added latency p99", "<= 4 ms"),
+        ("reflex path added p50", "<= 1.5 ms"),
+        ("reflex path added p99", "<= 5 ms"),
+        ("stream TTFT added p50", "<= 1 ms"),
+        ("stream tokens/s ratio", ">= 0.98"),
+    ]:
         line = next(x for x in table.splitlines() if x.startswith(row))
         assert target in line, line
     doc = json.loads(out.read_text())
     assert doc["calls"] == 40 and doc["ttft_calls"] == 6 and doc["stream_calls"] == 2
-    for key in ("added_p50_ms", "added_p99_ms", "reflex_added_p50_ms", "reflex_added_p99_ms",
-                "stream_ttft_added_p50_ms", "stream_tps_ratio"):
+    for key in (
+        "added_p50_ms",
+        "added_p99_ms",
+        "reflex_added_p50_ms",
+        "reflex_added_p99_ms",
+        "stream_ttft_added_p50_ms",
+        "stream_tps_ratio",
+    ):
         assert isinstance(doc[key], float) and math.isfinite(doc[key]), key
     # The OpenAI endpoint's rows, against direct calls (LiteLLM is skipped here).
     assert doc["frontend_calls"] == 5
@@ -82,9 +113,22 @@ def test_observability_overhead_benchmark_runs(tmp_path: Path) -> None:
 @pytest.mark.cargo
 def test_warm_workspace_benchmark_prints_its_targets(tmp_path: Path) -> None:
     out = tmp_path / "warm.json"
-    table = _run("warm_workspace.py", out, "--modules", "2", "--items", "2", "--warm-runs", "2", "--concurrent", "3")
-    for row, target in [("warm first build step / incremental check", "<= 1.5"),
-                        ("warm total - incremental check (ms)", "<= 1000 ms")]:
+    table = _run(
+        "warm_workspace.py",
+        out,
+        "--modules",
+        "2",
+        "--items",
+        "2",
+        "--warm-runs",
+        "2",
+        "--concurrent",
+        "3",
+    )
+    for row, target in [
+        ("warm first build step / incremental check", "<= 1.5"),
+        ("warm total - incremental check (ms)", "<= 1000 ms"),
+    ]:
         line = next(x for x in table.splitlines() if x.startswith(row))
         assert target in line, line
     doc = json.loads(out.read_text())

@@ -48,13 +48,37 @@ FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 
 _T = FieldDescriptor
 _INT_BOUNDS = {
-    _T.TYPE_INT32: (-(2**31), 2**31 - 1), _T.TYPE_SINT32: (-(2**31), 2**31 - 1),
-    _T.TYPE_SFIXED32: (-(2**31), 2**31 - 1), _T.TYPE_UINT32: (0, 2**32 - 1), _T.TYPE_FIXED32: (0, 2**32 - 1),
-    _T.TYPE_INT64: (-(2**63), 2**63 - 1), _T.TYPE_SINT64: (-(2**63), 2**63 - 1),
-    _T.TYPE_SFIXED64: (-(2**63), 2**63 - 1), _T.TYPE_UINT64: (0, 2**64 - 1), _T.TYPE_FIXED64: (0, 2**64 - 1),
+    _T.TYPE_INT32: (-(2**31), 2**31 - 1),
+    _T.TYPE_SINT32: (-(2**31), 2**31 - 1),
+    _T.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
+    _T.TYPE_UINT32: (0, 2**32 - 1),
+    _T.TYPE_FIXED32: (0, 2**32 - 1),
+    _T.TYPE_INT64: (-(2**63), 2**63 - 1),
+    _T.TYPE_SINT64: (-(2**63), 2**63 - 1),
+    _T.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
+    _T.TYPE_UINT64: (0, 2**64 - 1),
+    _T.TYPE_FIXED64: (0, 2**64 - 1),
 }
-_BOUNDARY_TEXT = ["", " ", "\x00", "a\x00b", "x" * 3000, "../../etc/passwd", "/", "reflex", "cloud", "both",
-                  "24h", "0h", "99999999999d", "user", "system", "sk-proj-" + "A" * 24, "é" * 300, "\ud7ff\U0010ffff"]
+_BOUNDARY_TEXT = [
+    "",
+    " ",
+    "\x00",
+    "a\x00b",
+    "x" * 3000,
+    "../../etc/passwd",
+    "/",
+    "reflex",
+    "cloud",
+    "both",
+    "24h",
+    "0h",
+    "99999999999d",
+    "user",
+    "system",
+    "sk-proj-" + "A" * 24,
+    "é" * 300,
+    "\ud7ff\U0010ffff",
+]
 
 
 def _text() -> st.SearchStrategy[str]:
@@ -62,15 +86,31 @@ def _text() -> st.SearchStrategy[str]:
 
 
 def _timestamp() -> st.SearchStrategy[timestamp_pb2.Timestamp]:
-    seconds = st.one_of(st.sampled_from([0, -1, 1, 253_402_300_799, 253_402_300_800, -62_135_596_801, 2**40,
-                                         -(2**62), 1_700_000_000]), st.integers(-(2**63), 2**63 - 1))
+    seconds = st.one_of(
+        st.sampled_from(
+            [
+                0,
+                -1,
+                1,
+                253_402_300_799,
+                253_402_300_800,
+                -62_135_596_801,
+                2**40,
+                -(2**62),
+                1_700_000_000,
+            ]
+        ),
+        st.integers(-(2**63), 2**63 - 1),
+    )
     nanos = st.sampled_from([0, 1, 999_999_999, 1_000_000_000, -1, 2**31 - 1])
     return st.builds(timestamp_pb2.Timestamp, seconds=seconds, nanos=nanos)
 
 
 _json = st.recursive(
     st.none() | st.booleans() | st.floats(allow_nan=True, allow_infinity=True) | _text(),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(_text(), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(_text(), children, max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -101,8 +141,12 @@ def _scalar(fd: FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
         return st.one_of(st.sampled_from(known), st.sampled_from([-1, max(known) + 1, 2**31 - 1]))
     if t in _INT_BOUNDS:
         lo, hi = _INT_BOUNDS[t]
-        return st.one_of(st.sampled_from([lo, hi, 0, 1, 2**31 - 1, 2**31, 1_000_001] if lo == 0 else [lo, hi, 0, -1]),
-                         st.integers(lo, hi)).filter(lambda v: lo <= v <= hi)
+        return st.one_of(
+            st.sampled_from(
+                [lo, hi, 0, 1, 2**31 - 1, 2**31, 1_000_001] if lo == 0 else [lo, hi, 0, -1]
+            ),
+            st.integers(lo, hi),
+        ).filter(lambda v: lo <= v <= hi)
     assert t == _T.TYPE_MESSAGE
     return message_strategy(fd.message_type, depth + 1)
 
@@ -156,11 +200,21 @@ class BackgroundStack:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def start(self) -> None:
-        self.model = await FakeModelServer(kind="vllm", models=["local-model"], reply=json.dumps({"ok": True}),
-                                           pieces=1).start()
-        policy = load_policy(write_policy(self.tmp_path / "p.toml", [("vllm", "vllm", self.model.base_url)],
-                                          "http://127.0.0.1:9/v1", max_failures=2, capture="full_io"))
-        self.services = await start_test_services(list(SERVICES), make_settings(self.tmp_path), policy)
+        self.model = await FakeModelServer(
+            kind="vllm", models=["local-model"], reply=json.dumps({"ok": True}), pieces=1
+        ).start()
+        policy = load_policy(
+            write_policy(
+                self.tmp_path / "p.toml",
+                [("vllm", "vllm", self.model.base_url)],
+                "http://127.0.0.1:9/v1",
+                max_failures=2,
+                capture="full_io",
+            )
+        )
+        self.services = await start_test_services(
+            list(SERVICES), make_settings(self.tmp_path), policy
+        )
 
     async def stop(self) -> None:
         await self.services.stop()
@@ -174,7 +228,9 @@ class BackgroundStack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BackgroundStack, dict[str, grpc.Channel]]]:
+def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[BackgroundStack, dict[str, grpc.Channel]]]:
     mp = pytest.MonkeyPatch()
     mp.setenv(KEY_ENV, "sk-test")
     s = BackgroundStack(tmp_path_factory.mktemp("fuzz"))
@@ -192,7 +248,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Background
 def _call(channel: grpc.Channel, service: str, method: MethodDescriptor, request: Message) -> None:
     path = f"/{SERVICES[service].full_name}/{method.name}"
     out_cls = GetMessageClass(method.output_type)
-    kw = {"request_serializer": type(request).SerializeToString, "response_deserializer": out_cls.FromString}
+    kw = {
+        "request_serializer": type(request).SerializeToString,
+        "response_deserializer": out_cls.FromString,
+    }
     try:
         if method.server_streaming:
             for _ in channel.unary_stream(path, **kw)(request, timeout=30):
@@ -201,16 +260,31 @@ def _call(channel: grpc.Channel, service: str, method: MethodDescriptor, request
             channel.unary_unary(path, **kw)(request, timeout=30)
     except grpc.RpcError as exc:
         code = exc.code()  # type: ignore[attr-defined]
-        assert code not in FORBIDDEN, f"{service}.{method.name} -> {code.name}: {exc.details()}\n{str(request)[:600]}"  # type: ignore[attr-defined]
-        assert code != grpc.StatusCode.UNAVAILABLE or service == "inference", f"{service}.{method.name} down? {exc}"
+        assert code not in FORBIDDEN, (
+            f"{service}.{method.name} -> {code.name}: {exc.details()}\n{str(request)[:600]}"
+        )  # type: ignore[attr-defined]
+        assert code != grpc.StatusCode.UNAVAILABLE or service == "inference", (
+            f"{service}.{method.name} down? {exc}"
+        )
 
 
 @pytest.mark.parametrize(("service", "method"), METHODS, ids=[f"{s}.{m.name}" for s, m in METHODS])
-def test_no_rpc_input_gives_internal_or_unknown(stack, service: str, method: MethodDescriptor) -> None:
+def test_no_rpc_input_gives_internal_or_unknown(
+    stack, service: str, method: MethodDescriptor
+) -> None:
     _, channels = stack
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.filter_too_much,
+        ],
+    )
     @given(message_strategy(method.input_type))
     def fuzz(request: Message) -> None:
         _call(channels[service], service, method, request)
@@ -218,7 +292,15 @@ def test_no_rpc_input_gives_internal_or_unknown(stack, service: str, method: Met
     fuzz()
 
 
-_SWEEP_TEXT = ["a\x00b", "x" * 3000, "../../etc/passwd", "/", "é" * 300, "99999999999d", "sk-proj-" + "A" * 24]
+_SWEEP_TEXT = [
+    "a\x00b",
+    "x" * 3000,
+    "../../etc/passwd",
+    "/",
+    "é" * 300,
+    "99999999999d",
+    "sk-proj-" + "A" * 24,
+]
 
 
 def _boundaries(fd: FieldDescriptor) -> list[Any]:
@@ -237,7 +319,9 @@ def _boundaries(fd: FieldDescriptor) -> list[Any]:
 
 
 @pytest.mark.parametrize(("service", "method"), METHODS, ids=[f"{s}.{m.name}" for s, m in METHODS])
-def test_each_boundary_value_alone_in_each_field(stack, service: str, method: MethodDescriptor) -> None:
+def test_each_boundary_value_alone_in_each_field(
+    stack, service: str, method: MethodDescriptor
+) -> None:
     """Deterministic complement of the random examples: each boundary value,
     alone, in each top-level field."""
     _, channels = stack
@@ -257,15 +341,21 @@ def test_after_the_fuzz_every_server_serves_and_a_normal_event_is_stored(stack) 
     for name, ch in channels.items():
         reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
-    ev = common_pb2.Event(id=str(uuid.uuid4()), type=common_pb2.EVENT_TYPE_AUDIT, session_id="after-fuzz")
+    ev = common_pb2.Event(
+        id=str(uuid.uuid4()), type=common_pb2.EVENT_TYPE_AUDIT, session_id="after-fuzz"
+    )
     capsule = channels["capsule"]
-    append = capsule.unary_unary("/speckit_reflex.v1.Capsule/AppendEvents",
-                                 request_serializer=capsule_pb2.AppendEventsRequest.SerializeToString,
-                                 response_deserializer=capsule_pb2.AppendEventsReply.FromString)
+    append = capsule.unary_unary(
+        "/speckit_reflex.v1.Capsule/AppendEvents",
+        request_serializer=capsule_pb2.AppendEventsRequest.SerializeToString,
+        response_deserializer=capsule_pb2.AppendEventsReply.FromString,
+    )
     assert append(capsule_pb2.AppendEventsRequest(events=[ev]), timeout=10).inserted == 1
-    query = capsule.unary_unary("/speckit_reflex.v1.Capsule/QueryEvents",
-                                request_serializer=capsule_pb2.QueryEventsRequest.SerializeToString,
-                                response_deserializer=capsule_pb2.QueryEventsReply.FromString)
+    query = capsule.unary_unary(
+        "/speckit_reflex.v1.Capsule/QueryEvents",
+        request_serializer=capsule_pb2.QueryEventsRequest.SerializeToString,
+        response_deserializer=capsule_pb2.QueryEventsReply.FromString,
+    )
     got = query(capsule_pb2.QueryEventsRequest(session_id="after-fuzz"), timeout=10).events
     assert [e.id for e in got] == [ev.id]
     # And the services' own events (the fuzz's routing decisions, model calls) still flow.

@@ -42,7 +42,9 @@ def listening_ports(pid: int) -> set[int]:
     return ports
 
 
-async def serve_all(tmp_path: Path, metrics_port: int | None) -> tuple[asyncio.subprocess.Process, dict[str, int]]:
+async def serve_all(
+    tmp_path: Path, metrics_port: int | None
+) -> tuple[asyncio.subprocess.Process, dict[str, int]]:
     ports = {name: pick_port() for name in SERVICES}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SPECKIT_", "OTEL_"))}
     env.update({f"SPECKIT_{n.upper()}_ADDR": f"127.0.0.1:{p}" for n, p in ports.items()})
@@ -50,8 +52,16 @@ async def serve_all(tmp_path: Path, metrics_port: int | None) -> tuple[asyncio.s
     if metrics_port is not None:
         env["SPECKIT_METRICS_ADDR"] = f"127.0.0.1:{metrics_port}"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "speckit_reflex.cli.main", "serve", "all", env=env, cwd=tmp_path,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        sys.executable,
+        "-m",
+        "speckit_reflex.cli.main",
+        "serve",
+        "all",
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     # PatchLoop starts last; the metrics endpoint right after it.
     await wait_serving(f"127.0.0.1:{ports['patchloop']}", timeout_s=60)
     return proc, ports
@@ -81,14 +91,24 @@ async def test_serve_all_serves_one_metrics_endpoint_for_the_four(tmp_path: Path
         await scrape_when_up(metrics_port)
         assert listening_ports(proc.pid) == {*ports.values(), metrics_port}
         async with aio.insecure_channel(f"127.0.0.1:{ports['router']}") as ch:
-            await router_pb2_grpc.RouterStub(ch).GetPolicy(router_pb2.GetPolicyRequest(), timeout=10)
+            await router_pb2_grpc.RouterStub(ch).GetPolicy(
+                router_pb2.GetPolicyRequest(), timeout=10
+            )
         async with aio.insecure_channel(f"127.0.0.1:{ports['capsule']}") as ch:
-            await capsule_pb2_grpc.CapsuleStub(ch).GetUsage(capsule_pb2.GetUsageRequest(), timeout=10)
+            await capsule_pb2_grpc.CapsuleStub(ch).GetUsage(
+                capsule_pb2.GetUsageRequest(), timeout=10
+            )
         text = await scrape_when_up(metrics_port)
     finally:
         await stop(proc)
-    assert 'speckit_rpc_server_handled_total{code="OK",method="GetPolicy",service="router"} 1.0' in text
-    assert 'speckit_rpc_server_handled_total{code="OK",method="GetUsage",service="capsule"} 1.0' in text
+    assert (
+        'speckit_rpc_server_handled_total{code="OK",method="GetPolicy",service="router"} 1.0'
+        in text
+    )
+    assert (
+        'speckit_rpc_server_handled_total{code="OK",method="GetUsage",service="capsule"} 1.0'
+        in text
+    )
     for sink in ("router", "inference", "patchloop"):
         assert f'speckit_event_sink_backlog{{service="{sink}"}}' in text
     # Each family once, though three services feed the sink families.
@@ -97,7 +117,9 @@ async def test_serve_all_serves_one_metrics_endpoint_for_the_four(tmp_path: Path
     # Every metric the Grafana dashboard and the docs name is one the services expose.
     exposed = set(re.findall(r"^# TYPE (speckit_\w+) ", text, re.M))
     exposed |= {f"{name}_total" for name in exposed}
-    dashboard = json.dumps(json.loads((ROOT / "compose" / "grafana" / "speckit-reflex.json").read_text()))
+    dashboard = json.dumps(
+        json.loads((ROOT / "compose" / "grafana" / "speckit-reflex.json").read_text())
+    )
     named = {re.sub(r"_(bucket|sum|count)$", "", m) for m in re.findall(r"speckit_\w+", dashboard)}
     named |= set(re.findall(r"`(speckit_\w+)`", (ROOT / "docs" / "observability.md").read_text()))
     assert named - {"speckit_reflex", "speckit-reflex"} <= exposed, named - exposed

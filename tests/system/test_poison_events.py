@@ -35,11 +35,17 @@ SERVICES = ["capsule", "inference", "router", "patchloop"]
 
 
 def _decide(session_id: str) -> router_pb2.DecideRequest:
-    return router_pb2.DecideRequest(stage=common_pb2.STAGE_IMPLEMENT, role=common_pb2.ROLE_IMPLEMENTER,
-                                    session_id=session_id, attempt=1)
+    return router_pb2.DecideRequest(
+        stage=common_pb2.STAGE_IMPLEMENT,
+        role=common_pb2.ROLE_IMPLEMENTER,
+        session_id=session_id,
+        attempt=1,
+    )
 
 
-async def _stored(capsule: CapsuleClient, session_id: str, want: set[int], timeout_s: float = 20.0) -> set[int]:
+async def _stored(
+    capsule: CapsuleClient, session_id: str, want: set[int], timeout_s: float = 20.0
+) -> set[int]:
     deadline = time.monotonic() + timeout_s
     while True:
         types = {e.type for e in await capsule.all_events(session_id=session_id)}
@@ -52,10 +58,18 @@ async def test_poison_values_are_refused_or_dead_lettered_and_later_events_still
     services_factory, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(KEY_ENV, "sk-test")
-    local = await FakeModelServer(kind="vllm", models=["local-model"], reply=json.dumps(FIXED)).start()
+    local = await FakeModelServer(
+        kind="vllm", models=["local-model"], reply=json.dumps(FIXED)
+    ).start()
     try:
-        policy = load_policy(write_policy(tmp_path / "p.toml", [("vllm", "vllm", local.base_url)],
-                                          "http://127.0.0.1:9/v1", max_failures=2))
+        policy = load_policy(
+            write_policy(
+                tmp_path / "p.toml",
+                [("vllm", "vllm", local.base_url)],
+                "http://127.0.0.1:9/v1",
+                max_failures=2,
+            )
+        )
         migrate.upgrade_url(db_url)
         svc = await services_factory(SERVICES, database_url=db_url, policy=policy)
         capsule = CapsuleClient(svc.ctx.channel("capsule"))
@@ -76,24 +90,37 @@ async def test_poison_values_are_refused_or_dead_lettered_and_later_events_still
         # 2. Past the edge (as a bug would let them through): each service's
         # sink gets events the database can never store, in one batch with
         # good ones.
-        sinks = {"router": svc.servers["router"].service.events, "inference": svc.servers["inference"].service.sink,
-                 "patchloop": svc.servers["patchloop"].service.sink}
+        sinks = {
+            "router": svc.servers["router"].service.events,
+            "inference": svc.servers["inference"].service.sink,
+            "patchloop": svc.servers["patchloop"].service.sink,
+        }
         poison_ids: dict[str, list[str]] = {}
         for name, sink in sinks.items():
             out_of_range = new_event(common_pb2.EVENT_TYPE_AUDIT, session_id="before")
             out_of_range.time.seconds = 2**40
-            poison = [new_event(common_pb2.EVENT_TYPE_AUDIT, session_id=NUL_ID),
-                      new_event(common_pb2.EVENT_TYPE_AUDIT, session_id=LONG_ID), out_of_range]
+            poison = [
+                new_event(common_pb2.EVENT_TYPE_AUDIT, session_id=NUL_ID),
+                new_event(common_pb2.EVENT_TYPE_AUDIT, session_id=LONG_ID),
+                out_of_range,
+            ]
             poison_ids[name] = [e.id for e in poison]
-            for ev in [new_event(common_pb2.EVENT_TYPE_AUDIT, session_id="before"), *poison,
-                       new_event(common_pb2.EVENT_TYPE_AUDIT, session_id="before")]:
+            for ev in [
+                new_event(common_pb2.EVENT_TYPE_AUDIT, session_id="before"),
+                *poison,
+                new_event(common_pb2.EVENT_TYPE_AUDIT, session_id="before"),
+            ]:
                 sink.emit(ev)
         for sink in sinks.values():
             assert await sink.flush(20.0)
             assert sink.dead_lettered == 3 and sink.dropped == 0
         for name, ids in poison_ids.items():
-            lines = [json.loads(x) for x in (tmp_path / ".speckit" / "dead-letter" / f"{name}-events.jsonl")
-                     .read_text().splitlines()]
+            lines = [
+                json.loads(x)
+                for x in (tmp_path / ".speckit" / "dead-letter" / f"{name}-events.jsonl")
+                .read_text()
+                .splitlines()
+            ]
             assert [x["event"]["id"] for x in lines] == ids
             assert all(x["code"] == "INVALID_ARGUMENT" and x["reason"] for x in lines)
         assert len(await capsule.all_events(session_id="before")) == 6
@@ -103,21 +130,41 @@ async def test_poison_values_are_refused_or_dead_lettered_and_later_events_still
         reply = await inference.complete([("user", "hi")], session_id="after", timeout=10)
         assert reply.content
         _, result = await PatchLoopClient(svc.ctx.channel("patchloop")).run_to_end(
-            str(make_crate(tmp_path / "ws")), session_id="after", timeout_s=120)
+            str(make_crate(tmp_path / "ws")), session_id="after", timeout_s=120
+        )
         assert result.attempts >= 1
-        types = await _stored(capsule, "after", {common_pb2.EVENT_TYPE_ROUTING_DECISION,
-                                                 common_pb2.EVENT_TYPE_LLM_CALL,
-                                                 common_pb2.EVENT_TYPE_PATCH_ATTEMPT,
-                                                 common_pb2.EVENT_TYPE_LOOP_RESULT})
-        assert {common_pb2.EVENT_TYPE_ROUTING_DECISION, common_pb2.EVENT_TYPE_LLM_CALL,
-                common_pb2.EVENT_TYPE_PATCH_ATTEMPT, common_pb2.EVENT_TYPE_LOOP_RESULT} <= types
+        types = await _stored(
+            capsule,
+            "after",
+            {
+                common_pb2.EVENT_TYPE_ROUTING_DECISION,
+                common_pb2.EVENT_TYPE_LLM_CALL,
+                common_pb2.EVENT_TYPE_PATCH_ATTEMPT,
+                common_pb2.EVENT_TYPE_LOOP_RESULT,
+            },
+        )
+        assert {
+            common_pb2.EVENT_TYPE_ROUTING_DECISION,
+            common_pb2.EVENT_TYPE_LLM_CALL,
+            common_pb2.EVENT_TYPE_PATCH_ATTEMPT,
+            common_pb2.EVENT_TYPE_LOOP_RESULT,
+        } <= types
     finally:
         await local.stop()
 
 
-@pytest.mark.parametrize(("column", "value"), [("session_id", LONG_ID), ("session_id", NUL_ID),
-                                               ("prompt_tokens", 2**32 - 1), ("attempt", 2**64)])
-def test_a_row_the_database_refuses_is_invalid_argument_not_unavailable(db_url: str, column: str, value) -> None:
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("session_id", LONG_ID),
+        ("session_id", NUL_ID),
+        ("prompt_tokens", 2**32 - 1),
+        ("attempt", 2**64),
+    ],
+)
+def test_a_row_the_database_refuses_is_invalid_argument_not_unavailable(
+    db_url: str, column: str, value
+) -> None:
     """Below the event checks: the store maps a permanent database error to
     INVALID_ARGUMENT (the sinks then dead-letter), never to UNAVAILABLE (retried forever)."""
     from speckit_reflex.capsule.events import event_to_row

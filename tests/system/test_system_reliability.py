@@ -51,10 +51,26 @@ mod tests {
     }
 }
 """
-FIXED = {"edits": [{"file": "src/lib.rs", "line_start": 9, "line_end": 9,
-                    "replacement": "        2 * (self.width + self.height)"}]}
-NOOP = {"edits": [{"file": "src/lib.rs", "line_start": 9, "line_end": 9,
-                   "replacement": "        2 * (self.width + self.hieght) "}]}
+FIXED = {
+    "edits": [
+        {
+            "file": "src/lib.rs",
+            "line_start": 9,
+            "line_end": 9,
+            "replacement": "        2 * (self.width + self.height)",
+        }
+    ]
+}
+NOOP = {
+    "edits": [
+        {
+            "file": "src/lib.rs",
+            "line_start": 9,
+            "line_end": 9,
+            "replacement": "        2 * (self.width + self.hieght) ",
+        }
+    ]
+}
 
 
 def make_crate(root: Path) -> Path:
@@ -64,11 +80,21 @@ def make_crate(root: Path) -> Path:
     return root
 
 
-def write_policy(path: Path, backends: list[tuple[str, str, str]], cloud_url: str, *, max_failures: int,
-                 capture: str = "full_io", model: str = "local-model", timeout_ms: int = 10000,
-                 max_attempts: int = 4, probe_timeout_ms: int = 2000) -> Path:
+def write_policy(
+    path: Path,
+    backends: list[tuple[str, str, str]],
+    cloud_url: str,
+    *,
+    max_failures: int,
+    capture: str = "full_io",
+    model: str = "local-model",
+    timeout_ms: int = 10000,
+    max_attempts: int = 4,
+    probe_timeout_ms: int = 2000,
+) -> Path:
     entries = ", ".join(
-        f'{{ name = "{n}", kind = "{k}", endpoint = "{u}", models = ["{model}"] }}' for n, k, u in backends
+        f'{{ name = "{n}", kind = "{k}", endpoint = "{u}", models = ["{model}"] }}'
+        for n, k, u in backends
     )
     path.write_text(f"""
 [routing.reflex]
@@ -106,24 +132,35 @@ compiler_fast_path = false
     return path
 
 
-async def start_stack(services_factory, tmp_path: Path, policy_path: Path, model: str = "local-model"):
+async def start_stack(
+    services_factory, tmp_path: Path, policy_path: Path, model: str = "local-model"
+):
     """All four services on one SQLite database, with passing bakeoff evidence
     for `model`, once the Router routes reflex."""
     db = f"sqlite:///{tmp_path / 'system.db'}"
     policy = load_policy(policy_path)
-    svc = await services_factory(["capsule", "inference", "router", "patchloop"], database_url=db, policy=policy)
+    svc = await services_factory(
+        ["capsule", "inference", "router", "patchloop"], database_url=db, policy=policy
+    )
     capsule = CapsuleClient(svc.ctx.channel("capsule"))
     # A passing bakeoff on the weights each backend reports (a verdict holds
     # for the identity it was formed on).
     health = await InferenceClient(svc.ctx.channel("inference")).health(refresh=True, timeout=30)
     for identity in sorted({b.identity.key for b in health.backends}):
-        await record_bakeoff(capsule, model, 4, latency_ms=50.0, identity=identity, cloud_model="cloud-model")
+        await record_bakeoff(
+            capsule, model, 4, latency_ms=50.0, identity=identity, cloud_model="cloud-model"
+        )
     await svc.servers["router"].service.refresher.refresh_all()
     router = RouterClient(svc.ctx.channel("router"))
     deadline = time.monotonic() + 60
     while True:
-        d = await router.decide(stage=common_pb2.STAGE_IMPLEMENT, role=common_pb2.ROLE_IMPLEMENTER,
-                                session_id="readiness", attempt=1, timeout=10)
+        d = await router.decide(
+            stage=common_pb2.STAGE_IMPLEMENT,
+            role=common_pb2.ROLE_IMPLEMENTER,
+            session_id="readiness",
+            attempt=1,
+            timeout=10,
+        )
         if d.mode == common_pb2.ROUTING_MODE_REFLEX:
             return svc, capsule
         assert time.monotonic() < deadline, f"router never routed reflex: {d.detail}"
@@ -143,13 +180,22 @@ async def test_primary_killed_mid_run_next_attempt_fails_over_nothing_lost_or_do
     services_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(KEY_ENV, "sk-test")
-    primary = await FakeModelServer(kind="sglang", models=["local-model"], reply=json.dumps(NOOP)).start()
-    secondary = await FakeModelServer(kind="vllm", models=["local-model"], reply=json.dumps(FIXED)).start()
-    cloud = await FakeModelServer(kind="openai", models=["cloud-model"], reply=json.dumps(FIXED)).start()
+    primary = await FakeModelServer(
+        kind="sglang", models=["local-model"], reply=json.dumps(NOOP)
+    ).start()
+    secondary = await FakeModelServer(
+        kind="vllm", models=["local-model"], reply=json.dumps(FIXED)
+    ).start()
+    cloud = await FakeModelServer(
+        kind="openai", models=["cloud-model"], reply=json.dumps(FIXED)
+    ).start()
     try:
-        pol = write_policy(tmp_path / "p.toml", [("sglang", "sglang", primary.base_url),
-                                                 ("vllm", "vllm", secondary.base_url)],
-                           cloud.base_url, max_failures=3)
+        pol = write_policy(
+            tmp_path / "p.toml",
+            [("sglang", "sglang", primary.base_url), ("vllm", "vllm", secondary.base_url)],
+            cloud.base_url,
+            max_failures=3,
+        )
         svc, capsule = await start_stack(services_factory, tmp_path, pol)
         ws = make_crate(tmp_path / "ws")
         client = PatchLoopClient(svc.ctx.channel("patchloop"))
@@ -185,21 +231,37 @@ async def test_primary_killed_mid_run_next_attempt_fails_over_nothing_lost_or_do
 
 
 async def test_an_api_key_never_reaches_events_logs_reports_or_the_database(
-    services_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    services_factory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv(KEY_ENV, SECRET)
-    local = await FakeModelServer(kind="vllm", models=["local-model"], reply=json.dumps(NOOP)).start()
-    cloud = await FakeModelServer(kind="openai", models=["cloud-model"], reply=json.dumps(FIXED)).start()
+    local = await FakeModelServer(
+        kind="vllm", models=["local-model"], reply=json.dumps(NOOP)
+    ).start()
+    cloud = await FakeModelServer(
+        kind="openai", models=["cloud-model"], reply=json.dumps(FIXED)
+    ).start()
     try:
-        pol = write_policy(tmp_path / "p.toml", [("vllm", "vllm", local.base_url)], cloud.base_url,
-                           max_failures=2, capture="full_io")
+        pol = write_policy(
+            tmp_path / "p.toml",
+            [("vllm", "vllm", local.base_url)],
+            cloud.base_url,
+            max_failures=2,
+            capture="full_io",
+        )
         svc, capsule = await start_stack(services_factory, tmp_path, pol)
         ws = make_crate(tmp_path / "ws")
         _, result = await PatchLoopClient(svc.ctx.channel("patchloop")).run_to_end(
-            str(ws), run_id="secret-run", session_id="secret", timeout_s=120)
+            str(ws), run_id="secret-run", session_id="secret", timeout_s=120
+        )
         # Reflex twice, then the cloud fixes it: the key was really used.
-        assert result.outcome == patchloop_pb2.OUTCOME_FIXED and result.fixed_by == patchloop_pb2.FIX_SOURCE_CLOUD
+        assert (
+            result.outcome == patchloop_pb2.OUTCOME_FIXED
+            and result.fixed_by == patchloop_pb2.FIX_SOURCE_CLOUD
+        )
         assert cloud.authorizations and all(SECRET in a for a in cloud.authorizations)
 
         events = await run_events(capsule, "secret-run", result.attempts + 1)
@@ -215,7 +277,9 @@ async def test_an_api_key_never_reaches_events_logs_reports_or_the_database(
             "report.md": Path(report.markdown_path).read_text(),
             "database": (tmp_path / "system.db").read_bytes().decode("latin-1"),
         }
-        leaks = [name for name, text in haystacks.items() if SECRET in text or "SYSTEMSECRET" in text]
+        leaks = [
+            name for name, text in haystacks.items() if SECRET in text or "SYSTEMSECRET" in text
+        ]
         assert leaks == []
     finally:
         await local.stop()

@@ -41,13 +41,20 @@ def make_policy(**sections: Any) -> LoadedPolicy:
     return LoadedPolicy(policy, "<test>", text, hashlib.sha256(text.encode()).hexdigest())
 
 
-def local_policy(backends: list[tuple[str, str, str]], model: str, *, timeout_ms: int = 60000,
-                 retries: int = 1) -> LoadedPolicy:
+def local_policy(
+    backends: list[tuple[str, str, str]], model: str, *, timeout_ms: int = 60000, retries: int = 1
+) -> LoadedPolicy:
     """Reflex backends (name, kind, endpoint) in failover order, all serving `model`."""
     return make_policy(
         routing={
-            "reflex": {"enabled": True, "model": model, "timeout_ms": timeout_ms,
-                       "backends": [{"name": n, "kind": k, "endpoint": e, "models": [model]} for n, k, e in backends]},
+            "reflex": {
+                "enabled": True,
+                "model": model,
+                "timeout_ms": timeout_ms,
+                "backends": [
+                    {"name": n, "kind": k, "endpoint": e, "models": [model]} for n, k, e in backends
+                ],
+            },
             "health": {"probe_interval_s": 60, "cooldown_s": 30, "probe_timeout_ms": 30000},
         },
         inference={"max_validation_retries": retries},
@@ -62,7 +69,9 @@ def vllm_env() -> dict[str, str]:
     build = subprocess.run(["bash", str(SCRIPT), "build"], capture_output=True, text=True)
     if build.returncode != 0:
         pytest.fail(f"scripts/vllm_env.sh build failed:\n{build.stderr[-3000:]}", pytrace=False)
-    where = subprocess.run(["bash", str(SCRIPT), "where"], capture_output=True, text=True, check=True)
+    where = subprocess.run(
+        ["bash", str(SCRIPT), "where"], capture_output=True, text=True, check=True
+    )
     return dict(line.split("=", 1) for line in where.stdout.splitlines())
 
 
@@ -70,8 +79,11 @@ def listening_port(pid: int) -> int | None:
     """The TCP port `pid` listens on (vLLM is started on port 0 and binds
     its own socket, so the OS-chosen port is read from /proc)."""
     try:
-        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")
-                  if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")}
+        inodes = {
+            os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1]
+            for fd in os.listdir(f"/proc/{pid}/fd")
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")
+        }
         rows = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
@@ -108,12 +120,19 @@ class VLLMServer:
     def start(self) -> None:
         with self.log_path.open("wb") as log:
             # Its own session: stop() ends vLLM's engine processes with it.
-            self.proc = subprocess.Popen(["bash", str(SCRIPT), "serve", "0"], stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                ["bash", str(SCRIPT), "serve", "0"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {self.proc.returncode} while starting:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"vLLM exited with {self.proc.returncode} while starting:\n{self.log_tail()}"
+                )
             self.port = self.port or (listening_port(self.proc.pid) or 0)
             if self.port:
                 try:
@@ -137,7 +156,9 @@ class VLLMServer:
 
 
 @pytest.fixture(scope="session")
-def vllm_server(vllm_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
+def vllm_server(
+    vllm_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VLLMServer]:
     """One real vLLM server for the whole session (SPECKIT_VLLM_PORT: use the
     one already running on that port, started by `scripts/vllm_env.sh serve`)."""
     server = VLLMServer(vllm_env, tmp_path_factory.mktemp("vllm") / "vllm.log")
@@ -163,7 +184,10 @@ class Oracle:
         self.err = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen(
             ["bash", str(SCRIPT), "python", str(Path(__file__).with_name("vllm_oracle.py"))],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.err,
+            text=True,
         )
         first = self.proc.stdout.readline() if self.proc.stdout else ""
         if json.loads(first or "{}").get("ready") is not True:
@@ -198,7 +222,9 @@ def vllm_oracle(vllm_env: dict[str, str]) -> Iterator[Oracle]:
         oracle.close()
 
 
-async def events_when(capsule: Any, want: int, timeout_s: float = 15.0, **filters: Any) -> list[Any]:
+async def events_when(
+    capsule: Any, want: int, timeout_s: float = 15.0, **filters: Any
+) -> list[Any]:
     """Capsule's events matching `filters` once at least `want` are stored
     (events reach Capsule through the services' batching sink)."""
     import asyncio
@@ -210,4 +236,3 @@ async def events_when(capsule: Any, want: int, timeout_s: float = 15.0, **filter
         if len(events) >= want or loop.time() > end:
             return events
         await asyncio.sleep(0.05)
-

@@ -29,14 +29,22 @@ from speckit_reflex.inference.backends import BackendSpec, Generation, ModelServ
 from speckit_reflex.inference.dialects import dialect_for
 from tests.inference.fakes import FakeModelServer
 
-from .wire_models import check_request, shapes, sglang_runtime
+from .wire_models import check_request, sglang_runtime, shapes
 
 pytestmark = pytest.mark.contract
 
-SCHEMA = {"type": "object", "properties": {"edits": {"type": "array", "items": {"type": "string"}}},
-          "required": ["edits"], "additionalProperties": False}
-MESSAGES = [{"role": "system", "content": "You fix Rust."}, {"role": "user", "content": "fix it"},
-            {"role": "assistant", "content": "{}"}, {"role": "user", "content": "again, as JSON"}]
+SCHEMA = {
+    "type": "object",
+    "properties": {"edits": {"type": "array", "items": {"type": "string"}}},
+    "required": ["edits"],
+    "additionalProperties": False,
+}
+MESSAGES = [
+    {"role": "system", "content": "You fix Rust."},
+    {"role": "user", "content": "fix it"},
+    {"role": "assistant", "content": "{}"},
+    {"role": "user", "content": "again, as JSON"},
+]
 
 # name -> (stream, max_tokens, temperature, seed, schema, schema_name)
 CASES: dict[str, tuple[bool, int, float | None, int | None, dict[str, Any] | None, str]] = {
@@ -59,13 +67,18 @@ async def _sent_bodies(kind: str) -> dict[str, dict[str, Any]]:
     try:
         names: list[str] = []
         for name, (stream, max_tokens, temperature, seed, schema, schema_name) in CASES.items():
-            body = server.dialect.chat_body("m", MESSAGES, max_tokens, temperature, seed, schema, schema_name,
-                                            stream=stream)
+            body = server.dialect.chat_body(
+                "m", MESSAGES, max_tokens, temperature, seed, schema, schema_name, stream=stream
+            )
             async for _ in server.stream_chat(body, loop.time() + 10, Generation()):
                 pass
             names.append(name)
         await server.probe_generation("m", 10)
-        posted = [b for method, path, b in fake.requests if method == "POST" and path == "/v1/chat/completions"]
+        posted = [
+            b
+            for method, path, b in fake.requests
+            if method == "POST" and path == "/v1/chat/completions"
+        ]
         if kind == "vllm":
             names.append("health_probe")  # SGLang's probe is GET /health_generate, no body
         assert len(posted) == len(names)
@@ -90,7 +103,9 @@ def _body_ids() -> list[str]:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-async def test_every_sglang_body_validates_against_sglangs_own_request_model(sglang, bodies, case: str) -> None:
+async def test_every_sglang_body_validates_against_sglangs_own_request_model(
+    sglang, bodies, case: str
+) -> None:
     body = bodies["sglang"][case]
     verdict = check_request(sglang, body)
     assert verdict == {"ok": True, "error": "", "ignored": []}, (body, verdict)
@@ -102,15 +117,18 @@ async def test_every_sglang_body_validates_against_sglangs_own_request_model(sgl
 
 @pytest.mark.vllm
 @pytest.mark.parametrize("case", _body_ids())
-async def test_every_vllm_body_validates_against_vllms_own_request_model(vllm_oracle, bodies, case: str) -> None:
+async def test_every_vllm_body_validates_against_vllms_own_request_model(
+    vllm_oracle, bodies, case: str
+) -> None:
     body = bodies["vllm"][case]
     verdict = vllm_oracle.ask(op="request", body=body)
     assert verdict == {"ok": True, "error": "", "ignored": []}, (body, verdict)
 
 
 @pytest.mark.vllm
-async def test_where_the_servers_disagree_each_dialect_sends_what_its_server_accepts(sglang, vllm_oracle,
-                                                                                      bodies) -> None:
+async def test_where_the_servers_disagree_each_dialect_sends_what_its_server_accepts(
+    sglang, vllm_oracle, bodies
+) -> None:
     # stream_options without stream=true: SGLang accepts it, vLLM answers 400.
     unary = {**bodies["vllm"]["unary"], "stream_options": {"include_usage": True}}
     assert check_request(sglang, unary)["ok"]
@@ -148,11 +166,16 @@ class Replay:
 
     async def _completions(self, req: web.Request) -> web.StreamResponse:
         if self.chat == "error":
-            return web.Response(status=400, text=self.shape["error"], content_type="application/json")
+            return web.Response(
+                status=400, text=self.shape["error"], content_type="application/json"
+            )
         if self.chat == "whole":
             return web.Response(text=self.shape["whole"], content_type="application/json")
-        events = self.shape["stream"] if self.chat == "stream" else [self.shape["stream"][0],
-                                                                     self.shape["stream_error"], "[DONE]"]
+        events = (
+            self.shape["stream"]
+            if self.chat == "stream"
+            else [self.shape["stream"][0], self.shape["stream_error"], "[DONE]"]
+        )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(req)
         for data in events:
@@ -204,7 +227,9 @@ async def replayed(runtime: str, sglang, oracle_if_vllm) -> AsyncIterator:  # ty
 
     async def start(**kw: Any) -> tuple[Replay, ModelServer]:
         replay = await Replay(_shape(runtime, sglang, oracle_if_vllm, **kw)).start()
-        server = ModelServer(BackendSpec("b", runtime, f"http://127.0.0.1:{replay.port}/v1", ("m",)))
+        server = ModelServer(
+            BackendSpec("b", runtime, f"http://127.0.0.1:{replay.port}/v1", ("m",))
+        )
         servers.append((replay, server))
         return replay, server
 
@@ -231,7 +256,9 @@ async def test_streamed_reply_from_the_runtimes_own_chunk_models(replayed, runti
     assert gen.cached_tokens == 256
 
 
-async def test_whole_reply_listing_and_errors_from_the_runtimes_own_models(replayed, runtime: str) -> None:
+async def test_whole_reply_listing_and_errors_from_the_runtimes_own_models(
+    replayed, runtime: str
+) -> None:
     replay, server = await replayed()
     replay.chat = "whole"
     gen = await _read(server)
@@ -247,14 +274,23 @@ async def test_whole_reply_listing_and_errors_from_the_runtimes_own_models(repla
     assert failure.value.reason == "upstream_error"
 
 
-@pytest.mark.parametrize(("prompt", "cached", "vllm_reads", "sglang_reads"), [
-    (300, None, None, None),   # no details at all: unknown
-    (300, 0, 0, 0),            # a prompt longer than a block that missed: a real 0
-    (50, 0, None, 0),          # vLLM: shorter than one 128-token block, it can never hit
-    (1023, 896, 896, 896),
-])
-async def test_cached_tokens_as_each_runtime_reports_them(replayed, runtime: str, prompt: int, cached: int | None,
-                                                          vllm_reads: int | None, sglang_reads: int | None) -> None:
+@pytest.mark.parametrize(
+    ("prompt", "cached", "vllm_reads", "sglang_reads"),
+    [
+        (300, None, None, None),  # no details at all: unknown
+        (300, 0, 0, 0),  # a prompt longer than a block that missed: a real 0
+        (50, 0, None, 0),  # vLLM: shorter than one 128-token block, it can never hit
+        (1023, 896, 896, 896),
+    ],
+)
+async def test_cached_tokens_as_each_runtime_reports_them(
+    replayed,
+    runtime: str,
+    prompt: int,
+    cached: int | None,
+    vllm_reads: int | None,
+    sglang_reads: int | None,
+) -> None:
     _, server = await replayed(prompt=prompt, cached=cached)
     gen = await _read(server)
     assert gen.cached_tokens == (vllm_reads if runtime == "vllm" else sglang_reads)
@@ -264,6 +300,7 @@ def test_the_captured_bodies_are_what_the_dialects_build(bodies) -> None:
     # Guards the capture itself: the HTTP round trip neither adds nor drops keys.
     for kind in KINDS:
         for name, (stream, max_tokens, temperature, seed, schema, schema_name) in CASES.items():
-            built = dialect_for(kind).chat_body("m", MESSAGES, max_tokens, temperature, seed, schema, schema_name,
-                                                stream=stream)
+            built = dialect_for(kind).chat_body(
+                "m", MESSAGES, max_tokens, temperature, seed, schema, schema_name, stream=stream
+            )
             assert json.loads(json.dumps(built)) == bodies[kind][name]

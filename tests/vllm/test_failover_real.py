@@ -19,10 +19,18 @@ from google.protobuf.json_format import MessageToDict
 
 from speckit_reflex.clients.patchloop import PatchLoopClient
 from speckit_reflex.clients.router import RouterClient
-from speckit_reflex.v1 import common_pb2, patchloop_pb2
+from speckit_reflex.v1 import common_pb2
 from tests.conftest import LlamaServer
 from tests.inference.fakes import FakeModelServer
-from tests.system.test_system_reliability import FIXED, KEY_ENV, LLM, PA, make_crate, start_stack, write_policy
+from tests.system.test_system_reliability import (
+    FIXED,
+    KEY_ENV,
+    LLM,
+    PA,
+    make_crate,
+    start_stack,
+    write_policy,
+)
 
 from .conftest import VLLMServer, events_when
 
@@ -36,8 +44,13 @@ async def _until_routed_to(router: RouterClient, backend: str, timeout_s: float 
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout_s
     while True:
-        d = await router.decide(stage=common_pb2.STAGE_IMPLEMENT, role=common_pb2.ROLE_IMPLEMENTER,
-                                session_id="readiness", attempt=1, timeout=30)
+        d = await router.decide(
+            stage=common_pb2.STAGE_IMPLEMENT,
+            role=common_pb2.ROLE_IMPLEMENTER,
+            session_id="readiness",
+            attempt=1,
+            timeout=30,
+        )
         if d.backend == backend:
             return
         assert loop.time() < end, f"the Router never routed to {backend}: {d.detail}"
@@ -49,21 +62,30 @@ async def test_llamacpp_killed_mid_run_next_attempt_served_by_vllm_each_attempt_
 ) -> None:
     monkeypatch.setenv(KEY_ENV, "sk-test")
     llama = LlamaServer.on_free_port()
-    cloud = await FakeModelServer(kind="openai", models=["cloud-model"], reply=json.dumps(FIXED)).start()
+    cloud = await FakeModelServer(
+        kind="openai", models=["cloud-model"], reply=json.dumps(FIXED)
+    ).start()
     assert llama.model == vllm_server.model  # one model, two runtimes
     try:
         # max_failures above max_attempts: the run stays on the reflex lane.
-        pol = write_policy(tmp_path / "p.toml", [("llama", "llamacpp", llama.base_url),
-                                                 ("vllm", "vllm", vllm_server.base_url)],
-                           cloud.base_url, max_failures=3, model=llama.model, timeout_ms=240_000, max_attempts=2,
-                           probe_timeout_ms=60_000)  # a busy 2-core box answers a probe in seconds
+        pol = write_policy(
+            tmp_path / "p.toml",
+            [("llama", "llamacpp", llama.base_url), ("vllm", "vllm", vllm_server.base_url)],
+            cloud.base_url,
+            max_failures=3,
+            model=llama.model,
+            timeout_ms=240_000,
+            max_attempts=2,
+            probe_timeout_ms=60_000,
+        )  # a busy 2-core box answers a probe in seconds
         svc, capsule = await start_stack(services_factory, tmp_path, pol, model=llama.model)
         await _until_routed_to(RouterClient(svc.ctx.channel("router")), "llama")
         ws = make_crate(tmp_path / "ws")
         result = None
         killed_after: list[int] = []
-        async for ev in PatchLoopClient(svc.ctx.channel("patchloop")).run(str(ws), run_id="real-failover",
-                                                                           session_id="real-failover"):
+        async for ev in PatchLoopClient(svc.ctx.channel("patchloop")).run(
+            str(ws), run_id="real-failover", session_id="real-failover"
+        ):
             kind = ev.WhichOneof("kind")
             if kind == "model_call" and ev.attempt == 1:
                 assert llama.proc is not None
@@ -88,7 +110,9 @@ async def test_llamacpp_killed_mid_run_next_attempt_served_by_vllm_each_attempt_
         # as unhealthy or cooling down, with that reason.
         failovers = MessageToDict(calls[1].payload)["failovers"]
         assert [f["backend"] for f in failovers] == ["llama"], failovers
-        assert re.search(r"connect|unreachable|unhealthy|cooling_down", failovers[0]["reason"]), failovers
+        assert re.search(r"connect|unreachable|unhealthy|cooling_down", failovers[0]["reason"]), (
+            failovers
+        )
         assert f"llama={failovers[0]['reason']}" in calls[1].reason
         # The Router's decisions: attempt 1 to llama; attempt 2 to vLLM when its
         # health view already saw the kill, else still to llama (a view from
@@ -98,8 +122,10 @@ async def test_llamacpp_killed_mid_run_next_attempt_served_by_vllm_each_attempt_
         detail = MessageToDict(decisions[2].payload)["detail"]
         assert f"on {decisions[2].backend}: backend healthy" in detail, detail
         assert decisions[2].backend in ("vllm", "llama")
-        print(f"killed llama after attempt 1; attempt 2 routed to {decisions[2].backend}, served by "
-              f"{calls[1].backend}; LLMCall reason: {calls[1].reason}")
+        print(
+            f"killed llama after attempt 1; attempt 2 routed to {decisions[2].backend}, served by "
+            f"{calls[1].backend}; LLMCall reason: {calls[1].reason}"
+        )
     finally:
         llama.stop()
         await cloud.stop()

@@ -23,11 +23,16 @@ from .conftest import VLLMServer, events_when, local_policy
 
 pytestmark = pytest.mark.vllm
 
-SCHEMA = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 40}},
-          "required": ["answer"], "additionalProperties": False}
+SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string", "maxLength": 40}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
 # ~600 tokens of stable prefix: several of vLLM's 128-token cache blocks.
 LONG_SYSTEM = "You fix Rust compile errors. Reference, do not repeat it:\n" + "\n".join(
-    f"fn helper_{i}(width: u32, height: u32) -> u32 {{ width * {i} + height }}" for i in range(30))
+    f"fn helper_{i}(width: u32, height: u32) -> u32 {{ width * {i} + height }}" for i in range(30)
+)
 
 
 @pytest.fixture
@@ -41,24 +46,41 @@ async def test_health_and_model_listing(inference, vllm_server: VLLMServer) -> N
     llm, _ = inference
     health = await llm.health("vllm", refresh=True, timeout=120)
     [b] = health.backends
-    assert (b.kind, b.healthy, b.reachable, b.model_listed, b.generation_ok) == ("vllm", True, True, True, True), b
+    assert (b.kind, b.healthy, b.reachable, b.model_listed, b.generation_ok) == (
+        "vllm",
+        True,
+        True,
+        True,
+        True,
+    ), b
     assert b.model == vllm_server.model
     listing = await llm.list_models("vllm")
     assert [(m.id, m.backend, m.owned_by, m.max_model_len) for m in listing.models] == [
-        (vllm_server.model, "vllm", "vllm", 2048)]
+        (vllm_server.model, "vllm", "vllm", 2048)
+    ]
 
 
 async def test_schema_valid_json_reply_is_recorded(inference, vllm_server: VLLMServer) -> None:
     llm, capsule = inference
-    reply = await llm.complete([("user", "Name a colour. Reply as JSON.")], json_schema=SCHEMA,
-                               schema_name="colour", max_tokens=48, temperature=0.0, seed=1,
-                               session_id="vllm-schema", attempt=1, timeout=300)
+    reply = await llm.complete(
+        [("user", "Name a colour. Reply as JSON.")],
+        json_schema=SCHEMA,
+        schema_name="colour",
+        max_tokens=48,
+        temperature=0.0,
+        seed=1,
+        session_id="vllm-schema",
+        attempt=1,
+        timeout=300,
+    )
     assert reply.schema_valid, reply.validation_error
     jsonschema.validate(json.loads(reply.content), SCHEMA)
     assert (reply.backend, reply.model) == ("vllm", vllm_server.model)
     assert reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0
     assert 0 < reply.timing.ttft_ms <= reply.timing.latency_ms
-    calls = await events_when(capsule, 1, type=common_pb2.EVENT_TYPE_LLM_CALL, session_id="vllm-schema")
+    calls = await events_when(
+        capsule, 1, type=common_pb2.EVENT_TYPE_LLM_CALL, session_id="vllm-schema"
+    )
     assert len(calls) == 1 and calls[0].id == reply.call_id and calls[0].backend == "vllm"
     assert calls[0].json_valid
 
@@ -66,8 +88,9 @@ async def test_schema_valid_json_reply_is_recorded(inference, vllm_server: VLLMS
 async def test_streaming_ends_with_the_usage_chunk(inference, vllm_server: VLLMServer) -> None:
     llm, _ = inference
     deltas, finals = [], []
-    async for chunk in llm.stream_complete([("user", "Count from one to five.")], max_tokens=24, temperature=0.0,
-                                           timeout=300):
+    async for chunk in llm.stream_complete(
+        [("user", "Count from one to five.")], max_tokens=24, temperature=0.0, timeout=300
+    ):
         (deltas if chunk.WhichOneof("kind") == "delta" else finals).append(chunk)
     [final] = finals
     assert len(deltas) > 1 and "".join(d.delta for d in deltas) == final.final.content

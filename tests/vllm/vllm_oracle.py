@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from wire_models import check_request, shapes, vllm_runtime  # noqa: E402
+from wire_models import check_request, shapes, vllm_runtime
 
 
 def main() -> None:
@@ -30,8 +30,14 @@ def main() -> None:
             if msg["op"] == "request":
                 reply = check_request(rt, msg["body"])
             elif msg["op"] == "shapes":
-                reply = shapes(rt, model=msg["model"], pieces=msg["pieces"], prompt=msg["prompt"],
-                               completion=msg["completion"], cached=msg["cached"])
+                reply = shapes(
+                    rt,
+                    model=msg["model"],
+                    pieces=msg["pieces"],
+                    prompt=msg["prompt"],
+                    completion=msg["completion"],
+                    cached=msg["cached"],
+                )
             else:
                 reply = {"fault": f"unknown op {msg['op']!r}"}
         except Exception as exc:  # report, don't die: the test names the failing case

@@ -46,7 +46,9 @@ def import_sglang_protocol() -> types.ModuleType:
     if "sglang" not in sys.modules:
         spec = importlib.util.find_spec("sglang")
         if spec is None or not spec.submodule_search_locations:
-            raise ImportError("sglang is not installed (scripts/bootstrap.sh installs it with --no-deps)")
+            raise ImportError(
+                "sglang is not installed (scripts/bootstrap.sh installs it with --no-deps)"
+            )
         pkg = types.ModuleType("sglang")
         pkg.__path__ = list(spec.submodule_search_locations)
         sys.modules["sglang"] = pkg
@@ -57,10 +59,22 @@ def import_sglang_protocol() -> types.ModuleType:
 
 def sglang_runtime() -> Runtime:
     p = import_sglang_protocol()
-    return Runtime("sglang", p.ChatCompletionRequest, p.ChatCompletionResponse, p.ChatCompletionStreamResponse,
-                   p.ChatCompletionResponseStreamChoice, p.ChatCompletionResponseChoice, p.DeltaMessage,
-                   p.ChatMessage, p.UsageInfo, p.PromptTokensDetails, p.ModelList, p.ModelCard,
-                   p.ErrorResponse, None)
+    return Runtime(
+        "sglang",
+        p.ChatCompletionRequest,
+        p.ChatCompletionResponse,
+        p.ChatCompletionStreamResponse,
+        p.ChatCompletionResponseStreamChoice,
+        p.ChatCompletionResponseChoice,
+        p.DeltaMessage,
+        p.ChatMessage,
+        p.UsageInfo,
+        p.PromptTokensDetails,
+        p.ModelList,
+        p.ModelCard,
+        p.ErrorResponse,
+        None,
+    )
 
 
 def vllm_runtime() -> Runtime:
@@ -68,10 +82,22 @@ def vllm_runtime() -> Runtime:
     from vllm.entrypoints.openai.chat_completion import protocol as c
     from vllm.entrypoints.serve.engine import protocol as e
 
-    return Runtime("vllm", c.ChatCompletionRequest, c.ChatCompletionResponse, c.ChatCompletionStreamResponse,
-                   c.ChatCompletionResponseStreamChoice, c.ChatCompletionResponseChoice, c.DeltaMessage,
-                   c.ChatMessage, e.UsageInfo, e.PromptTokenUsageInfo, e.ModelList, e.ModelCard,
-                   e.ErrorResponse, e.ErrorInfo)
+    return Runtime(
+        "vllm",
+        c.ChatCompletionRequest,
+        c.ChatCompletionResponse,
+        c.ChatCompletionStreamResponse,
+        c.ChatCompletionResponseStreamChoice,
+        c.ChatCompletionResponseChoice,
+        c.DeltaMessage,
+        c.ChatMessage,
+        e.UsageInfo,
+        e.PromptTokenUsageInfo,
+        e.ModelList,
+        e.ModelCard,
+        e.ErrorResponse,
+        e.ErrorInfo,
+    )
 
 
 # -- requests -------------------------------------------------------------------------
@@ -126,8 +152,12 @@ def check_request(rt: Runtime, body: dict[str, Any]) -> dict[str, Any]:
 
 def _usage(rt: Runtime, prompt: int, completion: int, cached: int | None) -> BaseModel:
     details = None if cached is None else rt.prompt_details(cached_tokens=cached)
-    return rt.usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
-                    prompt_tokens_details=details)
+    return rt.usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details=details,
+    )
 
 
 def _dump(rt: Runtime, obj: BaseModel, *, chunk: bool = False, usage_chunk: bool = False) -> str:
@@ -138,8 +168,16 @@ def _dump(rt: Runtime, obj: BaseModel, *, chunk: bool = False, usage_chunk: bool
     return obj.model_dump_json()
 
 
-def shapes(rt: Runtime, *, model: str, pieces: list[str], prompt: int, completion: int,
-           cached: int | None, finish: str = "stop") -> dict[str, Any]:
+def shapes(
+    rt: Runtime,
+    *,
+    model: str,
+    pieces: list[str],
+    prompt: int,
+    completion: int,
+    cached: int | None,
+    finish: str = "stop",
+) -> dict[str, Any]:
     """The bodies a server of this runtime sends for one reply made of `pieces`.
 
     stream: the SSE `data:` payloads in order (role chunk, content chunks, the
@@ -149,11 +187,19 @@ def shapes(rt: Runtime, *, model: str, pieces: list[str], prompt: int, completio
     """
     rid = "chatcmpl-contract"
 
-    def make_chunk(delta: BaseModel | None, finish_reason: str | None = None, usage: BaseModel | None = None,
-              choices: bool = True) -> BaseModel:
-        kw: dict[str, Any] = {"id": rid, "model": model,
-                              "choices": [rt.stream_choice(index=0, delta=delta, finish_reason=finish_reason)]
-                              if choices else []}
+    def make_chunk(
+        delta: BaseModel | None,
+        finish_reason: str | None = None,
+        usage: BaseModel | None = None,
+        choices: bool = True,
+    ) -> BaseModel:
+        kw: dict[str, Any] = {
+            "id": rid,
+            "model": model,
+            "choices": [rt.stream_choice(index=0, delta=delta, finish_reason=finish_reason)]
+            if choices
+            else [],
+        }
         if usage is not None:
             kw["usage"] = usage
         return rt.chunk(**kw)
@@ -168,19 +214,41 @@ def shapes(rt: Runtime, *, model: str, pieces: list[str], prompt: int, completio
     else:
         # vLLM: finish_reason rides on the last content delta.
         stream.append(_dump(rt, chunk=True, obj=make_chunk(rt.delta(content=pieces[-1]), finish)))
-    stream.append(_dump(rt, chunk=True, obj=make_chunk(None, usage=usage, choices=False), usage_chunk=True))
+    stream.append(
+        _dump(rt, chunk=True, obj=make_chunk(None, usage=usage, choices=False), usage_chunk=True)
+    )
     stream.append("[DONE]")
 
-    whole = rt.response(id=rid, model=model, usage=usage, choices=[
-        rt.choice(index=0, message=rt.message(role="assistant", content="".join(pieces)), finish_reason=finish)])
+    whole = rt.response(
+        id=rid,
+        model=model,
+        usage=usage,
+        choices=[
+            rt.choice(
+                index=0,
+                message=rt.message(role="assistant", content="".join(pieces)),
+                finish_reason=finish,
+            )
+        ],
+    )
     models = rt.model_list(data=[rt.model_card(id=model, root=model, max_model_len=2048)])
     if rt.error_info is not None:
-        error = rt.error(error=rt.error_info(message="bad request from contract", type="BadRequestError",
-                                             code=400))
+        error = rt.error(
+            error=rt.error_info(
+                message="bad request from contract", type="BadRequestError", code=400
+            )
+        )
     else:
         error = rt.error(message="bad request from contract", type="BadRequestError", code=400)
     error_json = error.model_dump_json()
     # Mid-stream failures: both wrap the error body under "error".
-    stream_error = json.dumps({"error": json.loads(error_json)["error"] if rt.error_info else json.loads(error_json)})
-    return {"stream": stream, "whole": _dump(rt, whole), "models": _dump(rt, models),
-            "error": error_json, "stream_error": stream_error}
+    stream_error = json.dumps(
+        {"error": json.loads(error_json)["error"] if rt.error_info else json.loads(error_json)}
+    )
+    return {
+        "stream": stream,
+        "whole": _dump(rt, whole),
+        "models": _dump(rt, models),
+        "error": error_json,
+        "stream_error": stream_error,
+    }

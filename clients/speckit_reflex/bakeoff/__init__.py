@@ -2,13 +2,29 @@
 run its tasks through PatchLoop per mode, record the run and its trials in
 Capsule, compute per-backend figures, have Capsule write the report."""
 
-from speckit_reflex.bakeoff.metrics import BackendFigures, CacheCheck, figures_by_backend, percentile
+from speckit_reflex.bakeoff.metrics import (
+    BackendFigures,
+    CacheCheck,
+    figures_by_backend,
+    percentile,
+)
 from speckit_reflex.bakeoff.runner import BakeoffResult, BakeoffRunner, RunOptions
 from speckit_reflex.bakeoff.suite import Suite, SuiteError, SuiteTask, find_suite, load_suite
 from speckit_reflex.bakeoff.trial import ModelCallRecord, TrialResult
 
 __all__ = [
-    "BackendFigures", "BakeoffResult", "BakeoffRunner", "CacheCheck", "ModelCallRecord", "RunOptions",
-    "Suite", "SuiteError", "SuiteTask", "TrialResult", "figures_by_backend", "find_suite", "load_suite",
+    "BackendFigures",
+    "BakeoffResult",
+    "BakeoffRunner",
+    "CacheCheck",
+    "ModelCallRecord",
+    "RunOptions",
+    "Suite",
+    "SuiteError",
+    "SuiteTask",
+    "TrialResult",
+    "figures_by_backend",
+    "find_suite",
+    "load_suite",
     "percentile",
 ]

@@ -24,8 +24,18 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-CLIPPY = ("cargo", "clippy", "--offline", "--quiet", "--message-format=json", "--",
-          "-A", "clippy::all", "-W", "clippy::correctness")
+CLIPPY = (
+    "cargo",
+    "clippy",
+    "--offline",
+    "--quiet",
+    "--message-format=json",
+    "--",
+    "-A",
+    "clippy::all",
+    "-W",
+    "clippy::correctness",
+)
 LINT_TIMEOUT_S = 300.0
 # What clippy needs of the environment; everything else (keys, tokens) stays out.
 _KEEP_ENV = ("PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN", "LANG", "TMPDIR")
@@ -60,11 +70,17 @@ def _env(target_dir: Path) -> dict[str, str]:
     return env
 
 
-async def correctness_warnings(crate: Path, target_dir: Path, timeout_s: float = LINT_TIMEOUT_S) -> Counter[str]:
+async def correctness_warnings(
+    crate: Path, target_dir: Path, timeout_s: float = LINT_TIMEOUT_S
+) -> Counter[str]:
     """`clippy::correctness` warnings of a crate, as "code: message" counts."""
     proc = await asyncio.create_subprocess_exec(
-        *CLIPPY, cwd=crate, env=_env(target_dir), stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
+        *CLIPPY,
+        cwd=crate,
+        env=_env(target_dir),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
@@ -93,7 +109,9 @@ async def correctness_warnings(crate: Path, target_dir: Path, timeout_s: float =
 async def lint_fix(fixed: Path, reference: Path, target_dir: Path) -> LintResult:
     """Does the fixed crate add correctness warnings the reference fix does not have?"""
     if not clippy_available():
-        return LintResult(NOT_RUN, "cargo clippy is not installed; diff quality is judged by the tests only")
+        return LintResult(
+            NOT_RUN, "cargo clippy is not installed; diff quality is judged by the tests only"
+        )
     try:
         # One target folder each: cargo does not key a root package's
         # artifacts by its path, so a shared one could answer for the other.
@@ -103,5 +121,7 @@ async def lint_fix(fixed: Path, reference: Path, target_dir: Path) -> LintResult
         return LintResult(NOT_RUN, f"cargo clippy did not finish within {LINT_TIMEOUT_S:g} s")
     new = tuple(sorted((ours - theirs).elements()))
     if new:
-        return LintResult(FAIL, f"{len(new)} new clippy::correctness warning(s): {'; '.join(new[:3])}", new)
+        return LintResult(
+            FAIL, f"{len(new)} new clippy::correctness warning(s): {'; '.join(new[:3])}", new
+        )
     return LintResult(PASS)

@@ -17,7 +17,12 @@ from speckit_reflex.bakeoff.trial import ModelCallRecord, TrialResult
 
 # Cache verification states. "unknown": the server reported no cached-token
 # figure on any retry (vLLM omits it when 0, some servers never send it).
-CACHE_VERIFIED, CACHE_MISSED, CACHE_UNKNOWN, CACHE_NO_RETRIES = "verified", "missed", "unknown", "no retries"
+CACHE_VERIFIED, CACHE_MISSED, CACHE_UNKNOWN, CACHE_NO_RETRIES = (
+    "verified",
+    "missed",
+    "unknown",
+    "no retries",
+)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -101,7 +106,9 @@ class BackendFigures:
 
     @property
     def json_compliance(self) -> float | None:
-        return 100.0 * self.schema_valid_calls / self.answered_calls if self.answered_calls else None
+        return (
+            100.0 * self.schema_valid_calls / self.answered_calls if self.answered_calls else None
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {

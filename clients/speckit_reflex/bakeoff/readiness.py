@@ -27,8 +27,11 @@ async def wait_for_reflex_route(
     a readiness probe is part of the audit trail like any decision)."""
     deadline = time.monotonic() + timeout_s
     request = router_pb2.DecideRequest(
-        stage=common_pb2.STAGE_IMPLEMENT, role=common_pb2.ROLE_IMPLEMENTER, session_id="bakeoff-readiness",
-        attempt=1, force_mode=common_pb2.ROUTING_MODE_REFLEX,
+        stage=common_pb2.STAGE_IMPLEMENT,
+        role=common_pb2.ROLE_IMPLEMENTER,
+        session_id="bakeoff-readiness",
+        attempt=1,
+        force_mode=common_pb2.ROUTING_MODE_REFLEX,
     )
     while True:
         try:

@@ -46,7 +46,9 @@ class CapsuleRecords(Protocol):
 
     async def upsert_bakeoff_run(self, run: capsule_pb2.BakeoffRun) -> capsule_pb2.BakeoffRun: ...
 
-    async def record_trials(self, trials: Sequence[capsule_pb2.Trial]) -> capsule_pb2.RecordTrialsReply: ...
+    async def record_trials(
+        self, trials: Sequence[capsule_pb2.Trial]
+    ) -> capsule_pb2.RecordTrialsReply: ...
 
     async def bakeoff_stats(
         self, win: capsule_pb2.Window | None = None, bakeoff_run_id: str = ""
@@ -105,7 +107,9 @@ class BakeoffResult:
     def speedup(self) -> float | None:
         """Sum of the trials' wall times over the run's: what running them one
         after another at these durations would take, relative to this run."""
-        return round(self.trial_wall_s / self.wall_s, 2) if self.wall_s > 0 and self.trials else None
+        return (
+            round(self.trial_wall_s / self.wall_s, 2) if self.wall_s > 0 and self.trials else None
+        )
 
     def summary_json(self) -> dict[str, Any]:
         """Counts, timing and per-backend figures (stored with the run in Capsule)."""
@@ -138,7 +142,9 @@ class BakeoffRunner:
     ) -> BakeoffResult:
         """Run `tasks` once per mode; returns even when interrupted."""
         jobs = [(t, m) for t in tasks for m in self._opt.modes]
-        skipped = [(t, m) for t in tasks for m in self._opt.skipped_modes if m not in self._opt.modes]
+        skipped = [
+            (t, m) for t in tasks for m in self._opt.skipped_modes if m not in self._opt.modes
+        ]
         result = BakeoffResult(
             bakeoff_run_id=str(uuid.uuid4()),
             suite=suite.name,
@@ -153,7 +159,8 @@ class BakeoffRunner:
         gate = asyncio.Semaphore(max(1, self._opt.concurrency))
         if skipped:
             await self._capsule.record_trials(
-                [self._skipped(t, m).to_proto(result.bakeoff_run_id) for t, m in skipped])
+                [self._skipped(t, m).to_proto(result.bakeoff_run_id) for t, m in skipped]
+            )
 
         async def one(task: SuiteTask, mode: str) -> None:
             async with gate:
@@ -205,15 +212,25 @@ class BakeoffRunner:
             await asyncio.sleep(0.1)
 
     def _skipped(self, task: SuiteTask, mode: str) -> TrialResult:
-        return TrialResult(trial_id=str(uuid.uuid4()), task_id=task.id, category=task.category,
-                           difficulty=task.difficulty, mode=mode, outcome="skipped",
-                           skipped=self._opt.skipped_modes[mode])
+        return TrialResult(
+            trial_id=str(uuid.uuid4()),
+            task_id=task.id,
+            category=task.category,
+            difficulty=task.difficulty,
+            mode=mode,
+            outcome="skipped",
+            skipped=self._opt.skipped_modes[mode],
+        )
 
     def _run_record(self, result: BakeoffResult) -> capsule_pb2.BakeoffRun:
         mode = self._opt.modes[0] if len(self._opt.modes) == 1 else "both"
         run = capsule_pb2.BakeoffRun(
-            id=result.bakeoff_run_id, suite=result.suite, mode=mode, status=result.status,
-            task_count=result.planned, suite_version=result.suite_version,
+            id=result.bakeoff_run_id,
+            suite=result.suite,
+            mode=mode,
+            status=result.status,
+            task_count=result.planned,
+            suite_version=result.suite_version,
         )
         run.started_at.FromDatetime(result.started_at)
         if result.finished_at is not None:
@@ -223,12 +240,19 @@ class BakeoffRunner:
 
     async def _trial(self, bakeoff_run_id: str, task: SuiteTask, mode: str) -> TrialResult:
         trial = TrialResult(
-            trial_id=str(uuid.uuid4()), task_id=task.id, category=task.category,
-            difficulty=task.difficulty, mode=mode,
+            trial_id=str(uuid.uuid4()),
+            task_id=task.id,
+            category=task.category,
+            difficulty=task.difficulty,
+            mode=mode,
         )
         # Each trial on its own copy (its own cache entry in PatchLoop), made
         # and removed in a thread so concurrent trials' streams never wait on it.
-        tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=f"bakeoff-{task.id}-", dir=self._opt.scratch_root))
+        tmp = Path(
+            await asyncio.to_thread(
+                tempfile.mkdtemp, prefix=f"bakeoff-{task.id}-", dir=self._opt.scratch_root
+            )
+        )
         try:
             workspace = await asyncio.to_thread(copy_crate, task, tmp / "crate")
             request: dict[str, Any] = dict(
@@ -253,8 +277,13 @@ class BakeoffRunner:
                 trial.outcome = "error"
             if self._opt.lint and trial.outcome == "fixed":
                 reference = await asyncio.to_thread(copy_crate, task, tmp / "reference")
-                await asyncio.to_thread(shutil.copytree, task.fix_dir, reference, dirs_exist_ok=True,
-                                        copy_function=shutil.copy)
+                await asyncio.to_thread(
+                    shutil.copytree,
+                    task.fix_dir,
+                    reference,
+                    dirs_exist_ok=True,
+                    copy_function=shutil.copy,
+                )
                 trial.lint = await lint_fix(workspace, reference, tmp / "lint-target")
         finally:
             await asyncio.shield(asyncio.to_thread(shutil.rmtree, tmp, True))

@@ -121,5 +121,7 @@ def copy_crate(task: SuiteTask, dest: Path) -> Path:
     Plain copies, not copy2: fresh mtimes keep cargo from reusing artifacts
     that an earlier run built from a fixed copy of the same package.
     """
-    shutil.copytree(task.crate_dir, dest, ignore=shutil.ignore_patterns("target"), copy_function=shutil.copy)
+    shutil.copytree(
+        task.crate_dir, dest, ignore=shutil.ignore_patterns("target"), copy_function=shutil.copy
+    )
     return dest

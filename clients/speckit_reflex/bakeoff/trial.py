@@ -16,7 +16,7 @@ MODE_VALUES = {v: k for k, v in MODE_NAMES.items()}
 
 
 def mode_name(mode: int) -> str:
-    """"reflex", "cloud", "local" for a RoutingMode value."""
+    """ "reflex", "cloud", "local" for a RoutingMode value."""
     return common_pb2.RoutingMode.Name(mode).removeprefix("ROUTING_MODE_").lower()  # type: ignore[arg-type]
 
 

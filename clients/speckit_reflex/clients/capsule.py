@@ -16,7 +16,9 @@ from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, common_pb2
 _DECIMALS = 1
 
 
-def window(since: str = "", start: datetime | None = None, end: datetime | None = None) -> capsule_pb2.Window:
+def window(
+    since: str = "", start: datetime | None = None, end: datetime | None = None
+) -> capsule_pb2.Window:
     """A Window: a duration back from now ("24h"), or explicit [start, end)."""
     w = capsule_pb2.Window(since=since)
     if start is not None:
@@ -33,13 +35,19 @@ class CapsuleClient:
         self._stub = capsule_pb2_grpc.CapsuleStub(channel)
         self._timeout = timeout_s
 
-    async def append_events(self, events: Sequence[common_pb2.Event]) -> capsule_pb2.AppendEventsReply:
+    async def append_events(
+        self, events: Sequence[common_pb2.Event]
+    ) -> capsule_pb2.AppendEventsReply:
         """Store events; replayed ids are counted as duplicates, not stored twice."""
-        return await self._stub.AppendEvents(capsule_pb2.AppendEventsRequest(events=events), timeout=self._timeout)
+        return await self._stub.AppendEvents(
+            capsule_pb2.AppendEventsRequest(events=events), timeout=self._timeout
+        )
 
     async def query_events(self, **filters: Any) -> capsule_pb2.QueryEventsReply:
         """One page of events; keyword arguments are QueryEventsRequest fields."""
-        return await self._stub.QueryEvents(capsule_pb2.QueryEventsRequest(**filters), timeout=self._timeout)
+        return await self._stub.QueryEvents(
+            capsule_pb2.QueryEventsRequest(**filters), timeout=self._timeout
+        )
 
     async def all_events(self, **filters: Any) -> list[common_pb2.Event]:
         """Every event matching the filters, following page tokens."""
@@ -56,7 +64,9 @@ class CapsuleClient:
         self, win: capsule_pb2.Window | None = None, bakeoff_run_id: str = ""
     ) -> capsule_pb2.BakeoffStats:
         """Per mode and per model statistics of PatchAttempt events (default 24h)."""
-        req = capsule_pb2.GetBakeoffStatsRequest(window=win or window(), bakeoff_run_id=bakeoff_run_id)
+        req = capsule_pb2.GetBakeoffStatsRequest(
+            window=win or window(), bakeoff_run_id=bakeoff_run_id
+        )
         return await self._stub.GetBakeoffStats(req, timeout=self._timeout)
 
     async def check_thresholds(
@@ -73,8 +83,12 @@ class CapsuleClient:
         """The verdict of the bakeoff runs in the window (or of one run)
         against the thresholds (policy's unless given)."""
         req = capsule_pb2.CheckThresholdsRequest(
-            window=win or window(), min_samples=min_samples, model=model, bakeoff_run_id=bakeoff_run_id,
-            suite=suite, model_identity=model_identity,
+            window=win or window(),
+            min_samples=min_samples,
+            model=model,
+            bakeoff_run_id=bakeoff_run_id,
+            suite=suite,
+            model_identity=model_identity,
         )
         if thresholds is not None:
             req.thresholds.CopyFrom(thresholds)
@@ -84,10 +98,14 @@ class CapsuleClient:
         self, win: capsule_pb2.Window | None = None, out_dir: str = "", bakeoff_run_id: str = ""
     ) -> capsule_pb2.WriteReportReply:
         """Write the JSON and Markdown bakeoff report on the server's disk."""
-        req = capsule_pb2.WriteReportRequest(window=win or window(), out_dir=out_dir, bakeoff_run_id=bakeoff_run_id)
+        req = capsule_pb2.WriteReportRequest(
+            window=win or window(), out_dir=out_dir, bakeoff_run_id=bakeoff_run_id
+        )
         return await self._stub.WriteReport(req, timeout=self._timeout)
 
-    async def usage(self, win: capsule_pb2.Window | None = None, mode: int = 0) -> capsule_pb2.UsageSummary:
+    async def usage(
+        self, win: capsule_pb2.Window | None = None, mode: int = 0
+    ) -> capsule_pb2.UsageSummary:
         """Calls and tokens of LLMCall events of `mode` (0 = all) in the window."""
         req = capsule_pb2.GetUsageRequest(window=win or window(), mode=mode)  # type: ignore[arg-type]
         return await self._stub.GetUsage(req, timeout=self._timeout)
@@ -96,9 +114,13 @@ class CapsuleClient:
         """Create or update a bakeoff run; an empty id gets a fresh one."""
         return await self._stub.UpsertBakeoffRun(run, timeout=self._timeout)
 
-    async def record_trials(self, trials: Sequence[capsule_pb2.Trial]) -> capsule_pb2.RecordTrialsReply:
+    async def record_trials(
+        self, trials: Sequence[capsule_pb2.Trial]
+    ) -> capsule_pb2.RecordTrialsReply:
         """Store trials; replayed trial ids are counted as duplicates."""
-        return await self._stub.RecordTrials(capsule_pb2.RecordTrialsRequest(trials=trials), timeout=self._timeout)
+        return await self._stub.RecordTrials(
+            capsule_pb2.RecordTrialsRequest(trials=trials), timeout=self._timeout
+        )
 
 
 # Failures whose figures are counts of attempts, written as JSON integers.
@@ -110,7 +132,9 @@ def threshold_failure_to_json(f: capsule_pb2.ThresholdFailure) -> dict[str, Any]
     figures (integers for counts, as the proto's doubles would print 20.0)."""
     count = f.kind in _COUNT_FAILURES
     return {
-        "kind": capsule_pb2.ThresholdFailureKind.Name(f.kind).removeprefix("THRESHOLD_FAILURE_KIND_").lower(),
+        "kind": capsule_pb2.ThresholdFailureKind.Name(f.kind)
+        .removeprefix("THRESHOLD_FAILURE_KIND_")
+        .lower(),
         "message": f.message,
         "observed": round(f.observed) if count else f.observed,
         "required": round(f.required) if count else f.required,
@@ -196,7 +220,9 @@ def verdict_to_json(v: capsule_pb2.CheckThresholdsReply) -> dict[str, Any]:
     b = v.baseline
     t = v.thresholds
     return {
-        "status": _enum_name(capsule_pb2.ThresholdStatus, v.status, "THRESHOLD_STATUS_") if v.status else "not_judged",
+        "status": _enum_name(capsule_pb2.ThresholdStatus, v.status, "THRESHOLD_STATUS_")
+        if v.status
+        else "not_judged",
         "passed": v.passed,
         "invalidated": v.invalidated or None,
         "model": v.model or None,
@@ -213,7 +239,9 @@ def verdict_to_json(v: capsule_pb2.CheckThresholdsReply) -> dict[str, Any]:
         "baseline": {
             "kind": b.kind or "none",
             "bakeoff_run_id": b.bakeoff_run_id or None,
-            "recorded_at": b.recorded_at.ToDatetime().isoformat() + "Z" if b.HasField("recorded_at") else None,
+            "recorded_at": b.recorded_at.ToDatetime().isoformat() + "Z"
+            if b.HasField("recorded_at")
+            else None,
             "description": b.description or None,
         },
         "paired_tasks": v.paired_tasks,

@@ -46,7 +46,9 @@ class _BearerAuth(grpc.AuthMetadataPlugin):
     def __init__(self, token: str):
         self._token = token
 
-    def __call__(self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback) -> None:
+    def __call__(
+        self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback
+    ) -> None:
         callback((("authorization", f"Bearer {self._token}"),), None)
 
 
@@ -87,10 +89,15 @@ class _BearerStreamStream(_Bearer, aio.StreamStreamClientInterceptor):
 
 def bearer_interceptors(token: str) -> list[aio.ClientInterceptor]:
     """Client interceptors that send `authorization: Bearer <token>` on every call kind."""
-    return [cls(token) for cls in (_BearerUnaryUnary, _BearerUnaryStream, _BearerStreamUnary, _BearerStreamStream)]
+    return [
+        cls(token)
+        for cls in (_BearerUnaryUnary, _BearerUnaryStream, _BearerStreamUnary, _BearerStreamStream)
+    ]
 
 
-def open_channel(cfg: ChannelConfig, interceptors: Sequence[aio.ClientInterceptor] = ()) -> aio.Channel:
+def open_channel(
+    cfg: ChannelConfig, interceptors: Sequence[aio.ClientInterceptor] = ()
+) -> aio.Channel:
     """An aio channel to `cfg.address` with TLS and token as configured, and
     any further `interceptors` (tracing)."""
     options = [
@@ -104,7 +111,11 @@ def open_channel(cfg: ChannelConfig, interceptors: Sequence[aio.ClientIntercepto
             certificate_chain=Path(cfg.tls_cert).read_bytes() if cfg.tls_cert else None,
         )
         if cfg.token:
-            creds = grpc.composite_channel_credentials(creds, grpc.metadata_call_credentials(_BearerAuth(cfg.token)))
-        return aio.secure_channel(cfg.address, creds, options=options, interceptors=list(interceptors) or None)
+            creds = grpc.composite_channel_credentials(
+                creds, grpc.metadata_call_credentials(_BearerAuth(cfg.token))
+            )
+        return aio.secure_channel(
+            cfg.address, creds, options=options, interceptors=list(interceptors) or None
+        )
     chain = [*interceptors, *(bearer_interceptors(cfg.token) if cfg.token else ())]
     return aio.insecure_channel(cfg.address, options=options, interceptors=chain or None)

@@ -14,7 +14,9 @@ async def is_serving(address: str, timeout_s: float = 2.0) -> bool:
     """True when the server at `address` answers SERVING for its overall status."""
     async with aio.insecure_channel(address) as channel:
         try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout_s
+            )
         except aio.AioRpcError:
             return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING

@@ -54,14 +54,21 @@ class InferenceClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def list_models(self, backend: str = "", *, timeout: float | None = 10.0) -> inference_pb2.ListModelsReply:
+    async def list_models(
+        self, backend: str = "", *, timeout: float | None = 10.0
+    ) -> inference_pb2.ListModelsReply:
         """Models of one backend (or of every configured backend) and the unreachable ones."""
-        return await self._stub.ListModels(inference_pb2.ListModelsRequest(backend=backend), timeout=timeout)
+        return await self._stub.ListModels(
+            inference_pb2.ListModelsRequest(backend=backend), timeout=timeout
+        )
 
-    async def health(self, backend: str = "", refresh: bool = False, *,
-                     timeout: float | None = 10.0) -> inference_pb2.HealthReply:
+    async def health(
+        self, backend: str = "", refresh: bool = False, *, timeout: float | None = 10.0
+    ) -> inference_pb2.HealthReply:
         """Cached backend health (`refresh=True` probes now). Judge staleness by `checked_at`."""
-        return await self._stub.Health(inference_pb2.HealthRequest(backend=backend, refresh=refresh), timeout=timeout)
+        return await self._stub.Health(
+            inference_pb2.HealthRequest(backend=backend, refresh=refresh), timeout=timeout
+        )
 
     @staticmethod
     def request(
@@ -86,9 +93,18 @@ class InferenceClient:
         """A CompleteRequest; `json_schema` may be a dict (serialised here)."""
         schema = json_schema if isinstance(json_schema, str) else json.dumps(json_schema)
         req = inference_pb2.CompleteRequest(
-            backend=backend, model=model, messages=[_message(m) for m in messages], max_tokens=max_tokens,
-            json_schema=schema, schema_name=schema_name, mode=mode, role=role,  # type: ignore[arg-type]
-            session_id=session_id, run_id=run_id, decision_id=decision_id, attempt=attempt,
+            backend=backend,
+            model=model,
+            messages=[_message(m) for m in messages],
+            max_tokens=max_tokens,
+            json_schema=schema,
+            schema_name=schema_name,
+            mode=mode,
+            role=role,  # type: ignore[arg-type]
+            session_id=session_id,
+            run_id=run_id,
+            decision_id=decision_id,
+            attempt=attempt,
             fallback_reason=fallback_reason,
         )
         if temperature is not None:
@@ -99,8 +115,9 @@ class InferenceClient:
             req.max_validation_retries = max_validation_retries
         return req
 
-    async def complete(self, messages: Iterable[Message], *, timeout: float | None = None,
-                       **fields: Any) -> inference_pb2.CompleteReply:
+    async def complete(
+        self, messages: Iterable[Message], *, timeout: float | None = None, **fields: Any
+    ) -> inference_pb2.CompleteReply:
         """One whole reply. `timeout` is the gRPC deadline, which bounds every upstream HTTP call.
 
         Other keyword arguments are those of `request()`. With a schema, check
@@ -109,13 +126,15 @@ class InferenceClient:
         """
         return await self.send(self.request(messages, **fields), timeout=timeout)
 
-    async def send(self, request: inference_pb2.CompleteRequest, *,
-                   timeout: float | None = None) -> inference_pb2.CompleteReply:
+    async def send(
+        self, request: inference_pb2.CompleteRequest, *, timeout: float | None = None
+    ) -> inference_pb2.CompleteReply:
         """`complete()` of a request built beforehand (with `request()`)."""
         return await self._stub.Complete(request, timeout=timeout)
 
-    def stream_complete(self, messages: Iterable[Message], *, timeout: float | None = None,
-                        **fields: Any) -> AsyncIterator[inference_pb2.CompleteChunk]:
+    def stream_complete(
+        self, messages: Iterable[Message], *, timeout: float | None = None, **fields: Any
+    ) -> AsyncIterator[inference_pb2.CompleteChunk]:
         """Chunks: `delta` texts as the model writes them, then one `final` CompleteReply.
 
         Deltas are provisional under a schema (a rejected attempt's deltas come
@@ -123,8 +142,9 @@ class InferenceClient:
         """
         return self.send_stream(self.request(messages, **fields), timeout=timeout)
 
-    async def send_stream(self, request: inference_pb2.CompleteRequest, *,
-                          timeout: float | None = None) -> AsyncIterator[inference_pb2.CompleteChunk]:
+    async def send_stream(
+        self, request: inference_pb2.CompleteRequest, *, timeout: float | None = None
+    ) -> AsyncIterator[inference_pb2.CompleteChunk]:
         """`stream_complete()` of a request built beforehand (with `request()`)."""
         call = self._stub.StreamComplete(request, timeout=timeout)
         try:

@@ -53,7 +53,9 @@ class PatchLoopClient:
             req.verify_profile = verify_profile
         return self._stub.Run(req, timeout=timeout_s)
 
-    async def run_to_end(self, workspace: str, **kwargs: object) -> tuple[list[patchloop_pb2.RunEvent], patchloop_pb2.RunResult]:
+    async def run_to_end(
+        self, workspace: str, **kwargs: object
+    ) -> tuple[list[patchloop_pb2.RunEvent], patchloop_pb2.RunResult]:
         """Run and collect every event; returns (events, result)."""
         events = [ev async for ev in self.run(workspace, **kwargs)]  # type: ignore[arg-type]
         results = [ev.result for ev in events if ev.WhichOneof("kind") == "result"]
@@ -63,16 +65,26 @@ class PatchLoopClient:
 
     async def build_settings(self, timeout_s: float = 10.0) -> patchloop_pb2.BuildSettings:
         """The server's sandbox layers, build profiles, time limits and workspace roots."""
-        return await self._stub.GetBuildSettings(patchloop_pb2.GetBuildSettingsRequest(), timeout=timeout_s)
+        return await self._stub.GetBuildSettings(
+            patchloop_pb2.GetBuildSettingsRequest(), timeout=timeout_s
+        )
 
     async def get_run(self, run_id: str, timeout_s: float = 10.0) -> patchloop_pb2.RunStatus:
         """A running or finished run (grpc NOT_FOUND when unknown)."""
-        return await self._stub.GetRun(patchloop_pb2.GetRunRequest(run_id=run_id), timeout=timeout_s)
+        return await self._stub.GetRun(
+            patchloop_pb2.GetRunRequest(run_id=run_id), timeout=timeout_s
+        )
 
     async def get_build_cache(self, timeout_s: float = 30.0) -> patchloop_pb2.BuildCacheInfo:
         """Where PatchLoop's persistent build cache is, and how full."""
-        return await self._stub.GetBuildCache(patchloop_pb2.GetBuildCacheRequest(), timeout=timeout_s)
+        return await self._stub.GetBuildCache(
+            patchloop_pb2.GetBuildCacheRequest(), timeout=timeout_s
+        )
 
-    async def clear_build_cache(self, timeout_s: float = 120.0) -> patchloop_pb2.ClearBuildCacheReply:
+    async def clear_build_cache(
+        self, timeout_s: float = 120.0
+    ) -> patchloop_pb2.ClearBuildCacheReply:
         """Remove every cache entry no run is using."""
-        return await self._stub.ClearBuildCache(patchloop_pb2.ClearBuildCacheRequest(), timeout=timeout_s)
+        return await self._stub.ClearBuildCache(
+            patchloop_pb2.ClearBuildCacheRequest(), timeout=timeout_s
+        )

@@ -17,8 +17,15 @@ from grpc import aio
 
 from speckit_reflex.v1 import router_pb2, router_pb2_grpc
 
-_REFUSAL_REASONS = ("local_only_forbids_cloud", "budget_exhausted", "server_unhealthy", "thresholds_not_met",
-                    "status_unknown", "max_failures_reached", "escalation_predicate")
+_REFUSAL_REASONS = (
+    "local_only_forbids_cloud",
+    "budget_exhausted",
+    "server_unhealthy",
+    "thresholds_not_met",
+    "status_unknown",
+    "max_failures_reached",
+    "escalation_predicate",
+)
 
 
 class RouterClient:
@@ -28,7 +35,11 @@ class RouterClient:
         self._stub = router_pb2_grpc.RouterStub(channel)
 
     async def decide(
-        self, request: router_pb2.DecideRequest | None = None, *, timeout: float | None = None, **fields: object
+        self,
+        request: router_pb2.DecideRequest | None = None,
+        *,
+        timeout: float | None = None,
+        **fields: object,
     ) -> router_pb2.RoutingDecision:
         """Route one attempt; pass a DecideRequest or its fields as keywords."""
         req = request if request is not None else router_pb2.DecideRequest(**fields)  # type: ignore[arg-type]

@@ -39,6 +39,12 @@ def build(ctx: ServiceContext) -> CapsuleService:
     url = ctx.settings.effective_database_url()
     store = CapsuleStore(make_engine(url), auto_create_schema=True)
     home = ctx.settings.home
-    core = Capsule(store, ctx.policy.policy, report_dir=home / "eval", report_root=home, metrics=ctx.metrics,
-                   tracer=ctx.tracer)
+    core = Capsule(
+        store,
+        ctx.policy.policy,
+        report_dir=home / "eval",
+        report_root=home,
+        metrics=ctx.metrics,
+        tracer=ctx.tracer,
+    )
     return CapsuleService(core)

@@ -18,13 +18,25 @@ from typing import Any, TypeVar
 
 from opentelemetry.trace import Tracer
 
-from speckit_reflex.capsule.events import VALID_MODES, MalformedJson, event_to_row, row_to_event, struct_to_dict
+from speckit_reflex.capsule.events import (
+    VALID_MODES,
+    MalformedJson,
+    event_to_row,
+    row_to_event,
+    struct_to_dict,
+)
 from speckit_reflex.capsule.report import ReportInputs, write_report
 from speckit_reflex.capsule.stats import AttemptStats, GroupStats
 from speckit_reflex.capsule.store import CapsuleStore, EventFilter
 from speckit_reflex.capsule.thresholds import Evidence, RunFact, TrialFact, judge
 from speckit_reflex.capsule.windows import TimeWindow, resolve_window
-from speckit_reflex.errors import DomainError, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
+from speckit_reflex.errors import (
+    DomainError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from speckit_reflex.policy import Policy
 from speckit_reflex.runtime.metrics import Metrics
 from speckit_reflex.runtime.redact import redact, redact_text
@@ -49,12 +61,25 @@ def _mode_stats(g: GroupStats | None) -> capsule_pb2.ModeStats:
     if g is None:
         return capsule_pb2.ModeStats()
     out = capsule_pb2.ModeStats(
-        total_attempts=g.total, successes=g.successes, replies=g.replies, errors=g.errors,
-        cache_reported_attempts=g.cache_reported, percentile_method=g.percentile_method if g.total else "",
+        total_attempts=g.total,
+        successes=g.successes,
+        replies=g.replies,
+        errors=g.errors,
+        cache_reported_attempts=g.cache_reported,
+        percentile_method=g.percentile_method if g.total else "",
     )
     # No figure without data: a figure with nothing to compute it from stays unset.
-    for name in ("success_rate", "json_compliance_rate", "availability_percent", "p50_latency_ms",
-                 "p95_latency_ms", "p50_ttft_ms", "p95_ttft_ms", "mean_tokens_per_s", "cache_hit_rate"):
+    for name in (
+        "success_rate",
+        "json_compliance_rate",
+        "availability_percent",
+        "p50_latency_ms",
+        "p95_latency_ms",
+        "p50_ttft_ms",
+        "p95_ttft_ms",
+        "mean_tokens_per_s",
+        "cache_hit_rate",
+    ):
         value = getattr(g, name)
         if value is not None:
             setattr(out, name, value)
@@ -83,29 +108,53 @@ def _trial_row(t: capsule_pb2.Trial, index: int, now_us: int) -> dict[str, Any]:
     if t.mode not in VALID_MODES:
         raise InvalidArgument(f"trials[{index}] (id {t.id}): unknown mode {t.mode}")
     if not t.replies <= t.model_calls or t.schema_valid_replies > t.replies:
-        raise InvalidArgument(f"trials[{index}] (id {t.id}): schema_valid_replies <= replies <= model_calls "
-                              f"does not hold ({t.schema_valid_replies}, {t.replies}, {t.model_calls})")
+        raise InvalidArgument(
+            f"trials[{index}] (id {t.id}): schema_valid_replies <= replies <= model_calls "
+            f"does not hold ({t.schema_valid_replies}, {t.replies}, {t.model_calls})"
+        )
     if len(t.call_latency_ms) > t.replies or any(not 0 <= x < 1e9 for x in t.call_latency_ms):
-        raise InvalidArgument(f"trials[{index}] (id {t.id}): call_latency_ms needs one value >= 0 per reply")
+        raise InvalidArgument(
+            f"trials[{index}] (id {t.id}): call_latency_ms needs one value >= 0 per reply"
+        )
     return {
-        "id": t.id, "bakeoff_run_id": t.bakeoff_run_id, "task_id": t.task_id, "category": t.category,
-        "mode": t.mode, "model": t.model, "backend": t.backend, "success": t.success, "attempts": t.attempts,
-        "json_valid": t.json_valid, "latency_ms": t.latency_ms,
-        "ttft_ms": t.ttft_ms if t.HasField("ttft_ms") else None, "tokens_per_s": t.tokens_per_s,
-        "prompt_tokens": t.prompt_tokens, "cached_tokens": t.cached_tokens if t.HasField("cached_tokens") else None,
+        "id": t.id,
+        "bakeoff_run_id": t.bakeoff_run_id,
+        "task_id": t.task_id,
+        "category": t.category,
+        "mode": t.mode,
+        "model": t.model,
+        "backend": t.backend,
+        "success": t.success,
+        "attempts": t.attempts,
+        "json_valid": t.json_valid,
+        "latency_ms": t.latency_ms,
+        "ttft_ms": t.ttft_ms if t.HasField("ttft_ms") else None,
+        "tokens_per_s": t.tokens_per_s,
+        "prompt_tokens": t.prompt_tokens,
+        "cached_tokens": t.cached_tokens if t.HasField("cached_tokens") else None,
         "reason": redact_text(t.reason),
-        "time_us": t.time.seconds * 1_000_000 + t.time.nanos // 1000 if t.HasField("time") else now_us,
+        "time_us": t.time.seconds * 1_000_000 + t.time.nanos // 1000
+        if t.HasField("time")
+        else now_us,
         "run_id": t.run_id,
-        "model_calls": t.model_calls, "replies": t.replies, "schema_valid_replies": t.schema_valid_replies,
-        "first_attempt_success": t.first_attempt_success, "skipped": t.skipped,
-        "call_latency_ms": list(t.call_latency_ms) or None, "model_identity": t.model_identity,
+        "model_calls": t.model_calls,
+        "replies": t.replies,
+        "schema_valid_replies": t.schema_valid_replies,
+        "first_attempt_success": t.first_attempt_success,
+        "skipped": t.skipped,
+        "call_latency_ms": list(t.call_latency_ms) or None,
+        "model_identity": t.model_identity,
         "lint": t.lint,
     }
 
 
 def _run_proto(row: dict[str, Any]) -> capsule_pb2.BakeoffRun:
     run = capsule_pb2.BakeoffRun(
-        id=row["id"], suite=row["suite"], mode=row["mode"], status=row["status"], task_count=row["task_count"],
+        id=row["id"],
+        suite=row["suite"],
+        mode=row["mode"],
+        status=row["status"],
+        task_count=row["task_count"],
         suite_version=row["suite_version"],
     )
     if row["started_us"] is not None:
@@ -180,7 +229,9 @@ class Capsule:
         inserted = self._store.append_events(rows)
         return capsule_pb2.AppendEventsReply(inserted=inserted, duplicates=len(rows) - inserted)
 
-    async def append_events(self, req: capsule_pb2.AppendEventsRequest) -> capsule_pb2.AppendEventsReply:
+    async def append_events(
+        self, req: capsule_pb2.AppendEventsRequest
+    ) -> capsule_pb2.AppendEventsReply:
         """Validate, redact and capture a batch, then store the new ids.
 
         The whole batch is validated before anything is written: one bad
@@ -203,7 +254,9 @@ class Capsule:
             self._trace_store(req.events, started_ns, reply)
         return reply
 
-    def _trace_store(self, events: Any, started_ns: int, reply: capsule_pb2.AppendEventsReply) -> None:
+    def _trace_store(
+        self, events: Any, started_ns: int, reply: capsule_pb2.AppendEventsReply
+    ) -> None:
         """A `capsule.store_events` span in the trace of each span that recorded
         events of this batch (ids validated by _append), timed as the insert."""
         assert self._tracer is not None
@@ -216,25 +269,42 @@ class Capsule:
                     parents[key] = parents.get(key, 0) + 1
         for (trace_id, span_id), count in parents.items():
             self._tracer.start_span(
-                "capsule.store_events", context=remote_parent(trace_id, span_id), start_time=started_ns,
-                attributes={"speckit.events": count, "speckit.batch_size": len(events),
-                            "speckit.inserted": reply.inserted},
+                "capsule.store_events",
+                context=remote_parent(trace_id, span_id),
+                start_time=started_ns,
+                attributes={
+                    "speckit.events": count,
+                    "speckit.batch_size": len(events),
+                    "speckit.inserted": reply.inserted,
+                },
             ).end(end_time=end_ns)
 
-    async def query_events(self, req: capsule_pb2.QueryEventsRequest) -> capsule_pb2.QueryEventsReply:
+    async def query_events(
+        self, req: capsule_pb2.QueryEventsRequest
+    ) -> capsule_pb2.QueryEventsReply:
         """One page of events matching the filters, oldest first."""
         if req.page_size > MAX_PAGE_SIZE:
             raise InvalidArgument(f"page_size {req.page_size} exceeds {MAX_PAGE_SIZE}")
         f = EventFilter(
-            type=req.type, mode=req.mode, model=req.model, role=req.role, session_id=req.session_id,
-            run_id=req.run_id, bakeoff_run_id=req.bakeoff_run_id,
+            type=req.type,
+            mode=req.mode,
+            model=req.model,
+            role=req.role,
+            session_id=req.session_id,
+            run_id=req.run_id,
+            bakeoff_run_id=req.bakeoff_run_id,
             since_us=req.since.ToMicroseconds() if req.HasField("since") else None,
             until_us=req.until.ToMicroseconds() if req.HasField("until") else None,
         )
-        rows, token = await self._timed("events", asyncio.to_thread(
-            self._store.query_events, f, req.page_size or DEFAULT_PAGE_SIZE, req.page_token
-        ))
-        return capsule_pb2.QueryEventsReply(events=[row_to_event(r) for r in rows], next_page_token=token)
+        rows, token = await self._timed(
+            "events",
+            asyncio.to_thread(
+                self._store.query_events, f, req.page_size or DEFAULT_PAGE_SIZE, req.page_token
+            ),
+        )
+        return capsule_pb2.QueryEventsReply(
+            events=[row_to_event(r) for r in rows], next_page_token=token
+        )
 
     # -- statistics and verdicts ----------------------------------------------
 
@@ -245,16 +315,24 @@ class Capsule:
         stats = await asyncio.to_thread(self._store.attempt_stats, window, bakeoff_run_id)
         return bakeoff_stats_proto(stats, window)
 
-    async def bakeoff_stats(self, req: capsule_pb2.GetBakeoffStatsRequest) -> capsule_pb2.BakeoffStats:
+    async def bakeoff_stats(
+        self, req: capsule_pb2.GetBakeoffStatsRequest
+    ) -> capsule_pb2.BakeoffStats:
         """Per mode and per model statistics of PatchAttempt events."""
         window = self._window(req.window if req.HasField("window") else None)
         return await self._timed("stats", self._stats(window, req.bakeoff_run_id))
 
-    def _thresholds(self, req: capsule_pb2.CheckThresholdsRequest) -> tuple[capsule_pb2.Thresholds, int]:
+    def _thresholds(
+        self, req: capsule_pb2.CheckThresholdsRequest
+    ) -> tuple[capsule_pb2.Thresholds, int]:
         if req.HasField("thresholds"):
             t = req.thresholds
-            for name in ("p95_latency_ms", "success_parity_percent", "json_schema_compliance_percent",
-                         "absolute_success_percent"):
+            for name in (
+                "p95_latency_ms",
+                "success_parity_percent",
+                "json_schema_compliance_percent",
+                "absolute_success_percent",
+            ):
                 if getattr(t, name) < 0:
                     raise InvalidArgument(f"thresholds.{name} must be >= 0")
         else:
@@ -276,7 +354,9 @@ class Capsule:
             raise NotFound(f"no bakeoff run {bakeoff_run_id!r}")
         trials = [TrialFact.from_row(r) for r in store.trials_of_runs([r.id for r in runs])]
 
-        def recorded(suite: str, version: int, exclude: Sequence[str]) -> tuple[RunFact, list[TrialFact]] | None:
+        def recorded(
+            suite: str, version: int, exclude: Sequence[str]
+        ) -> tuple[RunFact, list[TrialFact]] | None:
             row = store.baseline_run(suite, version, exclude, common_pb2.ROUTING_MODE_CLOUD)
             if row is None:
                 return None
@@ -301,12 +381,16 @@ class Capsule:
         verdict.stats.CopyFrom(await self._stats(window, req.bakeoff_run_id))
         return verdict, window
 
-    async def check_thresholds(self, req: capsule_pb2.CheckThresholdsRequest) -> capsule_pb2.CheckThresholdsReply:
+    async def check_thresholds(
+        self, req: capsule_pb2.CheckThresholdsRequest
+    ) -> capsule_pb2.CheckThresholdsReply:
         """Does reflex (or one reflex model) hold the promotion thresholds on the bakeoff's evidence?"""
         verdict, _ = await self._timed("thresholds", self._verdict(req))
         return verdict
 
-    async def write_report(self, req: capsule_pb2.WriteReportRequest) -> capsule_pb2.WriteReportReply:
+    async def write_report(
+        self, req: capsule_pb2.WriteReportRequest
+    ) -> capsule_pb2.WriteReportReply:
         """Write reflex-bakeoff-<timestamp>.json and .md; return paths and verdict."""
         check = capsule_pb2.CheckThresholdsRequest(bakeoff_run_id=req.bakeoff_run_id)
         if req.HasField("window"):
@@ -318,14 +402,19 @@ class Capsule:
         run = await asyncio.to_thread(self._store.get_run, run_id) if run_id else None
         inputs = ReportInputs(
             generated_at=datetime.fromtimestamp(self._clock_us() / 1e6, UTC),
-            verdict=verdict, histogram=histogram, trials=trials, bakeoff_run=run,
+            verdict=verdict,
+            histogram=histogram,
+            trials=trials,
+            bakeoff_run=run,
         )
         out_dir = self._out_dir(req.out_dir)
         try:
             json_path, md_path = await asyncio.to_thread(write_report, out_dir, inputs)
         except OSError as exc:  # a name too long, a file in the way, no permission, a full disk
             raise _report_write_error(exc, out_dir) from None
-        return capsule_pb2.WriteReportReply(json_path=str(json_path), markdown_path=str(md_path), verdict=verdict)
+        return capsule_pb2.WriteReportReply(
+            json_path=str(json_path), markdown_path=str(md_path), verdict=verdict
+        )
 
     def _out_dir(self, asked: str) -> Path:
         """The report folder: the default, or `asked` if it stays under the
@@ -339,7 +428,9 @@ class Capsule:
             raise PermissionDenied(f"out_dir: {asked!r} contains '..'; give a folder under {root}")
         real = (root / path).resolve()  # an absolute `path` replaces root here
         if not real.is_relative_to(root):
-            raise PermissionDenied(f"out_dir: {asked!r} is outside the service's SPECKIT_HOME ({root})")
+            raise PermissionDenied(
+                f"out_dir: {asked!r} is outside the service's SPECKIT_HOME ({root})"
+            )
         return real
 
     async def usage(self, req: capsule_pb2.GetUsageRequest) -> capsule_pb2.UsageSummary:
@@ -347,8 +438,10 @@ class Capsule:
         if req.mode not in VALID_MODES:
             raise InvalidArgument(f"unknown mode {req.mode}")
         window = self._window(req.window if req.HasField("window") else None)
-        u = await self._timed("usage", asyncio.to_thread(
-            self._store.usage, window, common_pb2.EVENT_TYPE_LLM_CALL, req.mode))
+        u = await self._timed(
+            "usage",
+            asyncio.to_thread(self._store.usage, window, common_pb2.EVENT_TYPE_LLM_CALL, req.mode),
+        )
         return capsule_pb2.UsageSummary(
             calls=u.calls, prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens
         )
@@ -360,11 +453,18 @@ class Capsule:
         if run.mode not in _RUN_MODES:
             raise InvalidArgument(f"bakeoff run mode {run.mode!r} is not reflex, cloud or both")
         if run.status not in _RUN_STATUSES:
-            raise InvalidArgument(f"bakeoff run status {run.status!r} is not running, done or interrupted")
+            raise InvalidArgument(
+                f"bakeoff run status {run.status!r} is not running, done or interrupted"
+            )
         row = {
-            "id": run.id or str(uuid.uuid4()), "suite": redact_text(run.suite), "mode": run.mode, "status": run.status,
+            "id": run.id or str(uuid.uuid4()),
+            "suite": redact_text(run.suite),
+            "mode": run.mode,
+            "status": run.status,
             "started_us": run.started_at.ToMicroseconds() if run.HasField("started_at") else None,
-            "finished_us": run.finished_at.ToMicroseconds() if run.HasField("finished_at") else None,
+            "finished_us": run.finished_at.ToMicroseconds()
+            if run.HasField("finished_at")
+            else None,
             "task_count": run.task_count,
             "suite_version": run.suite_version,
             "summary": self._run_summary(run),
@@ -384,9 +484,13 @@ class Capsule:
     def check_trial_batch(req: capsule_pb2.RecordTrialsRequest) -> None:
         """A batch too large for one call is RESOURCE_EXHAUSTED: split it."""
         if len(req.trials) > MAX_BATCH:
-            raise ResourceExhausted(f"RecordTrials batch of {len(req.trials)} exceeds the limit of {MAX_BATCH}")
+            raise ResourceExhausted(
+                f"RecordTrials batch of {len(req.trials)} exceeds the limit of {MAX_BATCH}"
+            )
 
-    async def record_trials(self, req: capsule_pb2.RecordTrialsRequest) -> capsule_pb2.RecordTrialsReply:
+    async def record_trials(
+        self, req: capsule_pb2.RecordTrialsRequest
+    ) -> capsule_pb2.RecordTrialsReply:
         """Store trials, idempotent by trial id."""
         self.check_trial_batch(req)
         now = self._clock_us()

@@ -23,22 +23,57 @@ MAX_JSON_DEPTH = JSON_DEPTH_MAX
 # Text columns of an event and their bounds. session_id is indexed: a btree
 # entry over ~2,700 bytes is refused by PostgreSQL, so it stays far below.
 TEXT_LIMITS = (
-    ("model", 256), ("backend", 128), ("session_id", 256), ("run_id", 128), ("reason", 4096),
-    ("policy_hash", 128), ("bakeoff_run_id", 128), ("task_id", 256),
+    ("model", 256),
+    ("backend", 128),
+    ("session_id", 256),
+    ("run_id", 128),
+    ("reason", 4096),
+    ("policy_hash", 128),
+    ("bakeoff_run_id", 128),
+    ("task_id", 256),
 )
 
-VALID_TYPES = frozenset(v for v in common_pb2.EventType.values() if v != common_pb2.EVENT_TYPE_UNSPECIFIED)
+VALID_TYPES = frozenset(
+    v for v in common_pb2.EventType.values() if v != common_pb2.EVENT_TYPE_UNSPECIFIED
+)
 VALID_ROLES = frozenset(common_pb2.Role.values())
 VALID_MODES = frozenset(common_pb2.RoutingMode.values())
 VALID_STAGES = frozenset(common_pb2.Stage.values())
 
 # Column order of a stored event; the ingest tuple and COPY follow it.
 COLUMNS = (
-    "id", "type", "time_us", "role", "mode", "model", "backend", "stage", "session_id", "run_id",
-    "reason", "is_fallback", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens",
-    "cached_tokens", "tokens_per_s", "success", "json_valid", "attempt", "policy_hash",
-    "bakeoff_run_id", "task_id", "payload", "request", "response", "capture_mode",
-    "request_sha256", "response_sha256", "trace_id", "span_id",
+    "id",
+    "type",
+    "time_us",
+    "role",
+    "mode",
+    "model",
+    "backend",
+    "stage",
+    "session_id",
+    "run_id",
+    "reason",
+    "is_fallback",
+    "latency_ms",
+    "ttft_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "tokens_per_s",
+    "success",
+    "json_valid",
+    "attempt",
+    "policy_hash",
+    "bakeoff_run_id",
+    "task_id",
+    "payload",
+    "request",
+    "response",
+    "capture_mode",
+    "request_sha256",
+    "response_sha256",
+    "trace_id",
+    "span_id",
 )
 _HEX_CHARS = "0123456789abcdef"
 _INF = math.inf
@@ -99,7 +134,8 @@ def _trace_context(ev: common_pb2.Event, index: int) -> tuple[str, str]:
     for name, given, size in (("trace_id", trace_id, 32), ("span_id", span_id, 16)):
         if len(given) != size or given.strip(_HEX_CHARS) or not given.strip("0"):
             raise InvalidArgument(
-                f"events[{index}] (id {ev.id}): {name} must be {size} lower-case hex characters, not all zero")
+                f"events[{index}] (id {ev.id}): {name} must be {size} lower-case hex characters, not all zero"
+            )
     return trace_id, span_id
 
 
@@ -107,7 +143,9 @@ def _not_finite(name: str, value: float, index: int) -> InvalidArgument:
     return InvalidArgument(f"events[{index}].{name}: must be a finite number >= 0 (got {value})")
 
 
-def _documents(ev: common_pb2.Event, index: int, capture_mode: str) -> tuple[Any, Any, Any, str, str]:
+def _documents(
+    ev: common_pb2.Event, index: int, capture_mode: str
+) -> tuple[Any, Any, Any, str, str]:
     """Redacted payload, captured request/response and their hashes."""
     eid = ev.id
     has = ev.HasField
@@ -116,7 +154,9 @@ def _documents(ev: common_pb2.Event, index: int, capture_mode: str) -> tuple[Any
         request = redact(struct_to_dict(ev.request)) if has("request") else None
         response = redact(struct_to_dict(ev.response)) if has("response") else None
     except MalformedJson as exc:
-        raise InvalidArgument(f"events[{index}].payload/request/response (id {eid}): malformed: {exc}") from None
+        raise InvalidArgument(
+            f"events[{index}].payload/request/response (id {eid}): malformed: {exc}"
+        ) from None
     stored_req, req_sha = capture(request, capture_mode)
     stored_resp, resp_sha = capture(response, capture_mode)
     return payload, stored_req, stored_resp, req_sha, resp_sha
@@ -128,10 +168,20 @@ def _texts(ev: common_pb2.Event, index: int) -> list[str]:
     One join answers "any NUL, any secret?" for all of them at once: this
     runs for every ingested event.
     """
-    values = [ev.model, ev.backend, ev.session_id, ev.run_id, ev.reason, ev.policy_hash, ev.bakeoff_run_id,
-              ev.task_id]
+    values = [
+        ev.model,
+        ev.backend,
+        ev.session_id,
+        ev.run_id,
+        ev.reason,
+        ev.policy_hash,
+        ev.bakeoff_run_id,
+        ev.task_id,
+    ]
     joined = "\n".join(values)
-    if NUL in joined or any(len(v) > limit for v, (_, limit) in zip(values, TEXT_LIMITS, strict=True)):
+    if NUL in joined or any(
+        len(v) > limit for v, (_, limit) in zip(values, TEXT_LIMITS, strict=True)
+    ):
         for v, (name, limit) in zip(values, TEXT_LIMITS, strict=True):
             text(v, f"events[{index}].{name}", limit)
     if has_secret(joined):
@@ -139,7 +189,9 @@ def _texts(ev: common_pb2.Event, index: int) -> list[str]:
     return values
 
 
-def event_to_row(ev: common_pb2.Event, index: int, capture_mode: str, now_us: int) -> tuple[Any, ...]:
+def event_to_row(
+    ev: common_pb2.Event, index: int, capture_mode: str, now_us: int
+) -> tuple[Any, ...]:
     """Validate one event and return its row tuple (COLUMNS order).
 
     Raises InvalidArgument naming `index`, the event's place in its batch.
@@ -153,14 +205,25 @@ def event_to_row(ev: common_pb2.Event, index: int, capture_mode: str, now_us: in
         raise InvalidArgument(f"events[{index}].type (id {eid}): event type is {what}")
     role, mode, stage = ev.role, ev.mode, ev.stage
     if role not in VALID_ROLES or mode not in VALID_MODES or stage not in VALID_STAGES:
-        name, value = next((n, v) for n, v, ok in (("role", role, VALID_ROLES), ("mode", mode, VALID_MODES),
-                                                   ("stage", stage, VALID_STAGES)) if v not in ok)
+        name, value = next(
+            (n, v)
+            for n, v, ok in (
+                ("role", role, VALID_ROLES),
+                ("mode", mode, VALID_MODES),
+                ("stage", stage, VALID_STAGES),
+            )
+            if v not in ok
+        )
         raise InvalidArgument(f"events[{index}].{name} (id {eid}): {value} is not a known value")
     texts = _texts(ev, index)
     ints = (ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens, ev.attempt)
     if max(ints) > INT32_MAX:  # the database's INTEGER is signed 32-bit
-        name = ("prompt_tokens", "completion_tokens", "cached_tokens", "attempt")[ints.index(max(ints))]
-        raise InvalidArgument(f"events[{index}].{name}: must be at most {INT32_MAX} (got {max(ints)})")
+        name = ("prompt_tokens", "completion_tokens", "cached_tokens", "attempt")[
+            ints.index(max(ints))
+        ]
+        raise InvalidArgument(
+            f"events[{index}].{name}: must be at most {INT32_MAX} (got {max(ints)})"
+        )
     has = ev.HasField
     time_us = timestamp_us(ev.time, f"events[{index}].time") if has("time") else now_us
     # Chained comparisons reject NaN, infinities and negatives in one test.
@@ -187,27 +250,68 @@ def event_to_row(ev: common_pb2.Event, index: int, capture_mode: str, now_us: in
     trace_id, span_id = _trace_context(ev, index) if ev.trace_id or ev.span_id else ("", "")
     model, backend, session_id, run_id, reason, policy_hash, bakeoff_run_id, task_id = texts
     return (
-        eid, etype, time_us, role, mode, model, backend, stage, session_id, run_id,
-        reason, ev.is_fallback, latency, ttft, ev.prompt_tokens, ev.completion_tokens,
-        ev.cached_tokens if has("cached_tokens") else None, tps,
+        eid,
+        etype,
+        time_us,
+        role,
+        mode,
+        model,
+        backend,
+        stage,
+        session_id,
+        run_id,
+        reason,
+        ev.is_fallback,
+        latency,
+        ttft,
+        ev.prompt_tokens,
+        ev.completion_tokens,
+        ev.cached_tokens if has("cached_tokens") else None,
+        tps,
         ev.success if has("success") else None,
         ev.json_valid if has("json_valid") else None,
-        ev.attempt, policy_hash, bakeoff_run_id, task_id,
-        payload, stored_req, stored_resp, capture_mode, req_sha, resp_sha, trace_id, span_id,
+        ev.attempt,
+        policy_hash,
+        bakeoff_run_id,
+        task_id,
+        payload,
+        stored_req,
+        stored_resp,
+        capture_mode,
+        req_sha,
+        resp_sha,
+        trace_id,
+        span_id,
     )
 
 
 def row_to_event(row: Any) -> common_pb2.Event:
     """A stored row (mapping with COLUMNS keys) as an Event proto."""
     ev = common_pb2.Event(
-        id=row["id"], type=row["type"], role=row["role"], mode=row["mode"], model=row["model"],
-        backend=row["backend"], stage=row["stage"], session_id=row["session_id"], run_id=row["run_id"],
-        reason=row["reason"], is_fallback=bool(row["is_fallback"]), latency_ms=row["latency_ms"],
-        prompt_tokens=row["prompt_tokens"], completion_tokens=row["completion_tokens"],
-        tokens_per_s=row["tokens_per_s"], attempt=row["attempt"], policy_hash=row["policy_hash"],
-        capture_mode=row["capture_mode"], request_sha256=row["request_sha256"],
-        response_sha256=row["response_sha256"], bakeoff_run_id=row["bakeoff_run_id"], task_id=row["task_id"],
-        trace_id=row["trace_id"], span_id=row["span_id"],
+        id=row["id"],
+        type=row["type"],
+        role=row["role"],
+        mode=row["mode"],
+        model=row["model"],
+        backend=row["backend"],
+        stage=row["stage"],
+        session_id=row["session_id"],
+        run_id=row["run_id"],
+        reason=row["reason"],
+        is_fallback=bool(row["is_fallback"]),
+        latency_ms=row["latency_ms"],
+        prompt_tokens=row["prompt_tokens"],
+        completion_tokens=row["completion_tokens"],
+        tokens_per_s=row["tokens_per_s"],
+        attempt=row["attempt"],
+        policy_hash=row["policy_hash"],
+        capture_mode=row["capture_mode"],
+        request_sha256=row["request_sha256"],
+        response_sha256=row["response_sha256"],
+        bakeoff_run_id=row["bakeoff_run_id"],
+        task_id=row["task_id"],
+        trace_id=row["trace_id"],
+        span_id=row["span_id"],
     )
     ev.time.FromMicroseconds(row["time_us"])
     for name in ("ttft_ms", "cached_tokens", "success", "json_valid"):

@@ -17,6 +17,7 @@ from sqlalchemy import Engine, create_engine, inspect, pool, text
 
 from speckit_reflex.errors import FailedPrecondition
 
+
 def _migrations_dir() -> Path:
     # A source checkout (editable install) has migrations/ at the repository
     # root; a wheel carries the same folder inside the package.
@@ -64,7 +65,9 @@ def head_revision() -> str:
     """The single head of the migration chain."""
     heads = ScriptDirectory.from_config(alembic_config()).get_heads()
     if len(heads) != 1:
-        raise RuntimeError(f"migration chain has {len(heads)} heads ({', '.join(heads)}); expected one")
+        raise RuntimeError(
+            f"migration chain has {len(heads)} heads ({', '.join(heads)}); expected one"
+        )
     return heads[0]
 
 

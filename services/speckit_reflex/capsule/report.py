@@ -115,8 +115,10 @@ def _covers(doc: dict[str, Any]) -> str:
     stats, run = doc["stats"], doc["bakeoff_run"]
     span = f"{stats['start']} to {stats['end']}"
     if run:
-        return (f"Covers bakeoff run `{run['id']}` (suite {run['suite']}, mode {run['mode']}, status "
-                f"{run['status']}): its attempts from {span}. Generated {doc['generated_at']}.")
+        return (
+            f"Covers bakeoff run `{run['id']}` (suite {run['suite']}, mode {run['mode']}, status "
+            f"{run['status']}): its attempts from {span}. Generated {doc['generated_at']}."
+        )
     return f"Covers every attempt from {span} (the last {stats['period']}). Generated {doc['generated_at']}."
 
 
@@ -133,11 +135,13 @@ def report_markdown(doc: dict[str, Any], r: ReportInputs, svg_name: str = "") ->
         "",
         f"**{verdict['status'].upper().replace('_', ' ')}** — from bakeoff run(s) "
         f"{', '.join(f'`{r}`' for r in verdict['bakeoff_run_ids']) or '(none)'} of suite "
-        f"{verdict['suite'] or '?'}" + (f", reflex model `{verdict['model']}`" if verdict["model"] else "")
+        f"{verdict['suite'] or '?'}"
+        + (f", reflex model `{verdict['model']}`" if verdict["model"] else "")
         + f" (at least {verdict['min_samples']} tasks per threshold).",
         "",
         f"- Baseline: {verdict['baseline']['kind']}"
-        + (f" — {verdict['baseline']['description']}" if verdict["baseline"]["description"] else "") + ".",
+        + (f" — {verdict['baseline']['description']}" if verdict["baseline"]["description"] else "")
+        + ".",
         f"- Tasks compared (both modes): {verdict['paired_tasks']}; ran by one mode only: {verdict['unpaired_tasks']}.",
         f"- Reflex: {rf['fixed']}/{rf['tasks']} tasks fixed ({_fmt(rf['success_rate'], ' %')}), pass@1 "
         f"{_fmt(rf['pass_at_1'], ' %')}, p50/p95 latency {_fmt(rf['p50_latency_ms'])}/{_fmt(rf['p95_latency_ms'])} ms, "
@@ -158,12 +162,16 @@ def report_markdown(doc: dict[str, Any], r: ReportInputs, svg_name: str = "") ->
     lines += ["", "### Per mode", "", _STATS_HEADER.format(first="mode")]
     lines += [_stats_row("reflex", stats["reflex"]), _stats_row("cloud", stats["cloud"])]
     lines += ["", "### Per model", "", _STATS_HEADER.format(first="mode / model")]
-    lines += [_stats_row(f"{m['mode']} / `{m['model'] or '(unnamed)'}`", m) for m in stats["models"]]
+    lines += [
+        _stats_row(f"{m['mode']} / `{m['model'] or '(unnamed)'}`", m) for m in stats["models"]
+    ]
     lines += ["", "## Latency distribution, reflex vs cloud", ""]
     lines += _latency_chart(r.histogram, svg_name)
     if doc["trials"]:
         lines += [
-            "", "## Trials", "",
+            "",
+            "## Trials",
+            "",
             "| mode / model | tasks | solved | solved on attempt 1 | mean attempts | JSON valid |",
             "|---|---:|---:|---:|---:|---:|",
         ]
@@ -174,7 +182,10 @@ def report_markdown(doc: dict[str, Any], r: ReportInputs, svg_name: str = "") ->
         ]
     if doc["bakeoff_run"]:
         run = doc["bakeoff_run"]
-        lines += ["", f"Bakeoff run `{run['id']}`: suite {run['suite']}, mode {run['mode']}, status {run['status']}."]
+        lines += [
+            "",
+            f"Bakeoff run `{run['id']}`: suite {run['suite']}, mode {run['mode']}, status {run['status']}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -189,8 +200,11 @@ def write_report(out_dir: Path, r: ReportInputs) -> tuple[Path, Path]:
     doc = redact(report_json(r))
     svg = out_dir / f"reflex-bakeoff-{stamp}-latency.svg"
     paths = (out_dir / f"reflex-bakeoff-{stamp}.json", out_dir / f"reflex-bakeoff-{stamp}.md", svg)
-    bodies = (json.dumps(doc, indent=2, default=str) + "\n", redact_text(report_markdown(doc, r, svg.name)),
-              latency_chart_svg(r.histogram))
+    bodies = (
+        json.dumps(doc, indent=2, default=str) + "\n",
+        redact_text(report_markdown(doc, r, svg.name)),
+        latency_chart_svg(r.histogram),
+    )
     # The chart first, so a report never links to a missing file.
     for path, body in reversed(list(zip(paths, bodies, strict=True))):
         tmp = path.with_suffix(path.suffix + ".tmp")

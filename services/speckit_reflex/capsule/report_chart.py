@@ -23,8 +23,13 @@ def _nice_max(top: int) -> int:
         step *= 10
 
 
-def latency_svg(title: str, labels: list[str], series: dict[str, list[int]], x_title: str = "latency (ms)",
-                y_title: str = "attempts") -> str:
+def latency_svg(
+    title: str,
+    labels: list[str],
+    series: dict[str, list[int]],
+    x_title: str = "latency (ms)",
+    y_title: str = "attempts",
+) -> str:
     """An SVG document: `series` (name -> one count per label) as grouped bars."""
     names = list(series)
     top = _nice_max(max([1, *(c for counts in series.values() for c in counts)]))
@@ -41,7 +46,9 @@ def latency_svg(title: str, labels: list[str], series: dict[str, list[int]], x_t
     for i in range(5):  # horizontal grid and y ticks
         value = top * i // 4
         y = _TOP + plot_h - plot_h * value / top
-        out.append(f'<line x1="{_LEFT}" y1="{y:.1f}" x2="{_W - _RIGHT}" y2="{y:.1f}" stroke="#dddddd"/>')
+        out.append(
+            f'<line x1="{_LEFT}" y1="{y:.1f}" x2="{_W - _RIGHT}" y2="{y:.1f}" stroke="#dddddd"/>'
+        )
         out.append(f'<text x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{value}</text>')
     for g, label in enumerate(labels):
         x0 = _LEFT + g * group_w + group_w * 0.1
@@ -50,13 +57,19 @@ def latency_svg(title: str, labels: list[str], series: dict[str, list[int]], x_t
             h = plot_h * count / top
             x = x0 + s * bar_w
             colour = SERIES_COLOURS[s % len(SERIES_COLOURS)]
-            out.append(f'<rect x="{x:.1f}" y="{_TOP + plot_h - h:.1f}" width="{bar_w:.1f}" height="{h:.1f}" '
-                       f'fill="{colour}"><title>{escape(name)} {escape(label)} ms: {count}</title></rect>')
+            out.append(
+                f'<rect x="{x:.1f}" y="{_TOP + plot_h - h:.1f}" width="{bar_w:.1f}" height="{h:.1f}" '
+                f'fill="{colour}"><title>{escape(name)} {escape(label)} ms: {count}</title></rect>'
+            )
             if count:
-                out.append(f'<text x="{x + bar_w / 2:.1f}" y="{_TOP + plot_h - h - 3:.1f}" text-anchor="middle" '
-                           f'font-size="10">{count}</text>')
-        out.append(f'<text x="{_LEFT + (g + 0.5) * group_w:.1f}" y="{_TOP + plot_h + 16}" '
-                   f'text-anchor="middle">{escape(label)}</text>')
+                out.append(
+                    f'<text x="{x + bar_w / 2:.1f}" y="{_TOP + plot_h - h - 3:.1f}" text-anchor="middle" '
+                    f'font-size="10">{count}</text>'
+                )
+        out.append(
+            f'<text x="{_LEFT + (g + 0.5) * group_w:.1f}" y="{_TOP + plot_h + 16}" '
+            f'text-anchor="middle">{escape(label)}</text>'
+        )
     out += [
         f'<line x1="{_LEFT}" y1="{_TOP + plot_h}" x2="{_W - _RIGHT}" y2="{_TOP + plot_h}" stroke="#333333"/>',
         f'<line x1="{_LEFT}" y1="{_TOP}" x2="{_LEFT}" y2="{_TOP + plot_h}" stroke="#333333"/>',
@@ -67,7 +80,9 @@ def latency_svg(title: str, labels: list[str], series: dict[str, list[int]], x_t
     ]
     for s, name in enumerate(names):
         x = s * 110
-        out.append(f'<rect x="{x}" y="-10" width="12" height="12" fill="{SERIES_COLOURS[s % len(SERIES_COLOURS)]}"/>')
+        out.append(
+            f'<rect x="{x}" y="-10" width="12" height="12" fill="{SERIES_COLOURS[s % len(SERIES_COLOURS)]}"/>'
+        )
         out.append(f'<text x="{x + 17}" y="0">{escape(name)}</text>')
     out += ["</g>", "</svg>"]
     return "\n".join(out) + "\n"

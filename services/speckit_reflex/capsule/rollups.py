@@ -45,14 +45,29 @@ TTFT = 2
 
 # What a new PatchAttempt contributes, in this order (AttemptSample).
 SAMPLE_COLUMNS = (
-    "time_us", "mode", "model", "success", "json_valid", "latency_ms", "ttft_ms",
-    "tokens_per_s", "prompt_tokens", "cached_tokens",
+    "time_us",
+    "mode",
+    "model",
+    "success",
+    "json_valid",
+    "latency_ms",
+    "ttft_ms",
+    "tokens_per_s",
+    "prompt_tokens",
+    "cached_tokens",
 )
 AttemptSample = tuple[Any, ...]
 
 COUNTER_COLUMNS = (
-    "attempts", "successes", "json_valid", "tokens_per_s_sum", "tokens_per_s_count",
-    "cached_tokens", "cached_prompt_tokens", "cache_reported", "replies",
+    "attempts",
+    "successes",
+    "json_valid",
+    "tokens_per_s_sum",
+    "tokens_per_s_count",
+    "cached_tokens",
+    "cached_prompt_tokens",
+    "cache_reported",
+    "replies",
 )
 
 
@@ -97,7 +112,11 @@ def rollup_increments(samples: Iterable[AttemptSample]) -> list[RollupIncrement]
     acc: dict[tuple[int, int, str], RollupIncrement] = {}
     log, ceil, ln_gamma = math.log, math.ceil, LN_GAMMA  # bound once: this runs per attempt
     for time_us, mode, model, success, json_valid, latency, ttft, tps, prompt, cached in samples:
-        key = (time_us - time_us % BUCKET_US, mode, model)  # Python's % floors: right before 1970 too
+        key = (
+            time_us - time_us % BUCKET_US,
+            mode,
+            model,
+        )  # Python's % floors: right before 1970 too
         inc = acc.get(key)
         if inc is None:
             inc = acc[key] = RollupIncrement(*key, [0, 0, 0, 0.0, 0, 0, 0, 0, 0])

@@ -16,7 +16,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, Index, Integer, MetaData, SmallInteger, String, Text, false, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    false,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -92,8 +105,15 @@ class EventRow(Base):
             "ix_events_attempts_time_us",
             "time_us",
             postgresql_include=[
-                "mode", "model", "success", "json_valid", "latency_ms", "ttft_ms",
-                "tokens_per_s", "prompt_tokens", "cached_tokens",
+                "mode",
+                "model",
+                "success",
+                "json_valid",
+                "latency_ms",
+                "ttft_ms",
+                "tokens_per_s",
+                "prompt_tokens",
+                "cached_tokens",
             ],
             postgresql_where=text(f"type = {PATCH_ATTEMPT}"),
             sqlite_where=text(f"type = {PATCH_ATTEMPT}"),
@@ -145,7 +165,9 @@ class TrialRow(Base):
     model_calls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     replies: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     schema_valid_replies: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    first_attempt_success: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    first_attempt_success: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
     # Why the trial was not run ("" = it ran); a skipped trial is no result.
     skipped: Mapped[str] = mapped_column(Text, default="", server_default="")
     # Latency (ms) of each call that got a reply, as a JSON list.
@@ -186,4 +208,3 @@ class AttemptRollupRow(Base):
     # batch's upsert to a handful of rows however widely its values spread.
     latency_bins: Mapped[Any] = mapped_column(JsonDoc, nullable=False)
     ttft_bins: Mapped[Any] = mapped_column(JsonDoc, nullable=False)
-

@@ -24,20 +24,36 @@ _NON_NEGATIVE = Range(0, math.inf)
 QUERY_EVENTS: Rules = {**_EVENT_TEXT, "page_size": Range(0, MAX_PAGE_SIZE), "page_token": Text(512)}
 BAKEOFF_STATS: Rules = {**_WINDOW, "bakeoff_run_id": _ID}
 CHECK_THRESHOLDS: Rules = {
-    **_WINDOW, "model": Text(256), "min_samples": Range(0, INT32_MAX),
-    "thresholds.p95_latency_ms": _NON_NEGATIVE, "thresholds.success_parity_percent": _PERCENT,
-    "thresholds.json_schema_compliance_percent": _PERCENT, "thresholds.absolute_success_percent": Range(0, 100),
-    "bakeoff_run_id": _ID, "suite": Text(256), "model_identity": Text(1024),
+    **_WINDOW,
+    "model": Text(256),
+    "min_samples": Range(0, INT32_MAX),
+    "thresholds.p95_latency_ms": _NON_NEGATIVE,
+    "thresholds.success_parity_percent": _PERCENT,
+    "thresholds.json_schema_compliance_percent": _PERCENT,
+    "thresholds.absolute_success_percent": Range(0, 100),
+    "bakeoff_run_id": _ID,
+    "suite": Text(256),
+    "model_identity": Text(1024),
 }
 WRITE_REPORT: Rules = {**_WINDOW, "out_dir": Text(4096), "bakeoff_run_id": _ID}
 USAGE: Rules = _WINDOW
 BAKEOFF_RUN: Rules = {"id": _ID, "suite": Text(256), "mode": Text(16), "status": Text(16)}
 TRIALS: Rules = {
-    "trials": Items(MAX_BATCH), "trials.id": Text(MAX_ID_LEN, required=True), "trials.bakeoff_run_id": _ID,
-    "trials.task_id": Text(256), "trials.category": Text(128), "trials.model": Text(256),
-    "trials.backend": Text(128), "trials.reason": Text(4096), "trials.run_id": _ID,
-    "trials.latency_ms": _NON_NEGATIVE, "trials.ttft_ms": _NON_NEGATIVE, "trials.tokens_per_s": _NON_NEGATIVE,
-    "trials.call_latency_ms": _NON_NEGATIVE, "trials.model_identity": Text(1024), "trials.lint": Text(4096),
+    "trials": Items(MAX_BATCH),
+    "trials.id": Text(MAX_ID_LEN, required=True),
+    "trials.bakeoff_run_id": _ID,
+    "trials.task_id": Text(256),
+    "trials.category": Text(128),
+    "trials.model": Text(256),
+    "trials.backend": Text(128),
+    "trials.reason": Text(4096),
+    "trials.run_id": _ID,
+    "trials.latency_ms": _NON_NEGATIVE,
+    "trials.ttft_ms": _NON_NEGATIVE,
+    "trials.tokens_per_s": _NON_NEGATIVE,
+    "trials.call_latency_ms": _NON_NEGATIVE,
+    "trials.model_identity": Text(1024),
+    "trials.lint": Text(4096),
 }
 
 
@@ -45,34 +61,50 @@ class CapsuleServicer(capsule_pb2_grpc.CapsuleServicer):
     def __init__(self, core: Capsule):
         self._core = core
 
-    async def AppendEvents(self, request: capsule_pb2.AppendEventsRequest, context: aio.ServicerContext) -> capsule_pb2.AppendEventsReply:  # noqa: N802
+    async def AppendEvents(
+        self, request: capsule_pb2.AppendEventsRequest, context: aio.ServicerContext
+    ) -> capsule_pb2.AppendEventsReply:
         return await self._core.append_events(request)
 
-    async def QueryEvents(self, request: capsule_pb2.QueryEventsRequest, context: aio.ServicerContext) -> capsule_pb2.QueryEventsReply:  # noqa: N802
+    async def QueryEvents(
+        self, request: capsule_pb2.QueryEventsRequest, context: aio.ServicerContext
+    ) -> capsule_pb2.QueryEventsReply:
         check_message(request, QUERY_EVENTS)
         return await self._core.query_events(request)
 
-    async def GetBakeoffStats(self, request: capsule_pb2.GetBakeoffStatsRequest, context: aio.ServicerContext) -> capsule_pb2.BakeoffStats:  # noqa: N802
+    async def GetBakeoffStats(
+        self, request: capsule_pb2.GetBakeoffStatsRequest, context: aio.ServicerContext
+    ) -> capsule_pb2.BakeoffStats:
         check_message(request, BAKEOFF_STATS)
         return await self._core.bakeoff_stats(request)
 
-    async def CheckThresholds(self, request: capsule_pb2.CheckThresholdsRequest, context: aio.ServicerContext) -> capsule_pb2.CheckThresholdsReply:  # noqa: N802
+    async def CheckThresholds(
+        self, request: capsule_pb2.CheckThresholdsRequest, context: aio.ServicerContext
+    ) -> capsule_pb2.CheckThresholdsReply:
         check_message(request, CHECK_THRESHOLDS)
         return await self._core.check_thresholds(request)
 
-    async def WriteReport(self, request: capsule_pb2.WriteReportRequest, context: aio.ServicerContext) -> capsule_pb2.WriteReportReply:  # noqa: N802
+    async def WriteReport(
+        self, request: capsule_pb2.WriteReportRequest, context: aio.ServicerContext
+    ) -> capsule_pb2.WriteReportReply:
         check_message(request, WRITE_REPORT)
         return await self._core.write_report(request)
 
-    async def GetUsage(self, request: capsule_pb2.GetUsageRequest, context: aio.ServicerContext) -> capsule_pb2.UsageSummary:  # noqa: N802
+    async def GetUsage(
+        self, request: capsule_pb2.GetUsageRequest, context: aio.ServicerContext
+    ) -> capsule_pb2.UsageSummary:
         check_message(request, USAGE)
         return await self._core.usage(request)
 
-    async def UpsertBakeoffRun(self, request: capsule_pb2.BakeoffRun, context: aio.ServicerContext) -> capsule_pb2.BakeoffRun:  # noqa: N802
+    async def UpsertBakeoffRun(
+        self, request: capsule_pb2.BakeoffRun, context: aio.ServicerContext
+    ) -> capsule_pb2.BakeoffRun:
         check_message(request, BAKEOFF_RUN)
         return await self._core.upsert_bakeoff_run(request)
 
-    async def RecordTrials(self, request: capsule_pb2.RecordTrialsRequest, context: aio.ServicerContext) -> capsule_pb2.RecordTrialsReply:  # noqa: N802
+    async def RecordTrials(
+        self, request: capsule_pb2.RecordTrialsRequest, context: aio.ServicerContext
+    ) -> capsule_pb2.RecordTrialsReply:
         self._core.check_trial_batch(request)
         check_message(request, TRIALS)
         return await self._core.record_trials(request)

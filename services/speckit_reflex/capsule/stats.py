@@ -22,11 +22,11 @@ from speckit_reflex.capsule.rollups import (
     COUNTER_COLUMNS,
     LATENCY,
     TTFT,
+    add_bins,
     bin_sql,
     bin_value,
-    histogram_percentile,
-    add_bins,
     decode_bins,
+    histogram_percentile,
 )
 from speckit_reflex.capsule.schema import PATCH_ATTEMPT
 from speckit_reflex.capsule.windows import TimeWindow
@@ -111,7 +111,10 @@ def _group(stats: AttemptStats, mode: int, model: str | None) -> GroupStats:
 
 
 def attempt_stats(
-    conn: Connection, window: TimeWindow, bakeoff_run_id: str = "", exact_limit: int = EXACT_PERCENTILE_LIMIT
+    conn: Connection,
+    window: TimeWindow,
+    bakeoff_run_id: str = "",
+    exact_limit: int = EXACT_PERCENTILE_LIMIT,
 ) -> AttemptStats:
     """Per-mode and per-(mode, model) statistics of PatchAttempt events.
 
@@ -130,6 +133,7 @@ def attempt_stats(
 
 # -- from rollups ---------------------------------------------------------------
 
+
 def _split(window: TimeWindow) -> dict[str, int]:
     """The window's whole rollup hours [full_start, full_end) and its bounds;
     the partial hours at either edge are read from the events."""
@@ -137,7 +141,12 @@ def _split(window: TimeWindow) -> dict[str, int]:
     full_end = window.end_us // BUCKET_US * BUCKET_US
     if full_start >= full_end:  # no whole hour: everything is edge
         full_start = full_end = window.end_us
-    return {"start": window.start_us, "end": window.end_us, "full_start": full_start, "full_end": full_end}
+    return {
+        "start": window.start_us,
+        "end": window.end_us,
+        "full_start": full_start,
+        "full_end": full_end,
+    }
 
 
 # PatchAttempts of the partial hours at both edges: two plain range
@@ -196,7 +205,9 @@ def _counters_if_over(
 def _rollup_counters(conn: Connection, window: TimeWindow) -> dict[tuple[int, str], list[Any]]:
     """Exact counters per (mode, model): whole hours from rollups, edges from events."""
     rows = conn.execute(text(_ROLLUP_COUNTERS), _split(window))
-    return {(r[0], r[1]): [int(v) if i != 3 else float(v) for i, v in enumerate(r[2:])] for r in rows}
+    return {
+        (r[0], r[1]): [int(v) if i != 3 else float(v) for i, v in enumerate(r[2:])] for r in rows
+    }
 
 
 def _from_counters(g: GroupStats, c: list[Any]) -> None:
@@ -206,7 +217,9 @@ def _from_counters(g: GroupStats, c: list[Any]) -> None:
     g.cached_tokens, g.cached_prompt_tokens, g.cache_reported = cached, cached_prompt, reported
 
 
-def _window_bins(conn: Connection, window: TimeWindow) -> dict[tuple[int, str | None, int], dict[int, int]]:
+def _window_bins(
+    conn: Connection, window: TimeWindow
+) -> dict[tuple[int, str | None, int], dict[int, int]]:
     """Histogram bins per (mode, model, metric) and per (mode, None, metric):
     whole hours from the rollups, the partial hours at the edges from events."""
     bins: dict[tuple[int, str | None, int], dict[int, int]] = {}
@@ -223,7 +236,9 @@ def _window_bins(conn: Connection, window: TimeWindow) -> dict[tuple[int, str | 
     return bins
 
 
-def _histogram_stats(conn: Connection, window: TimeWindow, counters: dict[tuple[int, str], list[Any]]) -> AttemptStats:
+def _histogram_stats(
+    conn: Connection, window: TimeWindow, counters: dict[tuple[int, str], list[Any]]
+) -> AttemptStats:
     out = AttemptStats()
     per_mode: dict[int, list[Any]] = {}
     for (mode, model), c in counters.items():
@@ -274,7 +289,12 @@ def _postgres_stats(conn: Connection, window: TimeWindow, run: str) -> AttemptSt
     out = AttemptStats()
     for r in conn.execute(text(_PG_STATS.format(where=where)), params).mappings():
         g = _group(out, r["mode"], None if r["per_mode"] else r["model"])
-        g.total, g.successes, g.json_valid, g.replies = r["total"], r["successes"], r["json_valid"], r["replies"]
+        g.total, g.successes, g.json_valid, g.replies = (
+            r["total"],
+            r["successes"],
+            r["json_valid"],
+            r["replies"],
+        )
         g.p50_latency_ms, g.p95_latency_ms = r["latency"]
         if r["ttft"] is not None and r["ttft"][0] is not None:
             g.p50_ttft_ms, g.p95_ttft_ms = r["ttft"]
@@ -330,13 +350,22 @@ def _portable_stats(conn: Connection, window: TimeWindow, run: str) -> AttemptSt
     out = AttemptStats()
     for per_mode in (True, False):
         model_expr = "NULL" if per_mode else "model"
-        sql = _PORTABLE_COUNTS.format(model=model_expr, where=where, group_model="" if per_mode else ", model")
+        sql = _PORTABLE_COUNTS.format(
+            model=model_expr, where=where, group_model="" if per_mode else ", model"
+        )
         for r in conn.execute(text(sql), params).mappings():
             g = _group(out, r["mode"], r["model"])
-            g.total, g.successes, g.json_valid = r["total"], int(r["successes"]), int(r["json_valid"])
+            g.total, g.successes, g.json_valid = (
+                r["total"],
+                int(r["successes"]),
+                int(r["json_valid"]),
+            )
             g.replies = int(r["replies"])
             g.mean_tokens_per_s = None if r["tps"] is None else float(r["tps"])
-            g.cached_tokens, g.cached_prompt_tokens = int(r["cached"] or 0), int(r["cached_prompt"] or 0)
+            g.cached_tokens, g.cached_prompt_tokens = (
+                int(r["cached"] or 0),
+                int(r["cached_prompt"] or 0),
+            )
             g.cache_reported = r["cache_reported"]
         part = "mode" if per_mode else "mode, model"
         for col in ("latency_ms", "ttft_ms"):
@@ -356,7 +385,10 @@ def _portable_stats(conn: Connection, window: TimeWindow, run: str) -> AttemptSt
 
 
 def latency_histogram(
-    conn: Connection, window: TimeWindow, bakeoff_run_id: str = "", exact_limit: int = EXACT_PERCENTILE_LIMIT
+    conn: Connection,
+    window: TimeWindow,
+    bakeoff_run_id: str = "",
+    exact_limit: int = EXACT_PERCENTILE_LIMIT,
 ) -> dict[int, list[int]]:
     """Attempt counts per mode in each latency bucket (LATENCY_BUCKETS_MS, then open).
 

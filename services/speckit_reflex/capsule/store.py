@@ -37,7 +37,12 @@ from speckit_reflex.capsule.rollups import (
     rollup_increments,
 )
 from speckit_reflex.capsule.schema import PATCH_ATTEMPT, BakeoffRunRow, EventRow, TrialRow
-from speckit_reflex.capsule.stats import EXACT_PERCENTILE_LIMIT, AttemptStats, attempt_stats, latency_histogram
+from speckit_reflex.capsule.stats import (
+    EXACT_PERCENTILE_LIMIT,
+    AttemptStats,
+    attempt_stats,
+    latency_histogram,
+)
 from speckit_reflex.capsule.windows import TimeWindow
 from speckit_reflex.errors import InvalidArgument, Unavailable
 
@@ -87,9 +92,7 @@ _READ_ROLLUPS = (
     f"SELECT {', '.join(_ROLLUP_COLUMNS)} FROM attempt_rollups "
     "WHERE bucket_us >= :first AND bucket_us <= :last ORDER BY bucket_us, mode, model"
 )
-_WRITE_ROLLUPS = (
-    f"UPDATE attempt_rollups SET {', '.join(f'{c} = :{c}' for c in _ROLLUP_COLUMNS[3:])} WHERE {_ROLLUP_KEY}"
-)
+_WRITE_ROLLUPS = f"UPDATE attempt_rollups SET {', '.join(f'{c} = :{c}' for c in _ROLLUP_COLUMNS[3:])} WHERE {_ROLLUP_KEY}"
 
 
 # SQLSTATE classes of faults that pass: connection (08), insufficient
@@ -111,11 +114,20 @@ def _classify(exc: BaseException) -> Exception | None:
     orig = getattr(exc, "orig", None) or exc
     detail = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
     state = getattr(orig, "sqlstate", None) or ""
-    if state.startswith(_DATA_SQLSTATES) or isinstance(orig, (psycopg.DataError, psycopg.IntegrityError,
-                                                             sqlite3.DataError, sqlite3.IntegrityError,
-                                                             OverflowError)):
+    if state.startswith(_DATA_SQLSTATES) or isinstance(
+        orig,
+        (
+            psycopg.DataError,
+            psycopg.IntegrityError,
+            sqlite3.DataError,
+            sqlite3.IntegrityError,
+            OverflowError,
+        ),
+    ):
         return InvalidArgument(f"the database refused the data: {detail}")
-    if state.startswith(_TRANSIENT_SQLSTATES) or (not state and isinstance(exc, _CONNECTION_ERRORS)):
+    if state.startswith(_TRANSIENT_SQLSTATES) or (
+        not state and isinstance(exc, _CONNECTION_ERRORS)
+    ):
         return Unavailable(f"database unavailable: {detail}")
     return None
 
@@ -256,12 +268,15 @@ def _copy_rows(cur: psycopg.Cursor[Any], sql: str, rows: Sequence[tuple[Any, ...
         for row in rows:
             if row[_J1] is not None or row[_J2] is not None or row[_J3] is not None:
                 row = tuple(
-                    json.dumps(v) if i in _JSON_INDEXES and v is not None else v for i, v in enumerate(row)
+                    json.dumps(v) if i in _JSON_INDEXES and v is not None else v
+                    for i, v in enumerate(row)
                 )
             copy.write_row(row)
 
 
-def _pg_insert_events(raw: psycopg.Connection[Any], rows: Sequence[tuple[Any, ...]]) -> tuple[int, list[tuple[Any, ...]]]:
+def _pg_insert_events(
+    raw: psycopg.Connection[Any], rows: Sequence[tuple[Any, ...]]
+) -> tuple[int, list[tuple[Any, ...]]]:
     """(how many rows were new, the samples of the new PatchAttempt rows).
 
     COPY straight into events is the fast path. An id already stored, or
@@ -284,7 +299,9 @@ def _pg_insert_events(raw: psycopg.Connection[Any], rows: Sequence[tuple[Any, ..
     return len(returned), [r[1:] for r in returned if r[0] == PATCH_ATTEMPT]
 
 
-def _sqlite_insert_events(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> tuple[int, list[tuple[Any, ...]]]:
+def _sqlite_insert_events(
+    conn: Connection, rows: Sequence[tuple[Any, ...]]
+) -> tuple[int, list[tuple[Any, ...]]]:
     """As _pg_insert_events, for SQLite: one INSERT ... ON CONFLICT DO NOTHING RETURNING."""
     t = EventRow.__table__.c
     stmt = (
@@ -298,8 +315,10 @@ def _sqlite_insert_events(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> 
 
 def _add_rollups(conn: Connection, increments: list[RollupIncrement], *, postgres: bool) -> None:
     """Add a batch's increments (sorted by key) to the rollup rows."""
-    conn.execute(text(_CLAIM_ROLLUPS), [{"bucket_us": i.bucket_us, "mode": i.mode, "model": i.model}
-                                        for i in increments])
+    conn.execute(
+        text(_CLAIM_ROLLUPS),
+        [{"bucket_us": i.bucket_us, "mode": i.mode, "model": i.model} for i in increments],
+    )
     # SQLite already holds the database's write lock (the events insert took it).
     read = _READ_ROLLUPS + (" FOR UPDATE" if postgres else "")
     span = {"first": increments[0].bucket_us, "last": increments[-1].bucket_us}
@@ -311,18 +330,29 @@ def _add_rollups(conn: Connection, increments: list[RollupIncrement], *, postgre
         add_bins(latency, inc.latency_bins)
         add_bins(ttft, inc.ttft_bins)
         values = [a + b for a, b in zip(row[_COUNTERS_AT], inc.counters, strict=True)]
-        updates.append({
-            "bucket_us": inc.bucket_us, "mode": inc.mode, "model": inc.model,
-            **dict(zip(COUNTER_COLUMNS, values, strict=True)),
-            "latency_bins": encode_bins(latency), "ttft_bins": encode_bins(ttft),
-        })
+        updates.append(
+            {
+                "bucket_us": inc.bucket_us,
+                "mode": inc.mode,
+                "model": inc.model,
+                **dict(zip(COUNTER_COLUMNS, values, strict=True)),
+                "latency_bins": encode_bins(latency),
+                "ttft_bins": encode_bins(ttft),
+            }
+        )
     conn.execute(text(_WRITE_ROLLUPS), updates)
 
 
 class CapsuleStore:
     """Events, bakeoff runs and trials in one SQL database."""
 
-    def __init__(self, engine: Engine, *, auto_create_schema: bool, exact_percentile_limit: int = EXACT_PERCENTILE_LIMIT):
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        auto_create_schema: bool,
+        exact_percentile_limit: int = EXACT_PERCENTILE_LIMIT,
+    ):
         self.engine = engine
         self._exact_limit = exact_percentile_limit
         self._auto_create = auto_create_schema
@@ -371,14 +401,21 @@ class CapsuleStore:
             return inserted
 
     @_db_call
-    def query_events(self, f: EventFilter, page_size: int, page_token: str) -> tuple[list[Any], str]:
+    def query_events(
+        self, f: EventFilter, page_size: int, page_token: str
+    ) -> tuple[list[Any], str]:
         """One page of events (oldest first) and the token of the next page."""
         self.ensure_schema()
         t = EventRow.__table__.c
         stmt = select(EventRow.__table__)
         for column, value in (
-            (t.type, f.type), (t.mode, f.mode), (t.model, f.model), (t.role, f.role),
-            (t.session_id, f.session_id), (t.run_id, f.run_id), (t.bakeoff_run_id, f.bakeoff_run_id),
+            (t.type, f.type),
+            (t.mode, f.mode),
+            (t.model, f.model),
+            (t.role, f.role),
+            (t.session_id, f.session_id),
+            (t.run_id, f.run_id),
+            (t.bakeoff_run_id, f.bakeoff_run_id),
         ):
             if value:
                 stmt = stmt.where(column == value)
@@ -411,7 +448,9 @@ class CapsuleStore:
                 return attempt_stats(conn, window, bakeoff_run_id, self._exact_limit)
 
     @_db_call
-    def latency_histogram(self, window: TimeWindow, bakeoff_run_id: str = "") -> dict[int, list[int]]:
+    def latency_histogram(
+        self, window: TimeWindow, bakeoff_run_id: str = ""
+    ) -> dict[int, list[int]]:
         self.ensure_schema()
         with self.engine.connect() as conn:
             if self._postgres:
@@ -425,7 +464,9 @@ class CapsuleStore:
         self.ensure_schema()
         t = EventRow.__table__.c
         stmt = select(
-            func.count(), func.coalesce(func.sum(t.prompt_tokens), 0), func.coalesce(func.sum(t.completion_tokens), 0)
+            func.count(),
+            func.coalesce(func.sum(t.prompt_tokens), 0),
+            func.coalesce(func.sum(t.completion_tokens), 0),
         ).where(t.type == event_type, t.time_us >= window.start_us, t.time_us < window.end_us)
         if mode:
             stmt = stmt.where(t.mode == mode)
@@ -460,7 +501,9 @@ class CapsuleStore:
         return dict(row) if row else None
 
     @_db_call
-    def verdict_runs(self, window: TimeWindow, suite: str, bakeoff_run_id: str = "") -> list[dict[str, Any]]:
+    def verdict_runs(
+        self, window: TimeWindow, suite: str, bakeoff_run_id: str = ""
+    ) -> list[dict[str, Any]]:
         """The runs a verdict is formed from, newest first: one run by id, or
         the suite's runs that started in the window."""
         self.ensure_schema()
@@ -469,12 +512,18 @@ class CapsuleStore:
         if bakeoff_run_id:
             stmt = stmt.where(r.id == bakeoff_run_id)
         else:
-            stmt = stmt.where(r.suite == suite, r.started_us >= window.start_us, r.started_us < window.end_us)
+            stmt = stmt.where(
+                r.suite == suite, r.started_us >= window.start_us, r.started_us < window.end_us
+            )
         with self.engine.connect() as conn:
-            return [dict(m) for m in conn.execute(stmt.order_by(r.started_us.desc(), r.id)).mappings()]
+            return [
+                dict(m) for m in conn.execute(stmt.order_by(r.started_us.desc(), r.id)).mappings()
+            ]
 
     @_db_call
-    def trials_of_runs(self, run_ids: Sequence[str], mode: int | None = None) -> list[dict[str, Any]]:
+    def trials_of_runs(
+        self, run_ids: Sequence[str], mode: int | None = None
+    ) -> list[dict[str, Any]]:
         """Every trial of the runs, in the runs' order, newest first within a run."""
         if not run_ids:
             return []
@@ -489,14 +538,26 @@ class CapsuleStore:
         return sorted(rows, key=lambda row: order[row["bakeoff_run_id"]])
 
     @_db_call
-    def baseline_run(self, suite: str, suite_version: int, exclude: Sequence[str], mode: int) -> dict[str, Any] | None:
+    def baseline_run(
+        self, suite: str, suite_version: int, exclude: Sequence[str], mode: int
+    ) -> dict[str, Any] | None:
         """The newest other run of the same suite version with a trial of `mode` that ran."""
         self.ensure_schema()
         r, t = BakeoffRunRow.__table__.c, TrialRow.__table__.c
-        has_trials = select(t.id).where(t.bakeoff_run_id == r.id, t.mode == mode, t.skipped == "").exists()
-        stmt = (select(BakeoffRunRow.__table__)
-                .where(r.suite == suite, r.suite_version == suite_version, r.id.not_in(list(exclude)), has_trials)
-                .order_by(r.started_us.desc(), r.id).limit(1))
+        has_trials = (
+            select(t.id).where(t.bakeoff_run_id == r.id, t.mode == mode, t.skipped == "").exists()
+        )
+        stmt = (
+            select(BakeoffRunRow.__table__)
+            .where(
+                r.suite == suite,
+                r.suite_version == suite_version,
+                r.id.not_in(list(exclude)),
+                has_trials,
+            )
+            .order_by(r.started_us.desc(), r.id)
+            .limit(1)
+        )
         with self.engine.connect() as conn:
             row = conn.execute(stmt).mappings().first()
         return dict(row) if row else None
@@ -511,7 +572,11 @@ class CapsuleStore:
         table = TrialRow.__table__
         # RETURNING counts the rows really inserted; executemany's rowcount
         # is not reliable across drivers.
-        stmt = self._insert()(table).on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)
+        stmt = (
+            self._insert()(table)
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(table.c.id)
+        )
         with self.engine.begin() as conn:
             return len(conn.execute(stmt, batch).all())
 
@@ -520,19 +585,33 @@ class CapsuleStore:
         """Per (mode, model) totals of the trials of a run, or of a window."""
         self.ensure_schema()
         t = TrialRow.__table__.c
-        stmt = select(
-            t.mode, t.model, func.count(),
-            func.sum(case((t.success, 1), else_=0)),
-            func.sum(case((t.success & (t.attempts <= 1), 1), else_=0)),
-            func.avg(t.attempts),
-            func.sum(case((t.json_valid, 1), else_=0)),
-        ).group_by(t.mode, t.model).order_by(t.mode, t.model)
+        stmt = (
+            select(
+                t.mode,
+                t.model,
+                func.count(),
+                func.sum(case((t.success, 1), else_=0)),
+                func.sum(case((t.success & (t.attempts <= 1), 1), else_=0)),
+                func.avg(t.attempts),
+                func.sum(case((t.json_valid, 1), else_=0)),
+            )
+            .group_by(t.mode, t.model)
+            .order_by(t.mode, t.model)
+        )
         if bakeoff_run_id:
             stmt = stmt.where(t.bakeoff_run_id == bakeoff_run_id)
         else:
             stmt = stmt.where(t.time_us >= window.start_us, t.time_us < window.end_us)
         with self.engine.connect() as conn:
             return [
-                TrialSummary(r[0], r[1], int(r[2]), int(r[3] or 0), int(r[4] or 0), float(r[5] or 0), int(r[6] or 0))
+                TrialSummary(
+                    r[0],
+                    r[1],
+                    int(r[2]),
+                    int(r[3] or 0),
+                    int(r[4] or 0),
+                    float(r[5] or 0),
+                    int(r[6] or 0),
+                )
                 for r in conn.execute(stmt)
             ]

@@ -57,9 +57,18 @@ class TrialFact:
     @classmethod
     def from_row(cls, r: dict[str, Any]) -> TrialFact:
         return cls(
-            r["bakeoff_run_id"], r["task_id"], r["mode"], r["model"], bool(r["success"]),
-            bool(r["first_attempt_success"]), r["model_calls"], r["replies"], r["schema_valid_replies"],
-            tuple(float(x) for x in (r["call_latency_ms"] or ())), r["skipped"], r["model_identity"],
+            r["bakeoff_run_id"],
+            r["task_id"],
+            r["mode"],
+            r["model"],
+            bool(r["success"]),
+            bool(r["first_attempt_success"]),
+            r["model_calls"],
+            r["replies"],
+            r["schema_valid_replies"],
+            tuple(float(x) for x in (r["call_latency_ms"] or ())),
+            r["skipped"],
+            r["model_identity"],
         )
 
 
@@ -78,9 +87,9 @@ class Evidence:
     runs: list[RunFact]
     trials: list[TrialFact]
     # (suite, version, runs to exclude) -> (baseline run, its cloud trials) or None.
-    recorded_baseline: Callable[[str, int, Sequence[str]], tuple[RunFact, list[TrialFact]] | None] = (
-        lambda *_: None
-    )
+    recorded_baseline: Callable[
+        [str, int, Sequence[str]], tuple[RunFact, list[TrialFact]] | None
+    ] = lambda *_: None
     suite: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -140,7 +149,11 @@ def success_parity(reflex_rate: float, cloud_rate: float) -> float:
 
 
 def _date(us: int | None) -> str:
-    return "an unknown date" if us is None else datetime.fromtimestamp(us / 1e6, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        "an unknown date"
+        if us is None
+        else datetime.fromtimestamp(us / 1e6, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    )
 
 
 class _Gate:
@@ -150,19 +163,36 @@ class _Gate:
         self.results: list[capsule_pb2.ThresholdResult] = []
         self.failures: list[capsule_pb2.ThresholdFailure] = []
 
-    def add(self, name: str, status: int, observed: float | None, required: float, comparison: str,
-            message: str, kind: int, counts: tuple[int, int] | None = None) -> None:
+    def add(
+        self,
+        name: str,
+        status: int,
+        observed: float | None,
+        required: float,
+        comparison: str,
+        message: str,
+        kind: int,
+        counts: tuple[int, int] | None = None,
+    ) -> None:
         """One threshold's result; a failure mirrors it (with the task counts
         observed and required when there were too few)."""
-        r = capsule_pb2.ThresholdResult(name=name, status=status, required=required,  # type: ignore[arg-type]
-                                        comparison=comparison, message=message)
+        r = capsule_pb2.ThresholdResult(
+            name=name,
+            status=status,
+            required=required,  # type: ignore[arg-type]
+            comparison=comparison,
+            message=message,
+        )
         if observed is not None:
             r.observed = observed
         self.results.append(r)
         if status != S.THRESHOLD_STATUS_PASS:
             seen, needed = counts if counts is not None else (observed or 0.0, required)
-            self.failures.append(capsule_pb2.ThresholdFailure(
-                kind=kind, message=message, observed=seen, required=needed))  # type: ignore[arg-type]
+            self.failures.append(
+                capsule_pb2.ThresholdFailure(
+                    kind=kind, message=message, observed=seen, required=needed
+                )
+            )  # type: ignore[arg-type]
 
     def status(self) -> int:
         statuses = {r.status for r in self.results}
@@ -182,10 +212,15 @@ def judge(
 ) -> capsule_pb2.CheckThresholdsReply:
     """The verdict, every threshold with its status, and the figures it was formed from."""
     who = f"reflex model {model}" if model else "reflex"
-    reflex_all = [t for t in evidence.trials if t.mode == REFLEX and (not model or t.model == model)]
+    reflex_all = [
+        t for t in evidence.trials if t.mode == REFLEX and (not model or t.model == model)
+    ]
     cloud_all = [t for t in evidence.trials if t.mode == CLOUD]
     reply = capsule_pb2.CheckThresholdsReply(
-        thresholds=thresholds, min_samples=min_samples, model=model, suite=evidence.suite,
+        thresholds=thresholds,
+        min_samples=min_samples,
+        model=model,
+        suite=evidence.suite,
         bakeoff_run_ids=[r.id for r in evidence.runs],
     )
     if evidence.runs:
@@ -204,8 +239,12 @@ def judge(
                 f"measured {was.model_identity or 'weights it did not record'}, the server now reports "
                 f"{model_identity}; re-run the bakeoff"
             )
-            gate.failures.append(capsule_pb2.ThresholdFailure(
-                kind=K.THRESHOLD_FAILURE_KIND_MODEL_CHANGED, message=f"{who}: {reply.invalidated}"))
+            gate.failures.append(
+                capsule_pb2.ThresholdFailure(
+                    kind=K.THRESHOLD_FAILURE_KIND_MODEL_CHANGED,
+                    message=f"{who}: {reply.invalidated}",
+                )
+            )
     reflex_tasks = _latest_per_task(ran)
     cloud_tasks = _latest_per_task(t for t in cloud_all if not t.skipped)
     paired = sorted(reflex_tasks.keys() & cloud_tasks.keys())
@@ -215,7 +254,8 @@ def judge(
         baseline.description = "cloud trials of the same tasks in the judged runs"
     elif reflex_tasks and evidence.runs:
         recorded = evidence.recorded_baseline(
-            evidence.suite, evidence.runs[0].suite_version, [r.id for r in evidence.runs])
+            evidence.suite, evidence.runs[0].suite_version, [r.id for r in evidence.runs]
+        )
         if recorded is not None:
             run, trials = recorded
             cloud_tasks = _latest_per_task(t for t in trials if not t.skipped)
@@ -224,66 +264,140 @@ def judge(
                 baseline.kind, baseline.bakeoff_run_id = RECORDED_RUN, run.id
                 if run.started_us is not None:
                     baseline.recorded_at.FromMicroseconds(run.started_us)
-                baseline.description = (f"cloud results of run {run.id} ({run.suite} v{run.suite_version}) "
-                                        f"recorded {_date(run.started_us)}")
+                baseline.description = (
+                    f"cloud results of run {run.id} ({run.suite} v{run.suite_version}) "
+                    f"recorded {_date(run.started_us)}"
+                )
     if not paired and thresholds.HasField("absolute_success_percent"):
         baseline.kind = ABSOLUTE
-        baseline.description = f"absolute success threshold {thresholds.absolute_success_percent:g} % from the policy"
+        baseline.description = (
+            f"absolute success threshold {thresholds.absolute_success_percent:g} % from the policy"
+        )
     reply.baseline.CopyFrom(baseline)
 
     judged = [reflex_tasks[k] for k in paired] if paired else list(reflex_tasks.values())
     reply.paired_tasks = len(paired)
     reply.unpaired_tasks = len(reflex_tasks.keys() ^ cloud_tasks.keys())
     reply.reflex.CopyFrom(figures(REFLEX, judged, skipped=sum(1 for t in reflex_all if t.skipped)))
-    reply.cloud.CopyFrom(figures(CLOUD, [cloud_tasks[k] for k in paired],
-                                 skipped=sum(1 for t in cloud_all if t.skipped)))
+    reply.cloud.CopyFrom(
+        figures(
+            CLOUD, [cloud_tasks[k] for k in paired], skipped=sum(1 for t in cloud_all if t.skipped)
+        )
+    )
     rf, cf = reply.reflex, reply.cloud
     enough = rf.tasks >= min_samples
     few = f"{who}: {rf.tasks} task(s) judged, at least {min_samples} required"
 
-    def gate_on(name: str, observed: float | None, required: float, passes: Callable[[float], bool],
-                comparison: str, label: str, fail_kind: int, unit: str) -> None:
+    def gate_on(
+        name: str,
+        observed: float | None,
+        required: float,
+        passes: Callable[[float], bool],
+        comparison: str,
+        label: str,
+        fail_kind: int,
+        unit: str,
+    ) -> None:
         if observed is None or not enough:
             why = few if not enough else f"{who}: no {label} figure (no data)"
-            gate.add(name, S.THRESHOLD_STATUS_NOT_JUDGED, observed, required, comparison, why,
-                     K.THRESHOLD_FAILURE_KIND_TOO_FEW_SAMPLES if not enough else K.THRESHOLD_FAILURE_KIND_NO_DATA,
-                     counts=(rf.tasks, min_samples) if not enough else None)
+            gate.add(
+                name,
+                S.THRESHOLD_STATUS_NOT_JUDGED,
+                observed,
+                required,
+                comparison,
+                why,
+                K.THRESHOLD_FAILURE_KIND_TOO_FEW_SAMPLES
+                if not enough
+                else K.THRESHOLD_FAILURE_KIND_NO_DATA,
+                counts=(rf.tasks, min_samples) if not enough else None,
+            )
         elif passes(observed):
-            gate.add(name, S.THRESHOLD_STATUS_PASS, observed, required, comparison,
-                     f"{who}: {label} {observed:.1f}{unit} {comparison} {required:g}{unit}", 0)
+            gate.add(
+                name,
+                S.THRESHOLD_STATUS_PASS,
+                observed,
+                required,
+                comparison,
+                f"{who}: {label} {observed:.1f}{unit} {comparison} {required:g}{unit}",
+                0,
+            )
         else:
-            gate.add(name, S.THRESHOLD_STATUS_FAIL, observed, required, comparison,
-                     f"{who}: {label} {observed:.1f}{unit}, must be {comparison} {required:g}{unit}", fail_kind)
+            gate.add(
+                name,
+                S.THRESHOLD_STATUS_FAIL,
+                observed,
+                required,
+                comparison,
+                f"{who}: {label} {observed:.1f}{unit}, must be {comparison} {required:g}{unit}",
+                fail_kind,
+            )
 
     p95 = rf.p95_latency_ms if rf.HasField("p95_latency_ms") else None
-    gate_on("p95_latency_ms", p95, thresholds.p95_latency_ms, lambda x: x < thresholds.p95_latency_ms, "<",
-            "p95 latency", K.THRESHOLD_FAILURE_KIND_P95_TOO_HIGH, " ms")
+    gate_on(
+        "p95_latency_ms",
+        p95,
+        thresholds.p95_latency_ms,
+        lambda x: x < thresholds.p95_latency_ms,
+        "<",
+        "p95 latency",
+        K.THRESHOLD_FAILURE_KIND_P95_TOO_HIGH,
+        " ms",
+    )
 
     required = thresholds.success_parity_percent
     if baseline.kind in (SAME_RUNS, RECORDED_RUN):
         parity = success_parity(rf.success_rate, cf.success_rate)
         reply.success_parity_percent = parity
-        gate_on("success_parity_percent", parity, required, lambda x: x >= required, ">=",
-                f"success parity on {len(paired)} shared task(s) (reflex {rf.success_rate:.1f} % / cloud "
-                f"{cf.success_rate:.1f} %, baseline: {baseline.description})", K.THRESHOLD_FAILURE_KIND_PARITY_TOO_LOW,
-                " %")
+        gate_on(
+            "success_parity_percent",
+            parity,
+            required,
+            lambda x: x >= required,
+            ">=",
+            f"success parity on {len(paired)} shared task(s) (reflex {rf.success_rate:.1f} % / cloud "
+            f"{cf.success_rate:.1f} %, baseline: {baseline.description})",
+            K.THRESHOLD_FAILURE_KIND_PARITY_TOO_LOW,
+            " %",
+        )
     elif baseline.kind == ABSOLUTE:
         absolute = thresholds.absolute_success_percent
         rate = rf.success_rate if rf.HasField("success_rate") else None
-        gate_on("success_percent", rate, absolute, lambda x: x >= absolute, ">=",
-                "success (absolute baseline, no cloud results of the same tasks)",
-                K.THRESHOLD_FAILURE_KIND_PARITY_TOO_LOW, " %")
+        gate_on(
+            "success_percent",
+            rate,
+            absolute,
+            lambda x: x >= absolute,
+            ">=",
+            "success (absolute baseline, no cloud results of the same tasks)",
+            K.THRESHOLD_FAILURE_KIND_PARITY_TOO_LOW,
+            " %",
+        )
     else:
-        gate.add("success_parity_percent", S.THRESHOLD_STATUS_NOT_JUDGED, None, required, ">=",
-                 f"{who}: success parity not judged: no cloud trials of the same tasks, no recorded run of "
-                 f"suite {evidence.suite or '?'} with cloud results, and no "
-                 "routing.reflex.thresholds.absolute_success_percent in the policy",
-                 K.THRESHOLD_FAILURE_KIND_NO_BASELINE)
+        gate.add(
+            "success_parity_percent",
+            S.THRESHOLD_STATUS_NOT_JUDGED,
+            None,
+            required,
+            ">=",
+            f"{who}: success parity not judged: no cloud trials of the same tasks, no recorded run of "
+            f"suite {evidence.suite or '?'} with cloud results, and no "
+            "routing.reflex.thresholds.absolute_success_percent in the policy",
+            K.THRESHOLD_FAILURE_KIND_NO_BASELINE,
+        )
 
     compliance = rf.json_compliance_rate if rf.HasField("json_compliance_rate") else None
     need = thresholds.json_schema_compliance_percent
-    gate_on("json_schema_compliance_percent", compliance, need, lambda x: x >= need, ">=",
-            "JSON schema compliance over replies received", K.THRESHOLD_FAILURE_KIND_COMPLIANCE_TOO_LOW, " %")
+    gate_on(
+        "json_schema_compliance_percent",
+        compliance,
+        need,
+        lambda x: x >= need,
+        ">=",
+        "JSON schema compliance over replies received",
+        K.THRESHOLD_FAILURE_KIND_COMPLIANCE_TOO_LOW,
+        " %",
+    )
 
     status = gate.status()
     if reply.invalidated and status == S.THRESHOLD_STATUS_PASS:

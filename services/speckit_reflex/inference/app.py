@@ -24,7 +24,13 @@ class InferenceService:
     name = "inference"
     service_names = (inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name,)
 
-    def __init__(self, core: InferenceCore, servers: dict[str, ModelServer], health: HealthBook, sink: EventSink):
+    def __init__(
+        self,
+        core: InferenceCore,
+        servers: dict[str, ModelServer],
+        health: HealthBook,
+        sink: EventSink,
+    ):
         self.core = core
         self.servers = servers
         self.health = health
@@ -53,19 +59,26 @@ def build(ctx: ServiceContext, environ: Mapping[str, str] | None = None) -> Infe
         # Under local_only no client for the cloud exists at all (GR-009).
         servers[config.cloud.name] = ModelServer(config.cloud)
     h = policy.routing.health
-    timing = ProbeTiming(h.probe_interval_s, h.probe_timeout_ms / 1000, h.cooldown_s, h.stale_after_s)
+    timing = ProbeTiming(
+        h.probe_interval_s, h.probe_timeout_ms / 1000, h.cooldown_s, h.stale_after_s
+    )
     # Only local backends are probed in the background: a cloud probe costs money.
     health = HealthBook(servers, timing, background=tuple(s.name for s in config.local))
     sink = ctx.event_sink("inference", capacity=policy.inference.event_buffer)
-    core = InferenceCore(config, servers, health, SchemaCheck(), sink.emit, metrics=ctx.metrics,
-                         tracer=ctx.tracer)
+    core = InferenceCore(
+        config, servers, health, SchemaCheck(), sink.emit, metrics=ctx.metrics, tracer=ctx.tracer
+    )
     if ctx.metrics is not None:
         watch_event_sink(ctx.metrics, "inference", sink)
-        watch_backends(ctx.metrics, health, probed=tuple(s.name for s in config.local), all_=tuple(servers))
+        watch_backends(
+            ctx.metrics, health, probed=tuple(s.name for s in config.local), all_=tuple(servers)
+        )
     return InferenceService(core, servers, health, sink)
 
 
-def watch_backends(metrics: Metrics, health: HealthBook, *, probed: tuple[str, ...], all_: tuple[str, ...]) -> None:
+def watch_backends(
+    metrics: Metrics, health: HealthBook, *, probed: tuple[str, ...], all_: tuple[str, ...]
+) -> None:
     """Health of the probed (local) backends and cooldown of every backend,
     from the HealthBook at scrape time."""
 
@@ -79,10 +92,18 @@ def watch_backends(metrics: Metrics, health: HealthBook, *, probed: tuple[str, .
     def probed_at() -> list[tuple[tuple[str], float]]:
         return [((n,), rec.checked_at) for n in probed if (rec := health.last_probe(n)) is not None]
 
-    metrics.state("speckit_backend_healthy", "1 when the backend's last probe passed (0 too when never probed)",
-                  ["backend"]).add(healthy)
-    metrics.state("speckit_backend_last_probe_timestamp_seconds", "Unix time of the backend's last probe",
-                  ["backend"]).add(probed_at)
-    metrics.state("speckit_backend_cooldown_remaining_seconds",
-                  "Seconds until failover tries the backend again after a failed call (0 = not cooling down)",
-                  ["backend"]).add(lambda: [((n,), health.cooldown_remaining_s(n)) for n in all_])
+    metrics.state(
+        "speckit_backend_healthy",
+        "1 when the backend's last probe passed (0 too when never probed)",
+        ["backend"],
+    ).add(healthy)
+    metrics.state(
+        "speckit_backend_last_probe_timestamp_seconds",
+        "Unix time of the backend's last probe",
+        ["backend"],
+    ).add(probed_at)
+    metrics.state(
+        "speckit_backend_cooldown_remaining_seconds",
+        "Seconds until failover tries the backend again after a failed call (0 = not cooling down)",
+        ["backend"],
+    ).add(lambda: [((n,), health.cooldown_remaining_s(n)) for n in all_])

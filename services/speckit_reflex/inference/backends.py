@@ -118,15 +118,22 @@ class ModelServer:
         # where httpcore + h11 cost about 0.7 ms (docs/benchmarks.md).
         # Loopback model servers must never be sent through an env proxy.
         self._transport = AiohttpTransport(
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
             trust_env=False,
         )
-        self._client = httpx.AsyncClient(base_url=base + "/", headers=headers, transport=self._transport,
-                                         trust_env=False)
+        self._client = httpx.AsyncClient(
+            base_url=base + "/", headers=headers, transport=self._transport, trust_env=False
+        )
         self._chat_url = httpx.URL(base + "/chat/completions")
         # The event stream is read raw, so it must come uncompressed.
-        self._chat_headers = {**headers, "Content-Type": "application/json", "Accept": "text/event-stream",
-                              "Accept-Encoding": "identity"}
+        self._chat_headers = {
+            **headers,
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+            "Accept-Encoding": "identity",
+        }
 
     @property
     def name(self) -> str:
@@ -150,8 +157,9 @@ class ModelServer:
         if self.dialect.generation_probe_path:
             await self._request("GET", self._root + self.dialect.generation_probe_path, timeout_s)
             return
-        body = self.dialect.chat_body(model, [{"role": "user", "content": "ping"}], 1, None, None, None, "",
-                                      stream=False)
+        body = self.dialect.chat_body(
+            model, [{"role": "user", "content": "ping"}], 1, None, None, None, "", stream=False
+        )
         reply = await self._request("POST", "chat/completions", timeout_s, json_body=body)
         if not isinstance(reply, dict) or not reply.get("choices"):
             raise UpstreamFailure("generation_probe_failed", "no choices in the probe reply")
@@ -187,17 +195,23 @@ class ModelServer:
         try:
             async with asyncio.timeout(timeout_s):
                 try:
-                    resp = await self._client.request(method, url, json=json_body, timeout=timeout_s)
+                    resp = await self._client.request(
+                        method, url, json=json_body, timeout=timeout_s
+                    )
                 except httpx.HTTPError as exc:
                     if not _stale_connection(exc):
                         raise
-                    resp = await self._client.request(method, url, json=json_body, timeout=timeout_s)
+                    resp = await self._client.request(
+                        method, url, json=json_body, timeout=timeout_s
+                    )
         except TimeoutError:
             raise UpstreamFailure("timeout", f"{method} {url} took over {timeout_s:.2f}s") from None
         except httpx.HTTPError as exc:
             raise _transport_failure(exc) from None
         if resp.status_code != 200:
-            raise UpstreamFailure(_status_reason(resp.status_code), _error_text(self.dialect, resp.content))
+            raise UpstreamFailure(
+                _status_reason(resp.status_code), _error_text(self.dialect, resp.content)
+            )
         if not resp.content:
             return {}
         try:
@@ -207,7 +221,9 @@ class ModelServer:
 
     # -- generation ---------------------------------------------------------
 
-    async def stream_chat(self, body: dict[str, Any], deadline: float, gen: Generation) -> AsyncIterator[str]:
+    async def stream_chat(
+        self, body: dict[str, Any], deadline: float, gen: Generation
+    ) -> AsyncIterator[str]:
         """POST a streaming chat completion; yield content deltas as they arrive.
 
         `gen` is filled as the stream goes (content, reasoning, usage, finish
@@ -220,7 +236,10 @@ class ModelServer:
         if remaining <= 0:
             raise UpstreamFailure("timeout", "no time left before the deadline")
         request = httpx.Request(
-            "POST", self._chat_url, content=json.dumps(body).encode(), headers=self._chat_headers,
+            "POST",
+            self._chat_url,
+            content=json.dumps(body).encode(),
+            headers=self._chat_headers,
             extensions={"timeout": dict.fromkeys(("connect", "read", "write", "pool"), remaining)},
         )
         try:
@@ -242,7 +261,9 @@ class ModelServer:
                     raw = await resp.aread()
                 reason = _status_reason(resp.status_code)
                 if resp.status_code in (400, 422):
-                    raise InvalidArgument(f"{self.name} rejected the request: {_error_text(self.dialect, raw)}")
+                    raise InvalidArgument(
+                        f"{self.name} rejected the request: {_error_text(self.dialect, raw)}"
+                    )
                 raise UpstreamFailure(reason, _error_text(self.dialect, raw))
             if not resp.headers.get("content-type", "").startswith("text/event-stream"):
                 # A server that ignored stream=true answered with one JSON body.
@@ -260,7 +281,9 @@ class ModelServer:
         finally:
             await resp.aclose()
 
-    async def _read_events(self, resp: httpx.Response, deadline: float, gen: Generation) -> AsyncIterator[str]:
+    async def _read_events(
+        self, resp: httpx.Response, deadline: float, gen: Generation
+    ) -> AsyncIterator[str]:
         """Content deltas of an OpenAI-style event stream.
 
         The body is read in raw chunks (one deadline check per network read,
@@ -295,14 +318,18 @@ class ModelServer:
                 if text:
                     yield text
         if not gen.finish_reason:
-            raise UpstreamFailure("truncated_stream", "the stream ended without a finish reason or [DONE]")
+            raise UpstreamFailure(
+                "truncated_stream", "the stream ended without a finish reason or [DONE]"
+            )
 
     def _take_chunk(self, data: bytes, gen: Generation) -> str:
         """Record one stream chunk in `gen`; its content delta, if any."""
         try:
             chunk = json.loads(data)
         except ValueError:
-            raise UpstreamFailure("bad_stream", f"not JSON: {data[:120].decode(errors='replace')}") from None
+            raise UpstreamFailure(
+                "bad_stream", f"not JSON: {data[:120].decode(errors='replace')}"
+            ) from None
         if "error" in chunk or chunk.get("object") == "error":
             raise UpstreamFailure("upstream_error", self.dialect.error_message(chunk))
         if chunk.get("usage") or chunk.get("timings"):
@@ -362,8 +389,9 @@ def _stale_connection(exc: httpx.HTTPError) -> bool:
     connection after each streamed reply, and uvicorn-based servers (SGLang,
     vLLM) close idle ones after 5 s, racing the pool's own expiry."""
     cause = exc.__cause__
-    return isinstance(cause, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError) and not isinstance(
-        cause, aiohttp.ClientConnectorError)
+    return isinstance(
+        cause, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError
+    ) and not isinstance(cause, aiohttp.ClientConnectorError)
 
 
 def _transport_failure(exc: httpx.HTTPError) -> UpstreamFailure:

@@ -21,8 +21,20 @@ from typing import Any
 
 from opentelemetry.trace import Status, StatusCode, Tracer, format_span_id, format_trace_id
 
-from speckit_reflex.errors import DeadlineExceeded, DomainError, FailedPrecondition, NotFound, Unavailable
-from speckit_reflex.inference.backends import BackendSpec, Generation, ModelServer, UpstreamFailure, resolve_api_key
+from speckit_reflex.errors import (
+    DeadlineExceeded,
+    DomainError,
+    FailedPrecondition,
+    NotFound,
+    Unavailable,
+)
+from speckit_reflex.inference.backends import (
+    BackendSpec,
+    Generation,
+    ModelServer,
+    UpstreamFailure,
+    resolve_api_key,
+)
 from speckit_reflex.inference.health import BackendStatus, HealthBook
 from speckit_reflex.inference.identity import ModelIdentity
 from speckit_reflex.inference.validation import SchemaCheck, Verdict, judge_reply
@@ -63,13 +75,17 @@ class AdapterConfig:
         p = loaded.policy
         reflex, cloud = p.routing.reflex, p.routing.cloud
         local = tuple(
-            BackendSpec(b.name, b.kind, b.endpoint, tuple(b.models), resolve_api_key(b.api_key_env, environ))
+            BackendSpec(
+                b.name, b.kind, b.endpoint, tuple(b.models), resolve_api_key(b.api_key_env, environ)
+            )
             for b in reflex.effective_backends()
         )
         cloud_key = "" if p.privacy.local_only else resolve_api_key(cloud.api_key_env, environ)
         return cls(
             local=local,
-            cloud=BackendSpec(CLOUD, cloud.kind, cloud.endpoint, (cloud.model,), cloud_key, is_cloud=True),
+            cloud=BackendSpec(
+                CLOUD, cloud.kind, cloud.endpoint, (cloud.model,), cloud_key, is_cloud=True
+            ),
             local_only=p.privacy.local_only,
             primary_model=reflex.chain[0],
             json_schema_required=reflex.json_schema_required,
@@ -143,7 +159,7 @@ def _retry_hint(verdict: Verdict) -> dict[str, str]:
     return {
         "role": "user",
         "content": f"Your previous reply was rejected ({verdict.kind}). Reply with exactly one JSON "
-                   "document that matches the schema, with no other text.",
+        "document that matches the schema, with no other text.",
     }
 
 
@@ -171,8 +187,9 @@ class InferenceCore:
         # Metric labels name only models of the policy: a caller's model name
         # (or a server's echo of it) would put caller text on the
         # unauthenticated /metrics and grow the series without bound.
-        self._known_models = frozenset(m for s in (*config.local, config.cloud) for m in s.models) | {
-            config.primary_model}
+        self._known_models = frozenset(
+            m for s in (*config.local, config.cloud) for m in s.models
+        ) | {config.primary_model}
 
     # -- listing and health ---------------------------------------------------
 
@@ -181,14 +198,25 @@ class InferenceCore:
             if backend == CLOUD:
                 return [CLOUD]
             if backend not in self._local_names:
-                raise NotFound(f"unknown_backend: {backend!r}; configured: {', '.join(self._local_names)}, cloud")
+                raise NotFound(
+                    f"unknown_backend: {backend!r}; configured: {', '.join(self._local_names)}, cloud"
+                )
             return [backend]
-        return [*self._local_names, *([CLOUD] if include_cloud and not self.config.local_only else [])]
+        return [
+            *self._local_names,
+            *([CLOUD] if include_cloud and not self.config.local_only else []),
+        ]
 
     def _local_only_status(self) -> BackendStatus:
         c = self.config.cloud
-        return BackendStatus(backend=CLOUD, kind=c.kind, endpoint=c.endpoint, model=c.models[0],
-                             reason=LOCAL_ONLY_REASON, checked_at=time.time())
+        return BackendStatus(
+            backend=CLOUD,
+            kind=c.kind,
+            endpoint=c.endpoint,
+            model=c.models[0],
+            reason=LOCAL_ONLY_REASON,
+            checked_at=time.time(),
+        )
 
     async def health(self, backend: str = "", refresh: bool = False) -> list[BackendStatus]:
         """Health of one backend, or of every local backend (cloud only when named)."""
@@ -215,17 +243,35 @@ class InferenceCore:
         for server, res in zip(servers, results, strict=True):
             if isinstance(res, UpstreamFailure):
                 spec = server.spec
-                unreachable.append(BackendStatus(backend=spec.name, kind=spec.kind, endpoint=spec.endpoint,
-                                                 reason=f"unreachable: {res}", checked_at=time.time()))
+                unreachable.append(
+                    BackendStatus(
+                        backend=spec.name,
+                        kind=spec.kind,
+                        endpoint=spec.endpoint,
+                        reason=f"unreachable: {res}",
+                        checked_at=time.time(),
+                    )
+                )
                 continue
             if isinstance(res, BaseException):
                 raise res
             for c in res:
                 # The weights as of the last health probe of this backend, if it saw this model.
                 known = self._health.fresh(server.name)
-                identity = known.identity if known is not None and known.model == c["id"] else ModelIdentity()
-                cards.append(ModelCard(str(c["id"]), server.name, str(c.get("owned_by") or ""),
-                                       int(c.get("max_model_len") or 0), identity))
+                identity = (
+                    known.identity
+                    if known is not None and known.model == c["id"]
+                    else ModelIdentity()
+                )
+                cards.append(
+                    ModelCard(
+                        str(c["id"]),
+                        server.name,
+                        str(c.get("owned_by") or ""),
+                        int(c.get("max_model_len") or 0),
+                        identity,
+                    )
+                )
         return cards, unreachable
 
     # -- completion ---------------------------------------------------------------
@@ -233,19 +279,33 @@ class InferenceCore:
     def _candidates(self, req: CallRequest) -> tuple[list[tuple[ModelServer, str]], bool]:
         """(server, model) pairs to try in order, and whether failover applies."""
         cfg = self.config
-        wants_cloud = req.backend == CLOUD or (not req.backend and req.mode == common_pb2.ROUTING_MODE_CLOUD)
+        wants_cloud = req.backend == CLOUD or (
+            not req.backend and req.mode == common_pb2.ROUTING_MODE_CLOUD
+        )
         if wants_cloud:
             if cfg.local_only:
-                raise FailedPrecondition(f"{LOCAL_ONLY_REASON}: privacy.local_only forbids calls to the cloud backend")
+                raise FailedPrecondition(
+                    f"{LOCAL_ONLY_REASON}: privacy.local_only forbids calls to the cloud backend"
+                )
             if not cfg.cloud.api_key:
-                raise FailedPrecondition(f"{CLOUD_KEY_MISSING}: {cfg.cloud_key_env} is not set; set it to the cloud "
-                                         "API key to allow cloud calls (none was sent)")
+                raise FailedPrecondition(
+                    f"{CLOUD_KEY_MISSING}: {cfg.cloud_key_env} is not set; set it to the cloud "
+                    "API key to allow cloud calls (none was sent)"
+                )
             return [(self._servers[CLOUD], req.model or cfg.cloud.models[0])], False
         if req.backend:
             if req.backend not in self._local_names:
-                raise NotFound(f"unknown_backend: {req.backend!r}; configured: {', '.join(self._local_names)}, cloud")
+                raise NotFound(
+                    f"unknown_backend: {req.backend!r}; configured: {', '.join(self._local_names)}, cloud"
+                )
             server = self._servers[req.backend]
-            return [(server, req.model or (server.spec.models[0] if server.spec.models else cfg.primary_model))], False
+            return [
+                (
+                    server,
+                    req.model
+                    or (server.spec.models[0] if server.spec.models else cfg.primary_model),
+                )
+            ], False
         model = req.model or cfg.primary_model
         found = [(self._servers[s.name], model) for s in cfg.local if model in s.models]
         if not found:
@@ -293,10 +353,15 @@ class InferenceCore:
         gens: list[Generation] = []
         recorded = False
         try:
-            schema, validator = self._schemas.compile(req.json_schema) if req.json_schema else (None, None)
+            schema, validator = (
+                self._schemas.compile(req.json_schema) if req.json_schema else (None, None)
+            )
             candidates, failover = self._candidates(req)
-            retries = self.config.max_validation_retries if req.max_validation_retries is None \
+            retries = (
+                self.config.max_validation_retries
+                if req.max_validation_retries is None
                 else req.max_validation_retries
+            )
             relayed = False
             for server, model in candidates:
                 if failover:
@@ -304,18 +369,31 @@ class InferenceCore:
                     if skip:
                         self._record_failover(result, server.name, skip, "skipped")
                         continue
-                per_call = self.config.cloud_timeout_s if server.spec.is_cloud else self.config.local_timeout_s
+                per_call = (
+                    self.config.cloud_timeout_s
+                    if server.spec.is_cloud
+                    else self.config.local_timeout_s
+                )
                 messages = list(req.messages)
                 verdict: Verdict | None = None
                 try:
                     for _ in range(retries + 1):
                         now = loop.time()
-                        attempt_deadline = now + per_call if deadline is None else min(deadline, now + per_call)
+                        attempt_deadline = (
+                            now + per_call if deadline is None else min(deadline, now + per_call)
+                        )
                         gen = Generation()
                         gens.append(gen)
                         result.attempts += 1
-                        body = server.dialect.chat_body(model, messages, req.max_tokens, req.temperature,
-                                                        req.seed, schema, req.schema_name)
+                        body = server.dialect.chat_body(
+                            model,
+                            messages,
+                            req.max_tokens,
+                            req.temperature,
+                            req.seed,
+                            schema,
+                            req.schema_name,
+                        )
                         async for delta in server.stream_chat(body, attempt_deadline, gen):
                             if result.ttft_ms is None:
                                 result.ttft_ms = (time.perf_counter() - t0) * 1000
@@ -324,7 +402,9 @@ class InferenceCore:
                                 yield delta
                         if validator is None:
                             break
-                        verdict = judge_reply(gen.content, gen.reasoning_text, gen.finish_reason, validator)
+                        verdict = judge_reply(
+                            gen.content, gen.reasoning_text, gen.finish_reason, validator
+                        )
                         if verdict.valid:
                             break
                         messages = [*req.messages, _retry_hint(verdict)]
@@ -332,12 +412,15 @@ class InferenceCore:
                     if deadline is not None and loop.time() >= deadline:
                         raise DeadlineExceeded(
                             f"deadline_exceeded: the caller's deadline passed waiting for {server.name} "
-                            f"({exc.reason})") from None
+                            f"({exc.reason})"
+                        ) from None
                     self._health.mark_failed(server.name)
                     self._record_failover(result, server.name, exc.reason, exc.detail)
                     if relayed:
-                        raise Unavailable(f"stream_broken: {server.name} failed mid-stream ({exc.reason}) "
-                                          "after part of its reply was relayed") from None
+                        raise Unavailable(
+                            f"stream_broken: {server.name} failed mid-stream ({exc.reason}) "
+                            "after part of its reply was relayed"
+                        ) from None
                     continue
                 self._finish(result, server, model, gens[-1], verdict)
                 call_reason = self._outcome_reason(result, verdict)
@@ -365,8 +448,17 @@ class InferenceCore:
     def _record_failover(self, result: CallResult, backend: str, reason: str, detail: str) -> None:
         result.failovers.append((backend, reason))
         # GR-005: no silent degradation.
-        log.warning("failover", extra={"fields": {"call_id": result.call_id, "backend": backend,
-                                                  "reason": reason, "detail": detail}})
+        log.warning(
+            "failover",
+            extra={
+                "fields": {
+                    "call_id": result.call_id,
+                    "backend": backend,
+                    "reason": reason,
+                    "detail": detail,
+                }
+            },
+        )
 
     def _exhausted(self, result: CallResult) -> DomainError:
         tried = ", ".join(f"{b}={r}" for b, r in result.failovers)
@@ -374,8 +466,14 @@ class InferenceCore:
             return NotFound(f"model_not_listed: no backend lists the model ({tried})")
         return Unavailable(f"all_backends_failed: {tried}")
 
-    def _finish(self, result: CallResult, server: ModelServer, model: str, gen: Generation,
-                verdict: Verdict | None) -> None:
+    def _finish(
+        self,
+        result: CallResult,
+        server: ModelServer,
+        model: str,
+        gen: Generation,
+        verdict: Verdict | None,
+    ) -> None:
         result.backend = server.name
         result.model = gen.model or model
         result.finish_reason = gen.finish_reason
@@ -412,18 +510,32 @@ class InferenceCore:
             completion += int(usage.get("completion_tokens") or 0)
             if g.cached_tokens is not None:
                 cached = (cached or 0) + g.cached_tokens
-        result.prompt_tokens, result.completion_tokens, result.cached_tokens = prompt, completion, cached
+        result.prompt_tokens, result.completion_tokens, result.cached_tokens = (
+            prompt,
+            completion,
+            cached,
+        )
         if not result.tokens_per_s and completion and result.latency_ms:
             result.tokens_per_s = completion / (result.latency_ms / 1000)
 
     # -- audit --------------------------------------------------------------------
 
-    def _record_call(self, req: CallRequest, result: CallResult, gens: list[Generation],
-                     success: bool, reason: str) -> None:
+    def _record_call(
+        self,
+        req: CallRequest,
+        result: CallResult,
+        gens: list[Generation],
+        success: bool,
+        reason: str,
+    ) -> None:
         """Build the LLMCall event and hand it to the sink (never blocks)."""
         secrets = self.config.secrets
         last = gens[-1] if gens else None
-        params: dict[str, Any] = {"max_tokens": req.max_tokens, "backend": req.backend, "model": req.model}
+        params: dict[str, Any] = {
+            "max_tokens": req.max_tokens,
+            "backend": req.backend,
+            "model": req.model,
+        }
         if req.temperature is not None:
             params["temperature"] = req.temperature
         if req.seed is not None:
@@ -432,7 +544,10 @@ class InferenceCore:
             params["schema_name"] = req.schema_name
             params["json_schema"] = req.json_schema
         request = {
-            "messages": [{"role": m["role"], "content": redact_text(m["content"], secrets)} for m in req.messages],
+            "messages": [
+                {"role": m["role"], "content": redact_text(m["content"], secrets)}
+                for m in req.messages
+            ],
             "params": params,
         }
         response = {
@@ -442,8 +557,11 @@ class InferenceCore:
         }
         # The seed's LLMCall field: why this call is a fallback (the Router's
         # reason, or the adapter's failover), null when it is none.
-        fallback_reason = req.fallback_reason or ("failover " + ", ".join(
-            f"{b}={r}" for b, r in result.failovers) if result.failovers else None)
+        fallback_reason = req.fallback_reason or (
+            "failover " + ", ".join(f"{b}={r}" for b, r in result.failovers)
+            if result.failovers
+            else None
+        )
         payload = {
             "fallback_reason": fallback_reason,
             "finish_reason": result.finish_reason,
@@ -455,17 +573,29 @@ class InferenceCore:
         }
         ev = new_event(
             common_pb2.EVENT_TYPE_LLM_CALL,
-            role=req.role, mode=req.mode, model=result.model or req.model, backend=result.backend,
-            session_id=req.session_id, run_id=req.run_id, attempt=req.attempt,
-            latency_ms=result.latency_ms, ttft_ms=result.ttft_ms,
-            prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-            cached_tokens=result.cached_tokens, tokens_per_s=result.tokens_per_s,
+            role=req.role,
+            mode=req.mode,
+            model=result.model or req.model,
+            backend=result.backend,
+            session_id=req.session_id,
+            run_id=req.run_id,
+            attempt=req.attempt,
+            latency_ms=result.latency_ms,
+            ttft_ms=result.ttft_ms,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            cached_tokens=result.cached_tokens,
+            tokens_per_s=result.tokens_per_s,
             # A call that got no reply (timeout, cooling down, refused) is an
             # error, not a schema failure: json_valid stays unset.
             json_valid=result.schema_valid if req.json_schema and result.finish_reason else None,
-            success=success, reason=redact_text(reason, secrets), is_fallback=fallback_reason is not None,
+            success=success,
+            reason=redact_text(reason, secrets),
+            is_fallback=fallback_reason is not None,
             policy_hash=self.config.policy_hash,
-            request=request, response=response, payload=payload,
+            request=request,
+            response=response,
+            payload=payload,
         )
         ev.id = result.call_id
         if self._tracer is not None:
@@ -474,20 +604,30 @@ class InferenceCore:
         if self._metrics is not None:
             self._count_call(req, result, success, reason)
 
-    def _trace_call(self, ev: common_pb2.Event, req: CallRequest, result: CallResult, success: bool) -> None:
+    def _trace_call(
+        self, ev: common_pb2.Event, req: CallRequest, result: CallResult, success: bool
+    ) -> None:
         """The call's span, made once its outcome is known (a span held open
         across the generator's yields would leak its context into the caller);
         its times are the call's own. The LLMCall event carries its ids."""
         assert self._tracer is not None
         end_ns = time.time_ns()
-        span = self._tracer.start_span("inference.model_call", start_time=end_ns - int(result.latency_ms * 1e6),
-                                       attributes={
-            "speckit.call_id": result.call_id, "speckit.backend": result.backend, "speckit.model": ev.model,
-            "speckit.decision_id": req.decision_id, "speckit.attempts": result.attempts,
-            "speckit.schema_valid": result.schema_valid, "speckit.prompt_tokens": result.prompt_tokens,
-            "speckit.completion_tokens": result.completion_tokens, "speckit.outcome": ev.reason,
-            "speckit.failovers": ", ".join(f"{b}={r}" for b, r in result.failovers),
-        })
+        span = self._tracer.start_span(
+            "inference.model_call",
+            start_time=end_ns - int(result.latency_ms * 1e6),
+            attributes={
+                "speckit.call_id": result.call_id,
+                "speckit.backend": result.backend,
+                "speckit.model": ev.model,
+                "speckit.decision_id": req.decision_id,
+                "speckit.attempts": result.attempts,
+                "speckit.schema_valid": result.schema_valid,
+                "speckit.prompt_tokens": result.prompt_tokens,
+                "speckit.completion_tokens": result.completion_tokens,
+                "speckit.outcome": ev.reason,
+                "speckit.failovers": ", ".join(f"{b}={r}" for b, r in result.failovers),
+            },
+        )
         if result.ttft_ms is not None:
             span.set_attribute("speckit.ttft_ms", result.ttft_ms)
         if not success:

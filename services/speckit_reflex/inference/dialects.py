@@ -62,7 +62,9 @@ class Dialect:
         """Per-runtime fields; the base dialect adds none."""
         return None
 
-    def cached_tokens(self, usage: dict[str, Any] | None, timings: dict[str, Any] | None) -> int | None:
+    def cached_tokens(
+        self, usage: dict[str, Any] | None, timings: dict[str, Any] | None
+    ) -> int | None:
         """Prompt tokens served from the prefix cache; None = not reported (unknown, not 0)."""
         details = (usage or {}).get("prompt_tokens_details")
         hit = details.get("cached_tokens") if isinstance(details, dict) else None
@@ -94,7 +96,10 @@ class SGLangDialect(Dialect):
     kind: str = "sglang"
     # /health_generate runs a real 1-token generate inside the server.
     generation_probe_path: str | None = "/health_generate"
-    prefix_cache_metrics: tuple[str, str] | None = ("sglang:prompt_tokens_total", "sglang:cached_tokens_total")
+    prefix_cache_metrics: tuple[str, str] | None = (
+        "sglang:prompt_tokens_total",
+        "sglang:cached_tokens_total",
+    )
 
     def add_extras(self, body: dict[str, Any], schema: dict[str, Any] | None) -> None:
         # Keep reasoning out of `content` so JSON there is judged on its own.
@@ -104,11 +109,16 @@ class SGLangDialect(Dialect):
 @dataclass(frozen=True)
 class VLLMDialect(Dialect):
     kind: str = "vllm"
-    prefix_cache_metrics: tuple[str, str] | None = ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits")
+    prefix_cache_metrics: tuple[str, str] | None = (
+        "vllm:prefix_cache_queries",
+        "vllm:prefix_cache_hits",
+    )
     #: vLLM caches whole KV blocks only (128 tokens on its CPU build).
     cache_block_tokens: int = 128
 
-    def cached_tokens(self, usage: dict[str, Any] | None, timings: dict[str, Any] | None) -> int | None:
+    def cached_tokens(
+        self, usage: dict[str, Any] | None, timings: dict[str, Any] | None
+    ) -> int | None:
         hit = super().cached_tokens(usage, timings)
         # A prompt shorter than one block can never hit, so its 0 says nothing.
         if hit == 0 and int((usage or {}).get("prompt_tokens") or 0) < self.cache_block_tokens:
@@ -131,9 +141,20 @@ class DeepSeekDialect(Dialect):
     """DeepSeek's API accepts only `json_object` (no json_schema); the schema is
     then enforced by local validation alone."""
 
-    def chat_body(self, model, messages, max_tokens, temperature, seed, schema, schema_name,  # type: ignore[no-untyped-def]
-                  stream=True):
-        body = super().chat_body(model, messages, max_tokens, temperature, seed, schema, schema_name, stream)
+    def chat_body(
+        self,
+        model,
+        messages,
+        max_tokens,
+        temperature,
+        seed,
+        schema,
+        schema_name,  # type: ignore[no-untyped-def]
+        stream=True,
+    ):
+        body = super().chat_body(
+            model, messages, max_tokens, temperature, seed, schema, schema_name, stream
+        )
         if schema is not None:
             body["response_format"] = {"type": "json_object"}
         return body

@@ -81,7 +81,9 @@ def start_embedded_server(cfg: EmbeddedServerConfig):  # type: ignore[no-untyped
     # Reuse the KV cache of a repeated prompt prefix (the reflex loop's retries).
     params.cache_prompt = True
     server = xllamacpp.Server(params)
-    log.info("llama.cpp server listening", extra={"fields": {"url": cfg.base_url, "model": cfg.alias}})
+    log.info(
+        "llama.cpp server listening", extra={"fields": {"url": cfg.base_url, "model": cfg.alias}}
+    )
     return server
 
 

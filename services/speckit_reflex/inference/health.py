@@ -120,11 +120,18 @@ class HealthBook:
             rec = await self.probe(name)
         elif rec is None:
             try:
-                rec = await asyncio.wait_for(self.probe(name), min(FIRST_PROBE_WAIT_S, self._timing.timeout_s))
+                rec = await asyncio.wait_for(
+                    self.probe(name), min(FIRST_PROBE_WAIT_S, self._timing.timeout_s)
+                )
             except TimeoutError:
                 server = self._servers[name].spec
-                rec = BackendStatus(backend=name, kind=server.kind, endpoint=server.endpoint,
-                                    model=server.models[0] if server.models else "", reason="probe_pending")
+                rec = BackendStatus(
+                    backend=name,
+                    kind=server.kind,
+                    endpoint=server.endpoint,
+                    model=server.models[0] if server.models else "",
+                    reason="probe_pending",
+                )
         return replace(rec, cooling_down=self.cooling_down(name))
 
     async def probe(self, name: str) -> BackendStatus:
@@ -138,8 +145,12 @@ class HealthBook:
 
     async def _probe(self, server: ModelServer) -> BackendStatus:
         spec = server.spec
-        base = BackendStatus(backend=spec.name, kind=spec.kind, endpoint=spec.endpoint,
-                             model=spec.models[0] if spec.models else "")
+        base = BackendStatus(
+            backend=spec.name,
+            kind=spec.kind,
+            endpoint=spec.endpoint,
+            model=spec.models[0] if spec.models else "",
+        )
         timeout = self._timing.timeout_s
         started = time.perf_counter()
         rec = base
@@ -149,11 +160,18 @@ class HealthBook:
             rec = replace(base, reachable=True, listed_models=listed)
             model = next((m for m in spec.models if m in listed), "")
             if not model:
-                rec = replace(rec, reason=f"model_not_listed: {base.model} (server lists {', '.join(listed) or 'none'})")
+                rec = replace(
+                    rec,
+                    reason=f"model_not_listed: {base.model} (server lists {', '.join(listed) or 'none'})",
+                )
             else:
                 card = next(c for c in cards if c["id"] == model)
-                rec = replace(rec, model=model, model_listed=True,
-                              identity=await read_identity(server, spec.kind, card, timeout))
+                rec = replace(
+                    rec,
+                    model=model,
+                    model_listed=True,
+                    identity=await read_identity(server, spec.kind, card, timeout),
+                )
                 try:
                     await server.probe_generation(model, timeout)
                     rec = replace(rec, generation_ok=True, healthy=True)
@@ -161,12 +179,18 @@ class HealthBook:
                     rec = replace(rec, reason=f"generation_probe_failed: {exc}")
         except UpstreamFailure as exc:
             rec = replace(base, reason=f"unreachable: {exc}")
-        rec = replace(rec, probe_latency_ms=(time.perf_counter() - started) * 1000, checked_at=self._clock())
+        rec = replace(
+            rec, probe_latency_ms=(time.perf_counter() - started) * 1000, checked_at=self._clock()
+        )
         previous = self._records.get(spec.name)
         self._records[spec.name] = rec
         if previous is not None and previous.healthy != rec.healthy:
-            log.warning("backend health changed", extra={"fields": {
-                "backend": spec.name, "healthy": rec.healthy, "reason": rec.reason}})
+            log.warning(
+                "backend health changed",
+                extra={
+                    "fields": {"backend": spec.name, "healthy": rec.healthy, "reason": rec.reason}
+                },
+            )
         return rec
 
     # -- background refresh -------------------------------------------------------

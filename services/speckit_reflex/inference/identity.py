@@ -65,7 +65,9 @@ async def _get(server: RootReader, path: str, timeout_s: float) -> Any:
         return {}
 
 
-async def read_identity(server: RootReader, kind: str, card: dict[str, Any], timeout_s: float) -> ModelIdentity:
+async def read_identity(
+    server: RootReader, kind: str, card: dict[str, Any], timeout_s: float
+) -> ModelIdentity:
     """The identity of the model of `card` (its /v1/models entry) on `server`."""
     digest = _text(card, "digest", "sha256")
     if kind == "llamacpp":
@@ -73,12 +75,18 @@ async def read_identity(server: RootReader, kind: str, card: dict[str, Any], tim
         meta = card.get("meta") if isinstance(card.get("meta"), dict) else {}
         if not digest and meta.get("size") and meta.get("n_params"):
             digest = f"size={meta['size']},n_params={meta['n_params']}"
-        return ModelIdentity(kind, _text(props, "model_path"), _text(props, "build_info"), digest, "/props")
+        return ModelIdentity(
+            kind, _text(props, "model_path"), _text(props, "build_info"), digest, "/props"
+        )
     if kind == "sglang":
         info = await _get(server, "/get_model_info", timeout_s)
-        return ModelIdentity(kind, _text(info, "model_path"), "", digest or _text(info, "digest"), "/get_model_info")
+        return ModelIdentity(
+            kind, _text(info, "model_path"), "", digest or _text(info, "digest"), "/get_model_info"
+        )
     if kind == "vllm":
         version = await _get(server, "/version", timeout_s)
-        return ModelIdentity(kind, _text(card, "root"), _text(version, "version"), digest, "/v1/models root")
+        return ModelIdentity(
+            kind, _text(card, "root"), _text(version, "version"), digest, "/v1/models root"
+        )
     # A cloud API names its model and nothing more.
     return ModelIdentity(kind, "", "", digest, "")

@@ -29,12 +29,20 @@ def complete_rules(max_validation_retries: int) -> Rules:
     """CompleteRequest's rules. A request may lower the policy's validation
     retry bound, never raise it: each retry is another upstream generation."""
     return {
-        "backend": Text(128), "model": Text(256), "messages": Items(MAX_MESSAGES, required=True),
+        "backend": Text(128),
+        "model": Text(256),
+        "messages": Items(MAX_MESSAGES, required=True),
         "messages.role": Text(16, choices=frozenset({"system", "user", "assistant"})),
-        "messages.content": Text(MAX_CONTENT_CHARS), "max_tokens": Range(0, MAX_TOKENS),
-        "temperature": Range(0, 2), "json_schema": Text(MAX_SCHEMA_CHARS), "schema_name": Text(64),
+        "messages.content": Text(MAX_CONTENT_CHARS),
+        "max_tokens": Range(0, MAX_TOKENS),
+        "temperature": Range(0, 2),
+        "json_schema": Text(MAX_SCHEMA_CHARS),
+        "schema_name": Text(64),
         "max_validation_retries": Range(0, max_validation_retries),
-        "session_id": Text(256), "run_id": Text(128), "decision_id": Text(128), "attempt": Range(0, 1_000_000),
+        "session_id": Text(256),
+        "run_id": Text(128),
+        "decision_id": Text(128),
+        "attempt": Range(0, 1_000_000),
     }
 
 
@@ -63,7 +71,9 @@ def call_request(req: inference_pb2.CompleteRequest) -> CallRequest:
         seed=req.seed if req.HasField("seed") else None,
         json_schema=req.json_schema,
         schema_name=req.schema_name,
-        max_validation_retries=req.max_validation_retries if req.HasField("max_validation_retries") else None,
+        max_validation_retries=req.max_validation_retries
+        if req.HasField("max_validation_retries")
+        else None,
         mode=req.mode,
         role=req.role,
         session_id=req.session_id,
@@ -82,22 +92,40 @@ def complete_reply(r: CallResult) -> inference_pb2.CompleteReply:
     if r.ttft_ms is not None:
         timing.ttft_ms = r.ttft_ms
     return inference_pb2.CompleteReply(
-        content=r.content, schema_valid=r.schema_valid, attempts=r.attempts, finish_reason=r.finish_reason,
-        backend=r.backend, model=r.model, usage=usage, timing=timing, validation_error=r.validation_error,
+        content=r.content,
+        schema_valid=r.schema_valid,
+        attempts=r.attempts,
+        finish_reason=r.finish_reason,
+        backend=r.backend,
+        model=r.model,
+        usage=usage,
+        timing=timing,
+        validation_error=r.validation_error,
         failovers=[inference_pb2.Failover(backend=b, reason=why) for b, why in r.failovers],
         call_id=r.call_id,
     )
 
 
 def identity_proto(i: ModelIdentity) -> inference_pb2.ModelIdentity:
-    return inference_pb2.ModelIdentity(key=i.key, weights=i.weights, build=i.build, digest=i.digest, source=i.source)
+    return inference_pb2.ModelIdentity(
+        key=i.key, weights=i.weights, build=i.build, digest=i.digest, source=i.source
+    )
 
 
 def backend_health(s: BackendStatus) -> inference_pb2.BackendHealth:
     msg = inference_pb2.BackendHealth(
-        backend=s.backend, kind=s.kind, endpoint=s.endpoint, model=s.model, healthy=s.healthy,
-        reachable=s.reachable, model_listed=s.model_listed, generation_ok=s.generation_ok, reason=s.reason,
-        probe_latency_ms=s.probe_latency_ms, cooling_down=s.cooling_down, identity=identity_proto(s.identity),
+        backend=s.backend,
+        kind=s.kind,
+        endpoint=s.endpoint,
+        model=s.model,
+        healthy=s.healthy,
+        reachable=s.reachable,
+        model_listed=s.model_listed,
+        generation_ok=s.generation_ok,
+        reason=s.reason,
+        probe_latency_ms=s.probe_latency_ms,
+        cooling_down=s.cooling_down,
+        identity=identity_proto(s.identity),
     )
     if s.checked_at:
         msg.checked_at.FromNanoseconds(int(s.checked_at * 1e9))
@@ -113,9 +141,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         check_message(request, BACKEND)
         cards, unreachable = await self._core.list_models(request.backend)
         return inference_pb2.ListModelsReply(
-            models=[inference_pb2.ModelInfo(id=c.id, backend=c.backend, owned_by=c.owned_by,
-                                            max_model_len=c.max_model_len, identity=identity_proto(c.identity))
-                    for c in cards],
+            models=[
+                inference_pb2.ModelInfo(
+                    id=c.id,
+                    backend=c.backend,
+                    owned_by=c.owned_by,
+                    max_model_len=c.max_model_len,
+                    identity=identity_proto(c.identity),
+                )
+                for c in cards
+            ],
             unreachable=[backend_health(s) for s in unreachable],
         )
 

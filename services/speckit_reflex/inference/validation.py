@@ -65,7 +65,9 @@ class SchemaCheck:
         try:
             cls.check_schema(schema)
         except SchemaError as exc:
-            raise InvalidArgument(f"json_schema is not a valid JSON Schema: {exc.message}") from None
+            raise InvalidArgument(
+                f"json_schema is not a valid JSON Schema: {exc.message}"
+            ) from None
         validator = cls(schema)
         self._check_refs(schema, validator)
         entry = (schema, validator)
@@ -89,13 +91,19 @@ class SchemaCheck:
             if isinstance(node, dict):
                 enum = node.get("enum")
                 if isinstance(enum, list) and len(enum) > lim.max_enum_items:
-                    raise InvalidArgument(f"json_schema has an enum of {len(enum)} items (limit {lim.max_enum_items})")
+                    raise InvalidArgument(
+                        f"json_schema has an enum of {len(enum)} items (limit {lim.max_enum_items})"
+                    )
                 pattern = node.get("pattern")
                 if isinstance(pattern, str) and len(pattern) > lim.max_pattern_chars:
-                    raise InvalidArgument(f"json_schema has a pattern longer than {lim.max_pattern_chars} characters")
+                    raise InvalidArgument(
+                        f"json_schema has a pattern longer than {lim.max_pattern_chars} characters"
+                    )
                 ref = node.get("$ref")
                 if isinstance(ref, str) and not ref.startswith("#"):
-                    raise InvalidArgument(f"json_schema $ref {ref!r} is not local (only '#...' references)")
+                    raise InvalidArgument(
+                        f"json_schema $ref {ref!r} is not local (only '#...' references)"
+                    )
                 stack.extend((v, depth + 1) for v in node.values())
             elif isinstance(node, list):
                 stack.extend((v, depth + 1) for v in node)
@@ -146,7 +154,9 @@ def judge_reply(content: str, reasoning: str, finish_reason: str, validator: Any
     text = content.strip()
     if not text:
         if reasoning.strip():
-            return Verdict(False, "json_only_in_reasoning", "content is empty; only reasoning was returned")
+            return Verdict(
+                False, "json_only_in_reasoning", "content is empty; only reasoning was returned"
+            )
         return Verdict(False, "empty", "the reply is empty")
     try:
         doc = json.loads(text)

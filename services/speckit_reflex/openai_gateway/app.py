@@ -36,14 +36,21 @@ log = logging.getLogger("speckit.openai")
 
 DEFAULT_ADDR = "127.0.0.1:50055"
 MAX_BODY_BYTES = 8 * 1024 * 1024
-_MODE_NAMES = {common_pb2.ROUTING_MODE_REFLEX: "reflex", common_pb2.ROUTING_MODE_CLOUD: "cloud",
-               common_pb2.ROUTING_MODE_LOCAL: "local"}
+_MODE_NAMES = {
+    common_pb2.ROUTING_MODE_REFLEX: "reflex",
+    common_pb2.ROUTING_MODE_CLOUD: "cloud",
+    common_pb2.ROUTING_MODE_LOCAL: "local",
+}
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=json.dumps(obj).encode(), status=status, headers=headers,
-                        content_type="application/json")
+    return web.Response(
+        body=json.dumps(obj).encode(),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+    )
 
 
 def _error_response(err: ApiError) -> web.Response:
@@ -60,7 +67,9 @@ def _route_headers(call: Call) -> dict[str, str]:
     headers = {
         "x-speckit-decision-id": d.decision_id,
         "x-speckit-route": f"{_MODE_NAMES.get(d.mode, 'unspecified')}:{d.model}@{d.backend}",
-        "x-speckit-reason": common_pb2.RoutingReason.Name(d.reason).removeprefix("ROUTING_REASON_").lower(),
+        "x-speckit-reason": common_pb2.RoutingReason.Name(d.reason)
+        .removeprefix("ROUTING_REASON_")
+        .lower(),
     }
     if d.verdict_waived:
         headers["x-speckit-verdict-waived"] = "true"
@@ -69,8 +78,11 @@ def _route_headers(call: Call) -> dict[str, str]:
 
 def _usage(reply: inference_pb2.CompleteReply) -> dict[str, Any]:
     u = reply.usage
-    usage: dict[str, Any] = {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-                             "total_tokens": u.prompt_tokens + u.completion_tokens}
+    usage: dict[str, Any] = {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+    }
     if u.HasField("cached_tokens"):
         usage["prompt_tokens_details"] = {"cached_tokens": u.cached_tokens}
     return usage
@@ -81,9 +93,13 @@ def _checked_content(reply: inference_pb2.CompleteReply) -> str:
     not an empty 200 (the adapter withholds invalid JSON when the policy
     requires a schema)."""
     if not reply.schema_valid and reply.validation_error and not reply.content:
-        raise ApiError(502, f"the model's reply did not satisfy the JSON schema after {reply.attempts} "
-                            f"attempt(s): {reply.validation_error}", type="server_error",
-                       code="invalid_model_output")
+        raise ApiError(
+            502,
+            f"the model's reply did not satisfy the JSON schema after {reply.attempts} "
+            f"attempt(s): {reply.validation_error}",
+            type="server_error",
+            code="invalid_model_output",
+        )
     return reply.content
 
 
@@ -93,7 +109,9 @@ class OpenAIEndpoint:
     def __init__(self, gateway: Gateway, *, token: str = ""):
         self._gateway = gateway
         self._token = token.encode()
-        self.app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._errors, self._auth])
+        self.app = web.Application(
+            client_max_size=MAX_BODY_BYTES, middlewares=[self._errors, self._auth]
+        )
         self.app.router.add_get("/v1/models", self.list_models)
         self.app.router.add_get("/v1/models/{model:.+}", self.get_model)
         self.app.router.add_post("/v1/chat/completions", self.chat_completions)
@@ -107,8 +125,13 @@ class OpenAIEndpoint:
         except ApiError as err:
             return _error_response(err)
         except web.HTTPRequestEntityTooLarge:
-            return _error_response(ApiError(413, f"request body larger than {MAX_BODY_BYTES} bytes",
-                                            code="request_too_large"))
+            return _error_response(
+                ApiError(
+                    413,
+                    f"request body larger than {MAX_BODY_BYTES} bytes",
+                    code="request_too_large",
+                )
+            )
         except web.HTTPException as exc:  # 404/405 of the router
             if exc.status < 400:
                 raise
@@ -119,9 +142,14 @@ class OpenAIEndpoint:
         if self._token:
             given = request.headers.get("Authorization", "")
             scheme, _, value = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self._token):
-                raise ApiError(401, "missing or wrong API key: send Authorization: Bearer <SPECKIT_AUTH_TOKEN>",
-                               code="invalid_api_key")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                value.strip().encode(), self._token
+            ):
+                raise ApiError(
+                    401,
+                    "missing or wrong API key: send Authorization: Bearer <SPECKIT_AUTH_TOKEN>",
+                    code="invalid_api_key",
+                )
         return await handler(request)
 
     # -- handlers --------------------------------------------------------------
@@ -140,13 +168,17 @@ class OpenAIEndpoint:
         for m in await self._models():
             if m["id"] == wanted:
                 return _json(m)
-        raise ApiError(404, f"model {wanted[:256]!r} does not exist", param="model", code="model_not_found")
+        raise ApiError(
+            404, f"model {wanted[:256]!r} does not exist", param="model", code="model_not_found"
+        )
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         try:
             body = json.loads(await request.read())
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ApiError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+            raise ApiError(
+                400, f"the request body is not valid JSON: {exc}", code="invalid_json"
+            ) from None
         req = parse_chat_request(body)
         local_only = _truthy(request.headers.get("x-speckit-local-only"))
         try:
@@ -160,14 +192,25 @@ class OpenAIEndpoint:
         except grpc.aio.AioRpcError as exc:
             raise from_rpc("inference", exc) from None
         content = _checked_content(reply)
-        return _json({
-            "id": call.id, "object": "chat.completion", "created": int(time.time()),
-            "model": reply.model or call.decision.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "finish_reason": reply.finish_reason or "stop", "logprobs": None}],
-            "usage": _usage(reply),
-            "system_fingerprint": call.decision.policy_hash[:16],
-        }, headers=_route_headers(call))
+        return _json(
+            {
+                "id": call.id,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": reply.model or call.decision.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": reply.finish_reason or "stop",
+                        "logprobs": None,
+                    }
+                ],
+                "usage": _usage(reply),
+                "system_fingerprint": call.decision.policy_hash[:16],
+            },
+            headers=_route_headers(call),
+        )
 
     async def _stream(self, request: web.Request, call: Call) -> web.StreamResponse:
         """SSE in OpenAI's chat.completion.chunk shape.
@@ -184,8 +227,15 @@ class OpenAIEndpoint:
         model = call.decision.model
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            doc = {"id": call.id, "object": "chat.completion.chunk", "created": created, "model": model,
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+            doc = {
+                "id": call.id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+                ],
+            }
             return b"data: " + json.dumps(doc).encode() + b"\n\n"
 
         response: web.StreamResponse | None = None
@@ -201,16 +251,28 @@ class OpenAIEndpoint:
                     final = item.final
                     content = _checked_content(final)
                     model = final.model or model
-                    payload = (chunk({"content": content}) if content and not streamed else b"") + chunk(
-                        {}, final.finish_reason or "stop")
+                    payload = (
+                        chunk({"content": content}) if content and not streamed else b""
+                    ) + chunk({}, final.finish_reason or "stop")
                     if req.include_usage:
-                        usage = {"id": call.id, "object": "chat.completion.chunk", "created": created,
-                                 "model": model, "choices": [], "usage": _usage(final)}
+                        usage = {
+                            "id": call.id,
+                            "object": "chat.completion.chunk",
+                            "created": created,
+                            "model": model,
+                            "choices": [],
+                            "usage": _usage(final),
+                        }
                         payload += b"data: " + json.dumps(usage).encode() + b"\n\n"
                     payload += b"data: [DONE]\n\n"
                 if response is None:
-                    response = web.StreamResponse(headers={
-                        "Content-Type": "text/event-stream", "Cache-Control": "no-cache", **_route_headers(call)})
+                    response = web.StreamResponse(
+                        headers={
+                            "Content-Type": "text/event-stream",
+                            "Cache-Control": "no-cache",
+                            **_route_headers(call),
+                        }
+                    )
                     await response.prepare(request)
                     payload = chunk({"role": "assistant", "content": ""}) + payload
                 await response.write(payload)
@@ -229,7 +291,12 @@ class OpenAIEndpoint:
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
         if response is None:
-            raise ApiError(502, "inference: the stream ended without a reply", type="server_error", code="no_reply")
+            raise ApiError(
+                502,
+                "inference: the stream ended without a reply",
+                type="server_error",
+                code="no_reply",
+            )
         await response.write_eof()
         return response
 
@@ -248,7 +315,9 @@ class OpenAIServer:
     async def start(self, grace_s: float = 10.0) -> str:
         host, port = split_address(self._addr)
         check_listen_address(self._addr, "openai")
-        runner = web.AppRunner(self._endpoint.app, access_log=None, handle_signals=False, shutdown_timeout=grace_s)
+        runner = web.AppRunner(
+            self._endpoint.app, access_log=None, handle_signals=False, shutdown_timeout=grace_s
+        )
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port, reuse_port=False).start()
@@ -258,8 +327,16 @@ class OpenAIServer:
         self._runner = runner
         bound = runner.addresses[0]
         self.address = f"{self._addr.rpartition(':')[0]}:{bound[1]}"
-        log.info("serving", extra={"fields": {"service": "openai", "address": self.address,
-                                              "base_url": f"http://{self.address}/v1"}})
+        log.info(
+            "serving",
+            extra={
+                "fields": {
+                    "service": "openai",
+                    "address": self.address,
+                    "base_url": f"http://{self.address}/v1",
+                }
+            },
+        )
         return self.address
 
     async def close(self) -> None:
@@ -280,7 +357,11 @@ def check_openai_exposure(addr: str, token: str, insecure: bool) -> None:
     )
 
 
-def build_server(router_channel: grpc.aio.Channel, inference_channel: grpc.aio.Channel, addr: str,
-                 token: str = "") -> OpenAIServer:
+def build_server(
+    router_channel: grpc.aio.Channel,
+    inference_channel: grpc.aio.Channel,
+    addr: str,
+    token: str = "",
+) -> OpenAIServer:
     gateway = Gateway(RouterClient(router_channel), InferenceClient(inference_channel))
     return OpenAIServer(OpenAIEndpoint(gateway, token=token), addr)

@@ -41,15 +41,30 @@ class Call:
             # Reflex: the model only, so the adapter may fail over to another
             # local backend serving it (PatchLoop does the same). Cloud: as decided.
             backend="" if d.mode == common_pb2.ROUTING_MODE_REFLEX else d.backend,
-            model=d.model, max_tokens=r.max_tokens, temperature=r.temperature, seed=r.seed,
-            json_schema=r.json_schema, schema_name=r.schema_name, mode=d.mode, role=common_pb2.ROLE_IMPLEMENTER,
-            session_id=d.session_id, run_id=self.id, decision_id=d.decision_id, attempt=1,
+            model=d.model,
+            max_tokens=r.max_tokens,
+            temperature=r.temperature,
+            seed=r.seed,
+            json_schema=r.json_schema,
+            schema_name=r.schema_name,
+            mode=d.mode,
+            role=common_pb2.ROLE_IMPLEMENTER,
+            session_id=d.session_id,
+            run_id=self.id,
+            decision_id=d.decision_id,
+            attempt=1,
         )
 
 
 class Gateway:
-    def __init__(self, router: RouterClient, inference: InferenceClient, *,
-                 call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S, route_timeout_s: float = 10.0):
+    def __init__(
+        self,
+        router: RouterClient,
+        inference: InferenceClient,
+        *,
+        call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+        route_timeout_s: float = 10.0,
+    ):
         self._router = router
         self._inference = inference
         self._call_timeout = call_timeout_s
@@ -74,8 +89,12 @@ class Gateway:
         call_id = new_completion_id()
         decision = await self._router.decide(
             router_pb2.DecideRequest(
-                stage=common_pb2.STAGE_IMPLEMENT, role=common_pb2.ROLE_IMPLEMENTER,
-                session_id=req.session_id or call_id, run_id=call_id, attempt=1, local_only=local_only,
+                stage=common_pb2.STAGE_IMPLEMENT,
+                role=common_pb2.ROLE_IMPLEMENTER,
+                session_id=req.session_id or call_id,
+                run_id=call_id,
+                attempt=1,
+                local_only=local_only,
                 model="" if req.auto else req.model,
             ),
             timeout=self._route_timeout,

@@ -12,8 +12,15 @@ from speckit_reflex.clients.router import refusal_reason
 class ApiError(Exception):
     """An error answered to the HTTP client."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",  # noqa: A002
-                 param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -22,7 +29,14 @@ class ApiError(Exception):
         self.code = code
 
     def body(self) -> dict[str, object]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
 
 def invalid(param: str, message: str) -> ApiError:
@@ -55,12 +69,26 @@ def from_rpc(service: str, exc: grpc.aio.AioRpcError) -> ApiError:
     if reason is not None:
         status, kind = _REFUSALS.get(reason, (503, "service_unavailable"))
         return ApiError(status, f"route refused: {details}", type=kind, code=reason)
-    if service == "router" and code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("model: "):
+    if (
+        service == "router"
+        and code == grpc.StatusCode.INVALID_ARGUMENT
+        and details.startswith("model: ")
+    ):
         not_known = "is not a model of the policy" in details
-        return ApiError(404 if not_known else 400, details, param="model",
-                        code="model_not_found" if not_known else "invalid_value")
-    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNIMPLEMENTED):
+        return ApiError(
+            404 if not_known else 400,
+            details,
+            param="model",
+            code="model_not_found" if not_known else "invalid_value",
+        )
+    if code in (
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNIMPLEMENTED,
+    ):
         # Our own wiring is wrong (token, address): not the HTTP client's fault.
-        return ApiError(500, f"{service}: {code.name}: {details}", type="server_error", code="misconfigured")
+        return ApiError(
+            500, f"{service}: {code.name}: {details}", type="server_error", code="misconfigured"
+        )
     status, kind = _BY_CODE.get(code, (502, "server_error"))
     return ApiError(status, f"{service}: {details}", type=kind, code=code.name.lower())

@@ -25,8 +25,17 @@ MAX_SCHEMA_CHARS = 64 * 1024
 MAX_SCHEMA_NAME = 64
 MAX_USER_CHARS = 256
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-_UNSUPPORTED_WHEN_SET = ("tools", "functions", "tool_choice", "function_call", "logprobs", "top_logprobs",
-                         "audio", "modalities", "prediction")
+_UNSUPPORTED_WHEN_SET = (
+    "tools",
+    "functions",
+    "tool_choice",
+    "function_call",
+    "logprobs",
+    "top_logprobs",
+    "audio",
+    "modalities",
+    "prediction",
+)
 
 
 @dataclass(frozen=True)
@@ -74,10 +83,12 @@ def _content(value: Any, param: str) -> str:
         return _text(value, param, MAX_CONTENT_CHARS)
     if isinstance(value, list):
         parts: list[str] = []
-        for i, part in enumerate(value[:MAX_MESSAGES + 1]):
+        for i, part in enumerate(value[: MAX_MESSAGES + 1]):
             where = f"{param}[{i}]"
             if not isinstance(part, dict) or part.get("type") != "text":
-                raise invalid(where, "only text parts ({\"type\": \"text\", \"text\": ...}) are supported")
+                raise invalid(
+                    where, 'only text parts ({"type": "text", "text": ...}) are supported'
+                )
             parts.append(_text(part.get("text"), f"{where}.text", MAX_CONTENT_CHARS))
         if len(value) > MAX_MESSAGES:
             raise invalid(param, f"more than {MAX_MESSAGES} parts")
@@ -103,7 +114,9 @@ def _messages(value: Any) -> list[tuple[str, str]]:
             raise invalid(where, "expected an object with role and content")
         role = m.get("role")
         if role not in _ROLES:
-            raise invalid(f"{where}.role", f"must be one of {', '.join(_ROLES)} (got {str(role)[:40]!r})")
+            raise invalid(
+                f"{where}.role", f"must be one of {', '.join(_ROLES)} (got {str(role)[:40]!r})"
+            )
         if m.get("tool_calls") or m.get("function_call"):
             raise invalid(f"{where}.tool_calls", "tool calls are not supported")
         text = _content(m.get("content"), f"{where}.content")
@@ -126,17 +139,27 @@ def _response_format(value: Any) -> tuple[str, str]:
     if kind == "json_object":
         return '{"type": "object"}', "json_object"
     if kind != "json_schema":
-        raise invalid("response_format.type", f"must be text, json_object or json_schema (got {str(kind)[:40]!r})")
+        raise invalid(
+            "response_format.type",
+            f"must be text, json_object or json_schema (got {str(kind)[:40]!r})",
+        )
     spec = value.get("json_schema")
     if not isinstance(spec, dict):
         raise invalid("response_format.json_schema", "expected an object with name and schema")
-    name = _text(spec.get("name", "response"), "response_format.json_schema.name", MAX_SCHEMA_NAME, empty_ok=False)
+    name = _text(
+        spec.get("name", "response"),
+        "response_format.json_schema.name",
+        MAX_SCHEMA_NAME,
+        empty_ok=False,
+    )
     schema = spec.get("schema")
     if not isinstance(schema, dict):
         raise invalid("response_format.json_schema.schema", "expected a JSON Schema object")
     text = json.dumps(schema, separators=(",", ":"))
     if len(text) > MAX_SCHEMA_CHARS:
-        raise invalid("response_format.json_schema.schema", f"larger than {MAX_SCHEMA_CHARS} characters")
+        raise invalid(
+            "response_format.json_schema.schema", f"larger than {MAX_SCHEMA_CHARS} characters"
+        )
     return text, name
 
 
@@ -151,18 +174,34 @@ def parse_chat_request(body: Any, *, max_tokens_cap: int = MAX_TOKENS_CAP) -> Ch
     messages = _messages(body.get("messages"))
     for name in _UNSUPPORTED_WHEN_SET:
         if body.get(name) not in (None, False, [], {}):
-            raise ApiError(400, f"{name}: not supported by this endpoint", param=name, code="unsupported_parameter")
+            raise ApiError(
+                400,
+                f"{name}: not supported by this endpoint",
+                param=name,
+                code="unsupported_parameter",
+            )
     if body.get("stop") not in (None, [], ""):
-        raise ApiError(400, "stop: stop sequences are not supported", param="stop", code="unsupported_parameter")
+        raise ApiError(
+            400,
+            "stop: stop sequences are not supported",
+            param="stop",
+            code="unsupported_parameter",
+        )
     if body.get("n") is not None and _int(body["n"], "n", 1, 128) != 1:
-        raise ApiError(400, "n: only one choice (n = 1) is supported", param="n", code="unsupported_parameter")
+        raise ApiError(
+            400, "n: only one choice (n = 1) is supported", param="n", code="unsupported_parameter"
+        )
     # max_completion_tokens is the current name; max_tokens the deprecated one.
     raw_max = body.get("max_completion_tokens", body.get("max_tokens"))
     param = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
     max_tokens = 0 if raw_max is None else _int(raw_max, param, 1, max_tokens_cap)
     temperature = body.get("temperature")
     if temperature is not None:
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature):
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or not math.isfinite(temperature)
+        ):
             raise invalid("temperature", "expected a number")
         if not 0 <= temperature <= 2:
             raise invalid("temperature", f"must be between 0 and 2 (got {temperature})")
@@ -186,5 +225,15 @@ def parse_chat_request(body: Any, *, max_tokens_cap: int = MAX_TOKENS_CAP) -> Ch
     schema, schema_name = _response_format(body.get("response_format"))
     user = body.get("user")
     session = "" if user is None else _text(user, "user", MAX_USER_CHARS)
-    return ChatRequest(model, messages, max_tokens, temperature, seed, stream, include_usage, schema, schema_name,
-                       session)
+    return ChatRequest(
+        model,
+        messages,
+        max_tokens,
+        temperature,
+        seed,
+        stream,
+        include_usage,
+        schema,
+        schema_name,
+        session,
+    )

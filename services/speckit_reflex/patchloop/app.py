@@ -9,8 +9,8 @@ from grpc import aio
 from speckit_reflex.patchloop.buildcache import BuildCache
 from speckit_reflex.patchloop.compiler import Compiler
 from speckit_reflex.patchloop.core import PatchLoop
-from speckit_reflex.patchloop.roots import WorkspaceRoots
 from speckit_reflex.patchloop.ports import CapsuleSessionHistory, GrpcInference, GrpcRouter
+from speckit_reflex.patchloop.roots import WorkspaceRoots
 from speckit_reflex.patchloop.sandbox import BuildRunner, Sandbox
 from speckit_reflex.patchloop.servicer import PatchLoopServicer
 from speckit_reflex.runtime.bootstrap import ServiceContext
@@ -56,7 +56,9 @@ def build(ctx: ServiceContext) -> PatchLoopService:
         scratch_dir=None,
         history=CapsuleSessionHistory(ctx.channel("capsule")),
         metrics=ctx.metrics,
-        cache=BuildCache(ctx.settings.home / "cache" / "targets", ctx.settings.build_cache_max_mb * 1024 * 1024),
+        cache=BuildCache(
+            ctx.settings.home / "cache" / "targets", ctx.settings.build_cache_max_mb * 1024 * 1024
+        ),
         tracer=ctx.tracer,
     )
     if ctx.metrics is not None:

@@ -191,8 +191,16 @@ class BuildCache:
                 entry.mkdir(parents=True, exist_ok=True)
                 meta = entry / "meta.json"
                 if not meta.exists():
-                    meta.write_text(json.dumps(
-                        {"workspace": str(workspace), "toolchain": toolchain, "profile": profile}, indent=1))
+                    meta.write_text(
+                        json.dumps(
+                            {
+                                "workspace": str(workspace),
+                                "toolchain": toolchain,
+                                "profile": profile,
+                            },
+                            indent=1,
+                        )
+                    )
                 for n in range(self.max_slots):
                     slot = entry / f"slot-{n}"
                     slot.mkdir(exist_ok=True)
@@ -307,7 +315,9 @@ class BuildCache:
 def toolchain_id(environ: dict[str, str], timeout_s: float = 30.0) -> str:
     """`rustc -vV` under the build environment ("" when rustc cannot run)."""
     try:
-        out = subprocess.run(["rustc", "-vV"], env=environ, capture_output=True, timeout=timeout_s, check=False)
+        out = subprocess.run(
+            ["rustc", "-vV"], env=environ, capture_output=True, timeout=timeout_s, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return out.stdout.decode("utf-8", "replace").strip() if out.returncode == 0 else ""

@@ -16,7 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from speckit_reflex.patchloop.buildcache import toolchain_id
-from speckit_reflex.patchloop.diagnostics import BuildDiagnostics, Diagnostic, Span, parse_cargo_output
+from speckit_reflex.patchloop.diagnostics import (
+    BuildDiagnostics,
+    Diagnostic,
+    Span,
+    parse_cargo_output,
+)
 from speckit_reflex.patchloop.patch import PatchRejected
 from speckit_reflex.patchloop.sandbox import BuildResult, BuildRunner
 from speckit_reflex.patchloop.workspace import Scratch
@@ -88,7 +93,9 @@ class Compiler:
         await self._runner.probe()
         return self._runner.layers()
 
-    async def compile(self, command: Sequence[str], scratch: Scratch, timeout_s: float) -> CompileOutcome:
+    async def compile(
+        self, command: Sequence[str], scratch: Scratch, timeout_s: float
+    ) -> CompileOutcome:
         result = await self._runner.run(command, scratch.root, scratch.target_dir, timeout_s)
         diags = parse_cargo_output(result.stdout)
         if result.returncode != 0 and not diags.errors:
@@ -97,8 +104,11 @@ class Compiler:
             else:
                 tail = (result.stdout + "\n" + result.stderr).strip()[-OUTPUT_TAIL_CHARS:]
                 text = f"`{' '.join(command)}` failed (exit {result.returncode}):\n{tail}"
-            diags.diagnostics.append(Diagnostic(level="error", message=text.splitlines()[0], code=None,
-                                                spans=(), rendered=text))
+            diags.diagnostics.append(
+                Diagnostic(
+                    level="error", message=text.splitlines()[0], code=None, spans=(), rendered=text
+                )
+            )
         return CompileOutcome(result, diags)
 
 
@@ -131,7 +141,11 @@ def machine_applicable_edits(errors: list[Diagnostic], scratch: Scratch) -> dict
             if 0 <= s.byte_start <= s.byte_end <= len(data):
                 chosen.append(s)
         for s in reversed(chosen):
-            data = data[: s.byte_start] + (s.suggested_replacement or "").encode("utf-8") + data[s.byte_end :]
+            data = (
+                data[: s.byte_start]
+                + (s.suggested_replacement or "").encode("utf-8")
+                + data[s.byte_end :]
+            )
         new = data.decode("utf-8")
         if new != text:
             planned[rel] = new

@@ -30,7 +30,13 @@ from opentelemetry.trace import Span, Tracer
 from speckit_reflex.errors import InvalidArgument, NotFound
 from speckit_reflex.patchloop.buildcache import BuildCache, CacheInfo, ClearResult, build_profile
 from speckit_reflex.patchloop.compiler import CompileOutcome, Compiler, machine_applicable_edits
-from speckit_reflex.patchloop.patch import PatchBounds, PatchRejected, parse_patch, patch_schema, plan_patch
+from speckit_reflex.patchloop.patch import (
+    PatchBounds,
+    PatchRejected,
+    parse_patch,
+    patch_schema,
+    plan_patch,
+)
 from speckit_reflex.patchloop.ports import (
     EventPort,
     InferencePort,
@@ -41,7 +47,12 @@ from speckit_reflex.patchloop.ports import (
     SessionHistoryUnavailable,
 )
 from speckit_reflex.patchloop.progress import judge_patch
-from speckit_reflex.patchloop.prompt import FailedAttempt, build_messages, file_excerpts, render_diagnostics
+from speckit_reflex.patchloop.prompt import (
+    FailedAttempt,
+    build_messages,
+    file_excerpts,
+    render_diagnostics,
+)
 from speckit_reflex.patchloop.roots import WorkspaceRoots
 from speckit_reflex.patchloop.workspace import Scratch
 from speckit_reflex.policy import LoadedPolicy
@@ -84,15 +95,23 @@ _RUN_RULES: dict[str, validate.Rule] = {
     "build_profile": validate.Text(32),
     "verify_profile": validate.Text(32),
 }
-_FORCE_MODES = (common_pb2.ROUTING_MODE_UNSPECIFIED, common_pb2.ROUTING_MODE_REFLEX, common_pb2.ROUTING_MODE_CLOUD)
+_FORCE_MODES = (
+    common_pb2.ROUTING_MODE_UNSPECIFIED,
+    common_pb2.ROUTING_MODE_REFLEX,
+    common_pb2.ROUTING_MODE_CLOUD,
+)
 
 
 def _profile(field: str, name: str, profiles: dict[str, tuple[str, ...]]) -> BuildStep:
     """The policy's profile called `name`; a request can name one, never supply a command."""
     if not _PROFILE_NAME.match(name):
-        raise InvalidArgument(f"{field}: {name!r} is not a profile name (a name such as 'check', never a command)")
+        raise InvalidArgument(
+            f"{field}: {name!r} is not a profile name (a name such as 'check', never a command)"
+        )
     if name not in profiles:
-        raise InvalidArgument(f"{field}: no profile {name!r} in the policy (profiles: {', '.join(sorted(profiles))})")
+        raise InvalidArgument(
+            f"{field}: no profile {name!r} in the policy (profiles: {', '.join(sorted(profiles))})"
+        )
     return BuildStep(name, tuple(profiles[name]))
 
 
@@ -122,11 +141,15 @@ class RunSpec:
         pl = policy.policy.patchloop
         validate.check_message(req, _RUN_RULES)
         if req.build_timeout_s > pl.max_build_timeout_s:
-            raise InvalidArgument(f"build_timeout_s: {req.build_timeout_s} is above the policy's "
-                                  f"patchloop.max_build_timeout_s ({pl.max_build_timeout_s})")
+            raise InvalidArgument(
+                f"build_timeout_s: {req.build_timeout_s} is above the policy's "
+                f"patchloop.max_build_timeout_s ({pl.max_build_timeout_s})"
+            )
         if req.force_mode not in _FORCE_MODES:
-            raise InvalidArgument(f"force_mode: {common_pb2.RoutingMode.Name(req.force_mode)} is not a mode "
-                                  "of the Implementer (UNSPECIFIED, REFLEX or CLOUD)")
+            raise InvalidArgument(
+                f"force_mode: {common_pb2.RoutingMode.Name(req.force_mode)} is not a mode "
+                "of the Implementer (UNSPECIFIED, REFLEX or CLOUD)"
+            )
         build = _profile("build_profile", req.build_profile or pl.build_profile, pl.profiles)
         verify_name = req.verify_profile if req.HasField("verify_profile") else pl.verify_profile
         verify = _profile("verify_profile", verify_name, pl.profiles) if verify_name else None
@@ -137,7 +160,9 @@ class RunSpec:
             max_attempts=req.max_attempts or pl.max_attempts,
             build=build,
             verify=verify,
-            compiler_fast_path=req.compiler_fast_path if req.HasField("compiler_fast_path") else pl.compiler_fast_path,
+            compiler_fast_path=req.compiler_fast_path
+            if req.HasField("compiler_fast_path")
+            else pl.compiler_fast_path,
             build_timeout_s=float(req.build_timeout_s or pl.build_timeout_s),
             force_mode=req.force_mode,
             session_id=req.session_id or run_id,
@@ -214,7 +239,9 @@ class RunRegistry:
 
     def get(self, run_id: str) -> RunRecord:
         if run_id not in self._runs:
-            raise NotFound(f"no run {run_id!r} (unknown, or forgotten after {self._capacity} newer runs)")
+            raise NotFound(
+                f"no run {run_id!r} (unknown, or forgotten after {self._capacity} newer runs)"
+            )
         return self._runs[run_id]
 
 
@@ -291,7 +318,9 @@ class PatchLoop:
         # evicted) on one more: with a single shared pool, 64 concurrent runs'
         # copies queued behind earlier runs' clean-up, and their first event
         # came seconds late.
-        self._copy_threads = ThreadPoolExecutor(max_workers=32, thread_name_prefix="speckit-scratch")
+        self._copy_threads = ThreadPoolExecutor(
+            max_workers=32, thread_name_prefix="speckit-scratch"
+        )
         self._housekeeping = ThreadPoolExecutor(max_workers=1, thread_name_prefix="speckit-cache")
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -316,7 +345,10 @@ class PatchLoop:
         pl = self._policy.policy.patchloop
         return patchloop_pb2.BuildSettings(
             sandbox=await self._compiler.sandbox_layers(),
-            profiles=[patchloop_pb2.BuildProfile(name=n, command=c) for n, c in sorted(pl.profiles.items())],
+            profiles=[
+                patchloop_pb2.BuildProfile(name=n, command=c)
+                for n, c in sorted(pl.profiles.items())
+            ],
             build_profile=pl.build_profile,
             verify_profile=pl.verify_profile,
             build_timeout_s=pl.build_timeout_s,
@@ -338,7 +370,9 @@ class PatchLoop:
         except BaseException:
             await self.close_scratch(scratch)
             raise
-        task = asyncio.create_task(_Run(self, spec, scratch, record).execute(), name=f"run-{spec.run_id}")
+        task = asyncio.create_task(
+            _Run(self, spec, scratch, record).execute(), name=f"run-{spec.run_id}"
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         try:
@@ -355,8 +389,17 @@ class PatchLoop:
         other stream of this process."""
         workspace = Scratch.check_workspace(str(self._roots.admit(spec.workspace)))
         toolchain = await self._compiler.toolchain() if self._cache is not None else ""
-        opening = asyncio.get_running_loop().run_in_executor(self._copy_threads, functools.partial(
-            Scratch.open, workspace, self._scratch_dir, self._cache, toolchain, build_profile(spec.build.command)))
+        opening = asyncio.get_running_loop().run_in_executor(
+            self._copy_threads,
+            functools.partial(
+                Scratch.open,
+                workspace,
+                self._scratch_dir,
+                self._cache,
+                toolchain,
+                build_profile(spec.build.command),
+            ),
+        )
         try:
             return await asyncio.shield(opening)
         except asyncio.CancelledError:
@@ -364,7 +407,9 @@ class PatchLoop:
             # cache slot is freed (it would stay locked otherwise).
             def discard(done: asyncio.Future[Scratch]) -> None:
                 if not done.cancelled() and done.exception() is None:
-                    asyncio.get_running_loop().run_in_executor(self._housekeeping, done.result().close)
+                    asyncio.get_running_loop().run_in_executor(
+                        self._housekeeping, done.result().close
+                    )
 
             opening.add_done_callback(discard)
             raise
@@ -375,7 +420,9 @@ class PatchLoop:
     async def build_cache_info(self) -> CacheInfo:
         """Where the persistent build cache is and how full (no cache: disabled, empty)."""
         if self._cache is None:
-            return CacheInfo(dir="", enabled=False, size_bytes=0, max_bytes=0, workspaces=0, slots=0)
+            return CacheInfo(
+                dir="", enabled=False, size_bytes=0, max_bytes=0, workspaces=0, slots=0
+            )
         return await asyncio.to_thread(self._cache.info)
 
     async def clear_build_cache(self) -> ClearResult:
@@ -425,7 +472,9 @@ class _Run:
 
     def _event(self, **kind: Any) -> None:
         self.seq += 1
-        ev = patchloop_pb2.RunEvent(run_id=self.spec.run_id, seq=self.seq, attempt=self.attempt, **kind)
+        ev = patchloop_pb2.RunEvent(
+            run_id=self.spec.run_id, seq=self.seq, attempt=self.attempt, **kind
+        )
         ev.time.GetCurrentTime()
         self.record.append(ev)
 
@@ -456,25 +505,48 @@ class _Run:
             outcome = await self._build(self.spec.verify, verify=True, timing=timing)
         return outcome
 
-    async def _build(self, step: BuildStep, verify: bool, timing: AttemptTiming | None) -> CompileOutcome:
-        self._event(compile_started=patchloop_pb2.CompileStarted(
-            command=step.command, verify=verify, profile=step.profile,
-            cache=self.scratch.cache_state))  # type: ignore[arg-type]
-        with span(self.loop._tracer, "patchloop.build", **{
-                "speckit.step": "verify" if verify else "compile", "speckit.profile": step.profile,
-                "speckit.command": " ".join(step.command)}) as current:
-            outcome = await self.loop._compiler.compile(step.command, self.scratch, self.spec.build_timeout_s)
+    async def _build(
+        self, step: BuildStep, verify: bool, timing: AttemptTiming | None
+    ) -> CompileOutcome:
+        self._event(
+            compile_started=patchloop_pb2.CompileStarted(
+                command=step.command,
+                verify=verify,
+                profile=step.profile,
+                cache=self.scratch.cache_state,
+            )
+        )  # type: ignore[arg-type]
+        with span(
+            self.loop._tracer,
+            "patchloop.build",
+            **{
+                "speckit.step": "verify" if verify else "compile",
+                "speckit.profile": step.profile,
+                "speckit.command": " ".join(step.command),
+            },
+        ) as current:
+            outcome = await self.loop._compiler.compile(
+                step.command, self.scratch, self.spec.build_timeout_s
+            )
             if current is not None:
-                current.set_attributes({"speckit.errors": outcome.error_count, "speckit.clean": outcome.clean,
-                                        "speckit.timed_out": outcome.result.timed_out})
+                current.set_attributes(
+                    {
+                        "speckit.errors": outcome.error_count,
+                        "speckit.clean": outcome.clean,
+                        "speckit.timed_out": outcome.result.timed_out,
+                    }
+                )
         if timing is not None:
             timing.compile_ms += outcome.result.duration_ms
         if self.loop._metrics is not None:
             self.loop._metrics.build_seconds("verify" if verify else "compile").observe(
-                outcome.result.duration_ms / 1000)
+                outcome.result.duration_ms / 1000
+            )
         self._event(compile_finished=outcome.to_proto(verify))
         if outcome.result.timed_out:
-            self.note(f"build killed after {self.spec.build_timeout_s:g} s wall-clock limit (with its process group)")
+            self.note(
+                f"build killed after {self.spec.build_timeout_s:g} s wall-clock limit (with its process group)"
+            )
         return outcome
 
     async def fast_path(self, state: CompileOutcome) -> CompileOutcome | None:
@@ -514,8 +586,11 @@ class _Run:
         """The whole run; always ends with exactly one result event."""
         # The run's span; its trace holds every build, decision and model call
         # of the run (peers join it through gRPC metadata).
-        with span(self.loop._tracer, "patchloop.run", **{
-                "speckit.run_id": self.spec.run_id, "speckit.session_id": self.spec.session_id}) as run_span:
+        with span(
+            self.loop._tracer,
+            "patchloop.run",
+            **{"speckit.run_id": self.spec.run_id, "speckit.session_id": self.spec.session_id},
+        ) as run_span:
             self.run_span = run_span
             await self._execute()
 
@@ -525,15 +600,19 @@ class _Run:
             if note:
                 self.note(note)
             if self.scratch.sync.refused_links:
-                self.note(f"symlinks leading outside the workspace are not followed: "
-                          f"{', '.join(self.scratch.sync.refused_links[:20])}")
+                self.note(
+                    f"symlinks leading outside the workspace are not followed: "
+                    f"{', '.join(self.scratch.sync.refused_links[:20])}"
+                )
             await self._loop()
         except asyncio.CancelledError:
             self.finish(patchloop_pb2.OUTCOME_GAVE_UP, reason="cancelled: the caller went away")
             raise
         except Exception as exc:
             log.exception("run crashed", extra={"fields": {"run_id": self.spec.run_id}})
-            self.finish(patchloop_pb2.OUTCOME_GAVE_UP, reason=f"internal_error: {type(exc).__name__}: {exc}")
+            self.finish(
+                patchloop_pb2.OUTCOME_GAVE_UP, reason=f"internal_error: {type(exc).__name__}: {exc}"
+            )
         finally:
             # Removing a temporary copy or sizing a cache slot is disk work:
             # in a thread, and finished even if this task is cancelled again.
@@ -545,15 +624,21 @@ class _Run:
             self.finish(patchloop_pb2.OUTCOME_ALREADY_CLEAN, reason="the build is already clean")
             return
         if state.result.timed_out:
-            self.finish(patchloop_pb2.OUTCOME_GAVE_UP, reason=f"build_timeout: no result within {self.spec.build_timeout_s:g} s")
+            self.finish(
+                patchloop_pb2.OUTCOME_GAVE_UP,
+                reason=f"build_timeout: no result within {self.spec.build_timeout_s:g} s",
+            )
             return
         if self.spec.compiler_fast_path:
             improved = await self.fast_path(state)
             if improved is not None:
                 state = improved
                 if state.clean:
-                    self.finish(patchloop_pb2.OUTCOME_FIXED, fixed_by=patchloop_pb2.FIX_SOURCE_COMPILER,
-                                reason="fixed by rustc's machine-applicable suggestions")
+                    self.finish(
+                        patchloop_pb2.OUTCOME_FIXED,
+                        fixed_by=patchloop_pb2.FIX_SOURCE_COMPILER,
+                        reason="fixed by rustc's machine-applicable suggestions",
+                    )
                     return
         failures = await self.loop.session_failures(self.spec, self.note)
         last_reason = ""
@@ -563,8 +648,11 @@ class _Run:
                 ok, state, last_reason = await self._attempt(state, failures)
             if ok:
                 self.loop._sessions.set(self.spec.session_id, 0)
-                self.finish(patchloop_pb2.OUTCOME_FIXED, fixed_by=_MODE_SOURCE.get(self.last_mode, 0),
-                            reason=f"fixed on attempt {self.attempt}")
+                self.finish(
+                    patchloop_pb2.OUTCOME_FIXED,
+                    fixed_by=_MODE_SOURCE.get(self.last_mode, 0),
+                    reason=f"fixed on attempt {self.attempt}",
+                )
                 return
             if self.record.done:  # refused
                 return
@@ -576,7 +664,9 @@ class _Run:
             f"({state.error_count} error(s) left); last: {last_reason}",
         )
 
-    async def _attempt(self, state: CompileOutcome, failures: int) -> tuple[bool, CompileOutcome, str]:
+    async def _attempt(
+        self, state: CompileOutcome, failures: int
+    ) -> tuple[bool, CompileOutcome, str]:
         """One model-backed attempt: (fixed?, state to continue from, failure reason)."""
         timing = AttemptTiming()
         try:
@@ -597,9 +687,14 @@ class _Run:
             self.finish(patchloop_pb2.OUTCOME_REFUSED, reason=refused.reason)
             return False, state, refused.reason
         self._event(routing=decision)
-        if decision.mode == common_pb2.ROUTING_MODE_CLOUD and self.last_mode == common_pb2.ROUTING_MODE_REFLEX:
+        if (
+            decision.mode == common_pb2.ROUTING_MODE_CLOUD
+            and self.last_mode == common_pb2.ROUTING_MODE_REFLEX
+        ):
             self.escalated = True
-            self.note(f"escalated to cloud after {failures} consecutive failure(s): {decision.detail or decision.reason}")
+            self.note(
+                f"escalated to cloud after {failures} consecutive failure(s): {decision.detail or decision.reason}"
+            )
         self.last_mode = decision.mode
 
         messages = build_messages(
@@ -640,28 +735,57 @@ class _Run:
                 self.finish(patchloop_pb2.OUTCOME_REFUSED, reason=exc.detail)
                 return False, state, exc.detail
             timing.model_ms = (time.perf_counter() - call_started) * 1000
-            self._event(model_call=patchloop_pb2.ModelCall(
-                backend=decision.backend, model=decision.model, mode=decision.mode, error=str(exc)))
-            return False, state, self._failed(_Attempt(decision, timing, state), "model_error", str(exc))
+            self._event(
+                model_call=patchloop_pb2.ModelCall(
+                    backend=decision.backend,
+                    model=decision.model,
+                    mode=decision.mode,
+                    error=str(exc),
+                )
+            )
+            return (
+                False,
+                state,
+                self._failed(_Attempt(decision, timing, state), "model_error", str(exc)),
+            )
         timing.model_ms = (time.perf_counter() - call_started) * 1000
         self._event(model_call=_model_call(reply, decision))
 
         try:
             if not reply.schema_valid:
-                raise PatchRejected("invalid_json", reply.validation_error or "the reply does not match the patch schema")
+                raise PatchRejected(
+                    "invalid_json",
+                    reply.validation_error or "the reply does not match the patch schema",
+                )
             edits = parse_patch(reply.content, self.schema)
-            planned = plan_patch(edits, self.scratch.resolve, self.scratch.read_text, self.spec.allow_create_files)
+            planned = plan_patch(
+                edits, self.scratch.resolve, self.scratch.read_text, self.spec.allow_create_files
+            )
         except PatchRejected as rej:
-            self._event(patch_rejected=patchloop_pb2.PatchRejected(reason=rej.reason, detail=rej.detail))
-            return False, state, self._failed(_Attempt(decision, timing, state, reply), rej.reason, rej.detail)
+            self._event(
+                patch_rejected=patchloop_pb2.PatchRejected(reason=rej.reason, detail=rej.detail)
+            )
+            return (
+                False,
+                state,
+                self._failed(_Attempt(decision, timing, state, reply), rej.reason, rej.detail),
+            )
 
         previous = self.scratch.write(planned)
-        self._event(patch_applied=patchloop_pb2.PatchApplied(
-            source=_MODE_SOURCE.get(decision.mode, 0), edits=len(edits), files=sorted(planned)))
+        self._event(
+            patch_applied=patchloop_pb2.PatchApplied(
+                source=_MODE_SOURCE.get(decision.mode, 0), edits=len(edits), files=sorted(planned)
+            )
+        )
         after = await self.compile(timing)
         if after.clean:
-            self._record_attempt(_Attempt(decision, timing, state, reply, after), success=True, reason="",
-                                 edits=len(edits), files=sorted(planned))
+            self._record_attempt(
+                _Attempt(decision, timing, state, reply, after),
+                success=True,
+                reason="",
+                edits=len(edits),
+                files=sorted(planned),
+            )
             return True, after, ""
         progress = judge_patch(state, after)
         if not progress.kept:
@@ -670,8 +794,15 @@ class _Run:
             # and hits the server's cache.
             self.scratch.restore(previous)
         reason = "build_timeout" if after.result.timed_out else "still_failing"
-        self._failed(_Attempt(decision, timing, state, reply, after), reason, progress.detail, edits=len(edits),
-                     files=sorted(planned), kept=progress.kept, new_errors=list(progress.new_errors))
+        self._failed(
+            _Attempt(decision, timing, state, reply, after),
+            reason,
+            progress.detail,
+            edits=len(edits),
+            files=sorted(planned),
+            kept=progress.kept,
+            new_errors=list(progress.new_errors),
+        )
         return False, (after if progress.kept else state), f"{reason}: {progress.detail}"
 
     def _read_quietly(self, rel: str) -> str | None:
@@ -690,9 +821,16 @@ class _Run:
         self._record_attempt(attempt, success=False, reason=reason, detail=detail[:500], **payload)
         return f"{reason}: {detail}"
 
-    def _record_attempt(self, attempt: _Attempt, success: bool, reason: str, **payload: Any) -> None:
+    def _record_attempt(
+        self, attempt: _Attempt, success: bool, reason: str, **payload: Any
+    ) -> None:
         decision, reply, before, after, timing = (
-            attempt.decision, attempt.reply, attempt.before, attempt.after, attempt.timing)
+            attempt.decision,
+            attempt.reply,
+            attempt.before,
+            attempt.after,
+            attempt.timing,
+        )
         fields: dict[str, Any] = {}
         details: dict[str, Any] = {
             "errors_before": before.error_count,
@@ -744,7 +882,9 @@ class _Run:
             try:
                 written = self.scratch.write_back()
                 applied = True
-                self.note(f"wrote {len(written)} file(s) back to the workspace: {', '.join(written)}")
+                self.note(
+                    f"wrote {len(written)} file(s) back to the workspace: {', '.join(written)}"
+                )
             except (PatchRejected, OSError) as exc:
                 self.note(f"fix not written back: {exc}")
         # Free the cache slot before the caller hears the result, so its next
@@ -770,7 +910,9 @@ class _Run:
             reason=reason,
             payload={
                 "outcome": outcome_name,
-                "fixed_by": patchloop_pb2.FixSource.Name(fixed_by).removeprefix("FIX_SOURCE_").lower(),
+                "fixed_by": patchloop_pb2.FixSource.Name(fixed_by)
+                .removeprefix("FIX_SOURCE_")
+                .lower(),
                 "attempts": self.attempt,
                 "escalated": self.escalated,
                 "duration_ms": round(duration_ms, 3),
@@ -780,11 +922,21 @@ class _Run:
         )
         self._event(result=result)
         if self.run_span is not None:
-            self.run_span.set_attributes({"speckit.outcome": outcome_name, "speckit.attempts": self.attempt})
+            self.run_span.set_attributes(
+                {"speckit.outcome": outcome_name, "speckit.attempts": self.attempt}
+            )
         # With tracing on, the log formatter adds the run's trace_id to this line.
-        log.info("run finished", extra={"fields": {
-            "run_id": self.spec.run_id, "outcome": outcome_name, "attempts": self.attempt,
-            "duration_ms": round(duration_ms, 1)}})
+        log.info(
+            "run finished",
+            extra={
+                "fields": {
+                    "run_id": self.spec.run_id,
+                    "outcome": outcome_name,
+                    "attempts": self.attempt,
+                    "duration_ms": round(duration_ms, 1),
+                }
+            },
+        )
         if self.loop._metrics is not None:
             self.loop._metrics.patchloop_runs(outcome_name).inc()
 
@@ -800,7 +952,9 @@ def _cache_reuse(reply: inference_pb2.CompleteReply) -> float | None:
     return round(usage.cached_tokens / usage.prompt_tokens, 4)
 
 
-def _model_call(reply: inference_pb2.CompleteReply, decision: router_pb2.RoutingDecision) -> patchloop_pb2.ModelCall:
+def _model_call(
+    reply: inference_pb2.CompleteReply, decision: router_pb2.RoutingDecision
+) -> patchloop_pb2.ModelCall:
     call = patchloop_pb2.ModelCall(
         backend=reply.backend or decision.backend,
         model=reply.model or decision.model,

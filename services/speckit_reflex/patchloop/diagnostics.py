@@ -72,7 +72,9 @@ class BuildDiagnostics:
 
     @property
     def errors(self) -> list[Diagnostic]:
-        return [d for d in self.diagnostics if d.level in ("error", "error: internal compiler error")]
+        return [
+            d for d in self.diagnostics if d.level in ("error", "error: internal compiler error")
+        ]
 
     @property
     def warnings(self) -> list[Diagnostic]:

@@ -161,7 +161,9 @@ def parse_patch(content: str, schema: dict[str, Any]) -> list[PatchEdit]:
         if "search" in raw:
             edits.append(SearchReplace(raw["file"], raw["search"], raw["replace"]))
         else:
-            edits.append(LineEdit(raw["file"], raw["line_start"], raw["line_end"], raw["replacement"]))
+            edits.append(
+                LineEdit(raw["file"], raw["line_start"], raw["line_end"], raw["replacement"])
+            )
     return edits
 
 
@@ -178,23 +180,43 @@ def plan_file(path: str, original: str | None, edits: list[PatchEdit], allow_cre
     line edits are applied bottom-up; search/replace edits come after them.
     """
     if original is None:
-        creatable = allow_create and len(edits) == 1 and isinstance(edits[0], LineEdit) and edits[0].line_start == 1
+        creatable = (
+            allow_create
+            and len(edits) == 1
+            and isinstance(edits[0], LineEdit)
+            and edits[0].line_start == 1
+        )
         if not creatable:
-            why = "creating files is not allowed" if not allow_create else "a new file needs one edit at line 1"
+            why = (
+                "creating files is not allowed"
+                if not allow_create
+                else "a new file needs one edit at line 1"
+            )
             raise PatchRejected("file_not_found", f"{path} does not exist ({why})")
         return edits[0].replacement if isinstance(edits[0], LineEdit) else ""
     lines = original.splitlines(keepends=True)
     line_edits = sorted((e for e in edits if isinstance(e, LineEdit)), key=lambda e: e.line_start)
     for e in line_edits:
         if e.line_end < e.line_start:
-            raise PatchRejected("line_range", f"{path}: line_end {e.line_end} < line_start {e.line_start}")
+            raise PatchRejected(
+                "line_range", f"{path}: line_end {e.line_end} < line_start {e.line_start}"
+            )
         if e.line_end > len(lines):
-            raise PatchRejected("line_range", f"{path}: lines {e.line_start}-{e.line_end} beyond its {len(lines)} lines")
+            raise PatchRejected(
+                "line_range",
+                f"{path}: lines {e.line_start}-{e.line_end} beyond its {len(lines)} lines",
+            )
         if e.line_end - e.line_start + 1 > MAX_LINES_PER_EDIT:
-            raise PatchRejected("edit_too_large", f"{path}: {e.line_end - e.line_start + 1} lines > {MAX_LINES_PER_EDIT}")
+            raise PatchRejected(
+                "edit_too_large",
+                f"{path}: {e.line_end - e.line_start + 1} lines > {MAX_LINES_PER_EDIT}",
+            )
     for before, after in zip(line_edits, line_edits[1:]):
         if after.line_start <= before.line_end:
-            raise PatchRejected("overlapping_edits", f"{path}: lines {before.line_start}-{before.line_end} and {after.line_start}-{after.line_end}")
+            raise PatchRejected(
+                "overlapping_edits",
+                f"{path}: lines {before.line_start}-{before.line_end} and {after.line_start}-{after.line_end}",
+            )
     for e in reversed(line_edits):
         lines[e.line_start - 1 : e.line_end] = _as_lines(e.replacement)
     text = "".join(lines)
@@ -202,9 +224,14 @@ def plan_file(path: str, original: str | None, edits: list[PatchEdit], allow_cre
         if isinstance(e, SearchReplace):
             count = text.count(e.search)
             if count == 0:
-                raise PatchRejected("anchor_mismatch", f"{path}: search text not found: {e.search[:80]!r}")
+                raise PatchRejected(
+                    "anchor_mismatch", f"{path}: search text not found: {e.search[:80]!r}"
+                )
             if count > 1:
-                raise PatchRejected("anchor_ambiguous", f"{path}: search text occurs {count} times: {e.search[:80]!r}")
+                raise PatchRejected(
+                    "anchor_ambiguous",
+                    f"{path}: search text occurs {count} times: {e.search[:80]!r}",
+                )
             text = text.replace(e.search, e.replace, 1)
     return text
 

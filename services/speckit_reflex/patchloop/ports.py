@@ -51,7 +51,9 @@ class RouterPort(Protocol):
 
 
 class InferencePort(Protocol):
-    async def complete(self, request: inference_pb2.CompleteRequest, timeout_s: float) -> inference_pb2.CompleteReply:
+    async def complete(
+        self, request: inference_pb2.CompleteRequest, timeout_s: float
+    ) -> inference_pb2.CompleteReply:
         """The final reply of a streamed completion; raises ModelCallFailed."""
         ...
 
@@ -85,7 +87,9 @@ class GrpcInference:
     def __init__(self, channel: aio.Channel):
         self._stub = inference_pb2_grpc.InferenceStub(channel)
 
-    async def complete(self, request: inference_pb2.CompleteRequest, timeout_s: float) -> inference_pb2.CompleteReply:
+    async def complete(
+        self, request: inference_pb2.CompleteRequest, timeout_s: float
+    ) -> inference_pb2.CompleteReply:
         final: inference_pb2.CompleteReply | None = None
         try:
             async for chunk in self._stub.StreamComplete(request, timeout=timeout_s):
@@ -113,8 +117,15 @@ class CapsuleSessionHistory:
     escalation after max_failures does not start over.
     """
 
-    def __init__(self, channel: aio.Channel, *, window_s: float = 86_400.0, page_size: int = 1000,
-                 max_pages: int = 20, timeout_s: float = 2.0):
+    def __init__(
+        self,
+        channel: aio.Channel,
+        *,
+        window_s: float = 86_400.0,
+        page_size: int = 1000,
+        max_pages: int = 20,
+        timeout_s: float = 2.0,
+    ):
         self._stub = capsule_pb2_grpc.CapsuleStub(channel)
         self._window_s = window_s
         self._page_size = page_size
@@ -123,7 +134,10 @@ class CapsuleSessionHistory:
 
     async def consecutive_failures(self, session_id: str) -> int:
         req = capsule_pb2.QueryEventsRequest(
-            type=common_pb2.EVENT_TYPE_PATCH_ATTEMPT, session_id=session_id, page_size=self._page_size)
+            type=common_pb2.EVENT_TYPE_PATCH_ATTEMPT,
+            session_id=session_id,
+            page_size=self._page_size,
+        )
         req.since.FromMicroseconds(int((time.time() - self._window_s) * 1_000_000))
         count = 0
         try:
@@ -135,6 +149,9 @@ class CapsuleSessionHistory:
                     return count
                 req.page_token = reply.next_page_token
         except aio.AioRpcError as exc:
-            raise SessionHistoryUnavailable(f"capsule: {exc.code().name}: {exc.details()}") from None
+            raise SessionHistoryUnavailable(
+                f"capsule: {exc.code().name}: {exc.details()}"
+            ) from None
         raise SessionHistoryUnavailable(
-            f"more than {self._max_pages * self._page_size} attempts in the session's last {self._window_s:g} s")
+            f"more than {self._max_pages * self._page_size} attempts in the session's last {self._window_s:g} s"
+        )

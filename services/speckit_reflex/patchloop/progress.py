@@ -25,10 +25,28 @@ from speckit_reflex.patchloop.diagnostics import Diagnostic
 
 SYNTAX, TYPES, BORROWS = 0, 1, 2
 # Borrow-check (MIR) error codes: reported only after type checking passes.
-_BORROW_CODES = frozenset({
-    "E0373", "E0381", "E0382", "E0384", "E0499", "E0502", "E0503", "E0505", "E0506", "E0507",
-    "E0515", "E0521", "E0594", "E0596", "E0597", "E0712", "E0713", "E0716",
-})
+_BORROW_CODES = frozenset(
+    {
+        "E0373",
+        "E0381",
+        "E0382",
+        "E0384",
+        "E0499",
+        "E0502",
+        "E0503",
+        "E0505",
+        "E0506",
+        "E0507",
+        "E0515",
+        "E0521",
+        "E0594",
+        "E0596",
+        "E0597",
+        "E0712",
+        "E0713",
+        "E0716",
+    }
+)
 # Borrow-check messages that come without a code.
 _BORROW_MESSAGES = ("lifetime may not live long enough", "borrowed data escapes")
 
@@ -74,7 +92,9 @@ def judge_patch(before: CompileOutcome, after: CompileOutcome) -> Progress:
         new.append(f"{d.code + ': ' if d.code else ''}{d.message}")
     if new:
         shown = "; ".join(new[:3]) + (f" (+{len(new) - 3} more)" if len(new) > 3 else "")
-        return Progress(False, tuple(new), f"{n_before} -> {n_after} error(s), new: {shown}; reverted")
+        return Progress(
+            False, tuple(new), f"{n_before} -> {n_after} error(s), new: {shown}; reverted"
+        )
     if n_after < n_before or advanced:
         return Progress(True, (), f"{n_before} -> {n_after} error(s), none new; kept")
     return Progress(False, (), f"{n_before} -> {n_after} error(s), no progress; reverted")

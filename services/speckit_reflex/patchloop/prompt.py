@@ -60,7 +60,9 @@ def _windows(line_numbers: list[int], total: int) -> list[tuple[int, int]]:
     return spans or [(1, min(total, 2 * CONTEXT_LINES))]
 
 
-def file_excerpts(errors: list[Diagnostic], read: Callable[[str], str | None], resolve: Callable[[str], str]) -> str:
+def file_excerpts(
+    errors: list[Diagnostic], read: Callable[[str], str | None], resolve: Callable[[str], str]
+) -> str:
     """Numbered excerpts of every workspace file an error points at."""
     lines_by_file: dict[str, list[int]] = {}
     for d in errors:
@@ -107,13 +109,19 @@ def build_messages(
     feedback: list[FailedAttempt],
 ) -> list[dict[str, str]]:
     """Chat messages: stable system + context prefix, attempt feedback last."""
-    system = SYSTEM_PROMPT.format(max_edits=bounds.max_edits, replacement_chars=bounds.replacement_chars)
-    files = [line.removeprefix("FILE ") for line in excerpts.splitlines() if line.startswith("FILE ")]
+    system = SYSTEM_PROMPT.format(
+        max_edits=bounds.max_edits, replacement_chars=bounds.replacement_chars
+    )
+    files = [
+        line.removeprefix("FILE ") for line in excerpts.splitlines() if line.startswith("FILE ")
+    ]
     # The real path of the file to edit comes first, by name, so it is the one the model writes.
     target = f"The errors are in {' and '.join(files)}: edit {'that file' if len(files) == 1 else 'those files'}.\n\n"
     user = f"{target if files else ''}{excerpts}\nCOMPILER ERRORS\n{diagnostics}\n"
     if feedback:
         notes = "\n".join(f"- attempt {f.attempt}: {f.reason}: {f.detail}" for f in feedback[-4:])
-        user += f"\nEARLIER ATTEMPTS FAILED (they were undone; the files above are current)\n{notes}\n"
+        user += (
+            f"\nEARLIER ATTEMPTS FAILED (they were undone; the files above are current)\n{notes}\n"
+        )
     user += "\nReply with the JSON patch."
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]

@@ -25,7 +25,9 @@ ENV = "SPECKIT_WORKSPACE_ROOTS"
 
 class WorkspaceRoots:
     def __init__(self, roots: Sequence[str | Path]):
-        self.roots: tuple[Path, ...] = tuple(dict.fromkeys(Path(os.path.realpath(r)) for r in roots))
+        self.roots: tuple[Path, ...] = tuple(
+            dict.fromkeys(Path(os.path.realpath(r)) for r in roots)
+        )
 
     @classmethod
     def from_setting(cls, value: str, cwd: Path | None = None) -> WorkspaceRoots:
@@ -43,5 +45,9 @@ class WorkspaceRoots:
             if real == root or root in real.parents:
                 return real
         if not self.roots:
-            raise PermissionDenied(f"workspace: this server has no workspace roots; set {ENV} on the PatchLoop service")
-        raise PermissionDenied(f"workspace: {workspace!r} is outside the workspace roots of this server ({ENV})")
+            raise PermissionDenied(
+                f"workspace: this server has no workspace roots; set {ENV} on the PatchLoop service"
+            )
+        raise PermissionDenied(
+            f"workspace: {workspace!r} is outside the workspace roots of this server ({ENV})"
+        )

@@ -75,9 +75,21 @@ INIT = Path(__file__).with_name("sandbox_init.py")
 # what the linker and the dynamic loader read in /etc. Never all of /etc (it
 # holds /etc/shadow and service configuration).
 SYSTEM_PATHS = (
-    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
-    "/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/passwd", "/etc/group",
-    "/etc/nsswitch.conf", "/etc/localtime",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc/alternatives",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/nsswitch.conf",
+    "/etc/localtime",
 )
 # Files of CARGO_HOME a build must never read (registry tokens).
 CARGO_SECRETS = ("credentials", "credentials.toml")
@@ -116,8 +128,10 @@ def default_candidates() -> list[Candidate]:
         Candidate(("unshare", "--net", "--pid", "--fork", "--kill-child")),
         Candidate(("unshare", "--net")),
     ]
-    user = [Candidate((c.unshare[0], "--user", "--map-root-user", *c.unshare[1:]), c.fs, c.proc, c.caps)
-            for c in plain]
+    user = [
+        Candidate((c.unshare[0], "--user", "--map-root-user", *c.unshare[1:]), c.fs, c.proc, c.caps)
+        for c in plain
+    ]
     return [*plain, *user] if os.geteuid() == 0 else [*user, *plain]
 
 
@@ -160,19 +174,26 @@ class Sandbox:
                 if ok:
                     self._chosen = cand
                     break
-                failures.append(f"{' '.join(cand.unshare)}{' +' + self._init_flags(cand) if cand.uses_init else ''}: {why}")
+                failures.append(
+                    f"{' '.join(cand.unshare)}{' +' + self._init_flags(cand) if cand.uses_init else ''}: {why}"
+                )
             self._why = self._missing_reasons(failures)
             self._probed = True
         for layer in self.layers():
             (log.info if layer.active else log.warning)(
-                "build sandbox layer", extra={"fields": {"layer": layer.name, "active": layer.active,
-                                                         "detail": layer.detail}})
+                "build sandbox layer",
+                extra={
+                    "fields": {"layer": layer.name, "active": layer.active, "detail": layer.detail}
+                },
+            )
 
     def _try(self, cand: Candidate) -> tuple[bool, str]:
         env = self.environment(os.environ, {})
         argv = self.wrap(["true"], cwd=Path("/"), writable=[], environ=env, candidate=cand)
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=15, env=env, cwd="/")
+            proc = subprocess.run(
+                argv, capture_output=True, text=True, timeout=15, env=env, cwd="/"
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             return False, str(exc)
         if proc.returncode != 0:
@@ -181,41 +202,66 @@ class Sandbox:
 
     @staticmethod
     def _init_flags(cand: Candidate) -> str:
-        return ",".join(n for n, on in (("fs", cand.fs), ("proc", cand.proc), ("caps", cand.caps)) if on)
+        return ",".join(
+            n for n, on in (("fs", cand.fs), ("proc", cand.proc), ("caps", cand.caps)) if on
+        )
 
     def _missing_reasons(self, failures: list[str]) -> dict[str, str]:
         why = "; ".join(failures[-2:]) or "no configuration was tried"
-        return {"network": f"no network namespace on this host ({why})",
-                "pid": f"no PID namespace with its own /proc on this host ({why})",
-                "filesystem": f"no mount namespace with read-only binds on this host ({why})",
-                "capabilities": f"capabilities could not be dropped ({why})"}
+        return {
+            "network": f"no network namespace on this host ({why})",
+            "pid": f"no PID namespace with its own /proc on this host ({why})",
+            "filesystem": f"no mount namespace with read-only binds on this host ({why})",
+            "capabilities": f"capabilities could not be dropped ({why})",
+        }
 
     # -- what the host gives ---------------------------------------------------
 
     def layers(self) -> list[patchloop_pb2.SandboxLayer]:
         """Each layer, active or missing with why (probe first: this never blocks)."""
         if not self._probed:
-            return [patchloop_pb2.SandboxLayer(name=n, active=False, detail="not probed yet") for n in LAYERS]
+            return [
+                patchloop_pb2.SandboxLayer(name=n, active=False, detail="not probed yet")
+                for n in LAYERS
+            ]
         c = self._chosen or Candidate(())
         userns = " in a user namespace" if "--user" in c.unshare else ""
         active = {
             "network": (c.network, f"network namespace without interfaces{userns}"),
             "pid": (c.pid, "own PID namespace and /proc: a build sees only its own processes"),
-            "filesystem": (c.fs, "new root: toolchain and system read-only, only the scratch copy and its "
-                                 "target dir writable, private /tmp"),
+            "filesystem": (
+                c.fs,
+                "new root: toolchain and system read-only, only the scratch copy and its "
+                "target dir writable, private /tmp",
+            ),
             "capabilities": (c.caps, "all capabilities dropped, no_new_privs"),
             "environment": (True, "allow-listed variables, none that looks like a credential"),
-            "time_limit": (True, "process group killed at the limit" + (
-                "; the PID namespace takes every process with it" if "--pid" in c.unshare else "")),
+            "time_limit": (
+                True,
+                "process group killed at the limit"
+                + (
+                    "; the PID namespace takes every process with it"
+                    if "--pid" in c.unshare
+                    else ""
+                ),
+            ),
         }
-        return [patchloop_pb2.SandboxLayer(name=n, active=on, detail=detail if on else self._why.get(n, ""))
-                for n, (on, detail) in active.items()]
+        return [
+            patchloop_pb2.SandboxLayer(
+                name=n, active=on, detail=detail if on else self._why.get(n, "")
+            )
+            for n, (on, detail) in active.items()
+        ]
 
     @property
     def note(self) -> str:
         """Missing layers in one line ("" when every layer holds)."""
         missing = [f"{layer.name} ({layer.detail})" for layer in self.layers() if not layer.active]
-        return f"build sandbox incomplete on this host, missing: {'; '.join(missing)}" if missing else ""
+        return (
+            f"build sandbox incomplete on this host, missing: {'; '.join(missing)}"
+            if missing
+            else ""
+        )
 
     # -- running ---------------------------------------------------------------
 
@@ -232,8 +278,14 @@ class Sandbox:
         env.update(extra)
         return env
 
-    def wrap(self, command: Sequence[str], cwd: Path, writable: Sequence[Path], environ: Mapping[str, str],
-             candidate: Candidate | None = None) -> list[str]:
+    def wrap(
+        self,
+        command: Sequence[str],
+        cwd: Path,
+        writable: Sequence[Path],
+        environ: Mapping[str, str],
+        candidate: Candidate | None = None,
+    ) -> list[str]:
         """`command` as the sandbox runs it, with `writable` the only writable host paths.
         `environ` is the build's environment (from `environment`): its toolchain homes are bound."""
         cand = candidate or self._chosen
@@ -243,10 +295,28 @@ class Sandbox:
             return [*cand.unshare, *command]
         homes = {k: environ[k] for k in ("CARGO_HOME", "RUSTUP_HOME")}
         ro = [*SYSTEM_PATHS, *(os.path.realpath(h) for h in homes.values())]
-        spec = {"fs": cand.fs, "proc": cand.proc, "caps": cand.caps, "ro": ro,
-                "rw": [os.path.realpath(p) for p in writable], "cwd": os.path.realpath(cwd),
-                "masked": [os.path.join(os.path.realpath(homes["CARGO_HOME"]), n) for n in CARGO_SECRETS]}
-        return [*cand.unshare, "--", self._python, "-I", "-S", str(INIT), json.dumps(spec), "--", *command]
+        spec = {
+            "fs": cand.fs,
+            "proc": cand.proc,
+            "caps": cand.caps,
+            "ro": ro,
+            "rw": [os.path.realpath(p) for p in writable],
+            "cwd": os.path.realpath(cwd),
+            "masked": [
+                os.path.join(os.path.realpath(homes["CARGO_HOME"]), n) for n in CARGO_SECRETS
+            ],
+        }
+        return [
+            *cand.unshare,
+            "--",
+            self._python,
+            "-I",
+            "-S",
+            str(INIT),
+            json.dumps(spec),
+            "--",
+            *command,
+        ]
 
 
 class BuildRunner:
@@ -274,14 +344,23 @@ class BuildRunner:
         await asyncio.to_thread(self._sandbox.probe)
 
     def environment(self, target_dir: Path) -> dict[str, str]:
-        return self._sandbox.environment(self._environ, {
-            "CARGO_TARGET_DIR": os.path.realpath(target_dir),
-            "CARGO_NET_OFFLINE": "true",
-            "CARGO_TERM_COLOR": "never",
-        })
+        return self._sandbox.environment(
+            self._environ,
+            {
+                "CARGO_TARGET_DIR": os.path.realpath(target_dir),
+                "CARGO_NET_OFFLINE": "true",
+                "CARGO_TERM_COLOR": "never",
+            },
+        )
 
-    async def run(self, command: Sequence[str], cwd: Path, target_dir: Path, timeout_s: float,
-                  writable: Sequence[Path] | None = None) -> BuildResult:
+    async def run(
+        self,
+        command: Sequence[str],
+        cwd: Path,
+        target_dir: Path,
+        timeout_s: float,
+        writable: Sequence[Path] | None = None,
+    ) -> BuildResult:
         """Run `command` in `cwd`; only `writable` (default: cwd and target_dir)
         may be written; the whole process group is killed after `timeout_s`.
 
@@ -292,11 +371,15 @@ class BuildRunner:
         """
         await self.probe()
         env = self.environment(target_dir)
-        argv = self._sandbox.wrap(command, cwd, [cwd, target_dir] if writable is None else writable, env)
+        argv = self._sandbox.wrap(
+            command, cwd, [cwd, target_dir] if writable is None else writable, env
+        )
         build = _Process(argv, cwd, env)
         start = time.perf_counter()
         try:
-            out, err, timed_out = await asyncio.get_running_loop().run_in_executor(self._threads, build.run, timeout_s)
+            out, err, timed_out = await asyncio.get_running_loop().run_in_executor(
+                self._threads, build.run, timeout_s
+            )
         finally:
             # Cancelled: ending the group ends the waiting thread too. Clean
             # exit: a build can still leave background children behind.
@@ -326,8 +409,15 @@ class _Process:
         return None if self._proc is None else self._proc.returncode
 
     def run(self, timeout_s: float) -> tuple[bytes, bytes, bool]:
-        proc = subprocess.Popen(self._argv, cwd=str(self._cwd), env=self._env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        proc = subprocess.Popen(
+            self._argv,
+            cwd=str(self._cwd),
+            env=self._env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         with self._lock:
             self._proc = proc
             if self._ended:  # the run was cancelled while this process started

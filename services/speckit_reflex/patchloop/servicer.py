@@ -14,34 +14,39 @@ class PatchLoopServicer(patchloop_pb2_grpc.PatchLoopServicer):
     def __init__(self, loop: PatchLoop):
         self._loop = loop
 
-    async def Run(  # noqa: N802 (gRPC method name)
+    async def Run(
         self, request: patchloop_pb2.RunRequest, context: aio.ServicerContext
     ) -> AsyncIterator[patchloop_pb2.RunEvent]:
         async for event in self._loop.run(request):
             yield event
 
-    async def GetRun(  # noqa: N802
+    async def GetRun(
         self, request: patchloop_pb2.GetRunRequest, context: aio.ServicerContext
     ) -> patchloop_pb2.RunStatus:
         return self._loop.get_run(request.run_id)
 
-    async def GetBuildCache(  # noqa: N802
+    async def GetBuildCache(
         self, request: patchloop_pb2.GetBuildCacheRequest, context: aio.ServicerContext
     ) -> patchloop_pb2.BuildCacheInfo:
         info = await self._loop.build_cache_info()
         return patchloop_pb2.BuildCacheInfo(
-            dir=info.dir, enabled=info.enabled, size_bytes=info.size_bytes, max_bytes=info.max_bytes,
-            workspaces=info.workspaces, slots=info.slots,
+            dir=info.dir,
+            enabled=info.enabled,
+            size_bytes=info.size_bytes,
+            max_bytes=info.max_bytes,
+            workspaces=info.workspaces,
+            slots=info.slots,
         )
 
-    async def ClearBuildCache(  # noqa: N802
+    async def ClearBuildCache(
         self, request: patchloop_pb2.ClearBuildCacheRequest, context: aio.ServicerContext
     ) -> patchloop_pb2.ClearBuildCacheReply:
         done = await self._loop.clear_build_cache()
         return patchloop_pb2.ClearBuildCacheReply(
-            dir=done.dir, removed=done.removed, freed_bytes=done.freed_bytes, busy=done.busy)
+            dir=done.dir, removed=done.removed, freed_bytes=done.freed_bytes, busy=done.busy
+        )
 
-    async def GetBuildSettings(  # noqa: N802
+    async def GetBuildSettings(
         self, request: patchloop_pb2.GetBuildSettingsRequest, context: aio.ServicerContext
     ) -> patchloop_pb2.BuildSettings:
         return await self._loop.build_settings()

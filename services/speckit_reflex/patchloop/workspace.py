@@ -62,7 +62,9 @@ def checked_relative(root: Path, name: str) -> tuple[str, Path]:
     real_root = root.resolve()
     real = (real_root / pure).resolve()
     if real != real_root and real_root not in real.parents:
-        raise PatchRejected("path_escape", f"{name!r} resolves outside the workspace (through a symlink)")
+        raise PatchRejected(
+            "path_escape", f"{name!r} resolves outside the workspace (through a symlink)"
+        )
     rel = real.relative_to(real_root).as_posix()
     if rel in ("", "."):
         raise PatchRejected("path_escape", f"{name!r} names the workspace itself")
@@ -110,7 +112,9 @@ def _copy_file(src: str, dst: str, mode: int) -> int:
     """A new file at `dst` with the content of `src` (never a link to it)."""
     fd_in = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fd_out = os.open(
+            dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+        )
         try:
             size = os.fstat(fd_in).st_size
             done = 0
@@ -221,8 +225,9 @@ def contained_link(s_path: str, d_path: str, src: Path, dst: Path) -> str | None
     return os.path.relpath(dst / real.relative_to(src), os.path.dirname(d_path))
 
 
-def _sync_entry(s_path: str, d_path: str, rec: dict | None, stats: SyncStats,
-                roots: tuple[Path, Path]) -> dict | None:
+def _sync_entry(
+    s_path: str, d_path: str, rec: dict | None, stats: SyncStats, roots: tuple[Path, Path]
+) -> dict | None:
     """Bring one file or link of the copy level with the source; its manifest record."""
     s_st = os.lstat(s_path)
     if not (stat.S_ISREG(s_st.st_mode) or stat.S_ISLNK(s_st.st_mode)):
@@ -243,7 +248,12 @@ def _sync_entry(s_path: str, d_path: str, rec: dict | None, stats: SyncStats,
     src_key = [s_st.st_size, s_st.st_mtime_ns, s_st.st_mode]
     rec = rec or {}
     sha = rec["sha"] if rec.get("src") == src_key and "sha" in rec else _sha(s_path)
-    if d_st is not None and stat.S_ISREG(d_st.st_mode) and d_st.st_nlink == 1 and d_st.st_mode == s_st.st_mode:
+    if (
+        d_st is not None
+        and stat.S_ISREG(d_st.st_mode)
+        and d_st.st_nlink == 1
+        and d_st.st_mode == s_st.st_mode
+    ):
         d_key = [d_st.st_size, d_st.st_mtime_ns, d_st.st_ctime_ns, d_st.st_ino]
         # ctime cannot be set back by a process, so an unchanged stat means
         # nobody wrote the copy since the last sync.
@@ -256,7 +266,11 @@ def _sync_entry(s_path: str, d_path: str, rec: dict | None, stats: SyncStats,
     stats.bytes_copied += _copy_file(s_path, d_path, s_st.st_mode)
     stats.copied += 1
     d_st = os.lstat(d_path)
-    return {"src": src_key, "sha": sha, "dst": [d_st.st_size, d_st.st_mtime_ns, d_st.st_ctime_ns, d_st.st_ino]}
+    return {
+        "src": src_key,
+        "sha": sha,
+        "dst": [d_st.st_size, d_st.st_mtime_ns, d_st.st_ctime_ns, d_st.st_ino],
+    }
 
 
 def _open_parent(root: Path, rel: str) -> tuple[int, str]:
@@ -305,7 +319,12 @@ def _replace(root: Path, rel: str, data: bytes | None) -> None:
             mode = 0o644
         if data is None:
             return
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode, dir_fd=dir_fd)
+        fd = os.open(
+            name,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
+            mode,
+            dir_fd=dir_fd,
+        )
         with os.fdopen(fd, "wb") as f:
             f.write(data)
     finally:
@@ -368,7 +387,11 @@ class Scratch:
 
         Blocking file I/O: call it off the event loop.
         """
-        lease = cache.acquire(workspace, toolchain, profile) if cache is not None and cache.enabled else None
+        lease = (
+            cache.acquire(workspace, toolchain, profile)
+            if cache is not None and cache.enabled
+            else None
+        )
         if lease is not None:
             try:
                 stats = sync_tree(workspace, lease.ws, lease.manifest)
@@ -376,7 +399,15 @@ class Scratch:
                 lease.release()
                 raise
             state = patchloop_pb2.CACHE_STATE_WARM if lease.warm else patchloop_pb2.CACHE_STATE_COLD
-            return cls(workspace, lease.ws, lease.target, cache_state=state, lease=lease, cache=cache, sync=stats)
+            return cls(
+                workspace,
+                lease.ws,
+                lease.target,
+                cache_state=state,
+                lease=lease,
+                cache=cache,
+                sync=stats,
+            )
         temp = Path(tempfile.mkdtemp(prefix="speckit-patchloop-", dir=base_dir))
         try:
             stats = sync_tree(workspace, temp / "ws")
@@ -384,8 +415,14 @@ class Scratch:
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
             raise
-        return cls(workspace, temp / "ws", temp / "target", cache_state=patchloop_pb2.CACHE_STATE_OFF,
-                   temp_dir=temp, sync=stats)
+        return cls(
+            workspace,
+            temp / "ws",
+            temp / "target",
+            cache_state=patchloop_pb2.CACHE_STATE_OFF,
+            temp_dir=temp,
+            sync=stats,
+        )
 
     def resolve(self, name: str) -> str:
         return checked_relative(self.root, name)[0]
@@ -404,7 +441,11 @@ class Scratch:
             path = self.root / rel
             data = path.read_bytes() if path.is_file() else None
             synced = self.sync.digests.get(rel)
-            if data is not None and synced is not None and hashlib.sha256(data).hexdigest() != synced:
+            if (
+                data is not None
+                and synced is not None
+                and hashlib.sha256(data).hexdigest() != synced
+            ):
                 # A build (script) rewrote the copy since the sync: the loop
                 # works on, and would write back, the user's content only.
                 _, real = checked_relative(self.workspace, rel)
@@ -456,7 +497,10 @@ class Scratch:
             b = (after or b"").decode("utf-8", "replace").splitlines(keepends=True)
             chunks.extend(
                 difflib.unified_diff(
-                    a, b, fromfile=f"a/{rel}" if before is not None else "/dev/null", tofile=f"b/{rel}"
+                    a,
+                    b,
+                    fromfile=f"a/{rel}" if before is not None else "/dev/null",
+                    tofile=f"b/{rel}",
                 )
             )
         return "".join(chunks)
@@ -473,7 +517,9 @@ class Scratch:
             _, real = checked_relative(self.workspace, rel)
             now = real.read_bytes() if real.is_file() else None
             if now != before:
-                raise PatchRejected("workspace_changed", f"{rel} differs from the content the run started from")
+                raise PatchRejected(
+                    "workspace_changed", f"{rel} differs from the content the run started from"
+                )
         written = []
         for rel, (_, after) in changed.items():
             _, real = checked_relative(self.workspace, rel)

@@ -62,7 +62,7 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX):
             continue
-        keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__") if k]
+        keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__") if k]
         if not keys:
             continue
         raw = environ[name]
@@ -114,7 +114,9 @@ def snapshot(policy: Policy) -> dict[str, Any]:
                     "backends": [b.model_dump(mode="json") for b in reflex.effective_backends()],
                 },
                 "cloud": policy.routing.cloud.model_dump(mode="json"),
-                "roles": {k: v.model_dump(mode="json") for k, v in sorted(policy.routing.roles.items())},
+                "roles": {
+                    k: v.model_dump(mode="json") for k, v in sorted(policy.routing.roles.items())
+                },
                 "health": policy.routing.health.model_dump(mode="json"),
                 "verdicts": policy.routing.verdicts.model_dump(mode="json"),
             },

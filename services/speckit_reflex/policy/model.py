@@ -83,7 +83,9 @@ class Reflex(_Strict):
                 b if b.models else b.model_copy(update={"models": self.chain})
                 for b in self.backends
             ]
-        return [Backend(name="reflex", kind=self.runtime, endpoint=self.endpoint, models=self.chain)]
+        return [
+            Backend(name="reflex", kind=self.runtime, endpoint=self.endpoint, models=self.chain)
+        ]
 
     @model_validator(mode="after")
     def _unique_backend_names(self) -> Reflex:
@@ -262,7 +264,9 @@ class PatchLoopSettings(_Strict):
             if not _PROFILE_NAME_RE.match(name):
                 raise ValueError(f"profile name {name!r} must match {PROFILE_NAME}")
             if not argv or any(not a or "\x00" in a for a in argv):
-                raise ValueError(f"profile {name!r}: the command must be a non-empty list of non-empty strings")
+                raise ValueError(
+                    f"profile {name!r}: the command must be a non-empty list of non-empty strings"
+                )
         return profiles
 
     @field_validator("build_timeout_s")

@@ -31,7 +31,13 @@ class RouterService:
     name = "router"
     service_names = (router_pb2.DESCRIPTOR.services_by_name["Router"].full_name,)
 
-    def __init__(self, router: Router, refresher: CacheRefresher, events: EventSink, flush_timeout_s: float = 5.0):
+    def __init__(
+        self,
+        router: Router,
+        refresher: CacheRefresher,
+        events: EventSink,
+        flush_timeout_s: float = 5.0,
+    ):
         self.router = router
         self.refresher = refresher
         self.events = events
@@ -56,15 +62,22 @@ def build(ctx: ServiceContext) -> RouterService:
     policy = loaded.policy
     caches = RouterCaches()
     events = ctx.event_sink("router", capacity=policy.inference.event_buffer)
-    router = Router(RoutingEngine(loaded, caches), DecisionRecorder(events.emit), loaded, metrics=ctx.metrics,
-                    tracer=ctx.tracer)
+    router = Router(
+        RoutingEngine(loaded, caches),
+        DecisionRecorder(events.emit),
+        loaded,
+        metrics=ctx.metrics,
+        tracer=ctx.tracer,
+    )
     budget = policy.budget
     capped = bool(budget.cloud_max_calls or budget.cloud_max_tokens)
     refresher = CacheRefresher(
         caches,
         health=InferenceHealthSource(lambda: ctx.channel("inference")),
         verdicts=CapsuleVerdictSource(
-            lambda: ctx.channel("capsule"), policy.routing.verdicts.window, policy.routing.verdicts.min_samples
+            lambda: ctx.channel("capsule"),
+            policy.routing.verdicts.window,
+            policy.routing.verdicts.min_samples,
         ),
         usage=CapsuleUsageSource(lambda: ctx.channel("capsule"), budget.window) if capped else None,
         models=policy.routing.reflex.chain,
@@ -73,7 +86,9 @@ def build(ctx: ServiceContext) -> RouterService:
     )
     if ctx.metrics is not None:
         watch_event_sink(ctx.metrics, "router", events)
-        watch_verdicts(ctx.metrics, caches, policy.routing.reflex.chain, policy.routing.verdicts.stale_after_s)
+        watch_verdicts(
+            ctx.metrics, caches, policy.routing.reflex.chain, policy.routing.verdicts.stale_after_s
+        )
     return RouterService(router, refresher, events, flush_timeout_s=min(5.0, ctx.settings.grace_s))
 
 
@@ -87,7 +102,9 @@ def verdict_status(caches: RouterCaches, model: str, now: float, stale_after_s: 
     return "pass" if verdict.passed else "fail"
 
 
-def watch_verdicts(metrics: Metrics, caches: RouterCaches, models: list[str], stale_after_s: float) -> None:
+def watch_verdicts(
+    metrics: Metrics, caches: RouterCaches, models: list[str], stale_after_s: float
+) -> None:
     """speckit_model_verdict{model,status}: 1 for each chain model's current status, 0 for the others."""
 
     def samples() -> list[tuple[tuple[str, str], float]]:
@@ -98,5 +115,8 @@ def watch_verdicts(metrics: Metrics, caches: RouterCaches, models: list[str], st
             out.extend(((model, status), float(status == current)) for status in VERDICT_STATUSES)
         return out
 
-    metrics.state("speckit_model_verdict", "Bakeoff verdict the Router holds per chain model (1 = current status)",
-                  ["model", "status"]).add(samples)
+    metrics.state(
+        "speckit_model_verdict",
+        "Bakeoff verdict the Router holds per chain model (1 = current status)",
+        ["model", "status"],
+    ).add(samples)

@@ -94,7 +94,9 @@ class RouterCaches:
 
     def other_verdict(self, model: str, identity: str) -> Verdict | None:
         """A verdict of `model` formed on other weights than `identity`, if any."""
-        return next((v for (m, i), v in self._verdicts.items() if m == model and i != identity), None)
+        return next(
+            (v for (m, i), v in self._verdicts.items() if m == model and i != identity), None
+        )
 
     def identities_of(self, model: str) -> list[str]:
         """The weights the backends serving `model` report (one verdict is needed per identity)."""

@@ -36,8 +36,14 @@ class RouteRefused(FailedPrecondition):
 class Router:
     """Answers Decide from the engine and records every answer, refusals too."""
 
-    def __init__(self, engine: RoutingEngine, recorder: DecisionRecorder, policy: LoadedPolicy,
-                 metrics: Metrics | None = None, tracer: Tracer | None = None):
+    def __init__(
+        self,
+        engine: RoutingEngine,
+        recorder: DecisionRecorder,
+        policy: LoadedPolicy,
+        metrics: Metrics | None = None,
+        tracer: Tracer | None = None,
+    ):
         self._engine = engine
         self._recorder = recorder
         self._policy = policy
@@ -76,7 +82,9 @@ class Router:
             refused = route.refused
             self._metrics.routing_decisions(
                 "none" if refused else MODE_NAMES[route.mode],
-                reason_name(route.refusal if refused else route.reason), route.model).inc()
+                reason_name(route.refusal if refused else route.reason),
+                route.model,
+            ).inc()
         if route.refused:
             raise RouteRefused(decision)
         return decision
@@ -84,14 +92,16 @@ class Router:
 
 def _describe(span: Span, decision: Decision, req: router_pb2.DecideRequest) -> None:
     route = decision.route
-    span.set_attributes({
-        "speckit.decision_id": decision.decision_id,
-        "speckit.mode": "none" if route.refused else MODE_NAMES[route.mode],
-        "speckit.reason": reason_name(route.refusal if route.refused else route.reason),
-        "speckit.model": route.model,
-        "speckit.backend": route.backend,
-        "speckit.is_fallback": route.is_fallback,
-        "speckit.session_id": req.session_id,
-        "speckit.run_id": req.run_id,
-        "speckit.attempt": req.attempt,
-    })
+    span.set_attributes(
+        {
+            "speckit.decision_id": decision.decision_id,
+            "speckit.mode": "none" if route.refused else MODE_NAMES[route.mode],
+            "speckit.reason": reason_name(route.refusal if route.refused else route.reason),
+            "speckit.model": route.model,
+            "speckit.backend": route.backend,
+            "speckit.is_fallback": route.is_fallback,
+            "speckit.session_id": req.session_id,
+            "speckit.run_id": req.run_id,
+            "speckit.attempt": req.attempt,
+        }
+    )

@@ -54,7 +54,9 @@ R = common_pb2  # RoutingReason values live at module level of common_pb2
 REASON_NAMES: dict[int, str] = {
     v: n.removeprefix("ROUTING_REASON_").lower() for n, v in common_pb2.RoutingReason.items()
 }
-ROLE_KEYS: dict[int, str] = {v: n.removeprefix("ROLE_").lower() for n, v in common_pb2.Role.items() if v}
+ROLE_KEYS: dict[int, str] = {
+    v: n.removeprefix("ROLE_").lower() for n, v in common_pb2.Role.items() if v
+}
 _VALID_STAGES = frozenset(v for v in common_pb2.Stage.values() if v)
 MAX_MODEL_CHARS = 256
 _VALID_FORCE = frozenset({common_pb2.ROUTING_MODE_UNSPECIFIED, REFLEX, CLOUD})
@@ -135,7 +137,9 @@ class RoutingEngine:
     costs a few dictionary lookups.
     """
 
-    def __init__(self, loaded: LoadedPolicy, caches: RouterCaches, clock: Callable[[], float] = time.time):
+    def __init__(
+        self, loaded: LoadedPolicy, caches: RouterCaches, clock: Callable[[], float] = time.time
+    ):
         policy = loaded.policy
         reflex = policy.routing.reflex
         self._caches = caches
@@ -146,7 +150,14 @@ class RoutingEngine:
         self._require_verdict = reflex.require_verdict
         backends = reflex.effective_backends()
         self._chain = tuple(
-            _ChainLink(m, tuple(_Target(b.name, b.endpoint, health_key(b.name, m)) for b in backends if m in b.models))
+            _ChainLink(
+                m,
+                tuple(
+                    _Target(b.name, b.endpoint, health_key(b.name, m))
+                    for b in backends
+                    if m in b.models
+                ),
+            )
             for m in reflex.chain
         )
         self._links = {link.model: link for link in self._chain}
@@ -183,13 +194,19 @@ class RoutingEngine:
     def decide(self, req: router_pb2.DecideRequest) -> Route:
         """The route for one attempt. Raises InvalidArgument for a malformed request."""
         if req.role not in ROLE_KEYS:
-            raise InvalidArgument(f"role: {req.role} is not a known Role (ROLE_UNSPECIFIED is not allowed)")
+            raise InvalidArgument(
+                f"role: {req.role} is not a known Role (ROLE_UNSPECIFIED is not allowed)"
+            )
         if req.stage not in _VALID_STAGES:
-            raise InvalidArgument(f"stage: {req.stage} is not a known Stage (STAGE_UNSPECIFIED is not allowed)")
+            raise InvalidArgument(
+                f"stage: {req.stage} is not a known Stage (STAGE_UNSPECIFIED is not allowed)"
+            )
         if len(req.model) > MAX_MODEL_CHARS:
             raise InvalidArgument(f"model: longer than {MAX_MODEL_CHARS} characters")
         if req.force_mode not in _VALID_FORCE:
-            raise InvalidArgument("force_mode: only ROUTING_MODE_REFLEX, ROUTING_MODE_CLOUD or unspecified")
+            raise InvalidArgument(
+                "force_mode: only ROUTING_MODE_REFLEX, ROUTING_MODE_CLOUD or unspecified"
+            )
         now = self._clock()
         if req.model:
             return self._pinned(req, now)
@@ -202,7 +219,9 @@ class RoutingEngine:
     def _implementer(self, req: router_pb2.DecideRequest, now: float) -> Route:
         if req.force_mode == CLOUD:
             return self._to_cloud(
-                req, now, R.ROUTING_REASON_CLOUD_DEFAULT,
+                req,
+                now,
+                R.ROUTING_REASON_CLOUD_DEFAULT,
                 "force_mode=CLOUD: the request chose the cloud implementer (bakeoff trial)",
                 forced=True,
             )
@@ -211,24 +230,34 @@ class RoutingEngine:
         if req.stage != IMPLEMENT:
             stage = common_pb2.Stage.Name(req.stage)
             return self._to_cloud(
-                req, now, R.ROUTING_REASON_STAGE_NOT_IMPLEMENT,
+                req,
+                now,
+                R.ROUTING_REASON_STAGE_NOT_IMPLEMENT,
                 f"stage {stage} is not STAGE_IMPLEMENT: reflex applies only to the Implement stage",
             )
         if not self._enabled:
-            return self._to_cloud(req, now, R.ROUTING_REASON_REFLEX_DISABLED, "routing.reflex.enabled = false")
+            return self._to_cloud(
+                req, now, R.ROUTING_REASON_REFLEX_DISABLED, "routing.reflex.enabled = false"
+            )
         if req.consecutive_failures >= self._max_failures:
             return self._to_cloud(
-                req, now, R.ROUTING_REASON_MAX_FAILURES_REACHED,
+                req,
+                now,
+                R.ROUTING_REASON_MAX_FAILURES_REACHED,
                 f"{req.consecutive_failures} consecutive failed attempts >= routing.reflex.max_failures = "
                 f"{self._max_failures}",
-                is_fallback=True, reflex_fallback=True,
+                is_fallback=True,
+                reflex_fallback=True,
             )
         fired = self._implementer_rules.first_fired(req)
         if fired is not None:
             return self._to_cloud(
-                req, now, R.ROUTING_REASON_ESCALATION_PREDICATE,
+                req,
+                now,
+                R.ROUTING_REASON_ESCALATION_PREDICATE,
                 f"escalation predicate of role implementer fired: {fired.describe(req)}",
-                is_fallback=True, reflex_fallback=True,
+                is_fallback=True,
+                reflex_fallback=True,
             )
         skipped: list[Skip] = []
         for index, link in enumerate(self._chain):
@@ -237,33 +266,52 @@ class RoutingEngine:
                 reason, detail = self._verdict(link.model, now, target)
                 if reason == R.ROUTING_REASON_HEALTHY_AND_THRESHOLDS_MET:
                     return Route(
-                        req.role, req.stage, REFLEX, reason,
+                        req.role,
+                        req.stage,
+                        REFLEX,
+                        reason,
                         f"{link.model} on {target.name}: backend healthy, bakeoff thresholds met",
-                        link.model, target.name, target.endpoint,
-                        is_fallback=index > 0, skipped=tuple(skipped),
+                        link.model,
+                        target.name,
+                        target.endpoint,
+                        is_fallback=index > 0,
+                        skipped=tuple(skipped),
                     )
                 if not self._require_verdict:
                     return Route(
-                        req.role, req.stage, REFLEX, reason,
+                        req.role,
+                        req.stage,
+                        REFLEX,
+                        reason,
                         f"{link.model} on {target.name}: backend healthy; bakeoff verdict WAIVED by "
                         f"routing.reflex.require_verdict = false (serve --mode reflex): {reason_name(reason)}: "
                         f"{detail or 'no detail'}",
-                        link.model, target.name, target.endpoint,
-                        is_fallback=index > 0, skipped=tuple(skipped), verdict_waived=True,
+                        link.model,
+                        target.name,
+                        target.endpoint,
+                        is_fallback=index > 0,
+                        skipped=tuple(skipped),
+                        verdict_waived=True,
                     )
             skipped.append(Skip(link.model, target.name if target else "", reason, detail))
         primary = skipped[0]
         return self._to_cloud(
-            req, now, primary.reason,
+            req,
+            now,
+            primary.reason,
             f"no reflex model is routable; primary {primary.model}: {primary.detail}",
-            is_fallback=True, skipped=tuple(skipped), reflex_fallback=True,
+            is_fallback=True,
+            skipped=tuple(skipped),
+            reflex_fallback=True,
         )
 
     def _forced_reflex(self, req: router_pb2.DecideRequest, now: float) -> Route:
         # A bakeoff must be able to measure a model that has not passed yet,
         # so the verdict is reported but not required; health still is.
         if req.stage != IMPLEMENT:
-            raise InvalidArgument("force_mode=REFLEX needs stage STAGE_IMPLEMENT: reflex applies only to the Implement stage")
+            raise InvalidArgument(
+                "force_mode=REFLEX needs stage STAGE_IMPLEMENT: reflex applies only to the Implement stage"
+            )
         skipped: list[Skip] = []
         for index, link in enumerate(self._chain):
             target, reason, detail = self._serving_backend(link, now)
@@ -272,17 +320,32 @@ class RoutingEngine:
                 continue
             verdict, verdict_detail = self._verdict(link.model, now, target)
             return Route(
-                req.role, req.stage, REFLEX, verdict,
+                req.role,
+                req.stage,
+                REFLEX,
+                verdict,
                 f"force_mode=REFLEX (bakeoff trial): {link.model} on {target.name} healthy; bakeoff verdict "
                 f"not required ({reason_name(verdict)}: {verdict_detail or 'passed'})",
-                link.model, target.name, target.endpoint,
-                is_fallback=index > 0, skipped=tuple(skipped), forced=True,
+                link.model,
+                target.name,
+                target.endpoint,
+                is_fallback=index > 0,
+                skipped=tuple(skipped),
+                forced=True,
             )
         primary = skipped[0]
         detail = f"force_mode=REFLEX and no reflex model has a healthy backend; primary {primary.model}: {primary.detail}"
         return Route(
-            req.role, req.stage, REFLEX, primary.reason, detail,
-            is_fallback=True, skipped=tuple(skipped), forced=True, refusal=primary.reason, refusal_detail=detail,
+            req.role,
+            req.stage,
+            REFLEX,
+            primary.reason,
+            detail,
+            is_fallback=True,
+            skipped=tuple(skipped),
+            forced=True,
+            refusal=primary.reason,
+            refusal_detail=detail,
         )
 
     def _pinned(self, req: router_pb2.DecideRequest, now: float) -> Route:
@@ -294,29 +357,55 @@ class RoutingEngine:
         link = self._links.get(req.model)
         if link is not None:
             if req.stage != IMPLEMENT:
-                raise InvalidArgument(f"model: {req.model} is a reflex model; reflex applies only to STAGE_IMPLEMENT")
+                raise InvalidArgument(
+                    f"model: {req.model} is a reflex model; reflex applies only to STAGE_IMPLEMENT"
+                )
             target, reason, detail = self._serving_backend(link, now)
             if target is None:
                 detail = f"pinned model {link.model} has no healthy backend: {detail}"
-                return Route(req.role, req.stage, REFLEX, reason, detail, link.model, forced=True,
-                             refusal=reason, refusal_detail=detail)
+                return Route(
+                    req.role,
+                    req.stage,
+                    REFLEX,
+                    reason,
+                    detail,
+                    link.model,
+                    forced=True,
+                    refusal=reason,
+                    refusal_detail=detail,
+                )
             verdict, verdict_detail = self._verdict(link.model, now, target)
             return Route(
-                req.role, req.stage, REFLEX, verdict,
+                req.role,
+                req.stage,
+                REFLEX,
+                verdict,
                 f"model {link.model} pinned by the request, on {target.name} (healthy); bakeoff verdict not "
                 f"required ({reason_name(verdict)}: {verdict_detail or 'passed'})",
-                link.model, target.name, target.endpoint, forced=True,
+                link.model,
+                target.name,
+                target.endpoint,
+                forced=True,
             )
         if req.model == self._cloud_model:
-            return self._to_cloud(req, now, R.ROUTING_REASON_CLOUD_DEFAULT,
-                                  f"model {req.model} pinned by the request", forced=True)
+            return self._to_cloud(
+                req,
+                now,
+                R.ROUTING_REASON_CLOUD_DEFAULT,
+                f"model {req.model} pinned by the request",
+                forced=True,
+            )
         known = ", ".join([*self._links, self._cloud_model])
         raise InvalidArgument(f"model: {req.model!r} is not a model of the policy (known: {known})")
 
     def _serving_backend(self, link: _ChainLink, now: float) -> tuple[_Target | None, int, str]:
         """The first backend serving `link.model` with fresh healthy status."""
         if not link.backends:
-            return None, R.ROUTING_REASON_SERVER_UNHEALTHY, "no backend in routing.reflex.backends serves it"
+            return (
+                None,
+                R.ROUTING_REASON_SERVER_UNHEALTHY,
+                "no backend in routing.reflex.backends serves it",
+            )
         unknown: list[str] = []
         down: list[str] = []
         caches = self._caches
@@ -351,41 +440,66 @@ class RoutingEngine:
                 # -> re-run the bakeoff): no verdict was formed on them.
                 return R.ROUTING_REASON_THRESHOLDS_NOT_MET, (
                     f"model identity changed: the verdict was formed on {other.identity or 'unreported weights'}, "
-                    f"{target.name} now serves {serving or 'unreported weights'}; re-run the bakeoff{suffix}")
+                    f"{target.name} now serves {serving or 'unreported weights'}; re-run the bakeoff{suffix}"
+                )
             return R.ROUTING_REASON_STATUS_UNKNOWN, f"no bakeoff verdict yet{suffix}"
         if now - verdict.fetched_at > self._verdict_ttl:
-            return R.ROUTING_REASON_STATUS_UNKNOWN, f"bakeoff verdict older than {self._verdict_ttl:g} s{suffix}"
+            return (
+                R.ROUTING_REASON_STATUS_UNKNOWN,
+                f"bakeoff verdict older than {self._verdict_ttl:g} s{suffix}",
+            )
         if not verdict.passed:
-            return R.ROUTING_REASON_THRESHOLDS_NOT_MET, verdict.detail or "bakeoff thresholds not met"
+            return (
+                R.ROUTING_REASON_THRESHOLDS_NOT_MET,
+                verdict.detail or "bakeoff thresholds not met",
+            )
         return R.ROUTING_REASON_HEALTHY_AND_THRESHOLDS_MET, verdict.detail
 
     # -- other roles ---------------------------------------------------------
 
     def _other_role(self, req: router_pb2.DecideRequest, now: float) -> Route:
         if req.force_mode == REFLEX:
-            raise InvalidArgument("force_mode=REFLEX applies only to ROLE_IMPLEMENTER: reflex is a mode of the Implementer")
+            raise InvalidArgument(
+                "force_mode=REFLEX applies only to ROLE_IMPLEMENTER: reflex is a mode of the Implementer"
+            )
         route = self._roles.get(req.role)
         key = ROLE_KEYS[req.role]
         cloud_model = route.cloud_model if route else self._cloud_model
         if req.force_mode == CLOUD:
             return self._to_cloud(
-                req, now, R.ROUTING_REASON_CLOUD_DEFAULT, f"force_mode=CLOUD: the request chose the cloud model of {key}",
-                model=cloud_model, forced=True,
+                req,
+                now,
+                R.ROUTING_REASON_CLOUD_DEFAULT,
+                f"force_mode=CLOUD: the request chose the cloud model of {key}",
+                model=cloud_model,
+                forced=True,
             )
         if route is None or not route.local_model:
             return self._to_cloud(
-                req, now, R.ROUTING_REASON_CLOUD_DEFAULT, f"role {key} has no local model in routing.roles",
+                req,
+                now,
+                R.ROUTING_REASON_CLOUD_DEFAULT,
+                f"role {key} has no local model in routing.roles",
                 model=cloud_model,
             )
         fired = route.rules.first_fired(req)
         if fired is not None:
             return self._to_cloud(
-                req, now, R.ROUTING_REASON_ESCALATION_PREDICATE,
-                f"escalation predicate of role {key} fired: {fired.describe(req)}", model=cloud_model,
+                req,
+                now,
+                R.ROUTING_REASON_ESCALATION_PREDICATE,
+                f"escalation predicate of role {key} fired: {fired.describe(req)}",
+                model=cloud_model,
             )
         return Route(
-            req.role, req.stage, LOCAL, R.ROUTING_REASON_LOCAL_DEFAULT,
-            f"no escalation predicate of role {key} fired", route.local_model, route.local.name, route.local.endpoint,
+            req.role,
+            req.stage,
+            LOCAL,
+            R.ROUTING_REASON_LOCAL_DEFAULT,
+            f"no escalation predicate of role {key} fired",
+            route.local_model,
+            route.local.name,
+            route.local.endpoint,
         )
 
     # -- cloud guards ----------------------------------------------------------
@@ -404,18 +518,29 @@ class RoutingEngine:
         reflex_fallback: bool = False,
     ) -> Route:
         route = Route(
-            req.role, req.stage, CLOUD, reason, detail, model or self._cloud_model, self._cloud.name,
-            self._cloud.endpoint, is_fallback=is_fallback, skipped=skipped, forced=forced,
+            req.role,
+            req.stage,
+            CLOUD,
+            reason,
+            detail,
+            model or self._cloud_model,
+            self._cloud.name,
+            self._cloud.endpoint,
+            is_fallback=is_fallback,
+            skipped=skipped,
+            forced=forced,
         )
         if self._local_only or req.local_only:
             who = "policy privacy.local_only" if self._local_only else "request local_only"
             return replace(
-                route, refusal=R.ROUTING_REASON_LOCAL_ONLY_FORBIDS_CLOUD,
+                route,
+                refusal=R.ROUTING_REASON_LOCAL_ONLY_FORBIDS_CLOUD,
                 refusal_detail=f"{who} = true forbids the cloud route ({reason_name(reason)}: {detail})",
             )
         if reflex_fallback and not self._fallback_to_cloud:
             return replace(
-                route, refusal=reason,
+                route,
+                refusal=reason,
                 refusal_detail=f"{detail}; routing.reflex.fallback_to_cloud = false forbids the cloud fallback",
             )
         over = self._budget_exceeded(now)

@@ -34,7 +34,12 @@ def _rare_payload(route: Route) -> dict[str, object]:
     payload: dict[str, object] = {}
     if route.skipped:
         payload["skipped"] = [
-            {"model": s.model, "backend": s.backend, "reason": reason_name(s.reason), "detail": s.detail}
+            {
+                "model": s.model,
+                "backend": s.backend,
+                "reason": reason_name(s.reason),
+                "detail": s.detail,
+            }
             for s in route.skipped
         ]
     if route.forced:
@@ -92,9 +97,17 @@ class DecisionRecorder:
         if route.degraded:
             self._audit(decision, event, req)
 
-    def _audit(self, decision: Decision, event: common_pb2.Event, req: router_pb2.DecideRequest) -> None:
+    def _audit(
+        self, decision: Decision, event: common_pb2.Event, req: router_pb2.DecideRequest
+    ) -> None:
         route = decision.route
-        kind = "routing_refusal" if route.refused else "verdict_waived" if route.verdict_waived else "routing_fallback"
+        kind = (
+            "routing_refusal"
+            if route.refused
+            else "verdict_waived"
+            if route.verdict_waived
+            else "routing_fallback"
+        )
         audit = common_pb2.Event()
         audit.CopyFrom(event)
         audit.id = str(uuid.uuid4())

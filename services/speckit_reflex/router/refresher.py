@@ -24,7 +24,13 @@ import grpc
 from grpc import aio
 
 from speckit_reflex.router.caches import BackendStatus, CloudUsage, RouterCaches, Verdict
-from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, common_pb2, inference_pb2, inference_pb2_grpc
+from speckit_reflex.v1 import (
+    capsule_pb2,
+    capsule_pb2_grpc,
+    common_pb2,
+    inference_pb2,
+    inference_pb2_grpc,
+)
 
 log = logging.getLogger("speckit.router.refresh")
 
@@ -91,20 +97,33 @@ class CapsuleVerdictSource:
         stub = capsule_pb2_grpc.CapsuleStub(self._channel())
         reply = await stub.CheckThresholds(
             capsule_pb2.CheckThresholdsRequest(
-                window=capsule_pb2.Window(since=self._window), min_samples=self._min_samples, model=model,
+                window=capsule_pb2.Window(since=self._window),
+                min_samples=self._min_samples,
+                model=model,
                 model_identity=identity,
             ),
             timeout=self._timeout_s,
         )
         detail = "; ".join(f.message for f in reply.failures) if not reply.passed else ""
-        return Verdict(model=model, passed=reply.passed, fetched_at=self._clock(), detail=detail, identity=identity)
+        return Verdict(
+            model=model,
+            passed=reply.passed,
+            fetched_at=self._clock(),
+            detail=detail,
+            identity=identity,
+        )
 
 
 class CapsuleUsageSource:
     """Cloud calls and tokens in the budget window, from Capsule."""
 
-    def __init__(self, channel: ChannelFactory, window: str, timeout_s: float = 5.0,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        channel: ChannelFactory,
+        window: str,
+        timeout_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ):
         self._channel = channel
         self._window = window
         self._timeout_s = timeout_s
@@ -119,7 +138,9 @@ class CapsuleUsageSource:
             timeout=self._timeout_s,
         )
         return CloudUsage(
-            calls=reply.calls, tokens=reply.prompt_tokens + reply.completion_tokens, fetched_at=self._clock()
+            calls=reply.calls,
+            tokens=reply.prompt_tokens + reply.completion_tokens,
+            fetched_at=self._clock(),
         )
 
 
@@ -161,7 +182,7 @@ class CacheRefresher:
         now, not a verdict interval later; returns those (model, identity)."""
         try:
             statuses = await self._health.fetch()
-        except Exception as exc:  # noqa: BLE001 - any failure means "unknown", never a crash
+        except Exception as exc:
             self._caches.health_error = self._note("health", self._caches.health_error, exc)
             return set()
         self._caches.set_health(statuses)
@@ -175,12 +196,14 @@ class CacheRefresher:
 
     async def refresh_verdicts(self, skip: Collection[tuple[str, str]] = ()) -> None:
         """One verdict per chain model and served identity, fetched concurrently."""
-        await asyncio.gather(*(self._refresh_verdict(m, i) for m, i in self._served() if (m, i) not in skip))
+        await asyncio.gather(
+            *(self._refresh_verdict(m, i) for m, i in self._served() if (m, i) not in skip)
+        )
 
     async def _refresh_verdict(self, model: str, identity: str) -> None:
         try:
             verdict = await self._verdicts.fetch(model, identity)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors = self._caches.verdict_errors
             errors[model] = self._note(f"verdict {model}", errors.get(model, ""), exc)
             return
@@ -192,7 +215,7 @@ class CacheRefresher:
             return
         try:
             usage = await self._usage.fetch()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._caches.usage_error = self._note("usage", self._caches.usage_error, exc)
             return
         self._caches.set_usage(usage)
@@ -207,7 +230,9 @@ class CacheRefresher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.refresh_all(), first_refresh_timeout_s)
         self._tasks = [
-            asyncio.create_task(self._every(self._health_interval_s, self.refresh_health), name="router-health"),
+            asyncio.create_task(
+                self._every(self._health_interval_s, self.refresh_health), name="router-health"
+            ),
             asyncio.create_task(
                 self._every(self._verdict_interval_s, self._refresh_capsule), name="router-verdicts"
             ),
@@ -234,5 +259,7 @@ class CacheRefresher:
     def _note(what: str, previous: str, exc: BaseException) -> str:
         message = describe_error(exc)
         if message != previous:  # log changes, not every failed round
-            log.warning("router cache refresh failed", extra={"fields": {"source": what, "error": message}})
+            log.warning(
+                "router cache refresh failed", extra={"fields": {"source": what, "error": message}}
+            )
         return message

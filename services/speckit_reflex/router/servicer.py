@@ -13,12 +13,19 @@ from speckit_reflex.v1 import router_pb2, router_pb2_grpc
 # number checks on every field. The ids land in Capsule (session_id is
 # indexed there), the counts in its 32-bit columns.
 DECIDE: Rules = {
-    "session_id": Text(256), "run_id": Text(128), "model": Text(256), "attempt": Range(0, 1_000_000),
-    "consecutive_failures": Range(0, 1_000_000), "context_estimate": Range(0, 10**12), "confidence": Range(0, 1),
+    "session_id": Text(256),
+    "run_id": Text(128),
+    "model": Text(256),
+    "attempt": Range(0, 1_000_000),
+    "consecutive_failures": Range(0, 1_000_000),
+    "context_estimate": Range(0, 10**12),
+    "confidence": Range(0, 1),
 }
 
 
-def decision_to_proto(decision: Decision, req: router_pb2.DecideRequest) -> router_pb2.RoutingDecision:
+def decision_to_proto(
+    decision: Decision, req: router_pb2.DecideRequest
+) -> router_pb2.RoutingDecision:
     """The wire form of a decision."""
     r = decision.route
     return router_pb2.RoutingDecision(
@@ -49,13 +56,13 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     def __init__(self, router: Router):
         self._router = router
 
-    async def Decide(  # noqa: N802 - gRPC method name
+    async def Decide(
         self, request: router_pb2.DecideRequest, context: aio.ServicerContext
     ) -> router_pb2.RoutingDecision:
         check_message(request, DECIDE)
         return decision_to_proto(self._router.decide(request), request)
 
-    async def GetPolicy(  # noqa: N802
+    async def GetPolicy(
         self, request: router_pb2.GetPolicyRequest, context: aio.ServicerContext
     ) -> router_pb2.PolicySnapshot:
         p = self._router.policy

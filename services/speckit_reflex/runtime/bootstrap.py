@@ -68,15 +68,20 @@ class ServiceContext:
                 max_message_bytes=s.max_message_bytes,
             )
             self._channels[service] = open_channel(
-                cfg, self.tracing.client_interceptors() if self.tracing is not None else ())
+                cfg, self.tracing.client_interceptors() if self.tracing is not None else ()
+            )
         return self._channels[service]
 
     def event_sink(self, service: str, capacity: int) -> EventSink:
         """The service's sink of events to Capsule; what Capsule refuses for
         good lands in SPECKIT_HOME/dead-letter/<service>-events.jsonl."""
         path = self.settings.home / "dead-letter" / f"{service}-events.jsonl"
-        return EventSink(lambda: self.channel("capsule"), capacity=capacity, stamp=self.stamp,
-                         dead_letters=DeadLetters(path, service))
+        return EventSink(
+            lambda: self.channel("capsule"),
+            capacity=capacity,
+            stamp=self.stamp,
+            dead_letters=DeadLetters(path, service),
+        )
 
     async def close(self) -> None:
         for ch in self._channels.values():
@@ -98,7 +103,11 @@ def build_service(name: str, ctx: ServiceContext) -> GrpcService:
 
 
 async def start_services(
-    names: list[str], settings: RuntimeSettings, policy: LoadedPolicy | None = None, *, insecure: bool = False,
+    names: list[str],
+    settings: RuntimeSettings,
+    policy: LoadedPolicy | None = None,
+    *,
+    insecure: bool = False,
     tracing: Tracing | None = None,
 ) -> tuple[ServiceContext, list[RunningServer]]:
     """Start the named services (in dependency order) and return them running.
@@ -108,9 +117,15 @@ async def start_services(
     """
     policy = policy or load_policy(settings.policy or None)
     if tracing is None:
-        tracing = Tracing.from_env(names[0] if len(names) == 1 else "reflex")  # none: serve openai alone
-    ctx = ServiceContext(settings=settings, policy=policy, metrics=Metrics() if settings.metrics_addr else None,
-                         tracing=tracing)
+        tracing = Tracing.from_env(
+            names[0] if len(names) == 1 else "reflex"
+        )  # none: serve openai alone
+    ctx = ServiceContext(
+        settings=settings,
+        policy=policy,
+        metrics=Metrics() if settings.metrics_addr else None,
+        tracing=tracing,
+    )
     for name in names:
         check_exposure(name, settings.addr_of(name), settings, insecure)
     running: list[RunningServer] = []
@@ -120,8 +135,13 @@ async def start_services(
                 continue
             service = build_service(name, ctx)
             server = await create_server(
-                service, settings.addr_of(name), settings, insecure=insecure, metrics=ctx.metrics,
-                tracing=ctx.tracing)
+                service,
+                settings.addr_of(name),
+                settings,
+                insecure=insecure,
+                metrics=ctx.metrics,
+                tracing=ctx.tracing,
+            )
             ctx.addresses[name] = server.address
             running.append(server)
         if ctx.metrics is not None:

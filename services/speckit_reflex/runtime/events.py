@@ -46,11 +46,18 @@ from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, common_pb2
 log = logging.getLogger("speckit.events")
 
 # Answers that say nothing about the batch itself: retry it unchanged.
-RETRIED_CODES = frozenset({
-    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
-    grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.FAILED_PRECONDITION,
-})
+RETRIED_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+)
 
 
 def _event_doc(event: common_pb2.Event) -> dict[str, object]:
@@ -87,7 +94,9 @@ class DeadLetters:
         """Append one event with why it was refused; False if the file could not be written."""
         line = {
             "at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-            "service": self._service, "code": code, "reason": redact_text(reason),
+            "service": self._service,
+            "code": code,
+            "reason": redact_text(reason),
             "event": redact(_event_doc(event)),
         }
         try:
@@ -98,7 +107,10 @@ class DeadLetters:
             finally:
                 os.close(fd)
         except OSError as exc:
-            log.error("dead-letter file not writable", extra={"fields": {"path": str(self.path), "error": str(exc)}})
+            log.error(
+                "dead-letter file not writable",
+                extra={"fields": {"path": str(self.path), "error": str(exc)}},
+            )
             return False
         return True
 
@@ -167,7 +179,10 @@ class EventSink:
             self._buffer.popleft()
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.warning("event buffer full, dropping oldest", extra={"fields": {"dropped": self.dropped}})
+                log.warning(
+                    "event buffer full, dropping oldest",
+                    extra={"fields": {"dropped": self.dropped}},
+                )
         self._buffer.append(event)
         if len(self._buffer) >= self._batch_size:
             self._wake.set()
@@ -202,7 +217,8 @@ class EventSink:
                 if self._stub is None:
                     self._stub = capsule_pb2_grpc.CapsuleStub(self._channel_factory())
                 await self._stub.AppendEvents(
-                    capsule_pb2.AppendEventsRequest(events=self._inflight), timeout=self._rpc_timeout_s
+                    capsule_pb2.AppendEventsRequest(events=self._inflight),
+                    timeout=self._rpc_timeout_s,
                 )
                 self.sent += len(self._inflight)
                 self._inflight = []
@@ -212,7 +228,10 @@ class EventSink:
                     # A refusal, not an outage: retrying as is would never succeed.
                     self._split_refused(exc)
                     continue
-                log.warning("capsule unreachable, will retry", extra={"fields": {"code": exc.code().name, "backoff_s": backoff}})
+                log.warning(
+                    "capsule unreachable, will retry",
+                    extra={"fields": {"code": exc.code().name, "backoff_s": backoff}},
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff_s)
 
@@ -243,9 +262,20 @@ class EventSink:
             self.dead_lettered += 1
         else:
             self.dropped += 1
-        log.error("capsule refused an event for good", extra={"fields": {
-            "event_id": event.id, "bytes": event.ByteSize(), "code": code, "error": redact_text(why),
-            "dead_letter": str(self._dead_letters.path) if kept and self._dead_letters else "none (dropped)"}})
+        log.error(
+            "capsule refused an event for good",
+            extra={
+                "fields": {
+                    "event_id": event.id,
+                    "bytes": event.ByteSize(),
+                    "code": code,
+                    "error": redact_text(why),
+                    "dead_letter": str(self._dead_letters.path)
+                    if kept and self._dead_letters
+                    else "none (dropped)",
+                }
+            },
+        )
 
     async def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until everything queued so far is delivered (or timeout)."""
@@ -268,4 +298,6 @@ class EventSink:
             pass
         self._task = None
         if self.pending:
-            log.warning("events not delivered at shutdown", extra={"fields": {"count": self.pending}})
+            log.warning(
+                "events not delivered at shutdown", extra={"fields": {"count": self.pending}}
+            )

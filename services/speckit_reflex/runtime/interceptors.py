@@ -18,13 +18,19 @@ log = logging.getLogger("speckit.rpc")
 
 # Health and reflection stay reachable without a token so that probes and
 # load balancers work; they reveal nothing but service names.
-_OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
-                  "/grpc.reflection.v1.ServerReflection/")
+_OPEN_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
 
 
 async def _abort_for(exc: Exception, method: str, context: aio.ServicerContext) -> None:
     if isinstance(exc, DomainError):
-        log.info("rpc failed", extra={"fields": {"method": method, "code": exc.code.name, "error": exc.message}})
+        log.info(
+            "rpc failed",
+            extra={"fields": {"method": method, "code": exc.code.name, "error": exc.message}},
+        )
         await context.abort(exc.code, exc.message)
     # A bug: the traceback stays in the server log; the caller gets a reference.
     ref = uuid.uuid4().hex[:12]
@@ -159,5 +165,9 @@ def _deny_handler(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandle
     deser = handler.request_deserializer if handler else None
     ser = handler.response_serializer if handler else None
     if handler is not None and handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(deny_stream, request_deserializer=deser, response_serializer=ser)
-    return grpc.unary_unary_rpc_method_handler(deny_unary, request_deserializer=deser, response_serializer=ser)
+        return grpc.unary_stream_rpc_method_handler(
+            deny_stream, request_deserializer=deser, response_serializer=ser
+        )
+    return grpc.unary_unary_rpc_method_handler(
+        deny_unary, request_deserializer=deser, response_serializer=ser
+    )

@@ -47,6 +47,7 @@ def check_listen_address(addr: str, what: str = "") -> None:
                 if exc.errno == errno.EADDRINUSE:
                     who = f"{what}: " if what else ""
                     raise AddressInUse(
-                        errno.EADDRINUSE, f"{who}port {port} is already in use ({addr}); stop what listens there "
-                        "or choose another address"
+                        errno.EADDRINUSE,
+                        f"{who}port {port} is already in use ({addr}); stop what listens there "
+                        "or choose another address",
                     ) from None

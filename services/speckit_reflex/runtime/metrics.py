@@ -23,14 +23,39 @@ from typing import Any
 
 import grpc
 from grpc import aio
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 log = logging.getLogger("speckit.metrics")
 
 # Bucket bounds in seconds, per kind of duration measured.
-RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+RPC_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 MODEL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 BUILD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
@@ -91,43 +116,109 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self._states: dict[str, _StateFamily] = {}
-        self.rpc_handled = _Children(Counter(
-            "speckit_rpc_server_handled", "RPCs completed by the server, by status code",
-            ["service", "method", "code"], registry=r))
-        self.rpc_seconds = _Children(Histogram(
-            "speckit_rpc_server_handling_seconds", "Time from an RPC's arrival to its last response",
-            ["service", "method"], buckets=RPC_BUCKETS, registry=r))
-        self.routing_decisions = _Children(Counter(
-            "speckit_routing_decisions", "Router decisions (refusals have mode \"none\")",
-            ["mode", "reason", "model"], registry=r))
-        self.model_calls = _Children(Counter(
-            "speckit_model_calls", "Model calls by the Inference Adapter",
-            ["backend", "model", "outcome", "schema_valid"], registry=r))
-        self.model_ttft = _Children(Histogram(
-            "speckit_model_ttft_seconds", "Time to first token of a model call",
-            ["backend", "model"], buckets=TTFT_BUCKETS, registry=r))
-        self.model_seconds = _Children(Histogram(
-            "speckit_model_call_seconds", "Whole model call, retries and failover included",
-            ["backend", "model"], buckets=MODEL_BUCKETS, registry=r))
-        self.model_tokens = _Children(Counter(
-            "speckit_model_tokens", "Tokens of model calls (kind: prompt, completion, cached)",
-            ["backend", "model", "kind"], registry=r))
-        self.patchloop_runs = _Children(Counter(
-            "speckit_patchloop_runs", "PatchLoop runs finished, by outcome", ["outcome"], registry=r))
-        self.build_seconds = _Children(Histogram(
-            "speckit_patchloop_build_seconds", "One build (step: compile or verify) in the sandbox",
-            ["step"], buckets=BUILD_BUCKETS, registry=r))
+        self.rpc_handled = _Children(
+            Counter(
+                "speckit_rpc_server_handled",
+                "RPCs completed by the server, by status code",
+                ["service", "method", "code"],
+                registry=r,
+            )
+        )
+        self.rpc_seconds = _Children(
+            Histogram(
+                "speckit_rpc_server_handling_seconds",
+                "Time from an RPC's arrival to its last response",
+                ["service", "method"],
+                buckets=RPC_BUCKETS,
+                registry=r,
+            )
+        )
+        self.routing_decisions = _Children(
+            Counter(
+                "speckit_routing_decisions",
+                'Router decisions (refusals have mode "none")',
+                ["mode", "reason", "model"],
+                registry=r,
+            )
+        )
+        self.model_calls = _Children(
+            Counter(
+                "speckit_model_calls",
+                "Model calls by the Inference Adapter",
+                ["backend", "model", "outcome", "schema_valid"],
+                registry=r,
+            )
+        )
+        self.model_ttft = _Children(
+            Histogram(
+                "speckit_model_ttft_seconds",
+                "Time to first token of a model call",
+                ["backend", "model"],
+                buckets=TTFT_BUCKETS,
+                registry=r,
+            )
+        )
+        self.model_seconds = _Children(
+            Histogram(
+                "speckit_model_call_seconds",
+                "Whole model call, retries and failover included",
+                ["backend", "model"],
+                buckets=MODEL_BUCKETS,
+                registry=r,
+            )
+        )
+        self.model_tokens = _Children(
+            Counter(
+                "speckit_model_tokens",
+                "Tokens of model calls (kind: prompt, completion, cached)",
+                ["backend", "model", "kind"],
+                registry=r,
+            )
+        )
+        self.patchloop_runs = _Children(
+            Counter(
+                "speckit_patchloop_runs",
+                "PatchLoop runs finished, by outcome",
+                ["outcome"],
+                registry=r,
+            )
+        )
+        self.build_seconds = _Children(
+            Histogram(
+                "speckit_patchloop_build_seconds",
+                "One build (step: compile or verify) in the sandbox",
+                ["step"],
+                buckets=BUILD_BUCKETS,
+                registry=r,
+            )
+        )
         self.capsule_ingest_seconds = Histogram(
-            "speckit_capsule_ingest_seconds", "One AppendEvents batch: validation, capture and insert",
-            buckets=DB_BUCKETS, registry=r)
-        self.capsule_events = _Children(Counter(
-            "speckit_capsule_events_ingested", "Events offered to Capsule (result: inserted or duplicate)",
-            ["result"], registry=r))
-        self.capsule_query_seconds = _Children(Histogram(
-            "speckit_capsule_query_seconds", "Capsule reads (query: events, stats, thresholds, usage)",
-            ["query"], buckets=DB_BUCKETS, registry=r))
+            "speckit_capsule_ingest_seconds",
+            "One AppendEvents batch: validation, capture and insert",
+            buckets=DB_BUCKETS,
+            registry=r,
+        )
+        self.capsule_events = _Children(
+            Counter(
+                "speckit_capsule_events_ingested",
+                "Events offered to Capsule (result: inserted or duplicate)",
+                ["result"],
+                registry=r,
+            )
+        )
+        self.capsule_query_seconds = _Children(
+            Histogram(
+                "speckit_capsule_query_seconds",
+                "Capsule reads (query: events, stats, thresholds, usage)",
+                ["query"],
+                buckets=DB_BUCKETS,
+                registry=r,
+            )
+        )
 
-    def state(self, name: str, documentation: str, labels: Sequence[str], kind: str = "gauge") -> _StateFamily:
+    def state(
+        self, name: str, documentation: str, labels: Sequence[str], kind: str = "gauge"
+    ) -> _StateFamily:
         """The scrape-time family `name` (created on first use); add sources to it."""
         family = self._states.get(name)
         if family is None:
@@ -141,14 +232,24 @@ class Metrics:
 
 def watch_event_sink(metrics: Metrics, service: str, sink: Any) -> None:
     """Backlog and delivery counters of a service's EventSink, read at scrape time."""
-    metrics.state("speckit_event_sink_backlog", "Events queued or in flight to Capsule",
-                  ["service"]).add(lambda: [((service,), sink.pending)])
-    metrics.state("speckit_event_sink_sent", "Events delivered to Capsule", ["service"],
-                  "counter").add(lambda: [((service,), sink.sent)])
-    metrics.state("speckit_event_sink_dropped", "Events dropped (buffer full, or refused by Capsule)",
-                  ["service"], "counter").add(lambda: [((service,), sink.dropped)])
-    metrics.state("speckit_event_sink_dead_lettered", "Events Capsule refused for good, kept in the dead-letter file",
-                  ["service"], "counter").add(lambda: [((service,), sink.dead_lettered)])
+    metrics.state(
+        "speckit_event_sink_backlog", "Events queued or in flight to Capsule", ["service"]
+    ).add(lambda: [((service,), sink.pending)])
+    metrics.state(
+        "speckit_event_sink_sent", "Events delivered to Capsule", ["service"], "counter"
+    ).add(lambda: [((service,), sink.sent)])
+    metrics.state(
+        "speckit_event_sink_dropped",
+        "Events dropped (buffer full, or refused by Capsule)",
+        ["service"],
+        "counter",
+    ).add(lambda: [((service,), sink.dropped)])
+    metrics.state(
+        "speckit_event_sink_dead_lettered",
+        "Events Capsule refused for good, kept in the dead-letter file",
+        ["service"],
+        "counter",
+    ).add(lambda: [((service,), sink.dead_lettered)])
 
 
 # -- the RPC interceptor ---------------------------------------------------------------
@@ -219,8 +320,10 @@ class RpcMetricsInterceptor(aio.ServerInterceptor):
                     done(started, context, failure)
 
             return grpc.unary_unary_rpc_method_handler(
-                unary, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         if handler.unary_stream:
             fn_stream = handler.unary_stream
 
@@ -236,8 +339,10 @@ class RpcMetricsInterceptor(aio.ServerInterceptor):
                     done(started, context, failure)
 
             return grpc.unary_stream_rpc_method_handler(
-                stream, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+                stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         return handler  # no client-streaming methods in the v1 API
 
 
@@ -261,7 +366,9 @@ class MetricsServer:
             raise OSError(f"SPECKIT_METRICS_ADDR {self._addr!r} is not host:port")
 
         async def scrape(_request: web.Request) -> web.Response:
-            return web.Response(body=self._metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+            return web.Response(
+                body=self._metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            )
 
         app = web.Application()
         app.router.add_get("/metrics", scrape)
@@ -271,7 +378,9 @@ class MetricsServer:
             await web.TCPSite(runner, host.strip("[]"), int(port), reuse_port=False).start()
         except OSError as exc:
             await runner.cleanup()
-            raise OSError(f"metrics: cannot listen on {self._addr}: {exc.strerror or exc}") from None
+            raise OSError(
+                f"metrics: cannot listen on {self._addr}: {exc.strerror or exc}"
+            ) from None
         self._runner = runner
         self.address = f"{host}:{runner.addresses[0][1]}"
         log.info("metrics serving", extra={"fields": {"address": self.address, "path": "/metrics"}})

@@ -27,18 +27,48 @@ from typing import Any
 REDACTED = "[REDACTED]"
 
 # Field names whose value is a secret, compared lower-case with '-' as '_'.
-_SECRET_KEYS = frozenset({
-    "api_key", "apikey", "x_api_key", "authorization", "proxy_authorization",
-    "token", "access_token", "refresh_token", "id_token", "auth_token", "bearer_token",
-    "password", "passwd", "secret", "client_secret", "secret_key", "private_key",
-    "cookie", "set_cookie", "aws_secret_access_key", "aws_session_token", "credentials",
-})
-_SECRET_SUFFIXES = ("_api_key", "_secret", "_password", "_access_token", "_auth_token", "_secret_key", "_token_secret")
+_SECRET_KEYS = frozenset(
+    {
+        "api_key",
+        "apikey",
+        "x_api_key",
+        "authorization",
+        "proxy_authorization",
+        "token",
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "auth_token",
+        "bearer_token",
+        "password",
+        "passwd",
+        "secret",
+        "client_secret",
+        "secret_key",
+        "private_key",
+        "cookie",
+        "set_cookie",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "credentials",
+    }
+)
+_SECRET_SUFFIXES = (
+    "_api_key",
+    "_secret",
+    "_password",
+    "_access_token",
+    "_auth_token",
+    "_secret_key",
+    "_token_secret",
+)
 
 # A name that says "secret" in `name=value` text. `token` must end the name so
 # that `max_tokens=384` or `prompt_tokens: 12` stay readable.
-_SECRET_NAME = (r"[A-Za-z0-9_.-]*(?:api[-_]?key|access[-_]?key|password|passwd|secret[A-Za-z0-9_-]*|token"
-                r"|credentials?|private[-_]?key|authorization)(?![A-Za-z0-9_-])")
+_SECRET_NAME = (
+    r"[A-Za-z0-9_.-]*(?:api[-_]?key|access[-_]?key|password|passwd|secret[A-Za-z0-9_-]*|token"
+    r"|credentials?|private[-_]?key|authorization)(?![A-Za-z0-9_-])"
+)
 
 # Each alternative is one credential shape; groups 1, 2 and 3-5 are prefixes kept.
 _SHAPES = re.compile(
@@ -91,8 +121,10 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
 def redact(value: Any, secrets: tuple[str, ...] = ()) -> Any:
     """A copy of a JSON-like value with secret fields and secret-looking text redacted."""
     if isinstance(value, dict):
-        return {k: (REDACTED if v is not None and is_secret_key(str(k)) else redact(v, secrets))
-                for k, v in value.items()}
+        return {
+            k: (REDACTED if v is not None and is_secret_key(str(k)) else redact(v, secrets))
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [redact(v, secrets) for v in value]
     if isinstance(value, str):

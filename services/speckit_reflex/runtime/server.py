@@ -58,7 +58,9 @@ class RunningServer:
 
     async def set_serving(self, serving: bool) -> None:
         status = (
-            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         for name in ("", *self.service.service_names):
             await self.health.set(name, status)
@@ -120,8 +122,13 @@ def check_exposure(name: str, addr: str, settings: RuntimeSettings, insecure: bo
 
 
 async def create_server(
-    service: GrpcService, addr: str, settings: RuntimeSettings, *, insecure: bool = False,
-    metrics: Metrics | None = None, tracing: Tracing | None = None,
+    service: GrpcService,
+    addr: str,
+    settings: RuntimeSettings,
+    *,
+    insecure: bool = False,
+    metrics: Metrics | None = None,
+    tracing: Tracing | None = None,
 ) -> RunningServer:
     """Build, bind and start a server for `service` at `addr` ("host:0" picks a port).
 
@@ -144,7 +151,11 @@ async def create_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (*service.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        (
+            *service.service_names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     creds = _credentials(settings)
@@ -163,8 +174,11 @@ async def create_server(
     return running
 
 
-async def serve_until_signal(servers: list[RunningServer], grace: float,
-                             before_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+async def serve_until_signal(
+    servers: list[RunningServer],
+    grace: float,
+    before_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
     """Block until SIGTERM/SIGINT, then stop every server gracefully.
 
     `before_stop` runs first: a front end (the OpenAI endpoint) that calls

@@ -25,7 +25,14 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanContext, TraceFlags, Tracer, format_span_id, format_trace_id
+from opentelemetry.trace import (
+    Span,
+    SpanContext,
+    TraceFlags,
+    Tracer,
+    format_span_id,
+    format_trace_id,
+)
 
 from speckit_reflex.v1 import common_pb2
 
@@ -33,8 +40,11 @@ log = logging.getLogger("speckit.tracing")
 
 TRACER_NAME = "speckit_reflex"
 # Methods whose calls make no span (see the module docstring).
-UNTRACED_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
-                     "grpc.reflection.v1.ServerReflection")
+UNTRACED_SERVICES = (
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
+)
 UNTRACED_METHODS = ("/speckit_reflex.v1.Capsule/AppendEvents",)
 
 
@@ -45,7 +55,10 @@ def _method(details: Any) -> str:
 
 def _traced(details: Any) -> bool:
     method = _method(details)
-    return method not in UNTRACED_METHODS and method.lstrip("/").split("/", 1)[0] not in UNTRACED_SERVICES
+    return (
+        method not in UNTRACED_METHODS
+        and method.lstrip("/").split("/", 1)[0] not in UNTRACED_SERVICES
+    )
 
 
 class Tracing:
@@ -65,21 +78,29 @@ class Tracing:
         (default: gRPC). OTEL_SERVICE_NAME overrides "speckit-<service>".
         """
         env = os.environ
-        if not (env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
+        if not (
+            env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        ):
             return None
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
+            "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"
+        )
         if protocol.startswith("http"):
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         else:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter  # type: ignore[assignment]
         # Resource.create() reads OTEL_SERVICE_NAME/OTEL_RESOURCE_ATTRIBUTES, but
         # attributes given here would win: name the service only when they do not.
-        named = env.get("OTEL_SERVICE_NAME") or "service.name=" in env.get("OTEL_RESOURCE_ATTRIBUTES", "")
-        provider = TracerProvider(resource=Resource.create({} if named else {SERVICE_NAME: f"speckit-{service}"}))
+        named = env.get("OTEL_SERVICE_NAME") or "service.name=" in env.get(
+            "OTEL_RESOURCE_ATTRIBUTES", ""
+        )
+        provider = TracerProvider(
+            resource=Resource.create({} if named else {SERVICE_NAME: f"speckit-{service}"})
+        )
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         log.info("tracing on", extra={"fields": {"exporter": f"otlp/{protocol}"}})
         return cls(provider)
@@ -120,7 +141,12 @@ def span(tracer: Tracer | None, name: str, **attributes: Any) -> Iterator[Span |
 
 def remote_parent(trace_id: str, span_id: str) -> Context:
     """A context whose parent is the span with these hex ids (as stored on an event)."""
-    parent = SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    parent = SpanContext(
+        int(trace_id, 16),
+        int(span_id, 16),
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
     return trace.set_span_in_context(trace.NonRecordingSpan(parent))
 
 

@@ -50,8 +50,18 @@ TIME_MAX_S = 253_402_300_799
 
 _T = FieldDescriptor
 _UINT32 = (_T.TYPE_UINT32, _T.TYPE_FIXED32)
-_INTS = (_T.TYPE_INT32, _T.TYPE_INT64, _T.TYPE_UINT32, _T.TYPE_UINT64, _T.TYPE_SINT32, _T.TYPE_SINT64,
-         _T.TYPE_FIXED32, _T.TYPE_FIXED64, _T.TYPE_SFIXED32, _T.TYPE_SFIXED64)
+_INTS = (
+    _T.TYPE_INT32,
+    _T.TYPE_INT64,
+    _T.TYPE_UINT32,
+    _T.TYPE_UINT64,
+    _T.TYPE_SINT32,
+    _T.TYPE_SINT64,
+    _T.TYPE_FIXED32,
+    _T.TYPE_FIXED64,
+    _T.TYPE_SFIXED32,
+    _T.TYPE_SFIXED64,
+)
 _FLOATS = (_T.TYPE_DOUBLE, _T.TYPE_FLOAT)
 _TIMESTAMP = timestamp_pb2.Timestamp.DESCRIPTOR.full_name
 _STRUCT = struct_pb2.Struct.DESCRIPTOR.full_name
@@ -130,7 +140,9 @@ def items(values: Sized, field: str, max_items: int, *, required: bool = False) 
 def timestamp_us(ts: timestamp_pb2.Timestamp, field: str) -> int:
     """Microseconds since the epoch of a Timestamp within protobuf's range."""
     if not TIME_MIN_S <= ts.seconds <= TIME_MAX_S or not 0 <= ts.nanos <= 999_999_999:
-        raise refuse(field, "is outside the valid Timestamp range (years 1 to 9999, nanos 0..999999999)")
+        raise refuse(
+            field, "is outside the valid Timestamp range (years 1 to 9999, nanos 0..999999999)"
+        )
     return ts.seconds * 1_000_000 + ts.nanos // 1000
 
 
@@ -192,7 +204,9 @@ def _check(msg: Message, rules: Rules, prefix: str, rule_prefix: str) -> None:
     _check_required(desc, msg, rules, prefix, rule_prefix)
 
 
-def _check_one(fd: FieldDescriptor, value: object, path: str, key: str, rule: Rule | None, rules: Rules) -> None:
+def _check_one(
+    fd: FieldDescriptor, value: object, path: str, key: str, rule: Rule | None, rules: Rules
+) -> None:
     t = fd.type
     if t == _T.TYPE_STRING:
         r = rule if isinstance(rule, Text) else Text()
@@ -217,7 +231,9 @@ def _check_one(fd: FieldDescriptor, value: object, path: str, key: str, rule: Ru
         _check(value, rules, path + ".", key + ".")  # type: ignore[arg-type]
 
 
-def _check_required(desc: Descriptor, msg: Message, rules: Rules, prefix: str, rule_prefix: str) -> None:
+def _check_required(
+    desc: Descriptor, msg: Message, rules: Rules, prefix: str, rule_prefix: str
+) -> None:
     """Rules that refuse a missing value (ListFields never lists those)."""
     for fd in desc.fields:
         rule = rules.get(rule_prefix + fd.name)
@@ -226,12 +242,16 @@ def _check_required(desc: Descriptor, msg: Message, rules: Rules, prefix: str, r
         value = getattr(msg, fd.name)
         path = prefix + fd.name
         if fd.is_repeated:
-            items(value, path, rule.max_items if isinstance(rule, Items) else ITEMS_MAX, required=True)
+            items(
+                value, path, rule.max_items if isinstance(rule, Items) else ITEMS_MAX, required=True
+            )
         elif fd.type == _T.TYPE_STRING:
             if not value.strip():
                 raise refuse(path, "is required")
         elif fd.type == _T.TYPE_ENUM and value == 0:
-            raise refuse(path, f"is required ({fd.enum_type.values_by_number[0].name} is not allowed)")
+            raise refuse(
+                path, f"is required ({fd.enum_type.values_by_number[0].name} is not allowed)"
+            )
 
 
 def _fmt(x: float) -> str:

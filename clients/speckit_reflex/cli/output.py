@@ -46,7 +46,9 @@ class CliError(Exception):
 def print_error(message: str) -> None:
     # One line however narrow the terminal (logs and scripts grep it); the
     # message is text, never markup ("[REDACTED]" must print as is).
-    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
+    stderr.print(
+        f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True
+    )
 
 
 def print_json(obj: Any) -> None:
@@ -64,7 +66,12 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     stdout.print(t)
 
 
-SERVICE_TITLES = {"router": "Router", "inference": "Inference Adapter", "patchloop": "PatchLoop", "capsule": "Capsule"}
+SERVICE_TITLES = {
+    "router": "Router",
+    "inference": "Inference Adapter",
+    "patchloop": "PatchLoop",
+    "capsule": "Capsule",
+}
 
 
 def print_diff(diff: str) -> None:
@@ -85,9 +92,13 @@ def rpc_error(service: str, exc: grpc.aio.AioRpcError, address: str = "") -> Cli
         # SPECKIT_*_ADDR variables swapped, or another program on the port.
         name = SERVICE_TITLES.get(service, service)
         article = "an" if name[0] in "AEIOU" else "a"
-        return CliError(f"{address} is not {article} {name} (the server there answered UNIMPLEMENTED; "
-                        f"check SPECKIT_{service.upper()}_ADDR)")
+        return CliError(
+            f"{address} is not {article} {name} (the server there answered UNIMPLEMENTED; "
+            f"check SPECKIT_{service.upper()}_ADDR)"
+        )
     hint = ""
     if code == grpc.StatusCode.UNAVAILABLE:
-        hint = f" (at {address}: is `speckit serve all` running? addresses come from SPECKIT_*_ADDR)"
+        hint = (
+            f" (at {address}: is `speckit serve all` running? addresses come from SPECKIT_*_ADDR)"
+        )
     return CliError(f"{service}: {code.name}: {exc.details()}{hint}")

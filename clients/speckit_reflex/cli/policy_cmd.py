@@ -14,9 +14,14 @@ from speckit_reflex.runtime.settings import RuntimeSettings
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("policy", help="validate and show the model policy")
     psub = p.add_subparsers(dest="policy_command", required=True)
-    for name, helptext in (("show", "print the effective snapshot and hash"), ("check", "validate only")):
+    for name, helptext in (
+        ("show", "print the effective snapshot and hash"),
+        ("check", "validate only"),
+    ):
         q = psub.add_parser(name, help=helptext)
-        q.add_argument("--file", help="policy file (default: SPECKIT_POLICY, else built-in defaults)")
+        q.add_argument(
+            "--file", help="policy file (default: SPECKIT_POLICY, else built-in defaults)"
+        )
         q.add_argument("--json", action="store_true", help="machine-readable output")
         q.set_defaults(func=run, policy_command=name)
 

@@ -25,8 +25,15 @@ from speckit_reflex.cli.output import CliError, console, print_json
 from speckit_reflex.cli.reflex_links import ServiceLinks, reporting
 from speckit_reflex.cli.reflex_run import GOOD_OUTCOMES, FixRequest, show_outcome, stream_fix
 from speckit_reflex.cli.reflex_trials import (
-    DEFAULT_SUITE, INTERRUPTED_EXIT, TrialProgress, cloud_skip_reason, ensure_reflex_ready, plan_modes,
-    result_json, scratch_dir, show_result,
+    DEFAULT_SUITE,
+    INTERRUPTED_EXIT,
+    TrialProgress,
+    cloud_skip_reason,
+    ensure_reflex_ready,
+    plan_modes,
+    result_json,
+    scratch_dir,
+    show_result,
 )
 
 STEPS = 5
@@ -56,7 +63,9 @@ class Demo:
 
     async def _steps(self) -> int:
         if not shutil.which("cargo"):
-            raise CliError("cargo is not on PATH: the reflex loop compiles Rust (install rustup's stable toolchain)")
+            raise CliError(
+                "cargo is not on PATH: the reflex loop compiles Rust (install rustup's stable toolchain)"
+            )
         self.step(1, "starting the embedded model server (llama.cpp, SmolLM2-135M-Instruct, CPU)")
         url = await self.stack.start_model_server()
         self.say(f"model server ready at {url}")
@@ -64,7 +73,9 @@ class Demo:
         self.step(2, f"starting the four services on SQLite (policy {policy})")
         addrs = await self.stack.start_services()
         self.say("  ".join(f"{name} {addr}" for name, addr in addrs.items()))
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("SPECKIT_")} | self.stack.client_env()
+        environ = {
+            k: v for k, v in os.environ.items() if not k.startswith("SPECKIT_")
+        } | self.stack.client_env()
         async with ServiceLinks(environ) as links:
             fixed = await self._fix(links)
             code = await self._bakeoff(links)
@@ -80,10 +91,17 @@ class Demo:
         crate = self.stack.workdir / "broken-crate"
         shutil.rmtree(crate, ignore_errors=True)
         shutil.copytree(DEMO_CRATE, crate, ignore=shutil.ignore_patterns("target"))
-        self.step(3, f"fixing a copy of examples/broken-crate: speckit reflex run {crate} --apply --test")
-        request = FixRequest(str(crate), {
-            "apply": True, "compiler_fast_path": True, "verify_profile": "test",
-        })
+        self.step(
+            3, f"fixing a copy of examples/broken-crate: speckit reflex run {crate} --apply --test"
+        )
+        request = FixRequest(
+            str(crate),
+            {
+                "apply": True,
+                "compiler_fast_path": True,
+                "verify_profile": "test",
+            },
+        )
         outcome = await stream_fix(links, request, self.err)
         self.summary["fix"] = {"workspace": str(crate), **outcome}
         if not self.args.json:
@@ -95,16 +113,25 @@ class Demo:
         tasks = suite.select(limit=max(1, self.args.limit))
         with reporting("router", links):
             snap = await links.router.get_policy(timeout=10)
-        modes, cloud_note = plan_modes(self.args.mode, cloud_skip_reason(json.loads(snap.json), os.environ))
+        modes, cloud_note = plan_modes(
+            self.args.mode, cloud_skip_reason(json.loads(snap.json), os.environ)
+        )
         self.step(4, f"short bakeoff: {len(tasks)} task(s) of {suite.name} × {', '.join(modes)}")
         if cloud_note:
             self.say(f"{cloud_note}; showing reflex-only results")
         await ensure_reflex_ready(links, 180.0, self.err)
         report_dir = Path(self.args.report_dir).resolve() if self.args.report_dir else ""
-        runner = BakeoffRunner(links.patchloop, links.capsule, RunOptions(
-            modes=modes, max_attempts=max(0, self.args.max_attempts), report_dir=str(report_dir),
-            session_prefix="demo", scratch_root=scratch_dir(str(self.stack.workdir / "bakeoff")),
-        ))
+        runner = BakeoffRunner(
+            links.patchloop,
+            links.capsule,
+            RunOptions(
+                modes=modes,
+                max_attempts=max(0, self.args.max_attempts),
+                report_dir=str(report_dir),
+                session_prefix="demo",
+                scratch_root=scratch_dir(str(self.stack.workdir / "bakeoff")),
+            ),
+        )
         with TrialProgress(len(tasks) * len(modes), modes, self.err) as bar:
             result = await runner.run(suite, tasks, on_trial=bar.on_trial)
         doc = result_json(result, cloud_note)
@@ -123,7 +150,11 @@ class Demo:
             out.print(f"crate: {fix['outcome']}{by}: {fix['workspace']}", highlight=False)
         if bakeoff.get("verdict"):
             verdict = bakeoff["verdict"]
-            word = "PASS" if verdict["passed"] else "FAIL — reflex stays off for real work until a bakeoff passes"
+            word = (
+                "PASS"
+                if verdict["passed"]
+                else "FAIL — reflex stays off for real work until a bakeoff passes"
+            )
             out.print(f"bakeoff gate: {word}", highlight=False)
         if bakeoff.get("report"):
             out.print(f"report: {bakeoff['report']['markdown']}", highlight=False)

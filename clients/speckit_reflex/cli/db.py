@@ -36,7 +36,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _show(url: str, state: Any, as_json: bool, **extra: object) -> None:
-    doc = {"database": url, **extra, "current": state.current, "head": state.head, "up_to_date": state.up_to_date}
+    doc = {
+        "database": url,
+        **extra,
+        "current": state.current,
+        "head": state.head,
+        "up_to_date": state.up_to_date,
+    }
     if as_json:
         print_json(doc)
     else:
@@ -48,7 +54,6 @@ def _on_database(work: Callable[[Engine], T]) -> tuple[str, T]:
     from sqlalchemy import exc as sa_exc
 
     from speckit_reflex.capsule.store import make_engine
-
     from speckit_reflex.errors import DomainError
 
     url = RuntimeSettings().effective_database_url()

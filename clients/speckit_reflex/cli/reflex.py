@@ -28,28 +28,48 @@ def _window_arg(text: str) -> str:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("reflex", help="bakeoff statistics, the CI gate, trials, backend health, one-off fixes")
+    p = sub.add_parser(
+        "reflex", help="bakeoff statistics, the CI gate, trials, backend health, one-off fixes"
+    )
     rsub = p.add_subparsers(dest="reflex_command", required=True, metavar="COMMAND")
 
     q = rsub.add_parser("bakeoff", help="statistics reflex vs cloud over a window")
     q.add_argument("--since", default="24h", type=_window_arg, help=WINDOW_HELP)
     _json(q, run_bakeoff)
 
-    q = rsub.add_parser("check", help="does reflex hold the promotion thresholds on the bakeoff's evidence?")
-    q.add_argument("--since", default="24h", type=_window_arg,
-                   help="bakeoff runs started in this window are judged: 1h, 24h, 7d, 30d (default 24h)")
+    q = rsub.add_parser(
+        "check", help="does reflex hold the promotion thresholds on the bakeoff's evidence?"
+    )
+    q.add_argument(
+        "--since",
+        default="24h",
+        type=_window_arg,
+        help="bakeoff runs started in this window are judged: 1h, 24h, 7d, 30d (default 24h)",
+    )
     q.add_argument("--run", default="", help="judge this one bakeoff run instead")
-    q.add_argument("--suite", default="", help="suite whose runs are judged (default: the policy's)")
-    q.add_argument("--min-samples", type=int, default=0, help="minimum tasks judged per threshold (0 = policy)")
-    q.add_argument("--model", default="",
-                   help="judge one reflex model only, against the weights its server reports now")
-    q.add_argument("--exit-code", action="store_true",
-                   help="exit 1 unless every threshold passes (fail or not judged: the CI gate)")
+    q.add_argument(
+        "--suite", default="", help="suite whose runs are judged (default: the policy's)"
+    )
+    q.add_argument(
+        "--min-samples", type=int, default=0, help="minimum tasks judged per threshold (0 = policy)"
+    )
+    q.add_argument(
+        "--model",
+        default="",
+        help="judge one reflex model only, against the weights its server reports now",
+    )
+    q.add_argument(
+        "--exit-code",
+        action="store_true",
+        help="exit 1 unless every threshold passes (fail or not judged: the CI gate)",
+    )
     _json(q, run_check)
 
     reflex_trials.register(rsub)
 
-    q = rsub.add_parser("health", help="health of every model backend (reachable, model listed, generates)")
+    q = rsub.add_parser(
+        "health", help="health of every model backend (reachable, model listed, generates)"
+    )
     q.add_argument("--backend", default="", help="one backend by policy name")
     q.add_argument("--refresh", action="store_true", help="probe now instead of the cached answer")
     _json(q, run_health)
@@ -59,7 +79,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = rsub.add_parser("cache", help="PatchLoop's persistent build cache")
     csub = q.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
-    _json(csub.add_parser("clear", help="remove every cache entry no run is using"), run_cache_clear)
+    _json(
+        csub.add_parser("clear", help="remove every cache entry no run is using"), run_cache_clear
+    )
 
     q = rsub.add_parser("models", help="models served by the configured backends")
     q.add_argument("--backend", default="", help="one backend by policy name")
@@ -95,8 +117,13 @@ def _report(
 
 
 def run_bakeoff(args: argparse.Namespace) -> int:
-    return _report(args, "capsule", lambda links: links.capsule.bakeoff_stats(window(args.since)),
-                   stats_to_seed_json, lambda stats: reflex_views.show_stats(stats_to_seed_json(stats)))
+    return _report(
+        args,
+        "capsule",
+        lambda links: links.capsule.bakeoff_stats(window(args.since)),
+        stats_to_seed_json,
+        lambda stats: reflex_views.show_stats(stats_to_seed_json(stats)),
+    )
 
 
 async def current_identity(links: ServiceLinks, model: str) -> str:
@@ -111,8 +138,12 @@ def run_check(args: argparse.Namespace) -> int:
         identity = await current_identity(links, args.model) if args.model else ""
         with reporting("capsule", links):
             reply = await links.capsule.check_thresholds(
-                window(args.since), min_samples=max(0, args.min_samples), model=args.model,
-                bakeoff_run_id=args.run, suite=args.suite, model_identity=identity,
+                window(args.since),
+                min_samples=max(0, args.min_samples),
+                model=args.model,
+                bakeoff_run_id=args.run,
+                suite=args.suite,
+                model_identity=identity,
             )
         doc = reflex_views.verdict_json(reply, args.since)
         if args.json:
@@ -126,8 +157,13 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_health(args: argparse.Namespace) -> int:
-    return _report(args, "inference", lambda links: links.inference.health(args.backend, refresh=args.refresh),
-                   reflex_views.health_json, reflex_views.show_health)
+    return _report(
+        args,
+        "inference",
+        lambda links: links.inference.health(args.backend, refresh=args.refresh),
+        reflex_views.health_json,
+        reflex_views.show_health,
+    )
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -148,10 +184,20 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_cache_clear(args: argparse.Namespace) -> int:
-    return _report(args, "patchloop", lambda links: links.patchloop.clear_build_cache(),
-                   reflex_views.cache_clear_json, reflex_views.show_cache_clear)
+    return _report(
+        args,
+        "patchloop",
+        lambda links: links.patchloop.clear_build_cache(),
+        reflex_views.cache_clear_json,
+        reflex_views.show_cache_clear,
+    )
 
 
 def run_models(args: argparse.Namespace) -> int:
-    return _report(args, "inference", lambda links: links.inference.list_models(args.backend),
-                   reflex_views.models_json, reflex_views.show_models)
+    return _report(
+        args,
+        "inference",
+        lambda links: links.inference.list_models(args.backend),
+        reflex_views.models_json,
+        reflex_views.show_models,
+    )

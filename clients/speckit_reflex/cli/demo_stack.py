@@ -61,7 +61,9 @@ class Child:
 
     def check_alive(self) -> None:
         if self.proc.returncode is not None:
-            raise StackError(f"{self.name} exited with {self.proc.returncode}; last log lines:\n{self.tail()}")
+            raise StackError(
+                f"{self.name} exited with {self.proc.returncode}; last log lines:\n{self.tail()}"
+            )
 
     async def stop(self, grace_s: float = 15.0) -> None:
         if self.proc.returncode is not None:
@@ -99,8 +101,15 @@ class DemoStack:
         log = self.workdir / f"{name}.log"
         with log.open("wb") as out:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "speckit_reflex.cli.main", *args,
-                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, env=env, start_new_session=True,
+                sys.executable,
+                "-m",
+                "speckit_reflex.cli.main",
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env=env,
+                start_new_session=True,
             )
         child = Child(name, proc, log)
         self.children.append(child)
@@ -110,7 +119,9 @@ class DemoStack:
         """Start `speckit llm serve` and wait for /health; returns its /v1 URL."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.llm_port = self.llm_port or free_port()
-        child = await self._spawn("llm", ["llm", "serve", "--port", str(self.llm_port)], dict(os.environ))
+        child = await self._spawn(
+            "llm", ["llm", "serve", "--port", str(self.llm_port)], dict(os.environ)
+        )
         url = f"http://127.0.0.1:{self.llm_port}"
         deadline = time.monotonic() + timeout_s
         async with httpx.AsyncClient(timeout=2.0) as http:
@@ -122,11 +133,14 @@ class DemoStack:
                 except httpx.HTTPError:
                     pass
                 await asyncio.sleep(0.3)
-        raise StackError(f"the model server did not become healthy in {timeout_s:.0f} s:\n{child.tail()}")
+        raise StackError(
+            f"the model server did not become healthy in {timeout_s:.0f} s:\n{child.tail()}"
+        )
 
     def write_policy(self) -> Path:
-        self.policy_path.write_text(render_policy(DEMO_POLICY.read_text(encoding="utf-8"), self.llm_port),
-                                    encoding="utf-8")
+        self.policy_path.write_text(
+            render_policy(DEMO_POLICY.read_text(encoding="utf-8"), self.llm_port), encoding="utf-8"
+        )
         return self.policy_path
 
     async def start_services(self, timeout_s: float = 60.0) -> dict[str, str]:
@@ -134,14 +148,16 @@ class DemoStack:
         self.addrs = {name: f"127.0.0.1:{free_port()}" for name in SERVICE_ORDER}
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPECKIT_")}
         env.update(self.client_env())
-        env.update({
-            "SPECKIT_POLICY": str(self.policy_path.resolve()),
-            "SPECKIT_HOME": str(self.workdir.resolve()),
-            # The demo's crate and its bakeoff copies live under workdir.
-            "SPECKIT_WORKSPACE_ROOTS": str(self.workdir.resolve()),
-            "SPECKIT_DATABASE_URL": self.database_url,
-            "SPECKIT_GRACE_S": "3",
-        })
+        env.update(
+            {
+                "SPECKIT_POLICY": str(self.policy_path.resolve()),
+                "SPECKIT_HOME": str(self.workdir.resolve()),
+                # The demo's crate and its bakeoff copies live under workdir.
+                "SPECKIT_WORKSPACE_ROOTS": str(self.workdir.resolve()),
+                "SPECKIT_DATABASE_URL": self.database_url,
+                "SPECKIT_GRACE_S": "3",
+            }
+        )
         child = await self._spawn("services", ["serve", "all"], env)
         deadline = time.monotonic() + timeout_s
         for name, addr in self.addrs.items():

@@ -22,18 +22,41 @@ GOOD_OUTCOMES = frozenset({"fixed", "already_clean"})
 def register(rsub: argparse._SubParsersAction) -> None:
     q = rsub.add_parser("run", help="fix one crate with the reflex loop (escalating per policy)")
     q.add_argument("path", help="crate or workspace folder")
-    q.add_argument("--apply", action="store_true", help="write the fix back to PATH when it succeeds")
-    q.add_argument("--test", action="store_true",
-                   help="confirm the fix with the policy's `test` profile (cargo test --offline -q by default)")
-    q.add_argument("--profile", default="", metavar="NAME",
-                   help="build profile of the PatchLoop policy (check, clippy, ...; default: the policy's)")
+    q.add_argument(
+        "--apply", action="store_true", help="write the fix back to PATH when it succeeds"
+    )
+    q.add_argument(
+        "--test",
+        action="store_true",
+        help="confirm the fix with the policy's `test` profile (cargo test --offline -q by default)",
+    )
+    q.add_argument(
+        "--profile",
+        default="",
+        metavar="NAME",
+        help="build profile of the PatchLoop policy (check, clippy, ...; default: the policy's)",
+    )
     q.add_argument("--max-attempts", type=int, default=0, help="patch attempts (0 = policy)")
     fast = q.add_mutually_exclusive_group()
-    fast.add_argument("--no-compiler-fast-path", dest="fast_path", action="store_false", default=None,
-                      help="skip rustc's MachineApplicable suggestions; ask the model directly")
-    fast.add_argument("--compiler-fast-path", dest="fast_path", action="store_true",
-                      help="apply rustc's MachineApplicable suggestions first (policy default)")
-    q.add_argument("--mode", choices=["reflex", "cloud"], default="", help="force one route (default: the Router's)")
+    fast.add_argument(
+        "--no-compiler-fast-path",
+        dest="fast_path",
+        action="store_false",
+        default=None,
+        help="skip rustc's MachineApplicable suggestions; ask the model directly",
+    )
+    fast.add_argument(
+        "--compiler-fast-path",
+        dest="fast_path",
+        action="store_true",
+        help="apply rustc's MachineApplicable suggestions first (policy default)",
+    )
+    q.add_argument(
+        "--mode",
+        choices=["reflex", "cloud"],
+        default="",
+        help="force one route (default: the Router's)",
+    )
     q.add_argument("--session-id", default="", help="session id for audit (default: one per run)")
     q.add_argument("--json", action="store_true", help="outcome as JSON on stdout")
     q.set_defaults(func=run_fix)
@@ -54,8 +77,11 @@ def build_request(args: argparse.Namespace) -> FixRequest:
     if not path.is_dir():
         raise CliError(f"{args.path}: not a folder")
     options: dict[str, Any] = {
-        "apply": args.apply, "max_attempts": max(0, args.max_attempts), "session_id": args.session_id,
-        "compiler_fast_path": args.fast_path, "build_profile": args.profile,
+        "apply": args.apply,
+        "max_attempts": max(0, args.max_attempts),
+        "session_id": args.session_id,
+        "compiler_fast_path": args.fast_path,
+        "build_profile": args.profile,
     }
     if args.test:
         options["verify_profile"] = "test"
@@ -75,20 +101,32 @@ def describe(ev: patchloop_pb2.RunEvent) -> str:
         step = "tests" if c.verify else "build"
         state = "ok" if c.success else ("timed out" if c.timed_out else f"{c.error_count} error(s)")
         first = next((d for d in c.diagnostics if d.level == "error"), None)
-        where = f" — {first.code or 'error'} {first.file}:{first.line}: {first.message}" if first and not c.success else ""
+        where = (
+            f" — {first.code or 'error'} {first.file}:{first.line}: {first.message}"
+            if first and not c.success
+            else ""
+        )
         return f"{a}{step} {state} in {c.duration_ms / 1000:.1f} s{where}"
     if kind == "routing":
         r = ev.routing
         reason = common_pb2.RoutingReason.Name(r.reason).removeprefix("ROUTING_REASON_").lower()
-        forced = ", forced" if r.forced else ", bakeoff verdict WAIVED (--mode reflex)" if r.verdict_waived else ""
+        forced = (
+            ", forced"
+            if r.forced
+            else ", bakeoff verdict WAIVED (--mode reflex)"
+            if r.verdict_waived
+            else ""
+        )
         return f"{a}route: {mode_name(r.mode)} → {r.model or '-'} on {r.backend or '-'} ({reason}{forced})"
     if kind == "model_call":
         m = ev.model_call
         ttft = f", TTFT {m.timing.ttft_ms:.0f} ms" if m.timing.HasField("ttft_ms") else ""
         cached = f", {m.usage.cached_tokens} cached" if m.usage.HasField("cached_tokens") else ""
         verdict = "valid JSON" if m.schema_valid else f"INVALID ({m.error or 'schema'})"
-        return (f"{a}model {m.model} on {m.backend}: {verdict}, {m.timing.latency_ms:.0f} ms{ttft}, "
-                f"{m.usage.completion_tokens} tokens{cached}")
+        return (
+            f"{a}model {m.model} on {m.backend}: {verdict}, {m.timing.latency_ms:.0f} ms{ttft}, "
+            f"{m.usage.completion_tokens} tokens{cached}"
+        )
     if kind == "patch_applied":
         p = ev.patch_applied
         return f"{a}patch from {fix_source_name(p.source)}: {p.edits} edit(s) in {', '.join(p.files) or '-'}"
@@ -117,15 +155,21 @@ def show_outcome(doc: dict[str, Any]) -> None:
     outcome = doc["outcome"]
     color = "green" if outcome in GOOD_OUTCOMES else "red"
     by = f" by {doc['fixed_by']}" if outcome == "fixed" else ""
-    stdout.print(f"outcome: [bold {color}]{outcome}[/]{by} after {doc['attempts']} attempt(s) "
-                 f"in {doc['duration_ms'] / 1000:.1f} s", highlight=False)
+    stdout.print(
+        f"outcome: [bold {color}]{outcome}[/]{by} after {doc['attempts']} attempt(s) "
+        f"in {doc['duration_ms'] / 1000:.1f} s",
+        highlight=False,
+    )
     if doc["reason"]:
         stdout.print(f"reason: {doc['reason']}", highlight=False)
     if doc["escalated"]:
         stdout.print("escalated to cloud", highlight=False)
     if doc["diff"]:
         print_diff(doc["diff"])
-        stdout.print("applied to the workspace" if doc["applied"] else "not applied (use --apply)", highlight=False)
+        stdout.print(
+            "applied to the workspace" if doc["applied"] else "not applied (use --apply)",
+            highlight=False,
+        )
 
 
 async def stream_fix(links: ServiceLinks, req: FixRequest, err: Console) -> dict[str, Any]:

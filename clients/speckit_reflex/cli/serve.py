@@ -33,19 +33,34 @@ REFLEX_MODE_OVERRIDES = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run one service or the OpenAI-compatible endpoint, or all in one process")
-    p.add_argument("service", choices=[*SERVICE_ORDER, "openai", "all"],
-                   help="`all`: the four services, plus the OpenAI endpoint when SPECKIT_OPENAI_ADDR is set")
-    p.add_argument("--policy", metavar="PATH",
-                   help="model_policy.toml to load (overrides SPECKIT_POLICY; default: built-in, reflex off)")
-    p.add_argument("--mode", choices=["policy", "reflex"], default="policy",
-                   help="reflex: route the Implementer to a healthy local model even before a bakeoff has "
-                        "passed (routing.reflex.enabled = true, require_verdict = false); every such decision "
-                        "is flagged verdict_waived and audited. For trying the lane, not for real work")
+    p = sub.add_parser(
+        "serve", help="run one service or the OpenAI-compatible endpoint, or all in one process"
+    )
+    p.add_argument(
+        "service",
+        choices=[*SERVICE_ORDER, "openai", "all"],
+        help="`all`: the four services, plus the OpenAI endpoint when SPECKIT_OPENAI_ADDR is set",
+    )
+    p.add_argument(
+        "--policy",
+        metavar="PATH",
+        help="model_policy.toml to load (overrides SPECKIT_POLICY; default: built-in, reflex off)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["policy", "reflex"],
+        default="policy",
+        help="reflex: route the Implementer to a healthy local model even before a bakeoff has "
+        "passed (routing.reflex.enabled = true, require_verdict = false); every such decision "
+        "is flagged verdict_waived and audited. For trying the lane, not for real work",
+    )
     p.add_argument("--log-format", choices=["text", "json"], help="overrides SPECKIT_LOG_FORMAT")
-    p.add_argument("--insecure", action="store_true",
-                   help="allow a non-loopback address without SPECKIT_AUTH_TOKEN or TLS (anyone who can "
-                        "reach the port can run builds and read the audit trail)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback address without SPECKIT_AUTH_TOKEN or TLS (anyone who can "
+        "reach the port can run builds and read the audit trail)",
+    )
     p.set_defaults(func=run)
 
 
@@ -70,8 +85,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         policy = effective_policy(settings.policy, args.mode)
         if args.mode == "reflex":
-            log.warning("mode reflex: the bakeoff gate is waived; decisions to an unproven local model are "
-                        "flagged verdict_waived and audited")
+            log.warning(
+                "mode reflex: the bakeoff gate is waived; decisions to an unproven local model are "
+                "flagged verdict_waived and audited"
+            )
         asyncio.run(_serve(names, settings, policy, args.insecure))
     except (PolicyError, InsecureListenRefused) as exc:
         raise CliError(str(exc), exit_code=2) from None
@@ -85,8 +102,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(names: list[str], settings: RuntimeSettings, policy: LoadedPolicy, insecure: bool) -> None:
-    from speckit_reflex.openai_gateway.app import DEFAULT_ADDR, OpenAIServer, build_server, check_openai_exposure
+async def _serve(
+    names: list[str], settings: RuntimeSettings, policy: LoadedPolicy, insecure: bool
+) -> None:
+    from speckit_reflex.openai_gateway.app import (
+        DEFAULT_ADDR,
+        OpenAIServer,
+        build_server,
+        check_openai_exposure,
+    )
 
     settings.home.mkdir(parents=True, exist_ok=True)
     openai_addr = settings.openai_addr or DEFAULT_ADDR
@@ -97,9 +121,13 @@ async def _serve(names: list[str], settings: RuntimeSettings, policy: LoadedPoli
     gateway: OpenAIServer | None = None
     try:
         if "openai" in names:
-            gateway = build_server(ctx.channel("router"), ctx.channel("inference"), openai_addr, settings.auth_token)
+            gateway = build_server(
+                ctx.channel("router"), ctx.channel("inference"), openai_addr, settings.auth_token
+            )
             await gateway.start(settings.grace_s)
-        await serve_until_signal(servers, settings.grace_s, before_stop=gateway.close if gateway else None)
+        await serve_until_signal(
+            servers, settings.grace_s, before_stop=gateway.close if gateway else None
+        )
     finally:
         if gateway is not None:
             await gateway.close()

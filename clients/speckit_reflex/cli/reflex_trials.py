@@ -14,7 +14,14 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from speckit_reflex.bakeoff import BakeoffResult, BakeoffRunner, RunOptions, SuiteError, find_suite, load_suite
+from speckit_reflex.bakeoff import (
+    BakeoffResult,
+    BakeoffRunner,
+    RunOptions,
+    SuiteError,
+    find_suite,
+    load_suite,
+)
 from speckit_reflex.bakeoff.readiness import ReflexNotReady, wait_for_reflex_route
 from speckit_reflex.bakeoff.trial import TrialResult
 from speckit_reflex.cli import reflex_views
@@ -27,18 +34,33 @@ INTERRUPTED_EXIT = 130
 
 def register(rsub: argparse._SubParsersAction) -> None:
     q = rsub.add_parser("trials", help="run a bakeoff suite through PatchLoop and record it")
-    q.add_argument("--suite", default=DEFAULT_SUITE, help="suite name (under bench/suites) or folder")
+    q.add_argument(
+        "--suite", default=DEFAULT_SUITE, help="suite name (under bench/suites) or folder"
+    )
     q.add_argument("--mode", choices=["reflex", "cloud", "both"], default="reflex")
     q.add_argument("--limit", type=int, default=0, help="first N tasks (0 = all)")
     q.add_argument("--category", default="", help="only tasks of this category")
     q.add_argument("--concurrency", type=int, default=1, help="trials at once (default 1)")
-    q.add_argument("--max-attempts", type=int, default=0, help="patch attempts per trial (0 = policy)")
-    q.add_argument("--scratch-dir", default="",
-                   help="where crate copies are made; must lie under PatchLoop's SPECKIT_WORKSPACE_ROOTS "
-                        "(default $TMPDIR when set, else $SPECKIT_HOME/bakeoff, i.e. .speckit/bakeoff)")
-    q.add_argument("--report-dir", default="", help="report folder on the Capsule server (default .speckit/eval)")
-    q.add_argument("--ready-timeout", type=float, default=90.0,
-                   help="seconds to wait for the Router to see a healthy reflex backend (default 90)")
+    q.add_argument(
+        "--max-attempts", type=int, default=0, help="patch attempts per trial (0 = policy)"
+    )
+    q.add_argument(
+        "--scratch-dir",
+        default="",
+        help="where crate copies are made; must lie under PatchLoop's SPECKIT_WORKSPACE_ROOTS "
+        "(default $TMPDIR when set, else $SPECKIT_HOME/bakeoff, i.e. .speckit/bakeoff)",
+    )
+    q.add_argument(
+        "--report-dir",
+        default="",
+        help="report folder on the Capsule server (default .speckit/eval)",
+    )
+    q.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=90.0,
+        help="seconds to wait for the Router to see a healthy reflex backend (default 90)",
+    )
     q.add_argument("--json", action="store_true", help="final summary as JSON on stdout")
     q.set_defaults(func=run_trials)
 
@@ -69,10 +91,17 @@ class TrialProgress:
     def __init__(self, total: int, modes: tuple[str, ...], console: Console):
         self._modes = modes
         self._progress = Progress(
-            TextColumn("[bold]trials[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-            TimeElapsedColumn(), console=console, transient=False,
+            TextColumn("[bold]trials[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
         )
-        self._task = self._progress.add_task(self._counts({m: 0 for m in modes}, {m: 0 for m in modes}), total=total)
+        self._task = self._progress.add_task(
+            self._counts({m: 0 for m in modes}, {m: 0 for m in modes}), total=total
+        )
         self._done: dict[str, int] = {m: 0 for m in modes}
 
     def _counts(self, fixed: Mapping[str, int], done: Mapping[str, int]) -> str:
@@ -85,7 +114,9 @@ class TrialProgress:
     def __exit__(self, *exc: object) -> None:
         self._progress.stop()
 
-    def on_trial(self, trial: TrialResult, finished: int, planned: int, fixed: dict[str, int]) -> None:
+    def on_trial(
+        self, trial: TrialResult, finished: int, planned: int, fixed: dict[str, int]
+    ) -> None:
         self._done[trial.mode] += 1
         mark = "[green]fixed[/]" if trial.success else f"[red]{trial.outcome}[/]"
         self._progress.console.print(
@@ -93,7 +124,9 @@ class TrialProgress:
             f"{trial.duration_ms / 1000:.1f} s){' — ' + trial.error if trial.error else ''}",
             highlight=False,
         )
-        self._progress.update(self._task, completed=finished, description=self._counts(fixed, self._done))
+        self._progress.update(
+            self._task, completed=finished, description=self._counts(fixed, self._done)
+        )
 
 
 def result_json(result: BakeoffResult, cloud_note: str) -> dict[str, Any]:
@@ -113,9 +146,15 @@ def result_json(result: BakeoffResult, cloud_note: str) -> dict[str, Any]:
 
 
 _FIGURE_ROWS = (
-    ("model", "model"), ("tasks fixed", "fixed"), ("pass@1 %", "pass_at_1"), ("success %", "success_rate"),
-    ("model calls", "model_calls"), ("JSON compliance %", "json_compliance_rate"),
-    ("p50 latency ms", "p50_latency_ms"), ("p95 latency ms", "p95_latency_ms"), ("p50 TTFT ms", "p50_ttft_ms"),
+    ("model", "model"),
+    ("tasks fixed", "fixed"),
+    ("pass@1 %", "pass_at_1"),
+    ("success %", "success_rate"),
+    ("model calls", "model_calls"),
+    ("JSON compliance %", "json_compliance_rate"),
+    ("p50 latency ms", "p50_latency_ms"),
+    ("p95 latency ms", "p95_latency_ms"),
+    ("p50 TTFT ms", "p50_ttft_ms"),
     ("tokens/s", "mean_tokens_per_s"),
 )
 
@@ -131,22 +170,31 @@ def show_result(doc: dict[str, Any]) -> None:
     rows = [[label, *(_dash(b[key]) for b in backends)] for label, key in _FIGURE_ROWS]
     rows[1][1:] = [f"{b['fixed']}/{b['tasks']}" for b in backends]
     rows.append(["cache on retries", *(_cache_cell(b["cache"]) for b in backends)])
-    table(f"Bakeoff {doc['suite']} ({doc['status']})",
-          ["figure", *(f"{b['mode']} · {b['backend']}" for b in backends)], rows)
+    table(
+        f"Bakeoff {doc['suite']} ({doc['status']})",
+        ["figure", *(f"{b['mode']} · {b['backend']}" for b in backends)],
+        rows,
+    )
     stdout.print(f"run {doc['bakeoff_run_id']}", highlight=False)
     if doc["speedup"] is not None:
-        stdout.print(f"wall {doc['wall_s']:.1f} s for {doc['trial_wall_s']:.1f} s of trials at concurrency "
-                     f"{doc['concurrency']}: {doc['speedup']:.2f}× over running them one after another",
-                     highlight=False)
+        stdout.print(
+            f"wall {doc['wall_s']:.1f} s for {doc['trial_wall_s']:.1f} s of trials at concurrency "
+            f"{doc['concurrency']}: {doc['speedup']:.2f}× over running them one after another",
+            highlight=False,
+        )
     if doc["cloud_skipped"]:
         stdout.print(doc["cloud_skipped"], highlight=False)
     if doc["verdict"]:
         v = doc["verdict"]
-        stdout.print(f"gate on this run: {v['status']} (baseline: {v['baseline']['kind']})", highlight=False)
+        stdout.print(
+            f"gate on this run: {v['status']} (baseline: {v['baseline']['kind']})", highlight=False
+        )
         for f in v["failures"]:
             stdout.print(f"  - {f['message']}", highlight=False)
     if doc["report"]:
-        stdout.print(f"report: {doc['report']['json']}\n        {doc['report']['markdown']}", highlight=False)
+        stdout.print(
+            f"report: {doc['report']['json']}\n        {doc['report']['markdown']}", highlight=False
+        )
 
 
 async def ensure_reflex_ready(links: ServiceLinks, timeout_s: float, err: Console) -> None:
@@ -176,7 +224,9 @@ def scratch_dir(arg: str) -> Path:
     only under its workspace roots, whose default is its working directory.
     A TMPDIR the user set is taken as that choice (the compose stack sets it
     to the shared workspace)."""
-    default = os.environ.get("TMPDIR") or Path(os.environ.get("SPECKIT_HOME") or ".speckit") / "bakeoff"
+    default = (
+        os.environ.get("TMPDIR") or Path(os.environ.get("SPECKIT_HOME") or ".speckit") / "bakeoff"
+    )
     path = Path(arg or default).resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -193,7 +243,9 @@ def run_trials(args: argparse.Namespace) -> int:
     async def body(links: ServiceLinks) -> int:
         with reporting("router", links):
             snap = await links.router.get_policy(timeout=10)
-        modes, cloud_note = plan_modes(args.mode, cloud_skip_reason(json.loads(snap.json or "{}"), os.environ))
+        modes, cloud_note = plan_modes(
+            args.mode, cloud_skip_reason(json.loads(snap.json or "{}"), os.environ)
+        )
         if cloud_note:
             err.print(cloud_note, highlight=False)
         if not modes:
@@ -202,10 +254,15 @@ def run_trials(args: argparse.Namespace) -> int:
             await ensure_reflex_ready(links, args.ready_timeout, err)
         skipped = {"cloud": cloud_note.removeprefix("cloud: skipped — ")} if cloud_note else {}
         identities = await model_identities(links) if "reflex" in modes else {}
-        options = RunOptions(modes=modes, concurrency=max(1, args.concurrency),
-                             max_attempts=max(0, args.max_attempts), report_dir=args.report_dir,
-                             scratch_root=scratch_dir(args.scratch_dir),
-                             skipped_modes=skipped, model_identities=identities)
+        options = RunOptions(
+            modes=modes,
+            concurrency=max(1, args.concurrency),
+            max_attempts=max(0, args.max_attempts),
+            report_dir=args.report_dir,
+            scratch_root=scratch_dir(args.scratch_dir),
+            skipped_modes=skipped,
+            model_identities=identities,
+        )
         runner = BakeoffRunner(links.patchloop, links.capsule, options)
         err.print(f"suite {suite.name}: {len(tasks)} task(s) × {', '.join(modes)}", highlight=False)
         with reporting("capsule", links), TrialProgress(len(tasks) * len(modes), modes, err) as bar:
@@ -216,7 +273,10 @@ def run_trials(args: argparse.Namespace) -> int:
         else:
             show_result(doc)
         if result.status == "interrupted":
-            err.print(f"interrupted: {len(result.trials)} of {result.planned} trials kept", highlight=False)
+            err.print(
+                f"interrupted: {len(result.trials)} of {result.planned} trials kept",
+                highlight=False,
+            )
             return INTERRUPTED_EXIT
         return 0
 

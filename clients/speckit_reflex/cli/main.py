@@ -25,8 +25,12 @@ def package_version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="speckit", description="speckit-reflex: the Implementer's reflex lane")
-    parser.add_argument("--version", action="version", version=f"speckit-reflex {package_version()}")
+    parser = argparse.ArgumentParser(
+        prog="speckit", description="speckit-reflex: the Implementer's reflex lane"
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"speckit-reflex {package_version()}"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:
         group.register(sub)
