@@ -48,10 +48,6 @@ class Diagnostic:
                 return s
         return self.spans[0] if self.spans else None
 
-    @property
-    def labels(self) -> list[str]:
-        return [s.label for s in self.spans if s.label]
-
     def suggestions(self) -> list[Span]:
         """Every span (here or in children) that proposes a replacement."""
         out = [s for s in self.spans if s.suggested_replacement is not None]
@@ -65,7 +61,6 @@ class BuildDiagnostics:
     """What a build printed, reduced to diagnostics and counts."""
 
     diagnostics: list[Diagnostic] = field(default_factory=list)
-    build_success: bool | None = None
     # Artifacts cargo found up to date / (re)built: how warm the build was.
     units_fresh: int = 0
     units_built: int = 0
@@ -127,9 +122,7 @@ def parse_cargo_output(stdout: str) -> BuildDiagnostics:
         except ValueError:
             continue
         reason = obj.get("reason")
-        if reason == "build-finished":
-            out.build_success = bool(obj.get("success"))
-        elif reason == "compiler-artifact":
+        if reason == "compiler-artifact":
             if obj.get("fresh"):
                 out.units_fresh += 1
             else:

@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 BackendKind = Literal["sglang", "vllm", "llamacpp", "openai"]
 CaptureMode = Literal["full_io", "hash", "none"]
-Percent = Field(ge=0, le=100)
 
 
 class _Strict(BaseModel):

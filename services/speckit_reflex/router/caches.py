@@ -75,12 +75,9 @@ class RouterCaches:
         self._health = table
         self.health_error = ""
 
-    def health_of(self, backend: str, model: str) -> BackendStatus | None:
-        """Health of `backend` serving `model`, or None when never reported."""
-        return self.health_by_key(health_key(backend, model), backend)
-
     def health_by_key(self, key: str, backend: str) -> BackendStatus | None:
-        """health_of() with the key precomputed (see `health_key`): the hot path."""
+        """Health of `backend` serving the model of `key` (see `health_key`), falling
+        back to the backend-wide entry; None when never reported."""
         h = self._health
         return h.get(key) or h.get(backend)
 

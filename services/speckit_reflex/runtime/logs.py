@@ -59,7 +59,3 @@ def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # Alembic announces each of its plugins at INFO whenever Capsule starts.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-
-
-def log_fields(logger: logging.Logger, level: int, msg: str, **fields: object) -> None:
-    logger.log(level, msg, extra={"fields": fields})
