@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sized
 from dataclasses import dataclass
 
 from google.protobuf import struct_pb2, timestamp_pb2
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from speckit_reflex.errors import InvalidArgument
@@ -50,21 +50,6 @@ TIME_MAX_S = 253_402_300_799
 
 _T = FieldDescriptor
 _UINT32 = (_T.TYPE_UINT32, _T.TYPE_FIXED32)
-_INTS = (
-    _T.TYPE_INT32,
-    _T.TYPE_INT64,
-    _T.TYPE_UINT32,
-    _T.TYPE_UINT64,
-    _T.TYPE_SINT32,
-    _T.TYPE_SINT64,
-    _T.TYPE_FIXED32,
-    _T.TYPE_FIXED64,
-    _T.TYPE_SFIXED32,
-    _T.TYPE_SFIXED64,
-)
-_FLOATS = (_T.TYPE_DOUBLE, _T.TYPE_FLOAT)
-_TIMESTAMP = timestamp_pb2.Timestamp.DESCRIPTOR.full_name
-_STRUCT = struct_pb2.Struct.DESCRIPTOR.full_name
 
 
 @dataclass(frozen=True)
@@ -182,12 +167,11 @@ def check_message(msg: Message, rules: Rules | None = None, prefix: str = "") ->
 
 
 def _check(msg: Message, rules: Rules, prefix: str, rule_prefix: str) -> None:
-    desc: Descriptor = msg.DESCRIPTOR
-    if desc.full_name == _TIMESTAMP:
-        timestamp_us(msg, prefix.rstrip("."))  # type: ignore[arg-type]
+    if isinstance(msg, timestamp_pb2.Timestamp):
+        timestamp_us(msg, prefix.rstrip("."))
         return
-    if desc.full_name == _STRUCT:
-        json_value(msg, prefix.rstrip("."))  # type: ignore[arg-type]
+    if isinstance(msg, struct_pb2.Struct):
+        json_value(msg, prefix.rstrip("."))
         return
     for fd, value in msg.ListFields():
         path = prefix + fd.name
@@ -201,41 +185,47 @@ def _check(msg: Message, rules: Rules, prefix: str, rule_prefix: str) -> None:
                 _check_one(fd, v, f"{path}[{i}]", key, element_rule, rules)
         else:
             _check_one(fd, value, path, key, rule, rules)
-    _check_required(desc, msg, rules, prefix, rule_prefix)
+    _check_required(msg, rules, prefix, rule_prefix)
 
 
 def _check_one(
     fd: FieldDescriptor, value: object, path: str, key: str, rule: Rule | None, rules: Rules
 ) -> None:
-    t = fd.type
-    if t == _T.TYPE_STRING:
+    # protobuf hands each kind of field over as one Python type: messages,
+    # str (string), bytes, float (double, float), bool, int (integers, enums).
+    if isinstance(value, Message):
+        _check(value, rules, path + ".", key + ".")
+    elif isinstance(value, str):
         r = rule if isinstance(rule, Text) else Text()
-        text(value, path, r.max_len)  # type: ignore[arg-type]
+        text(value, path, r.max_len)
         if r.choices and value and value not in r.choices:
             raise refuse(path, f"must be one of {', '.join(sorted(r.choices))} (got {value!r})")
-    elif t == _T.TYPE_BYTES:
+    elif isinstance(value, bytes):
         r = rule if isinstance(rule, Text) else Text()
-        if len(value) > r.max_len:  # type: ignore[arg-type]
-            raise refuse(path, f"is {len(value)} bytes long; the limit is {r.max_len}")  # type: ignore[arg-type]
-    elif t == _T.TYPE_ENUM:
-        if value not in fd.enum_type.values_by_number:
-            raise refuse(path, f"{value} is not a known {fd.enum_type.name}")
-    elif t in _FLOATS:
-        r = rule if isinstance(rule, Range) else Range(-math.inf, math.inf)
-        number(value, path, r.lo, r.hi)  # type: ignore[arg-type]
-    elif t in _INTS:
-        r = rule if isinstance(rule, Range) else (Range(0, INT32_MAX) if t in _UINT32 else None)
-        if r is not None and not r.lo <= value <= r.hi:  # type: ignore[operator]
-            raise refuse(path, f"must be between {_fmt(r.lo)} and {_fmt(r.hi)} (got {value})")
-    elif t == _T.TYPE_MESSAGE:
-        _check(value, rules, path + ".", key + ".")  # type: ignore[arg-type]
+        if len(value) > r.max_len:
+            raise refuse(path, f"is {len(value)} bytes long; the limit is {r.max_len}")
+    elif isinstance(value, float):
+        rng = rule if isinstance(rule, Range) else Range(-math.inf, math.inf)
+        number(value, path, rng.lo, rng.hi)
+    elif isinstance(value, bool):
+        return
+    elif isinstance(value, int):
+        t = fd.type
+        if t == _T.TYPE_ENUM:
+            enum = fd.enum_type
+            if enum is not None and value not in enum.values_by_number:
+                raise refuse(path, f"{value} is not a known {enum.name}")
+            return
+        limit = rule if isinstance(rule, Range) else (Range(0, INT32_MAX) if t in _UINT32 else None)
+        if limit is not None and not limit.lo <= value <= limit.hi:
+            raise refuse(
+                path, f"must be between {_fmt(limit.lo)} and {_fmt(limit.hi)} (got {value})"
+            )
 
 
-def _check_required(
-    desc: Descriptor, msg: Message, rules: Rules, prefix: str, rule_prefix: str
-) -> None:
+def _check_required(msg: Message, rules: Rules, prefix: str, rule_prefix: str) -> None:
     """Rules that refuse a missing value (ListFields never lists those)."""
-    for fd in desc.fields:
+    for fd in msg.DESCRIPTOR.fields:
         rule = rules.get(rule_prefix + fd.name)
         if rule is None or not getattr(rule, "required", False):
             continue
@@ -249,9 +239,8 @@ def _check_required(
             if not value.strip():
                 raise refuse(path, "is required")
         elif fd.type == _T.TYPE_ENUM and value == 0:
-            raise refuse(
-                path, f"is required ({fd.enum_type.values_by_number[0].name} is not allowed)"
-            )
+            zero = fd.enum_type.values_by_number[0].name if fd.enum_type else "0"
+            raise refuse(path, f"is required ({zero} is not allowed)")
 
 
 def _fmt(x: float) -> str:
