@@ -62,48 +62,70 @@ class CapsuleServicer(capsule_pb2_grpc.CapsuleServicer):
         self._core = core
 
     async def AppendEvents(
-        self, request: capsule_pb2.AppendEventsRequest, context: aio.ServicerContext
+        self,
+        request: capsule_pb2.AppendEventsRequest,
+        context: aio.ServicerContext[
+            capsule_pb2.AppendEventsRequest, capsule_pb2.AppendEventsReply
+        ],
     ) -> capsule_pb2.AppendEventsReply:
         return await self._core.append_events(request)
 
     async def QueryEvents(
-        self, request: capsule_pb2.QueryEventsRequest, context: aio.ServicerContext
+        self,
+        request: capsule_pb2.QueryEventsRequest,
+        context: aio.ServicerContext[capsule_pb2.QueryEventsRequest, capsule_pb2.QueryEventsReply],
     ) -> capsule_pb2.QueryEventsReply:
         check_message(request, QUERY_EVENTS)
         return await self._core.query_events(request)
 
     async def GetBakeoffStats(
-        self, request: capsule_pb2.GetBakeoffStatsRequest, context: aio.ServicerContext
+        self,
+        request: capsule_pb2.GetBakeoffStatsRequest,
+        context: aio.ServicerContext[capsule_pb2.GetBakeoffStatsRequest, capsule_pb2.BakeoffStats],
     ) -> capsule_pb2.BakeoffStats:
         check_message(request, BAKEOFF_STATS)
         return await self._core.bakeoff_stats(request)
 
     async def CheckThresholds(
-        self, request: capsule_pb2.CheckThresholdsRequest, context: aio.ServicerContext
+        self,
+        request: capsule_pb2.CheckThresholdsRequest,
+        context: aio.ServicerContext[
+            capsule_pb2.CheckThresholdsRequest, capsule_pb2.CheckThresholdsReply
+        ],
     ) -> capsule_pb2.CheckThresholdsReply:
         check_message(request, CHECK_THRESHOLDS)
         return await self._core.check_thresholds(request)
 
     async def WriteReport(
-        self, request: capsule_pb2.WriteReportRequest, context: aio.ServicerContext
+        self,
+        request: capsule_pb2.WriteReportRequest,
+        context: aio.ServicerContext[capsule_pb2.WriteReportRequest, capsule_pb2.WriteReportReply],
     ) -> capsule_pb2.WriteReportReply:
         check_message(request, WRITE_REPORT)
         return await self._core.write_report(request)
 
     async def GetUsage(
-        self, request: capsule_pb2.GetUsageRequest, context: aio.ServicerContext
+        self,
+        request: capsule_pb2.GetUsageRequest,
+        context: aio.ServicerContext[capsule_pb2.GetUsageRequest, capsule_pb2.UsageSummary],
     ) -> capsule_pb2.UsageSummary:
         check_message(request, USAGE)
         return await self._core.usage(request)
 
     async def UpsertBakeoffRun(
-        self, request: capsule_pb2.BakeoffRun, context: aio.ServicerContext
+        self,
+        request: capsule_pb2.BakeoffRun,
+        context: aio.ServicerContext[capsule_pb2.BakeoffRun, capsule_pb2.BakeoffRun],
     ) -> capsule_pb2.BakeoffRun:
         check_message(request, BAKEOFF_RUN)
         return await self._core.upsert_bakeoff_run(request)
 
     async def RecordTrials(
-        self, request: capsule_pb2.RecordTrialsRequest, context: aio.ServicerContext
+        self,
+        request: capsule_pb2.RecordTrialsRequest,
+        context: aio.ServicerContext[
+            capsule_pb2.RecordTrialsRequest, capsule_pb2.RecordTrialsReply
+        ],
     ) -> capsule_pb2.RecordTrialsReply:
         self._core.check_trial_batch(request)
         check_message(request, TRIALS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from grpc import aio
 
@@ -49,10 +50,11 @@ def complete_rules(max_validation_retries: int) -> Rules:
 DEADLINE_MARGIN_S = 0.02
 
 
-def _deadline(context: aio.ServicerContext) -> float | None:
+def _deadline(context: aio.ServicerContext[Any, Any]) -> float | None:
     """The caller's deadline as event-loop time (None when the call has none)."""
 
-    remaining = context.time_remaining()
+    # grpc.aio answers None when the call has no deadline (its stubs say float).
+    remaining: float | None = context.time_remaining()
     if remaining is None:
         return None
     # A little early, so the adapter answers DEADLINE_EXCEEDED with its reason
@@ -137,7 +139,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self._core = core
         self._complete_rules = complete_rules(core.config.max_validation_retries)
 
-    async def ListModels(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListModels(
+        self,
+        request: inference_pb2.ListModelsRequest,
+        context: aio.ServicerContext[
+            inference_pb2.ListModelsRequest, inference_pb2.ListModelsReply
+        ],
+    ) -> inference_pb2.ListModelsReply:
         check_message(request, BACKEND)
         cards, unreachable = await self._core.list_models(request.backend)
         return inference_pb2.ListModelsReply(
@@ -154,17 +162,29 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             unreachable=[backend_health(s) for s in unreachable],
         )
 
-    async def Health(self, request, context):  # type: ignore[no-untyped-def]
+    async def Health(
+        self,
+        request: inference_pb2.HealthRequest,
+        context: aio.ServicerContext[inference_pb2.HealthRequest, inference_pb2.HealthReply],
+    ) -> inference_pb2.HealthReply:
         check_message(request, BACKEND)
         statuses = await self._core.health(request.backend, request.refresh)
         return inference_pb2.HealthReply(backends=[backend_health(s) for s in statuses])
 
-    async def Complete(self, request, context):  # type: ignore[no-untyped-def]
+    async def Complete(
+        self,
+        request: inference_pb2.CompleteRequest,
+        context: aio.ServicerContext[inference_pb2.CompleteRequest, inference_pb2.CompleteReply],
+    ) -> inference_pb2.CompleteReply:
         check_message(request, self._complete_rules)
         result = await self._core.complete(call_request(request), _deadline(context))
         return complete_reply(result)
 
-    async def StreamComplete(self, request, context) -> AsyncIterator[inference_pb2.CompleteChunk]:  # type: ignore[no-untyped-def]
+    async def StreamComplete(
+        self,
+        request: inference_pb2.CompleteRequest,
+        context: aio.ServicerContext[inference_pb2.CompleteRequest, inference_pb2.CompleteChunk],
+    ) -> AsyncIterator[inference_pb2.CompleteChunk]:
         check_message(request, self._complete_rules)
         async for item in self._core.stream(call_request(request), _deadline(context)):
             if isinstance(item, str):

@@ -57,13 +57,17 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self._router = router
 
     async def Decide(
-        self, request: router_pb2.DecideRequest, context: aio.ServicerContext
+        self,
+        request: router_pb2.DecideRequest,
+        context: aio.ServicerContext[router_pb2.DecideRequest, router_pb2.RoutingDecision],
     ) -> router_pb2.RoutingDecision:
         check_message(request, DECIDE)
         return decision_to_proto(self._router.decide(request), request)
 
     async def GetPolicy(
-        self, request: router_pb2.GetPolicyRequest, context: aio.ServicerContext
+        self,
+        request: router_pb2.GetPolicyRequest,
+        context: aio.ServicerContext[router_pb2.GetPolicyRequest, router_pb2.PolicySnapshot],
     ) -> router_pb2.PolicySnapshot:
         p = self._router.policy
         return router_pb2.PolicySnapshot(json=p.snapshot_json, sha256=p.sha256, source=p.source)

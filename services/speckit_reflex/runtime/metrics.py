@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeAlias, cast
 
 import grpc
 from grpc import aio
@@ -255,14 +255,25 @@ def watch_event_sink(metrics: Metrics, service: str, sink: Any) -> None:
 # -- the RPC interceptor ---------------------------------------------------------------
 
 
-def _status_of(context: aio.ServicerContext) -> str:
-    code = context.code()
+def _status_of(context: aio.ServicerContext[Any, Any]) -> str:
+    # grpc.aio answers None before a code is set, and keeps an int set with
+    # set_code(int) as it is (its stubs say StatusCode only).
+    code: grpc.StatusCode | int | None = context.code()
     if code is None:
         return "OK"
     if isinstance(code, grpc.StatusCode):
         return code.name
     # grpc keeps the integer a handler set with set_code(int)
     return next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))
+
+
+# (Strings: grpc's runtime classes are not generic.)
+_Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+# grpc's stubs type a handler's behaviours as synchronous functions of a
+# grpc.ServicerContext; under grpc.aio they are coroutine functions and async
+# generators of an aio.ServicerContext.
+_AioUnary: TypeAlias = "Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]"
+_AioStream: TypeAlias = "Callable[[Any, aio.ServicerContext[Any, Any]], AsyncIterator[Any]]"
 
 
 class RpcMetricsInterceptor(aio.ServerInterceptor):
@@ -276,13 +287,13 @@ class RpcMetricsInterceptor(aio.ServerInterceptor):
     def __init__(self, metrics: Metrics, service: str):
         self._metrics = metrics
         self._service = service
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._wrapped: dict[str, tuple[_Handler, _Handler]] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> _Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -294,11 +305,13 @@ class RpcMetricsInterceptor(aio.ServerInterceptor):
         self._wrapped[path] = (handler, wrapped)
         return wrapped
 
-    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    def _wrap(self, handler: _Handler, method: str) -> _Handler:
         m, service = self._metrics, self._service
         seconds = m.rpc_seconds(service, method)
 
-        def done(started: float, context: aio.ServicerContext, exc: BaseException | None) -> None:
+        def done(
+            started: float, context: aio.ServicerContext[Any, Any], exc: BaseException | None
+        ) -> None:
             seconds.observe(time.perf_counter() - started)
             if exc is None or isinstance(exc, aio.AbortError):
                 code = _status_of(context)
@@ -307,9 +320,9 @@ class RpcMetricsInterceptor(aio.ServerInterceptor):
             m.rpc_handled(service, method, code).inc()
 
         if handler.unary_unary:
-            fn = handler.unary_unary
+            fn = cast(_AioUnary, handler.unary_unary)
 
-            async def unary(request: Any, context: aio.ServicerContext) -> Any:
+            async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
                 started, failure = time.perf_counter(), None
                 try:
                     return await fn(request, context)
@@ -325,9 +338,11 @@ class RpcMetricsInterceptor(aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
-            fn_stream = handler.unary_stream
+            fn_stream = cast(_AioStream, handler.unary_stream)
 
-            async def stream(request: Any, context: aio.ServicerContext) -> Any:
+            async def stream(
+                request: Any, context: aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
                 started, failure = time.perf_counter(), None
                 try:
                     async for item in fn_stream(request, context):
