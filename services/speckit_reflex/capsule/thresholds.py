@@ -166,12 +166,12 @@ class _Gate:
     def add(
         self,
         name: str,
-        status: int,
+        status: S.ValueType,
         observed: float | None,
         required: float,
         comparison: str,
         message: str,
-        kind: int,
+        kind: K.ValueType,
         counts: tuple[int, int] | None = None,
     ) -> None:
         """One threshold's result; a failure mirrors it (with the task counts
@@ -179,7 +179,7 @@ class _Gate:
         r = capsule_pb2.ThresholdResult(
             name=name,
             status=status,
-            required=required,  # type: ignore[arg-type]
+            required=required,
             comparison=comparison,
             message=message,
         )
@@ -192,9 +192,9 @@ class _Gate:
                 capsule_pb2.ThresholdFailure(
                     kind=kind, message=message, observed=seen, required=needed
                 )
-            )  # type: ignore[arg-type]
+            )
 
-    def status(self) -> int:
+    def status(self) -> S.ValueType:
         statuses = {r.status for r in self.results}
         if S.THRESHOLD_STATUS_FAIL in statuses:
             return S.THRESHOLD_STATUS_FAIL
@@ -295,7 +295,7 @@ def judge(
         passes: Callable[[float], bool],
         comparison: str,
         label: str,
-        fail_kind: int,
+        fail_kind: K.ValueType,
         unit: str,
     ) -> None:
         if observed is None or not enough:
@@ -320,7 +320,7 @@ def judge(
                 required,
                 comparison,
                 f"{who}: {label} {observed:.1f}{unit} {comparison} {required:g}{unit}",
-                0,
+                K.THRESHOLD_FAILURE_KIND_UNSPECIFIED,
             )
         else:
             gate.add(
@@ -402,7 +402,7 @@ def judge(
     status = gate.status()
     if reply.invalidated and status == S.THRESHOLD_STATUS_PASS:
         status = S.THRESHOLD_STATUS_NOT_JUDGED
-    reply.status = status  # type: ignore[assignment]
+    reply.status = status
     reply.passed = status == S.THRESHOLD_STATUS_PASS
     reply.results.extend(gate.results)
     reply.failures.extend(gate.failures)

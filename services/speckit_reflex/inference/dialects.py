@@ -141,23 +141,9 @@ class DeepSeekDialect(Dialect):
     """DeepSeek's API accepts only `json_object` (no json_schema); the schema is
     then enforced by local validation alone."""
 
-    def chat_body(
-        self,
-        model,
-        messages,
-        max_tokens,
-        temperature,
-        seed,
-        schema,
-        schema_name,  # type: ignore[no-untyped-def]
-        stream=True,
-    ):
-        body = super().chat_body(
-            model, messages, max_tokens, temperature, seed, schema, schema_name, stream
-        )
+    def add_extras(self, body: dict[str, Any], schema: dict[str, Any] | None) -> None:
         if schema is not None:
             body["response_format"] = {"type": "json_object"}
-        return body
 
 
 DIALECTS: dict[str, Dialect] = {

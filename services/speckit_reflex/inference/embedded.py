@@ -61,12 +61,12 @@ class EmbeddedServerConfig:
         return f"http://{self.host}:{self.port}/v1"
 
 
-def start_embedded_server(cfg: EmbeddedServerConfig):  # type: ignore[no-untyped-def]
+def start_embedded_server(cfg: EmbeddedServerConfig) -> object:
     """Start llama.cpp's server in this process; returns the xllamacpp.Server.
 
     The server runs on its own threads until the process exits.
     """
-    import xllamacpp
+    import xllamacpp  # type: ignore[import-untyped]  # ships neither stubs nor py.typed
 
     params = xllamacpp.CommonParams()
     params.model.path = cfg.model_path or str(bundled_model_path())

@@ -44,7 +44,7 @@ class BackendStatus:
     cooling_down: bool = False
     listed_models: tuple[str, ...] = field(default=(), compare=False)
     # The weights behind `model` as the server reports them (verdicts are keyed by it).
-    identity: ModelIdentity = ModelIdentity()
+    identity: ModelIdentity = field(default_factory=ModelIdentity)
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ class HealthBook:
         if task is None:
             task = asyncio.create_task(self._probe(self._servers[name]), name=f"probe-{name}")
             self._inflight[name] = task
-            task.add_done_callback(lambda _t, n=name: self._inflight.pop(n, None))
+            task.add_done_callback(lambda _t: self._inflight.pop(name, None))
         return await asyncio.shield(task)
 
     async def _probe(self, server: ModelServer) -> BackendStatus:

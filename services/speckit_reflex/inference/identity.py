@@ -72,7 +72,9 @@ async def read_identity(
     digest = _text(card, "digest", "sha256")
     if kind == "llamacpp":
         props = await _get(server, "/props", timeout_s)
-        meta = card.get("meta") if isinstance(card.get("meta"), dict) else {}
+        meta = card.get("meta")
+        if not isinstance(meta, dict):
+            meta = {}
         if not digest and meta.get("size") and meta.get("n_params"):
             digest = f"size={meta['size']},n_params={meta['n_params']}"
         return ModelIdentity(

@@ -109,7 +109,7 @@ def watch_verdicts(
 
     def samples() -> list[tuple[tuple[str, str], float]]:
         now = time.time()
-        out = []
+        out: list[tuple[tuple[str, str], float]] = []
         for model in models:
             current = verdict_status(caches, model, now, stale_after_s)
             out.extend(((model, status), float(status == current)) for status in VERDICT_STATUSES)

@@ -23,9 +23,12 @@ _COMPARE: dict[str, tuple[Callable[[float, float], bool], str]] = {
     "eq": (operator.eq, "=="),
 }
 
-# Request fields that proto3 leaves unset when the caller has no value; an
-# unset value never fires a predicate (no confidence reported ≠ confidence 0).
-_OPTIONAL_FIELDS = frozenset({"confidence"})
+# Request fields that proto3 leaves unset when the caller has no value, with
+# their presence test; an unset value never fires a predicate (no confidence
+# reported ≠ confidence 0).
+_PRESENT: dict[str, Callable[[router_pb2.DecideRequest], bool]] = {
+    "confidence": lambda r: r.HasField("confidence"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +37,7 @@ class CompiledRule:
 
     field: str
     text: str
-    test: Callable[[object], bool]
+    test: Callable[[float], bool]
 
     def describe(self, request: router_pb2.DecideRequest) -> str:
         """The predicate and the value that made it fire, e.g. 'confidence < 0.75 (got 0.6)'."""
@@ -47,9 +50,11 @@ def compile_rule(rule: EscalationRule) -> CompiledRule:
     if rule.op == "true":
         return CompiledRule(field, f"{field} is true", lambda v: bool(v))
     fn, symbol = _COMPARE[rule.op]
-    bound = float(rule.value)  # type: ignore[arg-type]  # validated: non-"true" ops carry a value
+    if rule.value is None:  # the policy model refuses this; never compile it
+        raise ValueError(f"escalation rule {field} {rule.op} has no value")
+    bound = float(rule.value)
     shown = int(bound) if bound.is_integer() else bound
-    return CompiledRule(field, f"{field} {symbol} {shown}", lambda v: fn(float(v), bound))
+    return CompiledRule(field, f"{field} {symbol} {shown}", lambda v: fn(v, bound))
 
 
 class EscalationRules:
@@ -64,7 +69,8 @@ class EscalationRules:
     def first_fired(self, request: router_pb2.DecideRequest) -> CompiledRule | None:
         """The first predicate that holds for `request`, or None."""
         for rule in self._rules:
-            if rule.field in _OPTIONAL_FIELDS and not request.HasField(rule.field):
+            present = _PRESENT.get(rule.field)
+            if present is not None and not present(request):
                 continue
             if rule.test(getattr(request, rule.field)):
                 return rule

@@ -16,7 +16,9 @@ from speckit_reflex.v1 import common_pb2, router_pb2
 
 log = logging.getLogger("speckit.router.audit")
 
-MODE_NAMES = {v: n.removeprefix("ROUTING_MODE_").lower() for n, v in common_pb2.RoutingMode.items()}
+MODE_NAMES: dict[int, str] = {
+    v: n.removeprefix("ROUTING_MODE_").lower() for n, v in common_pb2.RoutingMode.items()
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,9 +31,9 @@ class Decision:
     policy_hash: str
 
 
-def _rare_payload(route: Route) -> dict[str, object]:
+def _rare_payload(route: Route) -> dict[str, str | bool | list[dict[str, str]]]:
     """Payload parts of fallbacks, forced routes and refusals."""
-    payload: dict[str, object] = {}
+    payload: dict[str, str | bool | list[dict[str, str]]] = {}
     if route.skipped:
         payload["skipped"] = [
             {

@@ -242,7 +242,7 @@ class CacheRefresher:
         await asyncio.gather(self.refresh_verdicts(), self.refresh_usage())
 
     @staticmethod
-    async def _every(interval_s: float, refresh: Callable[[], Awaitable[None]]) -> None:
+    async def _every(interval_s: float, refresh: Callable[[], Awaitable[object]]) -> None:
         while True:
             await asyncio.sleep(interval_s)
             await refresh()
