@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("db", help="Capsule database schema: upgrade, current revision")
     dsub = p.add_subparsers(dest="db_command", required=True, metavar="SUBCOMMAND")
     up = dsub.add_parser("upgrade", help="migrate the database to the latest schema")

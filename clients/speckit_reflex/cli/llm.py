@@ -8,7 +8,7 @@ import os
 from speckit_reflex.cli.output import CliError
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("llm", help="the embedded local model server")
     psub = p.add_subparsers(dest="llm_command", required=True)
     s = psub.add_parser(

@@ -11,7 +11,7 @@ from speckit_reflex.policy import load_policy
 from speckit_reflex.runtime.settings import RuntimeSettings
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("policy", help="validate and show the model policy")
     psub = p.add_subparsers(dest="policy_command", required=True)
     for name, helptext in (

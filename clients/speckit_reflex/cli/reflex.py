@@ -27,7 +27,7 @@ def _window_arg(text: str) -> str:
     raise argparse.ArgumentTypeError(f"{text!r} is not a window like 1h, 24h, 7d or 30d")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "reflex", help="bakeoff statistics, the CI gate, trials, backend health, one-off fixes"
     )

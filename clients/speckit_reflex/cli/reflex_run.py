@@ -19,7 +19,7 @@ from speckit_reflex.v1 import common_pb2, patchloop_pb2
 GOOD_OUTCOMES = frozenset({"fixed", "already_clean"})
 
 
-def register(rsub: argparse._SubParsersAction) -> None:
+def register(rsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q = rsub.add_parser("run", help="fix one crate with the reflex loop (escalating per policy)")
     q.add_argument("path", help="crate or workspace folder")
     q.add_argument(

@@ -32,7 +32,7 @@ DEFAULT_SUITE = "reflex_patchloop_v1"
 INTERRUPTED_EXIT = 130
 
 
-def register(rsub: argparse._SubParsersAction) -> None:
+def register(rsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q = rsub.add_parser("trials", help="run a bakeoff suite through PatchLoop and record it")
     q.add_argument(
         "--suite", default=DEFAULT_SUITE, help="suite name (under bench/suites) or folder"

@@ -32,7 +32,7 @@ REFLEX_MODE_OVERRIDES = {
 }
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "serve", help="run one service or the OpenAI-compatible endpoint, or all in one process"
     )
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         # e.g. Capsule refusing a database at an older schema revision.
         raise CliError(exc.message) from None
     except AddressInUse as exc:
-        raise CliError(exc.strerror) from None
+        raise CliError(exc.strerror or str(exc)) from None
     except OSError as exc:
         raise CliError(str(exc)) from None
     return 0

@@ -476,7 +476,8 @@ class Capsule:
         if not run.HasField("summary"):
             return None
         try:
-            return redact(struct_to_dict(run.summary))
+            summary: dict[str, Any] = redact(struct_to_dict(run.summary))
+            return summary
         except MalformedJson as exc:
             raise InvalidArgument(f"bakeoff run summary is malformed: {exc}") from None
 

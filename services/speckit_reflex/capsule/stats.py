@@ -246,10 +246,10 @@ def _histogram_stats(
         per_mode[mode] = [a + b for a, b in zip(per_mode.get(mode, [0] * len(c)), c, strict=True)]
     for mode, c in per_mode.items():
         _from_counters(_group(out, mode, None), c)
-    for (mode, model, metric), per_bin in _window_bins(conn, window).items():
+    for (mode, bin_model, metric), per_bin in _window_bins(conn, window).items():
         if not per_bin:  # an hour whose attempts reported no TTFT
             continue
-        g = _group(out, mode, model)
+        g = _group(out, mode, bin_model)
         ordered = sorted(per_bin.items())
         p50, p95 = (histogram_percentile(ordered, p) for p in PERCENTILES)
         if metric == LATENCY:

@@ -305,7 +305,7 @@ def _sqlite_insert_events(
     """As _pg_insert_events, for SQLite: one INSERT ... ON CONFLICT DO NOTHING RETURNING."""
     t = EventRow.__table__.c
     stmt = (
-        sqlite.insert(EventRow.__table__)
+        sqlite.insert(EventRow)
         .on_conflict_do_nothing(index_elements=["id"])
         .returning(t.type, *(t[c] for c in SAMPLE_COLUMNS))
     )
@@ -392,7 +392,7 @@ class CapsuleStore:
             return 0
         with self.engine.begin() as conn:
             raw = conn.connection.driver_connection
-            if self._postgres:
+            if isinstance(raw, psycopg.Connection):  # PostgreSQL (psycopg 3 only): COPY
                 inserted, samples = _pg_insert_events(raw, rows)
             else:
                 inserted, samples = _sqlite_insert_events(conn, rows)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from google.protobuf import timestamp_pb2
+
 from speckit_reflex.errors import InvalidArgument
 from speckit_reflex.v1 import capsule_pb2
 
@@ -35,8 +37,8 @@ def parse_duration_us(text: str) -> int:
     return span
 
 
-def _ts_us(ts: object) -> int:
-    return ts.seconds * 1_000_000 + ts.nanos // 1000  # type: ignore[attr-defined]
+def _ts_us(ts: timestamp_pb2.Timestamp) -> int:
+    return ts.seconds * 1_000_000 + ts.nanos // 1000
 
 
 def resolve_window(window: capsule_pb2.Window | None, now_us: int) -> TimeWindow:
@@ -46,15 +48,13 @@ def resolve_window(window: capsule_pb2.Window | None, now_us: int) -> TimeWindow
     exactly now. Explicit times are [start, end); a missing end is now, a
     missing start is an error (there is no sensible default).
     """
-    has_start = window is not None and window.HasField("start")
-    has_end = window is not None and window.HasField("end")
-    if has_start or has_end:
-        if window is not None and window.since:
+    if window is not None and (window.HasField("start") or window.HasField("end")):
+        if window.since:
             raise InvalidArgument("give either window.since or window.start/end, not both")
-        if not has_start:
+        if not window.HasField("start"):
             raise InvalidArgument("window.end without window.start")
-        start = _ts_us(window.start)  # type: ignore[union-attr]
-        end = _ts_us(window.end) if has_end else now_us + 1  # type: ignore[union-attr]
+        start = _ts_us(window.start)
+        end = _ts_us(window.end) if window.HasField("end") else now_us + 1
         if end <= start:
             raise InvalidArgument("window.end must be after window.start")
         return TimeWindow(start, end, "custom")
