@@ -35,9 +35,8 @@ import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
 from speckit_reflex.bakeoff import figures_by_backend
+from speckit_reflex.bakeoff.metrics import percentile
 from speckit_reflex.bakeoff.trial import TrialResult
 from speckit_reflex.clients.capsule import CapsuleClient
 from speckit_reflex.policy import load_policy
@@ -45,17 +44,13 @@ from speckit_reflex.runtime.bootstrap import start_services
 from speckit_reflex.runtime.settings import RuntimeSettings
 from speckit_reflex.v1 import capsule_pb2, common_pb2, patchloop_pb2
 
+ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {
     "record_trial_p50_ms": 5.0,
     "figures_ms": 50.0,
     "cli_bakeoff_minus_python_ms": 1000.0,
     "cli_check_minus_python_ms": 1000.0,
 }
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
 def attempt(i: int) -> common_pb2.Event:
@@ -153,7 +148,7 @@ async def main(args: argparse.Namespace) -> dict:
         "events": args.events,
         "trials": args.trials,
         "record_trial_p50_ms": round(statistics.median(record_ms), 2),
-        "record_trial_p95_ms": round(pct(record_ms, 0.95), 2),
+        "record_trial_p95_ms": round(percentile(record_ms, 0.95), 2),
         "figures_ms": round(figures_ms, 2),
         "rpc_bakeoff_stats_p50_ms": round(statistics.median(stats_ms), 1),
         "python_start_ms": round(base_ms, 1),

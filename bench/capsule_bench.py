@@ -42,13 +42,10 @@ import psycopg
 
 from speckit_reflex.capsule import migrate
 from speckit_reflex.clients.health import wait_serving
+from speckit_reflex.clients.ports import pick_port
 from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, common_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # tests.ports: the one port helper
-
-from tests.ports import pick_port  # noqa: E402
-
 ADMIN_DSN = os.environ.get("SPECKIT_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 TARGET_INGEST = 50_000  # events/s
 TARGET_RSS_MB = 250

@@ -24,11 +24,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from speckit_reflex.clients.ports import pick_port
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests.ports: the one port helper
-
-from tests.ports import pick_port  # noqa: E402
-
 SERVICES = ("capsule", "inference", "router", "patchloop")
 TARGET_MB = 150.0
 

@@ -50,13 +50,13 @@ from typing import Any
 import httpx
 from grpc import aio
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from speckit_reflex.bakeoff.metrics import percentile
+from speckit_reflex.clients.inference import InferenceClient
+from speckit_reflex.clients.ports import pick_port
+from speckit_reflex.clients.router import RouterClient
+from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, common_pb2
 
-from speckit_reflex.clients.inference import InferenceClient  # noqa: E402
-from speckit_reflex.clients.router import RouterClient  # noqa: E402
-from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, common_pb2  # noqa: E402
-from tests.ports import pick_port  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SCHEMA = {
     "type": "object",
@@ -73,11 +73,6 @@ TARGETS = {
     "reflex_added_p50_ms": 1.5,
     "reflex_added_p99_ms": 5.0,
 }
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 class CountingCapsule(capsule_pb2_grpc.CapsuleServicer):
@@ -664,18 +659,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {
         "calls": len(direct),
         "direct_p50_ms": statistics.median(direct),
-        "direct_p99_ms": pct(direct, 99),
+        "direct_p99_ms": percentile(direct, 0.99),
         "adapter_p50_ms": statistics.median(adapter),
-        "adapter_p99_ms": pct(adapter, 99),
+        "adapter_p99_ms": percentile(adapter, 0.99),
         "added_p50_ms": statistics.median(adapter) - statistics.median(direct),
-        "added_p99_ms": pct(adapter, 99) - pct(direct, 99),
+        "added_p99_ms": percentile(adapter, 0.99) - percentile(direct, 0.99),
         "added_p50_paired_ms": statistics.median(
             [a - d for a, d in zip(adapter, direct, strict=True)]
         ),
         "reflex_p50_ms": statistics.median(reflex),
-        "reflex_p99_ms": pct(reflex, 99),
+        "reflex_p99_ms": percentile(reflex, 0.99),
         "reflex_added_p50_ms": statistics.median(reflex) - statistics.median(direct),
-        "reflex_added_p99_ms": pct(reflex, 99) - pct(direct, 99),
+        "reflex_added_p99_ms": percentile(reflex, 0.99) - percentile(direct, 0.99),
         "ttft_calls": len(s_direct_ttft),
         "stream_calls": len(s_direct_tps),
         "stream_direct_ttft_p50_ms": statistics.median(s_direct_ttft) if s_direct_ttft else None,

@@ -38,7 +38,9 @@ import httpx
 from grpc import aio
 from grpc.aio import AioRpcError
 
+from speckit_reflex.bakeoff.metrics import percentile
 from speckit_reflex.clients.patchloop import PatchLoopClient
+from speckit_reflex.clients.ports import pick_port
 from speckit_reflex.clients.router import RouterClient
 from speckit_reflex.policy import load_policy
 from speckit_reflex.runtime.bootstrap import start_services
@@ -54,10 +56,6 @@ from speckit_reflex.v1 import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # tests.ports: the one port helper
-
-from tests.ports import pick_port  # noqa: E402
-
 CRATE = ROOT / "tests" / "patchloop" / "crates" / "field_typo"
 SUITE = ROOT / "bench" / "suites" / "reflex_patchloop_v1" / "tasks"
 TARGET_OVERHEAD_P50_MS = 20.0
@@ -112,11 +110,6 @@ class StubCapsule(capsule_pb2_grpc.CapsuleServicer):
         return capsule_pb2.AppendEventsReply(inserted=len(request.events))
 
 
-def _pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
-
-
 async def overhead(runs: int, attempts: int, work: Path) -> dict:
     server = aio.server()
     capsule = StubCapsule()
@@ -165,7 +158,7 @@ async def overhead(runs: int, attempts: int, work: Path) -> dict:
     return {
         "samples": len(ov),
         "overhead_p50_ms": statistics.median(ov),
-        "overhead_p95_ms": _pct(ov, 0.95),
+        "overhead_p95_ms": percentile(ov, 0.95),
         "compile_p50_ms": statistics.median(t["compile_ms"] for t in timings),
         "model_call_p50_ms": statistics.median(t["model_ms"] for t in timings),
         "attempt_p50_ms": statistics.median(t["attempt_ms"] for t in timings),

@@ -38,6 +38,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from speckit_reflex.bakeoff.metrics import percentile
+from speckit_reflex.clients.ports import pick_port
 from speckit_reflex.v1 import (
     capsule_pb2,
     capsule_pb2_grpc,
@@ -49,10 +51,6 @@ from speckit_reflex.v1 import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # tests.ports: the one port helper
-
-from tests.ports import pick_port  # noqa: E402
-
 TARGET_P50_MS = 0.7
 TARGET_RATE = 3000.0
 
@@ -198,11 +196,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def measure(
     addr: str,
     sequential: int,
@@ -252,7 +245,7 @@ async def measure(
     return {
         "sequential_calls": len(latencies),
         "p50_ms": statistics.median(latencies),
-        "p99_ms": pct(latencies, 0.99),
+        "p99_ms": percentile(latencies, 0.99),
         "server_decide_p50_ms": statistics.median(server_ms),
         "concurrency": concurrency,
         "throughput_seconds": elapsed,

@@ -43,12 +43,13 @@ import time
 from pathlib import Path
 
 from grpc import aio
-from patchloop_bench import StubCapsule, StubInference, StubRouter  # puts the checkout on sys.path
+from patchloop_bench import StubCapsule, StubInference, StubRouter
 
+from speckit_reflex.bakeoff.metrics import percentile
 from speckit_reflex.clients.patchloop import PatchLoopClient
+from speckit_reflex.clients.ports import pick_port
 from speckit_reflex.patchloop.sandbox import BuildRunner, Sandbox
 from speckit_reflex.v1 import capsule_pb2_grpc, inference_pb2_grpc, patchloop_pb2, router_pb2_grpc
-from tests.ports import pick_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_BUILD_RATIO = 1.5
@@ -224,11 +225,6 @@ async def loop_lag(stop: asyncio.Event, out: list[float]) -> None:
         out.append((time.perf_counter() - t0 - 0.01) * 1000)
 
 
-def _pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
-
-
 async def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -334,7 +330,7 @@ async def main() -> None:
             "all_finished": all(m[0][-1].WhichOneof("kind") == "result" for m in many),
             "wall_ms": concurrent_wall,
             "first_event_p50_ms": statistics.median(ttfe),
-            "first_event_p99_ms": _pct(ttfe, 0.99),
+            "first_event_p99_ms": percentile(ttfe, 0.99),
             "first_event_max_ms": max(ttfe),
             "longest_gap_between_events_ms": max(m[3] for m in many),
             "client_event_loop_max_stall_ms": max(lags, default=0.0),

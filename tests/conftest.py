@@ -20,7 +20,7 @@ from speckit_reflex.runtime.bootstrap import ServiceContext, start_services
 from speckit_reflex.runtime.server import RunningServer
 from speckit_reflex.runtime.settings import RuntimeSettings
 from speckit_reflex.runtime.tracing import Tracing
-from tests.ports import DeadEndpoint, StartFailed, start_on_free_port
+from tests.ports import DeadEndpoint, HeldPort, StartFailed, start_on_free_port
 
 PG_ADMIN_DSN = os.environ.get(
     "SPECKIT_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -162,6 +162,21 @@ def dead_endpoint() -> Iterator[Callable[[], DeadEndpoint]]:
     yield make
     for endpoint in held:
         endpoint.close()
+
+
+@pytest.fixture
+def held_port() -> Iterator[Callable[[], HeldPort]]:
+    """Ports owned until the test ends: for a server the test stops midway, whose
+    address must then stay dead (tests/ports.py)."""
+    held: list[HeldPort] = []
+
+    def make() -> HeldPort:
+        held.append(HeldPort())
+        return held[-1]
+
+    yield make
+    for port in held:
+        port.close()
 
 
 class LlamaServer:

@@ -1,58 +1,53 @@
-"""Ports for tests and benchmarks: a port is never handed back before its owner is gone.
+"""Ports for tests: a port is never handed back before its owner is gone.
 
 - A server in this process binds port 0 and reports the port it got (the gRPC
   services, `FakeModelServer`): no helper needed.
-- A child process that must be told a number (`speckit llm serve --port N`,
-  `speckit serve ...`) gets one from `pick_port()`. Between the pick and the
-  child's own bind the port is free, and any process on the machine may take it
-  (on a loaded CI machine it happens); `start_on_free_port` therefore starts the
-  child again on a fresh port when the start raises `StartFailed`.
-- An address nothing answers on is a `DeadEndpoint`: a socket bound but not
-  listening, held for the test's lifetime. Linux refuses connections to it, and
-  no other server can bind the port while it is held. A port freed by a stopped
-  server is not dead: the next server started may get it and answer.
+- A child process that must be told a number gets one from `pick_port()` and
+  is started through `start_on_free_port`, which starts it again on a fresh
+  port when it loses its port in the window before its bind. Both live in the
+  package (`speckit_reflex.clients.ports`), shared with the benchmarks and the
+  demo; they are re-exported here so that a test finds every port helper in
+  one place.
+- A port the test must own for its whole life is a `HeldPort`: a socket bound
+  (with SO_REUSEPORT) but never listening. Connections to it are refused, and
+  no other socket can bind it, except another SO_REUSEPORT one that asks for
+  that very number: a server of this test started on it (gRPC's `aio.server()`
+  binds with SO_REUSEPORT; `asyncio.start_server(..., reuse_port=True)`). When
+  that server stops, the port refuses connections again instead of going back
+  to the pool, where the next server started anywhere on the machine could get
+  it and answer for the stopped one.
+- An address nothing answers on is a `DeadEndpoint`: a held port no server is
+  started on.
+
+Each is held until `close()` (or the end of a `with` block; the `dead_endpoint`
+and `held_port` fixtures of tests/conftest.py close them when the test ends).
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
-from typing import TypeVar
+from typing import Self
 
-HOST = "127.0.0.1"
-T = TypeVar("T")
+from speckit_reflex.clients.ports import HOST, StartFailed, pick_port, start_on_free_port
 
-
-class StartFailed(RuntimeError):
-    """A child process died before it was ready: perhaps its port was taken in the window."""
-
-
-def pick_port() -> int:
-    """A port free at this instant, for a child process that must be told a number.
-
-    The port is released on return: see the module docstring for the window and
-    `start_on_free_port` for the retry that closes it."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+__all__ = [
+    "HOST",
+    "DeadEndpoint",
+    "HeldPort",
+    "StartFailed",
+    "pick_port",
+    "start_on_free_port",
+]
 
 
-def start_on_free_port(start: Callable[[int], T], attempts: int = 3) -> T:
-    """`start(port)` on a picked port; again on a new port while it raises `StartFailed`."""
-    for attempt in range(attempts):
-        try:
-            return start(pick_port())
-        except StartFailed:
-            if attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
-
-
-class DeadEndpoint:
-    """An address on which connections are refused, held until `close()`."""
+class HeldPort:
+    """A port owned until `close()`; connections are refused unless a server of ours serves on it."""
 
     def __init__(self) -> None:
         self._sock = socket.socket()
+        # SO_REUSEPORT lets this test's own servers bind the number too; a bind
+        # to port 0 elsewhere is never given a port that is in use.
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         self._sock.bind((HOST, 0))  # bound, never listening: connect() gets ECONNREFUSED
         self.port = int(self._sock.getsockname()[1])
         self.addr = f"{HOST}:{self.port}"
@@ -61,8 +56,12 @@ class DeadEndpoint:
     def close(self) -> None:
         self._sock.close()
 
-    def __enter__(self) -> DeadEndpoint:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class DeadEndpoint(HeldPort):
+    """An address on which connections are refused: a held port no server is started on."""

@@ -1,29 +1,57 @@
-"""The test helpers' dead endpoint: refused while held, and no server can take its port."""
+"""The test helpers' held ports: refused while nothing of ours serves on them,
+never taken by anyone else, and dead again once our server on one stops."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import pytest
+from grpc import aio
 
-from tests.ports import DeadEndpoint, StartFailed, start_on_free_port
+from tests.ports import DeadEndpoint, HeldPort, StartFailed, start_on_free_port
+
+
+def _refused(port: int) -> None:
+    with (
+        pytest.raises(ConnectionRefusedError),
+        socket.create_connection(("127.0.0.1", port), timeout=5),
+    ):
+        pass
+
+
+def _cannot_bind(port: int) -> None:
+    other = socket.socket()
+    try:
+        with pytest.raises(OSError):  # EADDRINUSE: a later server cannot answer for ours
+            other.bind(("127.0.0.1", port))
+    finally:
+        other.close()
 
 
 def test_a_dead_endpoint_refuses_connections_and_cannot_be_taken() -> None:
     with DeadEndpoint() as dead:
-        with (
-            pytest.raises(ConnectionRefusedError),
-            socket.create_connection(("127.0.0.1", dead.port), timeout=5),
-        ):
-            pass
-        other = socket.socket()
-        try:
-            with pytest.raises(
-                OSError
-            ):  # EADDRINUSE: a later fake server cannot answer for the dead one
-                other.bind(("127.0.0.1", dead.port))
-        finally:
-            other.close()
+        _refused(dead.port)
+        _cannot_bind(dead.port)
+
+
+async def test_a_held_port_is_dead_again_after_our_server_on_it_stops() -> None:
+    with HeldPort() as held:
+        server = await asyncio.start_server(
+            lambda r, w: w.close(), "127.0.0.1", held.port, reuse_port=True
+        )
+        _, writer = await asyncio.open_connection("127.0.0.1", held.port)  # ours answers
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        _refused(held.port)
+        _cannot_bind(held.port)
+        # gRPC's servers bind with SO_REUSEPORT too: a peer can come back on the same port.
+        grpc_server = aio.server()
+        assert grpc_server.add_insecure_port(held.addr) == held.port
+        await grpc_server.start()
+        await grpc_server.stop(0)
+        _refused(held.port)
 
 
 def test_start_on_free_port_retries_a_failed_start_on_a_new_port() -> None:

@@ -23,6 +23,7 @@ from speckit_reflex.v1 import (
     inference_pb2,
     inference_pb2_grpc,
 )
+from tests.ports import HeldPort
 
 PRIMARY = "gpt-oss-20b"
 BACKUP = "qwen3-coder-30b-a3b"
@@ -189,19 +190,24 @@ class FakeCapsule(capsule_pb2_grpc.CapsuleServicer):
 
 
 class Peers:
-    """Fake Inference and Capsule on their own real gRPC servers (port 0)."""
+    """Fake Inference and Capsule on their own real gRPC servers.
+
+    Inference serves on a port held for the whole test (tests/ports.py): after
+    `stop_inference()` its address refuses connections, and no server started
+    later, here or anywhere on the machine, can take the port and answer."""
 
     def __init__(self) -> None:
         self.inference = FakeInference()
         self.capsule = FakeCapsule()
         self.inference_server: aio.Server | None = None
         self.capsule_server: aio.Server | None = None
-        self.inference_addr = ""
+        self._inference_port = HeldPort()
+        self.inference_addr = self._inference_port.addr
         self.capsule_addr = ""
 
     async def start(self) -> None:
-        self.inference_server, self.inference_addr = await _serve(
-            inference_pb2_grpc.add_InferenceServicer_to_server, self.inference
+        self.inference_server, _ = await _serve(
+            inference_pb2_grpc.add_InferenceServicer_to_server, self.inference, self.inference_addr
         )
         self.capsule_server, self.capsule_addr = await _serve(
             capsule_pb2_grpc.add_CapsuleServicer_to_server, self.capsule
@@ -216,15 +222,16 @@ class Peers:
         await self.stop_inference()
         if self.capsule_server is not None:
             await self.capsule_server.stop(0)
+        self._inference_port.close()
 
     def events(self, event_type: int) -> list[common_pb2.Event]:
         return [e for e in self.capsule.events if e.type == event_type]
 
 
-async def _serve(add, servicer) -> tuple[aio.Server, str]:  # type: ignore[no-untyped-def]
-    server = aio.server()
+async def _serve(add, servicer, addr: str = "127.0.0.1:0") -> tuple[aio.Server, str]:  # type: ignore[no-untyped-def]
+    server = aio.server()  # binds with SO_REUSEPORT (gRPC's default): a held port can be served
     add(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(addr)
     await server.start()
     return server, f"127.0.0.1:{port}"
 

@@ -1,9 +1,8 @@
 """The Router over real gRPC, against controllable Inference and Capsule
-servicers on their own real servers (port 0)."""
+servicers on their own real servers (tests/router/conftest.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from typing import Any
@@ -13,6 +12,7 @@ import pytest
 
 from speckit_reflex.clients.router import RouterClient, refusal_reason
 from speckit_reflex.v1 import common_pb2 as c
+from tests.waiting import eventually
 
 from .conftest import BACKUP, LAST, PRIMARY, Peers, make_policy
 
@@ -130,13 +130,14 @@ async def test_background_refresh_notices_a_stopped_backend(peers: Peers, servic
     )
     assert (await client.decide(**IMPLEMENT)).model == PRIMARY
     peers.inference.healthy["sglang-a"] = False
-    model = PRIMARY
-    for _ in range(100):  # no manual refresh: the background task must pick it up
-        await asyncio.sleep(0.05)
-        model = (await client.decide(**IMPLEMENT)).model
-        if model != PRIMARY:
-            break
-    assert model == BACKUP
+    # No manual refresh: the background task (every 0.1 s) must pick it up.
+    d = await eventually(
+        lambda: client.decide(**IMPLEMENT),
+        lambda d: d.model != PRIMARY,
+        what="the background refresh seeing sglang-a stopped",
+        interval_s=0.05,
+    )
+    assert d.model == BACKUP
 
 
 async def test_unreachable_inference_degrades_to_status_unknown(
@@ -146,22 +147,26 @@ async def test_unreachable_inference_degrades_to_status_unknown(
         services_factory, peers, {"routing": {"health": {"stale_after_s": 0.3}}}
     )
     assert (await client.decide(**IMPLEMENT)).mode == c.ROUTING_MODE_REFLEX
-    await peers.stop_inference()
+    await peers.stop_inference()  # its port stays held: refused, never another server's
     await service.refresher.refresh_health()
-    await asyncio.sleep(0.4)  # the last good answer ages past stale_after_s
-    d = await client.decide(**IMPLEMENT)
+    # The last good answer ages past stale_after_s (0.3 s); until then it still routes reflex.
+    d = await eventually(
+        lambda: client.decide(**IMPLEMENT),
+        lambda d: d.mode != c.ROUTING_MODE_REFLEX,
+        what="the last health answer gone stale",
+    )
     assert (d.mode, d.reason) == (c.ROUTING_MODE_CLOUD, c.ROUTING_REASON_STATUS_UNKNOWN)
     assert "last health refresh failed: UNAVAILABLE" in d.detail
 
 
 async def test_unreachable_capsule_at_start_never_routes_reflex(
-    peers: Peers, services_factory
+    peers: Peers, services_factory, dead_endpoint
 ) -> None:
     svc = await services_factory(
         ["router"],
         policy=make_policy(),
         inference_addr=peers.inference_addr,
-        capsule_addr="127.0.0.1:1",
+        capsule_addr=dead_endpoint().addr,
     )
     d = await RouterClient(svc.ctx.channel("router")).decide(**IMPLEMENT)
     assert (d.mode, d.reason) == (c.ROUTING_MODE_CLOUD, c.ROUTING_REASON_STATUS_UNKNOWN)
