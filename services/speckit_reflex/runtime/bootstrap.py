@@ -99,7 +99,9 @@ def build_service(name: str, ctx: ServiceContext) -> GrpcService:
     if name not in SERVICE_ORDER:
         raise ValueError(f"unknown service {name!r}; expected one of {', '.join(SERVICE_ORDER)}")
     module = importlib.import_module(f"speckit_reflex.{name}.app")
-    return module.build(ctx)
+    # Each service's app module defines build(ctx) -> GrpcService.
+    build: Callable[[ServiceContext], GrpcService] = module.build
+    return build(ctx)
 
 
 async def start_services(

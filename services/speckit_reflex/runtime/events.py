@@ -76,7 +76,7 @@ def _event_doc(event: common_pb2.Event) -> dict[str, object]:
                 MessageToDict(getattr(copy, name))
             except Exception as exc:
                 unreadable[name] = str(exc)
-                copy.ClearField(name)  # type: ignore[arg-type]
+                copy.ClearField(name)
     doc = MessageToDict(copy, preserving_proto_field_name=True)
     doc["unreadable_fields"] = unreadable
     return doc
@@ -163,7 +163,7 @@ class EventSink:
         self._task: asyncio.Task[None] | None = None
         self._inflight: list[common_pb2.Event] = []
         # Built on first send (the channel may not exist yet at construction).
-        self._stub: capsule_pb2_grpc.CapsuleStub | None = None
+        self._stub: capsule_pb2_grpc.CapsuleAsyncStub | None = None
         self._dead_letters = dead_letters
         #: events lost: buffer overflow, or refused with no dead-letter file to keep them
         self.dropped = 0

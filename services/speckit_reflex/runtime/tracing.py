@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from grpc import aio
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import (
@@ -84,15 +85,20 @@ class Tracing:
             return None
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
         protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
             "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"
         )
+        exporter: SpanExporter
         if protocol.startswith("http"):
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            from opentelemetry.exporter.otlp.proto.http import trace_exporter as http_export
+
+            exporter = http_export.OTLPSpanExporter()
         else:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter  # type: ignore[assignment]
+            from opentelemetry.exporter.otlp.proto.grpc import trace_exporter as grpc_export
+
+            exporter = grpc_export.OTLPSpanExporter()
         # Resource.create() reads OTEL_SERVICE_NAME/OTEL_RESOURCE_ATTRIBUTES, but
         # attributes given here would win: name the service only when they do not.
         named = env.get("OTEL_SERVICE_NAME") or "service.name=" in env.get(
@@ -101,19 +107,26 @@ class Tracing:
         provider = TracerProvider(
             resource=Resource.create({} if named else {SERVICE_NAME: f"speckit-{service}"})
         )
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        provider.add_span_processor(BatchSpanProcessor(exporter))
         log.info("tracing on", extra={"fields": {"exporter": f"otlp/{protocol}"}})
         return cls(provider)
 
-    def server_interceptor(self) -> Any:
+    # opentelemetry-instrumentation-grpc leaves both factories unannotated.
+    def server_interceptor(self) -> aio.ServerInterceptor:
         from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-        return aio_server_interceptor(tracer_provider=self.provider, filter_=_traced)
+        interceptor: aio.ServerInterceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
+            tracer_provider=self.provider, filter_=_traced
+        )
+        return interceptor
 
-    def client_interceptors(self) -> list[Any]:
+    def client_interceptors(self) -> list[aio.ClientInterceptor]:
         from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-        return aio_client_interceptors(tracer_provider=self.provider, filter_=_traced)
+        interceptors: list[aio.ClientInterceptor] = aio_client_interceptors(  # type: ignore[no-untyped-call]
+            tracer_provider=self.provider, filter_=_traced
+        )
+        return interceptors
 
     def stamp(self, event: common_pb2.Event) -> None:
         """Put the current span's ids on an event that has none (sampled spans only)."""
