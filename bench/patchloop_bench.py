@@ -13,7 +13,8 @@
 2. Cache reuse on attempts >= 2 (cached_tokens / prompt_tokens, target >= 0.8)
    against the embedded llama.cpp server with SmolLM2-135M, through the real
    Capsule, Inference, Router and PatchLoop services (force_mode=REFLEX, as a
-   bakeoff trial), on tasks of bench/suites/reflex_patchloop_v1. Skipped with
+   bakeoff trial), on tasks of the packaged suite reflex_patchloop_v1
+   (clients/speckit_reflex/bakeoff/suites/). Skipped with
    --llm-tasks 0; bounded by --llm-seconds.
 
 Prints a table with each target and writes bench/results/patchloop.json.
@@ -57,7 +58,7 @@ from speckit_reflex.v1 import (
 
 ROOT = Path(__file__).resolve().parent.parent
 CRATE = ROOT / "tests" / "patchloop" / "crates" / "field_typo"
-SUITE = ROOT / "bench" / "suites" / "reflex_patchloop_v1" / "tasks"
+SUITE = ROOT / "clients" / "speckit_reflex" / "bakeoff" / "suites" / "reflex_patchloop_v1" / "tasks"
 TARGET_OVERHEAD_P50_MS = 20.0
 TARGET_CACHE_REUSE = 0.8
 USELESS_PATCH = json.dumps(

@@ -5,12 +5,13 @@ configured model server is deliberately absent)."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 
 import pytest
 
-from speckit_reflex.cli.demo_stack import DEMO_CRATE, DEMO_POLICY, render_policy
+from speckit_reflex.bakeoff import copy_tree
+from speckit_reflex.cli.demo_stack import render_policy
+from speckit_reflex.demo import DEMO_CRATE, DEMO_POLICY
 from speckit_reflex.policy import load_policy
 
 from .conftest import run_speckit, speckit_env
@@ -38,7 +39,7 @@ async def test_run_fixes_the_demo_crate_with_the_compiler_and_applies_it(
 ) -> None:
     _, _, env = stack
     crate = tmp_path / "crate"
-    shutil.copytree(DEMO_CRATE, crate)
+    copy_tree(DEMO_CRATE, crate)
     run = await cli(["reflex", "run", str(crate), "--apply", "--test", "--json"], env)
     assert run.code == 0, run.stderr
     doc = run.json()
@@ -88,7 +89,7 @@ async def test_status_shows_the_build_cache_and_cache_clear_empties_it(
 ) -> None:
     _, _, env = stack
     crate = tmp_path / "crate"
-    shutil.copytree(DEMO_CRATE, crate)
+    copy_tree(DEMO_CRATE, crate)
     assert (await cli(["reflex", "run", str(crate)], env)).code == 0
     status = await cli(["reflex", "status", "--json"], env)
     assert status.code == 0, status.stderr

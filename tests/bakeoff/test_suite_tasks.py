@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SUITES = REPO / "bench" / "suites"
-SUITE = SUITES / "reflex_patchloop_v1"
+SUITE = REPO / "clients" / "speckit_reflex" / "bakeoff" / "suites" / "reflex_patchloop_v1"
 
 
 def _verify_suite_module():  # type: ignore[no-untyped-def]
-    # bench/suites is not a package: load the verifier from its file.
-    spec = importlib.util.spec_from_file_location("verify_suite", SUITES / "verify_suite.py")
+    # bench/ is not a package: load the verifier from its file.
+    spec = importlib.util.spec_from_file_location(
+        "verify_suite", REPO / "bench" / "verify_suite.py"
+    )
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from speckit_reflex.cli.demo_stack import DEMO_POLICY, render_policy
+from speckit_reflex.cli.demo_stack import render_policy
 from speckit_reflex.clients.capsule import CapsuleClient
+from speckit_reflex.demo import DEMO_POLICY
 from speckit_reflex.policy import load_policy
 
 from .conftest import speckit_env

@@ -16,7 +16,8 @@ import pytest
 from rich.console import Console
 
 from speckit_reflex.cli import output
-from speckit_reflex.cli.demo_stack import DEMO_POLICY, render_policy
+from speckit_reflex.cli.demo_stack import render_policy
+from speckit_reflex.demo import DEMO_POLICY
 from speckit_reflex.policy import load_policy
 from tests.bakeoff.conftest import CliRun, run_speckit, speckit_env
 

@@ -78,7 +78,7 @@ def test_readme_commands_call_the_venv_cli() -> None:
 def _python_files() -> list[Path]:
     return sorted(
         p
-        for folder in ("services", "clients", "bench", "tests", "examples", "scripts")
+        for folder in ("services", "clients", "bench", "tests", "scripts")
         for p in (ROOT / folder).rglob("*.py")
         if not _SKIP_DIRS.intersection(p.relative_to(ROOT).parts) and p != Path(__file__).resolve()
     )

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,12 +26,15 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import pytest
 from grpc import aio
 
+from speckit_reflex.bakeoff import copy_tree
 from speckit_reflex.clients.channel import ChannelConfig, open_channel
+from speckit_reflex.demo import DEMO_CRATE
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = ("router", "inference", "patchloop", "capsule")
@@ -85,10 +87,8 @@ class StackUnderTest:
     def channel(self, role: str) -> aio.Channel:
         return open_channel(ChannelConfig(address=self.addrs[role], token=self.token))
 
-    def new_crate(self, source: Path = ROOT / "examples" / "broken-crate") -> Path:
-        dest = self.workspace / f"crate-{uuid.uuid4().hex[:8]}"
-        shutil.copytree(source, dest, ignore=shutil.ignore_patterns("target"))
-        return dest
+    def new_crate(self, source: Traversable = DEMO_CRATE) -> Path:
+        return copy_tree(source, self.workspace / f"crate-{uuid.uuid4().hex[:8]}")
 
 
 def _external() -> StackUnderTest:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from speckit_reflex.bakeoff import copy_tree
+from speckit_reflex.demo import DEMO_CRATE
 from tests.ports import pick_port
 
 from .compose_checks import COMPOSE_DIR, ROOT, Stack
@@ -187,7 +189,7 @@ def test_the_cpu_profile_runs_as_processes(
     assert status.returncode == 0, status.stderr
     # A crate in the workspace, fixed through the stack as the cli container would.
     crate = Path(env["TMPDIR"]) / "broken-crate"
-    shutil.copytree(ROOT / "examples" / "broken-crate", crate)
+    copy_tree(DEMO_CRATE, crate)
     run = subprocess.run(
         [*SPECKIT, "reflex", "run", str(crate), "--json"],
         env=env,

@@ -1,4 +1,4 @@
-"""examples/agent_client.py, the integration the README shows, against the
+"""clients/examples/agent_client.py, the integration the README shows, against the
 four real services on port 0: the shipped broken crate is fixed (by the
 compiler's own suggestion, no model needed) and written back with --apply."""
 
@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from speckit_reflex.bakeoff import copy_tree
+from speckit_reflex.demo import DEMO_CRATE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 async def _example(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(ROOT / "examples" / "agent_client.py"),
+        str(ROOT / "clients" / "examples" / "agent_client.py"),
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -30,7 +32,7 @@ async def _example(*args: str) -> tuple[int, str, str]:
 
 async def test_agent_example_fixes_and_applies(services_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     crate = tmp_path / "crate"
-    shutil.copytree(ROOT / "examples" / "broken-crate", crate)
+    copy_tree(DEMO_CRATE, crate)
     before = (crate / "src" / "lib.rs").read_text()
     services = await services_factory(["capsule", "inference", "router", "patchloop"])
     addr = services.addr("patchloop")

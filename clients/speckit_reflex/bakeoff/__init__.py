@@ -9,7 +9,14 @@ from speckit_reflex.bakeoff.metrics import (
     percentile,
 )
 from speckit_reflex.bakeoff.runner import BakeoffResult, BakeoffRunner, RunOptions
-from speckit_reflex.bakeoff.suite import Suite, SuiteError, SuiteTask, find_suite, load_suite
+from speckit_reflex.bakeoff.suite import (
+    Suite,
+    SuiteError,
+    SuiteTask,
+    copy_tree,
+    find_suite,
+    load_suite,
+)
 from speckit_reflex.bakeoff.trial import ModelCallRecord, TrialResult
 
 __all__ = [
@@ -23,6 +30,7 @@ __all__ = [
     "SuiteError",
     "SuiteTask",
     "TrialResult",
+    "copy_tree",
     "figures_by_backend",
     "find_suite",
     "load_suite",

@@ -24,7 +24,7 @@ import grpc
 
 from speckit_reflex.bakeoff.lint import lint_fix
 from speckit_reflex.bakeoff.metrics import BackendFigures, figures_by_backend
-from speckit_reflex.bakeoff.suite import Suite, SuiteTask, copy_crate
+from speckit_reflex.bakeoff.suite import Suite, SuiteTask, copy_crate, copy_tree
 from speckit_reflex.bakeoff.trial import MODE_VALUES, TrialResult
 from speckit_reflex.v1 import capsule_pb2, patchloop_pb2
 
@@ -277,13 +277,7 @@ class BakeoffRunner:
                 trial.outcome = "error"
             if self._opt.lint and trial.outcome == "fixed":
                 reference = await asyncio.to_thread(copy_crate, task, tmp / "reference")
-                await asyncio.to_thread(
-                    shutil.copytree,
-                    task.fix_dir,
-                    reference,
-                    dirs_exist_ok=True,
-                    copy_function=shutil.copy,
-                )
+                await asyncio.to_thread(copy_tree, task.fix_dir, reference)
                 trial.lint = await lint_fix(workspace, reference, tmp / "lint-target")
         finally:
             await asyncio.shield(asyncio.to_thread(shutil.rmtree, tmp, True))

@@ -1,17 +1,22 @@
-"""A bakeoff suite on disk: `manifest.toml` plus `tasks/<id>/crate/` (what the
-model sees) and `tasks/<id>/fix/` (the reference fix, never shown to it)."""
+"""A bakeoff suite: `manifest.toml` plus `tasks/<id>/crate/` (what the
+model sees) and `tasks/<id>/fix/` (the reference fix, never shown to it).
+
+The suites that ship with the package (`reflex_patchloop_v1`) are resources
+of this package, under `suites/`, read with importlib.resources; a suite is
+only ever read, and cargo builds a real copy of a task (`copy_crate`).
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
 import tomllib
 from dataclasses import dataclass
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
-# Where suites are looked for, after $SPECKIT_SUITES_DIR: the working
-# directory's bench/suites, then the source checkout this package runs from.
-_CHECKOUT_SUITES = Path(__file__).resolve().parents[3] / "bench" / "suites"
+# The suites shipped in the wheel, searched after $SPECKIT_SUITES_DIR.
+PACKAGED_SUITES: Traversable = files("speckit_reflex.bakeoff").joinpath("suites")
 
 
 class SuiteError(ValueError):
@@ -26,8 +31,8 @@ class SuiteTask:
     description: str
     entry: str
     machine_applicable: bool
-    crate_dir: Path
-    fix_dir: Path
+    crate_dir: Traversable
+    fix_dir: Traversable
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,7 @@ class Suite:
     name: str
     version: int
     description: str
-    root: Path
+    root: Traversable
     tasks: tuple[SuiteTask, ...]
 
     @property
@@ -52,34 +57,34 @@ class Suite:
         return chosen[:limit] if limit > 0 else chosen
 
 
-def suite_search_path(cwd: Path | None = None) -> list[Path]:
-    """Folders searched for a suite by name, first match wins."""
-    roots: list[Path] = []
+def suite_search_path() -> list[Traversable]:
+    """Folders searched for a suite by name, first match wins: $SPECKIT_SUITES_DIR,
+    then the suites shipped in the package."""
+    roots: list[Traversable] = []
     if os.environ.get("SPECKIT_SUITES_DIR"):
         roots.append(Path(os.environ["SPECKIT_SUITES_DIR"]))
-    roots.append((cwd or Path.cwd()) / "bench" / "suites")
-    roots.append(_CHECKOUT_SUITES)
+    roots.append(PACKAGED_SUITES)
     return roots
 
 
-def find_suite(name_or_path: str, cwd: Path | None = None) -> Path:
+def find_suite(name_or_path: str) -> Traversable:
     """A suite folder from a name (`reflex_patchloop_v1`) or a path to one."""
     direct = Path(name_or_path)
     if (direct / "manifest.toml").is_file():
         return direct.resolve()
-    searched = suite_search_path(cwd)
+    searched = suite_search_path()
     for root in searched:
-        if (root / name_or_path / "manifest.toml").is_file():
-            return (root / name_or_path).resolve()
+        if root.joinpath(name_or_path, "manifest.toml").is_file():
+            return root.joinpath(name_or_path)
     raise SuiteError(
         f"suite {name_or_path!r} not found (looked in {', '.join(str(r) for r in searched)}; "
         "set SPECKIT_SUITES_DIR or pass a path)"
     )
 
 
-def load_suite(folder: Path) -> Suite:
+def load_suite(folder: Traversable) -> Suite:
     """Read a suite's manifest; every listed task must have its crate/ folder."""
-    manifest = folder / "manifest.toml"
+    manifest = folder.joinpath("manifest.toml")
     try:
         data = tomllib.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -96,12 +101,12 @@ def load_suite(folder: Path) -> Suite:
                 description=str(t.get("description", "")),
                 entry=str(t.get("entry", "src/lib.rs")),
                 machine_applicable=bool(t.get("machine_applicable", False)),
-                crate_dir=folder / "tasks" / tid / "crate",
-                fix_dir=folder / "tasks" / tid / "fix",
+                crate_dir=folder.joinpath("tasks", tid, "crate"),
+                fix_dir=folder.joinpath("tasks", tid, "fix"),
             )
         except KeyError as exc:
             raise SuiteError(f"{manifest}: task #{i + 1} lacks {exc.args[0]!r}") from None
-        if not (task.crate_dir / "Cargo.toml").is_file():
+        if not task.crate_dir.joinpath("Cargo.toml").is_file():
             raise SuiteError(f"{manifest}: task {tid}: {task.crate_dir}/Cargo.toml not found")
         tasks.append(task)
     if not tasks:
@@ -116,12 +121,24 @@ def load_suite(folder: Path) -> Suite:
 
 
 def copy_crate(task: SuiteTask, dest: Path) -> Path:
-    """A fresh copy of the task's broken crate (never its fix) at `dest`.
+    """A fresh copy of the task's broken crate (never its fix) at `dest`."""
+    return copy_tree(task.crate_dir, dest)
 
-    Plain copies, not copy2: fresh mtimes keep cargo from reusing artifacts
-    that an earlier run built from a fixed copy of the same package.
+
+def copy_tree(src: Traversable, dest: Path, skip: frozenset[str] = frozenset({"target"})) -> Path:
+    """The files under `src` (a package resource folder, or any path) written
+    into the real folder `dest`, which cargo can build, leaving out folders
+    named in `skip` (build output). Existing files under `dest` are replaced.
+
+    Fresh files, not copies with their times: fresh mtimes keep cargo from
+    reusing artifacts that an earlier run built from a fixed copy of the same
+    package.
     """
-    shutil.copytree(
-        task.crate_dir, dest, ignore=shutil.ignore_patterns("target"), copy_function=shutil.copy
-    )
+    dest.mkdir(parents=True, exist_ok=True)
+    for entry in src.iterdir():
+        if entry.is_dir():
+            if entry.name not in skip:
+                copy_tree(entry, dest / entry.name, skip)
+        else:
+            (dest / entry.name).write_bytes(entry.read_bytes())
     return dest

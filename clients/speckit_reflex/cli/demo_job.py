@@ -19,8 +19,8 @@ from typing import Any
 
 from rich.console import Console
 
-from speckit_reflex.bakeoff import BakeoffRunner, RunOptions, find_suite, load_suite
-from speckit_reflex.cli.demo_stack import DEMO_CRATE, DemoStack, StackError, kill_children
+from speckit_reflex.bakeoff import BakeoffRunner, RunOptions, copy_tree, find_suite, load_suite
+from speckit_reflex.cli.demo_stack import DemoStack, StackError, kill_children
 from speckit_reflex.cli.output import CliError, console, print_json
 from speckit_reflex.cli.reflex_links import ServiceLinks, reporting
 from speckit_reflex.cli.reflex_run import GOOD_OUTCOMES, FixRequest, show_outcome, stream_fix
@@ -35,6 +35,7 @@ from speckit_reflex.cli.reflex_trials import (
     scratch_dir,
     show_result,
 )
+from speckit_reflex.demo import DEMO_CRATE
 
 STEPS = 5
 
@@ -90,9 +91,10 @@ class Demo:
     async def _fix(self, links: ServiceLinks) -> bool:
         crate = self.stack.workdir / "broken-crate"
         shutil.rmtree(crate, ignore_errors=True)
-        shutil.copytree(DEMO_CRATE, crate, ignore=shutil.ignore_patterns("target"))
+        copy_tree(DEMO_CRATE, crate)
         self.step(
-            3, f"fixing a copy of examples/broken-crate: speckit reflex run {crate} --apply --test"
+            3,
+            f"fixing a copy of the demo's broken crate: speckit reflex run {crate} --apply --test",
         )
         request = FixRequest(
             str(crate),

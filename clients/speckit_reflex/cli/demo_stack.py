@@ -17,12 +17,9 @@ from pathlib import Path
 import httpx
 
 from speckit_reflex.clients.health import is_serving
+from speckit_reflex.demo import DEMO_POLICY
 from speckit_reflex.runtime.bootstrap import SERVICE_ORDER
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-EXAMPLES = REPO_ROOT / "examples"
-DEMO_POLICY = EXAMPLES / "demo_policy.toml"
-DEMO_CRATE = EXAMPLES / "broken-crate"
 # The model server address written in the shipped policy, replaced by the port in use.
 TEMPLATE_ADDR = "127.0.0.1:3009"
 

@@ -35,7 +35,9 @@ INTERRUPTED_EXIT = 130
 def register(rsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q = rsub.add_parser("trials", help="run a bakeoff suite through PatchLoop and record it")
     q.add_argument(
-        "--suite", default=DEFAULT_SUITE, help="suite name (under bench/suites) or folder"
+        "--suite",
+        default=DEFAULT_SUITE,
+        help="suite name (shipped in the package, or under $SPECKIT_SUITES_DIR) or folder",
     )
     q.add_argument("--mode", choices=["reflex", "cloud", "both"], default="reflex")
     q.add_argument("--limit", type=int, default=0, help="first N tasks (0 = all)")

@@ -1,13 +1,13 @@
 """Schema migrations run from code, and the schema check a service runs on start.
 
 The URL always comes from the caller (the runtime settings), never from
-alembic.ini. Migration scripts live in the repository's `migrations/` folder.
+alembic.ini. Migration scripts live in the repository's `migrations/` folder,
+shipped in the wheel as this package's `migrations/` (SCRIPT_LOCATION).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
@@ -17,17 +17,11 @@ from sqlalchemy import Engine, create_engine, inspect, pool, text
 
 from speckit_reflex.errors import FailedPrecondition
 
-
-def _migrations_dir() -> Path:
-    # A source checkout (editable install) has migrations/ at the repository
-    # root; a wheel carries the same folder inside the package.
-    checkout = Path(__file__).resolve().parents[3] / "migrations"
-    if (checkout / "env.py").is_file():
-        return checkout
-    return Path(__file__).resolve().parent / "migrations"
-
-
-MIGRATIONS_DIR = _migrations_dir()
+# The migration scripts as a resource of this package, in Alembic's
+# "package:folder" form (read through importlib.resources). The folder is the
+# repository's top-level migrations/, which capsule/migrations links to, so a
+# wheel carries it here and a source checkout reads it in place.
+SCRIPT_LOCATION = "speckit_reflex.capsule:migrations"
 UPGRADE_HINT = "run `speckit db upgrade` (it reads SPECKIT_DATABASE_URL)"
 # Key of the Postgres advisory lock that serialises migrations, so that
 # replicas starting together on an empty database create it once.
@@ -54,7 +48,7 @@ class SchemaState:
 def alembic_config(url: str = "") -> Config:
     """An Alembic Config pointing at `migrations/`, built in code."""
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("script_location", SCRIPT_LOCATION)
     if url:
         # ConfigParser interpolation would choke on '%' in passwords.
         cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))

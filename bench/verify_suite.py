@@ -15,12 +15,12 @@ For every task listed in ``<suite>/manifest.toml`` this checks that
 Library use::
 
     from verify_suite import verify_suite
-    problems = verify_suite(Path("bench/suites/reflex_patchloop_v1"), Path("/tmp/rp-target"))
+    problems = verify_suite(Path("clients/speckit_reflex/bakeoff/suites/reflex_patchloop_v1"), Path("/tmp/rp-target"))
     assert problems == []
 
 Command line::
 
-    python3 bench/suites/verify_suite.py [SUITE_DIR] [--target-dir DIR] [--json]
+    python3 bench/verify_suite.py [SUITE_DIR] [--target-dir DIR] [--json]
         [--jobs N] [--task ID ...] [--check-machine-applicable]
 
 Progress goes to stderr; the result (a list of problems, or a JSON object with
@@ -471,14 +471,15 @@ def check_machine_applicable(suite_dir: Path, target_dir: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    here = Path(__file__).resolve().parent
+    suites = Path(__file__).resolve().parent.parent / "clients/speckit_reflex/bakeoff/suites"
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "suite_dir",
         nargs="?",
         type=Path,
-        default=here / "reflex_patchloop_v1",
-        help="suite folder (default: reflex_patchloop_v1 next to this script)",
+        default=suites / "reflex_patchloop_v1",
+        help="suite folder (default: the packaged reflex_patchloop_v1, "
+        "clients/speckit_reflex/bakeoff/suites/)",
     )
     ap.add_argument(
         "--target-dir",

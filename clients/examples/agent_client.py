@@ -1,7 +1,7 @@
 """Calling speckit-reflex from an agent: one PatchLoop run over gRPC.
 
-    python examples/agent_client.py CRATE_DIR [--addr 127.0.0.1:50053] [--apply] [--test]
-                                    [--session-id S] [--timeout 300] [--json]
+    python clients/examples/agent_client.py CRATE_DIR [--addr 127.0.0.1:50053] [--apply] [--test]
+                                            [--session-id S] [--timeout 300] [--json]
 
 This is the whole integration an agent needs. It uses only grpcio and the
 generated stubs (`speckit_reflex.v1`), the synchronous API, and the same
@@ -51,9 +51,9 @@ def describe(ev: patchloop_pb2.RunEvent) -> str:
         c = ev.compile_started
         return f"{'verify' if c.verify else 'build'} started ({c.profile}): {' '.join(c.command)}"
     if kind == "compile_finished":
-        c = ev.compile_finished
-        step = "verify" if c.verify else "build"
-        return f"{step}: {c.error_count} error(s), {c.duration_ms:.0f} ms"
+        f = ev.compile_finished
+        step = "verify" if f.verify else "build"
+        return f"{step}: {f.error_count} error(s), {f.duration_ms:.0f} ms"
     if kind == "routing":
         r = ev.routing
         mode = common_pb2.RoutingMode.Name(r.mode).removeprefix("ROUTING_MODE_").lower()
@@ -95,7 +95,7 @@ def main() -> int:
     args = ap.parse_args()
 
     token = os.environ.get("SPECKIT_AUTH_TOKEN")
-    metadata = [("authorization", f"Bearer {token}")] if token else None
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
     request = patchloop_pb2.RunRequest(
         workspace=str(args.crate.resolve()), apply=args.apply, session_id=args.session_id
     )
@@ -110,7 +110,7 @@ def main() -> int:
                 if ev.WhichOneof("kind") == "result":
                     result = ev.result
         except grpc.RpcError as exc:
-            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 3
     if result is None:
         print("error: the run ended without a result", file=sys.stderr)
