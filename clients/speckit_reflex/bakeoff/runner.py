@@ -38,7 +38,20 @@ EVENT_SETTLE_S = 5.0
 class PatchLoopRuns(Protocol):
     """What the runner needs of the PatchLoop client (`PatchLoopClient`)."""
 
-    def run(self, workspace: str, **fields: Any) -> AsyncIterator[patchloop_pb2.RunEvent]: ...
+    def run(
+        self,
+        workspace: str,
+        *,
+        apply: bool = ...,
+        max_attempts: int = ...,
+        verify_profile: str | None = ...,
+        compiler_fast_path: bool | None = ...,
+        build_timeout_s: int = ...,
+        force_mode: int = ...,
+        session_id: str = ...,
+        bakeoff_run_id: str = ...,
+        task_id: str = ...,
+    ) -> AsyncIterator[patchloop_pb2.RunEvent]: ...
 
 
 class CapsuleRecords(Protocol):
@@ -255,21 +268,22 @@ class BakeoffRunner:
         )
         try:
             workspace = await asyncio.to_thread(copy_crate, task, tmp / "crate")
-            request: dict[str, Any] = dict(
-                # The fix is written back to this private copy so it can be linted.
-                apply=self._opt.lint,
-                max_attempts=self._opt.max_attempts,
-                verify_profile=VERIFY_PROFILE,
-                # The model is what is measured, not rustc's own suggestions.
-                compiler_fast_path=False,
-                build_timeout_s=self._opt.build_timeout_s,
-                force_mode=MODE_VALUES[mode],
-                session_id=f"{self._opt.session_prefix}-{bakeoff_run_id[:8]}-{task.id}-{mode}",
-                bakeoff_run_id=bakeoff_run_id,
-                task_id=task.id,
-            )
             try:
-                async for event in self._loop.run(str(workspace), **request):
+                run = self._loop.run(
+                    str(workspace),
+                    # The fix is written back to this private copy so it can be linted.
+                    apply=self._opt.lint,
+                    max_attempts=self._opt.max_attempts,
+                    verify_profile=VERIFY_PROFILE,
+                    # The model is what is measured, not rustc's own suggestions.
+                    compiler_fast_path=False,
+                    build_timeout_s=self._opt.build_timeout_s,
+                    force_mode=MODE_VALUES[mode],
+                    session_id=f"{self._opt.session_prefix}-{bakeoff_run_id[:8]}-{task.id}-{mode}",
+                    bakeoff_run_id=bakeoff_run_id,
+                    task_id=task.id,
+                )
+                async for event in run:
                     trial.absorb(event)
             except grpc.aio.AioRpcError as exc:
                 # One task's failure is a failed trial, not a failed bakeoff.

@@ -150,7 +150,7 @@ class TrialResult:
             bakeoff_run_id=bakeoff_run_id,
             task_id=self.task_id,
             category=self.category,
-            mode=MODE_VALUES[self.mode],  # type: ignore[arg-type]
+            mode=MODE_VALUES[self.mode],
             model=self.model,
             backend=self.backend,
             success=self.success,
