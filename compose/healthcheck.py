@@ -19,7 +19,8 @@ import sys
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from speckit_reflex.clients.channel import DEFAULT_ADDRS, ChannelConfig, open_channel
+from speckit_reflex.clients.channel import ChannelConfig, open_channel
+from speckit_reflex.contract import DEFAULT_ADDRS
 
 _WILDCARDS = ("0.0.0.0", "[::]", "::", "")
 

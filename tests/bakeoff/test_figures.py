@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from speckit_reflex.bakeoff import figures_by_backend, find_suite, load_suite, percentile
+from speckit_reflex.bakeoff import figures_by_backend, find_suite, load_suite
 from speckit_reflex.bakeoff.metrics import (
     CACHE_MISSED,
     CACHE_NO_RETRIES,
@@ -16,6 +16,7 @@ from speckit_reflex.bakeoff.metrics import (
 from speckit_reflex.bakeoff.suite import SuiteError
 from speckit_reflex.bakeoff.trial import TrialResult
 from speckit_reflex.cli.reflex_trials import cloud_skip_reason, plan_modes
+from speckit_reflex.contract import percentile
 from speckit_reflex.v1 import common_pb2, patchloop_pb2
 
 REFLEX = common_pb2.ROUTING_MODE_REFLEX

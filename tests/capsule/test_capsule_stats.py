@@ -12,7 +12,8 @@ import pytest
 from capsule_helpers import CLOUD, REFLEX, attempt, make_event
 
 from speckit_reflex.capsule.windows import resolve_window
-from speckit_reflex.clients.capsule import stats_to_seed_json, window
+from speckit_reflex.clients.capsule import window
+from speckit_reflex.contract import stats_to_seed_json
 from speckit_reflex.errors import InvalidArgument
 from speckit_reflex.v1 import capsule_pb2, common_pb2
 

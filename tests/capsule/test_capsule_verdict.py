@@ -7,7 +7,8 @@ import time
 import pytest
 from capsule_helpers import CLOUD, REFLEX, attempt
 
-from speckit_reflex.clients.capsule import verdict_to_json, window
+from speckit_reflex.clients.capsule import window
+from speckit_reflex.contract import verdict_to_json
 from speckit_reflex.v1 import capsule_pb2
 
 K = capsule_pb2.ThresholdFailureKind

@@ -6,7 +6,6 @@ from speckit_reflex.bakeoff.metrics import (
     BackendFigures,
     CacheCheck,
     figures_by_backend,
-    percentile,
 )
 from speckit_reflex.bakeoff.runner import BakeoffResult, BakeoffRunner, RunOptions
 from speckit_reflex.bakeoff.suite import (
@@ -34,5 +33,4 @@ __all__ = [
     "figures_by_backend",
     "find_suite",
     "load_suite",
-    "percentile",
 ]

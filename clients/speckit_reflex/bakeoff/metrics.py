@@ -8,12 +8,12 @@ figures even when other attempts share Capsule's window. Capsule's statistics
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from speckit_reflex.bakeoff.trial import ModelCallRecord, TrialResult
+from speckit_reflex.contract import percentile
 
 # Cache verification states. "unknown": the server reported no cached-token
 # figure on any retry (vLLM omits it when 0, some servers never send it).
@@ -23,16 +23,6 @@ CACHE_VERIFIED, CACHE_MISSED, CACHE_UNKNOWN, CACHE_NO_RETRIES = (
     "unknown",
     "no retries",
 )
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Linear-interpolated percentile (as percentile_cont); None for no values."""
-    if not values:
-        return None
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 @dataclass(frozen=True)

@@ -9,23 +9,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from speckit_reflex.bakeoff.lint import FAIL, LintResult
+from speckit_reflex.contract import enum_name
 from speckit_reflex.v1 import capsule_pb2, common_pb2, patchloop_pb2
 
 MODE_NAMES = {common_pb2.ROUTING_MODE_REFLEX: "reflex", common_pb2.ROUTING_MODE_CLOUD: "cloud"}
 MODE_VALUES = {v: k for k, v in MODE_NAMES.items()}
-
-
-def mode_name(mode: int) -> str:
-    """ "reflex", "cloud", "local" for a RoutingMode value."""
-    return common_pb2.RoutingMode.Name(mode).removeprefix("ROUTING_MODE_").lower()  # type: ignore[arg-type]
-
-
-def outcome_name(outcome: int) -> str:
-    return patchloop_pb2.Outcome.Name(outcome).removeprefix("OUTCOME_").lower()  # type: ignore[arg-type]
-
-
-def fix_source_name(source: int) -> str:
-    return patchloop_pb2.FixSource.Name(source).removeprefix("FIX_SOURCE_").lower()  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -56,7 +44,7 @@ class ModelCallRecord:
             attempt=attempt,
             backend=c.backend,
             model=c.model,
-            mode=mode_name(c.mode),
+            mode=enum_name(common_pb2.RoutingMode, c.mode),
             schema_valid=c.schema_valid,
             latency_ms=c.timing.latency_ms,
             ttft_ms=c.timing.ttft_ms if c.timing.HasField("ttft_ms") else None,
@@ -137,8 +125,8 @@ class TrialResult:
             self.calls.append(ModelCallRecord.from_proto(ev.attempt, ev.model_call))
         elif kind == "result":
             r = ev.result
-            self.outcome = outcome_name(r.outcome)
-            self.fixed_by = fix_source_name(r.fixed_by)
+            self.outcome = enum_name(patchloop_pb2.Outcome, r.outcome)
+            self.fixed_by = enum_name(patchloop_pb2.FixSource, r.fixed_by)
             self.reason = r.reason
             self.attempts = r.attempts
             self.duration_ms = r.duration_ms

@@ -15,7 +15,8 @@ from typing import Any
 from speckit_reflex.cli import reflex_run, reflex_trials, reflex_views
 from speckit_reflex.cli.output import print_json
 from speckit_reflex.cli.reflex_links import ServiceLinks, reporting, run_with_links
-from speckit_reflex.clients.capsule import stats_to_seed_json, window
+from speckit_reflex.clients.capsule import window
+from speckit_reflex.contract import stats_to_seed_json
 
 WINDOW_HELP = "window back from now: 1h, 24h, 7d, 30d (default 24h)"
 

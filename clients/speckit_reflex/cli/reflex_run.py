@@ -10,9 +10,10 @@ from typing import Any
 
 from rich.console import Console
 
-from speckit_reflex.bakeoff.trial import MODE_VALUES, fix_source_name, mode_name, outcome_name
+from speckit_reflex.bakeoff.trial import MODE_VALUES
 from speckit_reflex.cli.output import CliError, console, print_diff, print_json, stdout
 from speckit_reflex.cli.reflex_links import ServiceLinks, reporting, run_with_links
+from speckit_reflex.contract import enum_name
 from speckit_reflex.v1 import common_pb2, patchloop_pb2
 
 # Outcomes after which the crate builds: exit 0.
@@ -109,7 +110,7 @@ def describe(ev: patchloop_pb2.RunEvent) -> str:
         return f"{a}{step} {state} in {c.duration_ms / 1000:.1f} s{where}"
     if kind == "routing":
         r = ev.routing
-        reason = common_pb2.RoutingReason.Name(r.reason).removeprefix("ROUTING_REASON_").lower()
+        reason = enum_name(common_pb2.RoutingReason, r.reason)
         forced = (
             ", forced"
             if r.forced
@@ -117,7 +118,7 @@ def describe(ev: patchloop_pb2.RunEvent) -> str:
             if r.verdict_waived
             else ""
         )
-        return f"{a}route: {mode_name(r.mode)} → {r.model or '-'} on {r.backend or '-'} ({reason}{forced})"
+        return f"{a}route: {enum_name(common_pb2.RoutingMode, r.mode)} → {r.model or '-'} on {r.backend or '-'} ({reason}{forced})"
     if kind == "model_call":
         m = ev.model_call
         ttft = f", TTFT {m.timing.ttft_ms:.0f} ms" if m.timing.HasField("ttft_ms") else ""
@@ -129,7 +130,7 @@ def describe(ev: patchloop_pb2.RunEvent) -> str:
         )
     if kind == "patch_applied":
         p = ev.patch_applied
-        return f"{a}patch from {fix_source_name(p.source)}: {p.edits} edit(s) in {', '.join(p.files) or '-'}"
+        return f"{a}patch from {enum_name(patchloop_pb2.FixSource, p.source)}: {p.edits} edit(s) in {', '.join(p.files) or '-'}"
     if kind == "patch_rejected":
         return f"{a}patch rejected: {ev.patch_rejected.reason} {ev.patch_rejected.detail}".rstrip()
     if kind == "note":
@@ -140,8 +141,8 @@ def describe(ev: patchloop_pb2.RunEvent) -> str:
 def result_json(run_id: str, r: patchloop_pb2.RunResult) -> dict[str, Any]:
     return {
         "run_id": run_id,
-        "outcome": outcome_name(r.outcome),
-        "fixed_by": fix_source_name(r.fixed_by),
+        "outcome": enum_name(patchloop_pb2.Outcome, r.outcome),
+        "fixed_by": enum_name(patchloop_pb2.FixSource, r.fixed_by),
         "reason": r.reason,
         "attempts": r.attempts,
         "escalated": r.escalated,

@@ -9,7 +9,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from speckit_reflex.cli.output import stdout, table
-from speckit_reflex.clients.capsule import verdict_to_json
+from speckit_reflex.contract import verdict_to_json
 from speckit_reflex.v1 import capsule_pb2, inference_pb2, patchloop_pb2, router_pb2
 
 _STATS_ROWS = (

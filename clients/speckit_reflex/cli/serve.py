@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from speckit_reflex.cli.output import CliError
+from speckit_reflex.contract import OPENAI_DEFAULT_ADDR
 from speckit_reflex.errors import DomainError, PolicyError
 from speckit_reflex.policy import LoadedPolicy, load_policy
 from speckit_reflex.runtime.bootstrap import SERVICE_ORDER, start_services
@@ -106,14 +107,13 @@ async def _serve(
     names: list[str], settings: RuntimeSettings, policy: LoadedPolicy, insecure: bool
 ) -> None:
     from speckit_reflex.openai_gateway.app import (
-        DEFAULT_ADDR,
         OpenAIServer,
         build_server,
         check_openai_exposure,
     )
 
     settings.home.mkdir(parents=True, exist_ok=True)
-    openai_addr = settings.openai_addr or DEFAULT_ADDR
+    openai_addr = settings.openai_addr or OPENAI_DEFAULT_ADDR
     if "openai" in names:
         check_openai_exposure(openai_addr, settings.auth_token, insecure)
     grpc_names = [n for n in names if n != "openai"]

@@ -10,12 +10,7 @@ from pathlib import Path
 import grpc
 from grpc import aio
 
-DEFAULT_ADDRS = {
-    "router": "127.0.0.1:50051",
-    "inference": "127.0.0.1:50052",
-    "patchloop": "127.0.0.1:50053",
-    "capsule": "127.0.0.1:50054",
-}
+from speckit_reflex.contract import DEFAULT_ADDRS
 
 
 @dataclass(frozen=True)

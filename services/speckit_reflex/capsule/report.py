@@ -16,7 +16,7 @@ from typing import Any
 from speckit_reflex.capsule.report_chart import latency_svg
 from speckit_reflex.capsule.stats import LATENCY_BUCKETS_MS
 from speckit_reflex.capsule.store import TrialSummary
-from speckit_reflex.clients.capsule import stats_to_seed_json, verdict_to_json
+from speckit_reflex.contract import enum_name, stats_to_seed_json, verdict_to_json
 from speckit_reflex.runtime.redact import redact, redact_text
 from speckit_reflex.v1 import capsule_pb2, common_pb2
 
@@ -35,10 +35,6 @@ class ReportInputs:
     bakeoff_run: dict[str, Any] | None
 
 
-def _mode_name(mode: int) -> str:
-    return common_pb2.RoutingMode.Name(mode).removeprefix("ROUTING_MODE_").lower()  # type: ignore[arg-type]
-
-
 def bucket_labels() -> list[str]:
     lows = (0, *LATENCY_BUCKETS_MS)
     labels = [f"{lo}-{hi}" for lo, hi in zip(lows, LATENCY_BUCKETS_MS, strict=False)]
@@ -53,9 +49,14 @@ def report_json(r: ReportInputs) -> dict[str, Any]:
         "verdict": verdict_to_json(r.verdict),
         "latency_histogram": {
             "buckets_ms": bucket_labels(),
-            **{_mode_name(m): counts for m, counts in sorted(r.histogram.items())},
+            **{
+                enum_name(common_pb2.RoutingMode, m): counts
+                for m, counts in sorted(r.histogram.items())
+            },
         },
-        "trials": [{**asdict(t), "mode": _mode_name(t.mode)} for t in r.trials],
+        "trials": [
+            {**asdict(t), "mode": enum_name(common_pb2.RoutingMode, t.mode)} for t in r.trials
+        ],
         "bakeoff_run": r.bakeoff_run,
     }
 

@@ -22,12 +22,12 @@ A verdict is formed from bakeoff trials, never from production traffic:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from speckit_reflex.contract import percentile
 from speckit_reflex.v1 import capsule_pb2, common_pb2
 
 K = capsule_pb2.ThresholdFailureKind
@@ -92,16 +92,6 @@ class Evidence:
     ] = lambda *_: None
     suite: str = ""
     notes: list[str] = field(default_factory=list)
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Linear-interpolated percentile (as percentile_cont); None without values."""
-    if not values:
-        return None
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 def _pct(part: int, whole: int) -> float | None:

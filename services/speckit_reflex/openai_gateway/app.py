@@ -25,6 +25,7 @@ from aiohttp import web
 
 from speckit_reflex.clients.inference import InferenceClient
 from speckit_reflex.clients.router import RouterClient
+from speckit_reflex.contract import enum_name
 from speckit_reflex.openai_gateway.core import Call, Gateway
 from speckit_reflex.openai_gateway.errors import ApiError, from_rpc
 from speckit_reflex.openai_gateway.request import ChatRequest, parse_chat_request
@@ -34,13 +35,7 @@ from speckit_reflex.v1 import common_pb2, inference_pb2
 
 log = logging.getLogger("speckit.openai")
 
-DEFAULT_ADDR = "127.0.0.1:50055"
 MAX_BODY_BYTES = 8 * 1024 * 1024
-_MODE_NAMES = {
-    common_pb2.ROUTING_MODE_REFLEX: "reflex",
-    common_pb2.ROUTING_MODE_CLOUD: "cloud",
-    common_pb2.ROUTING_MODE_LOCAL: "local",
-}
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -66,10 +61,8 @@ def _route_headers(call: Call) -> dict[str, str]:
     d = call.decision
     headers = {
         "x-speckit-decision-id": d.decision_id,
-        "x-speckit-route": f"{_MODE_NAMES.get(d.mode, 'unspecified')}:{d.model}@{d.backend}",
-        "x-speckit-reason": common_pb2.RoutingReason.Name(d.reason)
-        .removeprefix("ROUTING_REASON_")
-        .lower(),
+        "x-speckit-route": f"{enum_name(common_pb2.RoutingMode, d.mode)}:{d.model}@{d.backend}",
+        "x-speckit-reason": enum_name(common_pb2.RoutingReason, d.reason),
     }
     if d.verdict_waived:
         headers["x-speckit-verdict-waived"] = "true"

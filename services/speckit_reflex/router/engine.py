@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from speckit_reflex.contract import enum_names
 from speckit_reflex.errors import InvalidArgument
 from speckit_reflex.policy import LoadedPolicy
 from speckit_reflex.router.caches import RouterCaches, health_key
@@ -51,12 +52,8 @@ IMPLEMENT = common_pb2.STAGE_IMPLEMENT
 
 R = common_pb2  # RoutingReason values live at module level of common_pb2
 
-REASON_NAMES: dict[int, str] = {
-    v: n.removeprefix("ROUTING_REASON_").lower() for n, v in common_pb2.RoutingReason.items()
-}
-ROLE_KEYS: dict[int, str] = {
-    v: n.removeprefix("ROLE_").lower() for n, v in common_pb2.Role.items() if v
-}
+REASON_NAMES = enum_names(common_pb2.RoutingReason)
+ROLE_KEYS = enum_names(common_pb2.Role, unspecified=False)
 _VALID_STAGES = frozenset(v for v in common_pb2.Stage.values() if v)
 MAX_MODEL_CHARS = 256
 _VALID_FORCE = frozenset({common_pb2.ROUTING_MODE_UNSPECIFIED, REFLEX, CLOUD})

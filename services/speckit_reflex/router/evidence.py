@@ -11,14 +11,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from speckit_reflex.contract import enum_names
 from speckit_reflex.router.engine import ROLE_KEYS, Route, reason_name
 from speckit_reflex.v1 import common_pb2, router_pb2
 
 log = logging.getLogger("speckit.router.audit")
 
-MODE_NAMES: dict[int, str] = {
-    v: n.removeprefix("ROUTING_MODE_").lower() for n, v in common_pb2.RoutingMode.items()
-}
+MODE_NAMES = enum_names(common_pb2.RoutingMode)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from speckit_reflex.contract import DEFAULT_ADDRS
+
 DEFAULT_HOME = Path(".speckit")
 
 
@@ -19,10 +21,10 @@ class RuntimeSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SPECKIT_", extra="ignore")
 
-    router_addr: str = "127.0.0.1:50051"
-    inference_addr: str = "127.0.0.1:50052"
-    patchloop_addr: str = "127.0.0.1:50053"
-    capsule_addr: str = "127.0.0.1:50054"
+    router_addr: str = DEFAULT_ADDRS["router"]
+    inference_addr: str = DEFAULT_ADDRS["inference"]
+    patchloop_addr: str = DEFAULT_ADDRS["patchloop"]
+    capsule_addr: str = DEFAULT_ADDRS["capsule"]
     # Default: a SQLite file under .speckit/ in the working directory.
     database_url: str = ""
     # Path of model_policy.toml; empty = built-in defaults (reflex disabled).
@@ -47,7 +49,7 @@ class RuntimeSettings(BaseSettings):
     # host:port of the Prometheus /metrics endpoint; empty = no metrics at all.
     metrics_addr: str = ""
     # host:port of the OpenAI-compatible HTTP endpoint; `serve all` runs it
-    # only when set, `serve openai` on 127.0.0.1:50055 when unset.
+    # only when set, `serve openai` on contract.OPENAI_DEFAULT_ADDR when unset.
     openai_addr: str = ""
     # PatchLoop: os.pathsep-separated directories under which workspaces are
     # accepted; empty = the service's working directory (patchloop/roots.py).
