@@ -1,4 +1,9 @@
-"""The bakeoff harness (suite reflex_patchloop_v1 and friends): load a suite,
+"""Layout rule: services/ holds what runs inside a server process, clients/
+what runs on the caller's side. This package is caller-side code: it may
+import anything, servers included (`speckit serve` starts them), but no server
+imports it (tests/foundation/test_layout.py checks it).
+
+The bakeoff harness (suite reflex_patchloop_v1 and friends): load a suite,
 run its tasks through PatchLoop per mode, record the run and its trials in
 Capsule, compute per-backend figures, have Capsule write the report."""
 

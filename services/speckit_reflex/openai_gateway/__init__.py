@@ -1,4 +1,12 @@
-"""The OpenAI-compatible HTTP endpoint (`speckit serve openai`): aider, codex
+"""Layout rule: services/ holds what runs inside a server process, clients/
+what runs on the caller's side. This package is server code: it imports its
+own modules, the shared runtime, policy and errors, the contract
+(speckit_reflex.contract, speckit_reflex.v1) and reaches other services only
+through their typed clients (speckit_reflex.clients); never another service's
+internals, the CLI, the bakeoff harness or the demo
+(tests/foundation/test_layout.py checks it).
+
+The OpenAI-compatible HTTP endpoint (`speckit serve openai`): aider, codex
 CLI, continue or a plain `openai` client get the reflex lane without speaking
 gRPC. It is a client of the Router and the Inference Adapter over gRPC, like
 PatchLoop; it never speaks HTTP to a model server."""
