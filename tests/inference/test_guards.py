@@ -8,6 +8,7 @@ import time
 import grpc
 import pytest
 
+from speckit_reflex.clients.errors import error_of
 from speckit_reflex.v1 import common_pb2
 
 from .conftest import backends_policy, wait_for_calls
@@ -203,6 +204,9 @@ async def test_hostile_completion_fields_are_refused_before_any_upstream_request
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith(
         starts
     )
+    # For programs the field is data: ErrorInfo INVALID_FIELD naming it.
+    info = error_of(err.value)
+    assert (info.reason, info.metadata) == (common_pb2.ERROR_REASON_INVALID_FIELD, {"field": field})
     assert fake.chats() == []
 
 
@@ -218,6 +222,11 @@ async def test_cloud_call_without_its_key_is_refused_naming_the_variable_and_nev
     )
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert err.details().startswith("cloud_key_missing: TEST_CLOUD_KEY is not set")
+    info = error_of(err)
+    assert (info.reason, info.metadata) == (
+        common_pb2.ERROR_REASON_CLOUD_KEY_MISSING,
+        {"env": "TEST_CLOUD_KEY"},
+    )
     assert cloud.connections_total == 0
 
 

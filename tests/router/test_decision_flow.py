@@ -15,7 +15,7 @@ import pytest
 
 from speckit_reflex.errors import InvalidArgument
 from speckit_reflex.router.caches import RouterCaches
-from speckit_reflex.router.core import Router, RouteRefused
+from speckit_reflex.router.core import Router, PolicyRefusal
 from speckit_reflex.router.engine import RoutingEngine, reason_name
 from speckit_reflex.router.evidence import DecisionRecorder
 from speckit_reflex.v1 import common_pb2 as c
@@ -524,12 +524,18 @@ def test_decision_flow(case: Case) -> None:
     audits = lambda: [e for e in events if e.type == c.EVENT_TYPE_AUDIT]  # noqa: E731
 
     if case.refused:
-        with pytest.raises(RouteRefused) as info:
+        with pytest.raises(PolicyRefusal) as info:
             router.decide(req)
         err = info.value
         assert err.code == grpc.StatusCode.FAILED_PRECONDITION
         assert err.message.startswith(f"{case.refused}: ")
         assert case.detail_has in err.message
+        # The same as data for programs: the reason and the refusal's decision id.
+        assert err.reason == c.ERROR_REASON_ROUTE_REFUSED
+        assert err.metadata == {
+            "routing_reason": case.refused,
+            "decision_id": err.decision.decision_id,
+        }
         # Refusals are decisions too: recorded, with an audit event.
         (ev,) = decision_events()
         assert ev.reason == case.refused

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
+from speckit_reflex.clients.errors import error_of
 from speckit_reflex.clients.router import RouterClient, refusal_reason
 from speckit_reflex.v1 import common_pb2 as c
 from tests.waiting import eventually
@@ -184,8 +185,14 @@ async def test_local_only_refusal_is_failed_precondition_and_recorded(
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert info.value.details().startswith("local_only_forbids_cloud: request local_only = true")
     assert refusal_reason(info.value) == "local_only_forbids_cloud"
+    # The refusal as data: ErrorInfo ROUTE_REFUSED of our domain, with why
+    # and the id of the decision recorded for it.
+    err = error_of(info.value)
+    assert (err.reason, err.reason_text) == (c.ERROR_REASON_ROUTE_REFUSED, "ROUTE_REFUSED")
+    assert err.metadata["routing_reason"] == "local_only_forbids_cloud"
     assert await service.events.flush(5.0)
     (ev,) = peers.events(c.EVENT_TYPE_ROUTING_DECISION)
+    assert err.metadata == {"routing_reason": "local_only_forbids_cloud", "decision_id": ev.id}
     assert (ev.reason, ev.mode, ev.session_id) == (
         "local_only_forbids_cloud",
         c.ROUTING_MODE_UNSPECIFIED,
@@ -241,5 +248,7 @@ async def test_malformed_request_is_invalid_argument(peers: Peers, services_fact
         await client.decide(stage=c.STAGE_IMPLEMENT, role=c.ROLE_UNSPECIFIED)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refusal_reason(info.value) is None
+    err = error_of(info.value)
+    assert (err.reason, err.metadata) == (c.ERROR_REASON_INVALID_FIELD, {"field": "role"})
     # The server keeps serving.
     assert (await client.decide(**IMPLEMENT)).mode == c.ROUTING_MODE_REFLEX

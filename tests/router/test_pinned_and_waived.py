@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from speckit_reflex.errors import InvalidArgument
-from speckit_reflex.router.core import RouteRefused
+from speckit_reflex.router.core import PolicyRefusal
 from speckit_reflex.router.engine import reason_name
 from speckit_reflex.v1 import common_pb2 as c
 
@@ -84,7 +84,7 @@ def test_a_pinned_reflex_model_is_routed_without_its_verdict() -> None:
 
 def test_a_pinned_reflex_model_with_no_healthy_backend_is_refused_not_rerouted() -> None:
     router, events = build_router({}, {"health": {"sglang-b": False, "vllm-c": False}})
-    with pytest.raises(RouteRefused) as info:
+    with pytest.raises(PolicyRefusal) as info:
         router.decide(request(model=BACKUP))
     assert info.value.message.startswith(
         "server_unhealthy: pinned model qwen3-coder-30b-a3b has no healthy backend"
@@ -107,7 +107,7 @@ def test_a_pinned_cloud_model_passes_the_cloud_guards(
 ) -> None:
     router, _ = build_router(policy, caches)
     if refused:
-        with pytest.raises(RouteRefused) as info:
+        with pytest.raises(PolicyRefusal) as info:
             router.decide(request(model="deepseek-chat", **req))
         assert info.value.message.startswith(f"{refused}: ")
         return

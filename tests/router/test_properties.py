@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from speckit_reflex.errors import DomainError
 from speckit_reflex.policy import LoadedPolicy
 from speckit_reflex.router.caches import BackendStatus, CloudUsage, RouterCaches, Verdict
-from speckit_reflex.router.core import Router, RouteRefused
+from speckit_reflex.router.core import Router, PolicyRefusal
 from speckit_reflex.router.engine import Route, RoutingEngine
 from speckit_reflex.router.evidence import DecisionRecorder
 from speckit_reflex.v1 import common_pb2 as c
@@ -118,7 +118,7 @@ def test_recorded_decisions_differ_only_in_id_and_latency(
         )
         try:
             decision = router.decide(req)
-        except RouteRefused as exc:
+        except PolicyRefusal as exc:
             decision = exc.decision
         except DomainError:
             return

@@ -19,6 +19,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from speckit_reflex.clients.channel import ChannelConfig
+from speckit_reflex.clients.errors import error_of
 
 # Wide enough that no table or line of ours is ever cut when there is no
 # terminal to fit (rich assumes 80 columns then).
@@ -83,9 +84,11 @@ def print_diff(diff: str) -> None:
         sys.stdout.flush()
 
 
-def rpc_error(service: str, exc: grpc.aio.AioRpcError, address: str = "") -> CliError:
-    """A CliError that says which service failed and how, without a traceback."""
-    code = exc.code()
+def rpc_error(service: str, exc: grpc.RpcError, address: str = "") -> CliError:
+    """A CliError that says which service failed and how, without a traceback:
+    the code, the ErrorInfo reason and metadata the service sent, its message."""
+    err = error_of(exc)
+    code = err.code
     address = address or ChannelConfig.from_env(service).address
     if code == grpc.StatusCode.UNIMPLEMENTED:
         # Something answers gRPC there, but not this service: usually two
@@ -97,8 +100,18 @@ def rpc_error(service: str, exc: grpc.aio.AioRpcError, address: str = "") -> Cli
             f"check SPECKIT_{service.upper()}_ADDR)"
         )
     hint = ""
-    if code == grpc.StatusCode.UNAVAILABLE:
+    if code == grpc.StatusCode.UNAVAILABLE and not err.reason_text:
+        # No ErrorInfo: the service never answered (an answered UNAVAILABLE,
+        # such as Inference's all_backends_failed, says why itself).
         hint = (
             f" (at {address}: is `speckit serve all` running? addresses come from SPECKIT_*_ADDR)"
         )
-    return CliError(f"{service}: {code.name}: {exc.details()}{hint}")
+    # The reason and metadata, unless they would only repeat the code.
+    why = " ".join(
+        [
+            *([err.reason_text] if err.reason_text not in ("", code.name) else []),
+            *(f"{k}={v}" for k, v in sorted(err.metadata.items())),
+        ]
+    )
+    why = f" [{why}]" if why else ""
+    return CliError(f"{service}: {code.name}{why}: {err.message}{hint}")

@@ -5,9 +5,10 @@
         decision = await router.decide(stage=Stage.STAGE_IMPLEMENT, role=Role.ROLE_IMPLEMENTER,
                                        session_id="s1", attempt=1)
 
-A refused cloud route raises grpc.aio.AioRpcError with FAILED_PRECONDITION
-whose details start with the reason ("local_only_forbids_cloud: ...");
-`refusal_reason()` extracts it.
+A route the policy forbids raises grpc.aio.AioRpcError with
+FAILED_PRECONDITION and ErrorInfo reason ROUTE_REFUSED; `refusal_reason()`
+reads why ("local_only_forbids_cloud", a RoutingReason name) from its
+metadata, never from the message.
 """
 
 from __future__ import annotations
@@ -15,17 +16,8 @@ from __future__ import annotations
 import grpc
 from grpc import aio
 
-from speckit_reflex.v1 import router_pb2, router_pb2_grpc
-
-_REFUSAL_REASONS = (
-    "local_only_forbids_cloud",
-    "budget_exhausted",
-    "server_unhealthy",
-    "thresholds_not_met",
-    "status_unknown",
-    "max_failures_reached",
-    "escalation_predicate",
-)
+from speckit_reflex.clients.errors import error_of
+from speckit_reflex.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 
 class RouterClient:
@@ -50,9 +42,11 @@ class RouterClient:
         return await self._stub.GetPolicy(router_pb2.GetPolicyRequest(), timeout=timeout)
 
 
-def refusal_reason(exc: grpc.aio.AioRpcError) -> str | None:
-    """The reason of a refused route ("budget_exhausted", ...), or None if `exc` is not a refusal."""
-    if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+def refusal_reason(exc: grpc.RpcError) -> str | None:
+    """Why the policy refused the route ("budget_exhausted", the RoutingReason
+    name in lower case), or None if `exc` is not a refusal (an unreachable
+    Router, a malformed request, ...)."""
+    err = error_of(exc)
+    if err.reason != common_pb2.ERROR_REASON_ROUTE_REFUSED:
         return None
-    head = (exc.details() or "").split(":", 1)[0]
-    return head if head in _REFUSAL_REASONS else None
+    return err.metadata.get("routing_reason") or None

@@ -150,6 +150,142 @@ ROUTING_REASON_CLOUD_DEFAULT: RoutingReason.ValueType  # 12
 """The role has no local model in the policy."""
 Global___RoutingReason: _TypeAlias = RoutingReason  # noqa: Y015
 
+class _ErrorReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ERROR_REASON_UNSPECIFIED: _ErrorReason.ValueType  # 0
+    ERROR_REASON_INVALID_FIELD: _ErrorReason.ValueType  # 1
+    """A request field is invalid (validation of hostile input).
+    metadata: field = the field's path, e.g. "messages[3].content".
+    """
+    ERROR_REASON_MALFORMED_REQUEST: _ErrorReason.ValueType  # 2
+    """The request's bytes do not parse as the RPC's message."""
+    ERROR_REASON_ROUTE_REFUSED: _ErrorReason.ValueType  # 3
+    """Router: the policy forbids the route (a refusal, recorded like any
+    decision). FAILED_PRECONDITION.
+    metadata: routing_reason = the RoutingReason name, lower case without
+    its prefix ("budget_exhausted", "local_only_forbids_cloud", ...);
+    decision_id = the id of the refusal's RoutingDecision event.
+    """
+    ERROR_REASON_UNKNOWN_MODEL: _ErrorReason.ValueType  # 4
+    """Router: `model` names no model of the policy. INVALID_ARGUMENT.
+    metadata: field = "model"; model = the name asked for.
+    """
+    ERROR_REASON_LOCAL_ONLY_FORBIDS_CLOUD: _ErrorReason.ValueType  # 5
+    """Inference: privacy.local_only forbids calls to the cloud backend.
+    FAILED_PRECONDITION.
+    """
+    ERROR_REASON_CLOUD_KEY_MISSING: _ErrorReason.ValueType  # 6
+    """Inference: the cloud API key is not set; nothing was sent.
+    FAILED_PRECONDITION. metadata: env = the variable to set.
+    """
+    ERROR_REASON_UNKNOWN_BACKEND: _ErrorReason.ValueType  # 7
+    """Inference: `backend` names no configured backend. NOT_FOUND.
+    metadata: backend.
+    """
+    ERROR_REASON_NO_BACKEND_FOR_MODEL: _ErrorReason.ValueType  # 8
+    """Inference: no local backend serves the model, or none of those tried
+    lists it. NOT_FOUND. metadata: model; backends (those tried, if any).
+    """
+    ERROR_REASON_ALL_BACKENDS_FAILED: _ErrorReason.ValueType  # 9
+    """Inference: every backend tried failed. UNAVAILABLE.
+    metadata: backends = the backends tried, comma-separated.
+    """
+    ERROR_REASON_STREAM_BROKEN: _ErrorReason.ValueType  # 10
+    """Inference: a backend failed after part of its reply was relayed.
+    UNAVAILABLE. metadata: backend.
+    """
+    ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 11
+    """A bug in the service: the server log holds the traceback. INTERNAL.
+    metadata: ref = the server log reference.
+    """
+    ERROR_REASON_INVALID_ARGUMENT: _ErrorReason.ValueType  # 12
+    ERROR_REASON_NOT_FOUND: _ErrorReason.ValueType  # 13
+    ERROR_REASON_FAILED_PRECONDITION: _ErrorReason.ValueType  # 14
+    ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 15
+    ERROR_REASON_UNAUTHENTICATED: _ErrorReason.ValueType  # 16
+    ERROR_REASON_RESOURCE_EXHAUSTED: _ErrorReason.ValueType  # 17
+    ERROR_REASON_UNAVAILABLE: _ErrorReason.ValueType  # 18
+    ERROR_REASON_DEADLINE_EXCEEDED: _ErrorReason.ValueType  # 19
+    """metadata (Inference): backend = the backend being waited for."""
+
+class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
+    """Why an RPC failed, for programs (errors as data).
+
+    Every failure a service answers on purpose carries, besides its gRPC code
+    and a message for humans, a google.rpc.Status in the trailing metadata
+    (`grpc-status-details-bin`, written with grpcio-status) whose details hold
+    one google.rpc.ErrorInfo:
+      domain   = "speckit-reflex"
+      reason   = the value's name without the ERROR_REASON_ prefix
+                 ("ROUTE_REFUSED"), as AIP-193 spells reasons
+      metadata = the keys listed at the value (strings).
+    Programs branch on reason and metadata, never on the message: its wording
+    may change. The typed clients read them (speckit_reflex.clients.errors).
+    A reason named after a gRPC code (INVALID_ARGUMENT, NOT_FOUND, ...) means
+    "nothing more specific to say than the code".
+    """
+
+ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
+ERROR_REASON_INVALID_FIELD: ErrorReason.ValueType  # 1
+"""A request field is invalid (validation of hostile input).
+metadata: field = the field's path, e.g. "messages[3].content".
+"""
+ERROR_REASON_MALFORMED_REQUEST: ErrorReason.ValueType  # 2
+"""The request's bytes do not parse as the RPC's message."""
+ERROR_REASON_ROUTE_REFUSED: ErrorReason.ValueType  # 3
+"""Router: the policy forbids the route (a refusal, recorded like any
+decision). FAILED_PRECONDITION.
+metadata: routing_reason = the RoutingReason name, lower case without
+its prefix ("budget_exhausted", "local_only_forbids_cloud", ...);
+decision_id = the id of the refusal's RoutingDecision event.
+"""
+ERROR_REASON_UNKNOWN_MODEL: ErrorReason.ValueType  # 4
+"""Router: `model` names no model of the policy. INVALID_ARGUMENT.
+metadata: field = "model"; model = the name asked for.
+"""
+ERROR_REASON_LOCAL_ONLY_FORBIDS_CLOUD: ErrorReason.ValueType  # 5
+"""Inference: privacy.local_only forbids calls to the cloud backend.
+FAILED_PRECONDITION.
+"""
+ERROR_REASON_CLOUD_KEY_MISSING: ErrorReason.ValueType  # 6
+"""Inference: the cloud API key is not set; nothing was sent.
+FAILED_PRECONDITION. metadata: env = the variable to set.
+"""
+ERROR_REASON_UNKNOWN_BACKEND: ErrorReason.ValueType  # 7
+"""Inference: `backend` names no configured backend. NOT_FOUND.
+metadata: backend.
+"""
+ERROR_REASON_NO_BACKEND_FOR_MODEL: ErrorReason.ValueType  # 8
+"""Inference: no local backend serves the model, or none of those tried
+lists it. NOT_FOUND. metadata: model; backends (those tried, if any).
+"""
+ERROR_REASON_ALL_BACKENDS_FAILED: ErrorReason.ValueType  # 9
+"""Inference: every backend tried failed. UNAVAILABLE.
+metadata: backends = the backends tried, comma-separated.
+"""
+ERROR_REASON_STREAM_BROKEN: ErrorReason.ValueType  # 10
+"""Inference: a backend failed after part of its reply was relayed.
+UNAVAILABLE. metadata: backend.
+"""
+ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 11
+"""A bug in the service: the server log holds the traceback. INTERNAL.
+metadata: ref = the server log reference.
+"""
+ERROR_REASON_INVALID_ARGUMENT: ErrorReason.ValueType  # 12
+ERROR_REASON_NOT_FOUND: ErrorReason.ValueType  # 13
+ERROR_REASON_FAILED_PRECONDITION: ErrorReason.ValueType  # 14
+ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 15
+ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 16
+ERROR_REASON_RESOURCE_EXHAUSTED: ErrorReason.ValueType  # 17
+ERROR_REASON_UNAVAILABLE: ErrorReason.ValueType  # 18
+ERROR_REASON_DEADLINE_EXCEEDED: ErrorReason.ValueType  # 19
+"""metadata (Inference): backend = the backend being waited for."""
+Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
+
 class _EventType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015

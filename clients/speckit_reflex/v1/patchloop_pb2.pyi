@@ -79,7 +79,17 @@ class _OutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Outcome.Value
     OUTCOME_FIXED: _Outcome.ValueType  # 1
     OUTCOME_GAVE_UP: _Outcome.ValueType  # 2
     OUTCOME_REFUSED: _Outcome.ValueType  # 3
+    """The policy said no: the Router refused the route (RunResult.reason is
+    the routing reason, e.g. "budget_exhausted"), or a cloud call was
+    refused before leaving the machine ("cloud_key_missing: ...").
+    """
     OUTCOME_ALREADY_CLEAN: _Outcome.ValueType  # 4
+    OUTCOME_ERROR: _Outcome.ValueType  # 5
+    """The run could not go on for a reason other than the policy: the Router
+    unreachable or past its deadline. RunResult.reason names it
+    ("router_unavailable: UNAVAILABLE: ..."). Not a refusal: only
+    OUTCOME_REFUSED means the policy said no.
+    """
 
 class Outcome(_Outcome, metaclass=_OutcomeEnumTypeWrapper): ...
 
@@ -87,7 +97,17 @@ OUTCOME_UNSPECIFIED: Outcome.ValueType  # 0
 OUTCOME_FIXED: Outcome.ValueType  # 1
 OUTCOME_GAVE_UP: Outcome.ValueType  # 2
 OUTCOME_REFUSED: Outcome.ValueType  # 3
+"""The policy said no: the Router refused the route (RunResult.reason is
+the routing reason, e.g. "budget_exhausted"), or a cloud call was
+refused before leaving the machine ("cloud_key_missing: ...").
+"""
 OUTCOME_ALREADY_CLEAN: Outcome.ValueType  # 4
+OUTCOME_ERROR: Outcome.ValueType  # 5
+"""The run could not go on for a reason other than the policy: the Router
+unreachable or past its deadline. RunResult.reason names it
+("router_unavailable: UNAVAILABLE: ..."). Not a refusal: only
+OUTCOME_REFUSED means the policy said no.
+"""
 Global___Outcome: _TypeAlias = Outcome  # noqa: Y015
 
 class _RunState:

@@ -50,9 +50,12 @@ class RouterServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Decide(self, request, context):
-        """Decide the route of one attempt. A route to cloud that the policy forbids
-        (local_only, budget) fails with FAILED_PRECONDITION whose message starts
-        with the reason ("local_only_forbids_cloud: ...").
+        """Decide the route of one attempt. A route the policy forbids (local_only,
+        budget, no healthy reflex backend under force_mode) fails with
+        FAILED_PRECONDITION and ErrorInfo reason ROUTE_REFUSED, whose metadata
+        `routing_reason` says why ("local_only_forbids_cloud") (ErrorReason in
+        common.proto). A malformed request fails with INVALID_ARGUMENT and
+        reason INVALID_FIELD or UNKNOWN_MODEL, metadata `field` naming it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -35,9 +35,12 @@ class RouterStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RouterAsyncStub: ...
     Decide: _grpc.UnaryUnaryMultiCallable[_router_pb2.DecideRequest, _router_pb2.RoutingDecision]
-    """Decide the route of one attempt. A route to cloud that the policy forbids
-    (local_only, budget) fails with FAILED_PRECONDITION whose message starts
-    with the reason ("local_only_forbids_cloud: ...").
+    """Decide the route of one attempt. A route the policy forbids (local_only,
+    budget, no healthy reflex backend under force_mode) fails with
+    FAILED_PRECONDITION and ErrorInfo reason ROUTE_REFUSED, whose metadata
+    `routing_reason` says why ("local_only_forbids_cloud") (ErrorReason in
+    common.proto). A malformed request fails with INVALID_ARGUMENT and
+    reason INVALID_FIELD or UNKNOWN_MODEL, metadata `field` naming it.
     """
     GetPolicy: _grpc.UnaryUnaryMultiCallable[_router_pb2.GetPolicyRequest, _router_pb2.PolicySnapshot]
     """The effective policy snapshot and its hash."""
@@ -46,9 +49,12 @@ class RouterStub:
 class RouterAsyncStub(RouterStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Decide: _aio.UnaryUnaryMultiCallable[_router_pb2.DecideRequest, _router_pb2.RoutingDecision]  # type: ignore[assignment]
-    """Decide the route of one attempt. A route to cloud that the policy forbids
-    (local_only, budget) fails with FAILED_PRECONDITION whose message starts
-    with the reason ("local_only_forbids_cloud: ...").
+    """Decide the route of one attempt. A route the policy forbids (local_only,
+    budget, no healthy reflex backend under force_mode) fails with
+    FAILED_PRECONDITION and ErrorInfo reason ROUTE_REFUSED, whose metadata
+    `routing_reason` says why ("local_only_forbids_cloud") (ErrorReason in
+    common.proto). A malformed request fails with INVALID_ARGUMENT and
+    reason INVALID_FIELD or UNKNOWN_MODEL, metadata `field` naming it.
     """
     GetPolicy: _aio.UnaryUnaryMultiCallable[_router_pb2.GetPolicyRequest, _router_pb2.PolicySnapshot]  # type: ignore[assignment]
     """The effective policy snapshot and its hash."""
@@ -60,9 +66,12 @@ class RouterServicer(metaclass=_abc_1.ABCMeta):
         request: _router_pb2.DecideRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_router_pb2.RoutingDecision, _abc.Awaitable[_router_pb2.RoutingDecision]]:
-        """Decide the route of one attempt. A route to cloud that the policy forbids
-        (local_only, budget) fails with FAILED_PRECONDITION whose message starts
-        with the reason ("local_only_forbids_cloud: ...").
+        """Decide the route of one attempt. A route the policy forbids (local_only,
+        budget, no healthy reflex backend under force_mode) fails with
+        FAILED_PRECONDITION and ErrorInfo reason ROUTE_REFUSED, whose metadata
+        `routing_reason` says why ("local_only_forbids_cloud") (ErrorReason in
+        common.proto). A malformed request fails with INVALID_ARGUMENT and
+        reason INVALID_FIELD or UNKNOWN_MODEL, metadata `field` naming it.
         """
 
     @_abc_1.abstractmethod

@@ -199,7 +199,9 @@ class InferenceCore:
                 return [CLOUD]
             if backend not in self._local_names:
                 raise NotFound(
-                    f"unknown_backend: {backend!r}; configured: {', '.join(self._local_names)}, cloud"
+                    f"unknown_backend: {backend!r}; configured: {', '.join(self._local_names)}, cloud",
+                    reason=common_pb2.ERROR_REASON_UNKNOWN_BACKEND,
+                    metadata={"backend": backend},
                 )
             return [backend]
         return [
@@ -285,18 +287,23 @@ class InferenceCore:
         if wants_cloud:
             if cfg.local_only:
                 raise FailedPrecondition(
-                    f"{LOCAL_ONLY_REASON}: privacy.local_only forbids calls to the cloud backend"
+                    f"{LOCAL_ONLY_REASON}: privacy.local_only forbids calls to the cloud backend",
+                    reason=common_pb2.ERROR_REASON_LOCAL_ONLY_FORBIDS_CLOUD,
                 )
             if not cfg.cloud.api_key:
                 raise FailedPrecondition(
                     f"{CLOUD_KEY_MISSING}: {cfg.cloud_key_env} is not set; set it to the cloud "
-                    "API key to allow cloud calls (none was sent)"
+                    "API key to allow cloud calls (none was sent)",
+                    reason=common_pb2.ERROR_REASON_CLOUD_KEY_MISSING,
+                    metadata={"env": cfg.cloud_key_env},
                 )
             return [(self._servers[CLOUD], req.model or cfg.cloud.models[0])], False
         if req.backend:
             if req.backend not in self._local_names:
                 raise NotFound(
-                    f"unknown_backend: {req.backend!r}; configured: {', '.join(self._local_names)}, cloud"
+                    f"unknown_backend: {req.backend!r}; configured: {', '.join(self._local_names)}, cloud",
+                    reason=common_pb2.ERROR_REASON_UNKNOWN_BACKEND,
+                    metadata={"backend": req.backend},
                 )
             server = self._servers[req.backend]
             return [
@@ -309,7 +316,11 @@ class InferenceCore:
         model = req.model or cfg.primary_model
         found = [(self._servers[s.name], model) for s in cfg.local if model in s.models]
         if not found:
-            raise NotFound(f"no_backend_for_model: no local backend serves model {model!r}")
+            raise NotFound(
+                f"no_backend_for_model: no local backend serves model {model!r}",
+                reason=common_pb2.ERROR_REASON_NO_BACKEND_FOR_MODEL,
+                metadata={"model": model},
+            )
         return found, True
 
     def _skip_reason(self, server: ModelServer, model: str) -> str:
@@ -412,14 +423,17 @@ class InferenceCore:
                     if deadline is not None and loop.time() >= deadline:
                         raise DeadlineExceeded(
                             f"deadline_exceeded: the caller's deadline passed waiting for {server.name} "
-                            f"({exc.reason})"
+                            f"({exc.reason})",
+                            metadata={"backend": server.name},
                         ) from None
                     self._health.mark_failed(server.name)
                     self._record_failover(result, server.name, exc.reason, exc.detail)
                     if relayed:
                         raise Unavailable(
                             f"stream_broken: {server.name} failed mid-stream ({exc.reason}) "
-                            "after part of its reply was relayed"
+                            "after part of its reply was relayed",
+                            reason=common_pb2.ERROR_REASON_STREAM_BROKEN,
+                            metadata={"backend": server.name},
                         ) from None
                     continue
                 self._finish(result, server, model, gens[-1], verdict)
@@ -432,7 +446,7 @@ class InferenceCore:
                 recorded = True
                 yield result
                 return
-            raise self._exhausted(result)
+            raise self._exhausted(result, candidates[0][1] if candidates else "")
         except DomainError as exc:
             result.latency_ms = (time.perf_counter() - t0) * 1000
             self._sum_usage(result, gens)
@@ -460,11 +474,20 @@ class InferenceCore:
             },
         )
 
-    def _exhausted(self, result: CallResult) -> DomainError:
+    def _exhausted(self, result: CallResult, model: str) -> DomainError:
         tried = ", ".join(f"{b}={r}" for b, r in result.failovers)
+        backends = {"backends": ",".join(dict.fromkeys(b for b, _ in result.failovers))}
         if result.failovers and all(r == "model_not_listed" for _, r in result.failovers):
-            return NotFound(f"model_not_listed: no backend lists the model ({tried})")
-        return Unavailable(f"all_backends_failed: {tried}")
+            return NotFound(
+                f"model_not_listed: no backend lists the model ({tried})",
+                reason=common_pb2.ERROR_REASON_NO_BACKEND_FOR_MODEL,
+                metadata={"model": model, **backends},
+            )
+        return Unavailable(
+            f"all_backends_failed: {tried}",
+            reason=common_pb2.ERROR_REASON_ALL_BACKENDS_FAILED,
+            metadata=backends,
+        )
 
     def _finish(
         self,

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import grpc
 
-from speckit_reflex.clients.router import refusal_reason
+from speckit_reflex.clients.errors import RpcErrorInfo, error_of
+from speckit_reflex.v1 import common_pb2
 
 
 class ApiError(Exception):
@@ -44,7 +45,8 @@ def invalid(param: str, message: str) -> ApiError:
     return ApiError(400, f"{param}: {message}", param=param, code="invalid_value")
 
 
-# A refused route: why, and how an OpenAI client should read it.
+# A refused route (Router ROUTE_REFUSED, or Inference refusing the cloud
+# under local_only): why, and how an OpenAI client should read it.
 _REFUSALS: dict[str, tuple[int, str]] = {
     "budget_exhausted": (429, "insufficient_quota"),
     "local_only_forbids_cloud": (403, "permission_error"),
@@ -61,20 +63,27 @@ _BY_CODE: dict[grpc.StatusCode, tuple[int, str]] = {
 }
 
 
-def from_rpc(service: str, exc: grpc.aio.AioRpcError) -> ApiError:
-    """The HTTP error for a failed Router or Inference call."""
-    code = exc.code()
-    details = exc.details() or code.name
-    reason = refusal_reason(exc)
+def _refusal(err: RpcErrorInfo) -> str | None:
+    """Why the call was refused by policy, from the ErrorInfo (never the message)."""
+    if err.reason == common_pb2.ERROR_REASON_ROUTE_REFUSED:
+        return err.metadata.get("routing_reason") or "route_refused"
+    if err.reason == common_pb2.ERROR_REASON_LOCAL_ONLY_FORBIDS_CLOUD:
+        return "local_only_forbids_cloud"
+    return None
+
+
+def from_rpc(service: str, exc: grpc.RpcError) -> ApiError:
+    """The HTTP error for a failed Router or Inference call, by its ErrorInfo
+    reason and metadata, then by its code; the message is only shown."""
+    err = error_of(exc)
+    code = err.code
+    details = err.message or code.name
+    reason = _refusal(err)
     if reason is not None:
         status, kind = _REFUSALS.get(reason, (503, "service_unavailable"))
         return ApiError(status, f"route refused: {details}", type=kind, code=reason)
-    if (
-        service == "router"
-        and code == grpc.StatusCode.INVALID_ARGUMENT
-        and details.startswith("model: ")
-    ):
-        not_known = "is not a model of the policy" in details
+    if service == "router" and err.metadata.get("field") == "model":
+        not_known = err.reason == common_pb2.ERROR_REASON_UNKNOWN_MODEL
         return ApiError(
             404 if not_known else 400,
             details,

@@ -12,7 +12,7 @@ from speckit_reflex.policy import LoadedPolicy
 from speckit_reflex.router.engine import RoutingEngine, reason_name
 from speckit_reflex.router.evidence import MODE_NAMES, Decision, DecisionRecorder
 from speckit_reflex.runtime.metrics import Metrics
-from speckit_reflex.v1 import router_pb2
+from speckit_reflex.v1 import common_pb2, router_pb2
 
 
 def new_decision_id() -> str:
@@ -22,14 +22,21 @@ def new_decision_id() -> str:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
-class RouteRefused(FailedPrecondition):
-    """A cloud route the policy forbids (local_only, budget, fallback_to_cloud
-    = false). The message starts with the reason, e.g.
-    "local_only_forbids_cloud: ..."; the refusal is recorded like any decision."""
+class PolicyRefusal(FailedPrecondition):
+    """A route the policy forbids (local_only, budget, fallback_to_cloud =
+    false, no healthy backend for a forced or pinned reflex route); recorded
+    like any decision. Callers read ErrorInfo reason ROUTE_REFUSED and
+    metadata `routing_reason` ("local_only_forbids_cloud") and `decision_id`;
+    the message says the same for humans."""
 
     def __init__(self, decision: Decision):
         route = decision.route
-        super().__init__(f"{reason_name(route.refusal)}: {route.refusal_detail}")
+        why = reason_name(route.refusal)
+        super().__init__(
+            f"{why}: {route.refusal_detail}",
+            reason=common_pb2.ERROR_REASON_ROUTE_REFUSED,
+            metadata={"routing_reason": why, "decision_id": decision.decision_id},
+        )
         self.decision = decision
 
 
@@ -56,7 +63,7 @@ class Router:
         return self._policy
 
     def decide(self, req: router_pb2.DecideRequest) -> Decision:
-        """Decide one attempt's route. Raises RouteRefused (FAILED_PRECONDITION)
+        """Decide one attempt's route. Raises PolicyRefusal (FAILED_PRECONDITION)
         for a forbidden cloud route and InvalidArgument for a malformed request."""
         if self._tracer is None:
             return self._decide(req)
@@ -64,7 +71,7 @@ class Router:
         with self._tracer.start_as_current_span("router.decide") as span:
             try:
                 decision = self._decide(req)
-            except RouteRefused as refused:
+            except PolicyRefusal as refused:
                 _describe(span, refused.decision, req)
                 raise
             _describe(span, decision, req)
@@ -86,7 +93,7 @@ class Router:
                 route.model,
             ).inc()
         if route.refused:
-            raise RouteRefused(decision)
+            raise PolicyRefusal(decision)
         return decision
 
 

@@ -192,17 +192,20 @@ class RoutingEngine:
         """The route for one attempt. Raises InvalidArgument for a malformed request."""
         if req.role not in ROLE_KEYS:
             raise InvalidArgument(
-                f"role: {req.role} is not a known Role (ROLE_UNSPECIFIED is not allowed)"
+                f"role: {req.role} is not a known Role (ROLE_UNSPECIFIED is not allowed)",
+                field="role",
             )
         if req.stage not in _VALID_STAGES:
             raise InvalidArgument(
-                f"stage: {req.stage} is not a known Stage (STAGE_UNSPECIFIED is not allowed)"
+                f"stage: {req.stage} is not a known Stage (STAGE_UNSPECIFIED is not allowed)",
+                field="stage",
             )
         if len(req.model) > MAX_MODEL_CHARS:
-            raise InvalidArgument(f"model: longer than {MAX_MODEL_CHARS} characters")
+            raise InvalidArgument(f"model: longer than {MAX_MODEL_CHARS} characters", field="model")
         if req.force_mode not in _VALID_FORCE:
             raise InvalidArgument(
-                "force_mode: only ROUTING_MODE_REFLEX, ROUTING_MODE_CLOUD or unspecified"
+                "force_mode: only ROUTING_MODE_REFLEX, ROUTING_MODE_CLOUD or unspecified",
+                field="force_mode",
             )
         now = self._clock()
         if req.model:
@@ -307,7 +310,8 @@ class RoutingEngine:
         # so the verdict is reported but not required; health still is.
         if req.stage != IMPLEMENT:
             raise InvalidArgument(
-                "force_mode=REFLEX needs stage STAGE_IMPLEMENT: reflex applies only to the Implement stage"
+                "force_mode=REFLEX needs stage STAGE_IMPLEMENT: reflex applies only to the Implement stage",
+                field="force_mode",
             )
         skipped: list[Skip] = []
         for index, link in enumerate(self._chain):
@@ -348,14 +352,19 @@ class RoutingEngine:
     def _pinned(self, req: router_pb2.DecideRequest, now: float) -> Route:
         """The route to the model the request names (an OpenAI client's `model`)."""
         if req.role != IMPLEMENTER:
-            raise InvalidArgument("model: pinning a model applies only to ROLE_IMPLEMENTER")
+            raise InvalidArgument(
+                "model: pinning a model applies only to ROLE_IMPLEMENTER", field="model"
+            )
         if req.force_mode != common_pb2.ROUTING_MODE_UNSPECIFIED:
-            raise InvalidArgument("model: a pinned model and force_mode are exclusive")
+            raise InvalidArgument(
+                "model: a pinned model and force_mode are exclusive", field="model"
+            )
         link = self._links.get(req.model)
         if link is not None:
             if req.stage != IMPLEMENT:
                 raise InvalidArgument(
-                    f"model: {req.model} is a reflex model; reflex applies only to STAGE_IMPLEMENT"
+                    f"model: {req.model} is a reflex model; reflex applies only to STAGE_IMPLEMENT",
+                    field="model",
                 )
             target, reason, detail = self._serving_backend(link, now)
             if target is None:
@@ -393,7 +402,12 @@ class RoutingEngine:
                 forced=True,
             )
         known = ", ".join([*self._links, self._cloud_model])
-        raise InvalidArgument(f"model: {req.model!r} is not a model of the policy (known: {known})")
+        raise InvalidArgument(
+            f"model: {req.model!r} is not a model of the policy (known: {known})",
+            field="model",
+            reason=common_pb2.ERROR_REASON_UNKNOWN_MODEL,
+            metadata={"model": req.model},
+        )
 
     def _serving_backend(self, link: _ChainLink, now: float) -> tuple[_Target | None, int, str]:
         """The first backend serving `link.model` with fresh healthy status."""
@@ -457,7 +471,8 @@ class RoutingEngine:
     def _other_role(self, req: router_pb2.DecideRequest, now: float) -> Route:
         if req.force_mode == REFLEX:
             raise InvalidArgument(
-                "force_mode=REFLEX applies only to ROLE_IMPLEMENTER: reflex is a mode of the Implementer"
+                "force_mode=REFLEX applies only to ROLE_IMPLEMENTER: reflex is a mode of the Implementer",
+                field="force_mode",
             )
         route = self._roles.get(req.role)
         key = ROLE_KEYS[req.role]

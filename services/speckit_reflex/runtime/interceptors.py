@@ -1,4 +1,10 @@
-"""Server interceptors: domain errors to statuses, and bearer-token auth."""
+"""Server interceptors: domain errors to statuses, and bearer-token auth.
+
+Every failure answered here carries, besides its code and message, a
+google.rpc.Status with one google.rpc.ErrorInfo (domain "speckit-reflex",
+the ErrorReason of common.proto, metadata) in the trailing metadata, so
+that callers read why from data, not from the message.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,20 @@ import hmac
 import inspect
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc.error_details_pb2 import ErrorInfo
+from google.rpc.status_pb2 import Status
 from grpc import aio
+from grpc_status import rpc_status
 
+# The wire form (domain, reason spelling) is the one the typed clients read.
+from speckit_reflex.clients.errors import DOMAIN, Reason, reason_text
 from speckit_reflex.errors import DomainError
+from speckit_reflex.v1 import common_pb2
 
 log = logging.getLogger("speckit.rpc")
 
@@ -25,17 +38,53 @@ _OPEN_PREFIXES = (
 )
 
 
+def rich_status(
+    code: grpc.StatusCode, message: str, reason: Reason, metadata: Mapping[str, str] | None = None
+) -> grpc.Status:
+    """The status with `code` and `message` whose trailing metadata carries
+    google.rpc.Status(code, message, [ErrorInfo(reason, domain, metadata)])."""
+    info = ErrorInfo(reason=reason_text(reason), domain=DOMAIN, metadata=metadata or {})
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    return rpc_status.to_status(Status(code=code.value[0], message=message, details=[detail]))
+
+
+async def abort(
+    context: aio.ServicerContext[Any, Any],
+    code: grpc.StatusCode,
+    message: str,
+    reason: Reason,
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """End the RPC with `code`, `message` and the ErrorInfo of `reason`."""
+    status = rich_status(code, message, reason, metadata)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
 async def _abort_for(exc: Exception, method: str, context: aio.ServicerContext) -> None:
     if isinstance(exc, DomainError):
         log.info(
             "rpc failed",
-            extra={"fields": {"method": method, "code": exc.code.name, "error": exc.message}},
+            extra={
+                "fields": {
+                    "method": method,
+                    "code": exc.code.name,
+                    "reason": reason_text(exc.reason),
+                    "error": exc.message,
+                }
+            },
         )
-        await context.abort(exc.code, exc.message)
+        await abort(context, exc.code, exc.message, exc.reason, exc.metadata)
     # A bug: the traceback stays in the server log; the caller gets a reference.
     ref = uuid.uuid4().hex[:12]
     log.exception("rpc crashed", extra={"fields": {"method": method, "ref": ref}})
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error (server log ref {ref})")
+    await abort(
+        context,
+        grpc.StatusCode.INTERNAL,
+        f"internal error (server log ref {ref})",
+        common_pb2.ERROR_REASON_INTERNAL,
+        {"ref": ref},
+    )
 
 
 class _Malformed:
@@ -62,7 +111,12 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
 
 async def _reject_malformed(request: Any, context: aio.ServicerContext) -> None:
     if isinstance(request, _Malformed):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.error}")
+        await abort(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"malformed request: {request.error}",
+            common_pb2.ERROR_REASON_MALFORMED_REQUEST,
+        )
 
 
 def _wrap_unary(fn: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
@@ -154,12 +208,21 @@ class TokenAuthInterceptor(aio.ServerInterceptor):
         return _deny_handler(await continuation(handler_call_details))
 
 
+async def _deny(context: aio.ServicerContext[Any, Any]) -> None:
+    await abort(
+        context,
+        grpc.StatusCode.UNAUTHENTICATED,
+        "missing or wrong bearer token",
+        common_pb2.ERROR_REASON_UNAUTHENTICATED,
+    )
+
+
 def _deny_handler(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
     async def deny_unary(request: Any, context: aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+        await _deny(context)
 
     async def deny_stream(request: Any, context: aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+        await _deny(context)
         yield  # pragma: no cover - makes this an async generator
 
     deser = handler.request_deserializer if handler else None

@@ -17,8 +17,10 @@ of its kind, plus the limits a service declares per field path:
 - Structs: JSON-representable (finite numbers, bounded depth, no NUL);
 - repeated fields: at most `ITEMS_MAX` items unless an `Items` rule says.
 
-A refusal is `InvalidArgument` whose message starts with the field's path
-(`messages[3].content: ...`), so the caller knows what to fix. The small
+A refusal is `InvalidArgument` with reason INVALID_FIELD whose ErrorInfo
+metadata `field` is the field's path (`messages[3].content`), so a caller
+knows what to fix without reading the message (which starts with the path
+too, for humans). The small
 checkers (`text`, `number`, ...) serve the hand-written checks of hot paths
 that cannot afford the walk.
 """
@@ -90,8 +92,8 @@ Rules = Mapping[str, Rule]
 
 
 def refuse(field: str, why: str) -> InvalidArgument:
-    """The error for a bad field: its path first, then what is wrong."""
-    return InvalidArgument(f"{field}: {why}")
+    """The error for a bad field: its path in metadata (and first in the message)."""
+    return InvalidArgument(f"{field}: {why}", field=field)
 
 
 def text(value: str, field: str, max_len: int = TEXT_MAX, *, required: bool = False) -> str:

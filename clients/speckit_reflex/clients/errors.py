@@ -1,0 +1,80 @@
+"""Why a call failed, read as data: the google.rpc.ErrorInfo the services attach.
+
+    try:
+        await router.decide(...)
+    except grpc.aio.AioRpcError as exc:
+        err = error_of(exc)
+        if err.reason == common_pb2.ERROR_REASON_ROUTE_REFUSED:
+            print(err.metadata["routing_reason"])
+
+The reasons and their metadata keys are the ErrorReason enum of
+protos/speckit_reflex/v1/common.proto. The status message is for humans and
+is never parsed here: a reworded message changes nothing a program sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias, cast
+
+import grpc
+from google.rpc.error_details_pb2 import ErrorInfo
+from google.rpc.status_pb2 import Status
+from grpc_status import rpc_status
+
+from speckit_reflex.v1 import common_pb2
+
+#: ErrorInfo.domain of the errors speckit-reflex services answer.
+DOMAIN = "speckit-reflex"
+
+Reason: TypeAlias = common_pb2.ErrorReason.ValueType
+_PREFIX = "ERROR_REASON_"
+
+
+@dataclass(frozen=True)
+class RpcErrorInfo:
+    """A failed call: its code, message, and ErrorInfo reason and metadata."""
+
+    code: grpc.StatusCode
+    message: str
+    #: ERROR_REASON_UNSPECIFIED when the status carried no ErrorInfo of our
+    #: domain (the service was never reached, a proxy answered) or a reason
+    #: this client predates.
+    reason: Reason = common_pb2.ERROR_REASON_UNSPECIFIED
+    #: ErrorInfo.reason as sent ("ROUTE_REFUSED"), "" when absent.
+    reason_text: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def reason_text(reason: Reason) -> str:
+    """ErrorInfo.reason of an ErrorReason: "ROUTE_REFUSED" for ERROR_REASON_ROUTE_REFUSED."""
+    return common_pb2.ErrorReason.Name(reason).removeprefix(_PREFIX)
+
+
+def reason_value(text: str) -> Reason:
+    """The ErrorReason of an ErrorInfo.reason ("ROUTE_REFUSED"); UNSPECIFIED if unknown."""
+    try:
+        return common_pb2.ErrorReason.Value(_PREFIX + text)
+    except ValueError:
+        return common_pb2.ERROR_REASON_UNSPECIFIED
+
+
+def error_of(exc: grpc.RpcError) -> RpcErrorInfo:
+    """The code, message, reason and metadata of a failed call (sync or aio)."""
+    call = cast(Any, exc)
+    code: grpc.StatusCode = call.code()
+    message: str = call.details() or ""
+    try:
+        status: Status | None = rpc_status.from_call(call)
+    except ValueError:
+        # A Status whose code or message contradicts the call's: not ours to trust.
+        status = None
+    if status is not None:
+        for detail in status.details:
+            info = ErrorInfo()
+            if detail.Unpack(info) and info.domain == DOMAIN:
+                return RpcErrorInfo(
+                    code, message, reason_value(info.reason), info.reason, dict(info.metadata)
+                )
+    return RpcErrorInfo(code, message)
