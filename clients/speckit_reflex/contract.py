@@ -6,10 +6,11 @@ stubs because it is contract, not caller-side code: servers and clients both
 import it, and it imports nothing of the project but `v1`.
 
 What it holds: where the services listen by default, the short names of enum
-values ("reflex" for ROUTING_MODE_REFLEX), how a pNN figure is computed from
-samples, and the JSON forms of the Capsule's statistics and verdict (the CLI's
-`--json`, the report file and the seed's `bakeoff_stats` shape are this one
-form).
+values ("reflex" for ROUTING_MODE_REFLEX), the wire form of errors (the
+ErrorInfo domain and how an ErrorReason is spelled in it), how a pNN figure is
+computed from samples, and the JSON forms of the Capsule's statistics and
+verdict (the CLI's `--json`, the report file and the seed's `bakeoff_stats`
+shape are this one form).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 from google.protobuf.descriptor import EnumDescriptor
 
@@ -66,6 +67,30 @@ def enum_names(enum: ProtoEnum, *, unspecified: bool = True) -> dict[int, str]:
         for v in enum.DESCRIPTOR.values
         if unspecified or v.number
     }
+
+
+# -- errors as data -------------------------------------------------------------
+
+#: ErrorInfo.domain of every error the services answer (ErrorReason in common.proto).
+ERROR_DOMAIN = "speckit-reflex"
+
+ErrorReason: TypeAlias = common_pb2.ErrorReason.ValueType
+_REASON_PREFIX = enum_prefix(common_pb2.ErrorReason)
+
+
+def error_reason_text(reason: ErrorReason) -> str:
+    """ErrorInfo.reason of an ErrorReason, as AIP-193 spells reasons:
+    "ROUTE_REFUSED" for ERROR_REASON_ROUTE_REFUSED."""
+    return common_pb2.ErrorReason.Name(reason).removeprefix(_REASON_PREFIX)
+
+
+def error_reason(text: str) -> ErrorReason:
+    """The ErrorReason of an ErrorInfo.reason ("ROUTE_REFUSED"); UNSPECIFIED
+    for a reason this side does not know (a newer peer's)."""
+    try:
+        return common_pb2.ErrorReason.Value(_REASON_PREFIX + text)
+    except ValueError:
+        return common_pb2.ERROR_REASON_UNSPECIFIED
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 import grpc
 
-from speckit_reflex.clients.errors import Reason
+from speckit_reflex.contract import ErrorReason
 from speckit_reflex.v1 import common_pb2
 
 _R = common_pb2.ErrorReason
@@ -29,18 +29,18 @@ class DomainError(Exception):
     """An expected failure a caller can act on."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-    default_reason: Reason = _R.ERROR_REASON_INTERNAL
+    default_reason: ErrorReason = _R.ERROR_REASON_INTERNAL
 
     def __init__(
         self,
         message: str,
         *,
-        reason: Reason | None = None,
+        reason: ErrorReason | None = None,
         metadata: Mapping[str, str] | None = None,
     ):
         super().__init__(message)
         self.message = message
-        self.reason: Reason = self.default_reason if reason is None else reason
+        self.reason: ErrorReason = self.default_reason if reason is None else reason
         self.metadata: dict[str, str] = dict(metadata or {})
 
 
@@ -53,7 +53,7 @@ class InvalidArgument(DomainError):
         message: str,
         *,
         field: str = "",
-        reason: Reason | None = None,
+        reason: ErrorReason | None = None,
         metadata: Mapping[str, str] | None = None,
     ):
         """`field` names the offending field's path: the reason becomes

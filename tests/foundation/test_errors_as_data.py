@@ -8,8 +8,9 @@ import grpc
 import pytest
 from grpc import aio
 
-from speckit_reflex.clients.errors import DOMAIN, error_of, reason_text, reason_value
+from speckit_reflex.clients.errors import error_of
 from speckit_reflex.clients.router import RouterClient, refusal_reason
+from speckit_reflex.contract import ERROR_DOMAIN, error_reason, error_reason_text
 from speckit_reflex.errors import FailedPrecondition, InvalidArgument
 from speckit_reflex.openai_gateway.errors import from_rpc
 from speckit_reflex.runtime.server import create_server
@@ -153,9 +154,9 @@ async def test_an_unreached_service_has_no_reason_and_is_no_refusal() -> None:
 
 def test_every_reason_has_one_wire_name_and_back() -> None:
     values = common_pb2.ErrorReason.values()
-    names = [reason_text(v) for v in values]
+    names = [error_reason_text(v) for v in values]
     assert len(set(names)) == len(names)
     assert all(n.isupper() and not n.startswith("ERROR_REASON") for n in names)
-    assert [reason_value(n) for n in names] == list(values)
-    assert reason_value("NOT_A_REASON_WE_KNOW") == common_pb2.ERROR_REASON_UNSPECIFIED
-    assert DOMAIN == "speckit-reflex"
+    assert [error_reason(n) for n in names] == list(values)
+    assert error_reason("NOT_A_REASON_WE_KNOW") == common_pb2.ERROR_REASON_UNSPECIFIED
+    assert ERROR_DOMAIN == "speckit-reflex"

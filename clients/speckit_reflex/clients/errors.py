@@ -8,7 +8,8 @@
             print(err.metadata["routing_reason"])
 
 The reasons and their metadata keys are the ErrorReason enum of
-protos/speckit_reflex/v1/common.proto. The status message is for humans and
+protos/speckit_reflex/v1/common.proto; its wire spelling is in
+speckit_reflex.contract. The status message is for humans and
 is never parsed here: a reworded message changes nothing a program sees.
 """
 
@@ -16,20 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias, cast
+from typing import Any, cast
 
 import grpc
 from google.rpc.error_details_pb2 import ErrorInfo
 from google.rpc.status_pb2 import Status
 from grpc_status import rpc_status
 
+from speckit_reflex.contract import ERROR_DOMAIN, ErrorReason, error_reason
 from speckit_reflex.v1 import common_pb2
-
-#: ErrorInfo.domain of the errors speckit-reflex services answer.
-DOMAIN = "speckit-reflex"
-
-Reason: TypeAlias = common_pb2.ErrorReason.ValueType
-_PREFIX = "ERROR_REASON_"
 
 
 @dataclass(frozen=True)
@@ -41,23 +37,10 @@ class RpcErrorInfo:
     #: ERROR_REASON_UNSPECIFIED when the status carried no ErrorInfo of our
     #: domain (the service was never reached, a proxy answered) or a reason
     #: this client predates.
-    reason: Reason = common_pb2.ERROR_REASON_UNSPECIFIED
+    reason: ErrorReason = common_pb2.ERROR_REASON_UNSPECIFIED
     #: ErrorInfo.reason as sent ("ROUTE_REFUSED"), "" when absent.
     reason_text: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
-
-
-def reason_text(reason: Reason) -> str:
-    """ErrorInfo.reason of an ErrorReason: "ROUTE_REFUSED" for ERROR_REASON_ROUTE_REFUSED."""
-    return common_pb2.ErrorReason.Name(reason).removeprefix(_PREFIX)
-
-
-def reason_value(text: str) -> Reason:
-    """The ErrorReason of an ErrorInfo.reason ("ROUTE_REFUSED"); UNSPECIFIED if unknown."""
-    try:
-        return common_pb2.ErrorReason.Value(_PREFIX + text)
-    except ValueError:
-        return common_pb2.ERROR_REASON_UNSPECIFIED
 
 
 def error_of(exc: grpc.RpcError) -> RpcErrorInfo:
@@ -73,8 +56,8 @@ def error_of(exc: grpc.RpcError) -> RpcErrorInfo:
     if status is not None:
         for detail in status.details:
             info = ErrorInfo()
-            if detail.Unpack(info) and info.domain == DOMAIN:
+            if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
                 return RpcErrorInfo(
-                    code, message, reason_value(info.reason), info.reason, dict(info.metadata)
+                    code, message, error_reason(info.reason), info.reason, dict(info.metadata)
                 )
     return RpcErrorInfo(code, message)

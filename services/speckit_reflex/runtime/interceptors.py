@@ -22,8 +22,7 @@ from google.rpc.status_pb2 import Status
 from grpc import aio
 from grpc_status import rpc_status
 
-# The wire form (domain, reason spelling) is the one the typed clients read.
-from speckit_reflex.clients.errors import DOMAIN, Reason, reason_text
+from speckit_reflex.contract import ERROR_DOMAIN, ErrorReason, error_reason_text
 from speckit_reflex.errors import DomainError
 from speckit_reflex.v1 import common_pb2
 
@@ -39,11 +38,14 @@ _OPEN_PREFIXES = (
 
 
 def rich_status(
-    code: grpc.StatusCode, message: str, reason: Reason, metadata: Mapping[str, str] | None = None
+    code: grpc.StatusCode,
+    message: str,
+    reason: ErrorReason,
+    metadata: Mapping[str, str] | None = None,
 ) -> grpc.Status:
     """The status with `code` and `message` whose trailing metadata carries
     google.rpc.Status(code, message, [ErrorInfo(reason, domain, metadata)])."""
-    info = ErrorInfo(reason=reason_text(reason), domain=DOMAIN, metadata=metadata or {})
+    info = ErrorInfo(reason=error_reason_text(reason), domain=ERROR_DOMAIN, metadata=metadata or {})
     detail = any_pb2.Any()
     detail.Pack(info)
     return rpc_status.to_status(Status(code=code.value[0], message=message, details=[detail]))
@@ -53,7 +55,7 @@ async def abort(
     context: aio.ServicerContext[Any, Any],
     code: grpc.StatusCode,
     message: str,
-    reason: Reason,
+    reason: ErrorReason,
     metadata: Mapping[str, str] | None = None,
 ) -> None:
     """End the RPC with `code`, `message` and the ErrorInfo of `reason`."""
@@ -69,7 +71,7 @@ async def _abort_for(exc: Exception, method: str, context: aio.ServicerContext) 
                 "fields": {
                     "method": method,
                     "code": exc.code.name,
-                    "reason": reason_text(exc.reason),
+                    "reason": error_reason_text(exc.reason),
                     "error": exc.message,
                 }
             },
