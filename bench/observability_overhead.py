@@ -31,7 +31,7 @@ import grpc
 
 from speckit_reflex.policy import load_policy
 from speckit_reflex.router import app as router_app
-from speckit_reflex.router.caches import BackendStatus, Verdict
+from speckit_reflex.router.caches import CachedHealth, CachedVerdict
 from speckit_reflex.runtime.bootstrap import ServiceContext
 from speckit_reflex.runtime.server import create_server
 from speckit_reflex.runtime.settings import RuntimeSettings
@@ -51,9 +51,9 @@ class _Capsule(capsule_pb2_grpc.CapsuleServicer):
 def _warm(service: router_app.RouterService) -> None:
     caches = service.refresher._caches  # the bench fills what the refresher would
     now = time.time()
-    caches.set_health([BackendStatus("sglang-a", True, now), BackendStatus("vllm-b", True, now)])
+    caches.set_health([CachedHealth("sglang-a", True, now), CachedHealth("vllm-b", True, now)])
     for model in ("gpt-oss-20b", "qwen3-coder-30b-a3b"):
-        caches.set_verdict(Verdict(model, True, now))
+        caches.set_verdict(CachedVerdict(model, True, now))
 
 
 async def _router(kind: str, policy_path: Path, capsule_addr: str, tmp: Path):

@@ -3,7 +3,6 @@ recording Capsule, and the adapter itself on a real gRPC server."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +10,7 @@ import pytest
 from grpc import aio
 
 from speckit_reflex.clients.inference import InferenceClient
-from speckit_reflex.policy import LoadedPolicy, Policy, canonical_json, snapshot
+from speckit_reflex.policy import LoadedPolicy, Policy
 from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, common_pb2
 
 from .fakes import FakeModelServer
@@ -20,8 +19,7 @@ from .fakes import FakeModelServer
 def make_policy(**sections: Any) -> LoadedPolicy:
     """A validated policy from nested dicts (the TOML tables)."""
     policy = Policy.model_validate(sections)
-    text = canonical_json(snapshot(policy))
-    return LoadedPolicy(policy, "<test>", text, hashlib.sha256(text.encode()).hexdigest())
+    return LoadedPolicy.of(policy, "<test>")
 
 
 def backends_policy(

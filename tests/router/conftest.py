@@ -4,7 +4,6 @@ clock, and controllable Inference/Capsule servicers on real gRPC servers."""
 from __future__ import annotations
 
 import copy
-import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,9 +12,8 @@ import pytest
 from grpc import aio
 
 from speckit_reflex.policy import LoadedPolicy
-from speckit_reflex.policy.loader import canonical_json, snapshot
 from speckit_reflex.policy.model import Policy
-from speckit_reflex.router.caches import BackendStatus, CloudUsage, RouterCaches, Verdict
+from speckit_reflex.router.caches import CachedHealth, CachedVerdict, CloudUsage, RouterCaches
 from speckit_reflex.v1 import (
     capsule_pb2,
     capsule_pb2_grpc,
@@ -82,8 +80,7 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def make_policy(over: dict[str, Any] | None = None) -> LoadedPolicy:
     """A LoadedPolicy from BASE_POLICY with `over` merged in, hashed like load_policy does."""
     policy = Policy.model_validate(merge(BASE_POLICY, over or {}))
-    text = canonical_json(snapshot(policy))
-    return LoadedPolicy(policy, "<test>", text, hashlib.sha256(text.encode()).hexdigest())
+    return LoadedPolicy.of(policy, "<test>")
 
 
 def fill_caches(
@@ -110,7 +107,7 @@ def fill_caches(
     verdict_age = verdict_age or {}
     identities = identities or {}
     caches.set_health(
-        BackendStatus(
+        CachedHealth(
             name,
             ok,
             now - health_age.get(name, 1.0),
@@ -124,7 +121,7 @@ def fill_caches(
         if ok is not None:
             detail = "" if ok else "p95 latency 2400 ms > 2000 ms"
             caches.set_verdict(
-                Verdict(
+                CachedVerdict(
                     model,
                     ok,
                     now - verdict_age.get(model, 1.0),

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from speckit_reflex.errors import DomainError
 from speckit_reflex.policy import LoadedPolicy
-from speckit_reflex.router.caches import BackendStatus, CloudUsage, RouterCaches, Verdict
-from speckit_reflex.router.core import Router, PolicyRefusal
+from speckit_reflex.router.caches import CachedHealth, CachedVerdict, CloudUsage, RouterCaches
+from speckit_reflex.router.core import PolicyRefusal, Router
 from speckit_reflex.router.engine import Route, RoutingEngine
 from speckit_reflex.router.evidence import DecisionRecorder
 from speckit_reflex.v1 import common_pb2 as c
@@ -71,14 +71,14 @@ requests = st.builds(
 def caches_for(w: dict[str, Any]) -> RouterCaches:
     caches = RouterCaches()
     caches.set_health(
-        BackendStatus(b, ok, NOW - age)
+        CachedHealth(b, ok, NOW - age)
         for b, entry in w["health"].items()
         if entry
         for ok, age in [entry]
     )
     for model, entry in w["verdicts"].items():
         if entry:
-            caches.set_verdict(Verdict(model, entry[0], NOW - entry[1]))
+            caches.set_verdict(CachedVerdict(model, entry[0], NOW - entry[1]))
     if w["usage"]:
         caches.set_usage(CloudUsage(w["usage"][0], w["usage"][1], NOW - 1))
     return caches

@@ -9,7 +9,6 @@ the reason, never a silent skip.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -23,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from speckit_reflex.policy import LoadedPolicy, Policy, canonical_json, snapshot
+from speckit_reflex.policy import LoadedPolicy, Policy
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "vllm_env.sh"
@@ -37,8 +36,7 @@ def skip_requested() -> bool:
 
 def make_policy(**sections: Any) -> LoadedPolicy:
     policy = Policy.model_validate(sections)
-    text = canonical_json(snapshot(policy))
-    return LoadedPolicy(policy, "<test>", text, hashlib.sha256(text.encode()).hexdigest())
+    return LoadedPolicy.of(policy, "<test>")
 
 
 def local_policy(

@@ -26,6 +26,13 @@ class LoadedPolicy:
     snapshot_json: str
     sha256: str
 
+    @classmethod
+    def of(cls, policy: Policy, source: str) -> LoadedPolicy:
+        """A validated policy with its snapshot and hash (the policy_hash every
+        decision and event carries): sha256 of the canonical snapshot JSON."""
+        text = canonical_json(snapshot(policy))
+        return cls(policy, source, text, hashlib.sha256(text.encode()).hexdigest())
+
 
 def load_policy(path: str | Path | None, environ: Mapping[str, str] | None = None) -> LoadedPolicy:
     """Read `path` (None = built-in defaults), apply env overrides, validate.
@@ -48,9 +55,7 @@ def load_policy(path: str | Path | None, environ: Mapping[str, str] | None = Non
         policy = Policy.model_validate(data)
     except ValidationError as exc:
         raise PolicyError(_describe(source, exc)) from None
-    snap = snapshot(policy)
-    text = canonical_json(snap)
-    return LoadedPolicy(policy, source, text, hashlib.sha256(text.encode()).hexdigest())
+    return LoadedPolicy.of(policy, source)
 
 
 def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:

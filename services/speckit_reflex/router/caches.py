@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
-class BackendStatus:
+class CachedHealth:
     """Health of one local backend (optionally for one model), as Inference probed it."""
 
     backend: str
@@ -27,7 +27,7 @@ class BackendStatus:
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class CachedVerdict:
     """Capsule's bakeoff threshold verdict for one reflex model, formed on the
     trials of the weights named by `identity` ("" = the server reports none)."""
 
@@ -55,17 +55,17 @@ class RouterCaches:
     """
 
     def __init__(self) -> None:
-        self._health: dict[str, BackendStatus] = {}
+        self._health: dict[str, CachedHealth] = {}
         self.health_error = ""
         # Keyed by (model, identity): a verdict holds for the weights it was formed on.
-        self._verdicts: dict[tuple[str, str], Verdict] = {}
+        self._verdicts: dict[tuple[str, str], CachedVerdict] = {}
         self.verdict_errors: dict[str, str] = {}
         self.usage: CloudUsage | None = None
         self.usage_error = ""
 
-    def set_health(self, statuses: Iterable[BackendStatus]) -> None:
+    def set_health(self, statuses: Iterable[CachedHealth]) -> None:
         """Replace the health table with one probe round's answer."""
-        table: dict[str, BackendStatus] = {}
+        table: dict[str, CachedHealth] = {}
         for s in statuses:
             if s.model:
                 table[health_key(s.backend, s.model)] = s
@@ -75,21 +75,21 @@ class RouterCaches:
         self._health = table
         self.health_error = ""
 
-    def health_by_key(self, key: str, backend: str) -> BackendStatus | None:
+    def health_by_key(self, key: str, backend: str) -> CachedHealth | None:
         """Health of `backend` serving the model of `key` (see `health_key`), falling
         back to the backend-wide entry; None when never reported."""
         h = self._health
         return h.get(key) or h.get(backend)
 
-    def set_verdict(self, verdict: Verdict) -> None:
+    def set_verdict(self, verdict: CachedVerdict) -> None:
         self._verdicts[(verdict.model, verdict.identity)] = verdict
         self.verdict_errors.pop(verdict.model, None)
 
-    def verdict_of(self, model: str, identity: str = "") -> Verdict | None:
+    def verdict_of(self, model: str, identity: str = "") -> CachedVerdict | None:
         """The verdict of `model` formed on the weights `identity`."""
         return self._verdicts.get((model, identity))
 
-    def other_verdict(self, model: str, identity: str) -> Verdict | None:
+    def other_verdict(self, model: str, identity: str) -> CachedVerdict | None:
         """A verdict of `model` formed on other weights than `identity`, if any."""
         return next(
             (v for (m, i), v in self._verdicts.items() if m == model and i != identity), None

@@ -23,7 +23,7 @@ from typing import Protocol
 import grpc
 from grpc import aio
 
-from speckit_reflex.router.caches import BackendStatus, CloudUsage, RouterCaches, Verdict
+from speckit_reflex.router.caches import CachedHealth, CachedVerdict, CloudUsage, RouterCaches
 from speckit_reflex.v1 import (
     capsule_pb2,
     capsule_pb2_grpc,
@@ -38,11 +38,11 @@ ChannelFactory = Callable[[], aio.Channel]
 
 
 class HealthSource(Protocol):
-    async def fetch(self) -> list[BackendStatus]: ...
+    async def fetch(self) -> list[CachedHealth]: ...
 
 
 class VerdictSource(Protocol):
-    async def fetch(self, model: str, identity: str = "") -> Verdict: ...
+    async def fetch(self, model: str, identity: str = "") -> CachedVerdict: ...
 
 
 class UsageSource(Protocol):
@@ -56,14 +56,14 @@ class InferenceHealthSource:
         self._channel = channel
         self._timeout_s = timeout_s
 
-    async def fetch(self) -> list[BackendStatus]:
+    async def fetch(self) -> list[CachedHealth]:
         """One Health round: every backend Inference knows, with its probe time."""
         stub = inference_pb2_grpc.InferenceStub(self._channel())
         reply = await stub.Health(inference_pb2.HealthRequest(), timeout=self._timeout_s)
         # No checked_at = never probed yet ("probe_pending"): time 0 makes it
         # stale, i.e. unknown, rather than a fresh verdict.
         return [
-            BackendStatus(
+            CachedHealth(
                 backend=b.backend,
                 healthy=b.healthy,
                 checked_at=b.checked_at.ToMicroseconds() / 1e6 if b.HasField("checked_at") else 0.0,
@@ -92,7 +92,7 @@ class CapsuleVerdictSource:
         self._timeout_s = timeout_s
         self._clock = clock
 
-    async def fetch(self, model: str, identity: str = "") -> Verdict:
+    async def fetch(self, model: str, identity: str = "") -> CachedVerdict:
         """The verdict of the bakeoff trials of `model` on the weights `identity`."""
         stub = capsule_pb2_grpc.CapsuleStub(self._channel())
         reply = await stub.CheckThresholds(
@@ -105,7 +105,7 @@ class CapsuleVerdictSource:
             timeout=self._timeout_s,
         )
         detail = "; ".join(f.message for f in reply.failures) if not reply.passed else ""
-        return Verdict(
+        return CachedVerdict(
             model=model,
             passed=reply.passed,
             fetched_at=self._clock(),
