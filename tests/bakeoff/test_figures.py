@@ -142,6 +142,21 @@ def test_groups_split_by_backend_and_errors_are_not_json_verdicts() -> None:
     assert broken.to_proto("run").reason == "patchloop UNAVAILABLE: down"
 
 
+def test_a_run_ended_in_error_is_an_errored_trial_not_a_refused_one() -> None:
+    ended = result_event(patchloop_pb2.OUTCOME_ERROR, 1)
+    ended.result.reason = "router_unavailable: UNAVAILABLE: connection refused"
+    t = trial("r", ended)
+    assert (t.outcome, t.error, t.success) == (
+        "error",
+        "router_unavailable: UNAVAILABLE: connection refused",
+        False,
+    )
+    assert t.to_proto("run").reason == t.to_json()["reason"] == t.error
+    refused = result_event(patchloop_pb2.OUTCOME_REFUSED, 1)
+    refused.result.reason = "budget_exhausted"
+    assert (trial("p", refused).outcome, trial("p", refused).error) == ("refused", "")
+
+
 def test_cloud_is_skipped_plainly_without_its_key_or_under_local_only() -> None:
     policy = {
         "governance": {"routing": {"cloud": {"api_key_env": "DEEPSEEK_API_KEY"}}, "privacy": {}}

@@ -8,6 +8,7 @@ import grpc
 import pytest
 from grpc import aio
 
+from speckit_reflex.bakeoff.readiness import wait_for_reflex_route
 from speckit_reflex.clients.errors import error_of
 from speckit_reflex.clients.router import RouterClient, refusal_reason
 from speckit_reflex.contract import ERROR_DOMAIN, error_reason, error_reason_text
@@ -150,6 +151,13 @@ async def test_an_unreached_service_has_no_reason_and_is_no_refusal() -> None:
         {},
     )
     assert refusal_reason(info.value) is None
+    # The bakeoff's readiness wait reports the outage as what it is, not as
+    # "no reflex backend is routable".
+    with DeadEndpoint() as dead:
+        async with aio.insecure_channel(dead.addr) as ch:
+            with pytest.raises(aio.AioRpcError) as info:
+                await wait_for_reflex_route(RouterClient(ch), timeout_s=5, poll_s=0.1)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def test_every_reason_has_one_wire_name_and_back() -> None:

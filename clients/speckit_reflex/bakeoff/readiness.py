@@ -38,6 +38,10 @@ async def wait_for_reflex_route(
             return await router.decide(request, timeout=10)
         except grpc.aio.AioRpcError as exc:
             reason = refusal_reason(exc)
+            if reason is None:
+                # Not the policy: the Router itself failed (unreachable, past
+                # its deadline, ...). An error for the caller to report as such.
+                raise
             if reason not in _TRANSIENT or time.monotonic() >= deadline:
                 raise ReflexNotReady(f"no reflex backend is routable: {exc.details()}") from None
         await asyncio.sleep(poll_s)

@@ -76,7 +76,8 @@ class TrialResult:
     calls: list[ModelCallRecord] = field(default_factory=list)
     routed_model: str = ""
     routed_backend: str = ""
-    # Set when the trial could not run at all (PatchLoop unreachable, ...).
+    # Set when the trial could not run or go on: PatchLoop unreachable, or the
+    # run ended OUTCOME_ERROR (the Router unreachable). An error, not a refusal.
     error: str = ""
     # Why the trial was not run (a cloud key missing, local_only): no result.
     skipped: str = ""
@@ -130,6 +131,8 @@ class TrialResult:
             self.reason = r.reason
             self.attempts = r.attempts
             self.duration_ms = r.duration_ms
+            if r.outcome == patchloop_pb2.OUTCOME_ERROR:
+                self.error = r.reason
 
     def to_proto(self, bakeoff_run_id: str) -> capsule_pb2.Trial:
         """The Capsule Trial record (latency = the whole run's wall time)."""
