@@ -476,6 +476,7 @@ class CheckThresholdsRequest(_message.Message):
     BAKEOFF_RUN_ID_FIELD_NUMBER: _builtins.int
     SUITE_FIELD_NUMBER: _builtins.int
     MODEL_IDENTITY_FIELD_NUMBER: _builtins.int
+    SUITE_DIGEST_FIELD_NUMBER: _builtins.int
     min_samples: _builtins.int
     """Minimum tasks judged per mode (paired tasks for parity); 0 = policy."""
     model: _builtins.str
@@ -488,6 +489,10 @@ class CheckThresholdsRequest(_message.Message):
     """What the model server reports now about the weights it serves
     (inference ModelIdentity.key). Set: only trials recorded against the
     same identity count, and a changed identity invalidates the verdict.
+    """
+    suite_digest: _builtins.str
+    """Judge runs of this suite digest only; empty = the digest of the newest
+    judged run (runs of other digests are left out, never mixed in).
     """
     @_builtins.property
     def window(self) -> Global___Window:
@@ -510,10 +515,11 @@ class CheckThresholdsRequest(_message.Message):
         bakeoff_run_id: _builtins.str = ...,
         suite: _builtins.str = ...,
         model_identity: _builtins.str = ...,
+        suite_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_thresholds", b"_thresholds", "thresholds", b"thresholds", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_thresholds", b"_thresholds", "bakeoff_run_id", b"bakeoff_run_id", "min_samples", b"min_samples", "model", b"model", "model_identity", b"model_identity", "suite", b"suite", "thresholds", b"thresholds", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_thresholds", b"_thresholds", "bakeoff_run_id", b"bakeoff_run_id", "min_samples", b"min_samples", "model", b"model", "model_identity", b"model_identity", "suite", b"suite", "suite_digest", b"suite_digest", "thresholds", b"thresholds", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__thresholds: _TypeAlias = _typing.Literal["thresholds"]  # noqa: Y015
     _WhichOneofArgType__thresholds: _TypeAlias = _typing.Literal["_thresholds", b"_thresholds"]  # noqa: Y015
@@ -744,6 +750,7 @@ class CheckThresholdsReply(_message.Message):
     UNPAIRED_TASKS_FIELD_NUMBER: _builtins.int
     BASELINE_FIELD_NUMBER: _builtins.int
     INVALIDATED_FIELD_NUMBER: _builtins.int
+    SUITE_DIGEST_FIELD_NUMBER: _builtins.int
     passed: _builtins.bool
     """Every threshold has status PASS."""
     min_samples: _builtins.int
@@ -761,6 +768,8 @@ class CheckThresholdsReply(_message.Message):
     unpaired_tasks: _builtins.int
     invalidated: _builtins.str
     """Why the verdict no longer holds ("" when it does): a changed model identity."""
+    suite_digest: _builtins.str
+    """The digest of the judged runs' suite ("" for runs recorded without one)."""
     @_builtins.property
     def failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___ThresholdFailure]:
         """Thresholds that failed or could not be judged, with their reason."""
@@ -806,10 +815,11 @@ class CheckThresholdsReply(_message.Message):
         unpaired_tasks: _builtins.int = ...,
         baseline: Global___VerdictBaseline | None = ...,
         invalidated: _builtins.str = ...,
+        suite_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_success_parity_percent", b"_success_parity_percent", "baseline", b"baseline", "cloud", b"cloud", "reflex", b"reflex", "stats", b"stats", "success_parity_percent", b"success_parity_percent", "thresholds", b"thresholds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_success_parity_percent", b"_success_parity_percent", "bakeoff_run_ids", b"bakeoff_run_ids", "baseline", b"baseline", "cloud", b"cloud", "failures", b"failures", "invalidated", b"invalidated", "min_samples", b"min_samples", "model", b"model", "paired_tasks", b"paired_tasks", "passed", b"passed", "reflex", b"reflex", "results", b"results", "stats", b"stats", "status", b"status", "success_parity_percent", b"success_parity_percent", "suite", b"suite", "suite_version", b"suite_version", "thresholds", b"thresholds", "unpaired_tasks", b"unpaired_tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_success_parity_percent", b"_success_parity_percent", "bakeoff_run_ids", b"bakeoff_run_ids", "baseline", b"baseline", "cloud", b"cloud", "failures", b"failures", "invalidated", b"invalidated", "min_samples", b"min_samples", "model", b"model", "paired_tasks", b"paired_tasks", "passed", b"passed", "reflex", b"reflex", "results", b"results", "stats", b"stats", "status", b"status", "success_parity_percent", b"success_parity_percent", "suite", b"suite", "suite_digest", b"suite_digest", "suite_version", b"suite_version", "thresholds", b"thresholds", "unpaired_tasks", b"unpaired_tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__success_parity_percent: _TypeAlias = _typing.Literal["success_parity_percent"]  # noqa: Y015
     _WhichOneofArgType__success_parity_percent: _TypeAlias = _typing.Literal["_success_parity_percent", b"_success_parity_percent"]  # noqa: Y015
@@ -935,6 +945,7 @@ class BakeoffRun(_message.Message):
     TASK_COUNT_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     SUITE_VERSION_FIELD_NUMBER: _builtins.int
+    SUITE_DIGEST_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     suite: _builtins.str
     mode: _builtins.str
@@ -944,6 +955,11 @@ class BakeoffRun(_message.Message):
     task_count: _builtins.int
     suite_version: _builtins.int
     """The suite's manifest version: parity baselines come from runs of the same version."""
+    suite_digest: _builtins.str
+    """Digest of the suite's tasks (sha256 over every task's files, hex): two
+    corpora under one name never share a digest, and a verdict is formed
+    from runs of one digest only.
+    """
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -962,10 +978,11 @@ class BakeoffRun(_message.Message):
         task_count: _builtins.int = ...,
         summary: _struct_pb2.Struct | None = ...,
         suite_version: _builtins.int = ...,
+        suite_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "started_at", b"started_at", "summary", b"summary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "id", b"id", "mode", b"mode", "started_at", b"started_at", "status", b"status", "suite", b"suite", "suite_version", b"suite_version", "summary", b"summary", "task_count", b"task_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "id", b"id", "mode", b"mode", "started_at", b"started_at", "status", b"status", "suite", b"suite", "suite_digest", b"suite_digest", "suite_version", b"suite_version", "summary", b"summary", "task_count", b"task_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1130,3 +1147,254 @@ class RecordTrialsReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordTrialsReply: _TypeAlias = RecordTrialsReply  # noqa: Y015
+
+@_typing.final
+class CapturedFile(_message.Message):
+    """One file of a captured workspace (UTF-8 text, secrets redacted)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Relative to the workspace, '/'-separated; never absolute, never `..`."""
+    content: _builtins.str
+    deleted: _builtins.bool
+    """In a fix: the fix removed this file."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        content: _builtins.str = ...,
+        deleted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "deleted", b"deleted", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CapturedFile: _TypeAlias = CapturedFile  # noqa: Y015
+
+@_typing.final
+class CapturedError(_message.Message):
+    """An error of a run's first build, as PatchLoop parsed it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
+    LINE_FIELD_NUMBER: _builtins.int
+    COLUMN_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    message: _builtins.str
+    file: _builtins.str
+    line: _builtins.int
+    column: _builtins.int
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        message: _builtins.str = ...,
+        file: _builtins.str = ...,
+        line: _builtins.int = ...,
+        column: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "column", b"column", "file", b"file", "line", b"line", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CapturedError: _TypeAlias = CapturedError  # noqa: Y015
+
+@_typing.final
+class RunCapture(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    WORKSPACE_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_BYTES_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    BUILD_PROFILE_FIELD_NUMBER: _builtins.int
+    VERIFY_PROFILE_FIELD_NUMBER: _builtins.int
+    FIXED_FIELD_NUMBER: _builtins.int
+    FIXED_BY_FIELD_NUMBER: _builtins.int
+    DIFF_FIELD_NUMBER: _builtins.int
+    FIX_FILES_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    session_id: _builtins.str
+    workspace: _builtins.str
+    """The workspace path on PatchLoop's host (a label, never read by Capsule)."""
+    snapshot_bytes: _builtins.int
+    skipped: _builtins.str
+    """Why the workspace was not captured ("" = it was)."""
+    build_profile: _builtins.str
+    verify_profile: _builtins.str
+    """"" = the run had no verify step."""
+    fixed: _builtins.bool
+    """Set at the end of a fixed run: the fix compiled and passed the verify step."""
+    fixed_by: _builtins.str
+    """"compiler", "reflex" or "cloud"."""
+    diff: _builtins.str
+    """Unified diff of the fix against the captured workspace."""
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___CapturedFile]:
+        """The workspace as the run found it, before any patch: text files under
+        capture.max_workspace_bytes in all, target/ and VCS folders left out,
+        symlinks never followed, secrets redacted. Empty when `skipped`.
+        """
+
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___CapturedError]:
+        """Errors of the run's first build."""
+
+    @_builtins.property
+    def fix_files(self) -> _containers.RepeatedCompositeFieldContainer[Global___CapturedFile]:
+        """The fixed content of every file the fix changed."""
+
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        workspace: _builtins.str = ...,
+        files: _abc.Iterable[Global___CapturedFile] | None = ...,
+        snapshot_bytes: _builtins.int = ...,
+        skipped: _builtins.str = ...,
+        errors: _abc.Iterable[Global___CapturedError] | None = ...,
+        build_profile: _builtins.str = ...,
+        verify_profile: _builtins.str = ...,
+        fixed: _builtins.bool = ...,
+        fixed_by: _builtins.str = ...,
+        diff: _builtins.str = ...,
+        fix_files: _abc.Iterable[Global___CapturedFile] | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_profile", b"build_profile", "diff", b"diff", "errors", b"errors", "files", b"files", "finished_at", b"finished_at", "fix_files", b"fix_files", "fixed", b"fixed", "fixed_by", b"fixed_by", "run_id", b"run_id", "session_id", b"session_id", "skipped", b"skipped", "snapshot_bytes", b"snapshot_bytes", "started_at", b"started_at", "verify_profile", b"verify_profile", "workspace", b"workspace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunCapture: _TypeAlias = RunCapture  # noqa: Y015
+
+@_typing.final
+class PutRunCaptureReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HAS_FILES_FIELD_NUMBER: _builtins.int
+    FIXED_FIELD_NUMBER: _builtins.int
+    has_files: _builtins.bool
+    """Fields of the run's record after this part: files and fix, stored or not."""
+    fixed: _builtins.bool
+    def __init__(
+        self,
+        *,
+        has_files: _builtins.bool = ...,
+        fixed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fixed", b"fixed", "has_files", b"has_files"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutRunCaptureReply: _TypeAlias = PutRunCaptureReply  # noqa: Y015
+
+@_typing.final
+class ListRunCapturesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_FIELD_NUMBER: _builtins.int
+    FIXED_ONLY_FIELD_NUMBER: _builtins.int
+    INCLUDE_FILES_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    fixed_only: _builtins.bool
+    """Only runs whose fix was recorded."""
+    include_files: _builtins.bool
+    """With each run's files and fix files (large); without, only the record."""
+    page_size: _builtins.int
+    """0 = 20; at most 200."""
+    page_token: _builtins.str
+    @_builtins.property
+    def window(self) -> Global___Window:
+        """Runs that started in the window; empty = 24h."""
+
+    def __init__(
+        self,
+        *,
+        window: Global___Window | None = ...,
+        fixed_only: _builtins.bool = ...,
+        include_files: _builtins.bool = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fixed_only", b"fixed_only", "include_files", b"include_files", "page_size", b"page_size", "page_token", b"page_token", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRunCapturesRequest: _TypeAlias = ListRunCapturesRequest  # noqa: Y015
+
+@_typing.final
+class ListRunCapturesReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAPTURES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FIXED_RUNS_NOT_CAPTURED_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    fixed_runs_not_captured: _builtins.int
+    """Fixed runs (LoopResult events) of the window with no capture: they ran
+    while capture.mode was not full_io, so they cannot be harvested.
+    """
+    @_builtins.property
+    def captures(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunCapture]: ...
+    def __init__(
+        self,
+        *,
+        captures: _abc.Iterable[Global___RunCapture] | None = ...,
+        next_page_token: _builtins.str = ...,
+        fixed_runs_not_captured: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["captures", b"captures", "fixed_runs_not_captured", b"fixed_runs_not_captured", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRunCapturesReply: _TypeAlias = ListRunCapturesReply  # noqa: Y015
+
+@_typing.final
+class GetRunCaptureRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRunCaptureRequest: _TypeAlias = GetRunCaptureRequest  # noqa: Y015

@@ -74,6 +74,21 @@ class CapsuleStub:
                 request_serializer=speckit__reflex_dot_v1_dot_capsule__pb2.RecordTrialsRequest.SerializeToString,
                 response_deserializer=speckit__reflex_dot_v1_dot_capsule__pb2.RecordTrialsReply.FromString,
                 _registered_method=True)
+        self.PutRunCapture = channel.unary_unary(
+                '/speckit_reflex.v1.Capsule/PutRunCapture',
+                request_serializer=speckit__reflex_dot_v1_dot_capsule__pb2.RunCapture.SerializeToString,
+                response_deserializer=speckit__reflex_dot_v1_dot_capsule__pb2.PutRunCaptureReply.FromString,
+                _registered_method=True)
+        self.ListRunCaptures = channel.unary_unary(
+                '/speckit_reflex.v1.Capsule/ListRunCaptures',
+                request_serializer=speckit__reflex_dot_v1_dot_capsule__pb2.ListRunCapturesRequest.SerializeToString,
+                response_deserializer=speckit__reflex_dot_v1_dot_capsule__pb2.ListRunCapturesReply.FromString,
+                _registered_method=True)
+        self.GetRunCapture = channel.unary_unary(
+                '/speckit_reflex.v1.Capsule/GetRunCapture',
+                request_serializer=speckit__reflex_dot_v1_dot_capsule__pb2.GetRunCaptureRequest.SerializeToString,
+                response_deserializer=speckit__reflex_dot_v1_dot_capsule__pb2.RunCapture.FromString,
+                _registered_method=True)
 
 
 class CapsuleServicer:
@@ -133,6 +148,30 @@ class CapsuleServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutRunCapture(self, request, context):
+        """The workspace a PatchLoop run started from and the fix it verified,
+        stored only under capture.mode = full_io (FAILED_PRECONDITION otherwise).
+        Upsert by run id: the start and the end of a run each send their part.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRunCaptures(self, request, context):
+        """Captured runs in a window, newest first (what `speckit reflex harvest`
+        reads). FAILED_PRECONDITION, with why, unless capture.mode = full_io.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRunCapture(self, request, context):
+        """One captured run with its files (NOT_FOUND for an unknown run).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CapsuleServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -175,6 +214,21 @@ def add_CapsuleServicer_to_server(servicer, server):
                     servicer.RecordTrials,
                     request_deserializer=speckit__reflex_dot_v1_dot_capsule__pb2.RecordTrialsRequest.FromString,
                     response_serializer=speckit__reflex_dot_v1_dot_capsule__pb2.RecordTrialsReply.SerializeToString,
+            ),
+            'PutRunCapture': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutRunCapture,
+                    request_deserializer=speckit__reflex_dot_v1_dot_capsule__pb2.RunCapture.FromString,
+                    response_serializer=speckit__reflex_dot_v1_dot_capsule__pb2.PutRunCaptureReply.SerializeToString,
+            ),
+            'ListRunCaptures': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRunCaptures,
+                    request_deserializer=speckit__reflex_dot_v1_dot_capsule__pb2.ListRunCapturesRequest.FromString,
+                    response_serializer=speckit__reflex_dot_v1_dot_capsule__pb2.ListRunCapturesReply.SerializeToString,
+            ),
+            'GetRunCapture': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRunCapture,
+                    request_deserializer=speckit__reflex_dot_v1_dot_capsule__pb2.GetRunCaptureRequest.FromString,
+                    response_serializer=speckit__reflex_dot_v1_dot_capsule__pb2.RunCapture.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -393,6 +447,87 @@ class Capsule:
             '/speckit_reflex.v1.Capsule/RecordTrials',
             speckit__reflex_dot_v1_dot_capsule__pb2.RecordTrialsRequest.SerializeToString,
             speckit__reflex_dot_v1_dot_capsule__pb2.RecordTrialsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutRunCapture(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/speckit_reflex.v1.Capsule/PutRunCapture',
+            speckit__reflex_dot_v1_dot_capsule__pb2.RunCapture.SerializeToString,
+            speckit__reflex_dot_v1_dot_capsule__pb2.PutRunCaptureReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRunCaptures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/speckit_reflex.v1.Capsule/ListRunCaptures',
+            speckit__reflex_dot_v1_dot_capsule__pb2.ListRunCapturesRequest.SerializeToString,
+            speckit__reflex_dot_v1_dot_capsule__pb2.ListRunCapturesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRunCapture(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/speckit_reflex.v1.Capsule/GetRunCapture',
+            speckit__reflex_dot_v1_dot_capsule__pb2.GetRunCaptureRequest.SerializeToString,
+            speckit__reflex_dot_v1_dot_capsule__pb2.RunCapture.FromString,
             options,
             channel_credentials,
             insecure,

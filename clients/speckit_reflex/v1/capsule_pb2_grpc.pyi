@@ -45,6 +45,17 @@ class CapsuleStub:
     """Create or update a bakeoff run (suite run) record."""
     RecordTrials: _grpc.UnaryUnaryMultiCallable[_capsule_pb2.RecordTrialsRequest, _capsule_pb2.RecordTrialsReply]
     """Idempotent by trial id."""
+    PutRunCapture: _grpc.UnaryUnaryMultiCallable[_capsule_pb2.RunCapture, _capsule_pb2.PutRunCaptureReply]
+    """The workspace a PatchLoop run started from and the fix it verified,
+    stored only under capture.mode = full_io (FAILED_PRECONDITION otherwise).
+    Upsert by run id: the start and the end of a run each send their part.
+    """
+    ListRunCaptures: _grpc.UnaryUnaryMultiCallable[_capsule_pb2.ListRunCapturesRequest, _capsule_pb2.ListRunCapturesReply]
+    """Captured runs in a window, newest first (what `speckit reflex harvest`
+    reads). FAILED_PRECONDITION, with why, unless capture.mode = full_io.
+    """
+    GetRunCapture: _grpc.UnaryUnaryMultiCallable[_capsule_pb2.GetRunCaptureRequest, _capsule_pb2.RunCapture]
+    """One captured run with its files (NOT_FOUND for an unknown run)."""
 
 @_typing.type_check_only
 class CapsuleAsyncStub(CapsuleStub):
@@ -63,6 +74,17 @@ class CapsuleAsyncStub(CapsuleStub):
     """Create or update a bakeoff run (suite run) record."""
     RecordTrials: _aio.UnaryUnaryMultiCallable[_capsule_pb2.RecordTrialsRequest, _capsule_pb2.RecordTrialsReply]  # type: ignore[assignment]
     """Idempotent by trial id."""
+    PutRunCapture: _aio.UnaryUnaryMultiCallable[_capsule_pb2.RunCapture, _capsule_pb2.PutRunCaptureReply]  # type: ignore[assignment]
+    """The workspace a PatchLoop run started from and the fix it verified,
+    stored only under capture.mode = full_io (FAILED_PRECONDITION otherwise).
+    Upsert by run id: the start and the end of a run each send their part.
+    """
+    ListRunCaptures: _aio.UnaryUnaryMultiCallable[_capsule_pb2.ListRunCapturesRequest, _capsule_pb2.ListRunCapturesReply]  # type: ignore[assignment]
+    """Captured runs in a window, newest first (what `speckit reflex harvest`
+    reads). FAILED_PRECONDITION, with why, unless capture.mode = full_io.
+    """
+    GetRunCapture: _aio.UnaryUnaryMultiCallable[_capsule_pb2.GetRunCaptureRequest, _capsule_pb2.RunCapture]  # type: ignore[assignment]
+    """One captured run with its files (NOT_FOUND for an unknown run)."""
 
 class CapsuleServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -126,5 +148,34 @@ class CapsuleServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_capsule_pb2.RecordTrialsReply, _abc.Awaitable[_capsule_pb2.RecordTrialsReply]]:
         """Idempotent by trial id."""
+
+    @_abc_1.abstractmethod
+    def PutRunCapture(
+        self,
+        request: _capsule_pb2.RunCapture,
+        context: _ServicerContext,
+    ) -> _typing.Union[_capsule_pb2.PutRunCaptureReply, _abc.Awaitable[_capsule_pb2.PutRunCaptureReply]]:
+        """The workspace a PatchLoop run started from and the fix it verified,
+        stored only under capture.mode = full_io (FAILED_PRECONDITION otherwise).
+        Upsert by run id: the start and the end of a run each send their part.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRunCaptures(
+        self,
+        request: _capsule_pb2.ListRunCapturesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_capsule_pb2.ListRunCapturesReply, _abc.Awaitable[_capsule_pb2.ListRunCapturesReply]]:
+        """Captured runs in a window, newest first (what `speckit reflex harvest`
+        reads). FAILED_PRECONDITION, with why, unless capture.mode = full_io.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRunCapture(
+        self,
+        request: _capsule_pb2.GetRunCaptureRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_capsule_pb2.RunCapture, _abc.Awaitable[_capsule_pb2.RunCapture]]:
+        """One captured run with its files (NOT_FOUND for an unknown run)."""
 
 def add_CapsuleServicer_to_server(servicer: CapsuleServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

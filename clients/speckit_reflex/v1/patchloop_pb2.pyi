@@ -779,3 +779,101 @@ class BuildSettings(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BuildSettings: _TypeAlias = BuildSettings  # noqa: Y015
+
+@_typing.final
+class CheckPatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    RECORDED_FIX_FIELD_NUMBER: _builtins.int
+    PATCH_JSON_FIELD_NUMBER: _builtins.int
+    BUILD_PROFILE_FIELD_NUMBER: _builtins.int
+    VERIFY_PROFILE_FIELD_NUMBER: _builtins.int
+    BUILD_TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """A run captured under capture.mode = full_io."""
+    recorded_fix: _builtins.bool
+    """The fix the run recorded."""
+    patch_json: _builtins.str
+    """A reply to the run's patch prompt (the rust_patch JSON schema)."""
+    build_profile: _builtins.str
+    """A profile name of the policy; "" = the captured run's build profile."""
+    verify_profile: _builtins.str
+    """unset = the captured run's verify profile, "" = none."""
+    build_timeout_s: _builtins.int
+    """0 = policy default; above max_build_timeout_s = INVALID_ARGUMENT."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        recorded_fix: _builtins.bool = ...,
+        patch_json: _builtins.str = ...,
+        build_profile: _builtins.str = ...,
+        verify_profile: _builtins.str | None = ...,
+        build_timeout_s: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_verify_profile", b"_verify_profile", "patch", b"patch", "patch_json", b"patch_json", "recorded_fix", b"recorded_fix", "verify_profile", b"verify_profile"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_verify_profile", b"_verify_profile", "build_profile", b"build_profile", "build_timeout_s", b"build_timeout_s", "patch", b"patch", "patch_json", b"patch_json", "recorded_fix", b"recorded_fix", "run_id", b"run_id", "verify_profile", b"verify_profile"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__verify_profile: _TypeAlias = _typing.Literal["verify_profile"]  # noqa: Y015
+    _WhichOneofArgType__verify_profile: _TypeAlias = _typing.Literal["_verify_profile", b"_verify_profile"]  # noqa: Y015
+    _WhichOneofReturnType_patch: _TypeAlias = _typing.Literal["recorded_fix", "patch_json"]  # noqa: Y015
+    _WhichOneofArgType_patch: _TypeAlias = _typing.Literal["patch", b"patch"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__verify_profile) -> _WhichOneofReturnType__verify_profile | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_patch) -> _WhichOneofReturnType_patch | None: ...
+
+Global___CheckPatchRequest: _TypeAlias = CheckPatchRequest  # noqa: Y015
+
+@_typing.final
+class CheckPatchReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATCH_APPLIED_FIELD_NUMBER: _builtins.int
+    PATCH_REJECTED_FIELD_NUMBER: _builtins.int
+    COMPILES_FIELD_NUMBER: _builtins.int
+    VERIFIED_FIELD_NUMBER: _builtins.int
+    BUILD_PROFILE_FIELD_NUMBER: _builtins.int
+    VERIFY_PROFILE_FIELD_NUMBER: _builtins.int
+    ERROR_COUNT_FIELD_NUMBER: _builtins.int
+    DIAGNOSTICS_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    TIMED_OUT_FIELD_NUMBER: _builtins.int
+    patch_applied: _builtins.bool
+    """The patch was laid over the captured workspace (always true without one)."""
+    patch_rejected: _builtins.str
+    """Why the patch could not be applied ("reason: detail"), "" when it was."""
+    compiles: _builtins.bool
+    """The build profile passed."""
+    verified: _builtins.bool
+    """The build and the verify step passed (= compiles without a verify step)."""
+    build_profile: _builtins.str
+    verify_profile: _builtins.str
+    error_count: _builtins.int
+    duration_ms: _builtins.float
+    timed_out: _builtins.bool
+    @_builtins.property
+    def diagnostics(self) -> _containers.RepeatedCompositeFieldContainer[Global___Diagnostic]: ...
+    def __init__(
+        self,
+        *,
+        patch_applied: _builtins.bool = ...,
+        patch_rejected: _builtins.str = ...,
+        compiles: _builtins.bool = ...,
+        verified: _builtins.bool = ...,
+        build_profile: _builtins.str = ...,
+        verify_profile: _builtins.str = ...,
+        error_count: _builtins.int = ...,
+        diagnostics: _abc.Iterable[Global___Diagnostic] | None = ...,
+        duration_ms: _builtins.float = ...,
+        timed_out: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_profile", b"build_profile", "compiles", b"compiles", "diagnostics", b"diagnostics", "duration_ms", b"duration_ms", "error_count", b"error_count", "patch_applied", b"patch_applied", "patch_rejected", b"patch_rejected", "timed_out", b"timed_out", "verified", b"verified", "verify_profile", b"verify_profile"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckPatchReply: _TypeAlias = CheckPatchReply  # noqa: Y015

@@ -59,6 +59,11 @@ class PatchLoopStub:
                 request_serializer=speckit__reflex_dot_v1_dot_patchloop__pb2.GetBuildSettingsRequest.SerializeToString,
                 response_deserializer=speckit__reflex_dot_v1_dot_patchloop__pb2.BuildSettings.FromString,
                 _registered_method=True)
+        self.CheckPatch = channel.unary_unary(
+                '/speckit_reflex.v1.PatchLoop/CheckPatch',
+                request_serializer=speckit__reflex_dot_v1_dot_patchloop__pb2.CheckPatchRequest.SerializeToString,
+                response_deserializer=speckit__reflex_dot_v1_dot_patchloop__pb2.CheckPatchReply.FromString,
+                _registered_method=True)
 
 
 class PatchLoopServicer:
@@ -101,6 +106,16 @@ class PatchLoopServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckPatch(self, request, context):
+        """Builds a captured run's workspace (fetched from Capsule) in a scratch
+        copy, with its recorded fix, a candidate's JSON patch, or nothing laid
+        over it: the policy's build and verify profiles, in the sandbox.
+        NOT_FOUND when Capsule holds no workspace for the run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PatchLoopServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +143,11 @@ def add_PatchLoopServicer_to_server(servicer, server):
                     servicer.GetBuildSettings,
                     request_deserializer=speckit__reflex_dot_v1_dot_patchloop__pb2.GetBuildSettingsRequest.FromString,
                     response_serializer=speckit__reflex_dot_v1_dot_patchloop__pb2.BuildSettings.SerializeToString,
+            ),
+            'CheckPatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckPatch,
+                    request_deserializer=speckit__reflex_dot_v1_dot_patchloop__pb2.CheckPatchRequest.FromString,
+                    response_serializer=speckit__reflex_dot_v1_dot_patchloop__pb2.CheckPatchReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -265,6 +285,33 @@ class PatchLoop:
             '/speckit_reflex.v1.PatchLoop/GetBuildSettings',
             speckit__reflex_dot_v1_dot_patchloop__pb2.GetBuildSettingsRequest.SerializeToString,
             speckit__reflex_dot_v1_dot_patchloop__pb2.BuildSettings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckPatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/speckit_reflex.v1.PatchLoop/CheckPatch',
+            speckit__reflex_dot_v1_dot_patchloop__pb2.CheckPatchRequest.SerializeToString,
+            speckit__reflex_dot_v1_dot_patchloop__pb2.CheckPatchReply.FromString,
             options,
             channel_credentials,
             insecure,

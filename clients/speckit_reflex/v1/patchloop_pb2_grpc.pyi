@@ -47,6 +47,12 @@ class PatchLoopStub:
     """How this server builds: each sandbox layer (active, or missing and why),
     the build profiles of its policy, the time limits and workspace roots.
     """
+    CheckPatch: _grpc.UnaryUnaryMultiCallable[_patchloop_pb2.CheckPatchRequest, _patchloop_pb2.CheckPatchReply]
+    """Builds a captured run's workspace (fetched from Capsule) in a scratch
+    copy, with its recorded fix, a candidate's JSON patch, or nothing laid
+    over it: the policy's build and verify profiles, in the sandbox.
+    NOT_FOUND when Capsule holds no workspace for the run.
+    """
 
 @_typing.type_check_only
 class PatchLoopAsyncStub(PatchLoopStub):
@@ -64,6 +70,12 @@ class PatchLoopAsyncStub(PatchLoopStub):
     GetBuildSettings: _aio.UnaryUnaryMultiCallable[_patchloop_pb2.GetBuildSettingsRequest, _patchloop_pb2.BuildSettings]  # type: ignore[assignment]
     """How this server builds: each sandbox layer (active, or missing and why),
     the build profiles of its policy, the time limits and workspace roots.
+    """
+    CheckPatch: _aio.UnaryUnaryMultiCallable[_patchloop_pb2.CheckPatchRequest, _patchloop_pb2.CheckPatchReply]  # type: ignore[assignment]
+    """Builds a captured run's workspace (fetched from Capsule) in a scratch
+    copy, with its recorded fix, a candidate's JSON patch, or nothing laid
+    over it: the policy's build and verify profiles, in the sandbox.
+    NOT_FOUND when Capsule holds no workspace for the run.
     """
 
 class PatchLoopServicer(metaclass=_abc_1.ABCMeta):
@@ -109,6 +121,18 @@ class PatchLoopServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_patchloop_pb2.BuildSettings, _abc.Awaitable[_patchloop_pb2.BuildSettings]]:
         """How this server builds: each sandbox layer (active, or missing and why),
         the build profiles of its policy, the time limits and workspace roots.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckPatch(
+        self,
+        request: _patchloop_pb2.CheckPatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_patchloop_pb2.CheckPatchReply, _abc.Awaitable[_patchloop_pb2.CheckPatchReply]]:
+        """Builds a captured run's workspace (fetched from Capsule) in a scratch
+        copy, with its recorded fix, a candidate's JSON patch, or nothing laid
+        over it: the policy's build and verify profiles, in the sandbox.
+        NOT_FOUND when Capsule holds no workspace for the run.
         """
 
 def add_PatchLoopServicer_to_server(servicer: PatchLoopServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from opentelemetry.trace import Tracer
 
+from speckit_reflex.capsule.captures import capture_proto, capture_row, refuse_unless_full_io
 from speckit_reflex.capsule.events import (
     VALID_MODES,
     MalformedJson,
@@ -48,6 +49,8 @@ MAX_BATCH = 10_000
 MAX_TRACE_PARENTS = 64
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
+MAX_CAPTURE_PAGE = 200
+DEFAULT_CAPTURE_PAGE = 20
 _RUN_MODES = frozenset({"", "reflex", "cloud", "both"})
 _RUN_STATUSES = frozenset({"", "running", "done", "interrupted"})
 T = TypeVar("T")
@@ -156,6 +159,7 @@ def _run_proto(row: dict[str, Any]) -> capsule_pb2.BakeoffRun:
         status=row["status"],
         task_count=row["task_count"],
         suite_version=row["suite_version"],
+        suite_digest=row["suite_digest"],
     )
     if row["started_us"] is not None:
         run.started_at.FromMicroseconds(row["started_us"])
@@ -346,24 +350,30 @@ class Capsule:
                 t.absolute_success_percent = p.absolute_success_percent
         return t, req.min_samples or self._policy.routing.verdicts.min_samples
 
-    def _evidence(self, window: TimeWindow, suite: str, bakeoff_run_id: str) -> Evidence:
-        """The judged runs and their trials, with the recorded-baseline lookup."""
+    def _evidence(
+        self, window: TimeWindow, suite: str, bakeoff_run_id: str, digest: str = ""
+    ) -> tuple[Evidence, str]:
+        """The judged runs and their trials, with the recorded-baseline lookup,
+        and the suite digest they share: runs of one digest only (the asked
+        one, or the newest run's), so two corpora under one name never mix."""
         store = self._store
-        runs = [_run_fact(r) for r in store.verdict_runs(window, suite, bakeoff_run_id)]
-        if bakeoff_run_id and not runs:
+        rows = store.verdict_runs(window, suite, bakeoff_run_id)
+        if bakeoff_run_id and not rows:
             raise NotFound(f"no bakeoff run {bakeoff_run_id!r}")
+        digest = digest or (rows[0]["suite_digest"] if rows else "")
+        runs = [_run_fact(r) for r in rows if r["suite_digest"] == digest]
         trials = [TrialFact.from_row(r) for r in store.trials_of_runs([r.id for r in runs])]
 
         def recorded(
             suite: str, version: int, exclude: Sequence[str]
         ) -> tuple[RunFact, list[TrialFact]] | None:
-            row = store.baseline_run(suite, version, exclude, common_pb2.ROUTING_MODE_CLOUD)
+            row = store.baseline_run(suite, version, exclude, common_pb2.ROUTING_MODE_CLOUD, digest)
             if row is None:
                 return None
             cloud = store.trials_of_runs([row["id"]], common_pb2.ROUTING_MODE_CLOUD)
             return _run_fact(row), [TrialFact.from_row(r) for r in cloud]
 
-        return Evidence(runs, trials, recorded, suite=runs[0].suite if runs else suite)
+        return Evidence(runs, trials, recorded, suite=runs[0].suite if runs else suite), digest
 
     async def _verdict(
         self, req: capsule_pb2.CheckThresholdsRequest
@@ -373,8 +383,10 @@ class Capsule:
         suite = req.suite or self._policy.routing.verdicts.suite
 
         def form() -> capsule_pb2.CheckThresholdsReply:
-            evidence = self._evidence(window, suite, req.bakeoff_run_id)
-            return judge(evidence, thresholds, min_samples, req.model, req.model_identity)
+            evidence, digest = self._evidence(window, suite, req.bakeoff_run_id, req.suite_digest)
+            reply = judge(evidence, thresholds, min_samples, req.model, req.model_identity)
+            reply.suite_digest = digest
+            return reply
 
         verdict = await asyncio.to_thread(form)
         # Live statistics beside the verdict: every attempt of the window (or the run's).
@@ -467,6 +479,7 @@ class Capsule:
             else None,
             "task_count": run.task_count,
             "suite_version": run.suite_version,
+            "suite_digest": run.suite_digest,
             "summary": self._run_summary(run),
         }
         return _run_proto(await asyncio.to_thread(self._store.upsert_run, row))
@@ -498,6 +511,54 @@ class Capsule:
         rows = [_trial_row(t, i, now) for i, t in enumerate(req.trials)]
         inserted = await asyncio.to_thread(self._store.record_trials, rows)
         return capsule_pb2.RecordTrialsReply(inserted=inserted, duplicates=len(rows) - inserted)
+
+    # -- run captures (harvest) -------------------------------------------------
+
+    async def put_run_capture(self, req: capsule_pb2.RunCapture) -> capsule_pb2.PutRunCaptureReply:
+        """Store a part of a run's capture; refused unless capture.mode = full_io."""
+        refuse_unless_full_io(self._policy.capture.mode)
+        row = capture_row(req, self._clock_us())
+        stored = await asyncio.to_thread(self._store.put_capture, row)
+        return capsule_pb2.PutRunCaptureReply(
+            has_files=bool(stored["has_files"]), fixed=bool(stored["fixed"])
+        )
+
+    async def list_run_captures(
+        self, req: capsule_pb2.ListRunCapturesRequest
+    ) -> capsule_pb2.ListRunCapturesReply:
+        """Captured runs of the window, newest first; refused unless full_io."""
+        refuse_unless_full_io(self._policy.capture.mode)
+        if req.page_size > MAX_CAPTURE_PAGE:
+            raise InvalidArgument(f"page_size {req.page_size} exceeds {MAX_CAPTURE_PAGE}")
+        window = self._window(req.window if req.HasField("window") else None)
+
+        def read() -> tuple[list[dict[str, Any]], str, int]:
+            rows, token = self._store.list_captures(
+                window,
+                req.fixed_only,
+                req.include_files,
+                req.page_size or DEFAULT_CAPTURE_PAGE,
+                req.page_token,
+            )
+            missing = self._store.fixed_runs_not_captured(window, common_pb2.EVENT_TYPE_LOOP_RESULT)
+            return rows, token, missing
+
+        rows, token, missing = await self._timed("captures", asyncio.to_thread(read))
+        return capsule_pb2.ListRunCapturesReply(
+            captures=[capture_proto(r) for r in rows],
+            next_page_token=token,
+            fixed_runs_not_captured=missing,
+        )
+
+    async def get_run_capture(
+        self, req: capsule_pb2.GetRunCaptureRequest
+    ) -> capsule_pb2.RunCapture:
+        """One run's capture with its files."""
+        refuse_unless_full_io(self._policy.capture.mode)
+        row = await asyncio.to_thread(self._store.get_capture, req.run_id)
+        if row is None:
+            raise NotFound(f"no captured workspace for run {req.run_id!r}")
+        return capture_proto(row)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._store.close)

@@ -136,6 +136,36 @@ class BakeoffRunRow(Base):
     summary: Mapped[Any] = mapped_column(JsonDoc, nullable=True)
     # The suite manifest's version: parity baselines pair runs of one version.
     suite_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # sha256 of the suite's tasks: verdicts never mix runs of two digests.
+    suite_digest: Mapped[str] = mapped_column(Text, default="", server_default="")
+
+
+class RunCaptureRow(Base):
+    """The workspace a PatchLoop run started from and the fix it verified
+    (capture.mode = full_io only; what `speckit reflex harvest` reads)."""
+
+    __tablename__ = "run_captures"
+
+    run_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    session_id: Mapped[str] = mapped_column(Text, default="")
+    started_us: Mapped[int] = mapped_column(BigInteger)
+    workspace: Mapped[str] = mapped_column(Text, default="")
+    # {"<path>": "<text>"}, redacted; null when not captured (see skipped).
+    files: Mapped[Any] = mapped_column(JsonDoc, nullable=True)
+    snapshot_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    skipped: Mapped[str] = mapped_column(Text, default="")
+    # [{"code", "message", "file", "line", "column"}] of the first build.
+    errors: Mapped[Any] = mapped_column(JsonDoc, nullable=True)
+    build_profile: Mapped[str] = mapped_column(Text, default="")
+    verify_profile: Mapped[str] = mapped_column(Text, default="")
+    fixed: Mapped[bool] = mapped_column(Boolean, default=False)
+    fixed_by: Mapped[str] = mapped_column(Text, default="")
+    diff: Mapped[str] = mapped_column(Text, default="")
+    # {"<path>": "<text>" | null (removed)}: the fixed content of changed files.
+    fix_files: Mapped[Any] = mapped_column(JsonDoc, nullable=True)
+    finished_us: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_run_captures_started_us", "started_us"),)
 
 
 class TrialRow(Base):

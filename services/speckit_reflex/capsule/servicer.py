@@ -7,7 +7,8 @@ import math
 
 from grpc import aio
 
-from speckit_reflex.capsule.core import MAX_BATCH, MAX_PAGE_SIZE, Capsule
+from speckit_reflex.capsule.captures import MAX_ERRORS, MAX_FILES
+from speckit_reflex.capsule.core import MAX_BATCH, MAX_CAPTURE_PAGE, MAX_PAGE_SIZE, Capsule
 from speckit_reflex.capsule.events import MAX_ID_LEN, TEXT_LIMITS
 from speckit_reflex.runtime.validate import INT32_MAX, Items, Range, Rules, Text, check_message
 from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc
@@ -34,10 +35,45 @@ CHECK_THRESHOLDS: Rules = {
     "bakeoff_run_id": _ID,
     "suite": Text(256),
     "model_identity": Text(1024),
+    "suite_digest": Text(128),
 }
 WRITE_REPORT: Rules = {**_WINDOW, "out_dir": Text(4096), "bakeoff_run_id": _ID}
 USAGE: Rules = _WINDOW
-BAKEOFF_RUN: Rules = {"id": _ID, "suite": Text(256), "mode": Text(16), "status": Text(16)}
+BAKEOFF_RUN: Rules = {
+    "id": _ID,
+    "suite": Text(256),
+    "mode": Text(16),
+    "status": Text(16),
+    "suite_digest": Text(128),
+}
+# File contents are bounded as a whole (capsule.captures), not per field.
+_FILE_TEXT = Text(16_000_000)
+RUN_CAPTURE: Rules = {
+    "run_id": Text(MAX_ID_LEN, required=True),
+    "session_id": Text(256),
+    "workspace": Text(4096),
+    "files": Items(MAX_FILES),
+    "files.path": Text(4096),
+    "files.content": _FILE_TEXT,
+    "skipped": Text(4096),
+    "errors": Items(MAX_ERRORS),
+    "errors.code": Text(64),
+    "errors.message": Text(8192),
+    "errors.file": Text(4096),
+    "build_profile": Text(128),
+    "verify_profile": Text(128),
+    "fixed_by": Text(16),
+    "diff": _FILE_TEXT,
+    "fix_files": Items(MAX_FILES),
+    "fix_files.path": Text(4096),
+    "fix_files.content": _FILE_TEXT,
+}
+LIST_CAPTURES: Rules = {
+    **_WINDOW,
+    "page_size": Range(0, MAX_CAPTURE_PAGE),
+    "page_token": Text(512),
+}
+GET_CAPTURE: Rules = {"run_id": Text(MAX_ID_LEN, required=True)}
 TRIALS: Rules = {
     "trials": Items(MAX_BATCH),
     "trials.id": Text(MAX_ID_LEN, required=True),
@@ -130,3 +166,21 @@ class CapsuleServicer(capsule_pb2_grpc.CapsuleServicer):
         self._core.check_trial_batch(request)
         check_message(request, TRIALS)
         return await self._core.record_trials(request)
+
+    async def PutRunCapture(
+        self, request: capsule_pb2.RunCapture, context: aio.ServicerContext
+    ) -> capsule_pb2.PutRunCaptureReply:
+        check_message(request, RUN_CAPTURE)
+        return await self._core.put_run_capture(request)
+
+    async def ListRunCaptures(
+        self, request: capsule_pb2.ListRunCapturesRequest, context: aio.ServicerContext
+    ) -> capsule_pb2.ListRunCapturesReply:
+        check_message(request, LIST_CAPTURES)
+        return await self._core.list_run_captures(request)
+
+    async def GetRunCapture(
+        self, request: capsule_pb2.GetRunCaptureRequest, context: aio.ServicerContext
+    ) -> capsule_pb2.RunCapture:
+        check_message(request, GET_CAPTURE)
+        return await self._core.get_run_capture(request)

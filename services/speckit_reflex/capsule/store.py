@@ -21,8 +21,19 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import psycopg
-from sqlalchemy import Connection, Engine, case, create_engine, event, func, select, text, tuple_
+from sqlalchemy import (
+    Connection,
+    Engine,
+    case,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+    tuple_,
+)
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import true as sa_true
 from sqlalchemy.dialects import postgresql, sqlite
 
 from speckit_reflex.capsule import migrate
@@ -36,7 +47,13 @@ from speckit_reflex.capsule.rollups import (
     encode_bins,
     rollup_increments,
 )
-from speckit_reflex.capsule.schema import PATCH_ATTEMPT, BakeoffRunRow, EventRow, TrialRow
+from speckit_reflex.capsule.schema import (
+    PATCH_ATTEMPT,
+    BakeoffRunRow,
+    EventRow,
+    RunCaptureRow,
+    TrialRow,
+)
 from speckit_reflex.capsule.stats import (
     EXACT_PERCENTILE_LIMIT,
     AttemptStats,
@@ -539,9 +556,10 @@ class CapsuleStore:
 
     @_db_call
     def baseline_run(
-        self, suite: str, suite_version: int, exclude: Sequence[str], mode: int
+        self, suite: str, suite_version: int, exclude: Sequence[str], mode: int, digest: str = ""
     ) -> dict[str, Any] | None:
-        """The newest other run of the same suite version with a trial of `mode` that ran."""
+        """The newest other run of the same suite version (and digest, when
+        given) with a trial of `mode` that ran."""
         self.ensure_schema()
         r, t = BakeoffRunRow.__table__.c, TrialRow.__table__.c
         has_trials = (
@@ -552,6 +570,7 @@ class CapsuleStore:
             .where(
                 r.suite == suite,
                 r.suite_version == suite_version,
+                r.suite_digest == digest if digest else sa_true(),
                 r.id.not_in(list(exclude)),
                 has_trials,
             )
@@ -615,3 +634,76 @@ class CapsuleStore:
                 )
                 for r in conn.execute(stmt)
             ]
+
+    # -- run captures -----------------------------------------------------------
+
+    @_db_call
+    def put_capture(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Create or complete a run's capture: a part sent later never erases
+        what an earlier part stored (only the keys in `row` are written)."""
+        self.ensure_schema()
+        table = RunCaptureRow.__table__
+        stmt = self._insert()(table).values(**row)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["run_id"],
+            set_={k: stmt.excluded[k] for k in row if k not in ("run_id", "started_us")},
+        )
+        with self.engine.begin() as conn:
+            conn.execute(stmt)
+            found = conn.execute(
+                select(table.c.files.is_not(None).label("has_files"), table.c.fixed).where(
+                    table.c.run_id == row["run_id"]
+                )
+            )
+            return dict(found.mappings().one())
+
+    @_db_call
+    def get_capture(self, run_id: str) -> dict[str, Any] | None:
+        self.ensure_schema()
+        table = RunCaptureRow.__table__
+        with self.engine.connect() as conn:
+            row = conn.execute(select(table).where(table.c.run_id == run_id)).mappings().first()
+        return dict(row) if row else None
+
+    @_db_call
+    def list_captures(
+        self,
+        window: TimeWindow,
+        fixed_only: bool,
+        include_files: bool,
+        page_size: int,
+        page_token: str,
+    ) -> tuple[list[dict[str, Any]], str]:
+        """One page of captures started in the window, newest first, and the next page's token."""
+        self.ensure_schema()
+        c = RunCaptureRow.__table__.c
+        columns = [col for col in c if include_files or col.name not in ("files", "fix_files")]
+        stmt = select(*columns).where(c.started_us >= window.start_us, c.started_us < window.end_us)
+        if fixed_only:
+            stmt = stmt.where(c.fixed.is_(True))
+        if page_token:
+            before = _decode_token(page_token)
+            stmt = stmt.where(tuple_(c.started_us, c.run_id) < tuple_(*before))
+        stmt = stmt.order_by(c.started_us.desc(), c.run_id.desc()).limit(page_size + 1)
+        with self.engine.connect() as conn:
+            rows = [dict(m) for m in conn.execute(stmt).mappings()]
+        if len(rows) <= page_size:
+            return rows, ""
+        last = rows[page_size - 1]
+        return rows[:page_size], _encode_token(last["started_us"], last["run_id"])
+
+    @_db_call
+    def fixed_runs_not_captured(self, window: TimeWindow, loop_result: int) -> int:
+        """Fixed runs (LoopResult events) of the window without a stored workspace."""
+        self.ensure_schema()
+        e, c = EventRow.__table__.c, RunCaptureRow.__table__.c
+        captured = select(c.run_id).where(c.run_id == e.run_id, c.files.is_not(None)).exists()
+        stmt = select(func.count()).where(
+            e.type == loop_result,
+            e.success.is_(True),
+            e.time_us >= window.start_us,
+            e.time_us < window.end_us,
+            ~captured,
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())

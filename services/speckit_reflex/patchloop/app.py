@@ -7,6 +7,8 @@ import asyncio
 from grpc import aio
 
 from speckit_reflex.patchloop.buildcache import BuildCache
+from speckit_reflex.patchloop.capture import GrpcCaptureStore
+from speckit_reflex.patchloop.check import PatchChecker
 from speckit_reflex.patchloop.compiler import Compiler
 from speckit_reflex.patchloop.core import PatchLoop
 from speckit_reflex.patchloop.ports import CapsuleSessionHistory, GrpcInference, GrpcRouter
@@ -23,13 +25,16 @@ class PatchLoopService:
     name = "patchloop"
     service_names = (patchloop_pb2.DESCRIPTOR.services_by_name["PatchLoop"].full_name,)
 
-    def __init__(self, loop: PatchLoop, sink: EventSink, sandbox: Sandbox):
+    def __init__(self, loop: PatchLoop, sink: EventSink, sandbox: Sandbox, checker: PatchChecker):
         self.loop = loop
+        self.checker = checker
         self.sink = sink
         self.sandbox = sandbox
 
     def register(self, server: aio.Server) -> None:
-        patchloop_pb2_grpc.add_PatchLoopServicer_to_server(PatchLoopServicer(self.loop), server)
+        patchloop_pb2_grpc.add_PatchLoopServicer_to_server(
+            PatchLoopServicer(self.loop, self.checker), server
+        )
 
     async def start(self) -> None:
         self.sink.start()
@@ -46,11 +51,13 @@ def build(ctx: ServiceContext) -> PatchLoopService:
     """The PatchLoop service for `ctx`: peers through ctx's shared channels."""
     sink = ctx.event_sink("patchloop", capacity=ctx.policy.policy.inference.event_buffer)
     sandbox = Sandbox()
+    compiler = Compiler(BuildRunner(sandbox))
+    captures = GrpcCaptureStore(ctx.channel("capsule"))
     loop = PatchLoop(
         router=GrpcRouter(ctx.channel("router")),
         inference=GrpcInference(ctx.channel("inference")),
         events=sink,
-        compiler=Compiler(BuildRunner(sandbox)),
+        compiler=compiler,
         policy=ctx.policy,
         roots=WorkspaceRoots.from_setting(ctx.settings.workspace_roots),
         scratch_dir=None,
@@ -60,7 +67,8 @@ def build(ctx: ServiceContext) -> PatchLoopService:
             ctx.settings.home / "cache" / "targets", ctx.settings.build_cache_max_mb * 1024 * 1024
         ),
         tracer=ctx.tracer,
+        captures=captures,
     )
     if ctx.metrics is not None:
         watch_event_sink(ctx.metrics, "patchloop", sink)
-    return PatchLoopService(loop, sink, sandbox)
+    return PatchLoopService(loop, sink, sandbox, PatchChecker(compiler, ctx.policy, captures))

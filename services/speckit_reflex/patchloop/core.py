@@ -29,6 +29,7 @@ from opentelemetry.trace import Span, Tracer
 
 from speckit_reflex.errors import InvalidArgument, NotFound
 from speckit_reflex.patchloop.buildcache import BuildCache, CacheInfo, ClearResult, build_profile
+from speckit_reflex.patchloop.capture import CaptureStore, RunCapture, start_capture
 from speckit_reflex.patchloop.compiler import CompileOutcome, Compiler, machine_applicable_edits
 from speckit_reflex.patchloop.patch import (
     PatchBounds,
@@ -300,7 +301,9 @@ class PatchLoop:
         metrics: Metrics | None = None,
         cache: BuildCache | None = None,
         tracer: Tracer | None = None,
+        captures: CaptureStore | None = None,
     ):
+        self._captures = captures
         self._metrics = metrics
         self._tracer = tracer
         self._router = router
@@ -467,6 +470,7 @@ class _Run:
         self.feedback: list[FailedAttempt] = []
         self.last_mode = common_pb2.ROUTING_MODE_UNSPECIFIED
         self.run_span: Span | None = None
+        self.capture: RunCapture | None = None
 
     # -- event helpers -------------------------------------------------
 
@@ -629,11 +633,16 @@ class _Run:
                 reason=f"build_timeout: no result within {self.spec.build_timeout_s:g} s",
             )
             return
+        self.capture = await start_capture(
+            self.loop._captures, self.loop._policy.policy, self.spec, self.scratch, state, self.note
+        )
         if self.spec.compiler_fast_path:
             improved = await self.fast_path(state)
             if improved is not None:
                 state = improved
                 if state.clean:
+                    if self.capture is not None:
+                        await self.capture.fixed(self.scratch, patchloop_pb2.FIX_SOURCE_COMPILER)
                     self.finish(
                         patchloop_pb2.OUTCOME_FIXED,
                         fixed_by=patchloop_pb2.FIX_SOURCE_COMPILER,
@@ -647,6 +656,8 @@ class _Run:
             with span(self.loop._tracer, "patchloop.attempt", **{"speckit.attempt": self.attempt}):
                 ok, state, last_reason = await self._attempt(state, failures)
             if ok:
+                if self.capture is not None:
+                    await self.capture.fixed(self.scratch, _MODE_SOURCE.get(self.last_mode, 0))
                 self.loop._sessions.set(self.spec.session_id, 0)
                 self.finish(
                     patchloop_pb2.OUTCOME_FIXED,

@@ -6,13 +6,15 @@ from collections.abc import AsyncIterator
 
 from grpc import aio
 
+from speckit_reflex.patchloop.check import PatchChecker
 from speckit_reflex.patchloop.core import PatchLoop
 from speckit_reflex.v1 import patchloop_pb2, patchloop_pb2_grpc
 
 
 class PatchLoopServicer(patchloop_pb2_grpc.PatchLoopServicer):
-    def __init__(self, loop: PatchLoop):
+    def __init__(self, loop: PatchLoop, checker: PatchChecker):
         self._loop = loop
+        self._checker = checker
 
     async def Run(
         self, request: patchloop_pb2.RunRequest, context: aio.ServicerContext
@@ -50,3 +52,8 @@ class PatchLoopServicer(patchloop_pb2_grpc.PatchLoopServicer):
         self, request: patchloop_pb2.GetBuildSettingsRequest, context: aio.ServicerContext
     ) -> patchloop_pb2.BuildSettings:
         return await self._loop.build_settings()
+
+    async def CheckPatch(
+        self, request: patchloop_pb2.CheckPatchRequest, context: aio.ServicerContext
+    ) -> patchloop_pb2.CheckPatchReply:
+        return await self._checker.check(request)

@@ -216,6 +216,9 @@ class Budget(_Strict):
 
 class Capture(_Strict):
     mode: CaptureMode = "hash"
+    # full_io only: the workspace a PatchLoop run starts from is captured
+    # (for `speckit reflex harvest`) when its text files total at most this.
+    max_workspace_bytes: int = Field(default=2_000_000, ge=0, le=12_000_000)
 
 
 class Inference(_Strict):
