@@ -103,10 +103,10 @@ def test_older_revision_is_refused_naming_the_command(tmp_path):
     """A database at an older revision in the chain: refused with the upgrade hint."""
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = create_engine(url)
-    migrate.upgrade(engine, "0001")  # this software's head is 0004 (verdict evidence)
+    migrate.upgrade(engine, "0001")  # this software's head is 0005 (run captures)
     with pytest.raises(
         migrate.SchemaNotCurrent,
-        match=r"at schema revision 0001, older than 0004; run `speckit db upgrade`",
+        match=r"at schema revision 0001, older than 0005; run `speckit db upgrade`",
     ):
         migrate.verify_schema(engine, auto_create=True)
     engine.dispose()

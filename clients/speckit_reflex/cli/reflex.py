@@ -12,7 +12,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from speckit_reflex.cli import reflex_run, reflex_trials, reflex_views
+from speckit_reflex.cli import reflex_harvest, reflex_run, reflex_trials, reflex_views
 from speckit_reflex.cli.output import print_json
 from speckit_reflex.cli.reflex_links import ServiceLinks, reporting, run_with_links
 from speckit_reflex.clients.capsule import window
@@ -67,6 +67,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _json(q, run_check)
 
     reflex_trials.register(rsub)
+    reflex_harvest.register(rsub, _window_arg)
 
     q = rsub.add_parser(
         "health", help="health of every model backend (reachable, model listed, generates)"

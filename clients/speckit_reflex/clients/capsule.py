@@ -117,3 +117,50 @@ class CapsuleClient:
         return await self._stub.RecordTrials(
             capsule_pb2.RecordTrialsRequest(trials=trials), timeout=self._timeout
         )
+
+    async def put_run_capture(
+        self, capture: capsule_pb2.RunCapture
+    ) -> capsule_pb2.PutRunCaptureReply:
+        """Store a part of a run's capture (FAILED_PRECONDITION unless full_io)."""
+        return await self._stub.PutRunCapture(capture, timeout=self._timeout)
+
+    async def list_run_captures(
+        self,
+        win: capsule_pb2.Window | None = None,
+        *,
+        fixed_only: bool = False,
+        include_files: bool = False,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> capsule_pb2.ListRunCapturesReply:
+        """One page of captured runs of the window, newest first."""
+        req = capsule_pb2.ListRunCapturesRequest(
+            window=win or window(),
+            fixed_only=fixed_only,
+            include_files=include_files,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return await self._stub.ListRunCaptures(req, timeout=self._timeout)
+
+    async def all_run_captures(
+        self, win: capsule_pb2.Window | None = None, *, fixed_only: bool = False
+    ) -> tuple[list[capsule_pb2.RunCapture], int]:
+        """Every captured run of the window (records without files), newest
+        first, and how many fixed runs of it were not captured."""
+        out: list[capsule_pb2.RunCapture] = []
+        token = ""
+        while True:
+            reply = await self.list_run_captures(
+                win, fixed_only=fixed_only, page_size=200, page_token=token
+            )
+            out.extend(reply.captures)
+            token = reply.next_page_token
+            if not token:
+                return out, reply.fixed_runs_not_captured
+
+    async def get_run_capture(self, run_id: str) -> capsule_pb2.RunCapture:
+        """One captured run with its files and its fix."""
+        return await self._stub.GetRunCapture(
+            capsule_pb2.GetRunCaptureRequest(run_id=run_id), timeout=self._timeout
+        )

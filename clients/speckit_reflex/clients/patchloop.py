@@ -88,3 +88,20 @@ class PatchLoopClient:
         return await self._stub.ClearBuildCache(
             patchloop_pb2.ClearBuildCacheRequest(), timeout=timeout_s
         )
+
+    async def check_patch(
+        self,
+        run_id: str,
+        *,
+        recorded_fix: bool = False,
+        patch_json: str | None = None,
+        timeout_s: float = 600.0,
+    ) -> patchloop_pb2.CheckPatchReply:
+        """Build a captured run's workspace with its recorded fix, a candidate
+        patch, or as captured (neither), in PatchLoop's sandbox."""
+        req = patchloop_pb2.CheckPatchRequest(run_id=run_id)
+        if recorded_fix:
+            req.recorded_fix = True
+        elif patch_json is not None:
+            req.patch_json = patch_json
+        return await self._stub.CheckPatch(req, timeout=timeout_s)

@@ -168,19 +168,27 @@ class CapsuleServicer(capsule_pb2_grpc.CapsuleServicer):
         return await self._core.record_trials(request)
 
     async def PutRunCapture(
-        self, request: capsule_pb2.RunCapture, context: aio.ServicerContext
+        self,
+        request: capsule_pb2.RunCapture,
+        context: aio.ServicerContext[capsule_pb2.RunCapture, capsule_pb2.PutRunCaptureReply],
     ) -> capsule_pb2.PutRunCaptureReply:
         check_message(request, RUN_CAPTURE)
         return await self._core.put_run_capture(request)
 
     async def ListRunCaptures(
-        self, request: capsule_pb2.ListRunCapturesRequest, context: aio.ServicerContext
+        self,
+        request: capsule_pb2.ListRunCapturesRequest,
+        context: aio.ServicerContext[
+            capsule_pb2.ListRunCapturesRequest, capsule_pb2.ListRunCapturesReply
+        ],
     ) -> capsule_pb2.ListRunCapturesReply:
         check_message(request, LIST_CAPTURES)
         return await self._core.list_run_captures(request)
 
     async def GetRunCapture(
-        self, request: capsule_pb2.GetRunCaptureRequest, context: aio.ServicerContext
+        self,
+        request: capsule_pb2.GetRunCaptureRequest,
+        context: aio.ServicerContext[capsule_pb2.GetRunCaptureRequest, capsule_pb2.RunCapture],
     ) -> capsule_pb2.RunCapture:
         check_message(request, GET_CAPTURE)
         return await self._core.get_run_capture(request)

@@ -644,9 +644,11 @@ class CapsuleStore:
         self.ensure_schema()
         table = RunCaptureRow.__table__
         stmt = self._insert()(table).values(**row)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["run_id"],
-            set_={k: stmt.excluded[k] for k in row if k not in ("run_id", "started_us")},
+        update = {k: stmt.excluded[k] for k in row if k not in ("run_id", "started_us")}
+        stmt = (
+            stmt.on_conflict_do_update(index_elements=["run_id"], set_=update)
+            if update
+            else stmt.on_conflict_do_nothing(index_elements=["run_id"])
         )
         with self.engine.begin() as conn:
             conn.execute(stmt)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from speckit_reflex.patchloop.core import RunSpec
     from speckit_reflex.policy.model import Policy
 
-FIXED_BY = {
+FIXED_BY: dict[int, str] = {
     patchloop_pb2.FIX_SOURCE_COMPILER: "compiler",
     patchloop_pb2.FIX_SOURCE_REFLEX: "reflex",
     patchloop_pb2.FIX_SOURCE_CLOUD: "cloud",

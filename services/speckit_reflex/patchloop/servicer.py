@@ -17,18 +17,26 @@ class PatchLoopServicer(patchloop_pb2_grpc.PatchLoopServicer):
         self._checker = checker
 
     async def Run(
-        self, request: patchloop_pb2.RunRequest, context: aio.ServicerContext
+        self,
+        request: patchloop_pb2.RunRequest,
+        context: aio.ServicerContext[patchloop_pb2.RunRequest, patchloop_pb2.RunEvent],
     ) -> AsyncIterator[patchloop_pb2.RunEvent]:
         async for event in self._loop.run(request):
             yield event
 
     async def GetRun(
-        self, request: patchloop_pb2.GetRunRequest, context: aio.ServicerContext
+        self,
+        request: patchloop_pb2.GetRunRequest,
+        context: aio.ServicerContext[patchloop_pb2.GetRunRequest, patchloop_pb2.RunStatus],
     ) -> patchloop_pb2.RunStatus:
         return self._loop.get_run(request.run_id)
 
     async def GetBuildCache(
-        self, request: patchloop_pb2.GetBuildCacheRequest, context: aio.ServicerContext
+        self,
+        request: patchloop_pb2.GetBuildCacheRequest,
+        context: aio.ServicerContext[
+            patchloop_pb2.GetBuildCacheRequest, patchloop_pb2.BuildCacheInfo
+        ],
     ) -> patchloop_pb2.BuildCacheInfo:
         info = await self._loop.build_cache_info()
         return patchloop_pb2.BuildCacheInfo(
@@ -41,7 +49,11 @@ class PatchLoopServicer(patchloop_pb2_grpc.PatchLoopServicer):
         )
 
     async def ClearBuildCache(
-        self, request: patchloop_pb2.ClearBuildCacheRequest, context: aio.ServicerContext
+        self,
+        request: patchloop_pb2.ClearBuildCacheRequest,
+        context: aio.ServicerContext[
+            patchloop_pb2.ClearBuildCacheRequest, patchloop_pb2.ClearBuildCacheReply
+        ],
     ) -> patchloop_pb2.ClearBuildCacheReply:
         done = await self._loop.clear_build_cache()
         return patchloop_pb2.ClearBuildCacheReply(
@@ -49,11 +61,19 @@ class PatchLoopServicer(patchloop_pb2_grpc.PatchLoopServicer):
         )
 
     async def GetBuildSettings(
-        self, request: patchloop_pb2.GetBuildSettingsRequest, context: aio.ServicerContext
+        self,
+        request: patchloop_pb2.GetBuildSettingsRequest,
+        context: aio.ServicerContext[
+            patchloop_pb2.GetBuildSettingsRequest, patchloop_pb2.BuildSettings
+        ],
     ) -> patchloop_pb2.BuildSettings:
         return await self._loop.build_settings()
 
     async def CheckPatch(
-        self, request: patchloop_pb2.CheckPatchRequest, context: aio.ServicerContext
+        self,
+        request: patchloop_pb2.CheckPatchRequest,
+        context: aio.ServicerContext[
+            patchloop_pb2.CheckPatchRequest, patchloop_pb2.CheckPatchReply
+        ],
     ) -> patchloop_pb2.CheckPatchReply:
         return await self._checker.check(request)

@@ -1,0 +1,139 @@
+"""Harvest (real services, real cargo, real SQLite): PatchLoop runs under
+capture.mode = full_io store the workspace they started from and the fix
+they verified; `speckit reflex harvest` turns them into a suite in the
+layout of reflex_patchloop_v1, deduplicated by error signature (newest
+wins), every task verified in PatchLoop's sandbox and again by the shipped
+suite verifier; with capture off it refuses, saying why."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import shutil
+import tomllib
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from speckit_reflex.bakeoff.suite import find_suite, load_suite
+from speckit_reflex.clients.patchloop import PatchLoopClient
+from speckit_reflex.policy import LoadedPolicy, load_policy
+from speckit_reflex.v1 import patchloop_pb2
+
+from .conftest import run_speckit, speckit_env
+
+pytestmark = [pytest.mark.cargo]
+
+SERVICES = ["capsule", "inference", "router", "patchloop"]
+SHIPPED = load_suite(find_suite("reflex_patchloop_v1"))
+# Crates rustc's machine-applicable suggestions fix (no model call needed).
+COMPILER_FIXED = [t for t in SHIPPED.tasks if t.machine_applicable][:3]
+
+
+def verifier() -> ModuleType:
+    """The shipped suite verifier (bench/suites/verify_suite.py), as a module."""
+    path = SHIPPED.root.parent / "verify_suite.py"
+    spec = importlib.util.spec_from_file_location("verify_suite", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def capture_policy(mode: str, **extra: str) -> LoadedPolicy:
+    return load_policy(None, environ={"SPECKIT_POLICY__CAPTURE__MODE": mode, **extra})
+
+
+def copy_task(crate_dir: Path, dest: Path) -> Path:
+    shutil.copytree(crate_dir, dest, ignore=shutil.ignore_patterns("target"))
+    return dest
+
+
+async def fix_with_compiler(svc, workspace: Path) -> patchloop_pb2.RunResult:  # type: ignore[no-untyped-def]
+    client = PatchLoopClient(svc.ctx.channel("patchloop"))
+    _, result = await client.run_to_end(str(workspace), verify_profile="test", max_attempts=1)
+    return result
+
+
+def check_verified(suite_dir: Path, tmp_path: Path) -> None:
+    """Every task: broken as captured, fixed by its recorded fix (cargo test
+    passes and runs a test), by the shipped suite verifier's own checks."""
+    vs = verifier()
+    for task in load_suite(suite_dir).tasks:
+        work = tmp_path / "verify" / task.id
+        work.mkdir(parents=True)
+        target = tmp_path / "verify-target"
+        assert vs._check_broken(task.id, task.crate_dir, work, target) == []
+        assert vs._check_fixed(task.id, task.crate_dir, task.fix_dir, work, target) == []
+
+
+async def test_harvest_dedups_by_signature_and_writes_verified_tasks(
+    services_factory, sqlite_url: str, tmp_path: Path
+) -> None:
+    svc = await services_factory(
+        SERVICES, database_url=sqlite_url, policy=capture_policy("full_io")
+    )
+    runs: dict[str, list[str]] = {}
+    # The first crate twice, in two folders: same errors, same span -> one task, the newer run.
+    plan = [COMPILER_FIXED[0], COMPILER_FIXED[0], *COMPILER_FIXED[1:]]
+    for i, task in enumerate(plan):
+        ws = copy_task(task.crate_dir, tmp_path / "ws" / f"{i}-{task.id}")
+        events, result = await PatchLoopClient(svc.ctx.channel("patchloop")).run_to_end(
+            str(ws), verify_profile="test", max_attempts=1
+        )
+        assert result.outcome == patchloop_pb2.OUTCOME_FIXED, result.reason
+        assert result.fixed_by == patchloop_pb2.FIX_SOURCE_COMPILER
+        runs.setdefault(task.id, []).append(events[0].run_id)
+
+    env = speckit_env({name: svc.addr(name) for name in SERVICES})
+    out = tmp_path / "suites" / "harvest_test"
+    run = await asyncio.to_thread(
+        run_speckit, ["reflex", "harvest", "--since", "1h", "--out", str(out), "--json"], env, 600
+    )
+    assert run.code == 0, run.stderr[-3000:]
+    doc = run.json()
+    assert doc["suite"] == "harvest_test" and len(doc["digest"]) == 64
+    assert len(doc["tasks"]) == len(COMPILER_FIXED) and doc["duplicates"] == 1
+    by_run = {t["run_id"]: t for t in doc["tasks"]}
+    first, second = runs[COMPILER_FIXED[0].id]
+    assert second in by_run and first not in by_run, "of one signature the newest run wins"
+    assert by_run[second]["replaces"] == [first]
+    for t in doc["tasks"]:
+        assert t["fixed_by"] == "compiler" and t["error_codes"] and t["date"]
+        assert t["verify_profile"] == "test"
+
+    # The suite on disk: reflex_patchloop_v1's layout, provenance beside it.
+    manifest = tomllib.loads((out / "manifest.toml").read_text())
+    assert manifest["suite"]["name"] == "harvest_test"
+    assert {t["id"] for t in manifest["task"]} == {t["id"] for t in doc["tasks"]}
+    assert all(t["machine_applicable"] for t in manifest["task"])
+    provenance = json.loads((out / "harvest.json").read_text())
+    assert [t["run_id"] for t in provenance["tasks"]] == [t["run_id"] for t in doc["tasks"]]
+    # Each captured crate is the shipped broken crate, and its fix makes cargo test pass.
+    for t in doc["tasks"]:
+        shipped = next(s for s in COMPILER_FIXED if s.id in runs and t["run_id"] in runs[s.id])
+        task_dir = out / "tasks" / t["id"]
+        for src in shipped.crate_dir.rglob("*.rs"):
+            rel = src.relative_to(shipped.crate_dir)
+            assert (task_dir / "crate" / rel).read_text() == src.read_text()
+        assert list((task_dir / "fix").rglob("*.rs"))
+    check_verified(out, tmp_path)
+
+
+async def test_harvest_refuses_when_capture_was_off(
+    services_factory, sqlite_url: str, tmp_path: Path
+) -> None:
+    svc = await services_factory(SERVICES, database_url=sqlite_url, policy=capture_policy("hash"))
+    ws = copy_task(COMPILER_FIXED[0].crate_dir, tmp_path / "ws" / "one")
+    assert (await fix_with_compiler(svc, ws)).outcome == patchloop_pb2.OUTCOME_FIXED
+    env = speckit_env({name: svc.addr(name) for name in SERVICES})
+    out = tmp_path / "suites" / "nothing"
+    run = await asyncio.to_thread(
+        run_speckit, ["reflex", "harvest", "--since", "1h", "--out", str(out)], env, 120
+    )
+    assert run.code == 1
+    assert "harvest refused: capture.mode is 'hash'" in run.stderr
+    assert "full_io" in run.stderr
+    assert not out.exists()

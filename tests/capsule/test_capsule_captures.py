@@ -1,0 +1,94 @@
+"""Run captures in Capsule (real SQLite and PostgreSQL, real gRPC): stored only
+under capture.mode = full_io, hostile paths refused, secrets redacted, parts
+merged by run id, listed newest first with the fixed runs that were not captured."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from speckit_reflex.v1 import capsule_pb2, common_pb2
+from tests.capsule.capsule_helpers import make_event
+
+KEY = "sk-proj-" + "A1b2C3d4E5f6G7h8I9j0" * 3
+
+
+def start_part(run_id: str, started_us: int, files: dict[str, str]) -> capsule_pb2.RunCapture:
+    c = capsule_pb2.RunCapture(run_id=run_id, build_profile="check", verify_profile="test")
+    c.started_at.FromMicroseconds(started_us)
+    for path, content in files.items():
+        c.files.add(path=path, content=content)
+    c.errors.add(code="E0308", message="mismatched types", file="src/lib.rs", line=3, column=5)
+    return c
+
+
+def fix_part(run_id: str) -> capsule_pb2.RunCapture:
+    c = capsule_pb2.RunCapture(run_id=run_id, fixed=True, fixed_by="compiler", diff="--- a\n")
+    c.fix_files.add(path="src/lib.rs", content="fn f() -> u32 { 1 }\n")
+    return c
+
+
+async def test_capture_is_refused_unless_full_io(start_capsule) -> None:
+    _, capsule = await start_capsule({"capture.mode": "hash"})
+    for call in (
+        capsule.put_run_capture(start_part("r1", 1_000, {"src/lib.rs": "x"})),
+        capsule.list_run_captures(),
+        capsule.get_run_capture("r1"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "capture.mode is 'hash'" in (err.value.details() or "")
+
+
+async def test_parts_merge_and_list_newest_first_with_uncaptured_fixed_runs(
+    start_capsule,
+) -> None:
+    _, capsule = await start_capsule({"capture.mode": "full_io"})
+    now = time.time_ns() // 1000
+    first = start_part("run-a", now - 2_000_000, {"src/lib.rs": f'const K: &str = "{KEY}";\n'})
+    reply = await capsule.put_run_capture(first)
+    assert reply.has_files and not reply.fixed
+    # The end part carries no files: it must not erase the start's.
+    reply = await capsule.put_run_capture(fix_part("run-a"))
+    assert reply.has_files and reply.fixed
+    await capsule.put_run_capture(
+        start_part("run-b", now - 1_000_000, {"Cargo.toml": "[package]\n"})
+    )
+    # A fixed run that ran while capture was off: counted, never listed.
+    await capsule.append_events(
+        [make_event(common_pb2.EVENT_TYPE_LOOP_RESULT, run_id="run-uncaptured", success=True)]
+    )
+    listed, not_captured = await capsule.all_run_captures()
+    assert [c.run_id for c in listed] == ["run-b", "run-a"]
+    assert not listed[0].files, "lists carry no files"
+    assert not_captured == 1
+    fixed, _ = await capsule.all_run_captures(fixed_only=True)
+    assert [c.run_id for c in fixed] == ["run-a"]
+    got = await capsule.get_run_capture("run-a")
+    assert got.fixed and got.fixed_by == "compiler"
+    assert [f.path for f in got.files] == ["src/lib.rs"]
+    assert KEY not in got.files[0].content and "REDACTED" in got.files[0].content
+    assert got.fix_files[0].content == "fn f() -> u32 { 1 }\n"
+    assert got.errors[0].code == "E0308" and got.verify_profile == "test"
+
+
+@pytest.mark.parametrize(
+    "path", ["../outside.rs", "/etc/passwd", "src/../../x", "a\\b", "", "src//lib.rs", "./x"]
+)
+async def test_hostile_paths_are_refused(start_capsule, path: str) -> None:
+    _, capsule = await start_capsule({"capture.mode": "full_io"})
+    bad = capsule_pb2.RunCapture(run_id="hostile")
+    bad.files.add(path=path, content="x")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await capsule.put_run_capture(bad)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_unknown_run_is_not_found(start_capsule) -> None:
+    _, capsule = await start_capsule({"capture.mode": "full_io"})
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await capsule.get_run_capture("nope")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
