@@ -33,8 +33,8 @@ COMPILER_FIXED = [t for t in SHIPPED.tasks if t.machine_applicable][:3]
 
 
 def verifier() -> ModuleType:
-    """The shipped suite verifier (bench/suites/verify_suite.py), as a module."""
-    path = SHIPPED.root.parent / "verify_suite.py"
+    """The shipped suite verifier (bench/verify_suite.py), as a module."""
+    path = Path(__file__).resolve().parents[2] / "bench" / "verify_suite.py"
     spec = importlib.util.spec_from_file_location("verify_suite", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -10,6 +10,7 @@ written.
 from __future__ import annotations
 
 import argparse
+import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -112,15 +113,19 @@ async def harvest(links: ServiceLinks, since: str, out: Path) -> dict[str, Any]:
         "skipped": skipped,
         "fixed_runs_not_captured": not_captured,
     }
-    try:
+    def write() -> tuple[str, str]:
         write_suite(out, out.name, tasks, provenance)
+        suite = load_suite(out)
+        return suite.name, suite_digest(suite)
+
+    try:
+        name, digest = await asyncio.to_thread(write)
     except (HarvestError, OSError) as exc:
         raise CliError(f"cannot write the suite: {exc}") from None
-    suite = load_suite(out)
     return {
-        "suite": suite.name,
+        "suite": name,
         "dir": str(out),
-        "digest": suite_digest(suite),
+        "digest": digest,
         "tasks": provenance["tasks"],
         "skipped": skipped,
         "duplicates": sum(len(t.replaces) for t in tasks),
@@ -154,10 +159,10 @@ def show(doc: dict[str, Any]) -> None:
 
 
 def run_harvest(args: argparse.Namespace) -> int:
-    out = Path(args.out or f".speckit/suites/harvest-{datetime.now(UTC):%Y%m%d}")
+    out = Path(args.out or f".speckit/suites/harvest-{datetime.now(UTC):%Y%m%d}").resolve()
 
     async def body(links: ServiceLinks) -> int:
-        doc = await harvest(links, args.since, out.resolve())
+        doc = await harvest(links, args.since, out)
         if args.json:
             print_json(doc)
         else:
