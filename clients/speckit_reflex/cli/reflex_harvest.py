@@ -113,6 +113,7 @@ async def harvest(links: ServiceLinks, since: str, out: Path) -> dict[str, Any]:
         "skipped": skipped,
         "fixed_runs_not_captured": not_captured,
     }
+
     def write() -> tuple[str, str]:
         write_suite(out, out.name, tasks, provenance)
         suite = load_suite(out)
