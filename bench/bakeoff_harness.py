@@ -36,9 +36,9 @@ import uuid
 from pathlib import Path
 
 from speckit_reflex.bakeoff import figures_by_backend
-from speckit_reflex.bakeoff.metrics import percentile
 from speckit_reflex.bakeoff.trial import TrialResult
 from speckit_reflex.clients.capsule import CapsuleClient
+from speckit_reflex.contract import percentile
 from speckit_reflex.policy import load_policy
 from speckit_reflex.runtime.bootstrap import start_services
 from speckit_reflex.runtime.settings import RuntimeSettings

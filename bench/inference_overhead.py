@@ -50,10 +50,10 @@ from typing import Any
 import httpx
 from grpc import aio
 
-from speckit_reflex.bakeoff.metrics import percentile
 from speckit_reflex.clients.inference import InferenceClient
 from speckit_reflex.clients.ports import pick_port
 from speckit_reflex.clients.router import RouterClient
+from speckit_reflex.contract import percentile
 from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, common_pb2
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -39,10 +39,10 @@ import httpx
 from grpc import aio
 from grpc.aio import AioRpcError
 
-from speckit_reflex.bakeoff.metrics import percentile
 from speckit_reflex.clients.patchloop import PatchLoopClient
 from speckit_reflex.clients.ports import pick_port
 from speckit_reflex.clients.router import RouterClient
+from speckit_reflex.contract import percentile
 from speckit_reflex.policy import load_policy
 from speckit_reflex.runtime.bootstrap import start_services
 from speckit_reflex.runtime.settings import RuntimeSettings

@@ -38,8 +38,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from speckit_reflex.bakeoff.metrics import percentile
 from speckit_reflex.clients.ports import pick_port
+from speckit_reflex.contract import percentile
 from speckit_reflex.v1 import (
     capsule_pb2,
     capsule_pb2_grpc,

@@ -45,9 +45,9 @@ from pathlib import Path
 from grpc import aio
 from patchloop_bench import StubCapsule, StubInference, StubRouter
 
-from speckit_reflex.bakeoff.metrics import percentile
 from speckit_reflex.clients.patchloop import PatchLoopClient
 from speckit_reflex.clients.ports import pick_port
+from speckit_reflex.contract import percentile
 from speckit_reflex.patchloop.sandbox import BuildRunner, Sandbox
 from speckit_reflex.v1 import capsule_pb2_grpc, inference_pb2_grpc, patchloop_pb2, router_pb2_grpc
 

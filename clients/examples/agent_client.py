@@ -3,8 +3,9 @@
     python clients/examples/agent_client.py CRATE_DIR [--addr 127.0.0.1:50053] [--apply] [--test]
                                             [--session-id S] [--timeout 300] [--json]
 
-This is the whole integration an agent needs. It uses only grpcio and the
-generated stubs (`speckit_reflex.v1`), the synchronous API, and the same
+This is the whole integration an agent needs. It uses only grpcio, the
+generated stubs (`speckit_reflex.v1`) and their hand-written companion
+(`speckit_reflex.contract`, for short enum names), the synchronous API, and the same
 environment as the services (`SPECKIT_PATCHLOOP_ADDR`, `SPECKIT_AUTH_TOKEN`).
 PatchLoop asks the Router for every attempt, calls the model through the
 Inference Adapter and records everything in Capsule; the agent only starts
@@ -34,6 +35,7 @@ from pathlib import Path
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from speckit_reflex.contract import enum_name
 from speckit_reflex.v1 import common_pb2, patchloop_pb2, patchloop_pb2_grpc
 
 EXIT = {
@@ -56,7 +58,7 @@ def describe(ev: patchloop_pb2.RunEvent) -> str:
         return f"{step}: {f.error_count} error(s), {f.duration_ms:.0f} ms"
     if kind == "routing":
         r = ev.routing
-        mode = common_pb2.RoutingMode.Name(r.mode).removeprefix("ROUTING_MODE_").lower()
+        mode = enum_name(common_pb2.RoutingMode, r.mode)
         return f"route: {mode} {r.model or ''} ({common_pb2.RoutingReason.Name(r.reason)})".replace(
             "  ", " "
         )
