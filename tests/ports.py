@@ -8,6 +8,9 @@
   package (`speckit_reflex.clients.ports`), shared with the benchmarks and the
   demo; they are re-exported here so that a test finds every port helper in
   one place.
+- A child told several ports at once (`speckit serve all`) is started through
+  `start_with_fresh_ports`: its `start()` picks them anew on each try, and
+  `wait_ready` turns the child's death before it is ready into `StartFailed`.
 - A port the test must own for its whole life is a `HeldPort`: a socket bound
   (with SO_REUSEPORT) but never listening. Connections to it are refused, and
   no other socket can bind it, except another SO_REUSEPORT one that asks for
@@ -25,8 +28,11 @@ and `held_port` fixtures of tests/conftest.py close them when the test ends).
 
 from __future__ import annotations
 
+import asyncio
 import socket
-from typing import Self
+import time
+from collections.abc import Awaitable, Callable
+from typing import Self, TypeVar
 
 from speckit_reflex.clients.ports import HOST, StartFailed, pick_port, start_on_free_port
 
@@ -37,7 +43,45 @@ __all__ = [
     "StartFailed",
     "pick_port",
     "start_on_free_port",
+    "start_with_fresh_ports",
+    "wait_ready",
 ]
+
+T = TypeVar("T")
+
+
+async def start_with_fresh_ports(start: Callable[[], Awaitable[T]], attempts: int = 3) -> T:
+    """`await start()` (which picks its ports with `pick_port()` each time) again
+    while it raises `StartFailed`: the async, several-ports `start_on_free_port`."""
+    for attempt in range(attempts):
+        try:
+            return await start()
+        except StartFailed:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def wait_ready(
+    ready: Callable[[], Awaitable[bool]],
+    exited: Callable[[], str | None],
+    *,
+    what: str,
+    timeout_s: float = 60.0,
+    interval_s: float = 0.1,
+) -> None:
+    """Poll `ready()` until it is true. `exited()` is None while the child runs,
+    else why it stopped (exit code, last log lines): then `StartFailed`, perhaps
+    its port was taken in the window, so that the starter tries fresh ports.
+    AssertionError after `timeout_s` (a start takes seconds; the rest is margin
+    for a loaded machine)."""
+    deadline = time.monotonic() + timeout_s
+    while not await ready():
+        why = exited()
+        if why is not None:
+            raise StartFailed(f"{what} exited before it was ready: {why}")
+        assert time.monotonic() < deadline, f"{what} not ready within {timeout_s} s"
+        await asyncio.sleep(interval_s)
 
 
 class HeldPort:

@@ -15,6 +15,7 @@ from grpc import aio
 from speckit_reflex.runtime.events import DeadLetters, EventSink, new_event
 from speckit_reflex.runtime.metrics import Metrics, watch_event_sink
 from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, common_pb2
+from tests.waiting import eventually
 
 
 class _CountingCapsule(capsule_pb2_grpc.CapsuleServicer):
@@ -74,13 +75,6 @@ def _event() -> common_pb2.Event:
     return new_event(common_pb2.EVENT_TYPE_ROUTING_DECISION, reason="healthy_and_thresholds_met")
 
 
-async def _until(cond: Callable[[], bool], seconds: float = 3.0) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if cond():
-            return
-        await asyncio.sleep(0.01)
-
-
 async def test_steady_emission_goes_out_in_full_batches(capsule) -> None:  # type: ignore[no-untyped-def]
     # While one batch is in flight more events arrive; they wait for a full
     # batch (or flush/interval) rather than leaving as many small RPCs.
@@ -89,7 +83,8 @@ async def test_steady_emission_goes_out_in_full_batches(capsule) -> None:  # typ
     for _ in range(250):
         sink.emit(_event())
         await asyncio.sleep(0)
-    await _until(lambda: sum(servicer.batches) >= 200)  # the two full batches leave without a flush
+    # The two full batches leave without a flush.
+    await eventually(lambda: sum(servicer.batches) >= 200, what="two full batches sent")
     assert servicer.batches == [100, 100]
     assert await sink.flush(5.0)
     assert servicer.batches == [100, 100, 50]
@@ -101,7 +96,7 @@ async def test_partial_batch_leaves_after_the_interval(capsule) -> None:  # type
     sink = make(batch_size=500, flush_interval_s=0.05)
     for _ in range(7):
         sink.emit(_event())
-    await _until(lambda: bool(servicer.batches))
+    await eventually(lambda: servicer.batches, what="the partial batch sent")
     assert servicer.batches == [7]
 
 
@@ -212,8 +207,8 @@ async def test_faults_that_pass_are_retried_whole_not_split(
         events[3].reason = "bad"
         for e in events:
             sink.emit(e)
-        while picky.calls < 4:  # refused again and again, as a whole
-            await asyncio.sleep(0.01)
+        # Refused again and again, as a whole.
+        await eventually(lambda: picky.calls >= 4, what="four refused deliveries")
         assert (
             picky.ids == [] and sink.pending == 8 and sink.dead_lettered == 0 and not path.exists()
         )

@@ -72,7 +72,11 @@ class FakeModelServer:
         return [b for m, p, b in self.requests if p == "/v1/chat/completions" and b.get("stream")]
 
     async def start(self) -> FakeModelServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        # SO_REUSEPORT: `port` may be a port the test holds (tests/ports.HeldPort),
+        # so that it stays dead after `stop()` instead of going to the next server.
+        self._server = await asyncio.start_server(
+            self._serve, "127.0.0.1", self.port, reuse_port=True
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

@@ -20,7 +20,7 @@ from speckit_reflex.clients.channel import ChannelConfig, open_channel
 from speckit_reflex.clients.router import RouterClient
 from tests.bakeoff.conftest import run_speckit, speckit_env
 from tests.inference.fakes import FakeModelServer
-from tests.ports import pick_port
+from tests.ports import pick_port, start_with_fresh_ports, wait_ready
 
 POLICY = """version = "1.0.0"
 [routing.reflex]
@@ -52,37 +52,47 @@ async def test_serve_all_runs_the_openai_endpoint_with_the_policy_and_mode(tmp_p
     ).start()
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY.format(url=fake.base_url))
-    addrs = {
-        name: f"127.0.0.1:{pick_port()}" for name in ("router", "inference", "patchloop", "capsule")
-    }
-    openai_addr = f"127.0.0.1:{pick_port()}"
-    env = speckit_env(addrs, SPECKIT_OPENAI_ADDR=openai_addr, SPECKIT_HOME=str(tmp_path / "home"))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "speckit_reflex.cli.main",
-            "serve",
-            "all",
-            "--policy",
-            str(policy),
-            "--mode",
-            "reflex",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+
+    async def start() -> tuple[subprocess.Popen[str], dict[str, str], str]:
+        # Five ports told to the child: on a start lost to a taken port, five new ones.
+        addrs = {
+            name: f"127.0.0.1:{pick_port()}"
+            for name in ("router", "inference", "patchloop", "capsule")
+        }
+        openai_addr = f"127.0.0.1:{pick_port()}"
+        env = speckit_env(
+            addrs, SPECKIT_OPENAI_ADDR=openai_addr, SPECKIT_HOME=str(tmp_path / "home")
+        )
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "speckit_reflex.cli.main",
+                "serve",
+                "all",
+                "--policy",
+                str(policy),
+                "--mode",
+                "reflex",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            await wait_ready(
+                lambda: _answers(f"http://{openai_addr}/v1/models"),
+                lambda: _exited(proc),
+                what="speckit serve all",
+            )
+        except BaseException:
+            _stop(proc)
+            raise
+        return proc, addrs, openai_addr
+
+    proc, addrs, openai_addr = await start_with_fresh_ports(start)
     try:
-        async with httpx.AsyncClient() as http:
-            while True:  # until the endpoint answers (or the process died)
-                assert proc.poll() is None, proc.communicate()[1]
-                try:
-                    if (await http.get(f"http://{openai_addr}/v1/models")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
         async with open_channel(ChannelConfig(addrs["router"])) as channel:
             await wait_for_reflex_route(RouterClient(channel), timeout_s=30, poll_s=0.1)
         client = openai.AsyncOpenAI(
@@ -101,6 +111,28 @@ async def test_serve_all_runs_the_openai_endpoint_with_the_policy_and_mode(tmp_p
     assert proc.returncode == 0, err
     assert "mode reflex: the bakeoff gate is waived" in err
     assert f"base_url=http://{openai_addr}/v1" in err
+
+
+async def _answers(url: str) -> bool:
+    """True once `url` answers 200."""
+    async with httpx.AsyncClient() as http:
+        try:
+            return (await http.get(url, timeout=5)).status_code == 200
+        except httpx.TransportError:
+            return False
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
+def _exited(proc: subprocess.Popen[str]) -> str | None:
+    """None while `proc` runs, else its exit code and the end of its stderr."""
+    if proc.poll() is None:
+        return None
+    return f"exit {proc.returncode}: {proc.communicate()[1][-2000:]}"
 
 
 def test_serve_openai_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
@@ -124,28 +156,36 @@ async def test_serve_openai_alone_serves_in_front_of_running_services(
 ) -> None:
     """`speckit serve openai` as its own process, a client of services elsewhere."""
     svc = await services_factory(["capsule", "inference", "router"], database_url=sqlite_url)
-    openai_addr = f"127.0.0.1:{pick_port()}"
-    env = speckit_env(
-        {name: svc.addr(name) for name in ("capsule", "inference", "router")},
-        SPECKIT_OPENAI_ADDR=openai_addr,
-        SPECKIT_HOME=str(tmp_path),
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "speckit_reflex.cli.main", "serve", "openai"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+
+    async def start() -> tuple[subprocess.Popen[str], str]:
+        openai_addr = f"127.0.0.1:{pick_port()}"  # a start lost to a taken port: a new one
+        env = speckit_env(
+            {name: svc.addr(name) for name in ("capsule", "inference", "router")},
+            SPECKIT_OPENAI_ADDR=openai_addr,
+            SPECKIT_HOME=str(tmp_path),
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "speckit_reflex.cli.main", "serve", "openai"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            await wait_ready(
+                lambda: _answers(f"http://{openai_addr}/v1/models"),
+                lambda: _exited(proc),
+                what="speckit serve openai",
+            )
+        except BaseException:
+            _stop(proc)
+            raise
+        return proc, openai_addr
+
+    proc, openai_addr = await start_with_fresh_ports(start)
     try:
         async with httpx.AsyncClient() as http:
-            while True:
-                assert proc.poll() is None, proc.communicate()[1]
-                try:
-                    models = await http.get(f"http://{openai_addr}/v1/models")
-                    break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
+            models = await http.get(f"http://{openai_addr}/v1/models")
         assert models.status_code == 200
         assert [m["id"] for m in models.json()["data"]][:2] == [
             "speckit/auto",

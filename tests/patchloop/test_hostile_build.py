@@ -34,7 +34,7 @@ from speckit_reflex.clients.channel import ChannelConfig, open_channel
 from speckit_reflex.clients.patchloop import PatchLoopClient
 from speckit_reflex.patchloop.sandbox import BuildRunner, Candidate, Sandbox
 from speckit_reflex.v1 import patchloop_pb2
-from tests.ports import DeadEndpoint, pick_port
+from tests.ports import DeadEndpoint, StartFailed, start_on_free_port
 
 KEY = "sk-test-hostile-build-5e1f0c"
 
@@ -63,13 +63,11 @@ def patchloop_process(tmp_path: Path) -> Iterator[str]:
 
 @contextlib.contextmanager
 def serve_patchloop(tmp_path: Path, home: Path) -> Iterator[str]:
-    port = pick_port()  # told to the child: a window (tests/ports.py); a taken port fails the start
     no_router = DeadEndpoint()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPECKIT_")}
     env.update(
         {
             "OPENAI_API_KEY": KEY,
-            "SPECKIT_PATCHLOOP_ADDR": f"127.0.0.1:{port}",
             "SPECKIT_WORKSPACE_ROOTS": str(tmp_path / "user"),
             "SPECKIT_HOME": str(home),
             "SPECKIT_GRACE_S": "1",
@@ -77,17 +75,20 @@ def serve_patchloop(tmp_path: Path, home: Path) -> Iterator[str]:
             "SPECKIT_ROUTER_ADDR": no_router.addr,
         }
     )
-    log = (tmp_path / "patchloop.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "speckit_reflex.cli.main", "serve", "patchloop"],
-        env=env,
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    log_path = tmp_path / "patchloop.log"
+
+    def start(port: int) -> tuple[subprocess.Popen[bytes], str]:
+        """Serving on `port`, or StartFailed (the port taken in the window: tests/ports.py)."""
         addr = f"127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
+        with log_path.open("w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "speckit_reflex.cli.main", "serve", "patchloop"],
+                env={**env, "SPECKIT_PATCHLOOP_ADDR": addr},
+                cwd=tmp_path,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60  # starts in seconds; the rest is margin
         with grpc.insecure_channel(addr) as ch:
             while True:
                 try:
@@ -97,17 +98,23 @@ def serve_patchloop(tmp_path: Path, home: Path) -> Iterator[str]:
                         .status
                         == 1
                     ):
-                        break
+                        return proc, addr
                 except grpc.RpcError:
                     pass
-                assert proc.poll() is None, (tmp_path / "patchloop.log").read_text()
-                assert time.monotonic() < deadline, "patchloop did not start"
+                if proc.poll() is not None:
+                    raise StartFailed(log_path.read_text()[-2000:])
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    proc.wait(30)
+                    raise AssertionError(f"patchloop did not start: {log_path.read_text()}")
                 time.sleep(0.2)
+
+    proc, addr = start_on_free_port(start)
+    try:
         yield addr
     finally:
         proc.terminate()
         proc.wait(30)
-        log.close()
         no_router.close()
 
 

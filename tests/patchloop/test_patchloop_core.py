@@ -294,10 +294,10 @@ async def test_get_run_sees_a_running_run_and_a_gone_caller_cancels_it(crate, ma
     import asyncio
 
     gate = asyncio.Event()
-    calls = []
+    called = asyncio.Event()
 
     async def slow_model(request, timeout_s):
-        calls.append(request)
+        called.set()
         await gate.wait()
         return reply(FIXED_LINE)
 
@@ -309,8 +309,7 @@ async def test_get_run_sees_a_running_run_and_a_gone_caller_cancels_it(crate, ma
     async for ev in stream:
         if ev.WhichOneof("kind") == "routing":
             break
-    while not calls:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(called.wait(), 30)  # the run is in its model call
     status = loop.get_run("live")
     assert status.state == patchloop_pb2.RUN_STATE_RUNNING and not status.HasField("result")
     await stream.aclose()  # the caller goes away mid-run

@@ -21,6 +21,7 @@ from speckit_reflex.patchloop.sandbox import (
     default_candidates,
     scrub_environment,
 )
+from tests.waiting import eventually
 
 CHECK = ["cargo", "check", "--offline", "--message-format=json"]
 SECRETS = {
@@ -70,9 +71,14 @@ async def test_endless_build_script_is_killed_with_its_children(
     result = await build
     elapsed = time.monotonic() - started
     assert result.timed_out and result.returncode is None
-    assert 6 <= elapsed < 6 + 3, f"a 6 s limit ended the build after {elapsed:.1f} s"
-    time.sleep(0.3)
-    assert _sleepers("86399.5") == [], "the build script's child survived the kill"
+    # The 6 s limit ended it, not the build (its script sleeps for a day). Upper
+    # bound 6 + 20 s: killing the process tree takes well under a second; the
+    # rest is margin for a loaded 2-core machine.
+    assert 6 <= elapsed < 6 + 20, f"a 6 s limit ended the build after {elapsed:.1f} s"
+    # The killed child leaves /proc (a zombie has no command line) as soon as it dies.
+    await eventually(
+        lambda: _sleepers("86399.5") == [], what="the build script's child gone after the kill"
+    )
 
 
 async def test_build_script_finds_no_api_key(crate, runner: BuildRunner, tmp_path: Path):

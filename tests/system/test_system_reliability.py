@@ -21,6 +21,7 @@ from speckit_reflex.policy import load_policy
 from speckit_reflex.v1 import common_pb2, patchloop_pb2
 from tests.inference.fakes import FakeModelServer
 from tests.verdict_evidence import record_bakeoff
+from tests.waiting import eventually
 
 PA = common_pb2.EVENT_TYPE_PATCH_ATTEMPT
 LR = common_pb2.EVENT_TYPE_LOOP_RESULT
@@ -168,20 +169,24 @@ async def start_stack(
 
 
 async def run_events(capsule: CapsuleClient, run_id: str, want: int) -> list[common_pb2.Event]:
-    deadline = time.monotonic() + 15
-    while True:
-        events = await capsule.all_events(run_id=run_id)
-        if sum(e.type in (PA, LR) for e in events) >= want or time.monotonic() > deadline:
-            return events
-        await asyncio.sleep(0.1)
+    """The run's events once `want` PatchAttempt and LoopResult events are in Capsule
+    (the services deliver them in batches, after the run's stream has ended)."""
+    return await eventually(
+        lambda: capsule.all_events(run_id=run_id),
+        lambda events: sum(e.type in (PA, LR) for e in events) >= want,
+        what=f"{want} attempt and result events of {run_id}",
+        interval_s=0.1,
+    )
 
 
 async def test_primary_killed_mid_run_next_attempt_fails_over_nothing_lost_or_double_counted(
-    services_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    services_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held_port
 ) -> None:
     monkeypatch.setenv(KEY_ENV, "sk-test")
+    # On a port held to the end of the test: once stopped, the primary's address
+    # refuses connections; no server started later can take it and answer.
     primary = await FakeModelServer(
-        kind="sglang", models=["local-model"], reply=json.dumps(NOOP)
+        kind="sglang", models=["local-model"], reply=json.dumps(NOOP), port=held_port().port
     ).start()
     secondary = await FakeModelServer(
         kind="vllm", models=["local-model"], reply=json.dumps(FIXED)
