@@ -34,7 +34,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from speckit_reflex.runtime.redact import is_secret_name
 from speckit_reflex.v1 import patchloop_pb2
 
 log = logging.getLogger("speckit.patchloop.sandbox")
@@ -66,8 +66,6 @@ ENV_ALLOW = (
     "RUSTUP_TOOLCHAIN",
     "RUSTC_WRAPPER",
 )
-# Even an allowed name is dropped when it looks like a secret.
-_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
 
 LAYERS = ("network", "pid", "filesystem", "capabilities", "environment", "time_limit")
 INIT = Path(__file__).with_name("sandbox_init.py")
@@ -137,7 +135,8 @@ def default_candidates() -> list[Candidate]:
 
 def scrub_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """The allow-listed variables of `environ` minus anything credential-like."""
-    return {k: v for k, v in environ.items() if k in ENV_ALLOW and not _SECRET_NAME.search(k)}
+    # Even an allowed name is dropped when it names a secret (the redactor's rule).
+    return {k: v for k, v in environ.items() if k in ENV_ALLOW and not is_secret_name(k)}
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,12 @@
 """The one secret redactor: events (Inference before it emits, Capsule before
 it stores), the dead-letter file, log lines and reports all go through it.
+Its name rule (`is_secret_name`) also keeps secrets out of the build sandbox's
+environment (patchloop.sandbox).
 
 Two kinds of rule:
-- by field name: a JSON field called `api_key`, `authorization`, `password`,
-  `*_secret`, ... has its whole value replaced, whatever it looks like;
+- by name: a JSON field called `api_key`, `authorization`, `password`,
+  `github_token`, `*_secret`, ... has its whole value replaced, whatever it
+  looks like; the same names are secret in `name=value` text (below);
 - by shape, inside any text: bearer and basic credentials, OpenAI and
   Anthropic keys (`sk-...`, `sk-proj-...`, `sk-ant-...`), GitHub tokens
   (`ghp_`, `gho_`, `ghu_`, `ghs_`, `ghr_`, `github_pat_`), Slack tokens
@@ -26,49 +29,14 @@ from typing import Any
 
 REDACTED = "[REDACTED]"
 
-# Field names whose value is a secret, compared lower-case with '-' as '_'.
-_SECRET_KEYS = frozenset(
-    {
-        "api_key",
-        "apikey",
-        "x_api_key",
-        "authorization",
-        "proxy_authorization",
-        "token",
-        "access_token",
-        "refresh_token",
-        "id_token",
-        "auth_token",
-        "bearer_token",
-        "password",
-        "passwd",
-        "secret",
-        "client_secret",
-        "secret_key",
-        "private_key",
-        "cookie",
-        "set_cookie",
-        "aws_secret_access_key",
-        "aws_session_token",
-        "credentials",
-    }
-)
-_SECRET_SUFFIXES = (
-    "_api_key",
-    "_secret",
-    "_password",
-    "_access_token",
-    "_auth_token",
-    "_secret_key",
-    "_token_secret",
-)
-
-# A name that says "secret" in `name=value` text. `token` must end the name so
-# that `max_tokens=384` or `prompt_tokens: 12` stay readable.
+# A name that says "secret" (a JSON field, an environment variable, the name
+# of a `name=value` pair in text), any case. `token` must end the name so that
+# `max_tokens=384` or `prompt_tokens: 12` stay readable.
 _SECRET_NAME = (
     r"[A-Za-z0-9_.-]*(?:api[-_]?key|access[-_]?key|password|passwd|secret[A-Za-z0-9_-]*|token"
-    r"|credentials?|private[-_]?key|authorization)(?![A-Za-z0-9_-])"
+    r"|credentials?|private[-_]?key|authorization|cookie)(?![A-Za-z0-9_-])"
 )
+_SECRET_NAME_RE = re.compile(_SECRET_NAME, re.IGNORECASE)
 
 # Each alternative is one credential shape; groups 1, 2 and 3-5 are prefixes kept.
 _SHAPES = re.compile(
@@ -102,10 +70,9 @@ def _keep_prefix(m: re.Match[str]) -> str:
     return REDACTED
 
 
-def is_secret_key(key: str) -> bool:
-    """Does a field of this name hold a secret?"""
-    k = key.lower().replace("-", "_")
-    return k in _SECRET_KEYS or k.endswith(_SECRET_SUFFIXES)
+def is_secret_name(name: str) -> bool:
+    """Does a field or variable of this name hold a secret?"""
+    return _SECRET_NAME_RE.fullmatch(name) is not None
 
 
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
@@ -122,7 +89,7 @@ def redact(value: Any, secrets: tuple[str, ...] = ()) -> Any:
     """A copy of a JSON-like value with secret fields and secret-looking text redacted."""
     if isinstance(value, dict):
         return {
-            k: (REDACTED if v is not None and is_secret_key(str(k)) else redact(v, secrets))
+            k: (REDACTED if v is not None and is_secret_name(str(k)) else redact(v, secrets))
             for k, v in value.items()
         }
     if isinstance(value, list):
