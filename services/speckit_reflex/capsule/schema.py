@@ -33,6 +33,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from speckit_reflex.capsule.rollups import SAMPLE_COLUMNS
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -104,17 +106,8 @@ class EventRow(Base):
         Index(
             "ix_events_attempts_time_us",
             "time_us",
-            postgresql_include=[
-                "mode",
-                "model",
-                "success",
-                "json_valid",
-                "latency_ms",
-                "ttft_ms",
-                "tokens_per_s",
-                "prompt_tokens",
-                "cached_tokens",
-            ],
+            # The index key is time_us; the rest of an attempt's sample rides along.
+            postgresql_include=[c for c in SAMPLE_COLUMNS if c != "time_us"],
             postgresql_where=text(f"type = {PATCH_ATTEMPT}"),
             sqlite_where=text(f"type = {PATCH_ATTEMPT}"),
         ),
