@@ -77,7 +77,8 @@ async def test_concurrency_n_runs_n_trials_at_once_each_on_its_own_copy(tmp_path
     assert result.status == "done" and len(result.trials) == 8
     assert loop.peak == 4  # never more than asked, and really that many
     assert len(set(loop.workspaces)) == 8  # per-task isolation: a copy each
-    assert list(tmp_path.iterdir()) == []  # and each copy removed after its trial
+    # and each copy removed after its trial
+    assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []
     summary = result.summary_json()
     assert summary["concurrency"] == 4
     assert summary["wall_s"] > 0 and summary["trial_wall_s"] > 0

@@ -93,7 +93,7 @@ async def test_ctrl_c_keeps_partial_results_and_marks_the_run_interrupted(
     assert 1 <= doc["finished"] < 4
     assert "trials kept" in err
 
-    report = json.loads(Path(doc["report"]["json"]).read_text())
+    report = json.loads(await asyncio.to_thread(Path(doc["report"]["json"]).read_text))
     assert report["bakeoff_run"]["status"] == "interrupted"
     assert report["bakeoff_run"]["summary"]["finished"] == doc["finished"]
     trials = [t for t in report["trials"]]

@@ -91,8 +91,8 @@ async def test_trials_against_the_embedded_model_then_bakeoff_shows_them(
     assert "reflex" in run.stderr and "fixed" in run.stderr
 
     # The report Capsule wrote for this run.
-    report = json.loads(Path(doc["report"]["json"]).read_text())
-    assert Path(doc["report"]["markdown"]).is_file()
+    report = json.loads(await asyncio.to_thread(Path(doc["report"]["json"]).read_text))
+    assert await asyncio.to_thread(Path(doc["report"]["markdown"]).is_file)
     assert Path(doc["report"]["json"]).parent == report_dir
     assert report["bakeoff_run"]["id"] == doc["bakeoff_run_id"]
     assert report["bakeoff_run"]["status"] == "done"

@@ -4,6 +4,7 @@ stored column, the report files and the log lines."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -69,8 +70,8 @@ async def test_every_stored_column_and_the_report_are_redacted(
     report = await capsule.write_report(win=window("1h"), bakeoff_run_id="run-1")
     haystacks = {
         "event": stored.SerializeToString().decode("latin-1"),
-        "report.json": Path(report.json_path).read_text(),
-        "report.md": Path(report.markdown_path).read_text(),
+        "report.json": await asyncio.to_thread(Path(report.json_path).read_text),
+        "report.md": await asyncio.to_thread(Path(report.markdown_path).read_text),
         "logs": caplog.text,
     }
     assert "plain-value-no-shape" not in haystacks["event"], (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -96,7 +97,7 @@ async def test_write_report_json_and_markdown(capsule, tmp_path: Path):
     json_path, md_path = Path(reply.json_path), Path(reply.markdown_path)
     assert re.fullmatch(r"reflex-bakeoff-\d{8}T\d{12}Z\.json", json_path.name)
     assert md_path.name == json_path.name.replace(".json", ".md")
-    doc = json.loads(json_path.read_text())
+    doc = json.loads(await asyncio.to_thread(json_path.read_text))
     assert doc["stats"]["period"] == "24h"
     assert (
         doc["stats"]["reflex"]["total_attempts"] == 24
@@ -128,7 +129,7 @@ async def test_write_report_json_and_markdown(capsule, tmp_path: Path):
     assert (qwen["tasks"], qwen["successes"], qwen["first_attempt_successes"]) == (20, 15, 5)
     assert doc["bakeoff_run"]["id"] == "run-1"
 
-    md = md_path.read_text()
+    md = await asyncio.to_thread(md_path.read_text)
     assert "**FAIL** — from bakeoff run(s) `run-1`" in md
     assert "| success_parity_percent | 75.0 | >= 85 | fail |" in md
     assert (
@@ -172,17 +173,14 @@ async def test_report_paths_are_absolute_for_a_relative_out_dir(
         assert (
             Path(p).is_absolute()
             and Path(p).parent == tmp_path / ".speckit" / "eval"
-            and Path(p).is_file()
+            and await asyncio.to_thread(Path(p).is_file)
         )
-    few = [
-        f
-        for f in json.loads(Path(reply.json_path).read_text())["verdict"]["failures"]
-        if f["kind"] == "too_few_samples"
-    ]
+    doc = json.loads(await asyncio.to_thread(Path(reply.json_path).read_text))
+    few = [f for f in doc["verdict"]["failures"] if f["kind"] == "too_few_samples"]
     assert few and all(
         type(f["observed"]) is int and type(f["required"]) is int for f in few
     )  # counts
-    md = Path(reply.markdown_path).read_text()
+    md = await asyncio.to_thread(Path(reply.markdown_path).read_text)
     assert "| p95_latency_ms | – | < 2000 | not_judged |" in md  # no figure, never a pass
     assert "- reflex: 0 task(s) judged, at least 20 required" in md
     assert (
@@ -195,5 +193,6 @@ async def test_report_defaults_to_speckit_eval_under_home(start_capsule, tmp_pat
     _, capsule = await start_capsule()
     reply = await capsule.write_report()
     assert Path(reply.json_path).parent == tmp_path / ".speckit" / "eval"
-    assert Path(reply.markdown_path).read_text().startswith("# Reflex bakeoff report")
-    assert "**NOT JUDGED**" in Path(reply.markdown_path).read_text()  # no evidence, no pass
+    md = await asyncio.to_thread(Path(reply.markdown_path).read_text)
+    assert md.startswith("# Reflex bakeoff report")
+    assert "**NOT JUDGED**" in md  # no evidence, no pass

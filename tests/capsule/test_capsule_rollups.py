@@ -148,7 +148,7 @@ def test_replays_are_not_counted_twice(migrated_url: str):
         events = _attempts(random.Random(3), 300, T0_US, 5 * HOUR_US)
         assert _append(store, events[:200]) == 200
         # A replay mixed with new ids, and an id repeated inside one batch.
-        assert _append(store, events[100:300] + [events[250], events[0]]) == 100
+        assert _append(store, [*events[100:300], events[250], events[0]]) == 100
         assert _append(store, events) == 0
         with store.engine.connect() as conn:
             rolled = conn.execute(
@@ -335,7 +335,7 @@ def test_latency_chart_from_rollups_matches_exact_buckets(migrated_url: str):
     exact, rolled = _stores(migrated_url)
     try:
         events = []
-        for i, ev in enumerate(_attempts(rng, 2000, T0_US, 30 * HOUR_US)):
+        for ev in _attempts(rng, 2000, T0_US, 30 * HOUR_US):
             while any(abs(ev.latency_ms - e) <= 0.02 * e for e in edges[1:]):
                 ev.latency_ms = round(rng.lognormvariate(6.5, 1.1), 3)
             events.append(ev)

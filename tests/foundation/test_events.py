@@ -254,7 +254,7 @@ async def test_too_large_for_capsule_splits_and_drops_only_the_oversized_event()
         sink = make(batch_size=500, max_batch_bytes=256 * 1024, flush_interval_s=0.01)
         events = _blob_events(30, 10_000)
         huge = _blob_events(1, 100_000)[0]
-        for e in events[:10] + [huge] + events[10:]:
+        for e in [*events[:10], huge, *events[10:]]:
             sink.emit(e)
         assert await sink.flush(10.0)
         assert sorted(servicer.ids) == sorted(e.id for e in events)

@@ -176,7 +176,7 @@ def test_build_profiles_extend_the_built_in_ones(tmp_path: Path) -> None:
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
-    with pytest.raises(PolicyError, match="nope.toml: policy file not found"):
+    with pytest.raises(PolicyError, match=r"nope\.toml: policy file not found"):
         load_policy(missing, environ={})
 
 

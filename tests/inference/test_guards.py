@@ -216,7 +216,7 @@ async def test_cloud_call_without_its_key_is_refused_naming_the_variable_and_nev
     cloud = await fake_factory(kind="openai", models=["deepseek-chat"])
     local = await fake_factory(kind="vllm")
     monkeypatch.delenv("TEST_CLOUD_KEY")
-    llm, recorder, _ = await adapter(backends_policy(("a", "vllm", local), cloud=cloud))
+    llm, _recorder, _ = await adapter(backends_policy(("a", "vllm", local), cloud=cloud))
     err = await _rpc_error(
         llm.complete(MESSAGES, max_tokens=8, timeout=10, mode=common_pb2.ROUTING_MODE_CLOUD)
     )

@@ -640,7 +640,7 @@ def check_metrics(st: Stack) -> list[str]:
     Grafana mounts the dashboard and its provisioning that exist here."""
     problems: list[str] = []
     expected: set[str] = set()
-    for role, name in st.role_services().items():
+    for name in st.role_services().values():
         value = st.env(st.services[name]).get("SPECKIT_METRICS_ADDR")
         if not value:
             problems.append(f"{name}: SPECKIT_METRICS_ADDR is not set (metrics are on in compose)")

@@ -21,6 +21,7 @@ from speckit_reflex.v1 import common_pb2
 from .conftest import CLOUD_MODEL, LOCAL_MODEL, SCHEMA, TOKEN, Stack
 
 DECISION, LLM_CALL = common_pb2.EVENT_TYPE_ROUTING_DECISION, common_pb2.EVENT_TYPE_LLM_CALL
+README = Path(__file__).resolve().parents[2] / "README.md"
 RESPONSE_FORMAT = {
     "type": "json_schema",
     "json_schema": {"name": "answer", "schema": SCHEMA, "strict": True},
@@ -200,7 +201,7 @@ async def test_an_error_mid_stream_reaches_the_client_as_an_error(stack: Stack) 
 
 async def test_the_readme_example_runs_as_written(stack: Stack) -> None:
     """The README's `openai` snippet, pointed at this endpoint and its token."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = await asyncio.to_thread(README.read_text)
     (snippet,) = re.findall(r"```python\n(from openai import OpenAI\n.*?)```", readme, re.S)
     assert 'base_url="http://127.0.0.1:50055/v1", api_key="unused"' in snippet
     code = snippet.replace("http://127.0.0.1:50055/v1", stack.base_url).replace(

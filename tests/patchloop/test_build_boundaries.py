@@ -250,7 +250,7 @@ async def test_a_file_linked_from_outside_never_reaches_a_prompt(crate, make_loo
         [reply({"edits": [{"file": "src/lib.rs", "search": "mod secret;\n", "replace": ""}]})]
     )
     loop, _, _, events = make_loop(inference=inference)
-    evs, result = await run_all(loop, workspace=str(ws), max_attempts=1, compiler_fast_path=False)
+    evs, _result = await run_all(loop, workspace=str(ws), max_attempts=1, compiler_fast_path=False)
 
     assert inference.requests, "the model was never asked: the test proves nothing"
     prompts = "\n".join(m.content for r in inference.requests for m in r.messages)

@@ -311,7 +311,9 @@ async def _answer_builds_once_both_arrived(root: Path, runs: int) -> None:
     """The other side of crates/rendezvous/build.rs: 'go' once `runs` builds wait."""
     deadline = asyncio.get_running_loop().time() + 120
     while True:
-        arrived = list(root.glob("*/slot-*/target/debug/build/pl_rendezvous-*/out/arrived"))
+        arrived = await asyncio.to_thread(
+            lambda: list(root.glob("*/slot-*/target/debug/build/pl_rendezvous-*/out/arrived"))
+        )
         if len(arrived) >= runs:
             for a in arrived:
                 (a.parent / "go").write_text("")

@@ -161,7 +161,7 @@ async def test_hostile_build_script_gets_no_key_and_writes_nothing(
     )  # no Router: the loop stops after the build
     assert tree_digest(crate) == before
     assert list(outside.iterdir()) == []
-    assert not private_tmp.exists()
+    assert not await asyncio.to_thread(private_tmp.exists)
     assert secret.read_text() == "host-secret-3b9d\n"
 
 
@@ -219,7 +219,7 @@ async def test_status_shows_each_sandbox_layer(services_factory, tmp_path: Path)
         "environment": True,
         "time_limit": True,
     }
-    assert sandbox["workspace_roots"] == [str(tmp_path.resolve())]
+    assert sandbox["workspace_roots"] == [str(await asyncio.to_thread(tmp_path.resolve))]
     assert sandbox["profiles"]["check"][:2] == ["cargo", "check"]
     table = (await asyncio.to_thread(status)).stdout
     assert "sandbox: filesystem" in table and "MISSING" not in table
@@ -254,6 +254,10 @@ async def test_a_revert_after_a_build_never_writes_through_a_link_the_build_plan
     assert tree_digest(crate) == before
 
 
+def _setuid_files(root: Path, name: str) -> list[Path]:
+    return [p for p in root.rglob(name) if p.stat().st_mode & stat.S_ISUID]
+
+
 async def test_a_setuid_file_a_build_leaves_in_the_cache_runs_as_no_one_else(tmp_path: Path):
     """A build is root in its namespaces when the service is root: it can
     leave a setuid-root program in its target dir, which is the persistent
@@ -261,7 +265,7 @@ async def test_a_setuid_file_a_build_leaves_in_the_cache_runs_as_no_one_else(tmp
     when SPECKIT_HOME itself is open to all (the default umask)."""
     home = Path(tempfile.mkdtemp(prefix="speckit-home-"))
     try:
-        home.chmod(0o755)
+        await asyncio.to_thread(home.chmod, 0o755)
         with serve_patchloop(tmp_path, home) as addr:
             crate = tmp_path / "user" / "crate"
             shutil.copytree(CRATES / "setuid_build", crate)
@@ -270,12 +274,17 @@ async def test_a_setuid_file_a_build_leaves_in_the_cache_runs_as_no_one_else(tmp
                 events, _ = await PatchLoopClient(channel).run_to_end(str(crate), max_attempts=1)
             finally:
                 await channel.close()
-        planted = [p for p in home.rglob("planted-id") if p.stat().st_mode & stat.S_ISUID]
+        planted = await asyncio.to_thread(_setuid_files, home, "planted-id")
         assert planted, [ev for ev in events if ev.WhichOneof("kind") == "compile_finished"]
         for path in planted:
             try:
-                out = subprocess.run(
-                    [str(path)], user="nobody", capture_output=True, text=True, timeout=10
+                out = await asyncio.to_thread(
+                    subprocess.run,
+                    [str(path)],
+                    user="nobody",
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
                 )
             except PermissionError:
                 continue

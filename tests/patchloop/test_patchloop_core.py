@@ -39,7 +39,7 @@ def by_mode(reflex: dict, cloud: dict | ModelCallFailed):
 async def test_fixed_by_reflex_on_first_attempt(crate, make_loop):
     ws = crate("field_typo")
     before = tree_digest(ws)
-    loop, router, inference, events = make_loop()
+    loop, _router, _inference, events = make_loop()
     evs, result = await run_all(
         loop, workspace=str(ws), session_id="s1", task_id="t1", bakeoff_run_id="b1"
     )
@@ -85,7 +85,7 @@ async def test_apply_writes_back_only_the_changed_file(crate, make_loop):
 
 async def test_escalates_to_cloud_after_max_failures_and_cloud_fixes(crate, make_loop):
     ws = crate("field_typo")
-    loop, router, inference, events = make_loop(
+    loop, router, _inference, events = make_loop(
         inference=ScriptedInference([by_mode(NOOP_LINE, FIXED_LINE)])
     )
     evs, result = await run_all(loop, workspace=str(ws))
@@ -106,10 +106,10 @@ async def test_escalates_to_cloud_after_max_failures_and_cloud_fixes(crate, make
 async def test_gives_up_after_max_attempts_when_cloud_is_unreachable(crate, make_loop):
     ws = crate("field_typo")
     cloud_down = ModelCallFailed("failed_precondition", "no API key in DEEPSEEK_API_KEY")
-    loop, router, inference, events = make_loop(
+    loop, _router, _inference, events = make_loop(
         inference=ScriptedInference([by_mode(NOOP_LINE, cloud_down)])
     )
-    evs, result = await run_all(loop, workspace=str(ws), max_attempts=3)
+    _evs, result = await run_all(loop, workspace=str(ws), max_attempts=3)
 
     assert result.outcome == patchloop_pb2.OUTCOME_GAVE_UP
     assert result.attempts == 3 and result.escalated and result.diff == ""
@@ -184,7 +184,7 @@ async def test_compiler_fast_path_fixes_without_a_model(crate, make_loop):
 async def test_fast_path_off_goes_to_the_model(crate, make_loop):
     ws = crate("missing_mut")
     fix = {"edits": [{"file": "src/lib.rs", "search": "let total", "replace": "let mut total"}]}
-    loop, router, inference, events = make_loop(inference=ScriptedInference([reply(fix)]))
+    loop, router, _inference, events = make_loop(inference=ScriptedInference([reply(fix)]))
     _, result = await run_all(loop, workspace=str(ws), compiler_fast_path=False)
     assert result.outcome == patchloop_pb2.OUTCOME_FIXED
     assert result.fixed_by == patchloop_pb2.FIX_SOURCE_REFLEX
@@ -212,7 +212,7 @@ async def test_partial_fix_is_kept_and_a_useless_one_reverted(crate, make_loop):
     )
     _, result = await run_all(loop, workspace=str(ws))
     assert result.outcome == patchloop_pb2.OUTCOME_FIXED and result.attempts == 3
-    a1, a2, a3 = events.of_type(PA)
+    a1, a2, _a3 = events.of_type(PA)
     assert (a1.payload["errors_before"], a1.payload["errors_after"]) == (2, 1)
     assert (a2.payload["errors_before"], a2.payload["errors_after"]) == (1, 1)
     assert "/// The perimeter" not in result.diff, "the useless edit was reverted"
@@ -230,7 +230,7 @@ async def test_partial_fix_is_kept_and_a_useless_one_reverted(crate, make_loop):
 async def test_get_run_returns_finished_run_and_not_found(crate, make_loop):
     ws = crate("field_typo")
     loop, *_ = make_loop()
-    evs, result = await run_all(loop, workspace=str(ws), run_id="run-42")
+    evs, _result = await run_all(loop, workspace=str(ws), run_id="run-42")
     status = loop.get_run("run-42")
     assert status.state == patchloop_pb2.RUN_STATE_DONE
     assert status.result.outcome == patchloop_pb2.OUTCOME_FIXED
@@ -246,7 +246,7 @@ async def test_bad_workspace_is_invalid_argument(tmp_path: Path, make_loop):
     with pytest.raises(InvalidArgument, match="not a directory"):
         await run_all(loop, workspace=str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InvalidArgument, match="no Cargo.toml"):
+    with pytest.raises(InvalidArgument, match=r"no Cargo\.toml"):
         await run_all(loop, workspace=str(tmp_path / "empty"))
 
 

@@ -109,7 +109,7 @@ async def test_invalid_reply_from_adapter_is_never_applied(crate, make_loop):
     loop, _, _, events = make_loop(
         inference=ScriptedInference([reply(edit("src/lib.rs"), valid=False)])
     )
-    evs, result = await run_all(loop, workspace=str(ws), max_attempts=1, apply=True)
+    evs, _result = await run_all(loop, workspace=str(ws), max_attempts=1, apply=True)
     assert [r.reason for r in kinds(evs, "patch_rejected")] == ["invalid_json"]
     (attempt,) = events.of_type(common_pb2.EVENT_TYPE_PATCH_ATTEMPT)
     assert attempt.json_valid is False and attempt.reason == "invalid_json"

@@ -65,8 +65,9 @@ async def test_endless_build_script_is_killed_with_its_children(
     started = time.monotonic()
     build = asyncio.create_task(runner.run(CHECK, ws, target, timeout_s=6))
     # The hang must really be under way (build script compiled, child started).
-    while not _sleepers("86399.5") and not build.done():
-        await asyncio.sleep(0.05)
+    await eventually(
+        lambda: _sleepers("86399.5") or build.done(), what="the build script's child or the end"
+    )
     assert _sleepers("86399.5"), "the build script never started its child"
     result = await build
     elapsed = time.monotonic() - started
@@ -85,7 +86,7 @@ async def test_build_script_finds_no_api_key(crate, runner: BuildRunner, tmp_pat
     ws = crate("env_probe")
     result = await runner.run(CHECK, ws, tmp_path / "target", timeout_s=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    warnings = _build_warnings(result.stdout) + [result.stderr]
+    warnings = [*_build_warnings(result.stdout), result.stderr]
     assert any("probe-secrets:" in w for w in warnings)
     leaked = [v for v in SECRETS.values() if v in result.stdout + result.stderr]
     assert leaked == []
@@ -211,7 +212,7 @@ async def test_loop_records_the_isolation_note(crate, make_loop, tmp_path: Path)
     from patchloop_support import kinds, run_all
 
     loop, *_ = make_loop(isolation=Sandbox(candidates=[Candidate(("/nonexistent-unshare",))]))
-    evs, result = await run_all(loop, workspace=str(crate("field_typo")))
+    evs, _result = await run_all(loop, workspace=str(crate("field_typo")))
     assert any(
         n.startswith("build sandbox incomplete on this host, missing: network")
         for n in kinds(evs, "note")
@@ -231,11 +232,11 @@ async def test_root_in_the_sandbox_cannot_remount_its_way_out(tmp_path: Path):
     )
     try:
         result = await runner.run(["sh", "-c", script], tmp_path, tmp_path / "target", timeout_s=30)
-        assert not probe.exists(), "the build wrote into the host's /usr"
+        assert not await asyncio.to_thread(probe.exists), "the build wrote into the host's /usr"
         assert "mounted" not in result.stdout
         assert "permission denied" in result.stderr.lower()
     finally:
-        probe.unlink(missing_ok=True)
+        await asyncio.to_thread(probe.unlink, missing_ok=True)
 
 
 @pytest.mark.skipif(

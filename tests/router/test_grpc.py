@@ -34,7 +34,7 @@ IMPLEMENT = {"stage": c.STAGE_IMPLEMENT, "role": c.ROLE_IMPLEMENTER}
 async def test_decide_over_grpc_routes_reflex_and_records_the_event(
     peers: Peers, services_factory
 ) -> None:
-    svc, client, service = await start_router(services_factory, peers)
+    _svc, client, service = await start_router(services_factory, peers)
     d = await client.decide(**IMPLEMENT, session_id="sess-1", run_id="run-1", attempt=1)
     assert (d.mode, d.reason, d.model, d.backend) == (
         c.ROUTING_MODE_REFLEX,

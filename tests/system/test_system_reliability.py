@@ -278,9 +278,11 @@ async def test_an_api_key_never_reaches_events_logs_reports_or_the_database(
         haystacks = {
             "events": "".join(e.SerializeToString().decode("latin-1") for e in events),
             "logs": caplog.text,
-            "report.json": Path(report.json_path).read_text(),
-            "report.md": Path(report.markdown_path).read_text(),
-            "database": (tmp_path / "system.db").read_bytes().decode("latin-1"),
+            "report.json": await asyncio.to_thread(Path(report.json_path).read_text),
+            "report.md": await asyncio.to_thread(Path(report.markdown_path).read_text),
+            "database": (await asyncio.to_thread((tmp_path / "system.db").read_bytes)).decode(
+                "latin-1"
+            ),
         }
         leaks = [
             name for name, text in haystacks.items() if SECRET in text or "SYSTEMSECRET" in text
