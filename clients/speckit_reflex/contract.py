@@ -204,6 +204,7 @@ def verdict_to_json(v: capsule_pb2.CheckThresholdsReply) -> dict[str, Any]:
         "model": v.model or None,
         "suite": v.suite or None,
         "suite_version": v.suite_version or None,
+        "suite_digest": v.suite_digest or None,
         "bakeoff_run_ids": list(v.bakeoff_run_ids),
         "min_samples": v.min_samples,
         "thresholds": {

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from speckit_reflex.bakeoff import BakeoffRunner, RunOptions, find_suite, load_suite
+from speckit_reflex.bakeoff.digest import suite_digest
 from speckit_reflex.v1 import capsule_pb2, common_pb2, patchloop_pb2
 
 REFLEX, CLOUD = common_pb2.ROUTING_MODE_REFLEX, common_pb2.ROUTING_MODE_CLOUD
@@ -69,6 +70,9 @@ async def test_trials_record_replies_apart_from_errors_identity_and_skips(tmp_pa
     )
     result = await BakeoffRunner(ScriptedLoop(), capsule, options).run(suite, tasks)
     assert capsule.runs[-1].suite_version == suite.version and result.status == "done"
+    # The suite's version as the digest of its tasks, on every record of the run.
+    assert {r.suite_digest for r in capsule.runs} == {suite_digest(suite)}
+    assert len(result.suite_digest) == 64
     skipped = [t for t in capsule.trials if t.mode == CLOUD]
     assert [t.task_id for t in skipped] == [t.id for t in tasks]
     assert all(t.skipped == NO_KEY and t.model_calls == 0 and not t.success for t in skipped)

@@ -283,3 +283,28 @@ async def test_inconsistent_trial_counts_are_refused(capsule):
     assert (
         err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "trials[0]" in err.value.details()
     )
+
+
+async def test_runs_of_two_suite_digests_are_never_judged_together(capsule):
+    """One suite name, two corpora (a re-harvest): the verdict is formed from
+    the newest run's digest only, or from the digest asked for."""
+    for run_id, digest, ago, success in (
+        ("corpus-a", "a" * 64, 2 * 3_600_000_000, False),
+        ("corpus-b", "b" * 64, 60_000_000, True),
+    ):
+        run = capsule_pb2.BakeoffRun(
+            id=run_id, suite=SUITE, suite_version=1, suite_digest=digest, mode="both", status="done"
+        )
+        run.started_at.FromMicroseconds(_now_us() - ago)
+        await capsule.upsert_bakeoff_run(run)
+        await capsule.record_trials(
+            [_trial(run_id, i, REFLEX, success=success) for i in range(20)]
+            + [_trial(run_id, i, CLOUD) for i in range(20)]
+        )
+    newest = await capsule.check_thresholds(window("24h"))
+    assert list(newest.bakeoff_run_ids) == ["corpus-b"]
+    assert newest.suite_digest == "b" * 64 and newest.reflex.fixed == 20
+    assert verdict_to_json(newest)["suite_digest"] == "b" * 64
+    older = await capsule.check_thresholds(window("24h"), suite_digest="a" * 64)
+    assert list(older.bakeoff_run_ids) == ["corpus-a"]
+    assert older.reflex.fixed == 0 and older.status == S.THRESHOLD_STATUS_FAIL

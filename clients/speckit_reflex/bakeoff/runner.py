@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from speckit_reflex.bakeoff.digest import suite_digest
 from speckit_reflex.bakeoff.lint import lint_fix
 from speckit_reflex.bakeoff.metrics import BackendFigures, figures_by_backend
 from speckit_reflex.bakeoff.suite import Suite, SuiteTask, copy_crate, copy_tree
@@ -108,6 +109,10 @@ class BakeoffResult:
     planned: int
     trials: list[TrialResult] = field(default_factory=list)
     figures: list[BackendFigures] = field(default_factory=list)
+    # sha256 of the suite's tasks (bakeoff.digest): verdicts never mix two corpora.
+    suite_digest: str = ""
+    # The suite's folder (shipped, or a private one such as a harvest).
+    suite_dir: str = ""
     report: capsule_pb2.WriteReportReply | None = None
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     finished_at: datetime | None = None
@@ -166,6 +171,8 @@ class BakeoffRunner:
             status="running",
             planned=len(jobs),
             concurrency=max(1, self._opt.concurrency),
+            suite_digest=await asyncio.to_thread(suite_digest, suite),
+            suite_dir=str(suite.root),
         )
         await self._capsule.upsert_bakeoff_run(self._run_record(result))
         fixed: dict[str, int] = {m: 0 for m in self._opt.modes}
@@ -244,6 +251,7 @@ class BakeoffRunner:
             status=result.status,
             task_count=result.planned,
             suite_version=result.suite_version,
+            suite_digest=result.suite_digest,
         )
         run.started_at.FromDatetime(result.started_at)
         if result.finished_at is not None:

@@ -1,4 +1,4 @@
-"""`speckit reflex bakeoff|check|trials|health|status|cache|models|run`: operate the
+"""`speckit reflex bakeoff|check|trials|harvest|replay|health|status|cache|models|run`: operate the
 reflex lane (SPEC-KIT-978's headless CLI and its planned status commands).
 
 Tables by default, `--json` on stdout for machines, errors on stderr with a
@@ -50,6 +50,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q.add_argument("--run", default="", help="judge this one bakeoff run instead")
     q.add_argument(
         "--suite", default="", help="suite whose runs are judged (default: the policy's)"
+    )
+    q.add_argument(
+        "--suite-digest",
+        default="",
+        help="judge runs of this suite version (digest of its tasks) only "
+        "(default: the newest judged run's)",
     )
     q.add_argument(
         "--min-samples", type=int, default=0, help="minimum tasks judged per threshold (0 = policy)"
@@ -146,6 +152,7 @@ def run_check(args: argparse.Namespace) -> int:
                 bakeoff_run_id=args.run,
                 suite=args.suite,
                 model_identity=identity,
+                suite_digest=args.suite_digest,
             )
         doc = reflex_views.verdict_json(reply, args.since)
         if args.json:

@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 from collections.abc import Mapping
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,11 @@ def register(rsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--suite",
         default=DEFAULT_SUITE,
         help="suite name (shipped in the package, or under $SPECKIT_SUITES_DIR) or folder",
+    )
+    q.add_argument(
+        "--suite-dir",
+        default="",
+        help="run the suite in this folder (a harvested or private suite) instead of --suite",
     )
     q.add_argument("--mode", choices=["reflex", "cloud", "both"], default="reflex")
     q.add_argument("--limit", type=int, default=0, help="first N tasks (0 = all)")
@@ -137,6 +143,8 @@ def result_json(result: BakeoffResult, cloud_note: str) -> dict[str, Any]:
     return {
         "bakeoff_run_id": result.bakeoff_run_id,
         "suite": result.suite,
+        "suite_digest": result.suite_digest,
+        "suite_dir": result.suite_dir or None,
         "status": result.status,
         "modes": list(result.modes),
         "cloud_skipped": cloud_note or None,
@@ -234,9 +242,19 @@ def scratch_dir(arg: str) -> Path:
     return path
 
 
+def suite_folder(name: str, folder: str) -> Traversable:
+    """The suite to run: --suite-dir's folder (it must hold a manifest.toml), else --suite."""
+    if not folder:
+        return find_suite(name)
+    path = Path(folder).resolve()
+    if not (path / "manifest.toml").is_file():
+        raise SuiteError(f"--suite-dir {folder}: no manifest.toml in {path}")
+    return path
+
+
 def run_trials(args: argparse.Namespace) -> int:
     try:
-        suite = load_suite(find_suite(args.suite))
+        suite = load_suite(suite_folder(args.suite, args.suite_dir))
         tasks = suite.select(limit=max(0, args.limit), category=args.category)
     except SuiteError as exc:
         raise CliError(str(exc)) from None
@@ -266,7 +284,10 @@ def run_trials(args: argparse.Namespace) -> int:
             model_identities=identities,
         )
         runner = BakeoffRunner(links.patchloop, links.capsule, options)
-        err.print(f"suite {suite.name}: {len(tasks)} task(s) × {', '.join(modes)}", highlight=False)
+        err.print(
+            f"suite {suite.name} ({suite.root}): {len(tasks)} task(s) × {', '.join(modes)}",
+            highlight=False,
+        )
         with reporting("capsule", links), TrialProgress(len(tasks) * len(modes), modes, err) as bar:
             result = await runner.run(suite, tasks, on_trial=bar.on_trial)
         doc = result_json(result, cloud_note)

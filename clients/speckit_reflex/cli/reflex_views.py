@@ -68,7 +68,9 @@ def show_verdict(doc: dict[str, Any]) -> None:
     ]
     runs = ", ".join(doc["bakeoff_run_ids"]) or "none in the window"
     table(
-        f"Reflex gate, suite {doc['suite'] or '?'} (bakeoff runs: {runs})",
+        f"Reflex gate, suite {doc['suite'] or '?'}"
+        + (f" version {doc['suite_digest'][:12]}" if doc.get("suite_digest") else "")
+        + f" (bakeoff runs: {runs})",
         ["threshold", "observed", "required", "status"],
         rows,
     )

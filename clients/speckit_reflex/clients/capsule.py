@@ -75,6 +75,7 @@ class CapsuleClient:
         bakeoff_run_id: str = "",
         suite: str = "",
         model_identity: str = "",
+        suite_digest: str = "",
     ) -> capsule_pb2.CheckThresholdsReply:
         """The verdict of the bakeoff runs in the window (or of one run)
         against the thresholds (policy's unless given)."""
@@ -85,6 +86,7 @@ class CapsuleClient:
             bakeoff_run_id=bakeoff_run_id,
             suite=suite,
             model_identity=model_identity,
+            suite_digest=suite_digest,
         )
         if thresholds is not None:
             req.thresholds.CopyFrom(thresholds)

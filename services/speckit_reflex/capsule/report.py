@@ -111,14 +111,21 @@ def _latency_chart(histogram: dict[int, list[int]], svg_name: str) -> list[str]:
     return lines
 
 
+def _digest(doc: dict[str, Any]) -> str:
+    """` (version <digest>)`: the suite's tasks as judged, "" for runs recorded without one."""
+    digest = doc.get("suite_digest")
+    return f" (version {digest[:12]})" if digest else ""
+
+
 def _covers(doc: dict[str, Any]) -> str:
     """What the report is about: the bakeoff run when there is one, else the window."""
     stats, run = doc["stats"], doc["bakeoff_run"]
     span = f"{stats['start']} to {stats['end']}"
     if run:
         return (
-            f"Covers bakeoff run `{run['id']}` (suite {run['suite']}, mode {run['mode']}, status "
-            f"{run['status']}): its attempts from {span}. Generated {doc['generated_at']}."
+            f"Covers bakeoff run `{run['id']}` (suite {run['suite']}{_digest(run)}, mode "
+            f"{run['mode']}, status {run['status']}): its attempts from {span}. "
+            f"Generated {doc['generated_at']}."
         )
     return f"Covers every attempt from {span} (the last {stats['period']}). Generated {doc['generated_at']}."
 
@@ -136,7 +143,7 @@ def report_markdown(doc: dict[str, Any], r: ReportInputs, svg_name: str = "") ->
         "",
         f"**{verdict['status'].upper().replace('_', ' ')}** — from bakeoff run(s) "
         f"{', '.join(f'`{r}`' for r in verdict['bakeoff_run_ids']) or '(none)'} of suite "
-        f"{verdict['suite'] or '?'}"
+        f"{verdict['suite'] or '?'}{_digest(verdict)}"
         + (f", reflex model `{verdict['model']}`" if verdict["model"] else "")
         + f" (at least {verdict['min_samples']} tasks per threshold).",
         "",
