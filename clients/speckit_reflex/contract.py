@@ -191,13 +191,16 @@ def verdict_figures_to_json(f: capsule_pb2.VerdictFigures) -> dict[str, Any]:
     }
 
 
-def verdict_to_json(v: capsule_pb2.CheckThresholdsReply) -> dict[str, Any]:
+def verdict_to_json(
+    v: capsule_pb2.CheckThresholdsReply, period: str | None = None
+) -> dict[str, Any]:
     """The verdict for machines (CLI --json and the report): every threshold
     with its status, the evidence it was formed from, and the live statistics
-    apart."""
+    apart; first the `period` it covers when given (the CLI's "24h", "run")."""
     b = v.baseline
     t = v.thresholds
     return {
+        **({"period": period} if period is not None else {}),
         "status": enum_name(capsule_pb2.ThresholdStatus, v.status) if v.status else "not_judged",
         "passed": v.passed,
         "invalidated": v.invalidated or None,

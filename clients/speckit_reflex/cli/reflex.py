@@ -16,7 +16,7 @@ from speckit_reflex.cli import reflex_harvest, reflex_run, reflex_trials, reflex
 from speckit_reflex.cli.output import print_json
 from speckit_reflex.cli.reflex_links import ServiceLinks, reporting, run_with_links
 from speckit_reflex.clients.capsule import window
-from speckit_reflex.contract import stats_to_seed_json
+from speckit_reflex.contract import stats_to_seed_json, verdict_to_json
 
 WINDOW_HELP = "window back from now: 1h, 24h, 7d, 30d (default 24h)"
 
@@ -154,7 +154,7 @@ def run_check(args: argparse.Namespace) -> int:
                 model_identity=identity,
                 suite_digest=args.suite_digest,
             )
-        doc = reflex_views.verdict_json(reply, args.since)
+        doc = verdict_to_json(reply, args.since)
         if args.json:
             print_json(doc)
         else:

@@ -25,9 +25,9 @@ from speckit_reflex.bakeoff import (
 )
 from speckit_reflex.bakeoff.readiness import ReflexNotReady, wait_for_reflex_route
 from speckit_reflex.bakeoff.trial import TrialResult
-from speckit_reflex.cli import reflex_views
 from speckit_reflex.cli.output import CliError, console, print_json, stdout, table
 from speckit_reflex.cli.reflex_links import ServiceLinks, reporting, run_with_links
+from speckit_reflex.contract import verdict_to_json
 
 DEFAULT_SUITE = "reflex_patchloop_v1"
 INTERRUPTED_EXIT = 130
@@ -149,7 +149,7 @@ def result_json(result: BakeoffResult, cloud_note: str) -> dict[str, Any]:
         "modes": list(result.modes),
         "cloud_skipped": cloud_note or None,
         **result.summary_json(),
-        "verdict": reflex_views.verdict_json(report.verdict, "run") if report else None,
+        "verdict": verdict_to_json(report.verdict, "run") if report else None,
         "report": {"json": report.json_path, "markdown": report.markdown_path} if report else None,
         "trials": [t.to_json() for t in result.trials],
     }

@@ -9,8 +9,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from speckit_reflex.cli.output import stdout, table
-from speckit_reflex.contract import verdict_to_json
-from speckit_reflex.v1 import capsule_pb2, inference_pb2, patchloop_pb2, router_pb2
+from speckit_reflex.v1 import inference_pb2, patchloop_pb2, router_pb2
 
 _STATS_ROWS = (
     ("attempts", "total_attempts", "{}"),
@@ -40,11 +39,6 @@ def show_stats(doc: dict[str, Any]) -> None:
     rows = [[label, *(_num(g[key], fmt) for _, g in groups)] for label, key, fmt in _STATS_ROWS]
     rows.append(["cache hit", *(_cache(g) for _, g in groups)])
     table(f"Bakeoff statistics, last {doc['period']}", ["", *(name for name, _ in groups)], rows)
-
-
-def verdict_json(v: capsule_pb2.CheckThresholdsReply, period: str) -> dict[str, Any]:
-    """The threshold verdict for machines: status, every threshold, the evidence."""
-    return {"period": period, **verdict_to_json(v)}
 
 
 _STATUS = {

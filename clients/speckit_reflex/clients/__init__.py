@@ -5,6 +5,7 @@ these, never through another service's internals. So they import only the
 contract (speckit_reflex.contract, speckit_reflex.v1) and each other
 (tests/foundation/test_layout.py checks it).
 
-Typed async clients of the speckit-reflex services, and the channel that
-carries address, TLS and bearer token.
+Typed async clients of the speckit-reflex services, the channel that carries
+address, TLS and bearer token, and the port picking of child processes a
+caller starts (`ports`).
 """
