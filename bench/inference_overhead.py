@@ -636,7 +636,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 s_direct_tps.append(tokens_per_s(stamps))
                 s_adapter_tps.append(tokens_per_s(a_stamps))
 
-        await asyncio.sleep(0.3)  # let the adapter's event batch arrive
         await http.aclose()
         await channel.close()
         await router_channel.close()
@@ -646,7 +645,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 p.send_signal(signal.SIGTERM)
         for p in procs:
             try:
-                p.wait(10)
+                # On SIGTERM a service delivers its queued events, then exits
+                # (well under a second; the rest is margin for a loaded machine).
+                p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
         # Last, once the services have flushed their events on SIGTERM.

@@ -87,12 +87,17 @@ async def wait_ready(
 class HeldPort:
     """A port owned until `close()`; connections are refused unless a server of ours serves on it."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
+        """A fresh port, or `port`: the one a child process just left, taken back
+        at once so that no one else can answer on it (OSError if someone did)."""
         self._sock = socket.socket()
         # SO_REUSEPORT lets this test's own servers bind the number too; a bind
         # to port 0 elsewhere is never given a port that is in use.
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        self._sock.bind((HOST, 0))  # bound, never listening: connect() gets ECONNREFUSED
+        if port:
+            # The old server's connections may linger in TIME_WAIT; they hold no one's port.
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((HOST, port))  # bound, never listening: connect() gets ECONNREFUSED
         self.port = int(self._sock.getsockname()[1])
         self.addr = f"{HOST}:{self.port}"
         self.base_url = f"http://{self.addr}/v1"

@@ -54,6 +54,20 @@ async def test_a_held_port_is_dead_again_after_our_server_on_it_stops() -> None:
         _refused(held.port)
 
 
+async def test_a_port_a_server_just_left_can_be_held_again() -> None:
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await reader.read()  # the server closed first: its side lingers in TIME_WAIT
+    writer.close()
+    server.close()
+    await server.wait_closed()
+    with HeldPort(port) as held:
+        assert held.port == port
+        _refused(port)
+        _cannot_bind(port)
+
+
 def test_start_on_free_port_retries_a_failed_start_on_a_new_port() -> None:
     tried: list[int] = []
 

@@ -49,6 +49,8 @@ async def test_grammar_bomb_is_refused_and_the_next_request_succeeds(name, fake_
         llm.complete(MESSAGES, json_schema=BOMBS[name], max_tokens=16, timeout=30)
     )
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # Limit: TARGETS #5's 5 s. The guard refuses in 4-66 ms (measured with the
+    # machine's load average at 6 on 2 cores): a margin of 75 times or more.
     assert time.monotonic() - started <= 5.0
     assert "json_schema" in err.details()
     assert fake.chats() == []  # no model server ever saw it

@@ -15,6 +15,7 @@ from speckit_reflex.clients.capsule import CapsuleClient
 from speckit_reflex.clients.inference import InferenceClient
 from speckit_reflex.v1 import common_pb2
 from tests.conftest import LlamaServer
+from tests.waiting import eventually
 
 from .conftest import make_policy
 
@@ -84,14 +85,12 @@ async def test_schema_reply_end_to_end_is_recorded_in_capsule(
     assert replies[1].usage.cached_tokens > 0
 
     capsule = CapsuleClient(svc.ctx.channel("capsule"))
-    events: list[common_pb2.Event] = []
-    for _ in range(100):
-        events = await capsule.all_events(
-            type=common_pb2.EVENT_TYPE_LLM_CALL, session_id="llama-e2e"
-        )
-        if len(events) == 2:
-            break
-        await asyncio.sleep(0.05)
+    events = await eventually(
+        lambda: capsule.all_events(type=common_pb2.EVENT_TYPE_LLM_CALL, session_id="llama-e2e"),
+        lambda events: len(events) >= 2,
+        what="both calls' LLMCall events in Capsule",
+        interval_s=0.05,
+    )
     by_id = {e.id: e for e in events}
     assert set(by_id) == {r.call_id for r in replies}
     ev = by_id[replies[1].call_id]

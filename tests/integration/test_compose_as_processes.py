@@ -22,7 +22,7 @@ import pytest
 
 from speckit_reflex.bakeoff import copy_tree
 from speckit_reflex.demo import DEMO_CRATE
-from tests.ports import pick_port
+from tests.ports import StartFailed, pick_port
 
 from .compose_checks import COMPOSE_DIR, ROOT, Stack
 
@@ -39,7 +39,7 @@ class Translation:
         self.tmp = tmp
         self.database_url = database_url
         ports = {int(p) for s in st.active().values() for p in re.findall(r":(\d{4,5})\b", str(s))}
-        # Picked, then bound by the children (tests/ports.py: a window; a taken port fails the healthcheck).
+        # Picked, then bound by the children: a window (tests/ports.py); see _start for the retry.
         self.ports = {p: pick_port() for p in ports if p != 5432}
         self.hosts = set(st.active())
         # One container port, many processes on one host: each service's
@@ -127,12 +127,17 @@ def _order(st: Stack) -> list[str]:
     return [n for n in done if n not in ("postgres", "cli")]
 
 
-@pytest.fixture
-def compose_processes(
-    tmp_path: Path, postgres_url: str
-) -> Iterator[tuple[Stack, Translation, list[str]]]:
-    st = Stack.load("cpu")
-    tr = Translation(st, tmp_path, postgres_url)
+def _start(
+    st: Stack, tmp: Path, database_url: str
+) -> tuple[Translation, list[subprocess.Popen[bytes]], list[str]]:
+    """Every service in dependency order, each healthy before the next starts.
+
+    StartFailed when a child stops before it is healthy because its port is
+    taken: picked ports are free only until the child binds them (tests/ports.py),
+    and the whole stack then starts again on fresh ones (the earlier children
+    were told the lost port)."""
+    tmp.mkdir(parents=True)
+    tr = Translation(st, tmp, database_url)
     procs: list[subprocess.Popen[bytes]] = []
     started: list[str] = []
     try:
@@ -143,11 +148,15 @@ def compose_processes(
                 job = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
                 assert job.returncode == 0, f"{name}: {job.stderr}"
                 continue
-            log = (tmp_path / f"{name}.log").open("wb")
-            procs.append(
-                subprocess.Popen(argv, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-            )
+            log_path = tmp / f"{name}.log"
+            with log_path.open("wb") as log:
+                procs.append(
+                    subprocess.Popen(
+                        argv, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
+                    )
+                )
             test = svc["healthcheck"]["test"][1:]
+            # A start takes seconds (the model server's, tens); the rest is margin.
             deadline = time.monotonic() + HEALTH_TIMEOUT_S
             # As Docker does: run the healthcheck until it passes.
             while (
@@ -156,24 +165,50 @@ def compose_processes(
                 ).returncode
                 != 0
             ):
-                assert procs[-1].poll() is None, (
-                    f"{name} exited:\n{(tmp_path / f'{name}.log').read_text()[-2000:]}"
-                )
+                if procs[-1].poll() is not None:
+                    tail = log_path.read_text(errors="replace")[-2000:]
+                    if "in use" in tail:  # "port N is already in use", "address in use"
+                        raise StartFailed(f"{name} lost its port:\n{tail}")
+                    raise AssertionError(f"{name} exited:\n{tail}")
                 assert time.monotonic() < deadline, (
-                    f"{name} not healthy:\n{(tmp_path / f'{name}.log').read_text()[-2000:]}"
+                    f"{name} not healthy:\n{log_path.read_text(errors='replace')[-2000:]}"
                 )
                 time.sleep(0.5)
             started.append(name)
+    except BaseException:
+        _stop(procs)
+        raise
+    return tr, procs, started
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in reversed(procs):
+        p.terminate()
+    for p in reversed(procs):
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
+
+
+@pytest.fixture
+def compose_processes(
+    tmp_path: Path, postgres_url: str
+) -> Iterator[tuple[Stack, Translation, list[str]]]:
+    st = Stack.load("cpu")
+    for tries in range(1, 4):
+        try:
+            # A folder per try: its translated mounts name that try's ports.
+            tr, procs, started = _start(st, tmp_path / f"try-{tries}", postgres_url)
+            break
+        except StartFailed:
+            if tries == 3:
+                raise
+    try:
         yield st, tr, started
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in reversed(procs):
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
+        _stop(procs)
 
 
 def test_the_cpu_profile_runs_as_processes(

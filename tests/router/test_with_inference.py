@@ -11,6 +11,7 @@ import pytest
 from speckit_reflex.clients.router import RouterClient
 from speckit_reflex.v1 import common_pb2 as c
 from tests.conftest import LlamaServer
+from tests.ports import HeldPort
 
 from .conftest import Peers, make_policy
 
@@ -21,6 +22,7 @@ async def test_stopped_llama_server_sends_the_next_decision_to_cloud(
     peers: Peers, services_factory
 ) -> None:
     llama = LlamaServer.on_free_port()
+    dead: HeldPort | None = None
     try:
         peers.capsule.passed = {llama.model: True}
         policy = make_policy(
@@ -61,6 +63,8 @@ async def test_stopped_llama_server_sends_the_next_decision_to_cloud(
         )
 
         llama.stop()
+        # Its port held from now on: refused, never another server's answer.
+        dead = HeldPort(llama.port)
         after = await _poll(router, request, lambda d: d.mode == c.ROUTING_MODE_CLOUD, 60)
         assert after.reason == c.ROUTING_REASON_SERVER_UNHEALTHY
         assert [(s.model, s.reason) for s in after.skipped] == [
@@ -69,6 +73,8 @@ async def test_stopped_llama_server_sends_the_next_decision_to_cloud(
         assert "unreachable" in after.skipped[0].detail
     finally:
         llama.stop()
+        if dead is not None:
+            dead.close()
 
 
 async def _poll(router: RouterClient, request: dict, done, timeout_s: float):  # type: ignore[no-untyped-def]

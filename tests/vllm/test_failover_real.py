@@ -22,6 +22,7 @@ from speckit_reflex.clients.router import RouterClient
 from speckit_reflex.v1 import common_pb2
 from tests.conftest import LlamaServer
 from tests.inference.fakes import FakeModelServer
+from tests.ports import HeldPort
 from tests.system.test_system_reliability import (
     FIXED,
     KEY_ENV,
@@ -62,6 +63,7 @@ async def test_llamacpp_killed_mid_run_next_attempt_served_by_vllm_each_attempt_
 ) -> None:
     monkeypatch.setenv(KEY_ENV, "sk-test")
     llama = LlamaServer.on_free_port()
+    dead: HeldPort | None = None
     cloud = await FakeModelServer(
         kind="openai", models=["cloud-model"], reply=json.dumps(FIXED)
     ).start()
@@ -91,6 +93,7 @@ async def test_llamacpp_killed_mid_run_next_attempt_served_by_vllm_each_attempt_
                 assert llama.proc is not None
                 llama.proc.kill()  # the primary dies right after answering attempt 1
                 llama.proc.wait(10)
+                dead = HeldPort(llama.port)  # refused from now on, never another server's
                 killed_after.append(ev.attempt)
             if kind == "result":
                 result = ev.result
@@ -128,4 +131,6 @@ async def test_llamacpp_killed_mid_run_next_attempt_served_by_vllm_each_attempt_
         )
     finally:
         llama.stop()
+        if dead is not None:
+            dead.close()
         await cloud.stop()
