@@ -9,11 +9,10 @@ that callers read why from data, not from the message.
 from __future__ import annotations
 
 import hmac
-import inspect
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, cast
 
 import grpc
 from google.protobuf import any_pb2
@@ -24,6 +23,14 @@ from grpc_status import rpc_status
 
 from speckit_reflex.contract import ERROR_DOMAIN, ErrorReason, error_reason_text
 from speckit_reflex.errors import DomainError
+from speckit_reflex.runtime.handlers import (
+    Context,
+    Continuation,
+    MethodHandler,
+    StreamBehaviour,
+    UnaryBehaviour,
+    WritingBehaviour,
+)
 from speckit_reflex.v1 import common_pb2
 
 log = logging.getLogger("speckit.rpc")
@@ -63,7 +70,7 @@ async def abort(
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
-async def _abort_for(exc: Exception, method: str, context: aio.ServicerContext) -> None:
+async def _abort_for(exc: Exception, method: str, context: Context) -> None:
     if isinstance(exc, DomainError):
         log.info(
             "rpc failed",
@@ -111,7 +118,7 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return parse
 
 
-async def _reject_malformed(request: Any, context: aio.ServicerContext) -> None:
+async def _reject_malformed(request: Any, context: Context) -> None:
     if isinstance(request, _Malformed):
         await abort(
             context,
@@ -121,8 +128,8 @@ async def _reject_malformed(request: Any, context: aio.ServicerContext) -> None:
         )
 
 
-def _wrap_unary(fn: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
-    async def handler(request: Any, context: aio.ServicerContext) -> Any:
+def _wrap_unary(fn: UnaryBehaviour, method: str) -> UnaryBehaviour:
+    async def handler(request: Any, context: Context) -> Any:
         await _reject_malformed(request, context)
         try:
             return await fn(request, context)
@@ -134,12 +141,12 @@ def _wrap_unary(fn: Callable[..., Awaitable[Any]], method: str) -> Callable[...,
     return handler
 
 
-def _wrap_stream(fn: Callable[..., Any], method: str) -> Callable[..., Any]:
-    async def handler(request: Any, context: aio.ServicerContext) -> Any:
+def _wrap_stream(fn: WritingBehaviour, method: str) -> StreamBehaviour:
+    async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
         await _reject_malformed(request, context)
         try:
             result = fn(request, context)
-            if inspect.isasyncgen(result):
+            if isinstance(result, AsyncIterator):
                 async for item in result:
                     yield item
             else:
@@ -161,13 +168,11 @@ class DomainErrorInterceptor(aio.ServerInterceptor):
     """
 
     def __init__(self) -> None:
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._wrapped: dict[str, MethodHandler] = {}
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> MethodHandler | None:
         method = handler_call_details.method
         cached = self._wrapped.get(method)
         if cached is not None:
@@ -177,13 +182,13 @@ class DomainErrorInterceptor(aio.ServerInterceptor):
             return handler
         if handler.unary_unary:
             handler = grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method),
+                _wrap_unary(cast(UnaryBehaviour, handler.unary_unary), method),
                 request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         elif handler.unary_stream:
             handler = grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method),
+                _wrap_stream(cast(WritingBehaviour, handler.unary_stream), method),
                 request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
@@ -198,7 +203,9 @@ class TokenAuthInterceptor(aio.ServerInterceptor):
     def __init__(self, token: str):
         self._expected = f"Bearer {token}".encode()
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> MethodHandler | None:
         if handler_call_details.method.startswith(_OPEN_PREFIXES):
             return await continuation(handler_call_details)
         got = b""
@@ -219,11 +226,11 @@ async def _deny(context: aio.ServicerContext[Any, Any]) -> None:
     )
 
 
-def _deny_handler(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
-    async def deny_unary(request: Any, context: aio.ServicerContext) -> Any:
+def _deny_handler(handler: MethodHandler | None) -> MethodHandler:
+    async def deny_unary(request: Any, context: Context) -> Any:
         await _deny(context)
 
-    async def deny_stream(request: Any, context: aio.ServicerContext) -> Any:
+    async def deny_stream(request: Any, context: Context) -> AsyncIterator[Any]:
         await _deny(context)
         yield  # pragma: no cover - makes this an async generator
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeAlias, cast
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any, cast
 
 import grpc
 from grpc import aio
@@ -32,6 +32,14 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from speckit_reflex.runtime.handlers import (
+    Context,
+    Continuation,
+    MethodHandler,
+    StreamBehaviour,
+    UnaryBehaviour,
+)
 
 log = logging.getLogger("speckit.metrics")
 
@@ -255,7 +263,7 @@ def watch_event_sink(metrics: Metrics, service: str, sink: Any) -> None:
 # -- the RPC interceptor ---------------------------------------------------------------
 
 
-def _status_of(context: aio.ServicerContext[Any, Any]) -> str:
+def _status_of(context: Context) -> str:
     # grpc.aio answers None before a code is set, and keeps an int set with
     # set_code(int) as it is (its stubs say StatusCode only).
     code: grpc.StatusCode | int | None = context.code()
@@ -265,15 +273,6 @@ def _status_of(context: aio.ServicerContext[Any, Any]) -> str:
         return code.name
     # grpc keeps the integer a handler set with set_code(int)
     return next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))
-
-
-# (Strings: grpc's runtime classes are not generic.)
-_Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
-# grpc's stubs type a handler's behaviours as synchronous functions of a
-# grpc.ServicerContext; under grpc.aio they are coroutine functions and async
-# generators of an aio.ServicerContext.
-_AioUnary: TypeAlias = "Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]"
-_AioStream: TypeAlias = "Callable[[Any, aio.ServicerContext[Any, Any]], AsyncIterator[Any]]"
 
 
 class RpcMetricsInterceptor(aio.ServerInterceptor):
@@ -287,13 +286,13 @@ class RpcMetricsInterceptor(aio.ServerInterceptor):
     def __init__(self, metrics: Metrics, service: str):
         self._metrics = metrics
         self._service = service
-        self._wrapped: dict[str, tuple[_Handler, _Handler]] = {}
+        self._wrapped: dict[str, tuple[MethodHandler, MethodHandler]] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]],
+        continuation: Continuation,
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler | None:
+    ) -> MethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -305,13 +304,11 @@ class RpcMetricsInterceptor(aio.ServerInterceptor):
         self._wrapped[path] = (handler, wrapped)
         return wrapped
 
-    def _wrap(self, handler: _Handler, method: str) -> _Handler:
+    def _wrap(self, handler: MethodHandler, method: str) -> MethodHandler:
         m, service = self._metrics, self._service
         seconds = m.rpc_seconds(service, method)
 
-        def done(
-            started: float, context: aio.ServicerContext[Any, Any], exc: BaseException | None
-        ) -> None:
+        def done(started: float, context: Context, exc: BaseException | None) -> None:
             seconds.observe(time.perf_counter() - started)
             if exc is None or isinstance(exc, aio.AbortError):
                 code = _status_of(context)
@@ -320,9 +317,9 @@ class RpcMetricsInterceptor(aio.ServerInterceptor):
             m.rpc_handled(service, method, code).inc()
 
         if handler.unary_unary:
-            fn = cast(_AioUnary, handler.unary_unary)
+            fn = cast(UnaryBehaviour, handler.unary_unary)
 
-            async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            async def unary(request: Any, context: Context) -> Any:
                 started, failure = time.perf_counter(), None
                 try:
                     return await fn(request, context)
@@ -338,11 +335,9 @@ class RpcMetricsInterceptor(aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
-            fn_stream = cast(_AioStream, handler.unary_stream)
+            fn_stream = cast(StreamBehaviour, handler.unary_stream)
 
-            async def stream(
-                request: Any, context: aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
+            async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
                 started, failure = time.perf_counter(), None
                 try:
                     async for item in fn_stream(request, context):
