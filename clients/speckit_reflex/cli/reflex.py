@@ -12,7 +12,13 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from speckit_reflex.cli import reflex_harvest, reflex_run, reflex_trials, reflex_views
+from speckit_reflex.cli import (
+    reflex_harvest,
+    reflex_replay,
+    reflex_run,
+    reflex_trials,
+    reflex_views,
+)
 from speckit_reflex.cli.output import print_json
 from speckit_reflex.cli.reflex_links import ServiceLinks, reporting, run_with_links
 from speckit_reflex.clients.capsule import window
@@ -74,6 +80,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     reflex_trials.register(rsub)
     reflex_harvest.register(rsub, _window_arg)
+    reflex_replay.register(rsub, _window_arg)
 
     q = rsub.add_parser(
         "health", help="health of every model backend (reachable, model listed, generates)"

@@ -31,7 +31,7 @@ from speckit_reflex.cli.reflex_links import ServiceLinks, reporting, run_with_li
 from speckit_reflex.clients.capsule import window
 
 
-def register(rsub: argparse._SubParsersAction, window_arg: Any) -> None:  # type: ignore[type-arg]
+def register(rsub: argparse._SubParsersAction[argparse.ArgumentParser], window_arg: Any) -> None:
     q = rsub.add_parser(
         "harvest", help="turn captured fixed runs into a private suite (capture.mode = full_io)"
     )
