@@ -1,0 +1,85 @@
+"""Replay without a model: the refusal when calls were not captured in full
+(real Capsule and CLI), and the verdict's statuses against the thresholds."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from speckit_reflex.bakeoff.replay import Thresholds, judge
+from speckit_reflex.clients.capsule import CapsuleClient
+from speckit_reflex.policy import load_policy
+from speckit_reflex.v1 import common_pb2
+
+from .conftest import run_speckit, speckit_env
+
+SERVICES = ["capsule", "inference", "router", "patchloop"]
+T = Thresholds(
+    p95_latency_ms=2000.0,
+    success_parity_percent=95.0,
+    json_schema_compliance_percent=99.0,
+    absolute_success_percent=None,
+    min_samples=3,
+)
+
+
+def figures(**over: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "replies": 5,
+        "p95_latency_ms": 800.0,
+        "json_compliance_rate": 100.0,
+        "patches_judged": 5,
+        "patch_success_rate": 80.0,
+    }
+    return {**base, **over}
+
+
+def status(verdict: dict, name: str) -> str:  # type: ignore[type-arg]
+    return next(r["status"] for r in verdict["results"] if r["name"] == name)
+
+
+def test_verdict_pass_fail_and_not_judged() -> None:
+    assert judge(figures(), figures(), T)["status"] == "pass"
+    slow = judge(figures(), figures(p95_latency_ms=2500.0), T)
+    assert slow["status"] == "fail" and status(slow, "p95_latency_ms") == "fail"
+    worse = judge(figures(), figures(patch_success_rate=40.0), T)
+    assert status(worse, "success_parity_percent") == "fail"
+    few = judge(figures(), figures(replies=2, patches_judged=2), T)
+    assert few["status"] == "not_judged" and not few["passed"]
+    assert "fewer than the 3 required" in next(r["message"] for r in few["results"])
+    # The recorded replies fixed nothing and there is no absolute baseline: never a pass.
+    no_base = judge(figures(patch_success_rate=0.0), figures(), T)
+    assert status(no_base, "success_parity_percent") == "not_judged"
+    assert no_base["status"] == "not_judged"
+    silent = judge(figures(), figures(replies=0, p95_latency_ms=None), T)
+    assert status(silent, "p95_latency_ms") == "not_judged"
+
+
+async def test_replay_refuses_calls_not_captured_in_full(
+    services_factory, sqlite_url: str, tmp_path: Path
+) -> None:
+    policy = load_policy(None, environ={"SPECKIT_POLICY__CAPTURE__MODE": "hash"})
+    svc = await services_factory(SERVICES, database_url=sqlite_url, policy=policy)
+    ev = common_pb2.Event(
+        id="call-1", type=common_pb2.EVENT_TYPE_LLM_CALL, model="m", run_id="r", attempt=1
+    )
+    ev.request.update({"messages": [{"role": "user", "content": "fix it"}], "params": {}})
+    await CapsuleClient(svc.ctx.channel("capsule")).append_events([ev])
+    env = speckit_env({name: svc.addr(name) for name in SERVICES})
+    run = await asyncio.to_thread(
+        run_speckit,
+        [
+            "reflex",
+            "replay",
+            "--model",
+            "candidate",
+            "--since",
+            "1h",
+            "--report-dir",
+            str(tmp_path),
+        ],
+        env,
+    )
+    assert run.code == 1
+    assert "replay refused" in run.stderr and "capture.mode was not full_io" in run.stderr
+    assert not await asyncio.to_thread(lambda: list(tmp_path.glob("reflex-replay-*")))
