@@ -96,7 +96,9 @@ def bakeoff_stats_proto(stats: AttemptStats, window: TimeWindow) -> capsule_pb2.
         reflex=_mode_stats(stats.by_mode.get(common_pb2.ROUTING_MODE_REFLEX)),
         cloud=_mode_stats(stats.by_mode.get(common_pb2.ROUTING_MODE_CLOUD)),
         models=[
-            capsule_pb2.ModelStats(mode=mode, model=model, stats=_mode_stats(g))  # type: ignore[arg-type]
+            capsule_pb2.ModelStats(
+                mode=common_pb2.RoutingMode.ValueType(mode), model=model, stats=_mode_stats(g)
+            )
             for (mode, model), g in sorted(stats.by_model.items())
         ],
     )

@@ -106,9 +106,11 @@ def _latest_per_task(trials: Iterable[TrialFact]) -> dict[str, TrialFact]:
     return out
 
 
-def figures(mode: int, trials: Sequence[TrialFact], skipped: int = 0) -> capsule_pb2.VerdictFigures:
+def figures(
+    mode: common_pb2.RoutingMode.ValueType, trials: Sequence[TrialFact], skipped: int = 0
+) -> capsule_pb2.VerdictFigures:
     """One mode's figures over the judged tasks; unset where there is no data."""
-    f = capsule_pb2.VerdictFigures(mode=mode, skipped=skipped)  # type: ignore[arg-type]
+    f = capsule_pb2.VerdictFigures(mode=mode, skipped=skipped)
     models = sorted({t.model for t in trials if t.model})
     identities = sorted({t.model_identity for t in trials if t.model_identity})
     f.model, f.model_identity = ", ".join(models), ", ".join(identities)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TypeAlias
 
 from speckit_reflex.contract import enum_names
 from speckit_reflex.errors import InvalidArgument
@@ -51,6 +52,7 @@ IMPLEMENTER = common_pb2.ROLE_IMPLEMENTER
 IMPLEMENT = common_pb2.STAGE_IMPLEMENT
 
 R = common_pb2  # RoutingReason values live at module level of common_pb2
+Reason: TypeAlias = common_pb2.RoutingReason.ValueType
 
 REASON_NAMES = enum_names(common_pb2.RoutingReason)
 ROLE_KEYS = enum_names(common_pb2.Role, unspecified=False)
@@ -70,7 +72,7 @@ class Skip:
 
     model: str
     backend: str
-    reason: int
+    reason: Reason
     detail: str
 
 
@@ -79,10 +81,10 @@ class Route:
     """The engine's answer. With `refusal` set, the other fields describe the
     route the policy forbids, and `refusal` is the reason it is refused."""
 
-    role: int
-    stage: int
-    mode: int
-    reason: int
+    role: common_pb2.Role.ValueType
+    stage: common_pb2.Stage.ValueType
+    mode: common_pb2.RoutingMode.ValueType
+    reason: Reason
     detail: str
     model: str = ""
     backend: str = ""
@@ -90,7 +92,7 @@ class Route:
     is_fallback: bool = False
     skipped: tuple[Skip, ...] = ()
     forced: bool = False
-    refusal: int = 0
+    refusal: Reason = common_pb2.ROUTING_REASON_UNSPECIFIED
     refusal_detail: str = ""
     verdict_waived: bool = False
 
@@ -409,7 +411,7 @@ class RoutingEngine:
             metadata={"model": req.model},
         )
 
-    def _serving_backend(self, link: _ChainLink, now: float) -> tuple[_Target | None, int, str]:
+    def _serving_backend(self, link: _ChainLink, now: float) -> tuple[_Target | None, Reason, str]:
         """The first backend serving `link.model` with fresh healthy status."""
         if not link.backends:
             return (
@@ -436,7 +438,7 @@ class RoutingEngine:
             return None, R.ROUTING_REASON_STATUS_UNKNOWN, "; ".join(down + unknown)
         return None, R.ROUTING_REASON_SERVER_UNHEALTHY, "; ".join(down)
 
-    def _verdict(self, model: str, now: float, target: _Target) -> tuple[int, str]:
+    def _verdict(self, model: str, now: float, target: _Target) -> tuple[Reason, str]:
         """The model's own bakeoff verdict on the weights `target` serves: met, not met, or unknown."""
         caches = self._caches
         status = caches.health_by_key(target.health_key, target.name)
@@ -520,7 +522,7 @@ class RoutingEngine:
         self,
         req: router_pb2.DecideRequest,
         now: float,
-        reason: int,
+        reason: Reason,
         detail: str,
         *,
         model: str = "",

@@ -71,11 +71,11 @@ class DecisionRecorder:
         event = common_pb2.Event(
             id=decision.decision_id,
             type=common_pb2.EVENT_TYPE_ROUTING_DECISION,
-            role=route.role,  # type: ignore[arg-type]
-            mode=common_pb2.ROUTING_MODE_UNSPECIFIED if refused else route.mode,  # type: ignore[arg-type]
+            role=route.role,
+            mode=common_pb2.ROUTING_MODE_UNSPECIFIED if refused else route.mode,
             model=route.model,
             backend=route.backend,
-            stage=route.stage,  # type: ignore[arg-type]
+            stage=route.stage,
             session_id=req.session_id,
             run_id=req.run_id,
             reason=reason_name(route.refusal if refused else route.reason),

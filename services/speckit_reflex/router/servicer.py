@@ -30,17 +30,17 @@ def decision_to_proto(
     r = decision.route
     return router_pb2.RoutingDecision(
         decision_id=decision.decision_id,
-        role=r.role,  # type: ignore[arg-type]
-        stage=r.stage,  # type: ignore[arg-type]
-        mode=r.mode,  # type: ignore[arg-type]
-        reason=r.reason,  # type: ignore[arg-type]
+        role=r.role,
+        stage=r.stage,
+        mode=r.mode,
+        reason=r.reason,
         detail=r.detail,
         model=r.model,
         backend=r.backend,
         endpoint=r.endpoint,
         is_fallback=r.is_fallback,
         skipped=[
-            router_pb2.ChainSkip(model=s.model, backend=s.backend, reason=s.reason, detail=s.detail)  # type: ignore[arg-type]
+            router_pb2.ChainSkip(model=s.model, backend=s.backend, reason=s.reason, detail=s.detail)
             for s in r.skipped
         ],
         latency_ms=decision.latency_ms,

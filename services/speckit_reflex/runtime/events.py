@@ -115,9 +115,9 @@ class DeadLetters:
         return True
 
 
-def new_event(event_type: int, **fields: object) -> common_pb2.Event:
+def new_event(event_type: common_pb2.EventType.ValueType, **fields: object) -> common_pb2.Event:
     """An Event with a fresh id and the current time; dict payloads become Structs."""
-    ev = common_pb2.Event(id=str(uuid.uuid4()), type=event_type)  # type: ignore[arg-type]
+    ev = common_pb2.Event(id=str(uuid.uuid4()), type=event_type)
     ev.time.GetCurrentTime()
     for key, value in fields.items():
         if value is None:
