@@ -217,7 +217,7 @@ class Metrics:
         self.capsule_query_seconds = _Children(
             Histogram(
                 "speckit_capsule_query_seconds",
-                "Capsule reads (query: events, stats, thresholds, usage)",
+                "Capsule reads (query: events, stats, thresholds, usage, captures)",
                 ["query"],
                 buckets=DB_BUCKETS,
                 registry=r,
