@@ -25,15 +25,17 @@ class PatchLoopService:
     name = "patchloop"
     service_names = (patchloop_pb2.DESCRIPTOR.services_by_name["PatchLoop"].full_name,)
 
-    def __init__(self, loop: PatchLoop, sink: EventSink, sandbox: Sandbox, checker: PatchChecker):
-        self.loop = loop
+    def __init__(
+        self, patchloop: PatchLoop, sink: EventSink, sandbox: Sandbox, checker: PatchChecker
+    ):
+        self.patchloop = patchloop
         self.checker = checker
         self.sink = sink
         self.sandbox = sandbox
 
     def register(self, server: aio.Server) -> None:
         patchloop_pb2_grpc.add_PatchLoopServicer_to_server(
-            PatchLoopServicer(self.loop, self.checker), server
+            PatchLoopServicer(self.patchloop, self.checker), server
         )
 
     async def start(self) -> None:
@@ -43,7 +45,7 @@ class PatchLoopService:
         await asyncio.to_thread(self.sandbox.probe)
 
     async def close(self) -> None:
-        await self.loop.close()
+        await self.patchloop.close()
         await self.sink.close()
 
 
@@ -53,7 +55,7 @@ def build(ctx: ServiceContext) -> PatchLoopService:
     sandbox = Sandbox()
     compiler = Compiler(BuildRunner(sandbox))
     captures = GrpcCaptureStore(ctx.channel("capsule"))
-    loop = PatchLoop(
+    patchloop = PatchLoop(
         router=GrpcRouter(ctx.channel("router")),
         inference=GrpcInference(ctx.channel("inference")),
         events=sink,
@@ -71,4 +73,4 @@ def build(ctx: ServiceContext) -> PatchLoopService:
     )
     if ctx.metrics is not None:
         watch_event_sink(ctx.metrics, "patchloop", sink)
-    return PatchLoopService(loop, sink, sandbox, PatchChecker(compiler, ctx.policy, captures))
+    return PatchLoopService(patchloop, sink, sandbox, PatchChecker(compiler, ctx.policy, captures))

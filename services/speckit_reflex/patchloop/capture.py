@@ -31,7 +31,7 @@ from speckit_reflex.runtime.redact import redact_text
 from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, patchloop_pb2
 
 if TYPE_CHECKING:
-    from speckit_reflex.patchloop.core import RunSpec
+    from speckit_reflex.patchloop.spec import RunSpec
     from speckit_reflex.policy.model import Policy
 
 FIXED_BY: dict[int, str] = {

@@ -20,7 +20,6 @@ from pathlib import Path
 from speckit_reflex.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from speckit_reflex.patchloop.capture import CaptureStore, CaptureUnavailable
 from speckit_reflex.patchloop.compiler import CompileOutcome, Compiler
-from speckit_reflex.patchloop.core import BuildStep, _profile
 from speckit_reflex.patchloop.patch import (
     PatchBounds,
     PatchRejected,
@@ -28,6 +27,7 @@ from speckit_reflex.patchloop.patch import (
     patch_schema,
     plan_patch,
 )
+from speckit_reflex.patchloop.spec import BuildStep, policy_profile
 from speckit_reflex.patchloop.workspace import Scratch, _replace, checked_relative
 from speckit_reflex.policy import LoadedPolicy
 from speckit_reflex.runtime import validate
@@ -79,13 +79,13 @@ class PatchChecker:
         self, req: patchloop_pb2.CheckPatchRequest, capture: capsule_pb2.RunCapture
     ) -> tuple[BuildStep, BuildStep | None]:
         pl = self._policy.policy.patchloop
-        build = _profile(
+        build = policy_profile(
             "build_profile",
             req.build_profile or capture.build_profile or pl.build_profile,
             pl.profiles,
         )
         name = req.verify_profile if req.HasField("verify_profile") else capture.verify_profile
-        return build, (_profile("verify_profile", name, pl.profiles) if name else None)
+        return build, (policy_profile("verify_profile", name, pl.profiles) if name else None)
 
     async def check(self, req: patchloop_pb2.CheckPatchRequest) -> patchloop_pb2.CheckPatchReply:
         validate.check_message(req, RULES)

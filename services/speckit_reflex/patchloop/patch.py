@@ -13,6 +13,7 @@ job.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -211,7 +212,7 @@ def plan_file(path: str, original: str | None, edits: list[PatchEdit], allow_cre
                 "edit_too_large",
                 f"{path}: {e.line_end - e.line_start + 1} lines > {MAX_LINES_PER_EDIT}",
             )
-    for before, after in zip(line_edits, line_edits[1:]):
+    for before, after in itertools.pairwise(line_edits):
         if after.line_start <= before.line_end:
             raise PatchRejected(
                 "overlapping_edits",
@@ -220,19 +221,18 @@ def plan_file(path: str, original: str | None, edits: list[PatchEdit], allow_cre
     for e in reversed(line_edits):
         lines[e.line_start - 1 : e.line_end] = _as_lines(e.replacement)
     text = "".join(lines)
-    for e in edits:
-        if isinstance(e, SearchReplace):
-            count = text.count(e.search)
-            if count == 0:
-                raise PatchRejected(
-                    "anchor_mismatch", f"{path}: search text not found: {e.search[:80]!r}"
-                )
-            if count > 1:
-                raise PatchRejected(
-                    "anchor_ambiguous",
-                    f"{path}: search text occurs {count} times: {e.search[:80]!r}",
-                )
-            text = text.replace(e.search, e.replace, 1)
+    for search in (e for e in edits if isinstance(e, SearchReplace)):
+        count = text.count(search.search)
+        if count == 0:
+            raise PatchRejected(
+                "anchor_mismatch", f"{path}: search text not found: {search.search[:80]!r}"
+            )
+        if count > 1:
+            raise PatchRejected(
+                "anchor_ambiguous",
+                f"{path}: search text occurs {count} times: {search.search[:80]!r}",
+            )
+        text = text.replace(search.search, search.replace, 1)
     return text
 
 

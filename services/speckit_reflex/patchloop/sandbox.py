@@ -162,6 +162,11 @@ class Sandbox:
 
     # -- probing (blocking) ------------------------------------------------
 
+    @property
+    def probed(self) -> bool:
+        """The layers are known (`probe` has run to its end)."""
+        return self._probed
+
     def probe(self) -> None:
         """Try each configuration, strongest first, with a real build-like start."""
         with self._lock:
@@ -340,7 +345,8 @@ class BuildRunner:
 
     async def probe(self) -> None:
         """Find the sandbox layers (once; subprocesses, so in a thread)."""
-        await asyncio.to_thread(self._sandbox.probe)
+        if not self._sandbox.probed:  # every build asks: no thread once they are known
+            await asyncio.to_thread(self._sandbox.probe)
 
     def environment(self, target_dir: Path) -> dict[str, str]:
         return self._sandbox.environment(

@@ -12,8 +12,8 @@ from speckit_reflex.v1 import patchloop_pb2, patchloop_pb2_grpc
 
 
 class PatchLoopServicer(patchloop_pb2_grpc.PatchLoopServicer):
-    def __init__(self, loop: PatchLoop, checker: PatchChecker):
-        self._loop = loop
+    def __init__(self, patchloop: PatchLoop, checker: PatchChecker):
+        self._patchloop = patchloop
         self._checker = checker
 
     async def Run(
@@ -21,7 +21,7 @@ class PatchLoopServicer(patchloop_pb2_grpc.PatchLoopServicer):
         request: patchloop_pb2.RunRequest,
         context: aio.ServicerContext[patchloop_pb2.RunRequest, patchloop_pb2.RunEvent],
     ) -> AsyncIterator[patchloop_pb2.RunEvent]:
-        async for event in self._loop.run(request):
+        async for event in self._patchloop.run(request):
             yield event
 
     async def GetRun(
@@ -29,7 +29,7 @@ class PatchLoopServicer(patchloop_pb2_grpc.PatchLoopServicer):
         request: patchloop_pb2.GetRunRequest,
         context: aio.ServicerContext[patchloop_pb2.GetRunRequest, patchloop_pb2.RunStatus],
     ) -> patchloop_pb2.RunStatus:
-        return self._loop.get_run(request.run_id)
+        return self._patchloop.get_run(request.run_id)
 
     async def GetBuildCache(
         self,
@@ -38,7 +38,7 @@ class PatchLoopServicer(patchloop_pb2_grpc.PatchLoopServicer):
             patchloop_pb2.GetBuildCacheRequest, patchloop_pb2.BuildCacheInfo
         ],
     ) -> patchloop_pb2.BuildCacheInfo:
-        info = await self._loop.build_cache_info()
+        info = await self._patchloop.build_cache_info()
         return patchloop_pb2.BuildCacheInfo(
             dir=info.dir,
             enabled=info.enabled,
@@ -55,7 +55,7 @@ class PatchLoopServicer(patchloop_pb2_grpc.PatchLoopServicer):
             patchloop_pb2.ClearBuildCacheRequest, patchloop_pb2.ClearBuildCacheReply
         ],
     ) -> patchloop_pb2.ClearBuildCacheReply:
-        done = await self._loop.clear_build_cache()
+        done = await self._patchloop.clear_build_cache()
         return patchloop_pb2.ClearBuildCacheReply(
             dir=done.dir, removed=done.removed, freed_bytes=done.freed_bytes, busy=done.busy
         )
@@ -67,7 +67,7 @@ class PatchLoopServicer(patchloop_pb2_grpc.PatchLoopServicer):
             patchloop_pb2.GetBuildSettingsRequest, patchloop_pb2.BuildSettings
         ],
     ) -> patchloop_pb2.BuildSettings:
-        return await self._loop.build_settings()
+        return await self._patchloop.build_settings()
 
     async def CheckPatch(
         self,

@@ -32,6 +32,7 @@ import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from speckit_reflex.errors import InvalidArgument
 from speckit_reflex.patchloop.buildcache import BuildCache, Lease
@@ -160,13 +161,13 @@ def sync_tree(src: Path, dst: Path, manifest_path: Path | None = None) -> SyncSt
     a plain file with one link is always replaced. Anything in `dst` that
     `src` does not have is deleted, so the copy holds nothing a build left.
     """
-    old: dict[str, dict] = {}
+    old: dict[str, dict[str, Any]] = {}
     if manifest_path is not None:
         try:
             old = json.loads(manifest_path.read_text())
         except (OSError, ValueError):
             old = {}
-    new: dict[str, dict] = {}
+    new: dict[str, dict[str, Any]] = {}
     stats = SyncStats()
     expected: set[str] = set()
     dst.mkdir(parents=True, exist_ok=True)
@@ -226,8 +227,12 @@ def contained_link(s_path: str, d_path: str, src: Path, dst: Path) -> str | None
 
 
 def _sync_entry(
-    s_path: str, d_path: str, rec: dict | None, stats: SyncStats, roots: tuple[Path, Path]
-) -> dict | None:
+    s_path: str,
+    d_path: str,
+    rec: dict[str, Any] | None,
+    stats: SyncStats,
+    roots: tuple[Path, Path],
+) -> dict[str, Any] | None:
     """Bring one file or link of the copy level with the source; its manifest record."""
     s_st = os.lstat(s_path)
     if not (stat.S_ISREG(s_st.st_mode) or stat.S_ISLNK(s_st.st_mode)):
@@ -344,7 +349,7 @@ class Scratch:
         root: Path,
         target_dir: Path,
         *,
-        cache_state: int,
+        cache_state: patchloop_pb2.CacheState.ValueType,
         lease: Lease | None = None,
         cache: BuildCache | None = None,
         temp_dir: Path | None = None,
@@ -466,7 +471,7 @@ class Scratch:
         # reads the private scratch copy while a patch is being applied, and a
         # temp-file-and-rename per file doubles the cost of an attempt.
         targets = [(checked_relative(self.root, rel)[0], text) for rel, text in contents.items()]
-        for (rel, text), (real_rel, _) in zip(contents.items(), targets):
+        for (rel, text), (real_rel, _) in zip(contents.items(), targets, strict=True):
             data = text.encode("utf-8")
             _replace(self.root, real_rel, data)
             self._contents[rel] = data
