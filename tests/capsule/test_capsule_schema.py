@@ -56,8 +56,12 @@ def test_cli_db_upgrade_and_current(db_url: str, monkeypatch: pytest.MonkeyPatch
     assert main(["db", "current", "--json"]) == 0
 
 
-def test_cli_db_unreachable_is_an_error_not_a_traceback(monkeypatch: pytest.MonkeyPatch, capsys):
-    monkeypatch.setenv("SPECKIT_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+def test_cli_db_unreachable_is_an_error_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys, dead_endpoint
+):
+    monkeypatch.setenv(
+        "SPECKIT_DATABASE_URL", f"postgresql+psycopg://nobody@{dead_endpoint().addr}/none"
+    )
     assert main(["db", "current"]) == 1
     assert "cannot reach database" in capsys.readouterr().err
 

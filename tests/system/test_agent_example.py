@@ -64,6 +64,7 @@ async def test_agent_example_fixes_and_applies(services_factory, tmp_path: Path)
     assert code == 0 and json.loads(out)["outcome"] == "OUTCOME_ALREADY_CLEAN", err
 
 
-async def test_agent_example_reports_an_unreachable_service(tmp_path: Path) -> None:
-    code, _, err = await _example(str(tmp_path), "--addr", "127.0.0.1:9", "--timeout", "3")
+async def test_agent_example_reports_an_unreachable_service(tmp_path: Path, dead_endpoint) -> None:
+    addr = dead_endpoint().addr
+    code, _, err = await _example(str(tmp_path), "--addr", addr, "--timeout", "3")
     assert code == 3 and "error: UNAVAILABLE" in err
