@@ -15,12 +15,14 @@ import tomllib
 from pathlib import Path
 from types import ModuleType
 
+import grpc
 import pytest
 
 from speckit_reflex.bakeoff.suite import find_suite, load_suite
+from speckit_reflex.clients.capsule import CapsuleClient
 from speckit_reflex.clients.patchloop import PatchLoopClient
 from speckit_reflex.policy import LoadedPolicy, load_policy
-from speckit_reflex.v1 import patchloop_pb2
+from speckit_reflex.v1 import patchloop_pb2, patchloop_pb2_grpc
 
 from .conftest import run_speckit, speckit_env
 
@@ -137,3 +139,59 @@ async def test_harvest_refuses_when_capture_was_off(
     assert "harvest refused: capture.mode is 'hash'" in run.stderr
     assert "full_io" in run.stderr
     assert not out.exists()
+
+
+async def test_check_patch_builds_only_captured_workspaces_and_rejects_hostile_patches(
+    services_factory, sqlite_url: str, tmp_path: Path
+) -> None:
+    svc = await services_factory(
+        SERVICES, database_url=sqlite_url, policy=capture_policy("full_io")
+    )
+    task = COMPILER_FIXED[0]
+    ws = copy_task(task.crate_dir, tmp_path / "ws" / "one")
+    client = PatchLoopClient(svc.ctx.channel("patchloop"))
+    events, result = await client.run_to_end(str(ws), verify_profile="test", max_attempts=1)
+    assert result.outcome == patchloop_pb2.OUTCOME_FIXED
+    run_id = events[0].run_id
+
+    broken = await client.check_patch(run_id)
+    assert broken.patch_applied and not broken.compiles and broken.error_count >= 1
+    fixed = await client.check_patch(run_id, recorded_fix=True)
+    assert fixed.compiles and fixed.verified and fixed.verify_profile == "test"
+    # A candidate's patch is planned by the loop's own rules: no way out of the copy.
+    escape = json.dumps({"edits": [{"file": "../../escape.rs", "search": "fn", "replace": "fn"}]})
+    rejected = await client.check_patch(run_id, patch_json=escape)
+    assert not rejected.patch_applied and rejected.patch_rejected.startswith("path_escape")
+    assert not rejected.compiles
+    garbage = await client.check_patch(run_id, patch_json="not json")
+    assert not garbage.patch_applied and garbage.patch_rejected.startswith("invalid_json")
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.check_patch("no-such-run")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    stub = patchloop_pb2_grpc.PatchLoopStub(svc.ctx.channel("patchloop"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.CheckPatch(
+            patchloop_pb2.CheckPatchRequest(run_id=run_id, build_profile="sh -c id")
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert not (tmp_path / "escape.rs").exists() and not (tmp_path / "ws" / "escape.rs").exists()
+
+
+async def test_bakeoff_trials_are_not_captured(
+    services_factory, sqlite_url: str, tmp_path: Path
+) -> None:
+    """A trial's crate is a suite task already: harvesting it back would feed
+    a suite into itself."""
+    svc = await services_factory(
+        SERVICES, database_url=sqlite_url, policy=capture_policy("full_io")
+    )
+    ws = copy_task(COMPILER_FIXED[0].crate_dir, tmp_path / "ws" / "trial")
+    client = PatchLoopClient(svc.ctx.channel("patchloop"))
+    _, result = await client.run_to_end(
+        str(ws), verify_profile="test", max_attempts=1, bakeoff_run_id="bakeoff-1", task_id="t"
+    )
+    assert result.outcome == patchloop_pb2.OUTCOME_FIXED
+    # The capture would have been stored before the result was streamed.
+    captures, _ = await CapsuleClient(svc.ctx.channel("capsule")).all_run_captures()
+    assert captures == []

@@ -223,8 +223,10 @@ async def start_capture(
     state: CompileOutcome,
     note: Callable[[str], None],
 ) -> RunCapture | None:
-    """The run's capture, its start stored; None unless capture.mode = full_io."""
-    if store is None or policy.capture.mode != "full_io":
+    """The run's capture, its start stored; None unless capture.mode = full_io
+    (and for bakeoff trials)."""
+    # A bakeoff trial's crate is a suite's task already, not the user's corpus.
+    if store is None or policy.capture.mode != "full_io" or spec.bakeoff_run_id:
         return None
     capture = RunCapture(
         store, policy.capture.max_workspace_bytes, note, spec.run_id, spec.session_id
