@@ -20,7 +20,13 @@ from speckit_reflex.runtime.bootstrap import ServiceContext, start_services
 from speckit_reflex.runtime.server import RunningServer
 from speckit_reflex.runtime.settings import RuntimeSettings
 from speckit_reflex.runtime.tracing import Tracing
-from tests.ports import DeadEndpoint, HeldPort, StartFailed, start_on_free_port
+from tests.ports import (
+    DeadEndpoint,
+    HeldPort,
+    StartFailed,
+    listening_ports,
+    start_on_free_port,
+)
 
 PG_ADMIN_DSN = os.environ.get(
     "SPECKIT_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -220,7 +226,10 @@ class LlamaServer:
                     f"llm serve on port {self.port} exited with {self.proc.returncode}"
                 )
             try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
+                # Ours answers: the port is this child's, not a process that took it.
+                if httpx.get(
+                    f"http://127.0.0.1:{self.port}/health", timeout=1
+                ).status_code == 200 and self.port in listening_ports(self.proc.pid):
                     return self
             except httpx.HTTPError:
                 pass

@@ -29,9 +29,11 @@ and `held_port` fixtures of tests/conftest.py close them when the test ends).
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Self, TypeVar
 
 from speckit_reflex.clients.ports import HOST, StartFailed, pick_port, start_on_free_port
@@ -41,6 +43,7 @@ __all__ = [
     "DeadEndpoint",
     "HeldPort",
     "StartFailed",
+    "listening_ports",
     "pick_port",
     "start_on_free_port",
     "start_with_fresh_ports",
@@ -48,6 +51,31 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports the process `pid` itself listens on (from /proc): a child told a
+    port is ready when it holds that port, not when something on it answers
+    (some other process may have taken it in the window)."""
+    try:
+        inodes = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+        tables = [Path(f"/proc/{pid}/net/{t}").read_text() for t in ("tcp", "tcp6")]
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return set()  # the process is gone
+    ports = set()
+    for table in tables:
+        for line in table.splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in inodes:  # 0A = LISTEN
+                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 async def start_with_fresh_ports(start: Callable[[], Awaitable[T]], attempts: int = 3) -> T:

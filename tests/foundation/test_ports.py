@@ -4,12 +4,19 @@ never taken by anyone else, and dead again once our server on one stops."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 
 import pytest
 from grpc import aio
 
-from tests.ports import DeadEndpoint, HeldPort, StartFailed, start_on_free_port
+from tests.ports import (
+    DeadEndpoint,
+    HeldPort,
+    StartFailed,
+    listening_ports,
+    start_on_free_port,
+)
 
 
 def _refused(port: int) -> None:
@@ -66,6 +73,19 @@ async def test_a_port_a_server_just_left_can_be_held_again() -> None:
         assert held.port == port
         _refused(port)
         _cannot_bind(port)
+
+
+async def test_listening_ports_are_the_process_own_listeners() -> None:
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with HeldPort() as held:  # bound, not listening
+            ours = listening_ports(os.getpid())
+            assert port in ours and held.port not in ours
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert port not in listening_ports(os.getpid())
 
 
 def test_start_on_free_port_retries_a_failed_start_on_a_new_port() -> None:

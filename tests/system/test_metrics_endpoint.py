@@ -16,29 +16,10 @@ from grpc import aio
 
 from speckit_reflex.clients.health import is_serving
 from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, router_pb2, router_pb2_grpc
-from tests.ports import pick_port, start_with_fresh_ports, wait_ready
+from tests.ports import listening_ports, pick_port, start_with_fresh_ports, wait_ready
 
 SERVICES = ("router", "inference", "patchloop", "capsule")
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def listening_ports(pid: int) -> set[int]:
-    """TCP ports the process `pid` listens on, from /proc."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    ports = set()
-    for table in ("tcp", "tcp6"):
-        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
-            cols = line.split()
-            if cols[3] == "0A" and cols[9] in inodes:  # 0A = LISTEN
-                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
-    return ports
 
 
 async def serve_all(
