@@ -112,7 +112,7 @@ class RunReport:
     def note(self, text: str) -> None:
         self.event(note=text)
 
-    def capsule(self, event_type: int, **fields: Any) -> None:
+    def capsule(self, event_type: common_pb2.EventType.ValueType, **fields: Any) -> None:
         """An Implementer event for Capsule (queued; never blocks)."""
         spec = self._spec
         self._events.emit(
