@@ -15,7 +15,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -223,7 +223,7 @@ class ModelServer:
 
     async def stream_chat(
         self, body: dict[str, Any], deadline: float, gen: Generation
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """POST a streaming chat completion; yield content deltas as they arrive.
 
         `gen` is filled as the stream goes (content, reasoning, usage, finish
@@ -349,7 +349,7 @@ class ModelServer:
             gen.reasoning.append(thought)
         if choice.get("finish_reason"):
             gen.finish_reason = choice["finish_reason"]
-        text = delta.get("content")
+        text: str = delta.get("content") or ""
         if not text:
             return ""
         if gen.first_token_at is None:

@@ -1,9 +1,10 @@
 """The Inference Adapter's logic: pick backends, call them, judge, record.
 
-One call = one `LLMCall` event. Backends are tried in policy order; a backend
-that fails (connection error, 5xx, 503 overload, timeout, a failed probe, a
-cut stream) is logged with its reason, cooled down, and the next one tried.
-A reply under a JSON schema is judged locally and retried up to the bound; an
+One call = one `LLMCall` event (audit.py). Backends are tried in policy
+order, each in a turn of its own (turn.py): a generation judged under the
+request's JSON schema and retried up to the bound. A backend that fails
+(connection error, 5xx, 503 overload, timeout, a failed probe, a cut stream)
+is logged with its reason, cooled down, and the next one tried. An
 unvalidated reply is never returned as content when the policy requires a
 schema. The cloud backend is refused outright under `local_only` (GR-009),
 before any connection exists.
@@ -16,10 +17,10 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
 
-from opentelemetry.trace import Status, StatusCode, Tracer, format_span_id, format_trace_id
+from opentelemetry.trace import Tracer
 
 from speckit_reflex.errors import (
     DeadlineExceeded,
@@ -28,6 +29,7 @@ from speckit_reflex.errors import (
     NotFound,
     Unavailable,
 )
+from speckit_reflex.inference.audit import CallAudit
 from speckit_reflex.inference.backends import (
     BackendSpec,
     Generation,
@@ -35,13 +37,13 @@ from speckit_reflex.inference.backends import (
     UpstreamFailure,
     resolve_api_key,
 )
+from speckit_reflex.inference.calls import CallRequest, CallResult
 from speckit_reflex.inference.health import BackendStatus, HealthBook
 from speckit_reflex.inference.identity import ModelIdentity
-from speckit_reflex.inference.validation import SchemaCheck, Verdict, judge_reply
+from speckit_reflex.inference.turn import BackendTurn
+from speckit_reflex.inference.validation import SchemaCheck, Verdict
 from speckit_reflex.policy import LoadedPolicy
-from speckit_reflex.runtime.events import new_event
 from speckit_reflex.runtime.metrics import Metrics
-from speckit_reflex.runtime.redact import redact_text
 from speckit_reflex.v1 import common_pb2
 
 log = logging.getLogger("speckit.inference")
@@ -102,65 +104,12 @@ class AdapterConfig:
 
 
 @dataclass(frozen=True)
-class CallRequest:
-    """One Complete/StreamComplete request, transport-free."""
-
-    messages: list[dict[str, str]]
-    backend: str = ""
-    model: str = ""
-    max_tokens: int = 0
-    temperature: float | None = None
-    seed: int | None = None
-    json_schema: str = ""
-    schema_name: str = ""
-    max_validation_retries: int | None = None
-    mode: int = common_pb2.ROUTING_MODE_UNSPECIFIED
-    role: int = common_pb2.ROLE_UNSPECIFIED
-    session_id: str = ""
-    run_id: str = ""
-    decision_id: str = ""
-    attempt: int = 0
-    fallback_reason: str = ""
-
-
-@dataclass
-class CallResult:
-    """The reply of one call, with what was measured."""
-
-    call_id: str
-    content: str = ""
-    schema_valid: bool = False
-    attempts: int = 0
-    finish_reason: str = ""
-    backend: str = ""
-    model: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    #: None = the server did not report it (unknown, not zero)
-    cached_tokens: int | None = None
-    ttft_ms: float | None = None
-    latency_ms: float = 0.0
-    tokens_per_s: float = 0.0
-    validation_error: str = ""
-    failovers: list[tuple[str, str]] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
 class ModelCard:
     id: str
     backend: str
     owned_by: str = ""
     max_model_len: int = 0
-    identity: ModelIdentity = ModelIdentity()
-
-
-def _retry_hint(verdict: Verdict) -> dict[str, str]:
-    # Appended after the original prompt so the server's prefix cache still hits.
-    return {
-        "role": "user",
-        "content": f"Your previous reply was rejected ({verdict.kind}). Reply with exactly one JSON "
-        "document that matches the schema, with no other text.",
-    }
+    identity: ModelIdentity = field(default_factory=ModelIdentity)
 
 
 class InferenceCore:
@@ -176,20 +125,20 @@ class InferenceCore:
         metrics: Metrics | None = None,
         tracer: Tracer | None = None,
     ):
-        self._tracer = tracer
         self.config = config
         self._servers = servers
         self._health = health
         self._schemas = schemas
-        self._emit = emit
-        self._metrics = metrics
         self._local_names = tuple(s.name for s in config.local)
-        # Metric labels name only models of the policy: a caller's model name
-        # (or a server's echo of it) would put caller text on the
-        # unauthenticated /metrics and grow the series without bound.
-        self._known_models = frozenset(
-            m for s in (*config.local, config.cloud) for m in s.models
-        ) | {config.primary_model}
+        self._audit = CallAudit(
+            emit,
+            secrets=config.secrets,
+            policy_hash=config.policy_hash,
+            known_models={m for s in (*config.local, config.cloud) for m in s.models}
+            | {config.primary_model},
+            tracer=tracer,
+            metrics=metrics,
+        )
 
     # -- listing and health ---------------------------------------------------
 
@@ -380,69 +329,34 @@ class InferenceCore:
                     if skip:
                         self._record_failover(result, server.name, skip, "skipped")
                         continue
-                per_call = (
-                    self.config.cloud_timeout_s
-                    if server.spec.is_cloud
-                    else self.config.local_timeout_s
+                turn = BackendTurn(
+                    server,
+                    model,
+                    req,
+                    schema=schema,
+                    validator=validator,
+                    retries=retries,
+                    timeout_s=self._timeout_s(server),
+                    generations=gens,
                 )
-                messages = list(req.messages)
-                verdict: Verdict | None = None
                 try:
-                    for _ in range(retries + 1):
-                        now = loop.time()
-                        attempt_deadline = (
-                            now + per_call if deadline is None else min(deadline, now + per_call)
-                        )
-                        gen = Generation()
-                        gens.append(gen)
-                        result.attempts += 1
-                        body = server.dialect.chat_body(
-                            model,
-                            messages,
-                            req.max_tokens,
-                            req.temperature,
-                            req.seed,
-                            schema,
-                            req.schema_name,
-                        )
-                        async for delta in server.stream_chat(body, attempt_deadline, gen):
+                    async with aclosing(turn.deltas(deadline)) as deltas:
+                        async for delta in deltas:
                             if result.ttft_ms is None:
                                 result.ttft_ms = (time.perf_counter() - t0) * 1000
                             if relay:
                                 relayed = True
                                 yield delta
-                        if validator is None:
-                            break
-                        verdict = judge_reply(
-                            gen.content, gen.reasoning_text, gen.finish_reason, validator
-                        )
-                        if verdict.valid:
-                            break
-                        messages = [*req.messages, _retry_hint(verdict)]
                 except UpstreamFailure as exc:
-                    if deadline is not None and loop.time() >= deadline:
-                        raise DeadlineExceeded(
-                            f"deadline_exceeded: the caller's deadline passed waiting for {server.name} "
-                            f"({exc.reason})",
-                            metadata={"backend": server.name},
-                        ) from None
-                    self._health.mark_failed(server.name)
-                    self._record_failover(result, server.name, exc.reason, exc.detail)
-                    if relayed:
-                        raise Unavailable(
-                            f"stream_broken: {server.name} failed mid-stream ({exc.reason}) "
-                            "after part of its reply was relayed",
-                            reason=common_pb2.ERROR_REASON_STREAM_BROKEN,
-                            metadata={"backend": server.name},
-                        ) from None
+                    self._backend_failed(result, server, exc, deadline, relayed)
                     continue
-                self._finish(result, server, model, gens[-1], verdict)
-                call_reason = self._outcome_reason(result, verdict)
+                self._finish(result, turn)
+                call_reason = self._outcome_reason(result, turn.verdict)
                 result.latency_ms = (time.perf_counter() - t0) * 1000
                 self._sum_usage(result, gens)
-                usable = verdict is None or verdict.valid
+                usable = turn.verdict is None or turn.verdict.valid
                 # Built after the reply is on its way: audit never delays it.
-                loop.call_soon(self._record_call, req, result, gens, usable, call_reason)
+                loop.call_soon(self._audit.record, req, result, gens, usable, call_reason)
                 recorded = True
                 yield result
                 return
@@ -450,14 +364,45 @@ class InferenceCore:
         except DomainError as exc:
             result.latency_ms = (time.perf_counter() - t0) * 1000
             self._sum_usage(result, gens)
-            self._record_call(req, result, gens, False, exc.message)
+            self._audit.record(req, result, gens, False, exc.message)
             raise
         except asyncio.CancelledError:
             if not recorded:  # a cancel while the final chunk goes out is not a second call
                 result.latency_ms = (time.perf_counter() - t0) * 1000
                 self._sum_usage(result, gens)
-                self._record_call(req, result, gens, False, "cancelled")
+                self._audit.record(req, result, gens, False, "cancelled")
             raise
+
+    def _timeout_s(self, server: ModelServer) -> float:
+        """One generation's time limit on `server` (the policy's, per kind)."""
+        cfg = self.config
+        return cfg.cloud_timeout_s if server.spec.is_cloud else cfg.local_timeout_s
+
+    def _backend_failed(
+        self,
+        result: CallResult,
+        server: ModelServer,
+        exc: UpstreamFailure,
+        deadline: float | None,
+        relayed: bool,
+    ) -> None:
+        """Fail over from `server` (cooled down, the failover recorded), unless
+        the caller's deadline has passed or part of its reply went out."""
+        if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+            raise DeadlineExceeded(
+                f"deadline_exceeded: the caller's deadline passed waiting for {server.name} "
+                f"({exc.reason})",
+                metadata={"backend": server.name},
+            ) from None
+        self._health.mark_failed(server.name)
+        self._record_failover(result, server.name, exc.reason, exc.detail)
+        if relayed:
+            raise Unavailable(
+                f"stream_broken: {server.name} failed mid-stream ({exc.reason}) "
+                "after part of its reply was relayed",
+                reason=common_pb2.ERROR_REASON_STREAM_BROKEN,
+                metadata={"backend": server.name},
+            ) from None
 
     def _record_failover(self, result: CallResult, backend: str, reason: str, detail: str) -> None:
         result.failovers.append((backend, reason))
@@ -475,7 +420,7 @@ class InferenceCore:
         )
 
     def _exhausted(self, result: CallResult, model: str) -> DomainError:
-        tried = ", ".join(f"{b}={r}" for b, r in result.failovers)
+        tried = result.failover_text()
         backends = {"backends": ",".join(dict.fromkeys(b for b, _ in result.failovers))}
         if result.failovers and all(r == "model_not_listed" for _, r in result.failovers):
             return NotFound(
@@ -489,16 +434,12 @@ class InferenceCore:
             metadata=backends,
         )
 
-    def _finish(
-        self,
-        result: CallResult,
-        server: ModelServer,
-        model: str,
-        gen: Generation,
-        verdict: Verdict | None,
-    ) -> None:
+    def _finish(self, result: CallResult, turn: BackendTurn) -> None:
+        """The reply of the turn that answered; without a valid one, no content
+        when the policy requires a schema."""
+        server, gen, verdict = turn.server, turn.last, turn.verdict
         result.backend = server.name
-        result.model = gen.model or model
+        result.model = gen.model or turn.model
         result.finish_reason = gen.finish_reason
         completion = int((gen.usage or {}).get("completion_tokens") or 0)
         if gen.first_token_at is not None and completion > 1:
@@ -517,14 +458,16 @@ class InferenceCore:
     def _outcome_reason(result: CallResult, verdict: Verdict | None) -> str:
         parts = []
         if result.failovers:
-            parts.append("failover " + ", ".join(f"{b}={r}" for b, r in result.failovers))
+            parts.append("failover " + result.failover_text())
         if verdict is not None and not verdict.valid:
             parts.append(f"schema_invalid {verdict.kind}")
         return "; ".join(parts) or "ok"
 
     @staticmethod
     def _sum_usage(result: CallResult, gens: list[Generation]) -> None:
-        """Usage summed over every generation of the call (retries cost tokens too)."""
+        """Generations (the call's attempts) counted and their usage summed
+        over every backend tried (retries cost tokens too)."""
+        result.attempts = len(gens)
         prompt = completion = 0
         cached: int | None = None
         for g in gens:
@@ -540,146 +483,3 @@ class InferenceCore:
         )
         if not result.tokens_per_s and completion and result.latency_ms:
             result.tokens_per_s = completion / (result.latency_ms / 1000)
-
-    # -- audit --------------------------------------------------------------------
-
-    def _record_call(
-        self,
-        req: CallRequest,
-        result: CallResult,
-        gens: list[Generation],
-        success: bool,
-        reason: str,
-    ) -> None:
-        """Build the LLMCall event and hand it to the sink (never blocks)."""
-        secrets = self.config.secrets
-        last = gens[-1] if gens else None
-        params: dict[str, Any] = {
-            "max_tokens": req.max_tokens,
-            "backend": req.backend,
-            "model": req.model,
-        }
-        if req.temperature is not None:
-            params["temperature"] = req.temperature
-        if req.seed is not None:
-            params["seed"] = req.seed
-        if req.json_schema:
-            params["schema_name"] = req.schema_name
-            params["json_schema"] = req.json_schema
-        request = {
-            "messages": [
-                {"role": m["role"], "content": redact_text(m["content"], secrets)}
-                for m in req.messages
-            ],
-            "params": params,
-        }
-        response = {
-            "content": redact_text(last.content, secrets) if last else "",
-            "reasoning": redact_text(last.reasoning_text, secrets) if last else "",
-            "finish_reason": result.finish_reason,
-        }
-        # The seed's LLMCall field: why this call is a fallback (the Router's
-        # reason, or the adapter's failover), null when it is none.
-        fallback_reason = req.fallback_reason or (
-            "failover " + ", ".join(f"{b}={r}" for b, r in result.failovers)
-            if result.failovers
-            else None
-        )
-        payload = {
-            "fallback_reason": fallback_reason,
-            "finish_reason": result.finish_reason,
-            "attempts": result.attempts,
-            "failovers": [{"backend": b, "reason": r} for b, r in result.failovers],
-            "decision_id": req.decision_id,
-            "validation_error": result.validation_error,
-            "schema": bool(req.json_schema),
-        }
-        ev = new_event(
-            common_pb2.EVENT_TYPE_LLM_CALL,
-            role=req.role,
-            mode=req.mode,
-            model=result.model or req.model,
-            backend=result.backend,
-            session_id=req.session_id,
-            run_id=req.run_id,
-            attempt=req.attempt,
-            latency_ms=result.latency_ms,
-            ttft_ms=result.ttft_ms,
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            cached_tokens=result.cached_tokens,
-            tokens_per_s=result.tokens_per_s,
-            # A call that got no reply (timeout, cooling down, refused) is an
-            # error, not a schema failure: json_valid stays unset.
-            json_valid=result.schema_valid if req.json_schema and result.finish_reason else None,
-            success=success,
-            reason=redact_text(reason, secrets),
-            is_fallback=fallback_reason is not None,
-            policy_hash=self.config.policy_hash,
-            request=request,
-            response=response,
-            payload=payload,
-        )
-        ev.id = result.call_id
-        if self._tracer is not None:
-            self._trace_call(ev, req, result, success)
-        self._emit(ev)
-        if self._metrics is not None:
-            self._count_call(req, result, success, reason)
-
-    def _trace_call(
-        self, ev: common_pb2.Event, req: CallRequest, result: CallResult, success: bool
-    ) -> None:
-        """The call's span, made once its outcome is known (a span held open
-        across the generator's yields would leak its context into the caller);
-        its times are the call's own. The LLMCall event carries its ids."""
-        assert self._tracer is not None
-        end_ns = time.time_ns()
-        span = self._tracer.start_span(
-            "inference.model_call",
-            start_time=end_ns - int(result.latency_ms * 1e6),
-            attributes={
-                "speckit.call_id": result.call_id,
-                "speckit.backend": result.backend,
-                "speckit.model": ev.model,
-                "speckit.decision_id": req.decision_id,
-                "speckit.attempts": result.attempts,
-                "speckit.schema_valid": result.schema_valid,
-                "speckit.prompt_tokens": result.prompt_tokens,
-                "speckit.completion_tokens": result.completion_tokens,
-                "speckit.outcome": ev.reason,
-                "speckit.failovers": ", ".join(f"{b}={r}" for b, r in result.failovers),
-            },
-        )
-        if result.ttft_ms is not None:
-            span.set_attribute("speckit.ttft_ms", result.ttft_ms)
-        if not success:
-            span.set_status(Status(StatusCode.ERROR, ev.reason))
-        span.end(end_time=end_ns)
-        ctx = span.get_span_context()
-        if ctx.is_valid and ctx.trace_flags.sampled:
-            ev.trace_id, ev.span_id = format_trace_id(ctx.trace_id), format_span_id(ctx.span_id)
-
-    def _count_call(self, req: CallRequest, result: CallResult, success: bool, reason: str) -> None:
-        m = self._metrics
-        assert m is not None
-        backend = result.backend or "none"
-        named = [m for m in (result.model, req.model) if m]
-        model = next((m for m in named if m in self._known_models), "other" if named else "none")
-        if success:
-            outcome = "ok"
-        elif reason == "cancelled":
-            outcome = "cancelled"
-        elif result.backend and req.json_schema and not result.schema_valid:
-            outcome = "schema_invalid"
-        else:
-            outcome = "error"
-        valid = ("true" if result.schema_valid else "false") if req.json_schema else "none"
-        m.model_calls(backend, model, outcome, valid).inc()
-        m.model_seconds(backend, model).observe(result.latency_ms / 1000)
-        if result.ttft_ms is not None:
-            m.model_ttft(backend, model).observe(result.ttft_ms / 1000)
-        m.model_tokens(backend, model, "prompt").inc(result.prompt_tokens)
-        m.model_tokens(backend, model, "completion").inc(result.completion_tokens)
-        if result.cached_tokens:
-            m.model_tokens(backend, model, "cached").inc(result.cached_tokens)

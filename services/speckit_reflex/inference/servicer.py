@@ -8,7 +8,8 @@ from typing import Any
 
 from grpc import aio
 
-from speckit_reflex.inference.core import CallRequest, CallResult, InferenceCore
+from speckit_reflex.inference.calls import CallRequest, CallResult
+from speckit_reflex.inference.core import InferenceCore
 from speckit_reflex.inference.health import BackendStatus
 from speckit_reflex.inference.identity import ModelIdentity
 from speckit_reflex.runtime.validate import Items, Range, Rules, Text, check_message
