@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from speckit_reflex.contract import enum_name
 from speckit_reflex.patchloop.compiler import CompileOutcome
 from speckit_reflex.patchloop.patch import (
     PatchBounds,
@@ -213,7 +214,9 @@ class Attempt:
             run_id=spec.run_id,
             decision_id=decision.decision_id,
             attempt=self._number,
-            fallback_reason=reason_name(decision.reason) if decision.is_fallback else "",
+            fallback_reason=enum_name(common_pb2.RoutingReason, decision.reason)
+            if decision.is_fallback
+            else "",
         )
         if self._number > 1:
             # A retry must be able to differ from the attempt before it.
@@ -375,7 +378,7 @@ class Attempt:
             "errors_before": before.error_count,
             "errors_after": after.error_count if after else before.error_count,
             "decision_id": decision.decision_id,
-            "routing_reason": reason_name(decision.reason),
+            "routing_reason": enum_name(common_pb2.RoutingReason, decision.reason),
             "timing": timing.summary(),
             **payload,
         }
@@ -408,10 +411,6 @@ class Attempt:
             payload=details,
             **fields,
         )
-
-
-def reason_name(reason: common_pb2.RoutingReason.ValueType) -> str:
-    return common_pb2.RoutingReason.Name(reason).removeprefix("ROUTING_REASON_").lower()
 
 
 def cache_reuse(reply: inference_pb2.CompleteReply) -> float | None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from opentelemetry.trace import Span, Tracer
 
+from speckit_reflex.contract import enum_name
 from speckit_reflex.patchloop.attempt import (
     MODE_SOURCE,
     Attempt,
@@ -297,7 +298,7 @@ class Run:
         # Free the cache slot before the caller hears the result, so its next
         # run on this workspace finds the slot (and its warm build) free.
         self._scratch.release()
-        outcome_name = patchloop_pb2.Outcome.Name(outcome).removeprefix("OUTCOME_").lower()
+        outcome_name = enum_name(patchloop_pb2.Outcome, outcome)
         duration_ms = (time.perf_counter() - self._started) * 1000
         result = patchloop_pb2.RunResult(
             outcome=outcome,
@@ -318,9 +319,7 @@ class Run:
             reason=reason,
             payload={
                 "outcome": outcome_name,
-                "fixed_by": patchloop_pb2.FixSource.Name(fixed_by)
-                .removeprefix("FIX_SOURCE_")
-                .lower(),
+                "fixed_by": enum_name(patchloop_pb2.FixSource, fixed_by),
                 "attempts": self._attempt,
                 "escalated": self._routes.escalated,
                 "duration_ms": round(duration_ms, 3),
