@@ -41,7 +41,7 @@ from speckit_reflex.inference.calls import CallRequest, CallResult
 from speckit_reflex.inference.health import BackendStatus, HealthBook
 from speckit_reflex.inference.identity import ModelIdentity
 from speckit_reflex.inference.turn import BackendTurn
-from speckit_reflex.inference.validation import SchemaCheck, Verdict
+from speckit_reflex.inference.validation import ReplyCheck, SchemaCheck
 from speckit_reflex.policy import LoadedPolicy
 from speckit_reflex.runtime.metrics import Metrics
 from speckit_reflex.v1 import common_pb2
@@ -351,10 +351,10 @@ class InferenceCore:
                     self._backend_failed(result, server, exc, deadline, relayed)
                     continue
                 self._finish(result, turn)
-                call_reason = self._outcome_reason(result, turn.verdict)
+                call_reason = self._outcome_reason(result, turn.check)
                 result.latency_ms = (time.perf_counter() - t0) * 1000
                 self._sum_usage(result, gens)
-                usable = turn.verdict is None or turn.verdict.valid
+                usable = turn.check is None or turn.check.valid
                 # Built after the reply is on its way: audit never delays it.
                 loop.call_soon(self._audit.record, req, result, gens, usable, call_reason)
                 recorded = True
@@ -437,7 +437,7 @@ class InferenceCore:
     def _finish(self, result: CallResult, turn: BackendTurn) -> None:
         """The reply of the turn that answered; without a valid one, no content
         when the policy requires a schema."""
-        server, gen, verdict = turn.server, turn.last, turn.verdict
+        server, gen, check = turn.server, turn.last, turn.check
         result.backend = server.name
         result.model = gen.model or turn.model
         result.finish_reason = gen.finish_reason
@@ -446,21 +446,21 @@ class InferenceCore:
             # Decode speed: tokens after the first over the time since the first.
             span = time.perf_counter() - gen.first_token_at
             result.tokens_per_s = (completion - 1) / span if span > 0 else 0.0
-        if verdict is None:
+        if check is None:
             result.content = gen.content
             return
-        result.schema_valid = verdict.valid
-        result.validation_error = "" if verdict.valid else verdict.error
-        keep = verdict.valid or not self.config.json_schema_required
-        result.content = gen.content.strip() if verdict.valid else (gen.content if keep else "")
+        result.schema_valid = check.valid
+        result.validation_error = "" if check.valid else check.error
+        keep = check.valid or not self.config.json_schema_required
+        result.content = gen.content.strip() if check.valid else (gen.content if keep else "")
 
     @staticmethod
-    def _outcome_reason(result: CallResult, verdict: Verdict | None) -> str:
+    def _outcome_reason(result: CallResult, check: ReplyCheck | None) -> str:
         parts = []
         if result.failovers:
             parts.append("failover " + result.failover_text())
-        if verdict is not None and not verdict.valid:
-            parts.append(f"schema_invalid {verdict.kind}")
+        if check is not None and not check.valid:
+            parts.append(f"schema_invalid {check.kind}")
         return "; ".join(parts) or "ok"
 
     @staticmethod

@@ -18,14 +18,14 @@ from typing import Any
 
 from speckit_reflex.inference.backends import Generation, ModelServer
 from speckit_reflex.inference.calls import CallRequest
-from speckit_reflex.inference.validation import Verdict, judge_reply
+from speckit_reflex.inference.validation import ReplyCheck, judge_reply
 
 
-def retry_hint(verdict: Verdict) -> dict[str, str]:
+def retry_hint(check: ReplyCheck) -> dict[str, str]:
     """The message appended after the original prompt for a retry."""
     return {
         "role": "user",
-        "content": f"Your previous reply was rejected ({verdict.kind}). Reply with exactly one JSON "
+        "content": f"Your previous reply was rejected ({check.kind}). Reply with exactly one JSON "
         "document that matches the schema, with no other text.",
     }
 
@@ -56,7 +56,7 @@ class BackendTurn:
         #: the call's generations, this turn's appended as each starts
         self._generations = generations
         #: the judgement of the last reply (None without a schema)
-        self.verdict: Verdict | None = None
+        self.check: ReplyCheck | None = None
 
     @property
     def last(self) -> Generation:
@@ -90,9 +90,9 @@ class BackendTurn:
                     yield delta
             if self._validator is None:
                 return
-            self.verdict = judge_reply(
+            self.check = judge_reply(
                 gen.content, gen.reasoning_text, gen.finish_reason, self._validator
             )
-            if self.verdict.valid:
+            if self.check.valid:
                 return
-            messages = [*req.messages, retry_hint(self.verdict)]
+            messages = [*req.messages, retry_hint(self.check)]

@@ -129,7 +129,7 @@ class SchemaCheck:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class ReplyCheck:
     """The local judgement of one reply against the schema."""
 
     valid: bool
@@ -143,28 +143,28 @@ class Verdict:
         return f"{self.kind}: {self.detail}" if self.detail else self.kind
 
 
-def judge_reply(content: str, reasoning: str, finish_reason: str, validator: Any) -> Verdict:
+def judge_reply(content: str, reasoning: str, finish_reason: str, validator: Any) -> ReplyCheck:
     """Is `content` one complete JSON document valid under the schema?
 
     Fences, prose around the JSON, a reply cut by max_tokens, or JSON that
     appears only in the reasoning channel are all failures.
     """
     if finish_reason == "length":
-        return Verdict(False, "truncated", "finish_reason is length (cut by max_tokens)")
+        return ReplyCheck(False, "truncated", "finish_reason is length (cut by max_tokens)")
     text = content.strip()
     if not text:
         if reasoning.strip():
-            return Verdict(
+            return ReplyCheck(
                 False, "json_only_in_reasoning", "content is empty; only reasoning was returned"
             )
-        return Verdict(False, "empty", "the reply is empty")
+        return ReplyCheck(False, "empty", "the reply is empty")
     try:
         doc = json.loads(text)
     except ValueError as exc:
         hint = "markdown fence" if text.startswith("```") else "prose or broken JSON"
-        return Verdict(False, "not_json", f"{hint}: {exc}")
+        return ReplyCheck(False, "not_json", f"{hint}: {exc}")
     error = next(iter(validator.iter_errors(doc)), None)
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-        return Verdict(False, "schema_mismatch", f"at {where}: {error.message[:200]}")
-    return Verdict(True)
+        return ReplyCheck(False, "schema_mismatch", f"at {where}: {error.message[:200]}")
+    return ReplyCheck(True)
