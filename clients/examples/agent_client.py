@@ -13,7 +13,8 @@ the run and reads its events. Progress goes to stderr, one line per event;
 the result goes to stdout (JSON with --json).
 
 Exit status: 0 fixed (or already clean), 1 gave up, 2 refused by policy
-(e.g. local_only with no local model that qualifies), 3 the call failed.
+(e.g. local_only with no local model that qualifies), 3 the call failed or
+the run ended in error (OUTCOME_ERROR: e.g. the Router unreachable).
 
 The agent never sends a command: builds run the PatchLoop policy's named
 profiles (`check` by default; --test adds the `test` profile after a clean

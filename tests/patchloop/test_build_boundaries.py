@@ -16,6 +16,7 @@ import grpc
 import pytest
 from patchloop_support import CRATES, ScriptedInference, kinds, reply, run_all, tree_digest
 
+from speckit_reflex.clients.errors import error_of
 from speckit_reflex.clients.patchloop import PatchLoopClient
 from speckit_reflex.errors import PermissionDenied
 from speckit_reflex.patchloop.roots import WorkspaceRoots
@@ -161,6 +162,9 @@ async def test_each_hostile_run_field_is_refused_naming_it(
         [ev async for ev in stub_call(req, timeout=30)]
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
     assert err.value.details().startswith(f"{field}:")
+    # The field is data too, for programs: ErrorInfo INVALID_FIELD naming it.
+    info = error_of(err.value)
+    assert (info.reason, info.metadata) == (common_pb2.ERROR_REASON_INVALID_FIELD, {"field": field})
 
 
 @pytest.mark.parametrize("run_id", ["", "a\x00b", "r" * 3000])

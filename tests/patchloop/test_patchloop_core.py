@@ -370,8 +370,9 @@ async def test_cloud_call_refused_for_a_missing_key_is_a_refusal_not_an_attempt(
     ws = crate("field_typo")
     no_key = ModelCallFailed(
         "failed_precondition",
-        "cloud_key_missing: DEEPSEEK_API_KEY is not set; set it to "
-        "the cloud API key to allow cloud calls (none was sent)",
+        "DEEPSEEK_API_KEY is not set; set it to the cloud API key to allow cloud calls "
+        "(none was sent)",
+        common_pb2.ERROR_REASON_CLOUD_KEY_MISSING,
     )
     loop, _, inference, events = make_loop(
         inference=ScriptedInference([by_mode(NOOP_LINE, no_key)])

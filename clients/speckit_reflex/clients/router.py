@@ -49,4 +49,4 @@ def refusal_reason(exc: grpc.RpcError) -> str | None:
     err = error_of(exc)
     if err.reason != common_pb2.ERROR_REASON_ROUTE_REFUSED:
         return None
-    return err.metadata.get("routing_reason") or None
+    return err.metadata.get("routing_reason") or "route_refused"

@@ -33,6 +33,7 @@ from speckit_reflex.patchloop.ports import (
     InferencePort,
     ModelCallFailed,
     RouteRefused,
+    RouterFailed,
     RouterPort,
 )
 from speckit_reflex.patchloop.progress import judge_patch
@@ -48,8 +49,6 @@ from speckit_reflex.patchloop.workspace import Scratch
 from speckit_reflex.v1 import common_pb2, inference_pb2, patchloop_pb2, router_pb2
 
 RETRY_TEMPERATURE = 0.3
-# The Inference Adapter's refusal of a cloud call without its API key (inference/core.py).
-CLOUD_KEY_MISSING = "cloud_key_missing"
 
 MODE_SOURCE: dict[int, patchloop_pb2.FixSource.ValueType] = {
     common_pb2.ROUTING_MODE_REFLEX: patchloop_pb2.FIX_SOURCE_REFLEX,
@@ -115,8 +114,11 @@ class AttemptResult:
 
     state: CompileOutcome
     fixed: bool = False
-    #: the route or the call was refused: the run ends with OUTCOME_REFUSED
-    refused: bool = False
+    #: the attempt ends the run with this outcome: OUTCOME_REFUSED when the
+    #: policy said no (the Router's refusal, a cloud call refused before it
+    #: left), OUTCOME_ERROR when there was no route at all (the Router
+    #: unreachable or failing: an error, never a refusal)
+    ends_run: patchloop_pb2.Outcome.ValueType | None = None
     reason: str = ""
 
 
@@ -135,14 +137,18 @@ class Attempt:
         try:
             decision = await self._route()
         except RouteRefused as refused:
-            return self._refused("route refused", refused.reason)
+            return self._ends_run(patchloop_pb2.OUTCOME_REFUSED, "route refused", refused.detail)
+        except RouterFailed as failed:
+            return self._ends_run(patchloop_pb2.OUTCOME_ERROR, "no route", failed.reason)
         messages = await self._prompt()
         try:
             reply = await self._call(decision, messages)
         except ModelCallFailed as exc:
-            if exc.detail.startswith(CLOUD_KEY_MISSING):
+            if exc.reason == common_pb2.ERROR_REASON_CLOUD_KEY_MISSING:
                 # Refused before leaving the machine: not an attempt, a refusal that names the variable.
-                return self._refused("cloud call refused", exc.detail)
+                return self._ends_run(
+                    patchloop_pb2.OUTCOME_REFUSED, "cloud call refused", exc.detail
+                )
             return self._model_failed(decision, exc)
         try:
             edits, planned = await self._validate(reply)
@@ -157,7 +163,8 @@ class Attempt:
     # -- the steps ---------------------------------------------------------
 
     async def _route(self) -> router_pb2.RoutingDecision:
-        """The Router's decision (RouteRefused when the policy forbids a route)."""
+        """The Router's decision (RouteRefused when the policy forbids a route,
+        RouterFailed when the Router gives no answer)."""
         spec, report = self._ctx.spec, self._ctx.report
         decision = await self._ctx.router.decide(
             router_pb2.DecideRequest(
@@ -300,9 +307,11 @@ class Attempt:
 
     # -- how it ended ----------------------------------------------------------
 
-    def _refused(self, what: str, reason: str) -> AttemptResult:
+    def _ends_run(
+        self, outcome: patchloop_pb2.Outcome.ValueType, what: str, reason: str
+    ) -> AttemptResult:
         self._ctx.report.note(f"{what}: {reason}")
-        return AttemptResult(self._before, refused=True, reason=reason)
+        return AttemptResult(self._before, ends_run=outcome, reason=reason)
 
     def _model_failed(
         self, decision: router_pb2.RoutingDecision, exc: ModelCallFailed

@@ -12,6 +12,9 @@ from typing import Protocol
 import grpc
 from grpc import aio
 
+from speckit_reflex.clients.errors import error_of
+from speckit_reflex.clients.router import RouterClient, refusal_reason
+from speckit_reflex.contract import ErrorReason
 from speckit_reflex.v1 import (
     capsule_pb2,
     capsule_pb2_grpc,
@@ -19,12 +22,24 @@ from speckit_reflex.v1 import (
     inference_pb2,
     inference_pb2_grpc,
     router_pb2,
-    router_pb2_grpc,
 )
 
 
 class RouteRefused(Exception):
-    """The Router refused a route the policy forbids (local_only, budget)."""
+    """The policy forbids the route (local_only, budget, ...): the Router
+    answered ErrorInfo ROUTE_REFUSED. `reason` is its routing_reason
+    ("budget_exhausted"), `detail` the Router's message for humans."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(detail or reason)
+        self.reason = reason
+        self.detail = detail or reason
+
+
+class RouterFailed(Exception):
+    """No route, and not because of the policy: the Router could not be
+    reached, did not answer in time, or failed. An error of the run, never a
+    refusal. `reason` says which ("router_unavailable: UNAVAILABLE: ...")."""
 
     def __init__(self, reason: str):
         super().__init__(reason)
@@ -32,12 +47,19 @@ class RouteRefused(Exception):
 
 
 class ModelCallFailed(Exception):
-    """The model call did not produce a reply (unreachable, deadline, no key...)."""
+    """The model call did not produce a reply (unreachable, deadline, no key...).
+    `reason` is the adapter's ErrorInfo reason (UNSPECIFIED when it sent none)."""
 
-    def __init__(self, code: str, detail: str):
+    def __init__(
+        self,
+        code: str,
+        detail: str,
+        reason: ErrorReason = common_pb2.ERROR_REASON_UNSPECIFIED,
+    ):
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+        self.reason = reason
 
 
 class SessionHistoryUnavailable(Exception):
@@ -46,7 +68,8 @@ class SessionHistoryUnavailable(Exception):
 
 class RouterPort(Protocol):
     async def decide(self, request: router_pb2.DecideRequest) -> router_pb2.RoutingDecision:
-        """The route of one attempt; raises RouteRefused when the policy forbids it."""
+        """The route of one attempt; raises RouteRefused when the policy forbids
+        it and RouterFailed when there is no answer at all."""
         ...
 
 
@@ -68,17 +91,23 @@ class GrpcRouter:
     """RouterPort over the Router service."""
 
     def __init__(self, channel: aio.Channel, timeout_s: float = 10.0):
-        self._stub = router_pb2_grpc.RouterStub(channel)
+        self._router = RouterClient(channel)
         self._timeout_s = timeout_s
 
     async def decide(self, request: router_pb2.DecideRequest) -> router_pb2.RoutingDecision:
         try:
-            return await self._stub.Decide(request, timeout=self._timeout_s)
+            return await self._router.decide(request, timeout=self._timeout_s)
         except aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                raise RouteRefused(exc.details() or "refused") from None
-            # No route at all is also a refusal to go on, with why.
-            raise RouteRefused(f"router_unavailable: {exc.code().name}: {exc.details()}") from None
+            # Only the Router's ROUTE_REFUSED is the policy saying no; read
+            # from the ErrorInfo, never from the message.
+            refused = refusal_reason(exc)
+            if refused is not None:
+                raise RouteRefused(refused, exc.details() or refused) from None
+            err = error_of(exc)
+            if err.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise RouterFailed(f"router_unavailable: {err.code.name}: {err.message}") from None
+            why = f" [{err.reason_text}]" if err.reason_text else ""
+            raise RouterFailed(f"router_error: {err.code.name}{why}: {err.message}") from None
 
 
 class GrpcInference:
@@ -96,7 +125,8 @@ class GrpcInference:
                 if chunk.WhichOneof("kind") == "final":
                     final = chunk.final
         except aio.AioRpcError as exc:
-            raise ModelCallFailed(exc.code().name.lower(), exc.details() or "") from None
+            err = error_of(exc)
+            raise ModelCallFailed(err.code.name.lower(), err.message, err.reason) from None
         if final is None:
             raise ModelCallFailed("no_reply", "the stream ended without a final reply")
         return final

@@ -1,6 +1,6 @@
 """One run of the patch loop, from its first build to its one result.
 
-    build → (rustc's own fixes) → attempts until fixed, refused or out of attempts → result
+    build → (rustc's own fixes) → attempts until fixed, refused, in error or out of attempts → result
 
 A run works on its scratch copy (opened and closed by the service, core.py).
 Its first build tells whether there is anything to fix; rustc's
@@ -186,8 +186,8 @@ class Run:
                 self._peers.tracer, "patchloop.attempt", **{"speckit.attempt": self._attempt}
             ):
                 result = await Attempt(self._attempts, self._attempt, state, failures).run()
-                if result.refused:  # the refusal's result belongs to the attempt's span
-                    await self._finish(patchloop_pb2.OUTCOME_REFUSED, reason=result.reason)
+                if result.ends_run is not None:  # its result belongs to the attempt's span
+                    await self._finish(result.ends_run, reason=result.reason)
                     return
             if result.fixed:
                 fixed_by = MODE_SOURCE.get(

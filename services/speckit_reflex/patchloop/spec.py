@@ -51,11 +51,13 @@ def policy_profile(field: str, name: str, profiles: dict[str, tuple[str, ...]]) 
     """The policy's profile called `name`; a request can name one, never supply a command."""
     if not _PROFILE_NAME.match(name):
         raise InvalidArgument(
-            f"{field}: {name!r} is not a profile name (a name such as 'check', never a command)"
+            f"{field}: {name!r} is not a profile name (a name such as 'check', never a command)",
+            field=field,
         )
     if name not in profiles:
         raise InvalidArgument(
-            f"{field}: no profile {name!r} in the policy (profiles: {', '.join(sorted(profiles))})"
+            f"{field}: no profile {name!r} in the policy (profiles: {', '.join(sorted(profiles))})",
+            field=field,
         )
     return BuildStep(name, tuple(profiles[name]))
 
@@ -88,12 +90,14 @@ class RunSpec:
         if req.build_timeout_s > pl.max_build_timeout_s:
             raise InvalidArgument(
                 f"build_timeout_s: {req.build_timeout_s} is above the policy's "
-                f"patchloop.max_build_timeout_s ({pl.max_build_timeout_s})"
+                f"patchloop.max_build_timeout_s ({pl.max_build_timeout_s})",
+                field="build_timeout_s",
             )
         if req.force_mode not in _FORCE_MODES:
             raise InvalidArgument(
                 f"force_mode: {common_pb2.RoutingMode.Name(req.force_mode)} is not a mode "
-                "of the Implementer (UNSPECIFIED, REFLEX or CLOUD)"
+                "of the Implementer (UNSPECIFIED, REFLEX or CLOUD)",
+                field="force_mode",
             )
         build = policy_profile("build_profile", req.build_profile or pl.build_profile, pl.profiles)
         verify_name = req.verify_profile if req.HasField("verify_profile") else pl.verify_profile
