@@ -8,5 +8,7 @@ internals, the CLI, the bakeoff harness or the demo
 
 The Inference service (the Inference Adapter): the only one that speaks
 HTTP to model servers; schema-checked completions with failover, backend
-health and LLMCall events.
+health and LLMCall events. core.py picks backends and fails over between
+them; turn.py is one backend's turn (generations judged under the schema and
+retried); audit.py records each call (LLMCall event, span, metrics).
 """

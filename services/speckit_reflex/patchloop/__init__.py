@@ -8,5 +8,9 @@ internals, the CLI, the bakeoff harness or the demo
 
 The PatchLoop service: compile, read diagnostics, ask the Router, call the
 Inference Adapter for a patch, apply, rebuild, on a scratch copy of a
-workspace.
+workspace. core.py is the service (admits a request, opens the scratch copy,
+streams the run); spec.py the checked request; registry.py the run records
+and session failure counts; run.py one run; attempt.py one model-backed
+attempt; steps.py what a run and its attempts share (events, builds, disk
+work on threads).
 """
