@@ -42,7 +42,7 @@ class Case:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     forced: bool = False
     detail_has: str = ""
-    # Expected refusal: the reason string the FAILED_PRECONDITION message starts with.
+    # Expected refusal: its routing reason (ErrorInfo metadata routing_reason).
     refused: str = ""
 
 
