@@ -9,6 +9,7 @@ import time
 import grpc
 import pytest
 
+from speckit_reflex.clients.errors import error_of
 from speckit_reflex.v1 import capsule_pb2, common_pb2
 from tests.capsule.capsule_helpers import make_event
 
@@ -41,6 +42,9 @@ async def test_capture_is_refused_unless_full_io(start_capsule) -> None:
             await call
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "capture.mode is 'hash'" in (err.value.details() or "")
+        info = error_of(err.value)
+        assert info.reason == common_pb2.ERROR_REASON_CAPTURE_OFF
+        assert info.metadata == {"capture_mode": "hash"}
 
 
 async def test_parts_merge_and_list_newest_first_with_uncaptured_fixed_runs(

@@ -29,6 +29,8 @@ from speckit_reflex.bakeoff.suite import load_suite
 from speckit_reflex.cli.output import CliError, console, print_json, table
 from speckit_reflex.cli.reflex_links import ServiceLinks, reporting, run_with_links
 from speckit_reflex.clients.capsule import window
+from speckit_reflex.clients.errors import error_of
+from speckit_reflex.v1 import common_pb2
 
 
 def register(rsub: argparse._SubParsersAction[argparse.ArgumentParser], window_arg: Any) -> None:
@@ -70,7 +72,7 @@ async def harvest(links: ServiceLinks, since: str, out: Path) -> dict[str, Any]:
     try:
         records, not_captured = await links.capsule.all_run_captures(window(since), fixed_only=True)
     except grpc.aio.AioRpcError as exc:
-        if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+        if error_of(exc).reason == common_pb2.ERROR_REASON_CAPTURE_OFF:
             raise CliError(f"harvest refused: {exc.details()}") from None
         with reporting("capsule", links):
             raise

@@ -33,6 +33,7 @@ from speckit_reflex.bakeoff.replay import (
 )
 from speckit_reflex.cli.output import CliError, console, print_json, table
 from speckit_reflex.cli.reflex_links import ServiceLinks, reporting, run_with_links
+from speckit_reflex.clients.errors import error_of
 from speckit_reflex.v1 import common_pb2, inference_pb2
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -79,7 +80,9 @@ class PatchJudge:
             if not capture.files:
                 why = f"the run's workspace was not captured ({capture.skipped or 'no files'})"
         except grpc.aio.AioRpcError as exc:
-            if exc.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+            if exc.code() != grpc.StatusCode.NOT_FOUND and (
+                error_of(exc).reason != common_pb2.ERROR_REASON_CAPTURE_OFF
+            ):
                 raise
             why = "the run's workspace was not captured"
         if not why:

@@ -211,6 +211,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_UNAVAILABLE: _ErrorReason.ValueType  # 18
     ERROR_REASON_DEADLINE_EXCEEDED: _ErrorReason.ValueType  # 19
     """metadata (Inference): backend = the backend being waited for."""
+    ERROR_REASON_CAPTURE_OFF: _ErrorReason.ValueType  # 20
+    """Capsule: workspace captures (harvest) need capture.mode = full_io.
+    FAILED_PRECONDITION. metadata: capture_mode = the mode in force.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why an RPC failed, for programs (errors as data).
@@ -284,6 +288,10 @@ ERROR_REASON_RESOURCE_EXHAUSTED: ErrorReason.ValueType  # 17
 ERROR_REASON_UNAVAILABLE: ErrorReason.ValueType  # 18
 ERROR_REASON_DEADLINE_EXCEEDED: ErrorReason.ValueType  # 19
 """metadata (Inference): backend = the backend being waited for."""
+ERROR_REASON_CAPTURE_OFF: ErrorReason.ValueType  # 20
+"""Capsule: workspace captures (harvest) need capture.mode = full_io.
+FAILED_PRECONDITION. metadata: capture_mode = the mode in force.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _EventType:

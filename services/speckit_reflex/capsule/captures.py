@@ -12,7 +12,7 @@ from typing import Any
 
 from speckit_reflex.errors import FailedPrecondition, InvalidArgument
 from speckit_reflex.runtime.redact import redact_text
-from speckit_reflex.v1 import capsule_pb2
+from speckit_reflex.v1 import capsule_pb2, common_pb2
 
 # One capture's files in all (the policy's max_workspace_bytes is capped below it).
 MAX_CAPTURE_BYTES = 16_000_000
@@ -26,7 +26,9 @@ def refuse_unless_full_io(mode: str) -> None:
     if mode != "full_io":
         raise FailedPrecondition(
             f"capture.mode is {mode!r}: workspaces and fixes are captured only under "
-            'capture.mode = "full_io" (set it in the policy, let the agent run, then harvest)'
+            'capture.mode = "full_io" (set it in the policy, let the agent run, then harvest)',
+            reason=common_pb2.ERROR_REASON_CAPTURE_OFF,
+            metadata={"capture_mode": mode},
         )
 
 
