@@ -30,8 +30,14 @@ SCHEMA = {
 }
 
 
-def gateway_policy(local: FakeModelServer, cloud: FakeModelServer, **reflex: Any):  # type: ignore[no-untyped-def]
+def gateway_policy(  # type: ignore[no-untyped-def]
+    local: FakeModelServer,
+    cloud: FakeModelServer,
+    budget: dict[str, Any] | None = None,
+    **reflex: Any,
+):
     return make_policy(
+        budget=budget or {},
         routing={
             "reflex": {
                 "enabled": True,
@@ -57,6 +63,8 @@ class Stack:
     cloud: FakeModelServer
     server: OpenAIServer
     capsule: CapsuleClient
+    #: the Router's service, to refresh its caches now rather than on its interval
+    router: Any = None
 
     @property
     def base_url(self) -> str:
@@ -77,7 +85,13 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(services_factory, sqlite_url: str, monkeypatch) -> AsyncIterator[Stack]:  # type: ignore[no-untyped-def]
+def budget() -> dict[str, Any]:
+    """The policy's [budget] table for the stack (override to cap cloud use)."""
+    return {}
+
+
+@pytest.fixture
+async def stack(services_factory, sqlite_url: str, monkeypatch, budget) -> AsyncIterator[Stack]:  # type: ignore[no-untyped-def]
     """Local and cloud fakes, the three services the endpoint needs, and the
     endpoint itself with a token; speckit/auto routes to the unproven local
     model (require_verdict = false, as `serve --mode reflex`)."""
@@ -89,7 +103,7 @@ async def stack(services_factory, sqlite_url: str, monkeypatch) -> AsyncIterator
     svc = await services_factory(
         ["capsule", "inference", "router"],
         database_url=sqlite_url,
-        policy=gateway_policy(local, cloud, require_verdict=False),
+        policy=gateway_policy(local, cloud, budget, require_verdict=False),
     )
     await wait_for_reflex_route(RouterClient(svc.ctx.channel("router")), timeout_s=30, poll_s=0.1)
     server = build_server(
@@ -97,7 +111,13 @@ async def stack(services_factory, sqlite_url: str, monkeypatch) -> AsyncIterator
     )
     await server.start(grace_s=1.0)
     try:
-        yield Stack(local, cloud, server, CapsuleClient(svc.ctx.channel("capsule")))
+        yield Stack(
+            local,
+            cloud,
+            server,
+            CapsuleClient(svc.ctx.channel("capsule")),
+            svc.servers["router"].service,
+        )
     finally:
         await server.close()
         await local.stop()

@@ -159,6 +159,26 @@ async def test_local_only_refuses_the_cloud_with_403(stack: Stack) -> None:
     assert stack.cloud.chats() == []
 
 
+@pytest.mark.parametrize("budget", [{"cloud_max_calls": 1}])
+async def test_a_spent_cloud_budget_is_429_insufficient_quota(stack: Stack) -> None:
+    """The Router's ROUTE_REFUSED (routing_reason budget_exhausted) read from
+    its ErrorInfo becomes OpenAI's quota error; nothing reaches the cloud."""
+    first = await client(stack).chat.completions.create(
+        model=CLOUD_MODEL, messages=[{"role": "user", "content": "x"}]
+    )
+    # The Router counts cloud calls from Capsule: once the call is recorded
+    # there and the Router has refreshed, the one call the budget allows is spent.
+    await stack.events(first.id, {LLM_CALL})
+    await stack.router.refresher.refresh_usage()
+    with pytest.raises(openai.RateLimitError) as info:
+        await client(stack).chat.completions.create(
+            model=CLOUD_MODEL, messages=[{"role": "user", "content": "x"}]
+        )
+    assert info.value.status_code == 429 and info.value.code == "budget_exhausted"
+    assert info.value.type == "insufficient_quota"
+    assert len(stack.cloud.chats()) == 1
+
+
 async def test_an_unknown_model_is_404_model_not_found(stack: Stack) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         await client(stack).chat.completions.create(
