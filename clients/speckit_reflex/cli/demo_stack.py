@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from speckit_reflex.clients.health import is_serving
+from speckit_reflex.clients.ports import pick_port
 from speckit_reflex.demo import DEMO_POLICY
 from speckit_reflex.runtime.bootstrap import SERVICE_ORDER
 
@@ -24,15 +24,19 @@ from speckit_reflex.runtime.bootstrap import SERVICE_ORDER
 TEMPLATE_ADDR = "127.0.0.1:3009"
 
 
+# A child is told its port; between the pick and its own bind another process
+# may take it. It then exits saying so (our servers: "already in use";
+# llama.cpp: "Failed to bind"), and the demo starts it again on fresh ports.
+LOST_PORT_MARKERS = ("already in use", "Failed to bind")
+START_TRIES = 3
+
+
 class StackError(RuntimeError):
     """A child process did not start or did not become ready."""
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class PortLost(StackError):
+    """A child exited because the port it was told was taken before it could bind it."""
 
 
 def render_policy(template: str, llm_port: int) -> str:
@@ -58,9 +62,9 @@ class Child:
 
     def check_alive(self) -> None:
         if self.proc.returncode is not None:
-            raise StackError(
-                f"{self.name} exited with {self.proc.returncode}; last log lines:\n{self.tail()}"
-            )
+            tail = self.tail()
+            error = PortLost if any(m in tail for m in LOST_PORT_MARKERS) else StackError
+            raise error(f"{self.name} exited with {self.proc.returncode}; last log lines:\n{tail}")
 
     async def stop(self, grace_s: float = 15.0) -> None:
         if self.proc.returncode is not None:
@@ -96,7 +100,7 @@ class DemoStack:
 
     async def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> Child:
         log = self.workdir / f"{name}.log"
-        with log.open("wb") as out:
+        with log.open("ab") as out:  # a restarted child adds to the log of its lost tries
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -113,9 +117,20 @@ class DemoStack:
         return child
 
     async def start_model_server(self, timeout_s: float = 180.0) -> str:
-        """Start `speckit llm serve` and wait for /health; returns its /v1 URL."""
+        """Start `speckit llm serve` and wait for /health; returns its /v1 URL.
+
+        On a port taken before the server could bind it, starts again on a fresh one."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.llm_port = self.llm_port or free_port()
+        for tries_left in reversed(range(START_TRIES)):
+            self.llm_port = pick_port()
+            try:
+                return await self._start_model_server_once(timeout_s)
+            except PortLost:
+                if not tries_left:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _start_model_server_once(self, timeout_s: float) -> str:
         child = await self._spawn(
             "llm", ["llm", "serve", "--port", str(self.llm_port)], dict(os.environ)
         )
@@ -141,8 +156,19 @@ class DemoStack:
         return self.policy_path
 
     async def start_services(self, timeout_s: float = 60.0) -> dict[str, str]:
-        """Start `speckit serve all` on free ports; wait until each answers SERVING."""
-        self.addrs = {name: f"127.0.0.1:{free_port()}" for name in SERVICE_ORDER}
+        """Start `speckit serve all` on free ports; wait until each answers SERVING.
+
+        On a port taken before a service could bind it, starts again on fresh ones."""
+        for tries_left in reversed(range(START_TRIES)):
+            self.addrs = {name: f"127.0.0.1:{pick_port()}" for name in SERVICE_ORDER}
+            try:
+                return await self._start_services_once(timeout_s)
+            except PortLost:
+                if not tries_left:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _start_services_once(self, timeout_s: float) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPECKIT_")}
         env.update(self.client_env())
         env.update(
