@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +27,7 @@ from speckit_reflex.bakeoff.lint import lint_fix
 from speckit_reflex.bakeoff.metrics import BackendFigures, figures_by_backend
 from speckit_reflex.bakeoff.suite import Suite, SuiteTask, copy_crate, copy_tree
 from speckit_reflex.bakeoff.trial import MODE_VALUES, TrialResult
-from speckit_reflex.v1 import capsule_pb2, patchloop_pb2
+from speckit_reflex.v1 import capsule_pb2, common_pb2, patchloop_pb2
 
 # GR-006: the fixed crate must build and its tests pass: the policy's test
 # profile (by default `cargo test --offline -q`).
@@ -48,11 +48,11 @@ class PatchLoopRuns(Protocol):
         verify_profile: str | None = ...,
         compiler_fast_path: bool | None = ...,
         build_timeout_s: int = ...,
-        force_mode: int = ...,
+        force_mode: common_pb2.RoutingMode.ValueType = ...,
         session_id: str = ...,
         bakeoff_run_id: str = ...,
         task_id: str = ...,
-    ) -> AsyncIterator[patchloop_pb2.RunEvent]: ...
+    ) -> AsyncIterable[patchloop_pb2.RunEvent]: ...
 
 
 class CapsuleRecords(Protocol):

@@ -122,7 +122,11 @@ class Demo:
         if cloud_note:
             self.say(f"{cloud_note}; showing reflex-only results")
         await ensure_reflex_ready(links, 180.0, self.err)
-        report_dir = Path(self.args.report_dir).resolve() if self.args.report_dir else ""
+        report_dir = (
+            await asyncio.to_thread(Path(self.args.report_dir).resolve)
+            if self.args.report_dir
+            else ""
+        )
         runner = BakeoffRunner(
             links.patchloop,
             links.capsule,

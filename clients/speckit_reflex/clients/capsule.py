@@ -102,10 +102,12 @@ class CapsuleClient:
         return await self._stub.WriteReport(req, timeout=self._timeout)
 
     async def usage(
-        self, win: capsule_pb2.Window | None = None, mode: int = 0
+        self,
+        win: capsule_pb2.Window | None = None,
+        mode: common_pb2.RoutingMode.ValueType = common_pb2.ROUTING_MODE_UNSPECIFIED,
     ) -> capsule_pb2.UsageSummary:
-        """Calls and tokens of LLMCall events of `mode` (0 = all) in the window."""
-        req = capsule_pb2.GetUsageRequest(window=win or window(), mode=mode)  # type: ignore[arg-type]
+        """Calls and tokens of LLMCall events of `mode` (unspecified = all) in the window."""
+        req = capsule_pb2.GetUsageRequest(window=win or window(), mode=mode)
         return await self._stub.GetUsage(req, timeout=self._timeout)
 
     async def upsert_bakeoff_run(self, run: capsule_pb2.BakeoffRun) -> capsule_pb2.BakeoffRun:

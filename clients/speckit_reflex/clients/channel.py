@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias, TypeVar
 
 import grpc
 from grpc import aio
 
 from speckit_reflex.contract import DEFAULT_ADDRS
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+# The requests of a client-streaming call, as grpc.aio takes them.
+_Requests: TypeAlias = AsyncIterable[_Req] | Iterable[_Req]
 
 
 @dataclass(frozen=True)
@@ -63,22 +69,50 @@ class _Bearer:
 # one class serving several kinds reaches only unary-unary calls: streaming
 # RPCs then go out without the token. One class per call kind.
 class _BearerUnaryUnary(_Bearer, aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[
+            [aio.ClientCallDetails, _Req], Awaitable[aio.UnaryUnaryCall[_Req, _Resp]]
+        ],
+        client_call_details: aio.ClientCallDetails,
+        request: _Req,
+    ) -> aio.UnaryUnaryCall[_Req, _Resp]:
         return await continuation(self._details(client_call_details), request)
 
 
 class _BearerUnaryStream(_Bearer, aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+    async def intercept_unary_stream(
+        self,
+        continuation: Callable[
+            [aio.ClientCallDetails, _Req], Awaitable[aio.UnaryStreamCall[_Req, _Resp]]
+        ],
+        client_call_details: aio.ClientCallDetails,
+        request: _Req,
+    ) -> aio.UnaryStreamCall[_Req, _Resp]:
         return await continuation(self._details(client_call_details), request)
 
 
 class _BearerStreamUnary(_Bearer, aio.StreamUnaryClientInterceptor):
-    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]
+    async def intercept_stream_unary(
+        self,
+        continuation: Callable[
+            [aio.ClientCallDetails, _Requests[_Req]], Awaitable[aio.StreamUnaryCall[_Req, _Resp]]
+        ],
+        client_call_details: aio.ClientCallDetails,
+        request_iterator: _Requests[_Req],
+    ) -> aio.StreamUnaryCall[_Req, _Resp]:
         return await continuation(self._details(client_call_details), request_iterator)
 
 
 class _BearerStreamStream(_Bearer, aio.StreamStreamClientInterceptor):
-    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]
+    async def intercept_stream_stream(
+        self,
+        continuation: Callable[
+            [aio.ClientCallDetails, _Requests[_Req]], Awaitable[aio.StreamStreamCall[_Req, _Resp]]
+        ],
+        client_call_details: aio.ClientCallDetails,
+        request_iterator: _Requests[_Req],
+    ) -> aio.StreamStreamCall[_Req, _Resp]:
         return await continuation(self._details(client_call_details), request_iterator)
 
 

@@ -13,8 +13,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 async def is_serving(address: str, timeout_s: float = 2.0) -> bool:
     """True when the server at `address` answers SERVING for its overall status."""
     async with aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
         try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
+            # types-grpcio-health-checking declares HealthStub without its methods.
+            reply: health_pb2.HealthCheckResponse = await stub.Check(  # type: ignore[attr-defined]
                 health_pb2.HealthCheckRequest(), timeout=timeout_s
             )
         except aio.AioRpcError:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable
+from typing import Any
 
 from grpc import aio
 
@@ -25,14 +26,14 @@ class PatchLoopClient:
         verify_profile: str | None = None,
         compiler_fast_path: bool | None = None,
         build_timeout_s: int = 0,
-        force_mode: int = common_pb2.ROUTING_MODE_UNSPECIFIED,
+        force_mode: common_pb2.RoutingMode.ValueType = common_pb2.ROUTING_MODE_UNSPECIFIED,
         session_id: str = "",
         run_id: str = "",
         bakeoff_run_id: str = "",
         task_id: str = "",
         local_only: bool = False,
         timeout_s: float | None = None,
-    ) -> AsyncIterator[patchloop_pb2.RunEvent]:
+    ) -> AsyncIterable[patchloop_pb2.RunEvent]:
         """Start a run; iterate the result for its progress events (the last is the result)."""
         req = patchloop_pb2.RunRequest(
             workspace=workspace,
@@ -40,7 +41,7 @@ class PatchLoopClient:
             max_attempts=max_attempts,
             build_profile=build_profile,
             build_timeout_s=build_timeout_s,
-            force_mode=force_mode,  # type: ignore[arg-type]
+            force_mode=force_mode,
             session_id=session_id,
             run_id=run_id,
             bakeoff_run_id=bakeoff_run_id,
@@ -54,10 +55,10 @@ class PatchLoopClient:
         return self._stub.Run(req, timeout=timeout_s)
 
     async def run_to_end(
-        self, workspace: str, **kwargs: object
+        self, workspace: str, **kwargs: Any
     ) -> tuple[list[patchloop_pb2.RunEvent], patchloop_pb2.RunResult]:
-        """Run and collect every event; returns (events, result)."""
-        events = [ev async for ev in self.run(workspace, **kwargs)]  # type: ignore[arg-type]
+        """Run with run()'s keyword arguments and collect every event; returns (events, result)."""
+        events = [ev async for ev in self.run(workspace, **kwargs)]
         results = [ev.result for ev in events if ev.WhichOneof("kind") == "result"]
         if not results:
             raise RuntimeError("the run stream ended without a result")

@@ -13,6 +13,8 @@ metadata, never from the message.
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from grpc import aio
 
@@ -31,10 +33,10 @@ class RouterClient:
         request: router_pb2.DecideRequest | None = None,
         *,
         timeout: float | None = None,
-        **fields: object,
+        **fields: Any,
     ) -> router_pb2.RoutingDecision:
         """Route one attempt; pass a DecideRequest or its fields as keywords."""
-        req = request if request is not None else router_pb2.DecideRequest(**fields)  # type: ignore[arg-type]
+        req = request if request is not None else router_pb2.DecideRequest(**fields)
         return await self._stub.Decide(req, timeout=timeout)
 
     async def get_policy(self, *, timeout: float | None = None) -> router_pb2.PolicySnapshot:
