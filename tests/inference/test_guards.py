@@ -53,6 +53,7 @@ async def test_grammar_bomb_is_refused_and_the_next_request_succeeds(name, fake_
     # machine's load average at 6 on 2 cores): a margin of 75 times or more.
     assert time.monotonic() - started <= 5.0
     assert "json_schema" in err.details()
+    assert error_of(err).metadata == {"field": "json_schema"}
     assert fake.chats() == []  # no model server ever saw it
     ok = await llm.complete(MESSAGES, json_schema=SCHEMA, max_tokens=16, timeout=10)
     assert ok.schema_valid

@@ -4,9 +4,12 @@
         reply = await llm.complete([("user", "hi")], json_schema=schema, mode=RoutingMode.REFLEX)
 
 Replies are the generated protos (`CompleteReply`, `HealthReply`, …); gRPC
-failures surface as `grpc.aio.AioRpcError` with the adapter's status code
-(FAILED_PRECONDITION "local_only_forbids_cloud", INVALID_ARGUMENT for a bad
-schema, UNAVAILABLE when every backend failed, DEADLINE_EXCEEDED, NOT_FOUND).
+failures surface as `grpc.aio.AioRpcError` with the adapter's status code and
+an ErrorInfo reason, read with `speckit_reflex.clients.errors.error_of`
+(FAILED_PRECONDITION LOCAL_ONLY_FORBIDS_CLOUD or CLOUD_KEY_MISSING,
+INVALID_ARGUMENT INVALID_FIELD for a bad field or schema, UNAVAILABLE
+ALL_BACKENDS_FAILED, DEADLINE_EXCEEDED, NOT_FOUND UNKNOWN_BACKEND or
+NO_BACKEND_FOR_MODEL).
 """
 
 from __future__ import annotations

@@ -23,6 +23,11 @@ from referencing.exceptions import Unresolvable
 from speckit_reflex.errors import InvalidArgument
 
 
+def _refuse(message: str) -> InvalidArgument:
+    """A request schema refused: INVALID_FIELD naming `json_schema` in metadata."""
+    return InvalidArgument(message, field="json_schema")
+
+
 @dataclass(frozen=True)
 class SchemaLimits:
     """Bounds on a request's JSON schema (all generous for real patch schemas)."""
@@ -45,7 +50,7 @@ class SchemaCheck:
     def compile(self, schema_text: str) -> tuple[dict[str, Any], Any]:
         """(schema, validator) for a schema given as JSON text.
 
-        Raises InvalidArgument naming the first limit or rule it breaks.
+        Raises InvalidArgument (field json_schema) naming the first limit or rule it breaks.
         """
         hit = self._cache.get(schema_text)
         if hit is not None:
@@ -53,21 +58,19 @@ class SchemaCheck:
             return hit
         lim = self.limits
         if len(schema_text.encode()) > lim.max_bytes:
-            raise InvalidArgument(f"json_schema is larger than {lim.max_bytes} bytes")
+            raise _refuse(f"json_schema is larger than {lim.max_bytes} bytes")
         try:
             schema = json.loads(schema_text)
         except ValueError as exc:
-            raise InvalidArgument(f"json_schema is not valid JSON: {exc}") from None
+            raise _refuse(f"json_schema is not valid JSON: {exc}") from None
         if not isinstance(schema, dict):
-            raise InvalidArgument("json_schema must be a JSON object")
+            raise _refuse("json_schema must be a JSON object")
         self._check_shape(schema)
         cls = validator_for(schema, default=Draft202012Validator)
         try:
             cls.check_schema(schema)
         except SchemaError as exc:
-            raise InvalidArgument(
-                f"json_schema is not a valid JSON Schema: {exc.message}"
-            ) from None
+            raise _refuse(f"json_schema is not a valid JSON Schema: {exc.message}") from None
         validator = cls(schema)
         self._check_refs(schema, validator)
         entry = (schema, validator)
@@ -85,25 +88,23 @@ class SchemaCheck:
             node, depth = stack.pop()
             nodes += 1
             if nodes > lim.max_nodes:
-                raise InvalidArgument(f"json_schema has more than {lim.max_nodes} nodes")
+                raise _refuse(f"json_schema has more than {lim.max_nodes} nodes")
             if depth > lim.max_depth:
-                raise InvalidArgument(f"json_schema is nested deeper than {lim.max_depth}")
+                raise _refuse(f"json_schema is nested deeper than {lim.max_depth}")
             if isinstance(node, dict):
                 enum = node.get("enum")
                 if isinstance(enum, list) and len(enum) > lim.max_enum_items:
-                    raise InvalidArgument(
+                    raise _refuse(
                         f"json_schema has an enum of {len(enum)} items (limit {lim.max_enum_items})"
                     )
                 pattern = node.get("pattern")
                 if isinstance(pattern, str) and len(pattern) > lim.max_pattern_chars:
-                    raise InvalidArgument(
+                    raise _refuse(
                         f"json_schema has a pattern longer than {lim.max_pattern_chars} characters"
                     )
                 ref = node.get("$ref")
                 if isinstance(ref, str) and not ref.startswith("#"):
-                    raise InvalidArgument(
-                        f"json_schema $ref {ref!r} is not local (only '#...' references)"
-                    )
+                    raise _refuse(f"json_schema $ref {ref!r} is not local (only '#...' references)")
                 stack.extend((v, depth + 1) for v in node.values())
             elif isinstance(node, list):
                 stack.extend((v, depth + 1) for v in node)
@@ -125,7 +126,7 @@ class SchemaCheck:
             try:
                 resolver.lookup(ref)
             except Unresolvable:
-                raise InvalidArgument(f"json_schema $ref {ref!r} does not resolve") from None
+                raise _refuse(f"json_schema $ref {ref!r} does not resolve") from None
 
 
 @dataclass(frozen=True)
