@@ -15,7 +15,7 @@ NO_BACKEND_FOR_MODEL).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import Any
 
 from grpc import aio
@@ -137,7 +137,7 @@ class InferenceClient:
 
     def stream_complete(
         self, messages: Iterable[Message], *, timeout: float | None = None, **fields: Any
-    ) -> AsyncIterator[inference_pb2.CompleteChunk]:
+    ) -> AsyncGenerator[inference_pb2.CompleteChunk, None]:
         """Chunks: `delta` texts as the model writes them, then one `final` CompleteReply.
 
         Deltas are provisional under a schema (a rejected attempt's deltas come
@@ -147,7 +147,7 @@ class InferenceClient:
 
     async def send_stream(
         self, request: inference_pb2.CompleteRequest, *, timeout: float | None = None
-    ) -> AsyncIterator[inference_pb2.CompleteChunk]:
+    ) -> AsyncGenerator[inference_pb2.CompleteChunk, None]:
         """`stream_complete()` of a request built beforehand (with `request()`)."""
         call = self._stub.StreamComplete(request, timeout=timeout)
         try:

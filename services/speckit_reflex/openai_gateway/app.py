@@ -282,7 +282,7 @@ class OpenAIEndpoint:
             log.info("client disconnected", extra={"fields": {"id": call.id}})
             return response or web.StreamResponse()
         finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
+            await chunks.aclose()
         if response is None:
             raise ApiError(
                 502,

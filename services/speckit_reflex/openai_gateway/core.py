@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,7 +104,7 @@ class Gateway:
     async def complete(self, call: Call) -> inference_pb2.CompleteReply:
         return await self._inference.send(call.complete_request(), timeout=self._call_timeout)
 
-    def stream(self, call: Call) -> AsyncIterator[inference_pb2.CompleteChunk]:
+    def stream(self, call: Call) -> AsyncGenerator[inference_pb2.CompleteChunk, None]:
         return self._inference.send_stream(call.complete_request(), timeout=self._call_timeout)
 
 
