@@ -10,6 +10,7 @@ import pytest
 from capsule_helpers import CLOUD, REFLEX, attempt, make_event
 
 from speckit_reflex.capsule.core import MAX_BATCH
+from speckit_reflex.clients.errors import error_of
 from speckit_reflex.v1 import capsule_pb2, common_pb2
 
 LLM_CALL = common_pb2.EVENT_TYPE_LLM_CALL
@@ -142,6 +143,10 @@ async def test_invalid_event_names_its_index_and_stores_nothing(capsule, bad, wo
         await capsule.append_events(batch)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "events[2]" in err.value.details() and words in err.value.details()
+    # For programs: ErrorInfo INVALID_FIELD whose metadata names the event (and its field).
+    info = error_of(err.value)
+    assert info.reason == common_pb2.ERROR_REASON_INVALID_FIELD, info
+    assert info.metadata["field"].startswith("events[2]"), info.metadata
     assert await capsule.all_events() == []
 
 

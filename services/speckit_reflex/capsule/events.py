@@ -134,13 +134,17 @@ def _trace_context(ev: common_pb2.Event, index: int) -> tuple[str, str]:
     for name, given, size in (("trace_id", trace_id, 32), ("span_id", span_id, 16)):
         if len(given) != size or given.strip(_HEX_CHARS) or not given.strip("0"):
             raise InvalidArgument(
-                f"events[{index}] (id {ev.id}): {name} must be {size} lower-case hex characters, not all zero"
+                f"events[{index}] (id {ev.id}): {name} must be {size} lower-case hex characters, not all zero",
+                field=f"events[{index}].{name}",
             )
     return trace_id, span_id
 
 
 def _not_finite(name: str, value: float, index: int) -> InvalidArgument:
-    return InvalidArgument(f"events[{index}].{name}: must be a finite number >= 0 (got {value})")
+    return InvalidArgument(
+        f"events[{index}].{name}: must be a finite number >= 0 (got {value})",
+        field=f"events[{index}].{name}",
+    )
 
 
 def _documents(
@@ -155,7 +159,8 @@ def _documents(
         response = redact(struct_to_dict(ev.response)) if has("response") else None
     except MalformedJson as exc:
         raise InvalidArgument(
-            f"events[{index}].payload/request/response (id {eid}): malformed: {exc}"
+            f"events[{index}].payload/request/response (id {eid}): malformed: {exc}",
+            field=f"events[{index}]",
         ) from None
     stored_req, req_sha = capture(request, capture_mode)
     stored_resp, resp_sha = capture(response, capture_mode)
@@ -202,7 +207,9 @@ def event_to_row(
     etype = ev.type
     if etype not in VALID_TYPES:
         what = "unspecified" if etype == 0 else f"unknown ({etype})"
-        raise InvalidArgument(f"events[{index}].type (id {eid}): event type is {what}")
+        raise InvalidArgument(
+            f"events[{index}].type (id {eid}): event type is {what}", field=f"events[{index}].type"
+        )
     role, mode, stage = ev.role, ev.mode, ev.stage
     if role not in VALID_ROLES or mode not in VALID_MODES or stage not in VALID_STAGES:
         name, value = next(
@@ -214,7 +221,10 @@ def event_to_row(
             )
             if v not in ok
         )
-        raise InvalidArgument(f"events[{index}].{name} (id {eid}): {value} is not a known value")
+        raise InvalidArgument(
+            f"events[{index}].{name} (id {eid}): {value} is not a known value",
+            field=f"events[{index}].{name}",
+        )
     texts = _texts(ev, index)
     ints = (ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens, ev.attempt)
     if max(ints) > INT32_MAX:  # the database's INTEGER is signed 32-bit
@@ -222,7 +232,8 @@ def event_to_row(
             ints.index(max(ints))
         ]
         raise InvalidArgument(
-            f"events[{index}].{name}: must be at most {INT32_MAX} (got {max(ints)})"
+            f"events[{index}].{name}: must be at most {INT32_MAX} (got {max(ints)})",
+            field=f"events[{index}].{name}",
         )
     has = ev.HasField
     time_us = timestamp_us(ev.time, f"events[{index}].time") if has("time") else now_us
