@@ -9,6 +9,7 @@ import pytest
 from grpc import aio
 
 from speckit_reflex.bakeoff.readiness import wait_for_reflex_route
+from speckit_reflex.cli.output import rpc_error
 from speckit_reflex.clients.errors import error_of
 from speckit_reflex.clients.router import RouterClient, refusal_reason
 from speckit_reflex.contract import ERROR_DOMAIN, error_reason, error_reason_text
@@ -85,6 +86,11 @@ async def test_clients_read_the_reason_and_never_the_message() -> None:
                 "insufficient_quota",
                 "budget_exhausted",
             )
+            # The CLI's one line shows the reason and metadata beside the message.
+            assert str(rpc_error("router", reworded, running.address)) == (
+                "router: FAILED_PRECONDITION [ROUTE_REFUSED decision_id=d-1 "
+                "routing_reason=budget_exhausted]: Das Budget ist aufgebraucht; try again tomorrow"
+            )
 
             lookalike = await _failure(stub, "lookalike")
             err = error_of(lookalike)
@@ -151,6 +157,9 @@ async def test_an_unreached_service_has_no_reason_and_is_no_refusal() -> None:
         {},
     )
     assert refusal_reason(info.value) is None
+    # The CLI says where it looked: no service answered there.
+    line = str(rpc_error("router", info.value, "127.0.0.1:9"))
+    assert line.startswith("router: UNAVAILABLE: ") and "is `speckit serve all` running?" in line
     # The bakeoff's readiness wait reports the outage as what it is, not as
     # "no reflex backend is routable".
     with DeadEndpoint() as dead:
