@@ -15,6 +15,7 @@ from speckit_reflex.clients.router import RouterClient, refusal_reason
 from speckit_reflex.contract import ERROR_DOMAIN, error_reason, error_reason_text
 from speckit_reflex.errors import FailedPrecondition, InvalidArgument
 from speckit_reflex.openai_gateway.errors import from_rpc
+from speckit_reflex.runtime.interceptors import MESSAGE_MAX_BYTES
 from speckit_reflex.runtime.server import create_server
 from speckit_reflex.runtime.settings import RuntimeSettings
 from speckit_reflex.v1 import common_pb2, router_pb2, router_pb2_grpc
@@ -39,6 +40,12 @@ class _Answers(router_pb2_grpc.RouterServicer):
             raise FailedPrecondition("budget_exhausted: some other precondition")
         if request.session_id == "field":
             raise InvalidArgument("that will not do", field="messages[3].content")
+        if request.session_id == "long":
+            raise FailedPrecondition(
+                "budget – überschritten " * 2000,
+                reason=REFUSED,
+                metadata={"routing_reason": "budget_exhausted", "decision_id": "d" * 5000},
+            )
         if request.session_id == "crash":
             raise RuntimeError("a bug")
         return router_pb2.RoutingDecision(session_id=request.session_id)
@@ -107,6 +114,21 @@ async def test_clients_read_the_reason_and_never_the_message() -> None:
             )
     finally:
         await running.stop(0)
+
+
+async def test_a_long_message_still_arrives_with_its_reason() -> None:
+    """The message travels twice in the trailers; unbounded, 46 KiB of it would
+    exceed grpc's 16 KiB limit and the answer would be RESOURCE_EXHAUSTED."""
+    running = await create_server(_Service(), "127.0.0.1:0", RuntimeSettings())
+    try:
+        async with aio.insecure_channel(running.address) as ch:
+            err = error_of(await _failure(router_pb2_grpc.RouterStub(ch), "long"))
+    finally:
+        await running.stop(0)
+    assert (err.code, err.reason) == (grpc.StatusCode.FAILED_PRECONDITION, REFUSED)
+    assert err.metadata == {"routing_reason": "budget_exhausted", "decision_id": "d" * 256}
+    assert err.message.startswith("budget – überschritten ") and err.message.endswith("…")
+    assert len(err.message.encode()) <= MESSAGE_MAX_BYTES
 
 
 async def test_malformed_crashed_and_unauthenticated_calls_carry_a_reason_too() -> None:

@@ -44,17 +44,38 @@ _OPEN_PREFIXES = (
 )
 
 
+# The message travels twice in the trailers (grpc-message, percent-encoded:
+# up to 3 bytes per byte, and inside the Status). A client drops trailers over
+# 16 KiB and, between 8 and 16 KiB, some at random (grpc's metadata limits),
+# turning the answer into RESOURCE_EXHAUSTED: so both stay far below 8 KiB.
+# The server log keeps the whole message.
+MESSAGE_MAX_BYTES = 1024
+METADATA_VALUE_MAX_CHARS = 256
+
+
+def _bounded(text: str, max_bytes: int) -> str:
+    raw = text.encode()
+    if len(raw) <= max_bytes:
+        return text
+    return raw[: max_bytes - 3].decode(errors="ignore") + "…"
+
+
 def rich_status(
     code: grpc.StatusCode,
     message: str,
     reason: ErrorReason,
     metadata: Mapping[str, str] | None = None,
 ) -> grpc.Status:
-    """The status with `code` and `message` whose trailing metadata carries
-    google.rpc.Status(code, message, [ErrorInfo(reason, domain, metadata)])."""
-    info = ErrorInfo(reason=error_reason_text(reason), domain=ERROR_DOMAIN, metadata=metadata or {})
+    """The status with `code` and `message` (bounded) whose trailing metadata
+    carries google.rpc.Status(code, message, [ErrorInfo(reason, domain, metadata)])."""
+    info = ErrorInfo(
+        reason=error_reason_text(reason),
+        domain=ERROR_DOMAIN,
+        metadata={k: v[:METADATA_VALUE_MAX_CHARS] for k, v in (metadata or {}).items()},
+    )
     detail = any_pb2.Any()
     detail.Pack(info)
+    message = _bounded(message, MESSAGE_MAX_BYTES)
     return rpc_status.to_status(Status(code=code.value[0], message=message, details=[detail]))
 
 
