@@ -152,6 +152,9 @@ def test_a_run_ended_in_error_is_an_errored_trial_not_a_refused_one() -> None:
         False,
     )
     assert t.to_proto("run").reason == t.to_json()["reason"] == t.error
+    # An outage of the bakeoff's own services is no result, never a task the model failed.
+    assert t.to_proto("run").skipped == f"error: {t.error}"
+    assert trial("ok", result_event(patchloop_pb2.OUTCOME_FIXED, 1)).to_proto("run").skipped == ""
     refused = result_event(patchloop_pb2.OUTCOME_REFUSED, 1)
     refused.result.reason = "budget_exhausted"
     assert (trial("p", refused).outcome, trial("p", refused).error) == ("refused", "")

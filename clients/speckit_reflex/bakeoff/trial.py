@@ -77,7 +77,10 @@ class TrialResult:
     routed_model: str = ""
     routed_backend: str = ""
     # Set when the trial could not run or go on: PatchLoop unreachable, or the
-    # run ended OUTCOME_ERROR (the Router unreachable). An error, not a refusal.
+    # run ended OUTCOME_ERROR (the Router unreachable). An error, not a refusal,
+    # and of the bakeoff's own services, not of the model: the trial is
+    # recorded as no result (Trial.skipped), so an outage never counts as a
+    # task the model failed.
     error: str = ""
     # Why the trial was not run (a cloud key missing, local_only): no result.
     skipped: str = ""
@@ -91,6 +94,11 @@ class TrialResult:
     def success(self) -> bool:
         """Compiles, its tests pass, and no new clippy::correctness warning (GR-006, seed: tests and lint)."""
         return self.outcome == "fixed" and (self.lint is None or self.lint.status != FAIL)
+
+    @property
+    def no_result_reason(self) -> str:
+        """Why this trial is no result for the gate ("" when it is one)."""
+        return self.skipped or (f"error: {self.error}" if self.error else "")
 
     @property
     def first_attempt_success(self) -> bool:
@@ -156,7 +164,7 @@ class TrialResult:
             replies=len(self.replies),
             schema_valid_replies=sum(c.schema_valid for c in self.replies),
             first_attempt_success=self.first_attempt_success,
-            skipped=self.skipped,
+            skipped=self.no_result_reason,
             call_latency_ms=[c.latency_ms for c in self.replies],
             model_identity=self.model_identity,
             lint=self.lint.describe() if self.lint else "",

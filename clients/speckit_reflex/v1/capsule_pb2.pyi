@@ -1045,8 +1045,9 @@ class Trial(_message.Message):
     first_attempt_success: _builtins.bool
     """Fixed by the first patch (pass@1)."""
     skipped: _builtins.str
-    """Why the trial was not run (e.g. "DEEPSEEK_API_KEY is not set"); a
-    skipped trial is never a result.
+    """Why the trial is no result: it was not run (e.g. "DEEPSEEK_API_KEY is
+    not set"), or an outage of the bakeoff's own services ended it
+    ("error: router_unavailable: ..."). A skipped trial is never a result.
     """
     model_identity: _builtins.str
     """What the model server reported about its weights (ModelIdentity.key)."""
