@@ -272,7 +272,9 @@ async def main_async(args: argparse.Namespace) -> dict:
             "SPECKIT_MAX_MESSAGE_BYTES": str(64 << 20),
         }
         speckit = Path(sys.executable).with_name("speckit")
-        proc = subprocess.Popen([str(speckit), "serve", "capsule"], env=env, cwd=ROOT)
+        proc = await asyncio.to_thread(
+            subprocess.Popen, [str(speckit), "serve", "capsule"], env=env, cwd=ROOT
+        )
         await _wait_serving(addr)
         idle_rss = _rss_mb(proc.pid)
         ingest = [await bench_ingest(addr, proc.pid, args, batch) for batch in args.batch]

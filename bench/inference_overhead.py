@@ -479,12 +479,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     # The Capsule taking the services' events runs in its own process, so its
     # gRPC server does not share this (measuring) process.
     capsule_port = pick_port()
-    capsule_proc = subprocess.Popen(
+    capsule_proc = await asyncio.to_thread(
+        subprocess.Popen,
         [sys.executable, __file__, "--serve-capsule", str(capsule_port)],
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert capsule_proc.stdout is not None and capsule_proc.stdout.readline().strip() == "ready"
+    assert capsule_proc.stdout is not None
+    assert (await asyncio.to_thread(capsule_proc.stdout.readline)).strip() == "ready"
     llm_call_events = decision_events = 0
     try:
         unary_stub, unary_url = start_stub(pieces=3, delay_ms=0)

@@ -173,9 +173,14 @@ async def main(calls: int, rounds: int, out: Path) -> dict[str, float]:
     result = {f"{k}_cpu_us_per_call": round(v, 1) for k, v in best.items()}
     result["metrics_added_us"] = round(best["metrics"] - best["off"], 1)
     result["tracing_added_us"] = round(best["tracing"] - best["off"], 1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"calls": calls, "rounds": rounds, **result}, indent=2) + "\n")
+    text = json.dumps({"calls": calls, "rounds": rounds, **result}, indent=2) + "\n"
+    await asyncio.to_thread(_write, out, text)
     return result
+
+
+def _write(out: Path, text: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
 
 
 if __name__ == "__main__":

@@ -168,7 +168,8 @@ async def overhead(runs: int, attempts: int, work: Path) -> dict:
 
 async def cache_reuse(tasks: int, seconds: float, work: Path) -> dict:
     port = pick_port()
-    llama = subprocess.Popen(
+    llama = await asyncio.to_thread(
+        subprocess.Popen,
         [sys.executable, "-m", "speckit_reflex.cli.main", "llm", "serve", "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -176,15 +177,16 @@ async def cache_reuse(tasks: int, seconds: float, work: Path) -> dict:
     model = "smollm2-135m-instruct"
     try:
         deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or llama.poll() is not None:
-                raise RuntimeError("embedded llama.cpp server did not start")
-            time.sleep(0.3)
+        async with httpx.AsyncClient(timeout=1) as http:
+            while True:
+                try:
+                    if (await http.get(f"http://127.0.0.1:{port}/health")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline or llama.poll() is not None:
+                    raise RuntimeError("embedded llama.cpp server did not start")
+                await asyncio.sleep(0.3)
         policy_path = work / "model_policy.toml"
         policy_path.write_text(f"""
 [routing.reflex]

@@ -33,8 +33,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-
 from grpc import aio
 
 from speckit_reflex.bakeoff import BakeoffRunner, RunOptions, find_suite, load_suite
@@ -44,6 +42,8 @@ from speckit_reflex.clients.capsule import CapsuleClient
 from speckit_reflex.clients.patchloop import PatchLoopClient
 from speckit_reflex.clients.router import RouterClient
 from speckit_reflex.v1 import common_pb2
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def json_objects(text: str) -> list[Any]:

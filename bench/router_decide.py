@@ -241,7 +241,7 @@ async def measure(
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - t0
         client_cpu = time.process_time() - client0
-        cpu = [cpu_seconds(p) - c for p, c in zip(pids, cpu0)]
+        cpu = [cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
     return {
         "sequential_calls": len(latencies),
         "p50_ms": statistics.median(latencies),

@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 
 from grpc import aio
@@ -213,7 +214,7 @@ async def timed_run(
         stamps.append(time.perf_counter())
         events.append(ev)
     wall = (time.perf_counter() - t0) * 1000
-    gaps = [b - a for a, b in zip([t0, *stamps], stamps)]
+    gaps = [b - a for a, b in pairwise([t0, *stamps])]
     return events, wall, (stamps[0] - t0) * 1000, max(gaps[1:], default=0.0) * 1000
 
 
@@ -255,8 +256,10 @@ async def main() -> None:
         "SPECKIT_WORKSPACE_ROOTS": str(work),
         "SPECKIT_LOG_LEVEL": "WARNING",
     }
-    patchloop = subprocess.Popen(
-        [sys.executable, "-m", "speckit_reflex.cli.main", "serve", "patchloop"], env=env
+    patchloop = await asyncio.to_thread(
+        subprocess.Popen,
+        [sys.executable, "-m", "speckit_reflex.cli.main", "serve", "patchloop"],
+        env=env,
     )
     channel = aio.insecure_channel(addr)
     try:

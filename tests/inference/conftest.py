@@ -12,6 +12,7 @@ from grpc import aio
 from speckit_reflex.clients.inference import InferenceClient
 from speckit_reflex.policy import LoadedPolicy, Policy
 from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, common_pb2
+from tests.waiting import eventually
 
 from .fakes import FakeModelServer
 
@@ -121,10 +122,9 @@ async def wait_for_calls(
 ) -> list[common_pb2.Event]:
     """The LLMCall events once at least n arrived (at once when they have: the
     deadline is margin for a loaded machine; the sink sends within 50 ms)."""
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout_s
-    while len(recorder.llm_calls()) < n and loop.time() < end:
-        await asyncio.sleep(0.02)
-    return recorder.llm_calls()
+    return await eventually(
+        recorder.llm_calls,
+        lambda calls: len(calls) >= n,
+        what=f"{n} LLMCall event(s) in Capsule",
+        timeout_s=timeout_s,
+    )

@@ -5,7 +5,6 @@ leave the model server generating."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
@@ -14,6 +13,7 @@ import pytest
 from speckit_reflex.openai_gateway.app import MAX_BODY_BYTES, check_openai_exposure
 from speckit_reflex.openai_gateway.request import MAX_MESSAGES, MAX_TOKENS_CAP
 from speckit_reflex.runtime.server import InsecureListenRefused
+from tests.waiting import eventually
 
 from .conftest import TOKEN, Stack
 
@@ -172,11 +172,12 @@ async def test_a_client_leaving_mid_stream_stops_the_model_call(stack: Stack) ->
             async for line in r.aiter_lines():
                 if line.startswith("data: ") and "word" in line:
                     break  # leave after the first content chunk
-    loop = asyncio.get_running_loop()
-    end = loop.time() + 10
-    while stack.local.open_requests and loop.time() < end:
-        await asyncio.sleep(0.02)
-    assert stack.local.open_requests == 0
+    await eventually(
+        lambda: stack.local.open_requests,
+        lambda n: n == 0,
+        what="the model server's request closed after the client left",
+        timeout_s=10,
+    )
 
 
 @pytest.mark.parametrize(

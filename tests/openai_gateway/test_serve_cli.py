@@ -63,7 +63,8 @@ async def test_serve_all_runs_the_openai_endpoint_with_the_policy_and_mode(tmp_p
         env = speckit_env(
             addrs, SPECKIT_OPENAI_ADDR=openai_addr, SPECKIT_HOME=str(tmp_path / "home")
         )
-        proc = subprocess.Popen(
+        proc = await asyncio.to_thread(
+            subprocess.Popen,
             [
                 sys.executable,
                 "-m",
@@ -164,7 +165,8 @@ async def test_serve_openai_alone_serves_in_front_of_running_services(
             SPECKIT_OPENAI_ADDR=openai_addr,
             SPECKIT_HOME=str(tmp_path),
         )
-        proc = subprocess.Popen(
+        proc = await asyncio.to_thread(
+            subprocess.Popen,
             [sys.executable, "-m", "speckit_reflex.cli.main", "serve", "openai"],
             env=env,
             stdout=subprocess.PIPE,

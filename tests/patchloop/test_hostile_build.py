@@ -169,8 +169,8 @@ async def test_control_without_the_pid_and_filesystem_layers_the_hunt_succeeds(t
     """The same crate under network isolation only: it finds the key in a
     process that holds it and writes outside the scratch copy. This is what
     the layers above take away."""
-    holder = subprocess.Popen(
-        ["sleep", "60"], env={"PATH": os.environ["PATH"], "OPENAI_API_KEY": KEY}
+    holder = await asyncio.to_thread(
+        subprocess.Popen, ["sleep", "60"], env={"PATH": os.environ["PATH"], "OPENAI_API_KEY": KEY}
     )
     try:
         outside = tmp_path / "outside"

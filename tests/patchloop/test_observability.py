@@ -33,6 +33,7 @@ from speckit_reflex.runtime.logs import _JsonFormatter
 from speckit_reflex.runtime.tracing import Tracing
 from speckit_reflex.v1 import common_pb2, patchloop_pb2
 from tests.inference.fakes import FakeModelServer
+from tests.waiting import eventually
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -257,12 +258,11 @@ async def test_one_trace_spans_the_four_services(
     events = await capsule_events(svc, "traced-run", 2)
     # Every event of the run is stored (the LLMCall and RoutingDecision too) before spans are read.
     capsule = CapsuleClient(svc.ctx.channel("capsule"))
-    deadline = time.monotonic() + 15
-    while (
-        len(events := await capsule.all_events(run_id="traced-run")) < 4
-        and time.monotonic() < deadline
-    ):
-        await asyncio.sleep(0.05)
+    events = await eventually(
+        lambda: capsule.all_events(run_id="traced-run"),
+        lambda stored: len(stored) >= 4,
+        what="the run's events (attempt, launch, decision, call) in Capsule",
+    )
 
     spans = exporter.get_finished_spans()
     (run_rpc,) = [

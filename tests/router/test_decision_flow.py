@@ -15,7 +15,7 @@ import pytest
 
 from speckit_reflex.errors import InvalidArgument
 from speckit_reflex.router.caches import RouterCaches
-from speckit_reflex.router.core import Router, PolicyRefusal
+from speckit_reflex.router.core import PolicyRefusal, Router
 from speckit_reflex.router.engine import RoutingEngine, reason_name
 from speckit_reflex.router.evidence import DecisionRecorder
 from speckit_reflex.v1 import common_pb2 as c

@@ -51,7 +51,8 @@ async def test_agent_example_fixes_and_applies(services_factory, tmp_path: Path)
     assert code == 0, err
     assert out.startswith("OUTCOME_FIXED")
     assert (crate / "src" / "lib.rs").read_text() != before
-    check = subprocess.run(
+    check = await asyncio.to_thread(
+        subprocess.run,
         ["cargo", "check", "--offline", "--quiet"],
         cwd=crate,
         capture_output=True,
