@@ -117,7 +117,8 @@ class PatchChecker:
                 build_profile=build.profile, verify_profile=verify.profile if verify else ""
             )
             try:
-                self._apply(req, capture, scratch)
+                # Reads and writes of the copy: off the event loop.
+                await asyncio.to_thread(self._apply, req, capture, scratch)
                 reply.patch_applied = True
             except PatchRejected as rej:
                 reply.patch_rejected = f"{rej.reason}: {rej.detail}"[:4096]
