@@ -151,10 +151,10 @@ class Attempt:
                 )
             return self._model_failed(decision, exc)
         try:
-            edits, planned = await self._validate(reply)
+            edits = self._validate(reply)
+            planned, previous = await self._apply(decision, edits)
         except PatchRejected as rejected:
             return self._rejected(decision, reply, rejected)
-        previous = await self._apply(decision, edits, planned)
         after = await self._ctx.builder.compile(self._timing)
         if after.clean:
             return self._fixed(decision, reply, after, edits, planned)
@@ -186,15 +186,14 @@ class Attempt:
         return decision
 
     async def _prompt(self) -> list[dict[str, str]]:
-        """Excerpts of the failing files (read off the event loop), the
-        diagnostics, and the feedback on earlier failed attempts."""
+        """Excerpts of the failing files (read from disk off the event loop,
+        once per run), the diagnostics, and the feedback on earlier failed
+        attempts."""
         scratch, errors = self._ctx.scratch, self._before.diagnostics.errors
-        excerpts = await self._ctx.disk.run(
-            file_excerpts, errors, self._read_quietly, scratch.resolve
-        )
+        await self._ctx.disk.read_ahead(scratch, (s.file for d in errors for s in d.spans))
         return build_messages(
             self._ctx.patch.bounds,
-            excerpts,
+            file_excerpts(errors, self._read_quietly, scratch.resolve),
             render_diagnostics(errors, f"{scratch.root}/"),
             self._ctx.feedback,
         )
@@ -236,34 +235,27 @@ class Attempt:
         self._ctx.report.event(model_call=model_call(reply, decision))
         return reply
 
-    async def _validate(
-        self, reply: inference_pb2.CompleteReply
-    ) -> tuple[list[PatchEdit], dict[str, str]]:
-        """The reply's edits and the new file contents they make (PatchRejected
-        when the reply is no valid patch; nothing is written)."""
+    def _validate(self, reply: inference_pb2.CompleteReply) -> list[PatchEdit]:
+        """The reply's edits: a JSON document under the patch schema (PatchRejected if not)."""
         if not reply.schema_valid:
             raise PatchRejected(
                 "invalid_json",
                 reply.validation_error or "the reply does not match the patch schema",
             )
-        return await self._ctx.disk.run(self._plan, reply.content)
+        return parse_patch(reply.content, self._ctx.patch.schema)
 
-    def _plan(self, content: str) -> tuple[list[PatchEdit], dict[str, str]]:
+    async def _apply(
+        self, decision: router_pb2.RoutingDecision, edits: list[PatchEdit]
+    ) -> tuple[dict[str, str], dict[str, bytes | None]]:
+        """The edits planned against the files and written, whole or not at all
+        (PatchRejected: nothing written); the new contents and what they
+        replaced, for a revert."""
         scratch = self._ctx.scratch
-        edits = parse_patch(content, self._ctx.patch.schema)
+        await self._ctx.disk.read_ahead(scratch, (e.file for e in edits))
         planned = plan_patch(
             edits, scratch.resolve, scratch.read_text, self._ctx.spec.allow_create_files
         )
-        return edits, planned
-
-    async def _apply(
-        self,
-        decision: router_pb2.RoutingDecision,
-        edits: list[PatchEdit],
-        planned: dict[str, str],
-    ) -> dict[str, bytes | None]:
-        """Write the planned contents; what they replaced, for a revert."""
-        previous = await self._ctx.disk.run(self._ctx.scratch.write, planned)
+        previous = scratch.write(planned)
         self._ctx.report.event(
             patch_applied=patchloop_pb2.PatchApplied(
                 source=MODE_SOURCE.get(decision.mode, patchloop_pb2.FIX_SOURCE_UNSPECIFIED),
@@ -271,7 +263,7 @@ class Attempt:
                 files=sorted(planned),
             )
         )
-        return previous
+        return planned, previous
 
     async def _keep_or_revert(
         self,
@@ -289,7 +281,7 @@ class Attempt:
             # Back to the last good state (never keep a new error such as
             # broken syntax): the next prompt then repeats this one's prefix
             # and hits the server's cache.
-            await self._ctx.disk.run(self._ctx.scratch.restore, previous)
+            self._ctx.scratch.restore(previous)
         reason = "build_timeout" if after.result.timed_out else "still_failing"
         self._failed(
             decision,

@@ -214,13 +214,15 @@ class Run:
     async def _fast_path(self, state: CompileOutcome) -> CompileOutcome | None:
         """Apply rustc's MachineApplicable suggestions; the new state if they helped."""
         scratch = self._scratch
-        planned = await self._peers.disk.run(
-            machine_applicable_edits, state.diagnostics.errors, scratch
+        errors = state.diagnostics.errors
+        await self._peers.disk.read_ahead(
+            scratch, (s.file for d in errors for s in d.suggestions())
         )
+        planned = machine_applicable_edits(errors, scratch)
         if not planned:
             return None
         timing = AttemptTiming()
-        previous = await self._peers.disk.run(scratch.write, planned)
+        previous = scratch.write(planned)
         self._report.event(
             patch_applied=patchloop_pb2.PatchApplied(
                 source=patchloop_pb2.FIX_SOURCE_COMPILER, edits=len(planned), files=sorted(planned)
@@ -229,7 +231,7 @@ class Run:
         after = await self._builder.compile(timing)
         helped = after.clean or judge_patch(state, after).kept
         if not helped:
-            await self._peers.disk.run(scratch.restore, previous)
+            scratch.restore(previous)
         self._report.capsule(
             common_pb2.EVENT_TYPE_PATCH_ATTEMPT,
             mode=common_pb2.ROUTING_MODE_UNSPECIFIED,

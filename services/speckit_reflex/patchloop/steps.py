@@ -14,7 +14,7 @@ import asyncio
 import contextvars
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -35,13 +35,26 @@ T = TypeVar("T")
 
 
 class Disk:
-    """Blocking file work of runs (reading, patching, reverting the scratch
-    copy; writing a fix back), off the event loop on threads of its own: the
-    default executor is shared with other work of the process (Capsule's
-    database writes, in `serve all`)."""
+    """Blocking file work of runs, off the event loop on threads of its own
+    (the default executor is shared with other work of the process: Capsule's
+    database writes, in `serve all`).
+
+    What goes there: the first read of each file of the scratch copy (its
+    size is unknown until read) and the write-back into the user's tree.
+    What does not: reading what the run has in memory already, and writing a
+    patch or a revert into the private copy (bounded and small: a thread hop
+    each cost more than the writes, about 0.6 ms per attempt at p50 in
+    bench/patchloop_bench.py on a loaded host).
+    """
 
     def __init__(self, executor: Executor):
         self._executor = executor
+
+    async def read_ahead(self, scratch: Scratch, names: Iterable[str]) -> None:
+        """The files `names` in memory (a thread only for those not read yet)."""
+        unread = scratch.unread(names)
+        if unread:
+            await self.run(scratch.load, unread)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` on a worker thread, awaited to its end.

@@ -30,6 +30,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -431,6 +432,26 @@ class Scratch:
 
     def resolve(self, name: str) -> str:
         return checked_relative(self.root, name)[0]
+
+    def unread(self, names: Iterable[str]) -> list[str]:
+        """Of the files `names` (as a diagnostic or a patch names them), those
+        this run has not read yet: reading them is disk I/O, the others are in
+        memory. Names that do not resolve inside the copy are left out (their
+        use refuses them)."""
+        out: list[str] = []
+        for name in names:
+            try:
+                rel = self.resolve(name)
+            except PatchRejected:
+                continue
+            if rel not in self._contents and rel not in out:
+                out.append(rel)
+        return out
+
+    def load(self, rels: Iterable[str]) -> None:
+        """Read files into memory (blocking I/O: call it off the event loop)."""
+        for rel in rels:
+            self._read_bytes(rel)
 
     def read_text(self, rel: str) -> str | None:
         """A file's text, or None when it does not exist."""
