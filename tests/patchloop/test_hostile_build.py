@@ -156,9 +156,9 @@ async def test_hostile_build_script_gets_no_key_and_writes_nothing(
     assert found.count("refused(") == 3, found  # two writes and the read
     assert f"w {private_tmp} WRITTEN" in found and found.count("WRITTEN") == 1, found
     assert "READ(" not in found and "3b9d" not in found
-    assert (
-        result.outcome == patchloop_pb2.OUTCOME_REFUSED
-    )  # no Router: the loop stops after the build
+    # No Router: the loop stops after the build, an error of the run (not a refusal).
+    assert result.outcome == patchloop_pb2.OUTCOME_ERROR, result
+    assert result.reason.startswith("router_unavailable"), result.reason
     assert tree_digest(crate) == before
     assert list(outside.iterdir()) == []
     assert not await asyncio.to_thread(private_tmp.exists)
