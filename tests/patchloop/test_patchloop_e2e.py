@@ -61,8 +61,13 @@ api_key_env = "{CLOUD_KEY_ENV}"
 timeout_ms = 10000
 
 [routing.health]
+# Probes rarely (they would compete with the generations for the 2 cores), so
+# health must stay fresh longer than one interval plus a probe's time: with
+# the default 30 s, a slow first generation on a loaded machine left health
+# "older than 30 s" and the second attempt went to cloud.
 probe_interval_s = 60
 probe_timeout_ms = 120000
+stale_after_s = 600
 
 [routing.verdicts]
 min_samples = 3
