@@ -196,6 +196,7 @@ timeout_ms = 240000
 backends = [{{ name = "local", kind = "llamacpp", endpoint = "http://127.0.0.1:{port}/v1", models = ["{model}"] }}]
 [routing.health]
 probe_interval_s = 60
+stale_after_s = 600
 probe_timeout_ms = 120000
 [privacy]
 local_only = true

@@ -133,6 +133,14 @@ def test_environment_overrides(tmp_path: Path) -> None:
             ["patchloop.build_timeout_s", "max_build_timeout_s 600"],
         ),
         ('[patchloop]\ncompile_command = ["sh"]\n', ["patchloop.compile_command", "unknown key"]),
+        (
+            "[routing.health]\nprobe_interval_s = 60\n",
+            ["routing.health", "stale_after_s (30) must exceed probe_interval_s (60)"],
+        ),
+        (
+            "[routing.verdicts]\nrefresh_s = 600\n",
+            ["routing.verdicts", "stale_after_s (300) must exceed refresh_s (600)"],
+        ),
     ],
     ids=[
         "unknown-key",
@@ -148,6 +156,8 @@ def test_environment_overrides(tmp_path: Path) -> None:
         "empty-profile",
         "timeout-over-cap",
         "argv-key-of-old",
+        "health-stale-between-probes",
+        "verdict-stale-between-refreshes",
     ],
 )
 def test_bad_policy_files_name_the_key_and_file(

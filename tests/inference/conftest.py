@@ -44,6 +44,7 @@ def backends_policy(
         },
         "health": {
             "probe_interval_s": 60,
+            "stale_after_s": 600,
             "cooldown_s": 30,
             "probe_timeout_ms": 2000,
             **(health or {}),

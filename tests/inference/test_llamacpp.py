@@ -43,7 +43,12 @@ def llama_policy(server: LlamaServer, **health: float):  # type: ignore[no-untyp
                 "timeout_ms": 240_000,
                 "backends": [{"name": "llama", "kind": "llamacpp", "endpoint": server.base_url}],
             },
-            "health": {"probe_interval_s": 60, "probe_timeout_ms": 60_000, **health},
+            "health": {
+                "probe_interval_s": 60,
+                "stale_after_s": 600,
+                "probe_timeout_ms": 60_000,
+                **health,
+            },
         },
         privacy={"local_only": True},
         inference={"max_validation_retries": 1},

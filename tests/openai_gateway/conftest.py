@@ -51,7 +51,7 @@ def gateway_policy(  # type: ignore[no-untyped-def]
                 "model": CLOUD_MODEL,
                 "api_key_env": "TEST_CLOUD_KEY",
             },
-            "health": {"probe_interval_s": 60, "probe_timeout_ms": 2000},
+            "health": {"probe_interval_s": 60, "stale_after_s": 600, "probe_timeout_ms": 2000},
         },
         inference={"max_validation_retries": 1},
     )

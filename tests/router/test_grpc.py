@@ -145,12 +145,15 @@ async def test_unreachable_inference_degrades_to_status_unknown(
     peers: Peers, services_factory
 ) -> None:
     _, client, service = await start_router(
-        services_factory, peers, {"routing": {"health": {"stale_after_s": 0.3}}}
+        services_factory,
+        peers,
+        {"routing": {"health": {"probe_interval_s": 0.1, "stale_after_s": 0.3}}},
     )
     assert (await client.decide(**IMPLEMENT)).mode == c.ROUTING_MODE_REFLEX
     await peers.stop_inference()  # its port stays held: refused, never another server's
     await service.refresher.refresh_health()
-    # The last good answer ages past stale_after_s (0.3 s); until then it still routes reflex.
+    # Refreshes (every 0.1 s) now fail; the last good answer ages past stale_after_s
+    # (0.3 s), and until then it still routes reflex.
     d = await eventually(
         lambda: client.decide(**IMPLEMENT),
         lambda d: d.mode != c.ROUTING_MODE_REFLEX,

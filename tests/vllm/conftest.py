@@ -53,7 +53,12 @@ def local_policy(
                     {"name": n, "kind": k, "endpoint": e, "models": [model]} for n, k, e in backends
                 ],
             },
-            "health": {"probe_interval_s": 60, "cooldown_s": 30, "probe_timeout_ms": 30000},
+            "health": {
+                "probe_interval_s": 60,
+                "stale_after_s": 600,
+                "cooldown_s": 30,
+                "probe_timeout_ms": 30000,
+            },
         },
         inference={"max_validation_retries": retries},
     )

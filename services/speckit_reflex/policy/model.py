@@ -180,6 +180,18 @@ class HealthSettings(_Strict):
     cooldown_s: float = Field(default=10.0, ge=0)
     probe_timeout_ms: int = Field(default=5000, gt=0)
 
+    @model_validator(mode="after")
+    def _fresh_between_probes(self) -> HealthSettings:
+        # Health is refreshed once per interval: if it goes stale sooner, every
+        # decision in the gap sees unknown health and goes to cloud.
+        if self.stale_after_s <= self.probe_interval_s:
+            raise ValueError(
+                f"stale_after_s ({self.stale_after_s:g}) must exceed probe_interval_s"
+                f" ({self.probe_interval_s:g}): health would go stale between probes"
+                " and the Router would send attempts to cloud"
+            )
+        return self
+
 
 class VerdictSettings(_Strict):
     """How the Router obtains bakeoff verdicts from Capsule."""
@@ -191,6 +203,18 @@ class VerdictSettings(_Strict):
     suite: str = Field(default="reflex_patchloop_v1", min_length=1)
     refresh_s: float = Field(default=30.0, gt=0)
     stale_after_s: float = Field(default=300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _fresh_between_refreshes(self) -> VerdictSettings:
+        # A verdict is fetched once per refresh: if it goes stale sooner, the
+        # Router sees no verdict in the gap and never routes to reflex.
+        if self.stale_after_s <= self.refresh_s:
+            raise ValueError(
+                f"stale_after_s ({self.stale_after_s:g}) must exceed refresh_s"
+                f" ({self.refresh_s:g}): the verdict would go stale between refreshes"
+                " and the Router would not route to reflex"
+            )
+        return self
 
 
 class Routing(_Strict):
