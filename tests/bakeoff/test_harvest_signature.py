@@ -3,7 +3,13 @@ primary span (its file and line text, not its line number)."""
 
 from __future__ import annotations
 
-from speckit_reflex.bakeoff.harvest import deduplicate, error_signature
+import re
+from pathlib import Path
+
+import pytest
+
+from speckit_reflex.bakeoff.harvest import deduplicate, error_signature, write_suite
+from speckit_reflex.bakeoff.suite import SuiteError, load_suite
 from speckit_reflex.v1 import capsule_pb2
 
 BODY = "pub fn count(v: &[u8]) -> u32 {\n    v.len()\n}\n"
@@ -33,3 +39,34 @@ def test_newest_of_a_signature_wins_whatever_the_order_given() -> None:
     old, new, lone = capture("old", 1, ""), capture("new", 5, "\n"), capture("x", 3, "", "E0061")
     kept = deduplicate([old, lone, new])
     assert [(k.capture.run_id, k.replaces) for k in kept] == [("new", ["old"]), ("x", [])]
+
+
+def test_a_task_folder_stays_under_out_whatever_the_captured_code(tmp_path: Path) -> None:
+    """The task id is built from a captured error code: Capsule refuses codes
+    that are not codes, and the harvest keeps only safe characters of one
+    anyway (a suite written by an older Capsule's data, or another store)."""
+    hostile = capture("r", 1, "", code="../../../../escaped")
+    hostile.files.add(path="Cargo.toml", content="[package]\n")
+    hostile.fix_files.add(path="src/lib.rs", content="fixed\n")
+    [task] = deduplicate([hostile])
+    assert re.fullmatch(r"h_[a-z0-9_]+_[0-9a-f]{12}", task.id), task.id
+    out = tmp_path / "deep" / "er" / "out"
+    write_suite(out, "out", [task], {"tasks": []})
+    written = {p for p in tmp_path.rglob("*") if p.is_file()}
+    assert written and all(out in p.parents for p in written), sorted(map(str, written))
+    assert load_suite(out).tasks[0].crate_dir.joinpath("src/lib.rs").read_text() == BODY
+
+
+def test_a_suite_with_a_task_id_that_climbs_out_is_refused(tmp_path: Path) -> None:
+    """`reflex trials --suite-dir DIR` on a folder someone else wrote: a task id
+    is a folder name under tasks/, never a path."""
+    (tmp_path / "elsewhere" / "crate").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "crate" / "Cargo.toml").write_text("[package]\n")
+    suite = tmp_path / "suite"
+    (suite / "tasks").mkdir(parents=True)
+    (suite / "manifest.toml").write_text(
+        '[suite]\nname = "s"\n[[task]]\nid = "../../elsewhere"\n'
+        'category = "misc"\ndifficulty = "easy"\n'
+    )
+    with pytest.raises(SuiteError, match=re.escape("task #1: id '../../elsewhere'")):
+        load_suite(suite)

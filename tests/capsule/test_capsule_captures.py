@@ -89,6 +89,7 @@ async def test_hostile_paths_are_refused(start_capsule, path: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await capsule.put_run_capture(bad)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_of(err.value).metadata["field"] == "files[0].path"
 
 
 async def test_unknown_run_is_not_found(start_capsule) -> None:
@@ -96,3 +97,23 @@ async def test_unknown_run_is_not_found(start_capsule) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await capsule.get_run_capture("nope")
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("code", ["../../../escaped", "E0308/../../x", "E 0308", "E0308\n"])
+async def test_error_codes_that_are_not_codes_are_refused(start_capsule, code: str) -> None:
+    """A captured error code names a harvested task's folder (h_<code>_<digest>):
+    one with a path in it would make `harvest` write outside --out."""
+    _, capsule = await start_capsule({"capture.mode": "full_io"})
+    bad = start_part("hostile-code", 1_000, {"src/lib.rs": "x"})
+    bad.errors.add(code=code, message="m", file="src/lib.rs", line=1, column=1)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await capsule.put_run_capture(bad)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_of(err.value)
+    assert info.reason == common_pb2.ERROR_REASON_INVALID_FIELD
+    assert info.metadata["field"] == "errors[1].code"
+    # Codes rustc, lints and clippy use are stored.
+    good = start_part("good-code", 1_000, {"src/lib.rs": "x"})
+    good.errors.add(code="clippy::needless_return", message="m", file="src/lib.rs")
+    good.errors.add(code="unused-variables", message="m", file="src/lib.rs")
+    assert (await capsule.put_run_capture(good)).has_files

@@ -41,6 +41,8 @@ _CATEGORIES = {
 }
 _SPACE = re.compile(r"\s+")
 _NUMBER = re.compile(r"\d+")
+# A task id is a folder name: of a captured code (data from Capsule) only these stay.
+_UNSAFE_IN_ID = re.compile(r"[^a-z0-9_]")
 
 
 class HarvestError(Exception):
@@ -85,7 +87,7 @@ def category(codes: tuple[str, ...]) -> str:
 
 def task_id(sig: Signature) -> str:
     code = sig.codes[0].lower() if sig.codes and sig.codes[0] != "none" else "err"
-    return f"h_{code}_{sig.key}"
+    return f"h_{_UNSAFE_IN_ID.sub('_', code)[:32] or 'err'}_{sig.key}"
 
 
 def safe_path(root: Path, rel: str) -> Path:

@@ -9,6 +9,7 @@ only ever read, and cargo builds a real copy of a task (`copy_crate`).
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from importlib.resources import files
@@ -17,6 +18,8 @@ from pathlib import Path
 
 # The suites shipped in the wheel, searched after $SPECKIT_SUITES_DIR.
 PACKAGED_SUITES: Traversable = files("speckit_reflex.bakeoff").joinpath("suites")
+
+_TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 class SuiteError(ValueError):
@@ -94,6 +97,12 @@ def load_suite(folder: Traversable) -> Suite:
     for i, t in enumerate(data.get("task", [])):
         try:
             tid = str(t["id"])
+            if not _TASK_ID.fullmatch(tid):
+                # A folder name under tasks/, never a path (a suite may come from anyone).
+                raise SuiteError(
+                    f"{manifest}: task #{i + 1}: id {tid[:100]!r} is not a folder name "
+                    "(letters, digits, '_', '-', '.'; not starting with '.')"
+                )
             task = SuiteTask(
                 id=tid,
                 category=str(t["category"]),

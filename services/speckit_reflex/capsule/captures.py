@@ -7,6 +7,7 @@ texts are bounded and redacted once more here (PatchLoop redacts first).
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -19,6 +20,9 @@ MAX_CAPTURE_BYTES = 16_000_000
 MAX_FILES = 20_000
 MAX_ERRORS = 1_000
 FIXED_BY = frozenset({"", "compiler", "reflex", "cloud"})
+# rustc's codes (E0308), lint names (unused_variables, clippy::needless_return):
+# a code names a harvested task's folder, so it is never a path.
+_ERROR_CODE = re.compile(r"[A-Za-z0-9_:-]*")
 
 
 def refuse_unless_full_io(mode: str) -> None:
@@ -42,7 +46,7 @@ def checked_path(path: str, field: str) -> str:
         or any(part in ("..", ".", "") for part in path.split("/"))
     ):
         raise InvalidArgument(
-            f"{field}: {path[:200]!r} is not a relative path inside the workspace"
+            f"{field}: {path[:200]!r} is not a relative path inside the workspace", field=field
         )
     return path
 
@@ -51,27 +55,36 @@ def _files(files: Any, field: str, allow_deleted: bool) -> tuple[dict[str, str |
     out: dict[str, str | None] = {}
     total = 0
     if len(files) > MAX_FILES:
-        raise InvalidArgument(f"{field}: {len(files)} files exceed the limit of {MAX_FILES}")
+        raise InvalidArgument(
+            f"{field}: {len(files)} files exceed the limit of {MAX_FILES}", field=field
+        )
     for i, f in enumerate(files):
         path = checked_path(f.path, f"{field}[{i}].path")
         if path in out:
-            raise InvalidArgument(f"{field}[{i}].path: {path!r} given twice")
+            raise InvalidArgument(
+                f"{field}[{i}].path: {path[:200]!r} given twice", field=f"{field}[{i}].path"
+            )
         if f.deleted:
             if not allow_deleted:
-                raise InvalidArgument(f"{field}[{i}]: a captured workspace has no deleted files")
+                raise InvalidArgument(
+                    f"{field}[{i}]: a captured workspace has no deleted files",
+                    field=f"{field}[{i}].deleted",
+                )
             out[path] = None
             continue
         total += len(f.content.encode())
         out[path] = redact_text(f.content)
     if total > MAX_CAPTURE_BYTES:
-        raise InvalidArgument(f"{field}: {total} bytes exceed the limit of {MAX_CAPTURE_BYTES}")
+        raise InvalidArgument(
+            f"{field}: {total} bytes exceed the limit of {MAX_CAPTURE_BYTES}", field=field
+        )
     return out, total
 
 
 def capture_row(c: capsule_pb2.RunCapture, now_us: int) -> dict[str, Any]:
     """The columns this part of a capture sets (a start part, an end part, or both)."""
     if not c.run_id:
-        raise InvalidArgument("run_id is required")
+        raise InvalidArgument("run_id is required", field="run_id")
     row: dict[str, Any] = {
         "run_id": c.run_id,
         "started_us": c.started_at.ToMicroseconds() if c.HasField("started_at") else now_us,
@@ -79,7 +92,16 @@ def capture_row(c: capsule_pb2.RunCapture, now_us: int) -> dict[str, Any]:
     if c.files or c.skipped or c.errors:
         files, total = _files(c.files, "files", allow_deleted=False)
         if len(c.errors) > MAX_ERRORS:
-            raise InvalidArgument(f"errors: {len(c.errors)} exceed the limit of {MAX_ERRORS}")
+            raise InvalidArgument(
+                f"errors: {len(c.errors)} exceed the limit of {MAX_ERRORS}", field="errors"
+            )
+        for i, e in enumerate(c.errors):
+            if not _ERROR_CODE.fullmatch(e.code):
+                raise InvalidArgument(
+                    f"errors[{i}].code: {e.code[:64]!r} is not an error code "
+                    "(letters, digits, '_', ':', '-')",
+                    field=f"errors[{i}].code",
+                )
         row.update(
             session_id=redact_text(c.session_id),
             workspace=redact_text(c.workspace),
@@ -101,10 +123,14 @@ def capture_row(c: capsule_pb2.RunCapture, now_us: int) -> dict[str, Any]:
         )
     if c.fixed:
         if c.fixed_by not in FIXED_BY:
-            raise InvalidArgument(f"fixed_by {c.fixed_by!r} is not compiler, reflex or cloud")
+            raise InvalidArgument(
+                f"fixed_by {c.fixed_by[:16]!r} is not compiler, reflex or cloud", field="fixed_by"
+            )
         fix_files, _ = _files(c.fix_files, "fix_files", allow_deleted=True)
         if not fix_files:
-            raise InvalidArgument("fix_files: a fixed run names the files its fix changed")
+            raise InvalidArgument(
+                "fix_files: a fixed run names the files its fix changed", field="fix_files"
+            )
         row.update(
             fixed=True,
             fixed_by=c.fixed_by,
