@@ -46,6 +46,13 @@ class _Answers(router_pb2_grpc.RouterServicer):
                 reason=REFUSED,
                 metadata={"routing_reason": "budget_exhausted", "decision_id": "d" * 5000},
             )
+        if request.session_id.startswith("quote:"):
+            # As servicers do: the refusal quotes the field it refuses.
+            raise InvalidArgument(
+                f"model {request.session_id!r} is not a model of the policy",
+                field="model",
+                metadata={"model": request.session_id},
+            )
         if request.session_id == "crash":
             raise RuntimeError("a bug")
         return router_pb2.RoutingDecision(session_id=request.session_id)
@@ -129,6 +136,28 @@ async def test_a_long_message_still_arrives_with_its_reason() -> None:
     assert err.metadata == {"routing_reason": "budget_exhausted", "decision_id": "d" * 256}
     assert err.message.startswith("budget – überschritten ") and err.message.endswith("…")
     assert len(err.message.encode()) <= MESSAGE_MAX_BYTES
+
+
+async def test_a_refusal_quoting_a_secret_sends_it_redacted() -> None:
+    """A refusal's message and metadata quote the request (or an upstream's
+    reply, which may quote a key the caller never held): both leave through
+    the redactor, as log lines do; the reason and field stay readable."""
+    key = "sk-proj-" + "Q1w2E3r4T5y6U7i8O9p0" * 3
+    running = await create_server(_Service(), "127.0.0.1:0", RuntimeSettings())
+    try:
+        async with aio.insecure_channel(running.address) as ch:
+            raw = await _failure(router_pb2_grpc.RouterStub(ch), f"quote: Bearer {key}")
+    finally:
+        await running.stop(0)
+    err = error_of(raw)
+    assert err.reason == common_pb2.ERROR_REASON_INVALID_FIELD
+    assert err.metadata["field"] == "model"
+    trailers = b"".join(
+        v if isinstance(v, bytes) else v.encode() for _, v in (raw.trailing_metadata() or ())
+    )
+    assert key not in (raw.details() or "") and key.encode() not in trailers
+    assert key not in err.message and key not in err.metadata["model"]
+    assert "REDACTED" in err.message and "REDACTED" in err.metadata["model"]
 
 
 async def test_malformed_crashed_and_unauthenticated_calls_carry_a_reason_too() -> None:

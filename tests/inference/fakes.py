@@ -263,6 +263,13 @@ class FakeModelServer:
                 "Service Unavailable",
             )
             return True
+        if mode == "rejects_echoing_auth":
+            # Some upstreams (and proxies) quote the request back in a 400, credentials too.
+            said = f"invalid request (authorization: {self.authorizations[-1]})"
+            await self._respond(
+                writer, 400, self._error(400, said, "BadRequestError"), "Bad Request"
+            )
+            return True
         if mode == "hang":
             return await self._wait_for_close(reader)
         writer.write(

@@ -248,3 +248,27 @@ async def test_llm_call_events_carry_the_fallback_reason(fake_factory, adapter):
     first, second = await wait_for_calls(recorder, 2)
     assert first.payload.fields["fallback_reason"].HasField("null_value") and not first.is_fallback
     assert second.payload["fallback_reason"] == "max_failures_reached" and second.is_fallback
+
+
+async def test_an_upstream_error_quoting_the_key_reaches_the_caller_redacted(fake_factory, adapter):
+    """The adapter holds the cloud key, the caller does not: a 400 whose body
+    quotes the request's Authorization header is relayed as the status
+    message, and that message (and the Status in the trailers) is redacted."""
+    key = "sk-testcloudkey0123456789abcdef"  # set by the adapter fixture as TEST_CLOUD_KEY
+    cloud = await fake_factory(
+        kind="openai", models=["deepseek-chat"], chat_mode="rejects_echoing_auth"
+    )
+    local = await fake_factory(kind="vllm")
+    llm, _, _ = await adapter(backends_policy(("a", "vllm", local), cloud=cloud))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await llm.complete(
+            [("user", "hi")], mode=common_pb2.ROUTING_MODE_CLOUD, max_tokens=8, timeout=10
+        )
+    assert cloud.authorizations[-1] == f"Bearer {key}", "the key was sent upstream"
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = err.value.details() or ""
+    assert "rejected the request" in details and "REDACTED" in details, details
+    trailers = b"".join(
+        v if isinstance(v, bytes) else v.encode() for _, v in (err.value.trailing_metadata() or ())
+    )
+    assert key.encode() not in trailers and key not in details

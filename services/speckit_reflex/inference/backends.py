@@ -25,6 +25,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from speckit_reflex.errors import InvalidArgument
 from speckit_reflex.inference.dialects import Dialect, dialect_for
+from speckit_reflex.runtime.redact import redact_text
 
 
 class UpstreamFailure(Exception):
@@ -142,6 +143,12 @@ class ModelServer:
     async def close(self) -> None:
         await self._client.aclose()
 
+    def _said(self, raw: bytes) -> str:
+        """An error body's message, redacted of this server's key and every
+        credential-shaped text: it reaches callers, who never hold the key."""
+        secrets = (self.spec.api_key,) if self.spec.api_key else ()
+        return redact_text(_error_text(self.dialect, raw), secrets)
+
     # -- listing and probing ------------------------------------------------
 
     async def list_models(self, timeout_s: float) -> list[dict[str, Any]]:
@@ -209,9 +216,7 @@ class ModelServer:
         except httpx.HTTPError as exc:
             raise _transport_failure(exc) from None
         if resp.status_code != 200:
-            raise UpstreamFailure(
-                _status_reason(resp.status_code), _error_text(self.dialect, resp.content)
-            )
+            raise UpstreamFailure(_status_reason(resp.status_code), self._said(resp.content))
         if not resp.content:
             return {}
         try:
@@ -261,10 +266,8 @@ class ModelServer:
                     raw = await resp.aread()
                 reason = _status_reason(resp.status_code)
                 if resp.status_code in (400, 422):
-                    raise InvalidArgument(
-                        f"{self.name} rejected the request: {_error_text(self.dialect, raw)}"
-                    )
-                raise UpstreamFailure(reason, _error_text(self.dialect, raw))
+                    raise InvalidArgument(f"{self.name} rejected the request: {self._said(raw)}")
+                raise UpstreamFailure(reason, self._said(raw))
             if not resp.headers.get("content-type", "").startswith("text/event-stream"):
                 # A server that ignored stream=true answered with one JSON body.
                 async with asyncio.timeout_at(deadline):

@@ -31,6 +31,7 @@ from speckit_reflex.runtime.handlers import (
     UnaryBehaviour,
     WritingBehaviour,
 )
+from speckit_reflex.runtime.redact import redact_text
 from speckit_reflex.v1 import common_pb2
 
 log = logging.getLogger("speckit.rpc")
@@ -51,6 +52,7 @@ _OPEN_PREFIXES = (
 # The server log keeps the whole message.
 MESSAGE_MAX_BYTES = 1024
 METADATA_VALUE_MAX_CHARS = 256
+METADATA_MAX_KEYS = 16
 
 
 def _bounded(text: str, max_bytes: int) -> str:
@@ -68,14 +70,19 @@ def rich_status(
 ) -> grpc.Status:
     """The status with `code` and `message` (bounded) whose trailing metadata
     carries google.rpc.Status(code, message, [ErrorInfo(reason, domain, metadata)])."""
+    # Messages and metadata quote request fields and upstream replies: they
+    # leave redacted (a key of a known shape, a secret-named value), as logs do.
     info = ErrorInfo(
         reason=error_reason_text(reason),
         domain=ERROR_DOMAIN,
-        metadata={k: v[:METADATA_VALUE_MAX_CHARS] for k, v in (metadata or {}).items()},
+        metadata={
+            k: redact_text(v[: 4 * METADATA_VALUE_MAX_CHARS])[:METADATA_VALUE_MAX_CHARS]
+            for k, v in list((metadata or {}).items())[:METADATA_MAX_KEYS]
+        },
     )
     detail = any_pb2.Any()
     detail.Pack(info)
-    message = _bounded(message, MESSAGE_MAX_BYTES)
+    message = _bounded(redact_text(message[: 4 * MESSAGE_MAX_BYTES]), MESSAGE_MAX_BYTES)
     return rpc_status.to_status(Status(code=code.value[0], message=message, details=[detail]))
 
 
