@@ -129,6 +129,13 @@ def threshold_failure_to_json(f: capsule_pb2.ThresholdFailure) -> dict[str, Any]
     }
 
 
+def failure_lines(failures: Sequence[dict[str, Any]]) -> list[str]:
+    """The failures' messages for people, each once and in order: thresholds
+    that share a reason (too few tasks for both p95 and JSON compliance) say it
+    once; the JSON keeps one entry per threshold."""
+    return list(dict.fromkeys(f["message"] for f in failures))
+
+
 def mode_stats_to_json(s: capsule_pb2.ModeStats) -> dict[str, Any]:
     """One mode's (or model's) figures in the seed's key names; null where there is no data."""
     return {

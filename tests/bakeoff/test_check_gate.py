@@ -141,6 +141,10 @@ async def test_check_exits_nonzero_on_too_few_samples_but_zero_without_exit_code
     )
     assert report_only.code == 0
     assert report_only.json()["passed"] is False
+    # The table says the shared reason once (the JSON keeps one failure per threshold).
+    table = await _cli(["reflex", "check", "--since", "1h", "--min-samples", "20"], env)
+    assert len(doc["failures"]) > 1
+    assert table.stdout.count("10 task(s) judged, at least 20 required") == 1, table.stdout
 
 
 async def test_empty_data_is_not_judged_null_in_json_dash_in_tables_and_fails_the_gate(

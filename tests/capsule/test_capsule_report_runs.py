@@ -182,7 +182,8 @@ async def test_report_paths_are_absolute_for_a_relative_out_dir(
     )  # counts
     md = await asyncio.to_thread(Path(reply.markdown_path).read_text)
     assert "| p95_latency_ms | – | < 2000 | not_judged |" in md  # no figure, never a pass
-    assert "- reflex: 0 task(s) judged, at least 20 required" in md
+    # Both thresholds lack the tasks; the report says so once, not once per threshold.
+    assert len(few) > 1 and md.count("- reflex: 0 task(s) judged, at least 20 required") == 1
     assert (
         md.splitlines()[2].startswith("Covers every attempt from ")
         and "(the last 24h)" in md.splitlines()[2]

@@ -27,7 +27,7 @@ from speckit_reflex.bakeoff.readiness import ReflexNotReady, wait_for_reflex_rou
 from speckit_reflex.bakeoff.trial import TrialResult
 from speckit_reflex.cli.output import CliError, console, print_json, stdout, table
 from speckit_reflex.cli.reflex_links import ServiceLinks, reporting, run_with_links
-from speckit_reflex.contract import verdict_to_json
+from speckit_reflex.contract import failure_lines, verdict_to_json
 
 DEFAULT_SUITE = "reflex_patchloop_v1"
 INTERRUPTED_EXIT = 130
@@ -199,8 +199,8 @@ def show_result(doc: dict[str, Any]) -> None:
         stdout.print(
             f"gate on this run: {v['status']} (baseline: {v['baseline']['kind']})", highlight=False
         )
-        for f in v["failures"]:
-            stdout.print(f"  - {f['message']}", highlight=False)
+        for message in failure_lines(v["failures"]):
+            stdout.print(f"  - {message}", highlight=False)
     if doc["report"]:
         stdout.print(
             f"report: {doc['report']['json']}\n        {doc['report']['markdown']}", highlight=False

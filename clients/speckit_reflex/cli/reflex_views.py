@@ -9,6 +9,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from speckit_reflex.cli.output import stdout, table
+from speckit_reflex.contract import failure_lines
 from speckit_reflex.v1 import inference_pb2, patchloop_pb2, router_pb2
 
 _STATS_ROWS = (
@@ -102,8 +103,8 @@ def show_verdict(doc: dict[str, Any]) -> None:
     )
     if doc["invalidated"]:
         stdout.print(f"[bold red]invalidated:[/] {doc['invalidated']}", highlight=False)
-    for f in doc["failures"]:
-        stdout.print(f"  - {f['message']}", highlight=False)
+    for message in failure_lines(doc["failures"]):
+        stdout.print(f"  - {message}", highlight=False)
     live = doc["live_statistics"]
     stdout.print(
         f"live statistics (not judged), last {doc['period']}: reflex {live['reflex']['total_attempts']} attempts, "

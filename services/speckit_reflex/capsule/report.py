@@ -16,7 +16,12 @@ from typing import Any
 from speckit_reflex.capsule.report_chart import latency_svg
 from speckit_reflex.capsule.stats import LATENCY_BUCKETS_MS
 from speckit_reflex.capsule.store import TrialSummary
-from speckit_reflex.contract import enum_name, stats_to_seed_json, verdict_to_json
+from speckit_reflex.contract import (
+    enum_name,
+    failure_lines,
+    stats_to_seed_json,
+    verdict_to_json,
+)
 from speckit_reflex.runtime.redact import redact, redact_text
 from speckit_reflex.v1 import capsule_pb2, common_pb2
 
@@ -165,7 +170,7 @@ def report_markdown(doc: dict[str, Any], r: ReportInputs, svg_name: str = "") ->
         f"| {x['name']} | {_fmt(x['observed'])} | {x['comparison']} {x['required']:g} | {x['status']} |"
         for x in verdict["results"]
     ]
-    lines += [f"- {f['message']}" for f in verdict["failures"]]
+    lines += [f"- {m}" for m in failure_lines(verdict["failures"])]
     lines += ["", "## Live statistics (every attempt in the window; not judged)"]
     lines += ["", "### Per mode", "", _STATS_HEADER.format(first="mode")]
     lines += [_stats_row("reflex", stats["reflex"]), _stats_row("cloud", stats["cloud"])]
