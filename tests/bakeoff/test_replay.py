@@ -83,3 +83,27 @@ async def test_replay_refuses_calls_not_captured_in_full(
     assert run.code == 1
     assert "replay refused" in run.stderr and "capture.mode was not full_io" in run.stderr
     assert not await asyncio.to_thread(lambda: list(tmp_path.glob("reflex-replay-*")))
+
+
+async def test_replay_prints_both_report_paths_even_when_the_candidate_is_unreachable(
+    services_factory, sqlite_url: str, tmp_path: Path
+) -> None:
+    # One call captured in full; the candidate's backend (the built-in policy's
+    # local one) has no server, so the call is an error of the candidate, and
+    # replay still writes its report and names both files of it.
+    policy = load_policy(None, environ={"SPECKIT_POLICY__CAPTURE__MODE": "full_io"})
+    svc = await services_factory(SERVICES, database_url=sqlite_url, policy=policy)
+    ev = common_pb2.Event(
+        id="call-1", type=common_pb2.EVENT_TYPE_LLM_CALL, model="m", run_id="r", attempt=1
+    )
+    ev.request.update({"messages": [{"role": "user", "content": "fix it"}], "params": {}})
+    await CapsuleClient(svc.ctx.channel("capsule")).append_events([ev])
+    env = speckit_env({name: svc.addr(name) for name in SERVICES})
+    args = ["reflex", "replay", "--model", "candidate", "--since", "1h"]
+    out = tmp_path / "eval"
+    run = await asyncio.to_thread(run_speckit, [*args, "--report-dir", str(out)], env)
+    assert run.code == 0, run.stderr
+    written = sorted(await asyncio.to_thread(lambda: list(out.glob("reflex-replay-*"))))
+    assert [p.suffix for p in written] == [".json", ".md"], written
+    for path in written:
+        assert f"{path}" in run.stdout, run.stdout

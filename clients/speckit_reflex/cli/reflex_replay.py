@@ -208,7 +208,11 @@ def show(doc: dict[str, Any]) -> None:
             for r in verdict["results"]
         ],
     )
-    console().print(f"report: {doc['report']['json']}", highlight=False, markup=False)
+    console().print(
+        f"report: {doc['report']['json']}\n        {doc['report']['markdown']}",
+        highlight=False,
+        markup=False,
+    )
 
 
 def run_replay(args: argparse.Namespace) -> int:
