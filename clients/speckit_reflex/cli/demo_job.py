@@ -156,11 +156,15 @@ class Demo:
             out.print(f"crate: {fix['outcome']}{by}: {fix['workspace']}", highlight=False)
         if bakeoff.get("verdict"):
             verdict = bakeoff["verdict"]
-            word = (
-                "PASS"
-                if verdict["passed"]
-                else "FAIL — reflex stays off for real work until a bakeoff passes"
-            )
+            if verdict["passed"]:
+                word = "PASS"
+            elif verdict["status"] == "not_judged":
+                word = (
+                    "NOT JUDGED — too little evidence (see the notes above); "
+                    "reflex stays off for real work until a bakeoff passes"
+                )
+            else:
+                word = "FAIL — reflex stays off for real work until a bakeoff passes"
             out.print(f"bakeoff gate: {word}", highlight=False)
         if bakeoff.get("report"):
             out.print(f"report: {bakeoff['report']['markdown']}", highlight=False)
