@@ -85,12 +85,13 @@ async def test_replay_refuses_calls_not_captured_in_full(
     assert not await asyncio.to_thread(lambda: list(tmp_path.glob("reflex-replay-*")))
 
 
-async def test_replay_prints_both_report_paths_even_when_the_candidate_is_unreachable(
+async def test_replay_of_an_unreachable_candidate_writes_its_report_and_of_an_unknown_one_refuses(
     services_factory, sqlite_url: str, tmp_path: Path
 ) -> None:
-    # One call captured in full; the candidate's backend (the built-in policy's
+    # One call captured in full. The candidate's backend (the built-in policy's
     # local one) has no server, so the call is an error of the candidate, and
-    # replay still writes its report and names both files of it.
+    # replay still writes its report and names both files of it. A model no
+    # backend serves is refused at once, before any report.
     policy = load_policy(None, environ={"SPECKIT_POLICY__CAPTURE__MODE": "full_io"})
     svc = await services_factory(SERVICES, database_url=sqlite_url, policy=policy)
     ev = common_pb2.Event(
@@ -99,7 +100,7 @@ async def test_replay_prints_both_report_paths_even_when_the_candidate_is_unreac
     ev.request.update({"messages": [{"role": "user", "content": "fix it"}], "params": {}})
     await CapsuleClient(svc.ctx.channel("capsule")).append_events([ev])
     env = speckit_env({name: svc.addr(name) for name in SERVICES})
-    args = ["reflex", "replay", "--model", "candidate", "--since", "1h"]
+    args = ["reflex", "replay", "--model", policy.policy.routing.reflex.chain[0], "--since", "1h"]
     out = tmp_path / "eval"
     run = await asyncio.to_thread(run_speckit, [*args, "--report-dir", str(out)], env)
     assert run.code == 0, run.stderr
@@ -107,3 +108,12 @@ async def test_replay_prints_both_report_paths_even_when_the_candidate_is_unreac
     assert [p.suffix for p in written] == [".json", ".md"], written
     for path in written:
         assert f"{path}" in run.stdout, run.stdout
+    typo = await asyncio.to_thread(
+        run_speckit,
+        [*args[:3], "qwen-typo", *args[4:], "--report-dir", str(tmp_path / "typo")],
+        env,
+    )
+    assert typo.code == 1
+    (line,) = [ln for ln in typo.stderr.splitlines() if ln.startswith("error: ")]
+    assert "replay refused" in line and "'qwen-typo'" in line and "reflex models" in line, line
+    assert not (tmp_path / "typo").exists()

@@ -127,6 +127,13 @@ async def candidate_reply(
             if chunk.WhichOneof("kind") == "final":
                 final = chunk.final
     except grpc.aio.AioRpcError as exc:
+        if error_of(exc).reason == common_pb2.ERROR_REASON_NO_BACKEND_FOR_MODEL:
+            # Every call would fail the same way: a typo in --model or --backend,
+            # not a candidate that failed its replay.
+            raise CliError(
+                f"replay refused: {exc.details()}; `speckit reflex models` lists what the "
+                "backends serve, and --backend names one of the policy's backends"
+            ) from None
         return None, f"{exc.code().name}: {exc.details()}"
     return final, "" if final is not None else "the stream ended without a reply"
 
