@@ -117,3 +117,39 @@ async def test_error_codes_that_are_not_codes_are_refused(start_capsule, code: s
     good.errors.add(code="clippy::needless_return", message="m", file="src/lib.rs")
     good.errors.add(code="unused-variables", message="m", file="src/lib.rs")
     assert (await capsule.put_run_capture(good)).has_files
+
+
+async def test_a_capture_always_fits_a_reply_and_lists_page_by_size(start_capsule) -> None:
+    """Parts are separate messages, each under the 16 MiB limit: merged, a
+    start part and an end part could make a capture no GetRunCapture can
+    send, and a page of 200 records with large diffs a list no call can
+    send, failing every harvest of the window. The end part that would not
+    fit is refused naming its field; lists are cut by size, not only count."""
+    _, capsule = await start_capsule({"capture.mode": "full_io"})
+    now = time.time_ns() // 1000
+    body = "// " + "x" * 2_999_997 + "\n"  # 3 MB of source per file
+    big = {f"src/f{i}.rs": body for i in range(3)}
+    await capsule.put_run_capture(start_part("huge", now - 10_000_000, big))
+    end = capsule_pb2.RunCapture(run_id="huge", fixed=True, fixed_by="reflex")
+    for i in range(3):
+        end.fix_files.add(path=f"src/g{i}.rs", content=body)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await capsule.put_run_capture(end)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_of(err.value).metadata["field"] == "fix_files"
+    got = await capsule.get_run_capture("huge")
+    assert len(got.files) == 3 and not got.fixed
+
+    # Records with large diffs (no files listed): 6 of them exceed one reply.
+    for i in range(6):
+        await capsule.put_run_capture(start_part(f"d{i}", now - i, {"src/lib.rs": "x"}))
+        fix = fix_part(f"d{i}")
+        fix.diff = body
+        await capsule.put_run_capture(fix)
+    listed, _ = await capsule.all_run_captures(fixed_only=True)
+    assert sorted(c.run_id for c in listed) == [f"d{i}" for i in range(6)]
+    assert all(len(c.diff) == len(body) for c in listed)
+    # With files, few captures are read for a page (each may be near a reply's size).
+    page = await capsule.list_run_captures(include_files=True, page_size=200)
+    assert 1 <= len(page.captures) <= 2 and page.next_page_token
+    assert all(c.files for c in page.captures)

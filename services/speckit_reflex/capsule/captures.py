@@ -20,6 +20,26 @@ MAX_CAPTURE_BYTES = 16_000_000
 MAX_FILES = 20_000
 MAX_ERRORS = 1_000
 FIXED_BY = frozenset({"", "compiler", "reflex", "cloud"})
+# A stored capture is sent whole by GetRunCapture: merged, its parts (each a
+# message under the 16 MiB limit) must still fit one reply. A list page
+# stops adding records at LIST_PAGE_BYTES (at least one per page).
+MAX_STORED_BYTES = 15_000_000
+LIST_PAGE_BYTES = 8_000_000
+_EMPTY_ROW: dict[str, Any] = {
+    "session_id": "",
+    "workspace": "",
+    "snapshot_bytes": 0,
+    "skipped": "",
+    "build_profile": "",
+    "verify_profile": "",
+    "fixed": False,
+    "fixed_by": "",
+    "diff": "",
+    "finished_us": None,
+    "errors": None,
+    "files": None,
+    "fix_files": None,
+}
 # rustc's codes (E0308), lint names (unused_variables, clippy::needless_return):
 # a code names a harvested task's folder, so it is never a path.
 _ERROR_CODE = re.compile(r"[A-Za-z0-9_:-]*")
@@ -168,3 +188,30 @@ def capture_proto(row: dict[str, Any]) -> capsule_pb2.RunCapture:
         else:
             c.fix_files.add(path=path, content=content)
     return c
+
+
+def check_fits(stored: dict[str, Any] | None, row: dict[str, Any]) -> None:
+    """InvalidArgument naming the part's field when the capture, `row` merged
+    over what is `stored`, would not fit a GetRunCapture reply."""
+    merged = {**_EMPTY_ROW, **(stored or {}), **row}
+    size = capture_proto(merged).ByteSize()
+    if size > MAX_STORED_BYTES:
+        field = "fix_files" if "fix_files" in row else "files"
+        raise InvalidArgument(
+            f"{field}: the run's capture would hold {size} bytes with this part, over the "
+            f"limit of {MAX_STORED_BYTES} (one reply)",
+            field=field,
+        )
+
+
+def page_by_size(rows: list[dict[str, Any]]) -> tuple[list[capsule_pb2.RunCapture], int]:
+    """The captures of `rows` that fit one list reply (at least one), and how many."""
+    out: list[capsule_pb2.RunCapture] = []
+    total = 0
+    for row in rows:
+        c = capture_proto(row)
+        total += c.ByteSize()
+        if out and total > LIST_PAGE_BYTES:
+            break
+        out.append(c)
+    return out, len(out)

@@ -18,7 +18,13 @@ from typing import Any, TypeVar
 
 from opentelemetry.trace import Tracer
 
-from speckit_reflex.capsule.captures import capture_proto, capture_row, refuse_unless_full_io
+from speckit_reflex.capsule.captures import (
+    capture_proto,
+    capture_row,
+    check_fits,
+    page_by_size,
+    refuse_unless_full_io,
+)
 from speckit_reflex.capsule.events import (
     VALID_MODES,
     MalformedJson,
@@ -28,7 +34,7 @@ from speckit_reflex.capsule.events import (
 )
 from speckit_reflex.capsule.report import ReportInputs, write_report
 from speckit_reflex.capsule.stats import AttemptStats, GroupStats
-from speckit_reflex.capsule.store import CapsuleStore, EventFilter
+from speckit_reflex.capsule.store import CapsuleStore, EventFilter, capture_page_token
 from speckit_reflex.capsule.thresholds import Evidence, RunFact, TrialFact, judge
 from speckit_reflex.capsule.windows import TimeWindow, resolve_window
 from speckit_reflex.errors import (
@@ -50,6 +56,7 @@ MAX_TRACE_PARENTS = 64
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 MAX_CAPTURE_PAGE = 200
+MAX_CAPTURE_PAGE_WITH_FILES = 2
 DEFAULT_CAPTURE_PAGE = 20
 _RUN_MODES = frozenset({"", "reflex", "cloud", "both"})
 _RUN_STATUSES = frozenset({"", "running", "done", "interrupted"})
@@ -520,7 +527,12 @@ class Capsule:
         """Store a part of a run's capture; refused unless capture.mode = full_io."""
         refuse_unless_full_io(self._policy.capture.mode)
         row = capture_row(req, self._clock_us())
-        stored = await asyncio.to_thread(self._store.put_capture, row)
+
+        def put() -> dict[str, Any]:
+            check_fits(self._store.get_capture(row["run_id"]), row)
+            return self._store.put_capture(row)
+
+        stored = await asyncio.to_thread(put)
         return capsule_pb2.PutRunCaptureReply(
             has_files=bool(stored["has_files"]), fixed=bool(stored["fixed"])
         )
@@ -539,15 +551,21 @@ class Capsule:
                 window,
                 req.fixed_only,
                 req.include_files,
-                req.page_size or DEFAULT_CAPTURE_PAGE,
+                # With files a capture may be near a reply's size: few are read at once.
+                min(req.page_size or DEFAULT_CAPTURE_PAGE, MAX_CAPTURE_PAGE_WITH_FILES)
+                if req.include_files
+                else req.page_size or DEFAULT_CAPTURE_PAGE,
                 req.page_token,
             )
             missing = self._store.fixed_runs_not_captured(window, common_pb2.EVENT_TYPE_LOOP_RESULT)
             return rows, token, missing
 
         rows, token, missing = await self._timed("captures", asyncio.to_thread(read))
+        captures, kept = page_by_size(rows)
+        if kept < len(rows):
+            token = capture_page_token(rows[kept - 1])
         return capsule_pb2.ListRunCapturesReply(
-            captures=[capture_proto(r) for r in rows],
+            captures=captures,
             next_page_token=token,
             fixed_runs_not_captured=missing,
         )

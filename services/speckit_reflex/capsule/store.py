@@ -264,6 +264,11 @@ def _encode_token(time_us: int, event_id: str) -> str:
     return base64.urlsafe_b64encode(f"{time_us}:{event_id}".encode()).decode()
 
 
+def capture_page_token(row: dict[str, Any]) -> str:
+    """The token of the captures page that continues after `row`."""
+    return _encode_token(row["started_us"], row["run_id"])
+
+
 def _decode_token(token: str) -> tuple[int, str]:
     try:
         t, eid = base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)
