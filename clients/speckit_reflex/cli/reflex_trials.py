@@ -45,7 +45,13 @@ def register(rsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="",
         help="run the suite in this folder (a harvested or private suite) instead of --suite",
     )
-    q.add_argument("--mode", choices=["reflex", "cloud", "both"], default="reflex")
+    q.add_argument(
+        "--mode",
+        choices=["reflex", "cloud", "both"],
+        default="reflex",
+        help="which side runs the tasks (default reflex); success parity needs cloud results "
+        "of the same tasks: both, or an earlier recorded run of the suite with them",
+    )
     q.add_argument("--limit", type=int, default=0, help="first N tasks (0 = all)")
     q.add_argument("--category", default="", help="only tasks of this category")
     q.add_argument("--concurrency", type=int, default=1, help="trials at once (default 1)")
