@@ -4,6 +4,9 @@ latency percentiles, TTFT, tokens/s and the cache-hit verification states."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 from speckit_reflex.bakeoff import figures_by_backend, find_suite, load_suite
@@ -187,3 +190,26 @@ def test_suite_selection_by_limit_and_category() -> None:
         suite.select(category="nope")
     with pytest.raises(SuiteError, match="not found"):
         find_suite("no_such_suite")
+
+
+def test_a_suite_harvested_to_the_default_folder_is_found_by_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `reflex harvest` writes under .speckit/suites of the working folder; a
+    # suite there runs as `--suite NAME`, and a missing one names --suite-dir.
+    shipped = load_suite(find_suite("reflex_patchloop_v1"))
+    mine = tmp_path / ".speckit" / "suites" / "week49"
+    task = shipped.tasks[0]
+    shutil.copytree(Path(str(task.crate_dir)), mine / "tasks" / task.id / "crate")
+    shutil.copytree(Path(str(task.fix_dir)), mine / "tasks" / task.id / "fix")
+    (mine / "manifest.toml").write_text(
+        f'[suite]\nname = "week49"\nversion = 1\n\n[[task]]\nid = "{task.id}"\n'
+        f'category = "{task.category}"\ndifficulty = "easy"\n'
+    )
+    monkeypatch.delenv("SPECKIT_SUITES_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    found = find_suite("week49")
+    assert Path(str(found)) == mine
+    assert [t.id for t in load_suite(found).tasks] == [task.id]
+    with pytest.raises(SuiteError, match="--suite-dir"):
+        find_suite("week50")

@@ -60,12 +60,18 @@ class Suite:
         return chosen[:limit] if limit > 0 else chosen
 
 
+# Where `speckit reflex harvest` writes a suite by default (relative to the
+# working directory), so a harvested suite runs by its name.
+HARVESTED_SUITES = Path(".speckit") / "suites"
+
+
 def suite_search_path() -> list[Traversable]:
     """Folders searched for a suite by name, first match wins: $SPECKIT_SUITES_DIR,
-    then the suites shipped in the package."""
+    .speckit/suites (harvest's default), then the suites shipped in the package."""
     roots: list[Traversable] = []
     if os.environ.get("SPECKIT_SUITES_DIR"):
         roots.append(Path(os.environ["SPECKIT_SUITES_DIR"]))
+    roots.append(HARVESTED_SUITES.resolve())
     roots.append(PACKAGED_SUITES)
     return roots
 
@@ -81,7 +87,7 @@ def find_suite(name_or_path: str) -> Traversable:
             return root.joinpath(name_or_path)
     raise SuiteError(
         f"suite {name_or_path!r} not found (looked in {', '.join(str(r) for r in searched)}; "
-        "set SPECKIT_SUITES_DIR or pass a path)"
+        "set SPECKIT_SUITES_DIR, or pass a folder: --suite-dir DIR)"
     )
 
 

@@ -38,7 +38,8 @@ def register(rsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q.add_argument(
         "--suite",
         default=DEFAULT_SUITE,
-        help="suite name (shipped in the package, or under $SPECKIT_SUITES_DIR) or folder",
+        help="suite name (under $SPECKIT_SUITES_DIR, .speckit/suites where harvest writes, "
+        "or shipped in the package) or folder",
     )
     q.add_argument(
         "--suite-dir",
