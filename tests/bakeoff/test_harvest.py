@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import os
 import shutil
 import tomllib
 from pathlib import Path
@@ -195,3 +196,29 @@ async def test_bakeoff_trials_are_not_captured(
     # The capture would have been stored before the result was streamed.
     captures, _ = await CapsuleClient(svc.ctx.channel("capsule")).all_run_captures()
     assert captures == []
+
+
+def add_file_named_in_latin1(ws: Path) -> None:
+    with open(os.path.join(os.fsencode(ws), b"notes-\xff.txt"), "wb") as f:
+        f.write(b"plain text\n")
+
+
+async def test_a_file_name_that_is_not_utf8_is_left_out_of_the_capture(
+    services_factory, sqlite_url: str, tmp_path: Path
+) -> None:
+    """Whoever controls a workspace (or its build script, in the scratch copy)
+    can name a file with bytes that are not UTF-8: protobuf strings cannot
+    carry them, and the capture's message failed to build. The file is left
+    out like a binary one; the run is fixed and its capture stored."""
+    svc = await services_factory(
+        SERVICES, database_url=sqlite_url, policy=capture_policy("full_io")
+    )
+    ws = copy_task(COMPILER_FIXED[0].crate_dir, tmp_path / "ws" / "odd")
+    add_file_named_in_latin1(ws)
+    events, result = await PatchLoopClient(svc.ctx.channel("patchloop")).run_to_end(
+        str(ws), verify_profile="test", max_attempts=1
+    )
+    assert result.outcome == patchloop_pb2.OUTCOME_FIXED, result.reason
+    got = await CapsuleClient(svc.ctx.channel("capsule")).get_run_capture(events[0].run_id)
+    assert got.fixed and got.files
+    assert not any(f.path.startswith("notes-") for f in got.files)

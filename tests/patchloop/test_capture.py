@@ -5,6 +5,7 @@ ones pointing inside), secrets redacted, nothing at all over the size limit."""
 from __future__ import annotations
 
 import os
+import tracemalloc
 from pathlib import Path
 
 from speckit_reflex.patchloop.capture import snapshot_workspace
@@ -46,3 +47,37 @@ def test_snapshot_over_the_limit_is_skipped_with_why(tmp_path: Path) -> None:
     snap = snapshot_workspace(root, 20)
     assert snap.files == {}
     assert "capture.max_workspace_bytes (20)" in snap.skipped
+
+
+def test_a_huge_file_is_not_read_whole_to_find_it_over_the_limit(tmp_path: Path) -> None:
+    """A build script can leave a huge file in the scratch copy before the
+    snapshot: at most one byte over the remaining budget is read (a 256 MiB
+    sparse file costs no disk; read whole it would cost 256 MiB of memory)."""
+    root = tmp_path / "ws"
+    root.mkdir()
+    with open(root / "huge.rs", "wb") as f:
+        f.write(b"// " + b"a" * 8192)
+        f.truncate(256 * 1024 * 1024)
+    tracemalloc.start()
+    try:
+        snap = snapshot_workspace(root, 4096)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert snap.files == {} and "max_workspace_bytes (4096)" in snap.skipped
+    # Margin: a read of the budget plus the walk's bookkeeping stays far below 1 MiB.
+    assert peak < 1024 * 1024, peak
+
+
+def test_a_name_that_is_not_utf8_is_left_out(tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    (root / "src").mkdir(parents=True)
+    (root / "src" / "lib.rs").write_text("pub fn f() {}\n")
+    with open(os.path.join(os.fsencode(root), b"n\xff.rs"), "wb") as f:
+        f.write(b"text\n")
+    os.mkdir(os.path.join(os.fsencode(root), b"d\xfe"))
+    with open(os.path.join(os.fsencode(root), b"d\xfe", b"in.rs"), "wb") as f:
+        f.write(b"text\n")
+    snap = snapshot_workspace(root, 1_000_000)
+    assert list(snap.files) == ["src/lib.rs"]
+    assert snap.left_out == ("n\\udcff.rs",)

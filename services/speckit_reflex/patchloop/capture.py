@@ -104,11 +104,16 @@ def snapshot_workspace(root: Path, max_bytes: int) -> Snapshot:
         dirnames[:] = sorted(
             d
             for d in dirnames
-            if d not in SKIP_NAMES and not os.path.islink(os.path.join(dirpath, d))
+            if d not in SKIP_NAMES and _utf8(d) and not os.path.islink(os.path.join(dirpath, d))
         )
         for name in sorted(filenames):
             rel = (rel_dir / name).as_posix()
-            data = _read_regular(os.path.join(dirpath, name))
+            if not _utf8(name):
+                # Not UTF-8 (os.walk's surrogate escapes): no protobuf string carries it.
+                left_out.append(rel.encode("utf-8", "backslashreplace").decode())
+                continue
+            # At most one byte over the budget is read: a huge file is not loaded whole.
+            data = _read_regular(os.path.join(dirpath, name), max_bytes - total + 1)
             if data is None or b"\0" in data:
                 left_out.append(rel)
                 continue
@@ -126,8 +131,17 @@ def snapshot_workspace(root: Path, max_bytes: int) -> Snapshot:
     return Snapshot(files, total, "", tuple(left_out))
 
 
-def _read_regular(path: str) -> bytes | None:
-    """A regular file's bytes; None for a symlink (never followed) or anything else."""
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _read_regular(path: str, limit: int) -> bytes | None:
+    """A regular file's first `limit` bytes; None for a symlink (never followed)
+    or anything else."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
@@ -136,7 +150,7 @@ def _read_regular(path: str) -> bytes | None:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
         with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read()
+            return f.read(max(limit, 0))
     finally:
         os.close(fd)
 
