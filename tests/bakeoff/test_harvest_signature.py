@@ -3,6 +3,7 @@ primary span (its file and line text, not its line number)."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -70,3 +71,34 @@ def test_a_suite_with_a_task_id_that_climbs_out_is_refused(tmp_path: Path) -> No
     )
     with pytest.raises(SuiteError, match=re.escape("task #1: id '../../elsewhere'")):
         load_suite(suite)
+
+
+def _suite_with_task(root: Path) -> Path:
+    suite = root / "suite"
+    crate = suite / "tasks" / "t1" / "crate"
+    (crate / "src").mkdir(parents=True)
+    (crate / "Cargo.toml").write_text('[package]\nname = "t1"\n')
+    (suite / "manifest.toml").write_text(
+        '[suite]\nname = "s"\n[[task]]\nid = "t1"\ncategory = "misc"\ndifficulty = "easy"\n'
+    )
+    return suite
+
+
+@pytest.mark.parametrize("where", ["crate/src/lib.rs", "fix/src/lib.rs", "crate/src", "fix"])
+def test_a_suite_whose_task_holds_a_symlink_is_refused(tmp_path: Path, where: str) -> None:
+    """A suite folder may come from someone else: a link in a task would copy
+    a host file (read as the user running trials) into the crate PatchLoop
+    builds and shows to a model. Harvest never writes links."""
+    host = tmp_path / "host"
+    (host / "dir").mkdir(parents=True)
+    (host / "secret.txt").write_text("id_rsa of the user running trials\n")
+    suite = _suite_with_task(tmp_path)
+    link = suite / "tasks" / "t1" / where
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_dir():
+        link.rmdir()
+    link.symlink_to(host / ("dir" if where in ("crate/src", "fix") else "secret.txt"))
+    with pytest.raises(SuiteError, match=re.escape(f"tasks/t1/{where}: a symbolic link")):
+        load_suite(suite)
+    os.unlink(link)
+    assert load_suite(suite).tasks[0].id == "t1"

@@ -121,6 +121,7 @@ def load_suite(folder: Traversable) -> Suite:
             )
         except KeyError as exc:
             raise SuiteError(f"{manifest}: task #{i + 1} lacks {exc.args[0]!r}") from None
+        _refuse_links(folder, tid)
         if not task.crate_dir.joinpath("Cargo.toml").is_file():
             raise SuiteError(f"{manifest}: task {tid}: {task.crate_dir}/Cargo.toml not found")
         tasks.append(task)
@@ -133,6 +134,24 @@ def load_suite(folder: Traversable) -> Suite:
         root=folder,
         tasks=tuple(tasks),
     )
+
+
+def _refuse_links(folder: Traversable, tid: str) -> None:
+    """SuiteError naming the first symbolic link of a task's crate/ or fix/
+    (itself included): a suite may come from anyone, and a link would copy a
+    file of the host into the crate PatchLoop builds and shows to a model."""
+    if not isinstance(folder, Path):
+        return  # a package resource: the shipped suites hold no links
+    task = folder / "tasks" / tid
+    for top in (task / "crate", task / "fix"):
+        if top.is_symlink():
+            raise SuiteError(f"{folder}: tasks/{tid}/{top.name}: a symbolic link, not followed")
+        for dirpath, dirnames, filenames in os.walk(top):
+            for name in (*dirnames, *filenames):
+                path = Path(dirpath, name)
+                if path.is_symlink():
+                    rel = path.relative_to(folder).as_posix()
+                    raise SuiteError(f"{folder}: {rel}: a symbolic link, not followed")
 
 
 def copy_crate(task: SuiteTask, dest: Path) -> Path:
