@@ -194,6 +194,23 @@ def test_bad_environment_override_names_the_key() -> None:
     with pytest.raises(PolicyError) as info:
         load_policy(EXAMPLE, environ={"SPECKIT_POLICY__ROUTING__REFLEX__TIMEOUT_MS": "-3"})
     assert "routing.reflex.timeout_ms" in str(info.value)
+    assert "set by SPECKIT_POLICY__ROUTING__REFLEX__TIMEOUT_MS" in str(info.value)
+
+
+def test_a_misspelt_environment_override_is_blamed_not_the_file(tmp_path: Path) -> None:
+    # The file is fine; the variable names a key that does not exist.
+    with pytest.raises(PolicyError) as info:
+        load_policy(EXAMPLE, environ={"SPECKIT_POLICY__ROUTING__REFLEX__ENABELD": "true"})
+    (line,) = [ln for ln in str(info.value).splitlines() if "enabeld" in ln]
+    assert line.strip() == (
+        "routing.reflex.enabeld: unknown key, set by SPECKIT_POLICY__ROUTING__REFLEX__ENABELD"
+    )
+    # The same mistake in the file is the file's, and an unrelated variable is not blamed.
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[routing.reflex]\nenabeld = true\n")
+    with pytest.raises(PolicyError) as info:
+        load_policy(bad, environ={"SPECKIT_POLICY__ROUTING__REFLEX__ENABLED": "true"})
+    assert str(info.value) == f"{bad}: invalid policy\n  routing.reflex.enabeld: unknown key"
 
 
 def test_policy_cli_reports_bad_file_on_stderr(
@@ -207,6 +224,9 @@ def test_policy_cli_reports_bad_file_on_stderr(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "enabeld" in captured.err
+    # --policy, the name `speckit serve` uses, names the file too.
+    assert main(["policy", "check", "--policy", str(bad)]) == 2
+    assert "enabeld" in capsys.readouterr().err
     good = tmp_path / "good.toml"
     shutil.copy(EXAMPLE, good)
     assert main(["policy", "show", "--json", "--file", str(good)]) == 0

@@ -20,7 +20,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ):
         q = psub.add_parser(name, help=helptext)
         q.add_argument(
-            "--file", help="policy file (default: SPECKIT_POLICY, else built-in defaults)"
+            "--file",
+            "--policy",
+            dest="file",
+            help="policy file (default: SPECKIT_POLICY, else built-in defaults); "
+            "--policy as for speckit serve",
         )
         q.add_argument("--json", action="store_true", help="machine-readable output")
         q.set_defaults(func=run, policy_command=name)

@@ -50,20 +50,22 @@ def load_policy(path: str | Path | None, environ: Mapping[str, str] | None = Non
             data = tomllib.loads(p.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise PolicyError(f"{source}: not valid TOML: {exc}") from None
-    _apply_env(data, environ)
+    overrides = _apply_env(data, environ)
     try:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
-        raise PolicyError(_describe(source, exc)) from None
+        raise PolicyError(_describe(source, exc, overrides)) from None
     return LoadedPolicy.of(policy, source)
 
 
-def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
     """SPECKIT_POLICY__ROUTING__REFLEX__ENABLED=true sets routing.reflex.enabled.
 
     Values are read as TOML values (true, 1500, "text", ["a", "b"]); a value
-    that is not valid TOML is taken as a plain string.
+    that is not valid TOML is taken as a plain string. Returns the variable
+    that set each dotted key, so an error can name it rather than the file.
     """
+    overrides: dict[str, str] = {}
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX):
             continue
@@ -82,18 +84,24 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
                 raise PolicyError(f"{name}: {'.'.join(keys)} does not name a table key")
             node = child
         node[keys[-1]] = value
+        overrides[".".join(keys)] = name
+    return overrides
 
 
-def _describe(source: str, exc: ValidationError) -> str:
+def _describe(source: str, exc: ValidationError, overrides: Mapping[str, str]) -> str:
     lines = [f"{source}: invalid policy"]
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(root)"
+        # A key an environment variable set (or a value inside one) is that
+        # variable's fault, not the file's: name it.
+        var = next((v for k, v in overrides.items() if key == k or key.startswith(f"{k}.")), None)
+        origin = f", set by {var}" if var else ""
         if err["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key")
+            lines.append(f"  {key}: unknown key{origin}")
         else:
             got = err.get("input")
             shown = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"  {key}: {err['msg']}{shown}")
+            lines.append(f"  {key}: {err['msg']}{shown}{origin}")
     return "\n".join(lines)
 
 
