@@ -117,3 +117,42 @@ async def test_replay_of_an_unreachable_candidate_writes_its_report_and_of_an_un
     (line,) = [ln for ln in typo.stderr.splitlines() if ln.startswith("error: ")]
     assert "replay refused" in line and "'qwen-typo'" in line and "reflex models" in line, line
     assert not (tmp_path / "typo").exists()
+
+
+async def test_replay_skips_recorded_requests_it_cannot_resend(
+    services_factory, sqlite_url: str, tmp_path: Path
+) -> None:
+    """LLMCall events are written by whoever holds the token (AppendEvents), and
+    a request document is any JSON: one that is not a request the adapter
+    could have sent is counted as not replayable, never a crash of the whole
+    replay (nor a request with what it says)."""
+    policy = load_policy(None, environ={"SPECKIT_POLICY__CAPTURE__MODE": "full_io"})
+    svc = await services_factory(SERVICES, database_url=sqlite_url, policy=policy)
+    hostile = [
+        {"messages": "not a list", "params": {}},
+        {"messages": [{"role": "user"}], "params": {}},
+        {"messages": [{"role": "user", "content": "x"}], "params": {"max_tokens": 1e12}},
+        {"messages": [{"role": "user", "content": "x"}], "params": {"temperature": {"a": 1}}},
+    ]
+    events = []
+    for i, request in enumerate(
+        [{"messages": [{"role": "user", "content": "fix it"}], "params": {}}, *hostile]
+    ):
+        ev = common_pb2.Event(
+            id=f"call-{i}", type=common_pb2.EVENT_TYPE_LLM_CALL, model="m", run_id="r", attempt=1
+        )
+        ev.request.update(request)
+        events.append(ev)
+    await CapsuleClient(svc.ctx.channel("capsule")).append_events(events)
+    env = speckit_env({name: svc.addr(name) for name in SERVICES})
+    model = policy.policy.routing.reflex.chain[0]
+    out = tmp_path / "eval"
+    run = await asyncio.to_thread(
+        run_speckit,
+        ["reflex", "replay", "--model", model, "--since", "1h", "--report-dir", str(out), "--json"],
+        env,
+    )
+    assert run.code == 0, run.stderr[-3000:]
+    doc = run.json()
+    assert [c["call_id"] for c in doc["calls"]] == ["call-0"], doc["calls"]
+    assert doc["calls_not_captured"] == len(hostile)

@@ -43,6 +43,15 @@ class CapturedCall:
         params = self.request.get("params", {})
         return params if isinstance(params, dict) else {}
 
+    def resendable(self) -> bool:
+        """Whether the stored document is a request the adapter could have sent:
+        events are written by any token holder and a document is any JSON."""
+        try:
+            self.to_request("m", "")
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError):
+            return False
+        return True
+
     def to_request(self, model: str, backend: str) -> inference_pb2.CompleteRequest:
         """The recorded request, re-addressed to the candidate (prompts and schema unchanged)."""
         p = self.params
@@ -78,10 +87,11 @@ def captured_calls(events: list[common_pb2.Event]) -> tuple[list[CapturedCall], 
         if ev.session_id.startswith(REPLAY_SESSION_PREFIX):
             continue
         request = MessageToDict(ev.request) if ev.HasField("request") else {}
-        if ev.capture_mode != "full_io" or not request.get("messages"):
+        call = CapturedCall(ev, request)
+        if ev.capture_mode != "full_io" or not request.get("messages") or not call.resendable():
             not_captured += 1
             continue
-        calls.append(CapturedCall(ev, request))
+        calls.append(call)
     calls.sort(key=lambda c: (c.event.time.ToMicroseconds(), c.event.id), reverse=True)
     return calls, not_captured
 
