@@ -272,3 +272,23 @@ async def test_an_upstream_error_quoting_the_key_reaches_the_caller_redacted(fak
         v if isinstance(v, bytes) else v.encode() for _, v in (err.value.trailing_metadata() or ())
     )
     assert key.encode() not in trailers and key not in details
+
+
+@pytest.mark.parametrize(
+    "mode", [common_pb2.ROUTING_MODE_UNSPECIFIED, common_pb2.ROUTING_MODE_REFLEX]
+)
+async def test_a_call_named_to_the_cloud_backend_is_recorded_as_a_cloud_call(
+    fake_factory, adapter, mode: int
+):
+    """The Router's budget counts LLMCall events of mode CLOUD. A caller (or
+    `reflex replay --backend cloud`) that names the cloud backend with another
+    mode reached the cloud with the key, and its call was recorded under the
+    mode it claimed: spent, never counted against the budget."""
+    cloud = await fake_factory(kind="openai", models=["deepseek-chat"])
+    local = await fake_factory(kind="vllm")
+    llm, recorder, _ = await adapter(backends_policy(("a", "vllm", local), cloud=cloud))
+    reply = await llm.complete(MESSAGES, backend="cloud", mode=mode, max_tokens=8, timeout=10)
+    assert reply.backend == "cloud"
+    (event,) = await wait_for_calls(recorder, 1)
+    assert event.backend == "cloud"
+    assert event.mode == common_pb2.ROUTING_MODE_CLOUD

@@ -14,7 +14,7 @@ from typing import Any
 from opentelemetry.trace import Status, StatusCode, Tracer, format_span_id, format_trace_id
 
 from speckit_reflex.inference.backends import Generation
-from speckit_reflex.inference.calls import CallRequest, CallResult
+from speckit_reflex.inference.calls import CLOUD, CallRequest, CallResult
 from speckit_reflex.runtime.events import new_event
 from speckit_reflex.runtime.metrics import Metrics
 from speckit_reflex.runtime.redact import redact_text
@@ -73,7 +73,9 @@ def llm_call_event(
     ev = new_event(
         common_pb2.EVENT_TYPE_LLM_CALL,
         role=req.role,
-        mode=req.mode,
+        # A call the cloud answered is a cloud call, whatever mode the caller
+        # claimed: the Router's budget counts LLMCall events of mode CLOUD.
+        mode=common_pb2.ROUTING_MODE_CLOUD if result.backend == CLOUD else req.mode,
         model=result.model or req.model,
         backend=result.backend,
         session_id=req.session_id,

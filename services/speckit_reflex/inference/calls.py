@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 
 from speckit_reflex.v1 import common_pb2
 
+# The adapter's name of the policy's cloud backend.
+CLOUD = "cloud"
+
 
 @dataclass(frozen=True)
 class CallRequest:

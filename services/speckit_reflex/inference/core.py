@@ -37,7 +37,7 @@ from speckit_reflex.inference.backends import (
     UpstreamFailure,
     resolve_api_key,
 )
-from speckit_reflex.inference.calls import CallRequest, CallResult
+from speckit_reflex.inference.calls import CLOUD, CallRequest, CallResult
 from speckit_reflex.inference.health import BackendStatus, HealthBook
 from speckit_reflex.inference.identity import ModelIdentity
 from speckit_reflex.inference.turn import BackendTurn
@@ -48,7 +48,6 @@ from speckit_reflex.v1 import common_pb2
 
 log = logging.getLogger("speckit.inference")
 
-CLOUD = "cloud"
 LOCAL_ONLY_REASON = "local_only_forbids_cloud"
 # A cloud call without its API key is refused here, never sent: it could only
 # fail, and it must not count as a cloud attempt.
