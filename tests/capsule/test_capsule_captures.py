@@ -153,3 +153,27 @@ async def test_a_capture_always_fits_a_reply_and_lists_page_by_size(start_capsul
     page = await capsule.list_run_captures(include_files=True, page_size=200)
     assert 1 <= len(page.captures) <= 2 and page.next_page_token
     assert all(c.files for c in page.captures)
+
+
+async def test_a_secret_in_a_path_or_an_error_location_is_not_stored(start_capsule) -> None:
+    """Contents are redacted; a path is a key of the capture and a file name
+    in the harvested suite, so one holding a credential is refused (naming the
+    field) rather than stored or rewritten; an error's file is redacted."""
+    _, capsule = await start_capsule({"capture.mode": "full_io"})
+    token = "ghp_" + "a1B2" * 9
+    for field, capture in (
+        ("files[1].path", start_part("p1", 1_000, {"src/lib.rs": "x", f"src/{token}.rs": "y"})),
+        ("fix_files[0].path", capsule_pb2.RunCapture(run_id="p2", fixed=True, fixed_by="reflex")),
+    ):
+        if field.startswith("fix_files"):
+            capture.fix_files.add(path=f"{token}/lib.rs", content="x")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await capsule.put_run_capture(capture)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error_of(err.value).metadata["field"] == field
+        assert token not in (err.value.details() or "")
+    located = start_part("p3", 1_000, {"src/lib.rs": "x"})
+    located.errors.add(code="E0432", message="m", file=f"/home/u/.cargo/git/{token}/lib.rs")
+    await capsule.put_run_capture(located)
+    got = await capsule.get_run_capture("p3")
+    assert token not in got.errors[1].file and "REDACTED" in got.errors[1].file

@@ -12,7 +12,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from speckit_reflex.errors import FailedPrecondition, InvalidArgument
-from speckit_reflex.runtime.redact import redact_text
+from speckit_reflex.runtime.redact import has_secret, redact_text
 from speckit_reflex.v1 import capsule_pb2, common_pb2
 
 # One capture's files in all (the policy's max_workspace_bytes is capped below it).
@@ -67,6 +67,11 @@ def checked_path(path: str, field: str) -> str:
     ):
         raise InvalidArgument(
             f"{field}: {path[:200]!r} is not a relative path inside the workspace", field=field
+        )
+    if has_secret(path):
+        # A path keys the capture and names a file of a harvested suite: not rewritten.
+        raise InvalidArgument(
+            f"{field}: {redact_text(path[:200])!r} holds a credential-shaped name", field=field
         )
     return path
 
@@ -132,7 +137,7 @@ def capture_row(c: capsule_pb2.RunCapture, now_us: int) -> dict[str, Any]:
                 {
                     "code": e.code,
                     "message": redact_text(e.message),
-                    "file": e.file,
+                    "file": redact_text(e.file),
                     "line": e.line,
                     "column": e.column,
                 }
