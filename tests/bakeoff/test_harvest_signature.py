@@ -102,3 +102,18 @@ def test_a_suite_whose_task_holds_a_symlink_is_refused(tmp_path: Path, where: st
         load_suite(suite)
     os.unlink(link)
     assert load_suite(suite).tasks[0].id == "t1"
+
+
+def test_a_captured_message_with_control_characters_keeps_the_manifest_valid(
+    tmp_path: Path,
+) -> None:
+    """A task's description is the first error's message (rustc quotes the
+    source): TOML forbids a raw DEL, which JSON's escaping leaves as it is."""
+    c = capture("r", 1, "")
+    c.errors[0].message = "found `\x7f\x1b[31m` here\u2028"
+    c.files.add(path="Cargo.toml", content="[package]\n")
+    c.fix_files.add(path="src/lib.rs", content="fixed\n")
+    out = tmp_path / "out"
+    write_suite(out, "out", deduplicate([c]), {"tasks": []})
+    (task,) = load_suite(out).tasks
+    assert task.description == "E0308: found `\x7f\x1b[31m` here"

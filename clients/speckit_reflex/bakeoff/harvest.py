@@ -127,8 +127,9 @@ def deduplicate(captures: list[capsule_pb2.RunCapture]) -> list[Candidate]:
 
 
 def _toml_str(text: str) -> str:
-    # A TOML basic string: JSON's escapes are valid TOML escapes.
-    return json.dumps(text, ensure_ascii=False)
+    # A TOML basic string: JSON's escapes are valid TOML escapes, and TOML
+    # forbids a raw DEL, which JSON leaves as it is.
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def _description(c: capsule_pb2.RunCapture) -> str:
