@@ -23,7 +23,7 @@ from speckit_reflex.bakeoff.suite import find_suite, load_suite
 from speckit_reflex.clients.capsule import CapsuleClient
 from speckit_reflex.clients.patchloop import PatchLoopClient
 from speckit_reflex.policy import LoadedPolicy, load_policy
-from speckit_reflex.v1 import patchloop_pb2, patchloop_pb2_grpc
+from speckit_reflex.v1 import capsule_pb2, patchloop_pb2, patchloop_pb2_grpc
 
 from .conftest import run_speckit, speckit_env
 
@@ -222,3 +222,36 @@ async def test_a_file_name_that_is_not_utf8_is_left_out_of_the_capture(
     got = await CapsuleClient(svc.ctx.channel("capsule")).get_run_capture(events[0].run_id)
     assert got.fixed and got.files
     assert not any(f.path.startswith("notes-") for f in got.files)
+
+
+async def test_one_capture_patchloop_refuses_is_skipped_not_the_whole_harvest(
+    services_factory, sqlite_url: str, tmp_path: Path
+) -> None:
+    """Captures are stored by whoever holds the token: one that CheckPatch
+    refuses (a build profile the policy lacks) is skipped with the answer as
+    its reason, and the other runs are harvested."""
+    svc = await services_factory(
+        SERVICES, database_url=sqlite_url, policy=capture_policy("full_io")
+    )
+    ws = copy_task(COMPILER_FIXED[0].crate_dir, tmp_path / "ws" / "real")
+    assert (await fix_with_compiler(svc, ws)).outcome == patchloop_pb2.OUTCOME_FIXED
+    capsule = CapsuleClient(svc.ctx.channel("capsule"))
+    planted = capsule_pb2.RunCapture(run_id="planted", build_profile="sh -c id")
+    planted.files.add(path="Cargo.toml", content='[package]\nname = "p"\nversion = "0.1.0"\n')
+    planted.files.add(path="src/lib.rs", content="pub fn f() -> u32 { 1u8 }\n")
+    planted.errors.add(code="E0599", message="planted", file="src/lib.rs", line=1)
+    await capsule.put_run_capture(planted)
+    fix = capsule_pb2.RunCapture(run_id="planted", fixed=True, fixed_by="reflex")
+    fix.fix_files.add(path="src/lib.rs", content="pub fn f() -> u32 { 1 }\n")
+    await capsule.put_run_capture(fix)
+
+    env = speckit_env({name: svc.addr(name) for name in SERVICES})
+    out = tmp_path / "suites" / "mixed"
+    run = await asyncio.to_thread(
+        run_speckit, ["reflex", "harvest", "--since", "1h", "--out", str(out), "--json"], env, 600
+    )
+    assert run.code == 0, run.stderr[-3000:]
+    doc = run.json()
+    assert len(doc["tasks"]) == 1 and doc["tasks"][0]["run_id"] != "planted"
+    (skip,) = [s for s in doc["skipped"] if s["run_id"] == "planted"]
+    assert "INVALID_ARGUMENT" in skip["reason"] and "build_profile" in skip["reason"], skip

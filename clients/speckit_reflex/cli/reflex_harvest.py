@@ -26,7 +26,7 @@ from speckit_reflex.bakeoff.harvest import (
     write_suite,
 )
 from speckit_reflex.bakeoff.suite import load_suite
-from speckit_reflex.cli.output import CliError, console, print_json, table
+from speckit_reflex.cli.output import CliError, console, print_json, rpc_error, table
 from speckit_reflex.cli.reflex_links import ServiceLinks, reporting, run_with_links
 from speckit_reflex.clients.capsule import window
 from speckit_reflex.clients.errors import error_of
@@ -50,15 +50,36 @@ def register(rsub: argparse._SubParsersAction[argparse.ArgumentParser], window_a
     q.set_defaults(func=run_harvest)
 
 
+# Answers that say nothing about the run (the service down, busy, or not ours
+# to call): they end the harvest. Any other answer is about this capture.
+_NOT_ABOUT_THE_RUN = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+
+
 async def verify_task(links: ServiceLinks, run_id: str) -> str:
     """Why the run cannot be a task ("" when it can): its captured workspace
     must fail to build, and its recorded fix must build and pass its verify
-    step, in PatchLoop's sandbox."""
-    with reporting("patchloop", links):
+    step, in PatchLoop's sandbox. A capture PatchLoop refuses (captures are
+    stored by any token holder) is one skipped run, not a failed harvest."""
+    try:
         broken = await links.patchloop.check_patch(run_id)
         if broken.compiles:
             return "the captured workspace builds as captured (nothing to fix)"
         fixed = await links.patchloop.check_patch(run_id, recorded_fix=True)
+    except grpc.aio.AioRpcError as exc:
+        failed = rpc_error("patchloop", exc, links.config("patchloop").address)
+        err = error_of(exc)
+        if not err.reason_text or err.code in _NOT_ABOUT_THE_RUN:
+            raise failed from None
+        return f"CheckPatch refused it ({failed})"
     if not fixed.patch_applied:
         return f"the recorded fix does not apply: {fixed.patch_rejected}"
     if not fixed.verified:

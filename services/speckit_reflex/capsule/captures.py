@@ -64,6 +64,9 @@ def checked_path(path: str, field: str) -> str:
         or "\\" in path
         or pure.is_absolute()
         or any(part in ("..", ".", "") for part in path.split("/"))
+        # What a file system can hold (NAME_MAX, PATH_MAX): CheckPatch lays it out.
+        or any(len(part.encode()) > 255 for part in path.split("/"))
+        or len(path.encode()) > 4000
     ):
         raise InvalidArgument(
             f"{field}: {path[:200]!r} is not a relative path inside the workspace", field=field
