@@ -46,6 +46,8 @@ class _Answers(router_pb2_grpc.RouterServicer):
                 reason=REFUSED,
                 metadata={"routing_reason": "budget_exhausted", "decision_id": "d" * 5000},
             )
+        if request.session_id == "token_field":
+            raise InvalidArgument("page_token: contains a NUL byte", field="page_token")
         if request.session_id.startswith("quote:"):
             # As servicers do: the refusal quotes the field it refuses.
             raise InvalidArgument(
@@ -147,6 +149,7 @@ async def test_a_refusal_quoting_a_secret_sends_it_redacted() -> None:
     try:
         async with aio.insecure_channel(running.address) as ch:
             raw = await _failure(router_pb2_grpc.RouterStub(ch), f"quote: Bearer {key}")
+            named = error_of(await _failure(router_pb2_grpc.RouterStub(ch), "token_field"))
     finally:
         await running.stop(0)
     err = error_of(raw)
@@ -158,6 +161,9 @@ async def test_a_refusal_quoting_a_secret_sends_it_redacted() -> None:
     assert key not in (raw.details() or "") and key.encode() not in trailers
     assert key not in err.message and key not in err.metadata["model"]
     assert "REDACTED" in err.message and "REDACTED" in err.metadata["model"]
+    # A refusal of a field named like a secret still says what is wrong with it.
+    assert named.message == "page_token: contains a NUL byte"
+    assert named.metadata == {"field": "page_token"}
 
 
 async def test_malformed_crashed_and_unauthenticated_calls_carry_a_reason_too() -> None:

@@ -62,6 +62,15 @@ def _bounded(text: str, max_bytes: int) -> str:
     return raw[: max_bytes - 3].decode(errors="ignore") + "…"
 
 
+def _redacted(message: str, field: str) -> str:
+    """`message` without credential-shaped parts. A refusal starts with the
+    path of its field, kept as it is: the redactor's name rule would blank the
+    problem after a field named like a secret ("page_token: [REDACTED] a NUL
+    byte"), and that name is what the message is about."""
+    head = f"{field}: " if field and message.startswith(f"{field}: ") else ""
+    return head + redact_text(message[len(head) :])
+
+
 def rich_status(
     code: grpc.StatusCode,
     message: str,
@@ -82,7 +91,8 @@ def rich_status(
     )
     detail = any_pb2.Any()
     detail.Pack(info)
-    message = _bounded(redact_text(message[: 4 * MESSAGE_MAX_BYTES]), MESSAGE_MAX_BYTES)
+    field = (metadata or {}).get("field", "")
+    message = _bounded(_redacted(message[: 4 * MESSAGE_MAX_BYTES], field), MESSAGE_MAX_BYTES)
     return rpc_status.to_status(Status(code=code.value[0], message=message, details=[detail]))
 
 
