@@ -9,7 +9,7 @@ from pathlib import Path
 from speckit_reflex.bakeoff.replay import Thresholds, judge
 from speckit_reflex.clients.capsule import CapsuleClient
 from speckit_reflex.policy import load_policy
-from speckit_reflex.v1 import common_pb2
+from speckit_reflex.v1 import capsule_pb2, common_pb2
 
 from .conftest import run_speckit, speckit_env
 
@@ -156,3 +156,41 @@ async def test_replay_skips_recorded_requests_it_cannot_resend(
     doc = run.json()
     assert [c["call_id"] for c in doc["calls"]] == ["call-0"], doc["calls"]
     assert doc["calls_not_captured"] == len(hostile)
+
+
+async def test_a_patch_patchloop_refuses_to_judge_is_not_judged_not_a_failed_replay(
+    services_factory, sqlite_url: str, tmp_path: Path
+) -> None:
+    """A recorded patch call whose run's capture CheckPatch refuses (captures
+    and events are stored by any token holder: here a build profile the
+    policy lacks) is `not_judged` with the answer; the replay goes on."""
+    policy = load_policy(None, environ={"SPECKIT_POLICY__CAPTURE__MODE": "full_io"})
+    svc = await services_factory(SERVICES, database_url=sqlite_url, policy=policy)
+    capsule = CapsuleClient(svc.ctx.channel("capsule"))
+    planted = capsule_pb2.RunCapture(run_id="planted-run", build_profile="sh -c id")
+    planted.files.add(path="Cargo.toml", content='[package]\nname = "p"\nversion = "0.1.0"\n')
+    planted.files.add(path="src/lib.rs", content="pub fn f() -> u32 { 1u8 }\n")
+    await capsule.put_run_capture(planted)
+    ev = common_pb2.Event(
+        id="call-p", type=common_pb2.EVENT_TYPE_LLM_CALL, model="m", run_id="planted-run", attempt=1
+    )
+    ev.request.update(
+        {
+            "messages": [{"role": "user", "content": "fix it"}],
+            "params": {"schema_name": "rust_patch", "json_schema": "{}"},
+        }
+    )
+    ev.response.update({"finish_reason": "stop", "content": '{"edits": []}'})
+    await capsule.append_events([ev])
+    env = speckit_env({name: svc.addr(name) for name in SERVICES})
+    model = policy.policy.routing.reflex.chain[0]
+    out = tmp_path / "eval"
+    run = await asyncio.to_thread(
+        run_speckit,
+        ["reflex", "replay", "--model", model, "--since", "1h", "--report-dir", str(out), "--json"],
+        env,
+    )
+    assert run.code == 0, run.stderr[-3000:]
+    (call,) = run.json()["calls"]
+    patch = call["recorded"]["patch"]
+    assert patch.startswith("not_judged: CheckPatch refused it") and "build_profile" in patch, call

@@ -29,7 +29,7 @@ from speckit_reflex.bakeoff.suite import load_suite
 from speckit_reflex.cli.output import CliError, console, print_json, rpc_error, table
 from speckit_reflex.cli.reflex_links import ServiceLinks, reporting, run_with_links
 from speckit_reflex.clients.capsule import window
-from speckit_reflex.clients.errors import error_of
+from speckit_reflex.clients.errors import about_the_request, error_of
 from speckit_reflex.v1 import common_pb2
 
 
@@ -50,20 +50,6 @@ def register(rsub: argparse._SubParsersAction[argparse.ArgumentParser], window_a
     q.set_defaults(func=run_harvest)
 
 
-# Answers that say nothing about the run (the service down, busy, or not ours
-# to call): they end the harvest. Any other answer is about this capture.
-_NOT_ABOUT_THE_RUN = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.UNAUTHENTICATED,
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.UNIMPLEMENTED,
-    }
-)
-
-
 async def verify_task(links: ServiceLinks, run_id: str) -> str:
     """Why the run cannot be a task ("" when it can): its captured workspace
     must fail to build, and its recorded fix must build and pass its verify
@@ -76,8 +62,7 @@ async def verify_task(links: ServiceLinks, run_id: str) -> str:
         fixed = await links.patchloop.check_patch(run_id, recorded_fix=True)
     except grpc.aio.AioRpcError as exc:
         failed = rpc_error("patchloop", exc, links.config("patchloop").address)
-        err = error_of(exc)
-        if not err.reason_text or err.code in _NOT_ABOUT_THE_RUN:
+        if not about_the_request(error_of(exc)):
             raise failed from None
         return f"CheckPatch refused it ({failed})"
     if not fixed.patch_applied:

@@ -31,9 +31,9 @@ from speckit_reflex.bakeoff.replay import (
     recorded_side,
     write_report,
 )
-from speckit_reflex.cli.output import CliError, console, print_json, table
+from speckit_reflex.cli.output import CliError, console, print_json, rpc_error, table
 from speckit_reflex.cli.reflex_links import ServiceLinks, reporting, run_with_links
-from speckit_reflex.clients.errors import error_of
+from speckit_reflex.clients.errors import about_the_request, error_of
 from speckit_reflex.v1 import common_pb2, inference_pb2
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -110,7 +110,14 @@ class PatchJudge:
     async def judge(self, run_id: str, side: Side) -> str:
         if not side.replied:
             return "not_judged: no reply"
-        reply = await self._links.patchloop.check_patch(run_id, patch_json=side.content)
+        try:
+            reply = await self._links.patchloop.check_patch(run_id, patch_json=side.content)
+        except grpc.aio.AioRpcError as exc:
+            failed = rpc_error("patchloop", exc, self._links.config("patchloop").address)
+            if not about_the_request(error_of(exc)):
+                raise failed from None
+            # Captures and events are stored by any token holder: one call, not the replay.
+            return f"not_judged: CheckPatch refused it ({failed})"[:400]
         if not reply.patch_applied:
             return f"rejected: {reply.patch_rejected[:200]}"
         if reply.verified:

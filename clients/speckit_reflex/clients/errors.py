@@ -61,3 +61,24 @@ def error_of(exc: grpc.RpcError) -> RpcErrorInfo:
                     code, message, error_reason(info.reason), info.reason, dict(info.metadata)
                 )
     return RpcErrorInfo(code, message)
+
+
+# Answers that say nothing about the request itself: the service down, slow,
+# cancelled, not ours to call, or not that service at all.
+_NOT_ABOUT_THE_REQUEST = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+
+
+def about_the_request(err: RpcErrorInfo) -> bool:
+    """Whether a service answered this failure about the request it was sent
+    (a refusal, a missing record, a bug on it), so that other requests may
+    fare better: an ErrorInfo of our domain and a code that is not an outage."""
+    return bool(err.reason_text) and err.code not in _NOT_ABOUT_THE_REQUEST
