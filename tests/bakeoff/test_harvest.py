@@ -21,9 +21,10 @@ import pytest
 
 from speckit_reflex.bakeoff.suite import find_suite, load_suite
 from speckit_reflex.clients.capsule import CapsuleClient
+from speckit_reflex.clients.channel import ChannelConfig, open_channel
 from speckit_reflex.clients.patchloop import PatchLoopClient
 from speckit_reflex.policy import LoadedPolicy, load_policy
-from speckit_reflex.v1 import capsule_pb2, patchloop_pb2, patchloop_pb2_grpc
+from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, patchloop_pb2, patchloop_pb2_grpc
 
 from .conftest import run_speckit, speckit_env
 
@@ -255,3 +256,34 @@ async def test_one_capture_patchloop_refuses_is_skipped_not_the_whole_harvest(
     assert len(doc["tasks"]) == 1 and doc["tasks"][0]["run_id"] != "planted"
     (skip,) = [s for s in doc["skipped"] if s["run_id"] == "planted"]
     assert "INVALID_ARGUMENT" in skip["reason"] and "build_profile" in skip["reason"], skip
+
+
+@pytest.mark.parametrize("token", ["", "wrong-token"])
+async def test_capture_rpcs_need_the_token(services_factory, sqlite_url: str, token: str) -> None:
+    """The capture RPCs hold workspaces' sources, and CheckPatch builds them:
+    without the services' token each is UNAUTHENTICATED; with it, answered."""
+    svc = await services_factory(
+        SERVICES, database_url=sqlite_url, policy=capture_policy("full_io"), auth_token="t0ken"
+    )
+    capture = capsule_pb2.RunCapture(run_id="r")
+    capture.files.add(path="src/lib.rs", content="x")
+    async with open_channel(ChannelConfig(svc.addr("capsule"), token=token)) as ch:
+        stub = capsule_pb2_grpc.CapsuleStub(ch)
+        for call in (
+            stub.PutRunCapture(capture, timeout=10),
+            stub.ListRunCaptures(capsule_pb2.ListRunCapturesRequest(), timeout=10),
+            stub.GetRunCapture(capsule_pb2.GetRunCaptureRequest(run_id="r"), timeout=10),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    async with open_channel(ChannelConfig(svc.addr("patchloop"), token=token)) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await patchloop_pb2_grpc.PatchLoopStub(ch).CheckPatch(
+                patchloop_pb2.CheckPatchRequest(run_id="r"), timeout=10
+            )
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # With the token: answered (nothing was stored by the refused calls).
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await PatchLoopClient(svc.ctx.channel("patchloop")).check_patch("r")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
