@@ -146,16 +146,19 @@ class InferenceCore:
             if backend == CLOUD:
                 return [CLOUD]
             if backend not in self._local_names:
-                raise NotFound(
-                    f"unknown_backend: {backend!r}; configured: {', '.join(self._local_names)}, cloud",
-                    reason=common_pb2.ERROR_REASON_UNKNOWN_BACKEND,
-                    metadata={"backend": backend},
-                )
+                raise self._unknown_backend(backend)
             return [backend]
         return [
             *self._local_names,
             *([CLOUD] if include_cloud and not self.config.local_only else []),
         ]
+
+    def _unknown_backend(self, backend: str) -> NotFound:
+        return NotFound(
+            f"unknown_backend: {backend!r}; configured: {', '.join(self._local_names)}, cloud",
+            reason=common_pb2.ERROR_REASON_UNKNOWN_BACKEND,
+            metadata={"backend": backend},
+        )
 
     def _local_only_status(self) -> BackendStatus:
         c = self.config.cloud
@@ -248,11 +251,7 @@ class InferenceCore:
             return [(self._servers[CLOUD], req.model or cfg.cloud.models[0])], False
         if req.backend:
             if req.backend not in self._local_names:
-                raise NotFound(
-                    f"unknown_backend: {req.backend!r}; configured: {', '.join(self._local_names)}, cloud",
-                    reason=common_pb2.ERROR_REASON_UNKNOWN_BACKEND,
-                    metadata={"backend": req.backend},
-                )
+                raise self._unknown_backend(req.backend)
             server = self._servers[req.backend]
             return [
                 (
