@@ -155,6 +155,10 @@ async def test_check_patch_builds_only_captured_workspaces_and_rejects_hostile_p
     events, result = await client.run_to_end(str(ws), verify_profile="test", max_attempts=1)
     assert result.outcome == patchloop_pb2.OUTCOME_FIXED
     run_id = events[0].run_id
+    # The capture stores the fix's diff as the run's result carried it.
+    stored = await CapsuleClient(svc.ctx.channel("capsule")).get_run_capture(run_id)
+    assert stored.fixed and stored.fixed_by == "compiler"
+    assert result.diff and stored.diff == result.diff
 
     broken = await client.check_patch(run_id)
     assert broken.patch_applied and not broken.compiles and broken.error_count >= 1

@@ -208,8 +208,9 @@ class RunCapture:
             return
         self.stored = not snap.skipped
 
-    async def fixed(self, scratch: Scratch, fixed_by: int) -> None:
-        """Store the verified fix: its diff and the fixed content of every changed file."""
+    async def fixed(self, scratch: Scratch, fixed_by: int, diff: str) -> None:
+        """Store the verified fix: its `diff` (the run result's, computed once) and
+        the fixed content of every changed file."""
         if not self.stored:
             return
         msg = capsule_pb2.RunCapture(
@@ -217,7 +218,7 @@ class RunCapture:
         )
         msg.started_at.FromMicroseconds(self._started_us)
         msg.finished_at.GetCurrentTime()
-        msg.diff = redact_text(scratch.diff())
+        msg.diff = redact_text(diff)
         for rel, (_, after) in scratch.changed().items():
             if after is None:
                 msg.fix_files.add(path=rel, deleted=True)

@@ -168,8 +168,6 @@ class Run:
             if improved is not None:
                 state = improved
                 if state.clean:
-                    if self._capture is not None:
-                        await self._capture.fixed(self._scratch, patchloop_pb2.FIX_SOURCE_COMPILER)
                     await self._finish(
                         patchloop_pb2.OUTCOME_FIXED,
                         fixed_by=patchloop_pb2.FIX_SOURCE_COMPILER,
@@ -193,8 +191,6 @@ class Run:
                 fixed_by = MODE_SOURCE.get(
                     self._routes.last_mode, patchloop_pb2.FIX_SOURCE_UNSPECIFIED
                 )
-                if self._capture is not None:
-                    await self._capture.fixed(self._scratch, fixed_by)
                 sessions.set(spec.session_id, 0)
                 await self._finish(
                     patchloop_pb2.OUTCOME_FIXED,
@@ -258,7 +254,8 @@ class Run:
         fixed_by: patchloop_pb2.FixSource.ValueType = patchloop_pb2.FIX_SOURCE_UNSPECIFIED,
     ) -> None:
         """The run's result: a fix's diff (and write-back when asked, on a
-        thread), then RunResult and the LOOP_RESULT event. Once only."""
+        thread) and its capture, then RunResult and the LOOP_RESULT event.
+        Once only."""
         if self._report.done:
             return
         delivery = _Delivery()
@@ -269,6 +266,9 @@ class Run:
                 # The write-back finished (on_thread waits for it): say so.
                 self._conclude(outcome, reason, fixed_by, delivery)
                 raise
+            if self._capture is not None:
+                # Stored before the caller hears the result; the diff is the one delivered.
+                await self._capture.fixed(self._scratch, fixed_by, delivery.diff)
         self._conclude(outcome, reason, fixed_by, delivery)
 
     def _deliver(self, delivery: _Delivery) -> None:
