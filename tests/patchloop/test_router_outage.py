@@ -3,8 +3,6 @@ and Capsule services, the Router's address a dead endpoint (tests/ports.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 
 from patchloop_support import tree_digest
@@ -12,19 +10,19 @@ from patchloop_support import tree_digest
 from speckit_reflex.clients.capsule import CapsuleClient
 from speckit_reflex.clients.patchloop import PatchLoopClient
 from speckit_reflex.v1 import common_pb2, patchloop_pb2
+from tests.waiting import eventually
 
 LR = common_pb2.EVENT_TYPE_LOOP_RESULT
 
 
-async def loop_results(capsule: CapsuleClient, run_id: str, timeout_s: float = 15.0):  # type: ignore[no-untyped-def]
+async def loop_results(capsule: CapsuleClient, run_id: str) -> list[common_pb2.Event]:
     """The run's LoopResult events once one has reached Capsule (PatchLoop
     delivers events in the background)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = [e for e in await capsule.all_events(run_id=run_id) if e.type == LR]
-        if found or time.monotonic() > deadline:
-            return found
-        await asyncio.sleep(0.05)
+
+    async def probe() -> list[common_pb2.Event]:
+        return [e for e in await capsule.all_events(run_id=run_id) if e.type == LR]
+
+    return await eventually(probe, what=f"a LoopResult event of {run_id} in Capsule")
 
 
 async def test_a_run_whose_router_is_down_ends_in_error_not_refused(
