@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 from speckit_reflex.bakeoff.replay import Thresholds, judge
@@ -43,7 +44,7 @@ def test_verdict_pass_fail_and_not_judged() -> None:
     slow = judge(figures(), figures(p95_latency_ms=2500.0), T)
     assert slow["status"] == "fail" and status(slow, "p95_latency_ms") == "fail"
     worse = judge(figures(), figures(patch_success_rate=40.0), T)
-    assert status(worse, "success_parity_percent") == "fail"
+    assert status(worse, "success_parity_percent") == "fail" and worse["status"] == "fail"
     few = judge(figures(), figures(replies=2, patches_judged=2), T)
     assert few["status"] == "not_judged" and not few["passed"]
     assert "fewer than the 3 required" in next(r["message"] for r in few["results"])
@@ -53,6 +54,7 @@ def test_verdict_pass_fail_and_not_judged() -> None:
     assert no_base["status"] == "not_judged"
     silent = judge(figures(), figures(replies=0, p95_latency_ms=None), T)
     assert status(silent, "p95_latency_ms") == "not_judged"
+    assert silent["status"] == "not_judged" and not silent["passed"]
 
 
 async def test_replay_refuses_calls_not_captured_in_full(
@@ -108,6 +110,11 @@ async def test_replay_of_an_unreachable_candidate_writes_its_report_and_of_an_un
     assert [p.suffix for p in written] == [".json", ".md"], written
     for path in written:
         assert f"{path}" in run.stdout, run.stdout
+    doc = json.loads(await asyncio.to_thread(written[0].read_text))
+    (call,) = doc["calls"]
+    assert call["call_id"] == "call-1" and not call["candidate"]["replied"], call
+    assert call["candidate"]["error"], call
+    assert (doc["figures"]["candidate"]["errors"], doc["figures"]["candidate"]["replies"]) == (1, 0)
     typo = await asyncio.to_thread(
         run_speckit,
         [*args[:3], "qwen-typo", *args[4:], "--report-dir", str(tmp_path / "typo")],
