@@ -22,9 +22,16 @@ import pytest
 from speckit_reflex.bakeoff.suite import find_suite, load_suite
 from speckit_reflex.clients.capsule import CapsuleClient
 from speckit_reflex.clients.channel import ChannelConfig, open_channel
+from speckit_reflex.clients.errors import error_of
 from speckit_reflex.clients.patchloop import PatchLoopClient
 from speckit_reflex.policy import LoadedPolicy, load_policy
-from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, patchloop_pb2, patchloop_pb2_grpc
+from speckit_reflex.v1 import (
+    capsule_pb2,
+    capsule_pb2_grpc,
+    common_pb2,
+    patchloop_pb2,
+    patchloop_pb2_grpc,
+)
 
 from .conftest import run_speckit, speckit_env
 
@@ -181,6 +188,17 @@ async def test_check_patch_builds_only_captured_workspaces_and_rejects_hostile_p
             patchloop_pb2.CheckPatchRequest(run_id=run_id, build_profile="sh -c id")
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # Above the policy's cap, refused as Run refuses it: naming the field.
+    cap = capture_policy("full_io").policy.patchloop.max_build_timeout_s
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.CheckPatch(
+            patchloop_pb2.CheckPatchRequest(run_id=run_id, build_timeout_s=cap + 1)
+        )
+    refused = error_of(err.value)
+    assert refused.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.message.startswith("build_timeout_s:")
+    assert refused.reason == common_pb2.ERROR_REASON_INVALID_FIELD
+    assert refused.metadata["field"] == "build_timeout_s"
     assert not (tmp_path / "escape.rs").exists() and not (tmp_path / "ws" / "escape.rs").exists()
 
 

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from speckit_reflex.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from speckit_reflex.errors import FailedPrecondition, NotFound, Unavailable
 from speckit_reflex.patchloop.capture import CaptureStore, CaptureUnavailable
 from speckit_reflex.patchloop.compiler import CompileOutcome, Compiler
 from speckit_reflex.patchloop.patch import (
@@ -27,7 +27,7 @@ from speckit_reflex.patchloop.patch import (
     patch_schema,
     plan_patch,
 )
-from speckit_reflex.patchloop.spec import BuildStep, policy_profile
+from speckit_reflex.patchloop.spec import BuildStep, build_timeout_s, policy_profile
 from speckit_reflex.patchloop.workspace import Scratch, _replace, checked_relative
 from speckit_reflex.policy import LoadedPolicy
 from speckit_reflex.runtime import validate
@@ -89,12 +89,7 @@ class PatchChecker:
 
     async def check(self, req: patchloop_pb2.CheckPatchRequest) -> patchloop_pb2.CheckPatchReply:
         validate.check_message(req, RULES)
-        pl = self._policy.policy.patchloop
-        if req.build_timeout_s > pl.max_build_timeout_s:
-            raise InvalidArgument(
-                f"build_timeout_s: {req.build_timeout_s} is above the policy's "
-                f"patchloop.max_build_timeout_s ({pl.max_build_timeout_s})"
-            )
+        timeout_s = build_timeout_s(req.build_timeout_s, self._policy.policy.patchloop)
         try:
             capture = await self._captures.get(req.run_id)
         except KeyError:
@@ -109,7 +104,6 @@ class PatchChecker:
         build, verify = self._steps(req, capture)
         if req.HasField("recorded_fix") and req.recorded_fix and not capture.fixed:
             raise FailedPrecondition(f"run {req.run_id!r} recorded no verified fix")
-        timeout_s = float(req.build_timeout_s or pl.build_timeout_s)
         started = time.perf_counter()
         scratch = await asyncio.to_thread(materialize, capture, self._scratch_dir)
         try:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from speckit_reflex.errors import InvalidArgument
 from speckit_reflex.policy import LoadedPolicy
-from speckit_reflex.policy.model import PROFILE_NAME
+from speckit_reflex.policy.model import PROFILE_NAME, PatchLoopSettings
 from speckit_reflex.runtime import validate
 from speckit_reflex.v1 import common_pb2, patchloop_pb2
 
@@ -62,6 +62,17 @@ def policy_profile(field: str, name: str, profiles: dict[str, tuple[str, ...]]) 
     return BuildStep(name, tuple(profiles[name]))
 
 
+def build_timeout_s(requested: float, pl: PatchLoopSettings) -> float:
+    """A request's build time limit (0: the policy's), never above the policy's maximum."""
+    if requested > pl.max_build_timeout_s:
+        raise InvalidArgument(
+            f"build_timeout_s: {requested} is above the policy's "
+            f"patchloop.max_build_timeout_s ({pl.max_build_timeout_s})",
+            field="build_timeout_s",
+        )
+    return float(requested or pl.build_timeout_s)
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """A checked run request with policy defaults filled in."""
@@ -87,12 +98,7 @@ class RunSpec:
         """Check every field (InvalidArgument naming it) and fill unset ones from `policy.patchloop`."""
         pl = policy.policy.patchloop
         validate.check_message(req, _RUN_RULES)
-        if req.build_timeout_s > pl.max_build_timeout_s:
-            raise InvalidArgument(
-                f"build_timeout_s: {req.build_timeout_s} is above the policy's "
-                f"patchloop.max_build_timeout_s ({pl.max_build_timeout_s})",
-                field="build_timeout_s",
-            )
+        timeout_s = build_timeout_s(req.build_timeout_s, pl)
         if req.force_mode not in _FORCE_MODES:
             raise InvalidArgument(
                 f"force_mode: {common_pb2.RoutingMode.Name(req.force_mode)} is not a mode "
@@ -112,7 +118,7 @@ class RunSpec:
             compiler_fast_path=req.compiler_fast_path
             if req.HasField("compiler_fast_path")
             else pl.compiler_fast_path,
-            build_timeout_s=float(req.build_timeout_s or pl.build_timeout_s),
+            build_timeout_s=timeout_s,
             force_mode=req.force_mode,
             session_id=req.session_id or run_id,
             run_id=run_id,
