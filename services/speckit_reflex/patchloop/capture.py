@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Protocol
 import grpc
 from grpc import aio
 
+from speckit_reflex.clients.capsule import CapsuleClient
 from speckit_reflex.patchloop.compiler import CompileOutcome
 from speckit_reflex.patchloop.workspace import SKIP_NAMES, Scratch
 from speckit_reflex.runtime.redact import redact_text
-from speckit_reflex.v1 import capsule_pb2, capsule_pb2_grpc, patchloop_pb2
+from speckit_reflex.v1 import capsule_pb2, patchloop_pb2
 
 if TYPE_CHECKING:
     from speckit_reflex.patchloop.spec import RunSpec
@@ -56,23 +57,20 @@ class CaptureStore(Protocol):
 
 
 class GrpcCaptureStore:
-    """CaptureStore over Capsule's PutRunCapture and GetRunCapture."""
+    """CaptureStore over Capsule's PutRunCapture and GetRunCapture (its typed client)."""
 
     def __init__(self, channel: aio.Channel, timeout_s: float = 30.0):
-        self._stub = capsule_pb2_grpc.CapsuleStub(channel)
-        self._timeout_s = timeout_s
+        self._capsule = CapsuleClient(channel, timeout_s)
 
     async def put(self, capture: capsule_pb2.RunCapture) -> None:
         try:
-            await self._stub.PutRunCapture(capture, timeout=self._timeout_s)
+            await self._capsule.put_run_capture(capture)
         except aio.AioRpcError as exc:
             raise CaptureUnavailable(f"capsule: {exc.code().name}: {exc.details()}") from None
 
     async def get(self, run_id: str) -> capsule_pb2.RunCapture:
         try:
-            return await self._stub.GetRunCapture(
-                capsule_pb2.GetRunCaptureRequest(run_id=run_id), timeout=self._timeout_s
-            )
+            return await self._capsule.get_run_capture(run_id)
         except aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise KeyError(run_id) from None
