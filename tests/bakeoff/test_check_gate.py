@@ -208,3 +208,9 @@ async def test_bakeoff_shows_the_seed_json_shape_and_a_table(
     bad = await _cli(["reflex", "bakeoff", "--since", "fortnight"], env)
     # Refused by the CLI itself (a usage error), before any service is called.
     assert bad.code == 2 and "'fortnight' is not a window" in bad.stderr and bad.stdout == ""
+    # A window longer than Capsule reads (100 years: its start must stay a
+    # timestamp) is refused the same way, also by replay, which computes its start.
+    for command in (["reflex", "bakeoff"], ["reflex", "replay", "--model", "m"]):
+        huge = await _cli([*command, "--since", "999999999999d"], env)
+        assert huge.code == 2 and huge.stdout == "", huge
+        assert "'999999999999d' is longer than 100 years" in huge.stderr, huge.stderr

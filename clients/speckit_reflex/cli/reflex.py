@@ -12,6 +12,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from speckit_reflex.capsule.windows import parse_duration_us
 from speckit_reflex.cli import (
     reflex_harvest,
     reflex_replay,
@@ -23,13 +24,19 @@ from speckit_reflex.cli.output import print_json
 from speckit_reflex.cli.reflex_links import ServiceLinks, reporting, run_with_links
 from speckit_reflex.clients.capsule import window
 from speckit_reflex.contract import stats_to_seed_json, verdict_to_json
+from speckit_reflex.errors import InvalidArgument
 
 WINDOW_HELP = "window back from now: 1h, 24h, 7d, 30d (default 24h)"
 
 
 def _window_arg(text: str) -> str:
-    """`--since` checked before any service is called: `<n>` then s, m, h or d."""
+    """`--since` checked before any service is called: `<n>` then s, m, h or d,
+    as Capsule reads it (at most 100 years)."""
     if re.fullmatch(r"[1-9][0-9]*[smhd]", text):
+        try:
+            parse_duration_us(text)
+        except InvalidArgument as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
         return text
     raise argparse.ArgumentTypeError(f"{text!r} is not a window like 1h, 24h, 7d or 30d")
 

@@ -31,12 +31,12 @@ from speckit_reflex.bakeoff.replay import (
     recorded_side,
     write_report,
 )
+from speckit_reflex.capsule.windows import parse_duration_us
 from speckit_reflex.cli.output import CliError, console, print_json, rpc_error, table
 from speckit_reflex.cli.reflex_links import ServiceLinks, reporting, run_with_links
 from speckit_reflex.clients.errors import about_the_request, error_of
 from speckit_reflex.v1 import common_pb2, inference_pb2
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 CALL_TIMEOUT_S = 300.0
 
 
@@ -60,7 +60,8 @@ def register(rsub: argparse._SubParsersAction[argparse.ArgumentParser], window_a
 
 
 def _since_us(since: str) -> int:
-    return int((time.time() - int(since[:-1]) * _UNITS[since[-1]]) * 1_000_000)
+    """The start of the window `since` (checked by the argument parser) back from now."""
+    return time.time_ns() // 1000 - parse_duration_us(since)
 
 
 class PatchJudge:
