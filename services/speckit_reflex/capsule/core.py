@@ -526,9 +526,12 @@ class Capsule:
     async def put_run_capture(self, req: capsule_pb2.RunCapture) -> capsule_pb2.PutRunCaptureReply:
         """Store a part of a run's capture; refused unless capture.mode = full_io."""
         refuse_unless_full_io(self._policy.capture.mode)
-        row = capture_row(req, self._clock_us())
+        now_us = self._clock_us()
 
         def put() -> dict[str, Any]:
+            # Checking and redacting up to MAX_CAPTURE_BYTES of text takes
+            # seconds of CPU: on the loop it would stall every other RPC.
+            row = capture_row(req, now_us)
             check_fits(self._store.get_capture(row["run_id"]), row)
             return self._store.put_capture(row)
 
