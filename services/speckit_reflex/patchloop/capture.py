@@ -13,7 +13,6 @@ note in the run's stream, nothing more.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import stat
 import time
@@ -33,6 +32,7 @@ from speckit_reflex.v1 import capsule_pb2, patchloop_pb2
 
 if TYPE_CHECKING:
     from speckit_reflex.patchloop.spec import RunSpec
+    from speckit_reflex.patchloop.steps import Disk
     from speckit_reflex.policy.model import Policy
 
 FIXED_BY: dict[int, str] = {
@@ -159,12 +159,14 @@ class RunCapture:
     def __init__(
         self,
         store: CaptureStore,
+        disk: Disk,
         max_bytes: int,
         note: Callable[[str], None],
         run_id: str,
         session_id: str,
     ):
         self._store = store
+        self._disk = disk
         self._max_bytes = max_bytes
         self._note = note
         self._run_id = run_id
@@ -175,8 +177,9 @@ class RunCapture:
     async def begin(
         self, scratch: Scratch, state: CompileOutcome, build_profile: str, verify_profile: str
     ) -> None:
-        """Snapshot the workspace's copy (in a thread) and store it with the build's errors."""
-        snap = await asyncio.to_thread(snapshot_workspace, scratch.root, self._max_bytes)
+        """Snapshot the workspace's copy (on the runs' file threads, finished
+        before a cancel lets the copy go) and store it with the build's errors."""
+        snap = await self._disk.run(snapshot_workspace, scratch.root, self._max_bytes)
         msg = capsule_pb2.RunCapture(
             run_id=self._run_id,
             session_id=self._session_id,
@@ -230,6 +233,7 @@ class RunCapture:
 
 async def start_capture(
     store: CaptureStore | None,
+    disk: Disk,
     policy: Policy,
     spec: RunSpec,
     scratch: Scratch,
@@ -242,7 +246,7 @@ async def start_capture(
     if store is None or policy.capture.mode != "full_io" or spec.bakeoff_run_id:
         return None
     capture = RunCapture(
-        store, policy.capture.max_workspace_bytes, note, spec.run_id, spec.session_id
+        store, disk, policy.capture.max_workspace_bytes, note, spec.run_id, spec.session_id
     )
     verify = spec.verify.profile if spec.verify is not None else ""
     await capture.begin(scratch, state, spec.build.profile, verify)

@@ -157,6 +157,7 @@ class Run:
             return
         self._capture = await start_capture(
             self._peers.captures,
+            self._peers.disk,
             self._peers.policy.policy,
             spec,
             self._scratch,

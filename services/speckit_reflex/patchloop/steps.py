@@ -40,7 +40,8 @@ class Disk:
     database writes, in `serve all`).
 
     What goes there: the first read of each file of the scratch copy (its
-    size is unknown until read) and the write-back into the user's tree.
+    size is unknown until read), a captured run's workspace snapshot, and
+    the fix's diff and write-back into the user's tree.
     What does not: reading what the run has in memory already, and writing a
     patch or a revert into the private copy (bounded and small: a thread hop
     each cost more than the writes, about 0.6 ms per attempt at p50 in
