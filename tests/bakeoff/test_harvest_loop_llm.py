@@ -169,14 +169,37 @@ async def test_capture_harvest_trials_and_replay_on_the_embedded_model(
     ]
     assert judged, "first-attempt patch requests of captured runs are judged by building"
     for c in judged:
-        assert c["candidate"]["patch"].split(":")[0] in {"verified", "builds", "fails", "rejected"}
+        patch = c["candidate"]["patch"]
+        assert patch in {"verified", "builds", "fails"} or patch.startswith("rejected: "), c
+    # The figures count the calls of the report.
+    assert candidate["patches_judged"] == len(judged)
+    assert candidate["patches_verified"] == sum(
+        c["candidate"]["patch"] == "verified" for c in judged
+    )
+    # The verdict judges those figures: each threshold on its figure, the whole
+    # a pass only if every threshold passes, too few samples never a pass.
     verdict = replay["verdict"]
-    assert verdict["status"] in {"pass", "fail", "not_judged"}
-    assert {r["name"] for r in verdict["results"]} >= {
-        "p95_latency_ms",
-        "json_schema_compliance_percent",
-    }
-    assert all(r["status"] in {"pass", "fail", "not_judged"} for r in verdict["results"])
+    results = {r["name"]: r for r in verdict["results"]}
+    assert results["p95_latency_ms"]["observed"] == candidate["p95_latency_ms"]
+    assert (
+        results["json_schema_compliance_percent"]["observed"] == candidate["json_compliance_rate"]
+    )
+    min_samples = replay["thresholds"]["min_samples"]
+    for r in verdict["results"]:
+        if r["status"] != "not_judged":
+            met = (
+                r["observed"] < r["required"]
+                if r["comparison"] == "<"
+                else r["observed"] >= r["required"]
+            )
+            assert r["status"] == ("pass" if met else "fail"), r
+    if candidate["replies"] < min_samples:
+        assert results["p95_latency_ms"]["status"] == "not_judged", results
+    statuses = {r["status"] for r in verdict["results"]}
+    expected = (
+        "fail" if "fail" in statuses else "not_judged" if "not_judged" in statuses else "pass"
+    )
+    assert (verdict["status"], verdict["passed"]) == (expected, expected == "pass"), verdict
     report_json = Path(replay["report"]["json"])
     assert report_json.parent == report_dir and report_json.name.startswith("reflex-replay-")
     assert "# Reflex replay report" in read(replay["report"]["markdown"])
