@@ -10,6 +10,8 @@ from pathlib import Path
 from speckit_reflex.bakeoff.replay import Thresholds, judge
 from speckit_reflex.clients.capsule import CapsuleClient
 from speckit_reflex.policy import load_policy
+from speckit_reflex.policy.loader import snapshot
+from speckit_reflex.policy.model import Policy
 from speckit_reflex.v1 import capsule_pb2, common_pb2
 
 from .conftest import run_speckit, speckit_env
@@ -201,3 +203,24 @@ async def test_a_patch_patchloop_refuses_to_judge_is_not_judged_not_a_failed_rep
     (call,) = run.json()["calls"]
     patch = call["recorded"]["patch"]
     assert patch.startswith("not_judged: CheckPatch refused it") and "build_profile" in patch, call
+
+
+def test_thresholds_are_the_policy_snapshots_own() -> None:
+    """Replay judges against the thresholds the Router serves, never defaults of its own."""
+    policy = Policy()
+    t = Thresholds.from_policy(snapshot(policy))
+    want = policy.routing.reflex.thresholds
+    assert (t.p95_latency_ms, t.success_parity_percent, t.json_schema_compliance_percent) == (
+        want.p95_latency_ms,
+        want.success_parity_percent,
+        want.json_schema_compliance_percent,
+    )
+    assert t.min_samples == policy.routing.verdicts.min_samples
+    bare = snapshot(policy)
+    del bare["governance"]["routing"]["reflex"]["thresholds"]["success_parity_percent"]
+    try:
+        Thresholds.from_policy(bare)
+    except ValueError as exc:
+        assert "routing.reflex.thresholds.success_parity_percent" in str(exc)
+    else:
+        raise AssertionError("a snapshot without the parity threshold was judged with a default")

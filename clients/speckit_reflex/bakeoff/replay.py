@@ -222,14 +222,27 @@ class Thresholds:
 
     @classmethod
     def from_policy(cls, policy: dict[str, Any]) -> Thresholds:
+        """The thresholds of the policy snapshot the Router serves (GetPolicy).
+
+        The snapshot carries every key with the policy's own defaults filled in;
+        a snapshot without them is refused rather than judged against defaults
+        of this module's own (ValueError naming the key)."""
         routing = policy.get("governance", {}).get("routing", {})
         t = routing.get("reflex", {}).get("thresholds", {})
+        verdicts = routing.get("verdicts", {})
+
+        def need(table: dict[str, Any], path: str, key: str) -> Any:
+            if key not in table:
+                raise ValueError(f"the policy snapshot has no {path}.{key}")
+            return table[key]
+
+        where = "routing.reflex.thresholds"
         return cls(
-            p95_latency_ms=float(t.get("p95_latency_ms", 2000.0)),
-            success_parity_percent=float(t.get("success_parity_percent", 95.0)),
-            json_schema_compliance_percent=float(t.get("json_schema_compliance_percent", 99.0)),
+            p95_latency_ms=float(need(t, where, "p95_latency_ms")),
+            success_parity_percent=float(need(t, where, "success_parity_percent")),
+            json_schema_compliance_percent=float(need(t, where, "json_schema_compliance_percent")),
             absolute_success_percent=t.get("absolute_success_percent"),
-            min_samples=int(routing.get("verdicts", {}).get("min_samples", 20)),
+            min_samples=int(need(verdicts, "routing.verdicts", "min_samples")),
         )
 
 

@@ -151,7 +151,10 @@ async def replay(
 ) -> dict[str, Any]:
     with reporting("router", links):
         snap = await links.router.get_policy(timeout=10)
-    thresholds = Thresholds.from_policy(json.loads(snap.json or "{}"))
+    try:
+        thresholds = Thresholds.from_policy(json.loads(snap.json or "{}"))
+    except ValueError as exc:
+        raise CliError(f"the Router's policy cannot judge a replay: {exc}") from None
     with reporting("capsule", links):
         events = await links.capsule.all_events(
             type=common_pb2.EVENT_TYPE_LLM_CALL, since=_ts(_since_us(since)), page_size=200
